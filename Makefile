@@ -1,0 +1,20 @@
+# The two commands of README.md: `make lab` and `make test`.
+GO ?= go
+LAB_ARGS ?=
+
+.PHONY: lab test build deps fuzz bench
+
+build:
+	$(GO) build -o bin/metro ./cmd/metro
+
+deps:
+	scripts/deps.sh
+
+lab: deps build
+	./bin/metro lab up $(LAB_ARGS)
+
+test: deps
+	scripts/test.sh
+
+bench: deps build
+	bench/run.sh

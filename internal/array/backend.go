@@ -1,0 +1,114 @@
+package array
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/metro-storage/metro/internal/api"
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/iscsi"
+)
+
+var (
+	_ api.Backend   = (*Array)(nil)
+	_ iscsi.Backend = (*Array)(nil)
+)
+
+// Info implements api.Backend.
+func (a *Array) Info() api.ArrayInfo {
+	used, capacity := a.store.Usage()
+	var prov uint64
+	for _, v := range a.cat.View().Volumes {
+		if v.Destroyed == nil {
+			prov += v.Size
+		}
+	}
+	scheme := "http"
+	if a.cert != nil {
+		scheme = "https"
+	}
+	return api.ArrayInfo{
+		Name: a.cfg.Name, ID: a.id.ID, Version: Version, Target: a.cfg.ISCSI.Target,
+		Portals: a.cfg.ISCSI.Advertise, API: scheme + "://" + a.cfg.API.Listen,
+		TPG: a.id.TargetPortGroup(), PortID: a.id.RelativePortID(),
+		Capacity: capacity, Used: used, Provision: prov, Status: "connected", Time: a.now().UTC(),
+	}
+}
+
+// Peers implements api.Backend; a single array has none.
+func (a *Array) Peers() []api.ArrayInfo { return nil }
+
+// State implements api.Backend.
+func (a *Array) State() *catalog.State { return a.cat.View() }
+
+// Apply implements api.Backend.
+func (a *Array) Apply(ctx context.Context, op catalog.Op) error { return a.cat.Apply(op) }
+
+// PodArrays implements api.Backend: a local pod is online on its array.
+func (a *Array) PodArrays(p *catalog.Pod) []api.PodArray {
+	out := make([]api.PodArray, 0, len(p.Arrays))
+	for _, pa := range p.Arrays {
+		status := catalog.StatusUnknown
+		if pa.Name == a.cfg.Name {
+			status = catalog.StatusOnline
+		}
+		out = append(out, api.PodArray{Name: pa.Name, ID: pa.ID, Status: status})
+	}
+	return out
+}
+
+// VolumeUsed implements api.Backend.
+func (a *Array) VolumeUsed(v *catalog.Volume) uint64 { return a.store.Volume(v.DataID).Used() }
+
+// Sessions implements api.Backend.
+func (a *Array) Sessions() []api.Session {
+	st := a.cat.View()
+	var out []api.Session
+	for _, s := range a.iscsi.Sessions() {
+		as := api.Session{Initiator: s.InitiatorName, ISID: s.ISID, TSIH: s.TSIH, Target: s.TargetName, Remote: s.RemoteAddr, Digests: s.Digests}
+		if h := st.HostByIQN(s.InitiatorName); h != nil {
+			as.Host = h.Name
+		}
+		out = append(out, as)
+	}
+	return out
+}
+
+// EradicationWindow implements api.Backend.
+func (a *Array) EradicationWindow() time.Duration { return a.cfg.EradicationWindow.Duration }
+
+// Now implements api.Backend.
+func (a *Array) Now() time.Time { return a.now() }
+
+// NewID implements api.Backend.
+func (a *Array) NewID() string { return newID() }
+
+// Targets implements iscsi.Backend: the array is one target with its
+// portals.
+func (a *Array) Targets(initiator string) []iscsi.TargetInfo {
+	tag := a.id.PortalGroupTag()
+	addrs := make([]string, 0, len(a.cfg.ISCSI.Advertise))
+	for _, p := range a.cfg.ISCSI.Advertise {
+		addrs = append(addrs, p+","+strconv.Itoa(int(tag)))
+	}
+	return []iscsi.TargetInfo{{Name: a.cfg.ISCSI.Target, Addresses: addrs}}
+}
+
+// Authorize implements iscsi.Backend: a normal session needs a known
+// initiator (a host's IQN) and that host's CHAP secrets, if any.
+func (a *Array) Authorize(target, initiator string) (iscsi.CHAP, error) {
+	if target != "" && !strings.EqualFold(target, a.cfg.ISCSI.Target) {
+		return iscsi.CHAP{}, iscsi.ErrTargetNotFound
+	}
+	h := a.cat.View().HostByIQN(initiator)
+	if h == nil {
+		if target == "" {
+			return iscsi.CHAP{}, nil
+		}
+		a.log.Info("login refused: unknown initiator; create a host with its IQN", "initiator", initiator)
+		return iscsi.CHAP{}, iscsi.ErrNotAuthorized
+	}
+	return iscsi.CHAP{User: h.CHAPUser, Secret: h.CHAPSecret, MutualUser: h.TargetCHAPUser, MutualSecret: h.TargetCHAPSecret}, nil
+}

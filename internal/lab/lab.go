@@ -1,0 +1,392 @@
+// Package lab runs metro on one machine: arrays as separate `metro array
+// run` processes on loopback, configured with a pod, a volume and a host,
+// and described in lab.json for initiators and tests. `metro lab up` is the
+// demo; the end-to-end tests drive the same code, so the demo and the tests
+// run the same cluster.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/metro-storage/metro/internal/api"
+)
+
+// DefaultInitiator is the initiator name the lab's host gets when none is
+// given.
+const DefaultInitiator = "iqn.2026-11.io.metro:lab-initiator"
+
+// Options describe a lab.
+type Options struct {
+	// Dir holds every array's data, config and log, and lab.json.
+	Dir string
+	// Binary is the metro executable to run arrays with.
+	Binary string
+	// Arrays is how many arrays to start (1 in this release).
+	Arrays     int
+	Initiators []string
+	// Size of the lab volume in bytes.
+	Size uint64
+	// Capacity of each array in bytes (0: unlimited).
+	Capacity uint64
+	// EradicationWindow for the arrays (0: the default 24h).
+	EradicationWindow time.Duration
+	Logger            *slog.Logger
+}
+
+// ArrayInfo is one array in lab.json.
+type ArrayInfo struct {
+	Name    string `json:"name"`
+	API     string `json:"api"`
+	Token   string `json:"token"`
+	CA      string `json:"ca,omitempty"`
+	Portal  string `json:"portal"`
+	Target  string `json:"target"`
+	Config  string `json:"config"`
+	DataDir string `json:"data_dir"`
+	Log     string `json:"log"`
+	PID     int    `json:"pid"`
+}
+
+// Info is lab.json.
+type Info struct {
+	Arrays     []ArrayInfo `json:"arrays"`
+	Pod        string      `json:"pod"`
+	Volume     string      `json:"volume"`
+	Host       string      `json:"host"`
+	LUN        uint64      `json:"lun"`
+	Initiators []string    `json:"initiators"`
+	// URLs has one libiscsi URL per array for the volume.
+	URLs []string `json:"urls"`
+}
+
+// Lab is a running lab.
+type Lab struct {
+	opts Options
+	Info Info
+
+	mu struct {
+		sync.Mutex
+		procs []*proc
+	}
+}
+
+// proc is one array process.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Names of the lab's objects.
+const (
+	PodName  = "pod1"
+	VolName  = "pod1::vol1"
+	HostName = "lab-host"
+)
+
+// Up starts the arrays, configures them and writes lab.json. On error
+// everything started is stopped again.
+func Up(ctx context.Context, opts Options) (l *Lab, err error) {
+	if opts.Arrays == 0 {
+		opts.Arrays = 1
+	}
+	if opts.Arrays != 1 {
+		return nil, fmt.Errorf("--arrays %d: this release runs one array (stretched pairs come with the replication link)", opts.Arrays)
+	}
+	if len(opts.Initiators) == 0 {
+		opts.Initiators = []string{DefaultInitiator}
+	}
+	if opts.Size == 0 {
+		opts.Size = 1 << 30
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Binary == "" {
+		if opts.Binary, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
+	l = &Lab{opts: opts}
+	l.mu.procs = make([]*proc, opts.Arrays)
+	defer func() {
+		if err != nil {
+			l.Stop()
+		}
+	}()
+	for i := 0; i < opts.Arrays; i++ {
+		ai, err := l.writeConfig(i)
+		if err != nil {
+			return nil, err
+		}
+		l.Info.Arrays = append(l.Info.Arrays, ai)
+		if err := l.Start(ctx, i); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.configure(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.writeInfo(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func arrayName(i int) string { return "array-" + string(rune('a'+i)) }
+
+// writeConfig writes array i's config (once; a restarted lab reuses it).
+func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
+	name := arrayName(i)
+	dir := filepath.Join(l.opts.Dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return ArrayInfo{}, err
+	}
+	apiPort, err := freePort()
+	if err != nil {
+		return ArrayInfo{}, err
+	}
+	iscsiPort, err := freePort()
+	if err != nil {
+		return ArrayInfo{}, err
+	}
+	ai := ArrayInfo{
+		Name:    name,
+		API:     fmt.Sprintf("https://127.0.0.1:%d", apiPort),
+		Token:   newToken(),
+		CA:      filepath.Join(dir, "data", "api-cert.pem"),
+		Portal:  fmt.Sprintf("127.0.0.1:%d", iscsiPort),
+		Target:  "iqn.2026-11.io.metro:" + name,
+		Config:  filepath.Join(dir, "config.yaml"),
+		DataDir: filepath.Join(dir, "data"),
+		Log:     filepath.Join(dir, "array.log"),
+	}
+	cfg := fmt.Sprintf(`# written by metro lab up
+name: %s
+data_dir: %s
+api:
+  listen: 127.0.0.1:%d
+  token: %s
+iscsi:
+  listen: [%q]
+  target: %s
+`, name, ai.DataDir, apiPort, ai.Token, ai.Portal, ai.Target)
+	if l.opts.Capacity > 0 {
+		cfg += "capacity: " + strconv.FormatUint(l.opts.Capacity, 10) + "\n"
+	}
+	if l.opts.EradicationWindow > 0 {
+		cfg += "eradication_window: " + l.opts.EradicationWindow.String() + "\n"
+	}
+	return ai, os.WriteFile(ai.Config, []byte(cfg), 0o644)
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Start starts array i's process and waits until its API answers.
+func (l *Lab) Start(ctx context.Context, i int) error {
+	ai := l.Info.Arrays[i]
+	logf, err := os.OpenFile(ai.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(l.opts.Binary, "array", "run", "--config", ai.Config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", ai.Name, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	l.mu.Lock()
+	l.mu.procs[i] = p
+	l.Info.Arrays[i].PID = cmd.Process.Pid
+	l.mu.Unlock()
+	return l.waitReady(ctx, i, p)
+}
+
+// waitReady polls the array's API until it answers.
+func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
+	ai := l.Info.Arrays[i]
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			log, _ := os.ReadFile(ai.Log)
+			return fmt.Errorf("%s exited during start (%v); its log:\n%s", ai.Name, p.err, tail(log, 2000))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if _, err := os.Stat(ai.CA); err == nil {
+			c, err := l.Client(i)
+			if err == nil {
+				if _, err = c.Array(ctx); err == nil {
+					return nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer on %s within 60s; see %s", ai.Name, ai.API, ai.Log)
+		}
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// Client returns an API client for array i.
+func (l *Lab) Client(i int) (*api.Client, error) {
+	ai := l.Info.Arrays[i]
+	return api.NewClient(ai.API, ai.Token, ai.CA)
+}
+
+// configure creates the pod, volume and host and connects them (each step
+// only when missing, so a restarted lab keeps its data).
+func (l *Lab) configure(ctx context.Context) error {
+	c, err := l.Client(0)
+	if err != nil {
+		return err
+	}
+	exists := func(err error) bool {
+		var se *api.StatusError
+		return errors.As(err, &se) && se.Code == 409
+	}
+	if _, err := c.CreatePod(ctx, PodName); err != nil && !exists(err) {
+		return fmt.Errorf("create pod: %w", err)
+	}
+	if _, err := c.CreateVolume(ctx, VolName, l.opts.Size); err != nil && !exists(err) {
+		return fmt.Errorf("create volume: %w", err)
+	}
+	if _, err := c.CreateHost(ctx, api.HostCreate{Name: HostName, IQNs: l.opts.Initiators}); err != nil && !exists(err) {
+		return fmt.Errorf("create host: %w", err)
+	}
+	lun := uint64(0)
+	if _, err := c.Connect(ctx, api.Connection{Volume: VolName, Host: HostName, LUN: &lun}); err != nil && !exists(err) {
+		return fmt.Errorf("connect: %w", err)
+	}
+	l.Info.Pod, l.Info.Volume, l.Info.Host, l.Info.LUN = PodName, VolName, HostName, lun
+	l.Info.Initiators = l.opts.Initiators
+	l.Info.URLs = nil
+	for _, ai := range l.Info.Arrays {
+		l.Info.URLs = append(l.Info.URLs, fmt.Sprintf("iscsi://%s/%s/%d", ai.Portal, ai.Target, lun))
+	}
+	return nil
+}
+
+// writeInfo writes lab.json atomically.
+func (l *Lab) writeInfo() error {
+	data, err := json.MarshalIndent(l.Info, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(l.opts.Dir, "lab.json")
+	if err := os.WriteFile(path+".tmp", append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// Kill sends SIGKILL to array i and waits for it to die.
+func (l *Lab) Kill(i int) error {
+	l.mu.Lock()
+	p := l.mu.procs[i]
+	l.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	return nil
+}
+
+// Restart kills array i (kill -9) and starts it again.
+func (l *Lab) Restart(ctx context.Context, i int) error {
+	if err := l.Kill(i); err != nil {
+		return err
+	}
+	if err := l.Start(ctx, i); err != nil {
+		return err
+	}
+	return l.writeInfo()
+}
+
+// Stop stops every array (SIGTERM, then SIGKILL after 10 s) and waits.
+func (l *Lab) Stop() {
+	l.mu.Lock()
+	procs := append([]*proc(nil), l.mu.procs...)
+	l.mu.Unlock()
+	for _, p := range procs {
+		if p != nil {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Signal(syscall.SIGKILL)
+			<-p.done
+		}
+	}
+}
+
+// Exited returns a channel closed when any array process exits.
+func (l *Lab) Exited() <-chan int {
+	ch := make(chan int, 1)
+	l.mu.Lock()
+	procs := append([]*proc(nil), l.mu.procs...)
+	l.mu.Unlock()
+	for i, p := range procs {
+		go func() {
+			<-p.done
+			select {
+			case ch <- i:
+			default:
+			}
+		}()
+	}
+	return ch
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and vet, unit and integration tests
+# under the race detector, a short run of every fuzz target, and the
+# end-to-end tests with real initiators (libiscsi, QEMU) against arrays
+# started by the lab.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS="${GOFLAGS:-} -mod=mod"
+
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then echo "gofmt would change: $bad"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== build"
+go build -o bin/metro ./cmd/metro
+
+echo "== unit and integration tests (race)"
+go test -race -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e) 2>&1 | tee /tmp/metro-test.log
+echo "== fuzz (${FUZZTIME:=10s} each)"
+for pkg in $(go list ./... | grep -v /test/e2e); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/func //'); do
+    echo "-- $pkg $f"
+    go test -run '^$' -fuzz "^${f}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/metro-fuzz.log 2>&1 || { cat /tmp/metro-fuzz.log; exit 1; }
+  done
+done
+echo "== end-to-end (real initiators)"
+METRO_BIN="$PWD/bin/metro" go test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee /tmp/metro-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\w+_test.go)' || true
+grep -q '^ok' /tmp/metro-e2e.log || { tail -50 /tmp/metro-e2e.log; exit 1; }
