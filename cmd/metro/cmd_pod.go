@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/metro-storage/metro/internal/api"
+)
+
+// newPodCmd is `metro pod`: pods are the namespaces and consistency
+// groups volumes live in, and (from the stretched-pod issue on) the unit
+// that is stretched across two arrays.
+func newPodCmd(g *globals) *cobra.Command {
+	cmd := noun(&cobra.Command{
+		Use:   "pod",
+		Short: "Create, list, change and destroy pods",
+	})
+	cmd.AddCommand(newPodCreateCmd(g), newPodListCmd(g), newPodDestroyCmd(g), newPodSetattrCmd(g))
+	return cmd
+}
+
+func newPodCreateCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "create POD",
+		Short:   "Create a pod on the array",
+		Example: "metro pod create pod1",
+		Args:    argsN(1, "the name of the pod to create"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			p, err := c.CreatePod(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.newOutput(cmd).one(p, podTable([]api.Pod{p}))
+		},
+	}
+}
+
+func newPodListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list [POD...]",
+		Short: "List pods (all, or the ones named) with their arrays and status",
+		Long: "List pods with, for each array of the pod, its status there as the array asked sees it:\n" +
+			"online (serving I/O), paused (holding I/O while a failover is decided),\n" +
+			"resyncing (catching up, not serving), offline (not serving) or unknown.",
+		Example: "metro pod list\nmetro pod list --json pod1",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var pods []api.Pod
+			if len(args) == 0 {
+				if pods, err = c.Pods(cmd.Context()); err != nil {
+					return err
+				}
+			}
+			for _, name := range args {
+				p, err := c.Pod(cmd.Context(), name)
+				if err != nil {
+					return err
+				}
+				pods = append(pods, p)
+			}
+			if pods == nil {
+				pods = []api.Pod{}
+			}
+			return g.newOutput(cmd).list(pods, podTable(pods))
+		},
+	}
+}
+
+func newPodDestroyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "destroy POD",
+		Short:   "Destroy an empty pod",
+		Long:    "Destroy a pod. The pod must hold no volumes, not even destroyed ones waiting for eradication.",
+		Example: "metro pod destroy pod1",
+		Args:    argsN(1, "the name of the pod to destroy"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DestroyPod(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return g.newOutput(cmd).done("Destroyed pod %s", args[0])
+		},
+	}
+}
+
+func newPodSetattrCmd(g *globals) *cobra.Command {
+	var pref string
+	cmd := &cobra.Command{
+		Use:   "setattr --failover-preference ARRAY[,ARRAY] POD",
+		Short: "Change a pod's attributes",
+		Long: "Change a pod's attributes. --failover-preference names the arrays that should keep\n" +
+			"the pod online when the link between its arrays fails; --failover-preference \"\" clears it.",
+		Example: "metro pod setattr --failover-preference array-a pod1\nmetro pod setattr --failover-preference \"\" pod1",
+		Args:    argsN(1, "the name of the pod to change"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlag(cmd, "failover-preference", "the attribute to change"); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			arrays := splitList(pref)
+			p, err := c.UpdatePod(cmd.Context(), args[0], api.PodUpdate{FailoverPreference: &arrays})
+			if err != nil {
+				return err
+			}
+			return g.newOutput(cmd).one(p, podTable([]api.Pod{p}))
+		},
+	}
+	cmd.Flags().StringVar(&pref, "failover-preference", "", `arrays (comma-separated) preferred to keep the pod online when the link fails; "" clears`)
+	return cmd
+}
+
+// podTable shows pods: each array of the pod as name:status, the
+// sequencer, the epoch, and the volumes with their space.
+func podTable(pods []api.Pod) *table {
+	t := newTable("Name", "Arrays", "Sequencer", "Epoch", "Failover Preference", "Volumes", "Provisioned", "Used")
+	for _, p := range pods {
+		arrays := make([]string, 0, len(p.Arrays))
+		for _, a := range p.Arrays {
+			arrays = append(arrays, fmt.Sprintf("%s:%s", a.Name, a.Status))
+		}
+		t.row(p.Name, strings.Join(arrays, ", "), p.Sequencer, strconv.FormatUint(p.Epoch, 10),
+			joinList(p.FailoverPreference), strconv.Itoa(p.Volumes), fmtSize(p.Provisioned), fmtSize(p.Used))
+	}
+	return t
+}
