@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# run.sh: the side-by-side benchmark of metro against tgtd (issue 2 item 7).
+#
+# In one invocation it starts two tgtd references on loopback — a file LUN
+# opened with --bsoflags sync (every write durable, metro's promise) and a
+# plain buffered one — and a one-array `metro lab up`, runs the same
+# qemu-img bench workloads against all three (alternating targets, several
+# repeats, medians), plus iscsi-perf reads, and prints one table with the
+# metro÷reference ratios. Raw numbers and logs go to a results directory
+# whose path it prints. Everything it starts is stopped on exit.
+#
+# Knobs (environment):
+#   BENCH_QUICK=1          smoke test: 1 repeat, a tenth of the counts, 2 s iscsi-perf
+#   BENCH_REPEATS=N        repeats of each workload per target (default 7, quick 1)
+#   BENCH_PERF_SECONDS=N   iscsi-perf run time (default 5, quick 2)
+#   BENCH_PERF_REPEATS=N   iscsi-perf repeats per target (default 3, quick 1)
+#   BENCH_SIZE=2G          volume / backing file size (binary units)
+#   BENCH_METRO=0          skip metro (tgtd references only)
+#   BENCH_TARGETS="..."    subset/order of: tgtd-sync tgtd-buffered metro
+#   METRO_BIN=path         use this metro binary instead of building bin/metro
+#   BENCH_TMP=dir          where the temp dirs go (default $TMPDIR or /tmp)
+#   BENCH_KEEP=1           keep the work dir (backing files, lab data)
+#   BENCH_RUN_TIMEOUT=N    seconds before one qemu-img/iscsi-perf run is killed (180)
+#   BENCH_DEADLINE=N       seconds after which remaining runs are skipped (1200)
+#   BENCH_LAB_TIMEOUT=N    seconds to wait for lab.json (120)
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$BENCH_DIR/lib.sh"
+
+INITIATOR=iqn.2026-11.io.metro:bench
+PATTERN=0xa5 # written byte: not zero, so no target can skip zero blocks
+
+QUICK=${BENCH_QUICK:-0}
+[ "$QUICK" = 0 ] || QUICK=1
+if [ "$QUICK" = 1 ]; then
+	REPEATS=${BENCH_REPEATS:-1}
+	PERF_SECONDS=${BENCH_PERF_SECONDS:-2}
+	PERF_REPEATS=${BENCH_PERF_REPEATS:-1}
+	C_D32=2000 C_D1=200 C_SEQ=400
+else
+	REPEATS=${BENCH_REPEATS:-7}
+	PERF_SECONDS=${BENCH_PERF_SECONDS:-5}
+	PERF_REPEATS=${BENCH_PERF_REPEATS:-3}
+	C_D32=20000 C_D1=2000 C_SEQ=4000
+fi
+SIZE=${BENCH_SIZE:-2G}
+SIZE_BYTES=$(size_bytes "$SIZE") || die "BENCH_SIZE=$SIZE: want a size like 2G"
+RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-180}
+DEADLINE=${BENCH_DEADLINE:-1200}
+LAB_TIMEOUT=${BENCH_LAB_TIMEOUT:-120}
+if [ -n "${BENCH_TARGETS:-}" ]; then
+	read -r -a TARGETS <<<"$BENCH_TARGETS"
+else
+	TARGETS=(tgtd-sync tgtd-buffered metro)
+	[ "${BENCH_METRO:-1}" != 0 ] || TARGETS=(tgtd-sync tgtd-buffered)
+fi
+for t in "${TARGETS[@]}"; do
+	case $t in tgtd-sync | tgtd-buffered | metro) ;; *) die "unknown target $t in BENCH_TARGETS" ;; esac
+done
+want() {
+	local t
+	for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0; done
+	return 1
+}
+
+# Workloads: id, qemu-img bench arguments (same for every target).
+WORKLOADS=(w4k-d32 w4k-d1 r4k-d32 w64k-seq)
+declare -A WL_ARGS=(
+	[w4k-d32]="-w -s 4096 -d 32 -c $C_D32 -S 8192"
+	[w4k-d1]="-w -s 4096 -d 1 -c $C_D1 -S 8192"
+	[r4k-d32]="-s 4096 -d 32 -c $C_D32 -S 8192"
+	[w64k-seq]="-w -s 65536 -d 32 -c $C_SEQ"
+)
+# The prefill covers every byte any workload touches, so the reads read
+# written data and every write overwrites (the same state on all targets).
+PREFILL_BYTES=$((C_D32 * 8192 > C_SEQ * 65536 ? C_D32 * 8192 : C_SEQ * 65536))
+PREFILL_COUNT=$(((PREFILL_BYTES + 65535) / 65536))
+[ $((PREFILL_COUNT * 65536)) -le "$SIZE_BYTES" ] || die "BENCH_SIZE=$SIZE is smaller than the ${PREFILL_BYTES}-byte range the workloads use"
+
+# ---- preflight ---------------------------------------------------------------
+
+for c in tgtd tgtadm qemu-img iscsi-perf python3 fallocate timeout; do
+	command -v "$c" >/dev/null || die "$c not found: run scripts/deps.sh (make deps) — it installs tgt, qemu-utils, qemu-block-extra, libiscsi-bin"
+done
+
+TMPBASE=${BENCH_TMP:-${TMPDIR:-/tmp}}
+WORK=$(mktemp -d "$TMPBASE/metro-bench-work.XXXXXX")
+RES=$(mktemp -d "$TMPBASE/metro-bench-results.XXXXXX")
+mkdir -p "$RES/logs"
+RAW=$RES/raw.tsv
+START=$SECONDS
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	[ -n "${CUR_PID:-}" ] && stop_pid "$CUR_PID" 2 TERM
+	lab_stop
+	for t in "${!TGTD_PID[@]}"; do tgtd_stop "$t"; done
+	if [ "${BENCH_KEEP:-0}" = 1 ]; then
+		log "kept work dir $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	log "results and logs: $RES"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "work dir $WORK, results $RES"
+log "targets: ${TARGETS[*]}; repeats $REPEATS; volume $SIZE; quick=$QUICK"
+
+# ---- targets -----------------------------------------------------------------
+
+declare -A PORTAL=() IQN=() LUN=()
+for t in tgtd-sync tgtd-buffered; do
+	want "$t" || continue
+	f=$WORK/$t.img
+	fallocate -l "$SIZE_BYTES" "$f" || die "fallocate $f failed"
+	oflags=
+	[ "$t" = tgtd-sync ] && oflags=sync
+	tgtd_start "$t" "$f" "$oflags" "$RES/logs/$t.tgtd.log"
+	PORTAL[$t]=${TGTD_PORTAL[$t]} IQN[$t]=${TGTD_IQN[$t]} LUN[$t]=${TGTD_LUN[$t]}
+	log "$t: tgtd pid ${TGTD_PID[$t]} portal ${PORTAL[$t]} ${IQN[$t]} lun ${LUN[$t]}${oflags:+ (bsoflags $oflags)}"
+done
+
+if want metro; then
+	bin=${METRO_BIN:-}
+	if [ -z "$bin" ]; then
+		command -v go >/dev/null || die "go not found (needed to build bin/metro; or set METRO_BIN)"
+		log "building bin/metro"
+		(cd "$REPO" && go build -o bin/metro ./cmd/metro) >"$RES/logs/build.log" 2>&1 ||
+			{
+				cat "$RES/logs/build.log" >&2
+				die "go build ./cmd/metro failed"
+			}
+		bin=$REPO/bin/metro
+	fi
+	log "starting metro lab up (waiting up to ${LAB_TIMEOUT}s for lab.json)"
+	lab_start "$bin" "$WORK/lab" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab.log" "$LAB_TIMEOUT"
+	PORTAL[metro]=$METRO_PORTAL IQN[metro]=$METRO_IQN LUN[metro]=$METRO_LUN
+	log "metro: lab pid $LAB_PID portal $METRO_PORTAL $METRO_IQN lun $METRO_LUN"
+fi
+
+# image_opts TARGET: qemu's --image-opts for TARGET through libiscsi.
+image_opts() {
+	printf 'driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%s,initiator-name=%s' \
+		"${PORTAL[$1]}" "${IQN[$1]}" "${LUN[$1]}" "$INITIATOR"
+}
+
+# Every target must answer and have the same size before anything is timed.
+for t in "${TARGETS[@]}"; do
+	out=$(timeout -k 5 60 qemu-img info --image-opts "$(image_opts "$t")" 2>&1) ||
+		die "$t: qemu-img info failed (login, LUN masking or the iscsi block driver?):"$'\n'"$out"
+	got=$(sed -n 's/^virtual size: .*(\([0-9]*\) bytes).*/\1/p' <<<"$out")
+	[ "$got" = "$SIZE_BYTES" ] || die "$t: size is ${got:-unknown} bytes, want $SIZE_BYTES:"$'\n'"$out"
+done
+
+# ---- runs --------------------------------------------------------------------
+
+printf 'kind\tworkload\ttarget\trep\tcount\tsize\tdepth\tseconds\tstatus\targs\n' >"$RAW"
+declare -A FAILS=()
+CUR_PID=
+
+# timed_run LOGFILE CMD...: runs CMD in the background under timeout (so
+# the exit trap can stop it), waits, and returns its status.
+timed_run() {
+	local logf=$1 rc=0
+	shift
+	timeout -k 5 "$RUN_TIMEOUT" "$@" >"$logf" 2>&1 &
+	CUR_PID=$!
+	wait "$CUR_PID" || rc=$?
+	CUR_PID=
+	return "$rc"
+}
+
+# skip_reason TARGET: why TARGET's next run is skipped, if it is.
+skip_reason() {
+	if [ $((SECONDS - START)) -gt "$DEADLINE" ]; then
+		echo "deadline"
+	elif [ "${FAILS[$1]:-0}" -ge 2 ]; then
+		echo "target-failed"
+	fi
+}
+
+# qemu_run WORKLOAD TARGET REP ARGS...: one timed qemu-img bench; appends a
+# raw row. REP 0 is the untimed prefill.
+qemu_run() {
+	local wl=$1 t=$2 rep=$3 logf secs status rc=0 skip
+	shift 3
+	local args="$*"
+	[[ " $* " != *" -w "* ]] || args="$* --pattern=$PATTERN"
+	local count size depth
+	count=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$args")
+	size=$(sed -n 's/.*-s \([0-9]*\).*/\1/p' <<<"$args")
+	depth=$(sed -n 's/.*-d \([0-9]*\).*/\1/p' <<<"$args")
+	skip=$(skip_reason "$t")
+	if [ -n "$skip" ]; then
+		printf 'qemu\t%s\t%s\t%s\t%s\t%s\t%s\t\tskipped-%s\t%s\n' "$wl" "$t" "$rep" "$count" "$size" "$depth" "$skip" "$args" >>"$RAW"
+		return 0
+	fi
+	logf=$RES/logs/qemu.$wl.$t.$rep.log
+	# shellcheck disable=SC2086 # args is a word list on purpose
+	timed_run "$logf" qemu-img bench --image-opts "$(image_opts "$t")" $args || rc=$?
+	secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\..*/\1/p' "$logf")
+	if [ "$rc" != 0 ]; then
+		status=exit$rc
+		[ "$rc" = 124 ] && status=timeout
+	elif [ -z "$secs" ]; then
+		status=noparse
+	else
+		status=ok
+	fi
+	if [ "$status" = ok ]; then
+		FAILS[$t]=0
+		log "$(printf '%-9s %-14s #%s %8.3f s %9.0f IOPS' "$wl" "$t" "$rep" "$secs" "$(awk -v c="$count" -v s="$secs" 'BEGIN{print (s > 0 ? c / s : 0)}')")"
+	else
+		FAILS[$t]=$((${FAILS[$t]:-0} + 1))
+		log "$wl $t #$rep FAILED ($status); last lines of $logf:"
+		tail -n 5 "$logf" >&2
+	fi
+	printf 'qemu\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$t" "$rep" "$count" "$size" "$depth" "$secs" "$status" "$args" >>"$RAW"
+}
+
+# perf_run TARGET REP: one iscsi-perf read run of PERF_SECONDS.
+perf_run() {
+	local t=$1 rep=$2 logf iops status rc=0 skip count
+	local args="-i $INITIATOR -m 32 -b 8 -t $PERF_SECONDS"
+	skip=$(skip_reason "$t")
+	if [ -n "$skip" ]; then
+		printf 'perf\tperf-r4k-d32\t%s\t%s\t\t4096\t32\t\tskipped-%s\t%s\n' "$t" "$rep" "$skip" "$args" >>"$RAW"
+		return 0
+	fi
+	logf=$RES/logs/perf.$t.$rep.log
+	# shellcheck disable=SC2086
+	timed_run "$logf" iscsi-perf $args "iscsi://${PORTAL[$t]}/${IQN[$t]}/${LUN[$t]}" || rc=$?
+	# Progress lines are separated by \r; the last "iops average" is the total.
+	iops=$(tr '\r' '\n' <"$logf" | sed -n 's/^iops average \([0-9]*\) .*/\1/p' | tail -n 1)
+	if [ "$rc" != 0 ]; then
+		status=exit$rc
+		[ "$rc" = 124 ] && status=timeout
+	elif [ -z "$iops" ]; then
+		status=noparse
+	else
+		status=ok
+	fi
+	if [ "$status" = ok ]; then
+		FAILS[$t]=0
+		log "$(printf '%-9s %-14s #%s %8s s %9s IOPS' perf "$t" "$rep" "$PERF_SECONDS" "$iops")"
+		count=$((iops * PERF_SECONDS))
+	else
+		FAILS[$t]=$((${FAILS[$t]:-0} + 1))
+		log "iscsi-perf $t #$rep FAILED ($status); last lines of $logf:"
+		tr '\r' '\n' <"$logf" | tail -n 5 >&2
+		count=
+	fi
+	# count/seconds reproduces iscsi-perf's own average IOPS.
+	printf 'perf\tperf-r4k-d32\t%s\t%s\t%s\t4096\t32\t%s\t%s\t%s\n' "$t" "$rep" "$count" "$PERF_SECONDS" "$status" "$args" >>"$RAW"
+}
+
+log "prefill: writing the first $((PREFILL_COUNT * 64)) KiB of each target (untimed)"
+for t in "${TARGETS[@]}"; do
+	qemu_run prefill "$t" 0 -w -s 65536 -d 32 -c "$PREFILL_COUNT"
+done
+
+for wl in "${WORKLOADS[@]}"; do
+	log "workload $wl: qemu-img bench ${WL_ARGS[$wl]}"
+	for ((r = 1; r <= REPEATS; r++)); do
+		for t in "${TARGETS[@]}"; do
+			# shellcheck disable=SC2086
+			qemu_run "$wl" "$t" "$r" ${WL_ARGS[$wl]}
+		done
+	done
+done
+
+log "iscsi-perf: sequential 4 KiB reads, 32 in flight, ${PERF_SECONDS}s per run"
+for ((r = 1; r <= PERF_REPEATS; r++)); do
+	for t in "${TARGETS[@]}"; do
+		perf_run "$t" "$r"
+	done
+done
+
+# ---- report ------------------------------------------------------------------
+
+{
+	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "host: $(uname -srm), $(nproc) CPUs, load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "metro: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+	echo "tgtd: $(tgtd -V 2>&1 | head -n 1); $(qemu-img --version | head -n 1)"
+	echo "repeats: $REPEATS per workload and target (alternating targets), iscsi-perf $PERF_REPEATS x ${PERF_SECONDS}s; volume $SIZE; quick=$QUICK"
+} >"$RES/meta.txt"
+
+python3 "$BENCH_DIR/summarize.py" --raw "$RAW" --meta "$RES/meta.txt" \
+	--json "$RES/summary.json" | tee "$RES/table.txt"
+log "raw runs: $RAW; summary: $RES/summary.json; elapsed $((SECONDS - START))s"
+
+# A run that failed makes the benchmark fail (after the table).
+if awk -F'\t' 'NR > 1 && $9 != "ok" { bad = 1 } END { exit !bad }' "$RAW"; then
+	die "some runs failed or were skipped (see the status column of $RAW)"
+fi
