@@ -67,7 +67,11 @@ func (a *Array) Sessions() []api.Session {
 	st := a.cat.View()
 	var out []api.Session
 	for _, s := range a.iscsi.Sessions() {
-		as := api.Session{Initiator: s.InitiatorName, ISID: s.ISID, TSIH: s.TSIH, Target: s.TargetName, Remote: s.RemoteAddr, Digests: s.Digests}
+		if s.Discovery {
+			continue
+		}
+		as := api.Session{Initiator: s.InitiatorName, ISID: s.ISID, TSIH: s.TSIH, Target: s.Target, Remote: s.RemoteAddr,
+			Digests: "header " + s.HeaderDigest + ", data " + s.DataDigest}
 		if h := st.HostByIQN(s.InitiatorName); h != nil {
 			as.Host = h.Name
 		}

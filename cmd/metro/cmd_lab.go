@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/metro-storage/metro/internal/lab"
+	"github.com/metro-storage/metro/internal/units"
+)
+
+func newLabCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run metro arrays on this machine for trying it out and for tests",
+	}
+	cmd.AddCommand(newLabUpCmd(g))
+	return cmd
+}
+
+func newLabUpCmd(g *globals) *cobra.Command {
+	var (
+		dir, size  string
+		arrays     int
+		initiators []string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start arrays on loopback with a pod, a volume and a host, and run until interrupted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := units.ParseSize(size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			if dir == "" {
+				if dir, err = os.MkdirTemp("", "metro-lab-"); err != nil {
+					return err
+				}
+			}
+			if dir, err = filepath.Abs(dir); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Starting %d array(s) in %s ...\n", arrays, dir)
+			l, err := lab.Up(cmd.Context(), lab.Options{Dir: dir, Arrays: arrays, Initiators: initiators, Size: n,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				return err
+			}
+			defer l.Stop()
+			printLab(out, l, dir)
+			select {
+			case <-cmd.Context().Done():
+				fmt.Fprintln(out, "\nStopping the lab ...")
+				return nil
+			case i := <-l.Exited():
+				return fmt.Errorf("array %s exited; see %s", l.Info.Arrays[i].Name, l.Info.Arrays[i].Log)
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "directory for the arrays' data, configs, logs and lab.json (default: a new temporary directory)")
+	f.IntVar(&arrays, "arrays", 1, "number of arrays")
+	f.StringArrayVar(&initiators, "initiator", nil, "initiator IQN allowed to see the volume (repeatable; default "+lab.DefaultInitiator+")")
+	f.StringVar(&size, "size", "1G", "size of the lab volume (binary units: 1G = 1 GiB)")
+	return cmd
+}
+
+func printLab(w io.Writer, l *lab.Lab, dir string) {
+	info := l.Info
+	fmt.Fprintf(w, "\nThe lab is up. Everything is in %s/lab.json.\n\n", dir)
+	for _, a := range info.Arrays {
+		fmt.Fprintf(w, "Array %s\n  API     %s (token in lab.json, certificate %s)\n  portal  %s\n  target  %s\n", a.Name, a.API, a.CA, a.Portal, a.Target)
+	}
+	fmt.Fprintf(w, "\nVolume %s is LUN %d for host %s (initiators: %v).\n\n", info.Volume, info.LUN, info.Host, info.Initiators)
+	a := info.Arrays[0]
+	fmt.Fprintf(w, "Manage it:\n  export METRO_API=%s METRO_TOKEN=%s METRO_CA=%s\n  metro pod list; metro vol list; metro host list\n\n", a.API, a.Token, a.CA)
+	fmt.Fprintf(w, "Connect an initiator:\n")
+	fmt.Fprintf(w, "  iscsiadm -m discovery -t sendtargets -p %s && iscsiadm -m node -T %s -p %s --login   (initiator name %s)\n", a.Portal, a.Target, a.Portal, info.Initiators[0])
+	fmt.Fprintf(w, "  qemu-img info --image-opts driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%d,initiator-name=%s\n", a.Portal, a.Target, info.LUN, info.Initiators[0])
+	for _, u := range info.URLs {
+		fmt.Fprintf(w, "  iscsi-inq %s   (libiscsi URL; initiator via --initiator-name)\n", u)
+	}
+	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n")
+}
