@@ -210,6 +210,9 @@ func (c *Conn) loginStep(csg, nsg int, transit bool, kv []byte) (map[string]stri
 		return nil, 0, fmt.Errorf("login refused: status class 0x%02x detail 0x%02x", cls, det)
 	}
 	c.tsih = binary.BigEndian.Uint16(p.h[14:16])
+	// The login is an immediate command: the first command after it
+	// carries the ExpCmdSN the target announced.
+	c.cmdSN = binary.BigEndian.Uint32(p.h[28:32])
 	stage := -1
 	if p.h[1]&0x80 != 0 {
 		stage = int(p.h[1] & 3)
@@ -294,7 +297,6 @@ func (c *Conn) login() error {
 	c.maxBurst = num("MaxBurstLength", 262144)
 	c.immediateData = kv["ImmediateData"] != "No"
 	c.initialR2T = kv["InitialR2T"] == "Yes"
-	c.cmdSN++
 	return nil
 }
 

@@ -104,7 +104,7 @@ func TestQemuIOPatternTwoSessions(t *testing.T) {
 		t.Fatalf("qemu-io write: %v\n%s", err, out)
 	}
 	out, err = runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0),
-		"-c", "read -P 0xa5 0 512", "-c", "read -P 0x3c 512 4096", "-c", "read -P 0xa5 4608 1044992",
+		"-c", "read -P 0xa5 0 512", "-c", "read -P 0x3c 512 4096", "-c", "read -P 0xa5 4608 1043968",
 		"-c", "read -P 0x77 1023M 1M", "-c", "read -P 0 1M 1M")
 	if err != nil || strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "error") {
 		t.Fatalf("qemu-io read back: %v\n%s", err, out)
