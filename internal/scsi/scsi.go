@@ -1,14 +1,3 @@
-// Package scsi implements the SCSI block-device command set (SPC-4, SBC-3)
-// that metro presents for every volume: identity and VPD pages, reads and
-// writes, thin-provisioning commands, COMPARE AND WRITE, persistent and
-// SCSI-2 reservations, unit attentions and ALUA target port groups.
-//
-// The package knows nothing of iSCSI. A transport hands a Target complete
-// commands (CDB plus any data-out) with the I_T nexus they arrived on and
-// gets back a status, sense data and data-in. Logical units are backed by
-// a Backend (the volume's blocks); which LUNs an initiator sees and what
-// ALUA state each target port group is in for it come from a Resolver, so
-// LUN masking and the per-host ALUA answer are decided by the array.
 package scsi
 
 import (

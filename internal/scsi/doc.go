@@ -1,0 +1,68 @@
+// Package scsi implements the SCSI block-device command set (SPC-4, SBC-3)
+// that metro presents for every volume: identity and VPD pages, reads and
+// writes, thin-provisioning commands, COMPARE AND WRITE, persistent and
+// SCSI-2 reservations, unit attentions and ALUA target port groups.
+//
+// The package knows nothing of iSCSI. A transport hands a Target complete
+// commands (CDB plus any data-out) with the I_T nexus they arrived on and
+// gets back a status, sense data and data-in. Logical units are backed by
+// a Backend (the volume's blocks); which LUNs an initiator sees and what
+// ALUA state each target port group is in for it come from a Resolver, so
+// LUN masking and the per-host ALUA answer are decided by the array.
+//
+// # Identity
+//
+// Every logical unit is named by its volume UUID alone, so every array that
+// holds a copy of the volume reports the same identity and multipath
+// software sees one device:
+//
+//   - The unit serial number (VPD page 0x80) is the UUID as 32 lower-case
+//     hexadecimal characters.
+//   - The logical-unit designator (VPD page 0x83, association 00b) is one
+//     NAA IEEE Registered Extended designator (NAA 6, 16 bytes). Its 24-bit
+//     IEEE company identifier is 0xDA4D54: metro holds no OUI or CID of its
+//     own, so it uses a value in the CID form (the low nibble of the first
+//     octet is 1010b, the X/Y/Z/M bits of a Company ID) whose last two
+//     octets spell "MT". Collisions with a real holder of that CID would need
+//     the 100 bits below to match too. The 36-bit vendor specific identifier
+//     and the 64-bit vendor specific identifier extension are the first 100
+//     bits of SHA-256("metro-naa-v1" || UUID), so they are stable, spread
+//     over the whole space and independent of the UUID version bits.
+//   - No other logical-unit designator is reported: Linux prefers an LU
+//     SCSI name string over NAA and keys ALUA port groups on it, so anything
+//     that differed between arrays would split the paths.
+//
+// Target port designators describe the port a command arrived on: its
+// relative target port identifier (type 4), its target port group (type 5,
+// looked up in Resolver.PortGroups) and its SCSI name string (type 8,
+// "iqn...,t,0x<TPGT>"). These differ per array by design.
+//
+// The logical block is 512 bytes. READ CAPACITY(16) reports a LOGICAL
+// BLOCKS PER PHYSICAL BLOCK EXPONENT of 0 and the 4 KiB allocation unit is
+// advertised through the OPTIMAL TRANSFER LENGTH GRANULARITY and OPTIMAL
+// UNMAP GRANULARITY of the Block Limits page instead: with an exponent of 3
+// the GET LBA STATUS answer that SBC requires (first descriptor at the
+// requested LBA) contradicts libiscsi's GetLBAStatus.UnmapSingle test.
+//
+// # Behaviour worth knowing
+//
+//   - A new I_T nexus gets a POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+//     unit attention on its first command to each logical unit; INQUIRY,
+//     REPORT LUNS and REQUEST SENSE neither report nor clear unit
+//     attentions (REQUEST SENSE returns and clears one).
+//   - WRITE SAME with the UNMAP bit deallocates the range whatever the
+//     data-out holds (as Linux LIO does); unmapped blocks read as zeros
+//     (LBPRZ=1).
+//   - Writes whose data-out is shorter than the CDB asks for write the whole
+//     blocks that did arrive (the transport reports the residual); COMPARE
+//     AND WRITE and WRITE SAME need exactly the data their CDB implies.
+//   - Every write, COMPARE AND WRITE and ORWRITE holds an exclusive range
+//     lock on its blocks, so the read-compare-write of COMPARE AND WRITE is
+//     atomic against every other write of the logical unit; reads take no
+//     lock.
+//   - Persistent reservation state lives in ReservationState, a plain value
+//     with pure methods (Apply, Allows) so that a later sequencer can order
+//     and replicate it; the logical unit only stores it, persists it through
+//     LUConfig.PersistPR while APTPL is set and turns its effects into unit
+//     attentions and task aborts.
+package scsi

@@ -1,0 +1,342 @@
+package scsi
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+)
+
+// BlockSize is the logical block size in bytes.
+const BlockSize = 512
+
+// naaCompanyID is the 24-bit IEEE company identifier of the NAA-6
+// designator (see the package documentation).
+const naaCompanyID = 0xDA4D54
+
+// maxPendingUAs bounds the unit attention queue of one nexus.
+const maxPendingUAs = 16
+
+// LUConfig configures a logical unit.
+type LUConfig struct {
+	// UUID is the volume UUID: the NAA-6 designator and the unit serial
+	// number derive from it (identical on every array holding the volume).
+	UUID [16]byte
+	// Size is the capacity in bytes, a multiple of 4096.
+	Size    uint64
+	Backend Backend
+	// PersistPR durably saves the persistent-reservation state. It is
+	// called, and must succeed, before status is returned whenever state
+	// with APTPL set changes (nil state = delete the saved state).
+	PersistPR func(state []byte) error
+	// LoadedPR is the state PersistPR saved earlier (nil if none), restored
+	// when the logical unit is created.
+	LoadedPR []byte
+	// Logger receives the logical unit's warnings (nil: discarded).
+	Logger *slog.Logger
+}
+
+// LogicalUnit is one volume as a SCSI logical unit. It is shared by every
+// I_T nexus that sees the volume (through any LUN) and safe for concurrent
+// use.
+type LogicalUnit struct {
+	uuid      [16]byte
+	naa       [16]byte
+	serial    string
+	backend   Backend
+	persistPR func([]byte) error
+	log       *slog.Logger
+
+	size  atomic.Uint64
+	locks rangeLock
+
+	// prMu serialises the changes of the reservation state that may have
+	// to be persisted: apply, persist, install.
+	prMu sync.Mutex
+
+	// mu guards the per-nexus state, the reservation state and the mode
+	// parameters.
+	mu struct {
+		sync.Mutex
+		// nexus is the state of every I_T nexus that has used the unit,
+		// by Nexus.Key.
+		nexus map[string]*nexusState
+		res   ReservationState
+		// swp is the SWP (software write protect) bit of the control
+		// mode page.
+		swp bool
+	}
+}
+
+// nexusState is what the logical unit keeps for one I_T nexus.
+type nexusState struct {
+	nexus Nexus
+	// uas are the pending unit attentions, oldest first.
+	uas []Sense
+}
+
+// NewLogicalUnit returns the logical unit for a volume. Saved persistent
+// reservation state that cannot be decoded is logged and dropped.
+func NewLogicalUnit(cfg LUConfig) *LogicalUnit {
+	lu := &LogicalUnit{
+		uuid:      cfg.UUID,
+		naa:       naaDesignator(cfg.UUID),
+		serial:    hex.EncodeToString(cfg.UUID[:]),
+		backend:   cfg.Backend,
+		persistPR: cfg.PersistPR,
+		log:       cfg.Logger,
+	}
+	if lu.log == nil {
+		lu.log = slog.New(slog.DiscardHandler)
+	}
+	lu.size.Store(cfg.Size)
+	lu.mu.nexus = make(map[string]*nexusState)
+	if len(cfg.LoadedPR) > 0 {
+		st, err := UnmarshalReservationState(cfg.LoadedPR)
+		if err != nil {
+			lu.log.Warn("dropping saved persistent reservations", "lu", lu.serial, "err", err)
+		} else {
+			lu.mu.res = st
+		}
+	}
+	return lu
+}
+
+// naaDesignator derives the 16-byte NAA IEEE Registered Extended
+// designator from the volume UUID.
+func naaDesignator(uuid [16]byte) [16]byte {
+	h := sha256.New()
+	h.Write([]byte("metro-naa-v1"))
+	h.Write(uuid[:])
+	sum := h.Sum(nil)
+	var d [16]byte
+	// NAA (4 bits) | company id (24 bits) | vendor specific id (36 bits) |
+	// extension (64 bits): the last 100 bits come from the hash.
+	cid := uint32(naaCompanyID)
+	d[0] = 0x60 | byte(cid>>20)
+	d[1] = byte(cid >> 12)
+	d[2] = byte(cid >> 4)
+	d[3] = byte(cid<<4) | sum[0]>>4
+	for i := 4; i < 16; i++ {
+		d[i] = sum[i-4]<<4 | sum[i-3]>>4
+	}
+	return d
+}
+
+// Size returns the capacity in bytes.
+func (lu *LogicalUnit) Size() uint64 { return lu.size.Load() }
+
+// blocks returns the capacity in logical blocks.
+func (lu *LogicalUnit) blocks() uint64 { return lu.size.Load() / BlockSize }
+
+// Serial returns the unit serial number (VPD page 0x80).
+func (lu *LogicalUnit) Serial() string { return lu.serial }
+
+// NAA returns the NAA-6 designator (VPD page 0x83).
+func (lu *LogicalUnit) NAA() [16]byte { return lu.naa }
+
+// Resize sets the capacity (the volume grew online) and raises CAPACITY
+// DATA HAS CHANGED on every nexus.
+func (lu *LogicalUnit) Resize(size uint64) {
+	lu.size.Store(size)
+	lu.raiseAll(SenseCapacityChanged())
+}
+
+// AccessChanged raises ASYMMETRIC ACCESS STATE CHANGED on every nexus: the
+// ALUA state of a target port group changed.
+func (lu *LogicalUnit) AccessChanged() {
+	lu.raiseAll(SenseAsymmetricAccessChanged())
+}
+
+// Reservations returns a copy of the reservation state.
+func (lu *LogicalUnit) Reservations() ReservationState {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	return lu.mu.res.Clone()
+}
+
+// raiseAll queues a unit attention for every nexus.
+func (lu *LogicalUnit) raiseAll(s Sense) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	for _, ns := range lu.mu.nexus {
+		ns.raise(s)
+	}
+}
+
+// raise queues unit attention s, once.
+func (ns *nexusState) raise(s Sense) {
+	for _, p := range ns.uas {
+		if p.Is(s) {
+			return
+		}
+	}
+	if len(ns.uas) >= maxPendingUAs {
+		ns.uas = ns.uas[1:]
+	}
+	ns.uas = append(ns.uas, s)
+}
+
+// stateLocked returns the state of nexus n (whose Key is key), creating it
+// (with a pending power on/reset unit attention) on first contact. lu.mu
+// must be held.
+func (lu *LogicalUnit) stateLocked(n Nexus, key string) *nexusState {
+	ns := lu.mu.nexus[key]
+	if ns == nil {
+		ns = &nexusState{nexus: n, uas: []Sense{SensePowerOnReset()}}
+		lu.mu.nexus[key] = ns
+	}
+	return ns
+}
+
+// touch records contact from n without consuming a unit attention.
+func (lu *LogicalUnit) touch(n Nexus, key string) {
+	lu.mu.Lock()
+	lu.stateLocked(n, key)
+	lu.mu.Unlock()
+}
+
+// takeUA removes and returns the oldest pending unit attention of n.
+func (lu *LogicalUnit) takeUA(n Nexus, key string) (Sense, bool) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	ns := lu.stateLocked(n, key)
+	if len(ns.uas) == 0 {
+		return Sense{}, false
+	}
+	s := ns.uas[0]
+	ns.uas = ns.uas[1:]
+	return s, true
+}
+
+// allows reports whether the reservations let n run a command of class c.
+func (lu *LogicalUnit) allows(n Nexus, c AccessClass) bool {
+	if c == AccessAlways {
+		return true
+	}
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	return lu.mu.res.Allows(NexusID(n), c)
+}
+
+// writeProtected reports whether the SWP bit is set.
+func (lu *LogicalUnit) writeProtected() bool {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	return lu.mu.swp
+}
+
+// noticeLocked queues the unit attentions of reservation notices on every
+// nexus their registration applies to. lu.mu must be held.
+func (lu *LogicalUnit) noticeLocked(notices []PRNotice) {
+	for _, nt := range notices {
+		for _, ns := range lu.mu.nexus {
+			if nt.To.matches(NexusID(ns.nexus)) {
+				ns.raise(nt.Sense)
+			}
+		}
+	}
+}
+
+// reset performs the logical-unit part of a reset: the SCSI-2 reservation
+// is released, mode parameters return to their defaults and every nexus
+// gets unit attention ua. Persistent reservations are kept.
+func (lu *LogicalUnit) reset(ua Sense) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	lu.mu.res.SCSI2 = nil
+	lu.mu.swp = false
+	for _, ns := range lu.mu.nexus {
+		ns.raise(ua)
+	}
+}
+
+// nexusLost forgets nexus n: its unit attentions and SCSI-2 reservation go;
+// a later nexus with the same name starts afresh.
+func (lu *LogicalUnit) nexusLost(n Nexus) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	delete(lu.mu.nexus, n.Key())
+	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+}
+
+// raiseFor queues unit attention s for every nexus of initiator (all
+// nexuses when initiator is empty).
+func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	for _, ns := range lu.mu.nexus {
+		if initiator == "" || ns.nexus.InitiatorName == initiator {
+			ns.raise(s)
+		}
+	}
+}
+
+// applyPR applies a PERSISTENT RESERVE OUT from n: compute, persist when
+// APTPL state is involved, install, notify. The returned outcome has
+// Status HARDWARE ERROR sense if persisting failed (nothing changed then).
+func (lu *LogicalUnit) applyPR(n Nexus, op PROut) PROutcome {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
+	lu.mu.Lock()
+	cur := lu.mu.res.Clone()
+	lu.mu.Unlock()
+	if !cur.Allows(NexusID(n), AccessControl) {
+		return prConflict()
+	}
+	next, out := cur.Apply(NexusID(n), op)
+	if out.Status != StatusGood {
+		return out
+	}
+	if err := lu.persist(cur, next); err != nil {
+		lu.log.Error("saving persistent reservations failed", "lu", lu.serial, "err", err)
+		return prCheck(SenseHardwareError())
+	}
+	lu.mu.Lock()
+	// The SCSI-2 reservation may have changed meanwhile; keep the live one.
+	next.SCSI2 = lu.mu.res.SCSI2
+	lu.mu.res = next
+	lu.noticeLocked(out.Notices)
+	lu.mu.Unlock()
+	return out
+}
+
+// persist saves next through PersistPR when APTPL is set in it, or deletes
+// the saved state when APTPL was set in prev and no longer is (or nothing
+// is left).
+func (lu *LogicalUnit) persist(prev, next ReservationState) error {
+	if lu.persistPR == nil {
+		return nil
+	}
+	switch {
+	case next.APTPL && !next.Empty():
+		if err := lu.persistPR(next.Marshal()); err != nil {
+			return fmt.Errorf("persist reservations: %w", err)
+		}
+	case prev.APTPL && !prev.Empty():
+		if err := lu.persistPR(nil); err != nil {
+			return fmt.Errorf("delete saved reservations: %w", err)
+		}
+	}
+	return nil
+}
+
+// reserveSCSI2 applies RESERVE(6) from n; false means conflict.
+func (lu *LogicalUnit) reserveSCSI2(n Nexus) bool {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	next, ok := lu.mu.res.ReserveSCSI2(NexusID(n))
+	if ok {
+		lu.mu.res = next
+	}
+	return ok
+}
+
+// releaseSCSI2 applies RELEASE(6) from n.
+func (lu *LogicalUnit) releaseSCSI2(n Nexus) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+}

@@ -1,0 +1,366 @@
+package scsi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"weak"
+
+	"github.com/metro-storage/metro/internal/store"
+)
+
+// TargetConfig configures a Target.
+type TargetConfig struct {
+	// Vendor, Product and Revision are the standard INQUIRY identification
+	// (defaults "METRO", "metro", "0.1"; padded with spaces as SPC
+	// requires, truncated to 8, 16 and 4 characters).
+	Vendor, Product, Revision string
+	Resolver                  Resolver
+	Logger                    *slog.Logger
+}
+
+// Target is the SCSI target device: it executes commands for every logical
+// unit the Resolver maps and keeps track of running tasks for task
+// management. It is safe for concurrent use.
+type Target struct {
+	vendor, product, revision string
+	resolver                  Resolver
+	log                       *slog.Logger
+	table                     *commandTable
+
+	// mu guards the running tasks and the logical units seen so far.
+	mu struct {
+		sync.Mutex
+		tasks map[taskKey]*task
+		// lus are the logical units that have executed commands, for
+		// target resets (weak: a deleted volume's unit goes away).
+		lus map[weak.Pointer[LogicalUnit]]struct{}
+	}
+}
+
+// taskKey names a task: its I_T nexus and tag.
+type taskKey struct {
+	nexus string
+	tag   uint32
+}
+
+// task is one running command.
+type task struct {
+	nexus   Nexus
+	key     string // nexus.Key()
+	lun     uint64
+	lu      *LogicalUnit
+	cancel  context.CancelFunc
+	aborted atomic.Bool
+	done    chan struct{}
+}
+
+// NewTarget returns a Target.
+func NewTarget(cfg TargetConfig) *Target {
+	t := &Target{
+		vendor:   pad(cfg.Vendor, "METRO", 8),
+		product:  pad(cfg.Product, "metro", 16),
+		revision: pad(cfg.Revision, "0.1", 4),
+		resolver: cfg.Resolver,
+		log:      cfg.Logger,
+		table:    newCommandTable(),
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
+	}
+	t.mu.tasks = make(map[taskKey]*task)
+	t.mu.lus = make(map[weak.Pointer[LogicalUnit]]struct{})
+	return t
+}
+
+// pad returns s (or def when s is empty) as n printable ASCII characters,
+// padded with spaces.
+func pad(s, def string, n int) string {
+	if s == "" {
+		s = def
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '_'
+		}
+	}
+	if len(b) > n {
+		b = b[:n]
+	}
+	return string(b) + strings.Repeat(" ", n-len(b))
+}
+
+// exec is the context of one command being executed.
+type exec struct {
+	ctx context.Context
+	t   *Target
+	lu  *LogicalUnit
+	cmd *Command
+	cdb []byte
+	// key is cmd.Nexus.Key().
+	key string
+}
+
+// Execute runs one command and returns its outcome. It never returns nil.
+// A command aborted by task management returns a Result with Aborted set.
+func (t *Target) Execute(ctx context.Context, cmd *Command) *Result {
+	if len(cmd.CDB) == 0 {
+		return checkCondition(SenseInvalidOpcode())
+	}
+	lu := t.lun(cmd.Nexus, cmd.LUN)
+	if lu == nil {
+		return t.executeNoLU(cmd)
+	}
+	key := cmd.Nexus.Key()
+	ctx, tk := t.startTask(ctx, cmd, key, lu)
+	defer t.endTask(cmd, key, tk)
+	res := t.dispatch(&exec{ctx: ctx, t: t, lu: lu, cmd: cmd, cdb: cmd.CDB, key: key})
+	if tk.aborted.Load() {
+		return &Result{Aborted: true}
+	}
+	return res
+}
+
+// lun resolves the logical unit of a LUN for the nexus and remembers it.
+func (t *Target) lun(n Nexus, lun uint64) *LogicalUnit {
+	if t.resolver == nil {
+		return nil
+	}
+	lu := t.resolver.LUN(n.InitiatorName, lun)
+	if lu == nil {
+		return nil
+	}
+	wp := weak.Make(lu)
+	t.mu.Lock()
+	if _, ok := t.mu.lus[wp]; !ok {
+		t.mu.lus[wp] = struct{}{}
+	}
+	t.mu.Unlock()
+	return lu
+}
+
+// knownLUs returns the live logical units that have executed commands.
+func (t *Target) knownLUs() []*LogicalUnit {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var lus []*LogicalUnit
+	for wp := range t.mu.lus {
+		if lu := wp.Value(); lu != nil {
+			lus = append(lus, lu)
+		} else {
+			delete(t.mu.lus, wp)
+		}
+	}
+	return lus
+}
+
+// executeNoLU answers a command addressed to a LUN the initiator does not
+// see: INQUIRY reports no device, REPORT LUNS and REQUEST SENSE work, the
+// rest get LOGICAL UNIT NOT SUPPORTED.
+func (t *Target) executeNoLU(cmd *Command) *Result {
+	c, _ := t.table.lookup(cmd.CDB)
+	if c == nil || len(cmd.CDB) < len(c.usage) {
+		return checkCondition(SenseLUNNotSupported())
+	}
+	x := &exec{ctx: context.Background(), t: t, cmd: cmd, cdb: cmd.CDB[:len(c.usage)]}
+	switch c.op {
+	case opInquiry:
+		if s := c.checkReserved(x.cdb); s != nil {
+			return checkCondition(*s)
+		}
+		if x.cdb[1]&0x01 != 0 {
+			return checkCondition(SenseLUNNotSupported())
+		}
+		return runInquiry(x)
+	case opReportLUNs:
+		if s := c.checkReserved(x.cdb); s != nil {
+			return checkCondition(*s)
+		}
+		return runReportLUNs(x)
+	case opRequestSense:
+		return x.senseData(SenseLUNNotSupported())
+	}
+	return checkCondition(SenseLUNNotSupported())
+}
+
+// dispatch checks a command against unit attentions, ALUA state and
+// reservations, then runs it.
+func (t *Target) dispatch(x *exec) *Result {
+	c, bad := t.table.lookup(x.cdb)
+	if c != nil && c.keepsUA {
+		x.lu.touch(x.cmd.Nexus, x.key)
+	} else if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key); ok {
+		return checkCondition(s)
+	}
+	if bad != nil {
+		return checkCondition(*bad)
+	}
+	if len(x.cdb) < len(c.usage) {
+		return checkCondition(SenseInvalidFieldInCDB(len(x.cdb)))
+	}
+	x.cdb = x.cdb[:len(c.usage)]
+	if s := c.checkReserved(x.cdb); s != nil {
+		return checkCondition(*s)
+	}
+	if s := t.aluaBlocks(x.lu, x.cmd.Nexus, c.alua); s != nil {
+		return checkCondition(*s)
+	}
+	if !x.lu.allows(x.cmd.Nexus, c.access) {
+		return reservationConflict()
+	}
+	return c.run(x)
+}
+
+// startTask registers a running command for task management and returns
+// the context it runs under.
+func (t *Target) startTask(ctx context.Context, cmd *Command, key string, lu *LogicalUnit) (context.Context, *task) {
+	ctx, cancel := context.WithCancel(ctx)
+	tk := &task{nexus: cmd.Nexus, key: key, lun: cmd.LUN, lu: lu, cancel: cancel, done: make(chan struct{})}
+	t.mu.Lock()
+	t.mu.tasks[taskKey{key, cmd.Tag}] = tk
+	t.mu.Unlock()
+	return ctx, tk
+}
+
+func (t *Target) endTask(cmd *Command, key string, tk *task) {
+	k := taskKey{key, cmd.Tag}
+	t.mu.Lock()
+	if t.mu.tasks[k] == tk {
+		delete(t.mu.tasks, k)
+	}
+	t.mu.Unlock()
+	tk.cancel()
+	close(tk.done)
+}
+
+// abortTasks aborts every running task for which match is true and waits
+// (until ctx ends) for them to return. It reports the nexuses whose tasks
+// were aborted.
+func (t *Target) abortTasks(ctx context.Context, match func(*task) bool) []Nexus {
+	t.mu.Lock()
+	var hit []*task
+	for _, tk := range t.mu.tasks {
+		if match(tk) {
+			hit = append(hit, tk)
+		}
+	}
+	t.mu.Unlock()
+	nexuses := make([]Nexus, 0, len(hit))
+	for _, tk := range hit {
+		tk.aborted.Store(true)
+		tk.cancel()
+		nexuses = append(nexuses, tk.nexus)
+	}
+	for _, tk := range hit {
+		select {
+		case <-tk.done:
+		case <-ctx.Done():
+			return nexuses
+		}
+	}
+	return nexuses
+}
+
+// TaskManagement performs a task management function received on nexus n
+// for LUN lun (refTag names the task for ABORT TASK). It returns when the
+// affected tasks have ended (or ctx is done).
+func (t *Target) TaskManagement(ctx context.Context, n Nexus, fn TMF, lun uint64, refTag uint32) TMFResponse {
+	switch fn {
+	case AbortTask:
+		t.mu.Lock()
+		tk := t.mu.tasks[taskKey{n.Key(), refTag}]
+		t.mu.Unlock()
+		if tk == nil || tk.lun != lun {
+			return TMFTaskNotFound
+		}
+		t.abortTasks(ctx, func(o *task) bool { return o == tk })
+		return TMFComplete
+	case AbortTaskSet, ClearTaskSet, LogicalUnitReset:
+		lu := t.lun(n, lun)
+		if lu == nil {
+			return TMFLUNNotFound
+		}
+		key := n.Key()
+		switch fn {
+		case AbortTaskSet:
+			t.abortTasks(ctx, func(o *task) bool { return o.lu == lu && o.key == key })
+		case ClearTaskSet:
+			for _, other := range t.abortTasks(ctx, func(o *task) bool { return o.lu == lu }) {
+				if other.Key() != key {
+					lu.raiseNexus(other, SenseCommandsCleared())
+				}
+			}
+		default:
+			t.abortTasks(ctx, func(o *task) bool { return o.lu == lu })
+			lu.reset(SenseLUNReset())
+		}
+		return TMFComplete
+	case TargetWarmReset, TargetColdReset:
+		t.abortTasks(ctx, func(*task) bool { return true })
+		for _, lu := range t.knownLUs() {
+			lu.reset(SensePowerOnReset())
+		}
+		return TMFComplete
+	case ClearACA:
+		return TMFNotSupported
+	}
+	return TMFNotSupported
+}
+
+// NexusLost forgets an I_T nexus that is gone (its session ended): its
+// unit attentions and SCSI-2 reservations are dropped, so a nexus with the
+// same name starts afresh with a power on/reset unit attention. Persistent
+// reservations are kept.
+func (t *Target) NexusLost(n Nexus) {
+	key := n.Key()
+	t.abortTasks(context.Background(), func(o *task) bool { return o.key == key })
+	for _, lu := range t.knownLUs() {
+		lu.nexusLost(n)
+	}
+}
+
+// LUNsChanged raises REPORTED LUNS DATA HAS CHANGED on every nexus of the
+// initiator (every nexus when initiator is empty), for the array to call
+// when LUN masking changes.
+func (t *Target) LUNsChanged(initiator string) {
+	for _, lu := range t.knownLUs() {
+		lu.raiseFor(initiator, SenseLUNsChanged())
+	}
+}
+
+// DataOutLength returns how many bytes of data-out the CDB transfers, for
+// the transport to report residuals against the expected transfer length.
+func (t *Target) DataOutLength(_ Nexus, _ uint64, cdb []byte) (uint32, bool) {
+	return dataOutLength(cdb)
+}
+
+// raiseNexus queues unit attention s for nexus n if the unit knows it.
+func (lu *LogicalUnit) raiseNexus(n Nexus, s Sense) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if ns := lu.mu.nexus[n.Key()]; ns != nil {
+		ns.raise(s)
+	}
+}
+
+// backendError turns a Backend error into sense data: out of space is
+// SPACE ALLOCATION FAILED, corruption an unrecovered read error, anything
+// else an internal target failure (logged).
+func (x *exec) backendError(op string, err error) *Result {
+	switch {
+	case errors.Is(err, store.ErrNoSpace):
+		return checkCondition(SenseSpaceAllocFailed())
+	case errors.Is(err, store.ErrCorrupt):
+		x.t.log.Warn("medium error", "lu", x.lu.serial, "op", op, "err", err)
+		return checkCondition(SenseMediumError())
+	case x.ctx.Err() != nil:
+		// Aborted or the session went away: nobody sees this status.
+		return checkCondition(SenseHardwareError())
+	}
+	x.t.log.Error("backend failure", "lu", x.lu.serial, "op", op, "err", err)
+	return checkCondition(SenseHardwareError())
+}
