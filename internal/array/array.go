@@ -264,3 +264,10 @@ func (a *Array) EradicateExpired(ctx context.Context) {
 		}
 	}
 }
+
+// Close closes an array that was opened but never run (Run closes the
+// store itself when it returns).
+func (a *Array) Close() error { return a.store.Close() }
+
+// Target returns the array's SCSI target (tests drive it directly).
+func (a *Array) Target() *scsi.Target { return a.target }
