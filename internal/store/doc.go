@@ -1,0 +1,85 @@
+// Package store is metro's local block store: every volume's blocks and the
+// array's durable metadata (configuration, persistent reservations, later
+// replication state) in one Pebble DB, so that data and the metadata that
+// goes with it commit atomically in one synced batch.
+//
+// # Model
+//
+// Volumes are thin and need no creation: a volume id (chosen by the caller,
+// never reused) names a sparse array of bytes that reads as zeros where
+// nothing was written. Hosts address 512-byte logical blocks; the store
+// keeps 4096-byte chunks, each stored as one Pebble value with a CRC32C.
+// A write smaller than a chunk reads, modifies and rewrites the chunk while
+// holding that chunk's lock stripe, so writers of one chunk serialise and
+// writers of different chunks run concurrently. Every write is one batch
+// committed with pebble.Sync: it is durable before the call returns, and
+// Pebble's WAL group commit lets concurrent writers share one fsync.
+//
+// A chunk that would be all zeros is deleted instead of stored (writes of
+// zeros and unmaps both deallocate). Which chunks are mapped is kept in an
+// allocation bitmap per volume, durable and in memory; writers consult the
+// in-memory copy (exact under the chunk's stripe) instead of looking chunks
+// up in Pebble. Space used is mapped chunks × 4096 bytes, per volume and for
+// the array. A write that needs new chunks beyond the capacity fails with
+// ErrNoSpace before anything is written; overwrites of mapped chunks and
+// unmaps always proceed; reads always work.
+//
+// # On-disk format (version 1)
+//
+// All keys begin with a one-byte prefix:
+//
+//	0x01 name                 system record
+//	0x01 "format"             format version, uint32 big-endian (1)
+//	0x02 vol(8) page(8)       allocation bitmap page (4096 chunks)
+//	0x03 vol(8) chunk(8)      data chunk
+//	0x04 key                  caller metadata (caller-chosen key bytes)
+//
+// vol is the volume id, chunk the chunk index (byte offset / 4096) and page
+// the bitmap page index (chunk / 4096), all uint64 big-endian, so one
+// volume's chunks form one contiguous, ordered key range: reads of a range
+// are one iterator, and deleting a volume is one range deletion per prefix.
+//
+// A data value is 4100 bytes: the 4096 data bytes, then CRC32C (Castagnoli,
+// little-endian) over vol(8, big-endian) ‖ chunk(8, big-endian) ‖ data. Mixing
+// the key into the checksum detects a chunk written or read under the wrong
+// key as well as damaged bytes. Reads verify it and fail with ErrCorrupt on a
+// mismatch; a value of any other length is also ErrCorrupt.
+//
+// A bitmap page is only ever written with Pebble merge operands, in the same
+// batch as the chunk changes it records; the merge operator
+// ("metro.alloc-bitmap.v1") composes them. Bit i of a page (word i/64, bit
+// i%64 of little-endian uint64 words) is chunk page×4096+i. A value's first
+// byte is its form:
+//
+//	0x01 list    changes, uint16 big-endian each: bit 15 = mapped, bits 0-11 = chunk in page
+//	0x02 masks   set mask (512 bytes) then clear mask (512 bytes): x → (x &^ clear) | set
+//	0x03 full    the page (512 bytes), replacing any older state
+//
+// Batches write lists; merging yields masks (when older operands may exist)
+// or full pages. Because the bitmap changes commit atomically with the
+// chunks, after any crash the bitmaps equal the set of stored chunks and the
+// used bytes are exact (Store.Check verifies both). Open reads the bitmaps
+// (512 bytes per 16 MiB of mapped volume) to rebuild the in-memory state.
+//
+// The format record is written when the store is created. Open refuses a
+// store with a newer format version (ErrFormat, naming both versions), and a
+// non-empty DB without a format record. Pebble's own format is pinned to
+// pebble.FormatValueSeparation (the newest in Pebble v2.1) so a module
+// upgrade never ratchets it silently.
+//
+// # Failures
+//
+// If Pebble cannot make a commit durable (a WAL write or sync fails) it
+// cannot continue; the store then refuses further changes (ErrFailed) and
+// panics so the array process stops (fail-stop); on restart the WAL replay
+// recovers exactly what was acknowledged, as after a power loss.
+//
+// # Batches
+//
+// Batch carries metadata changes and data operations (writes, unmaps) for
+// any number of volumes; Commit takes the lock stripes of every chunk
+// involved in ascending order, reads what it must (existence, partial-chunk
+// contents), checks space, and commits everything in one synced Pebble
+// batch. Volume.WriteAt and Volume.Unmap are one-operation batches; later
+// replication adds its sequence numbers to the same batch as the data.
+package store

@@ -1,0 +1,362 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+const (
+	// BlockSize is the logical block size volumes are addressed in.
+	BlockSize = 512
+	// ChunkSize is the unit of storage, checksumming and space accounting
+	// (the physical block size reported to hosts).
+	ChunkSize = 4096
+)
+
+// FormatVersion is the on-disk format this package writes and the newest it
+// can open.
+const FormatVersion uint32 = 1
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrNoSpace: the write needs chunks beyond the capacity. Nothing was
+	// changed.
+	ErrNoSpace = errors.New("store: out of space")
+	// ErrCorrupt: stored data failed verification (checksum, length, key).
+	ErrCorrupt = errors.New("store: data corrupt")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store: closed")
+	// ErrInvalid: offset or length not a multiple of BlockSize, negative, or
+	// overflowing.
+	ErrInvalid = errors.New("store: invalid argument")
+	// ErrFormat: the directory holds a store of an unknown (newer) format or
+	// something that is not a metro store.
+	ErrFormat = errors.New("store: unsupported on-disk format")
+	// ErrMiscompare: CompareAndWrite found different data (see
+	// MiscompareError for where).
+	ErrMiscompare = errors.New("store: miscompare")
+	// ErrFailed: an earlier commit failed (for example the disk refused a
+	// write), so the in-memory state may no longer match the disk; the store
+	// refuses further changes until it is reopened. Reads still work.
+	ErrFailed = errors.New("store: failed")
+)
+
+// errBatchDone is returned when a Batch is used after Commit.
+var errBatchDone = errors.New("store: batch already committed")
+
+// Options configures Open.
+type Options struct {
+	// FS is the filesystem; nil means the real disk.
+	FS vfs.FS
+	// Capacity is the array's usable size in bytes; 0 means unlimited.
+	Capacity uint64
+	// Logger receives the store's and Pebble's messages; nil discards them.
+	Logger *slog.Logger
+	// CacheSize is Pebble's block cache in bytes; 0 means 256 MiB.
+	CacheSize int64
+
+	// tune, when set (by tests), adjusts the Pebble options last.
+	tune func(*pebble.Options)
+}
+
+const defaultCacheSize = 256 << 20
+
+// Store is the array's local block store and metadata store: one Pebble DB.
+// It is safe for concurrent use.
+type Store struct {
+	dir string
+	db  *pebble.DB
+	log *slog.Logger
+	crc *crc32.Table
+
+	// stripes serialise writers of the same chunk: a batch holds the stripes
+	// of every chunk it touches from its reads (existence check,
+	// read-modify-write) until its commit and bitmap and counter updates are
+	// done.
+	// Stripes are always taken in ascending index order.
+	stripes [numStripes]sync.Mutex
+
+	// used is the array-wide number of bytes in mapped chunks plus the
+	// reservations of batches in flight; it never exceeds capacity because of
+	// a write (reserve checks and adds atomically).
+	used     atomic.Int64
+	capacity atomic.Uint64
+
+	// failure is the first commit error; once set, changes are refused.
+	failure atomic.Pointer[error]
+
+	// life is held shared by every operation that uses db and exclusively by
+	// Close, so Close waits for operations in flight.
+	life struct {
+		sync.RWMutex
+		closed bool // set once by Close
+	}
+
+	// mu guards the volume handles.
+	mu struct {
+		sync.Mutex
+		vols map[uint64]*Volume // every volume ever mapped or asked for
+	}
+}
+
+// Volume is the data handle of one volume. Handles are shared: Store.Volume
+// returns the same *Volume for the same id.
+type Volume struct {
+	s  *Store
+	id uint64
+	// alloc says which chunks are mapped and used counts their bytes; both
+	// change only under the stripes of the chunks concerned, after the
+	// commit that made the change durable.
+	alloc allocMap
+	used  atomic.Int64
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "store")
+	s := &Store{dir: dir, log: log, crc: castagnoli()}
+	db, err := pebble.Open(dir, pebbleOptions(opts, log, func(err error) { _ = s.fail(err) }))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
+	s.db = db
+	s.capacity.Store(opts.Capacity)
+	s.mu.vols = make(map[uint64]*Volume)
+	if err := s.checkFormat(); err != nil {
+		return nil, errors.Join(err, closeDB(db))
+	}
+	if err := s.loadBitmaps(); err != nil {
+		return nil, errors.Join(err, closeDB(db))
+	}
+	used, capacity := s.Usage()
+	log.Info("store opened", "dir", dir, "format", FormatVersion,
+		"used", used, "capacity", capacity)
+	return s, nil
+}
+
+func closeDB(db *pebble.DB) error {
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// checkFormat reads the format version, or writes it into a new, empty DB.
+func (s *Store) checkFormat() error {
+	val, closer, err := s.db.Get(sysKey(sysFormatKey))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		empty, err := s.isEmpty()
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return fmt.Errorf("store: %s holds data but no format version; not a metro store: %w",
+				s.dir, ErrFormat)
+		}
+		v := binary.BigEndian.AppendUint32(nil, FormatVersion)
+		if err := s.db.Set(sysKey(sysFormatKey), v, pebble.Sync); err != nil {
+			return fmt.Errorf("store: %s: write format version: %w", s.dir, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("store: %s: read format version: %w", s.dir, err)
+	}
+	defer closer.Close()
+	if len(val) != 4 {
+		return fmt.Errorf("store: %s: format version record is %d bytes: %w", s.dir, len(val), ErrFormat)
+	}
+	v := binary.BigEndian.Uint32(val)
+	if v > FormatVersion || v == 0 {
+		return fmt.Errorf("store: %s has on-disk format version %d but this metro supports up to %d; run a newer metro: %w",
+			s.dir, v, FormatVersion, ErrFormat)
+	}
+	return nil
+}
+
+func (s *Store) isEmpty() (bool, error) {
+	it, err := s.db.NewIter(nil)
+	if err != nil {
+		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+	}
+	empty := !it.First()
+	if err := it.Close(); err != nil {
+		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+	}
+	return empty, nil
+}
+
+// loadBitmaps reads every volume's allocation bitmap into memory and
+// counts the used bytes.
+func (s *Store) loadBitmaps() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{prefixAlloc},
+		UpperBound: []byte{prefixAlloc + 1},
+	})
+	if err != nil {
+		return fmt.Errorf("store: load bitmaps: %w", err)
+	}
+	var total int64
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		if len(k) != allocKeyLen {
+			return errors.Join(fmt.Errorf("store: bitmap key %x: %w", k, ErrCorrupt), it.Close())
+		}
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return errors.Join(fmt.Errorf("store: load bitmaps: %w", err), it.Close())
+		}
+		op, err := decodePageOp(val)
+		if err != nil {
+			return errors.Join(fmt.Errorf("store: bitmap %x: %w", k, err), it.Close())
+		}
+		v := s.volume(binary.BigEndian.Uint64(k[1:9]))
+		n := v.alloc.load(binary.BigEndian.Uint64(k[9:17]), &op) * ChunkSize
+		v.used.Add(n)
+		total += n
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("store: load bitmaps: %w", err)
+	}
+	s.used.Store(total)
+	return nil
+}
+
+// enter marks the start of an operation that uses the DB; leave marks its
+// end. enter fails with ErrClosed after Close.
+func (s *Store) enter() error {
+	s.life.RLock()
+	if s.life.closed {
+		s.life.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (s *Store) leave() { s.life.RUnlock() }
+
+// fail records a commit error after which the store's memory may disagree
+// with the disk (Pebble may have applied the batch without making it
+// durable), and returns the error to give the caller.
+func (s *Store) fail(err error) error {
+	if s.failure.CompareAndSwap(nil, &err) {
+		s.log.Error("commit failed; refusing further changes until restart", "err", err)
+	}
+	return fmt.Errorf("%w: %w", ErrFailed, err)
+}
+
+// healthy returns an error wrapping ErrFailed after a failed commit.
+func (s *Store) healthy() error {
+	if p := s.failure.Load(); p != nil {
+		return fmt.Errorf("%w: an earlier commit failed (%w); restart the array to recover", ErrFailed, *p)
+	}
+	return nil
+}
+
+// Close waits for operations in flight and closes the DB. Everything
+// acknowledged is already durable; Close only releases resources.
+func (s *Store) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.life.closed {
+		return ErrClosed
+	}
+	s.life.closed = true
+	return closeDB(s.db)
+}
+
+// Usage returns the array-wide used bytes (mapped chunks, including
+// reservations of writes in flight) and the capacity (0: unlimited).
+func (s *Store) Usage() (used, capacity uint64) {
+	return uint64(max(s.used.Load(), 0)), s.capacity.Load()
+}
+
+// SetCapacity changes the capacity (0: unlimited). Lowering it below the
+// used bytes makes writes that need new chunks fail with ErrNoSpace until
+// space is freed; nothing stored is affected.
+func (s *Store) SetCapacity(bytes uint64) { s.capacity.Store(bytes) }
+
+// reserve adds n (> 0) bytes to the used count if they fit in the capacity.
+func (s *Store) reserve(n int64) (ok bool, used int64, capacity uint64) {
+	for {
+		cur := s.used.Load()
+		capacity = s.capacity.Load()
+		if capacity != 0 && cur+n > int64(min(capacity, 1<<62)) {
+			return false, cur, capacity
+		}
+		if s.used.CompareAndSwap(cur, cur+n) {
+			return true, cur + n, capacity
+		}
+	}
+}
+
+// Volume returns the data handle for volume id. Ids are chosen by the
+// caller; a volume needs no creation: it starts empty (all zeros).
+func (s *Store) Volume(id uint64) *Volume { return s.volume(id) }
+
+func (s *Store) volume(id uint64) *Volume {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.mu.vols[id]
+	if v == nil {
+		v = &Volume{s: s, id: id}
+		s.mu.vols[id] = v
+	}
+	return v
+}
+
+// ID returns the volume's id.
+func (v *Volume) ID() uint64 { return v.id }
+
+// Used returns the bytes of the volume's mapped chunks.
+func (v *Volume) Used() uint64 { return uint64(max(v.used.Load(), 0)) }
+
+// DeleteVolume durably drops all of volume id's data (eradication) with
+// range deletions of its chunks and allocation bitmap. Writes to the volume wait
+// while it runs; afterwards the volume reads as zeros and may be written
+// again, though callers never reuse ids.
+func (s *Store) DeleteVolume(id uint64) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	v := s.volume(id)
+	// All stripes: no writer of this volume is between its existence check
+	// and its counter update while the range and counter are dropped.
+	var all stripeSet
+	all.fill()
+	s.lockStripes(&all)
+	defer s.unlockStripes(&all)
+
+	if err := s.healthy(); err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, prefix := range []byte{prefixChunk, prefixAlloc} {
+		start, end := volumeKeys(prefix, id)
+		if err := b.DeleteRange(start, end, nil); err != nil {
+			return fmt.Errorf("store: delete volume %d: %w", id, err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return s.fail(fmt.Errorf("store: delete volume %d: commit: %w", id, err))
+	}
+	v.alloc.reset()
+	freed := v.used.Swap(0)
+	s.used.Add(-freed)
+	s.log.Info("volume data deleted", "volume", id, "freed", freed)
+	return nil
+}
