@@ -1,0 +1,437 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Buffer sizes of a connection.
+const (
+	readBufSize  = 256 << 10
+	writeBufSize = 256 << 10
+)
+
+// conn is one TCP connection: its reader (the goroutine running serve)
+// parses PDUs and dispatches them; its writer goroutine drains out.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	log    *slog.Logger
+	remote string
+	rd     pduReader
+	wr     pduWriter
+
+	// statSN is the next StatSN; the login phase owns it, then the writer
+	// goroutine, which publishes it in statSNPub for the reader's
+	// ExpStatSN check.
+	statSN    uint32
+	statSNPub atomic.Uint32
+	// expStatSNWarned is set once a bad ExpStatSN has been logged (reader
+	// only).
+	expStatSNWarned bool
+	// loginExpCmdSN and loginMaxCmdSN are stamped into login responses.
+	loginExpCmdSN, loginMaxCmdSN uint32
+
+	// sess is set when the login completes, before the writer starts;
+	// cid is the connection id the login gave.
+	sess *session
+	cid  uint16
+
+	out        outQueue
+	closeOnce  sync.Once
+	closed     chan struct{}
+	writerDone chan struct{}
+
+	// lastRecv is when the reader last received a PDU (UnixNano).
+	lastRecv atomic.Int64
+	// pingTTT is the TTT of the outstanding target NOP-In (0 = none);
+	// pingSent when it was sent (UnixNano).
+	pingTTT  atomic.Uint32
+	pingSent atomic.Int64
+
+	// text is the state of a multi-PDU Text exchange (reader only).
+	text textExchange
+}
+
+func newConn(srv *Server, nc net.Conn) *conn {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &conn{
+		srv:        srv,
+		nc:         nc,
+		remote:     nc.RemoteAddr().String(),
+		closed:     make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	c.log = srv.log.With("remote", c.remote)
+	c.rd = pduReader{r: bufio.NewReaderSize(nc, readBufSize), maxData: srv.cfg.MaxRecvDataSegmentLength}
+	c.wr = pduWriter{w: bufio.NewWriterSize(nc, writeBufSize)}
+	c.out.notify = make(chan struct{}, 1)
+	return c
+}
+
+// close closes the connection (idempotent); the reader and writer then
+// stop.
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		_ = c.nc.Close()
+	})
+}
+
+// serve runs the connection: login, then the full feature phase until the
+// connection ends, then the session teardown.
+func (c *conn) serve(ctx context.Context) {
+	defer c.srv.removeConn(c)
+	stop := context.AfterFunc(ctx, c.close)
+	defer stop()
+
+	cfg := &c.srv.cfg
+	_ = c.nc.SetDeadline(time.Now().Add(cfg.LoginTimeout))
+	l := &login{c: c}
+	sess, err := l.run()
+	if err != nil {
+		c.logEnd("iscsi login failed", err)
+		c.close()
+		return
+	}
+	_ = c.nc.SetDeadline(time.Time{})
+	c.sess = sess
+	c.rd.hdrDigest, c.rd.dataDigest = sess.p.HeaderDigest, sess.p.DataDigest
+	c.wr.hdrDigest, c.wr.dataDigest = sess.p.HeaderDigest, sess.p.DataDigest
+	c.log = c.log.With("initiator", sess.initiator, "isid", isidString(sess.isid), "tsih", sess.tsih)
+	c.log.Info("iscsi login", "target", sess.target, "discovery", sess.discovery,
+		"header_digest", digestName(sess.p.HeaderDigest), "data_digest", digestName(sess.p.DataDigest),
+		"max_xmit", sess.p.MaxXmitDataSegment, "max_burst", sess.p.MaxBurstLength,
+		"first_burst", sess.p.FirstBurstLength, "initial_r2t", sess.p.InitialR2T, "immediate_data", sess.p.ImmediateData)
+	c.lastRecv.Store(time.Now().UnixNano())
+
+	go c.writeLoop()
+	err = c.readLoop()
+	c.close()
+	c.logEnd("iscsi connection closed", err)
+	sess.end()
+	<-c.writerDone
+}
+
+func (c *conn) logEnd(msg string, err error) {
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug(msg, "err", err)
+	case errors.Is(err, errProtocol), errors.Is(err, errDigest):
+		c.log.Warn(msg+": dropping connection", "err", err)
+	default:
+		select {
+		case <-c.closed:
+			c.log.Debug(msg, "err", err)
+		default:
+			c.log.Info(msg, "err", err)
+		}
+	}
+}
+
+// readLoop reads and dispatches PDUs until the connection fails.
+func (c *conn) readLoop() error {
+	var h bhs
+	for {
+		ahs, err := c.rd.readHeader(&h)
+		if err != nil {
+			return err
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		c.checkExpStatSN(&h)
+		if err := c.dispatch(&h, ahs); err != nil {
+			return err
+		}
+	}
+}
+
+// checkExpStatSN notes an initiator acknowledging a status the target has
+// not sent. At ErrorRecoveryLevel 0 nothing depends on ExpStatSN (no
+// status is kept for retransmission), so it is only logged, once, at debug
+// level: libiscsi counts the StatSN of a target NOP-In ping as a status
+// and runs one ahead after each ping.
+func (c *conn) checkExpStatSN(h *bhs) {
+	if c.expStatSNWarned || h.opcode() == opSNACKReq {
+		return
+	}
+	if next := c.statSNPub.Load(); snLess(next, h.expStatSN()) {
+		c.expStatSNWarned = true
+		c.log.Debug("iscsi initiator acknowledges statuses not sent yet", "exp_stat_sn", h.expStatSN(), "next_stat_sn", next, "opcode", h.opcode())
+	}
+}
+
+func (c *conn) dispatch(h *bhs, ahs []byte) error {
+	switch h.opcode() {
+	case opSCSICmd:
+		return c.handleSCSICommand(h, ahs)
+	case opDataOut:
+		return c.handleDataOut(h)
+	case opNopOut, opTextReq, opLogoutReq, opTMFReq:
+		if len(ahs) != 0 {
+			return protoErr("%s with AHS", h.opcode())
+		}
+		data, err := c.rd.readDataScratch(h)
+		if err != nil {
+			return err
+		}
+		return c.handleNumbered(h, data)
+	case opLoginReq:
+		return protoErr("login request in full feature phase")
+	default:
+		// SNACK (ErrorRecoveryLevel 0) and unknown opcodes.
+		if err := c.rd.discardData(h); err != nil {
+			return err
+		}
+		c.log.Debug("iscsi PDU rejected", "opcode", h.opcode())
+		c.reject(h, rejectNotSupported)
+		return nil
+	}
+}
+
+// handleNumbered puts a control PDU (NOP-Out, Text, Logout, TMF) in CmdSN
+// order unless it is immediate, and runs it when its turn comes.
+func (c *conn) handleNumbered(h *bhs, data []byte) error {
+	if h.immediate() {
+		return c.runControl(h, data)
+	}
+	s := c.sess
+	switch s.check(h.cmdSN()) {
+	case snDrop:
+		c.log.Debug("iscsi PDU outside the CmdSN window dropped", "opcode", h.opcode(), "cmdsn", h.cmdSN())
+		return nil
+	case snAhead:
+		e := &pendingEntry{control: true, hdr: *h}
+		e.data = append([]byte(nil), data...)
+		s.hold(h.cmdSN(), e)
+		return nil
+	}
+	s.accept(nil)
+	err := c.runControl(h, data)
+	s.mu.Lock()
+	s.grantLocked()
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.drainPending()
+}
+
+// drainPending runs the PDUs that were waiting for ExpCmdSN to reach them.
+func (c *conn) drainPending() error {
+	s := c.sess
+	for {
+		e, ok := s.nextPending()
+		if !ok {
+			return nil
+		}
+		if !e.control {
+			continue
+		}
+		err := c.runControl(&e.hdr, e.data)
+		s.mu.Lock()
+		s.grantLocked()
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (c *conn) runControl(h *bhs, data []byte) error {
+	switch h.opcode() {
+	case opNopOut:
+		return c.handleNopOut(h, data)
+	case opTextReq:
+		return c.handleText(h, data)
+	case opLogoutReq:
+		return c.handleLogout(h)
+	case opTMFReq:
+		return c.handleTMF(h)
+	}
+	return nil
+}
+
+// reject sends a Reject PDU carrying the offending header.
+func (c *conn) reject(h *bhs, reason byte) {
+	p := c.srv.getOut()
+	p.h.setOpcode(opReject, false)
+	p.h[1] = flagFinal
+	p.h[2] = reason
+	p.h.setITT(reservedTag)
+	hdr := make([]byte, bhsLen)
+	copy(hdr, h[:])
+	p.data = hdr
+	p.stat = statAdvance
+	c.out.push(p)
+}
+
+// statKind says how the writer sets a PDU's StatSN field.
+type statKind uint8
+
+const (
+	statNone    statKind = iota // StatSN reserved (Data-In without status)
+	statAdvance                 // carries StatSN, which then advances
+	statPeek                    // carries the next StatSN without advancing (R2T, NOP-In ping)
+)
+
+// outPDU is a PDU queued for the writer.
+type outPDU struct {
+	h    bhs
+	data []byte
+	stat statKind
+	// closeAfter closes the connection once the PDU is written.
+	closeAfter bool
+}
+
+// outQueue is the writer's unbounded queue.
+type outQueue struct {
+	mu     sync.Mutex
+	q      []*outPDU
+	notify chan struct{}
+}
+
+func (q *outQueue) push(ps ...*outPDU) {
+	q.mu.Lock()
+	q.q = append(q.q, ps...)
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take swaps the queue with buf (emptied) and returns what was queued.
+func (q *outQueue) take(buf []*outPDU) []*outPDU {
+	clear(buf)
+	q.mu.Lock()
+	out := q.q
+	q.q = buf[:0]
+	q.mu.Unlock()
+	return out
+}
+
+// stamp fills StatSN, ExpCmdSN and MaxCmdSN.
+func (c *conn) stamp(p *outPDU) {
+	switch p.stat {
+	case statAdvance:
+		p.h.setField24(c.statSN)
+		c.statSN++
+		c.statSNPub.Store(c.statSN)
+	case statPeek:
+		p.h.setField24(c.statSN)
+	}
+	if s := c.sess; s != nil {
+		p.h.setField28(s.expPub.Load())
+		p.h.setField32(s.maxPub.Load())
+	} else {
+		p.h.setField28(c.loginExpCmdSN)
+		p.h.setField32(c.loginMaxCmdSN)
+	}
+}
+
+// writeNow writes and flushes a PDU from the reader goroutine (login phase
+// only, before the writer goroutine exists).
+func (c *conn) writeNow(p *outPDU) error {
+	c.stamp(p)
+	if err := c.wr.write(&p.h, p.data); err != nil {
+		return err
+	}
+	return c.wr.w.Flush()
+}
+
+// writeLoop is the writer goroutine: it writes queued PDUs, flushing when
+// the queue runs empty, and pings an idle initiator.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	var tick <-chan time.Time
+	if c.srv.cfg.NopInterval > 0 {
+		t := time.NewTicker(c.srv.cfg.NopInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	var batch []*outPDU
+	for {
+		select {
+		case <-c.closed:
+			return
+		case now := <-tick:
+			if !c.nopCheck(now) {
+				c.close()
+				return
+			}
+			continue
+		case <-c.out.notify:
+		}
+		for {
+			batch = c.out.take(batch)
+			if len(batch) == 0 {
+				break
+			}
+			for _, p := range batch {
+				c.stamp(p)
+				err := c.wr.write(&p.h, p.data)
+				closeAfter := p.closeAfter
+				c.srv.putOut(p)
+				if err == nil && closeAfter {
+					err = c.wr.w.Flush()
+					c.close()
+					return
+				}
+				if err != nil {
+					c.log.Debug("iscsi write failed", "err", err)
+					c.close()
+					return
+				}
+			}
+		}
+		if err := c.wr.w.Flush(); err != nil {
+			c.log.Debug("iscsi write failed", "err", err)
+			c.close()
+			return
+		}
+	}
+}
+
+// nopCheck sends a NOP-In ping after an idle interval and reports false
+// when a ping went unanswered for NopTimeout.
+func (c *conn) nopCheck(now time.Time) bool {
+	cfg := &c.srv.cfg
+	last := time.Unix(0, c.lastRecv.Load())
+	if c.pingTTT.Load() != 0 {
+		sent := time.Unix(0, c.pingSent.Load())
+		if last.Before(sent) && now.Sub(sent) >= cfg.NopTimeout {
+			c.log.Warn("iscsi NOP-In ping not answered: dropping connection", "after", now.Sub(sent))
+			return false
+		}
+		if !last.Before(sent) {
+			c.pingTTT.Store(0) // the initiator is alive
+		}
+		return true
+	}
+	if now.Sub(last) < cfg.NopInterval {
+		return true
+	}
+	ttt := c.sess.newTTT()
+	if ttt == 0 {
+		ttt = c.sess.newTTT()
+	}
+	c.pingSent.Store(now.UnixNano())
+	c.pingTTT.Store(ttt)
+	p := c.srv.getOut()
+	p.h.setOpcode(opNopIn, false)
+	p.h[1] = flagFinal
+	p.h.setITT(reservedTag)
+	p.h.setField20(ttt)
+	p.stat = statPeek
+	c.out.push(p)
+	return true
+}

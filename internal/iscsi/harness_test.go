@@ -1,0 +1,260 @@
+package iscsi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// The test harness: an in-memory listener, a fake backend and executor,
+// and a Server running on them. Set ISCSI_TEST_LOG=1 to see the server's
+// debug log.
+
+// pipeListener is a net.Listener whose connections are net.Pipe pairs.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+func (l *pipeListener) dial() (net.Conn, error) {
+	client, server := net.Pipe()
+	select {
+	case l.conns <- server:
+		return client, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe:3260" }
+
+// fakeBackend serves fixed targets and per-initiator CHAP.
+type fakeBackend struct {
+	mu      sync.Mutex
+	targets []TargetInfo
+	chap    map[string]CHAP // by initiator
+	denied  map[string]bool // initiators refused
+}
+
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{
+		targets: []TargetInfo{
+			{Name: testTarget, Addresses: []string{"10.0.0.1:3260,1"}},
+			{Name: testTarget2},
+		},
+		chap:   map[string]CHAP{},
+		denied: map[string]bool{},
+	}
+}
+
+func (b *fakeBackend) Targets(string) []TargetInfo {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]TargetInfo(nil), b.targets...)
+}
+
+func (b *fakeBackend) Authorize(target, initiator string) (CHAP, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if target != "" {
+		found := false
+		for _, t := range b.targets {
+			found = found || t.Name == target
+		}
+		if !found {
+			return CHAP{}, ErrTargetNotFound
+		}
+	}
+	if b.denied[initiator] {
+		return CHAP{}, ErrNotAuthorized
+	}
+	return b.chap[initiator], nil
+}
+
+// fakeExec is an in-memory disk of 512-byte blocks that records what it
+// is asked. A hook can take over any command.
+type fakeExec struct {
+	mu    sync.Mutex
+	disk  []byte
+	cmds  []scsi.Command
+	tmfs  []tmfCall
+	lost  []scsi.Nexus
+	hook  func(ctx context.Context, cmd *scsi.Command) *scsi.Result
+	tmfFn func(fn scsi.TMF, lun uint64, tag uint32) scsi.TMFResponse
+}
+
+type tmfCall struct {
+	nexus scsi.Nexus
+	fn    scsi.TMF
+	lun   uint64
+	tag   uint32
+}
+
+func newFakeExec() *fakeExec { return &fakeExec{disk: make([]byte, 4<<20)} }
+
+func (e *fakeExec) Execute(ctx context.Context, cmd *scsi.Command) *scsi.Result {
+	e.mu.Lock()
+	c := *cmd
+	c.CDB = bytes.Clone(cmd.CDB)
+	c.DataOut = bytes.Clone(cmd.DataOut)
+	e.cmds = append(e.cmds, c)
+	hook := e.hook
+	e.mu.Unlock()
+	if hook != nil {
+		if r := hook(ctx, cmd); r != nil {
+			return r
+		}
+	}
+	cdb := cmd.CDB
+	switch cdb[0] {
+	case 0x00: // TEST UNIT READY
+		return &scsi.Result{Status: scsi.StatusGood}
+	case 0x12: // INQUIRY
+		d := make([]byte, 36)
+		d[2], d[3], d[4] = 6, 2, 31
+		copy(d[8:], "METRO   TEST            0001")
+		return &scsi.Result{Status: scsi.StatusGood, Data: d}
+	case 0x28: // READ(10)
+		lba := int(binary.BigEndian.Uint32(cdb[2:]))
+		n := int(binary.BigEndian.Uint16(cdb[7:]))
+		if (lba+n)*512 > len(e.disk) {
+			return checkCondition(0x05, 0x21, 0x00)
+		}
+		e.mu.Lock()
+		d := bytes.Clone(e.disk[lba*512 : (lba+n)*512])
+		e.mu.Unlock()
+		return &scsi.Result{Status: scsi.StatusGood, Data: d}
+	case 0x2a: // WRITE(10)
+		lba := int(binary.BigEndian.Uint32(cdb[2:]))
+		n := int(binary.BigEndian.Uint16(cdb[7:]))
+		if (lba+n)*512 > len(e.disk) {
+			return checkCondition(0x05, 0x21, 0x00)
+		}
+		e.mu.Lock()
+		copy(e.disk[lba*512:(lba+n)*512], cmd.DataOut)
+		e.mu.Unlock()
+		return &scsi.Result{Status: scsi.StatusGood}
+	}
+	return checkCondition(0x05, 0x20, 0x00)
+}
+
+func checkCondition(key, asc, ascq byte) *scsi.Result {
+	s := make([]byte, 18)
+	s[0], s[2], s[7], s[12], s[13] = 0x70, key, 10, asc, ascq
+	return &scsi.Result{Status: scsi.StatusCheckCondition, Sense: s}
+}
+
+func (e *fakeExec) TaskManagement(_ context.Context, n scsi.Nexus, fn scsi.TMF, lun uint64, tag uint32) scsi.TMFResponse {
+	e.mu.Lock()
+	e.tmfs = append(e.tmfs, tmfCall{nexus: n, fn: fn, lun: lun, tag: tag})
+	f := e.tmfFn
+	e.mu.Unlock()
+	if f != nil {
+		return f(fn, lun, tag)
+	}
+	return scsi.TMFComplete
+}
+
+func (e *fakeExec) NexusLost(n scsi.Nexus) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lost = append(e.lost, n)
+}
+
+func (e *fakeExec) setHook(h func(ctx context.Context, cmd *scsi.Command) *scsi.Result) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.hook = h
+}
+
+func (e *fakeExec) lostCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.lost)
+}
+
+func (e *fakeExec) commands() []scsi.Command {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]scsi.Command(nil), e.cmds...)
+}
+
+// harness runs a Server on a pipe listener.
+type harness struct {
+	t       testing.TB
+	srv     *Server
+	l       *pipeListener
+	exec    *fakeExec
+	backend *fakeBackend
+	done    chan error
+	cancel  context.CancelFunc
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("ISCSI_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func newHarness(t testing.TB, mod func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, l: newPipeListener(), exec: newFakeExec(), backend: newFakeBackend(), done: make(chan error, 1)}
+	cfg := Config{
+		Backend:        h.backend,
+		Executor:       h.exec,
+		TPGT:           1,
+		RelativePortID: 7,
+		Logger:         testLogger(t),
+		NopInterval:    -1,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.srv = NewServer(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- h.srv.Serve(ctx, h.l) }()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stop() {
+	h.cancel()
+	if err := <-h.done; err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrServerClosed) {
+		h.t.Errorf("Serve: %v", err)
+	}
+	h.done <- nil // make stop idempotent
+}
