@@ -92,15 +92,16 @@ func (l *login) run() (*session, error) {
 	l.neg = newNegotiator(&c.srv.cfg)
 	var h bhs
 	for {
-		ahs, err := c.rd.readHeader(&h)
-		if err != nil {
+		// Digests are never in force during login, so the BHS is the
+		// whole header; check it before reading anything more.
+		if err := c.rd.readBHS(&h); err != nil {
 			return nil, fmt.Errorf("reading login request: %w", err)
 		}
 		if h.opcode() != opLoginReq {
 			_ = l.respondFailure(statusInvalidDuringLogin)
 			return nil, protoErr("%s during login", h.opcode())
 		}
-		if len(ahs) != 0 {
+		if h.ahsLen() != 0 {
 			_ = l.respondFailure(statusInitiatorError)
 			return nil, protoErr("login request with AHS")
 		}

@@ -45,10 +45,24 @@ type pduReader struct {
 	pad     [8]byte
 }
 
+// readBHS reads the 48-byte basic header segment alone and checks the
+// announced data length before anything more is read, so that garbage (or
+// a hostile peer) claiming megabytes is dropped at once instead of holding
+// the connection open while we wait for them.
+func (pr *pduReader) readBHS(h *bhs) error {
+	if _, err := io.ReadFull(pr.r, h[:]); err != nil {
+		return err
+	}
+	if dl := h.dataLen(); dl > pr.maxData {
+		return protoErr("%s data segment of %d bytes exceeds MaxRecvDataSegmentLength %d", h.opcode(), dl, pr.maxData)
+	}
+	return nil
+}
+
 // readHeader reads the BHS, any AHS and the header digest. The returned
 // AHS slice is valid until the next call.
 func (pr *pduReader) readHeader(h *bhs) ([]byte, error) {
-	if _, err := io.ReadFull(pr.r, h[:]); err != nil {
+	if err := pr.readBHS(h); err != nil {
 		return nil, err
 	}
 	n := h.ahsLen()
@@ -67,9 +81,6 @@ func (pr *pduReader) readHeader(h *bhs) ([]byte, error) {
 		if got := binary.LittleEndian.Uint32(pr.pad[:4]); got != sum {
 			return nil, fmt.Errorf("%w: header digest 0x%08x, computed 0x%08x (%s)", errDigest, got, sum, h.opcode())
 		}
-	}
-	if dl := h.dataLen(); dl > pr.maxData {
-		return nil, protoErr("%s data segment of %d bytes exceeds MaxRecvDataSegmentLength %d", h.opcode(), dl, pr.maxData)
 	}
 	return ahs, nil
 }
