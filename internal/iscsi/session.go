@@ -42,8 +42,12 @@ type session struct {
 	// returned, NexusLost called, unregistered).
 	ended   chan struct{}
 	endOnce sync.Once
-	// wg counts task and task-management goroutines.
+	// wg counts tasks, task-management goroutines and workers.
 	wg sync.WaitGroup
+	// work hands a started task to an idle worker; when none is idle a
+	// new worker is started. Workers live until the session ends, so
+	// their stacks are grown once rather than for every command.
+	work chan *task
 
 	// ttt hands out Target Transfer Tags (R2T, text continuation, NOP-In).
 	ttt atomic.Uint32
@@ -108,6 +112,7 @@ func newSession(srv *Server, l *login, p params) *session {
 		RelativePortID: srv.cfg.RelativePortID,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.work = make(chan *task)
 	s.mu.conn = l.c
 	s.mu.expCmdSN = l.cmdSN
 	s.mu.maxCmdSN = l.cmdSN + s.window - 1
@@ -362,7 +367,25 @@ func (s *session) startLocked(t *task) {
 	t.started = true
 	s.mu.blocked--
 	s.wg.Add(1)
-	go s.run(t)
+	select {
+	case s.work <- t:
+	default:
+		s.wg.Add(1)
+		go s.worker(t)
+	}
+}
+
+// worker runs tasks until the session ends.
+func (s *session) worker(t *task) {
+	defer s.wg.Done()
+	for {
+		s.run(t)
+		select {
+		case t = <-s.work:
+		case <-s.ctx.Done():
+			return
+		}
+	}
 }
 
 // run executes one task and sends its response.

@@ -150,7 +150,7 @@ func (b *Batch) commit(ctx context.Context) error {
 	defer s.unlockStripes(&locks)
 
 	// Work out every touched chunk's old and new state under the locks.
-	p := plan{s: s, chunks: make(map[chunkRef]*chunkState)}
+	p := plan{s: s}
 	for i := range b.ops {
 		if err := p.apply(&b.ops[i]); err != nil {
 			return err
@@ -217,7 +217,7 @@ type chunkState struct {
 // from chunks is unchanged by the batch so far.
 type plan struct {
 	s      *Store
-	chunks map[chunkRef]*chunkState
+	chunks chunkSet
 	// flips lists the chunks whose mapped state the batch changes; applied
 	// to the in-memory bitmaps after the commit.
 	flips []flip
@@ -242,7 +242,8 @@ func (p *plan) apply(op *dataOp) error {
 	if op.kind == opUnmap {
 		// Whole chunks: drop the content of every mapped chunk, whether
 		// mapped before the batch or by an earlier operation of it.
-		for ref, st := range p.chunks {
+		for _, e := range p.chunks.list {
+			ref, st := e.ref, e.st
 			if ref.vol == op.v.id && ref.chunk >= c0 && ref.chunk <= c1 {
 				if part, _, _ := partial(ref.chunk); !part {
 					st.data = nil
@@ -251,8 +252,8 @@ func (p *plan) apply(op *dataOp) error {
 		}
 		op.v.alloc.forEachMapped(c0, c1, func(c uint64) {
 			ref := chunkRef{op.v.id, c}
-			if part, _, _ := partial(c); !part && p.chunks[ref] == nil {
-				p.chunks[ref] = &chunkState{v: op.v, existed: true}
+			if part, _, _ := partial(c); !part && p.chunks.get(ref) == nil {
+				p.chunks.put(ref, &chunkState{v: op.v, existed: true})
 			}
 		})
 		// Partial chunks (at most the first and the last): zero that part.
@@ -325,11 +326,11 @@ func (p *plan) compare(op *dataOp, c0, c1 uint64) error {
 // and, if needContent, its verified content.
 func (p *plan) state(v *Volume, c uint64, needContent bool) (*chunkState, error) {
 	ref := chunkRef{v.id, c}
-	if st := p.chunks[ref]; st != nil {
+	if st := p.chunks.get(ref); st != nil {
 		return st, nil
 	}
 	st := &chunkState{v: v, existed: v.alloc.test(c)}
-	p.chunks[ref] = st
+	p.chunks.put(ref, st)
 	if !st.existed || !needContent {
 		return st, nil
 	}
@@ -396,7 +397,8 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 		}
 		edits[j].add(c, mapped)
 	}
-	for ref, st := range p.chunks {
+	for _, e := range p.chunks.list {
+		ref, st := e.ref, e.st
 		isZero := st.data == nil || bytes.Equal(st.data, zero[:])
 		switch {
 		case isZero && st.existed:
@@ -424,4 +426,50 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 		}
 	}
 	return deltas, total, nil
+}
+
+// chunkSet holds a plan's touched chunks in the order first touched. Most
+// batches touch a handful of chunks, so lookups scan the list; a map index
+// is built only for large batches. (A map per write was ~8% of the CPU of
+// a 4 KiB write workload.)
+type chunkSet struct {
+	list  []chunkEntry
+	index map[chunkRef]int
+}
+
+type chunkEntry struct {
+	ref chunkRef
+	st  *chunkState
+}
+
+// chunkSetScan is the size up to which lookups scan the list.
+const chunkSetScan = 32
+
+func (cs *chunkSet) get(ref chunkRef) *chunkState {
+	if cs.index != nil {
+		if i, ok := cs.index[ref]; ok {
+			return cs.list[i].st
+		}
+		return nil
+	}
+	for i := range cs.list {
+		if cs.list[i].ref == ref {
+			return cs.list[i].st
+		}
+	}
+	return nil
+}
+
+// put adds a chunk that get does not find.
+func (cs *chunkSet) put(ref chunkRef, st *chunkState) {
+	cs.list = append(cs.list, chunkEntry{ref, st})
+	switch {
+	case cs.index != nil:
+		cs.index[ref] = len(cs.list) - 1
+	case len(cs.list) > chunkSetScan:
+		cs.index = make(map[chunkRef]int, 2*len(cs.list))
+		for i, e := range cs.list {
+			cs.index[e.ref] = i
+		}
+	}
 }
