@@ -261,7 +261,7 @@ func (c *Conn) login() error {
 	}
 	if stage != 1 {
 		// Target stayed in security negotiation without asking for CHAP.
-		if _, stage, err = c.loginStep(0, 1, true, nil); err != nil {
+		if _, _, err = c.loginStep(0, 1, true, nil); err != nil {
 			return err
 		}
 	}

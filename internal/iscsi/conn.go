@@ -382,7 +382,7 @@ func (c *conn) writeLoop() {
 				closeAfter := p.closeAfter
 				c.srv.putOut(p)
 				if err == nil && closeAfter {
-					err = c.wr.w.Flush()
+					_ = c.wr.w.Flush() // the connection closes either way
 					c.close()
 					return
 				}

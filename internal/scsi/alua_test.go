@@ -20,7 +20,7 @@ func TestReportTargetPortGroups(t *testing.T) {
 	want := []byte{
 		0, 0, 0, 32, // return data length: 4 (rest of header) + 12 + 16
 		0x10, implicitTransitionSeconds, 0, 0,
-		0x80 | 0x0, 0x8b, 0, 1, 0, 0, 0, 1, // group 1: PREF, AO
+		0x80, 0x8b, 0, 1, 0, 0, 0, 1, // group 1: PREF, AO
 		0, 0, 0, 1,
 		0x03, 0x8b, 0, 2, 0, 0, 0, 2, // group 2: unavailable
 		0, 0, 0x01, 0x01, 0, 0, 0x01, 0x02,

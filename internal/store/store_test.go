@@ -564,7 +564,7 @@ func TestDeleteVolume(t *testing.T) {
 
 func TestVolumeHandlesShared(t *testing.T) {
 	s, _ := openMem(t, Options{})
-	if s.Volume(3) != s.Volume(3) {
+	if a, b := s.Volume(3), s.Volume(3); a != b {
 		t.Fatal("Volume returned different handles for one id")
 	}
 	if s.Volume(3).ID() != 3 {
