@@ -88,25 +88,8 @@ func runWrite(x *exec) *Result {
 	if op == opWriteAtomic16 {
 		limit = maxAtomicBlocks
 	}
-	if n > limit {
-		return checkCondition(SenseInvalidFieldInCDB(lenField))
-	}
-	if !x.inRange(lba, n) {
-		return checkCondition(SenseLBAOutOfRange())
-	}
-	if n == 0 {
-		return good(nil)
-	}
-	if x.lu.writeProtected() {
-		return checkCondition(SenseWriteProtected())
-	}
-	data, res := x.dataBlocks(n)
-	if res != nil || len(data) == 0 {
-		return orGood(res)
-	}
-	nb := uint64(len(data) / BlockSize)
-	unlock, res := x.lockRange(lba, nb)
-	if res != nil {
+	data, nb, unlock, res := x.beginWrite(lba, n, limit, lenField)
+	if unlock == nil {
 		return res
 	}
 	defer unlock()
@@ -129,6 +112,36 @@ func runWrite(x *exec) *Result {
 }
 
 // orGood returns res, or GOOD when res is nil.
+// beginWrite is the common start of the commands that write blocks from
+// the data-out: the transfer length within limit, the range on the medium,
+// the unit writable, the data present. It returns the whole blocks that
+// arrived, how many they are, and the release of the range lock it took;
+// a nil unlock means the command is already finished with res.
+func (x *exec) beginWrite(lba, n, limit uint64, lenField int) (data []byte, nb uint64, unlock func(), res *Result) {
+	if n > limit {
+		return nil, 0, nil, checkCondition(SenseInvalidFieldInCDB(lenField))
+	}
+	if !x.inRange(lba, n) {
+		return nil, 0, nil, checkCondition(SenseLBAOutOfRange())
+	}
+	if n == 0 {
+		return nil, 0, nil, good(nil)
+	}
+	if x.lu.writeProtected() {
+		return nil, 0, nil, checkCondition(SenseWriteProtected())
+	}
+	data, res = x.dataBlocks(n)
+	if res != nil || len(data) == 0 {
+		return nil, 0, nil, orGood(res)
+	}
+	nb = uint64(len(data) / BlockSize)
+	unlock, res = x.lockRange(lba, nb)
+	if res != nil {
+		return nil, 0, nil, res
+	}
+	return data, nb, unlock, nil
+}
+
 func orGood(res *Result) *Result {
 	if res != nil {
 		return res
@@ -245,25 +258,8 @@ func runCompareAndWrite(x *exec) *Result {
 // become the bitwise OR of their contents and the data-out.
 func runOrWrite(x *exec) *Result {
 	lba, n, lenField := blockRange(x.cdb)
-	if n > maxTransferBlocks {
-		return checkCondition(SenseInvalidFieldInCDB(lenField))
-	}
-	if !x.inRange(lba, n) {
-		return checkCondition(SenseLBAOutOfRange())
-	}
-	if n == 0 {
-		return good(nil)
-	}
-	if x.lu.writeProtected() {
-		return checkCondition(SenseWriteProtected())
-	}
-	data, res := x.dataBlocks(n)
-	if res != nil || len(data) == 0 {
-		return orGood(res)
-	}
-	nb := uint64(len(data) / BlockSize)
-	unlock, res := x.lockRange(lba, nb)
-	if res != nil {
+	data, nb, unlock, res := x.beginWrite(lba, n, maxTransferBlocks, lenField)
+	if unlock == nil {
 		return res
 	}
 	defer unlock()
