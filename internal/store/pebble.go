@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -52,6 +53,18 @@ func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error)) *pebble.
 		L0CompactionThreshold: 4,
 		L0StopWritesThreshold: 24,
 		LBaseMaxBytes:         256 << 20,
+	}
+	// Block data goes to blob files at flush and is not rewritten by every
+	// compaction (the sstables keep references): an LSM otherwise writes
+	// each 4 KiB chunk again at every level it moves through.
+	po.Experimental.ValueSeparationPolicy = func() pebble.ValueSeparationPolicy {
+		return pebble.ValueSeparationPolicy{
+			Enabled:               true,
+			MinimumSize:           1024,
+			MaxBlobReferenceDepth: 10,
+			RewriteMinimumAge:     5 * time.Minute,
+			TargetGarbageRatio:    0.2,
+		}
 	}
 	for i := range po.Levels {
 		po.Levels[i] = pebble.LevelOptions{
