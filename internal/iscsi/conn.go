@@ -26,7 +26,11 @@ type conn struct {
 	log    *slog.Logger
 	remote string
 	rd     pduReader
-	wr     pduWriter
+	// wmu is held by whoever writes to wr: the writer goroutine or a task
+	// goroutine sending its own response (kick); batch is its scratch.
+	wmu   sync.Mutex
+	wr    pduWriter
+	batch []*outPDU
 
 	// statSN is the next StatSN; the login phase owns it, then the writer
 	// goroutine, which publishes it in statSNPub for the reader's
@@ -300,9 +304,19 @@ type outQueue struct {
 }
 
 func (q *outQueue) push(ps ...*outPDU) {
+	q.pushQuiet(ps...)
+	q.wake()
+}
+
+// pushQuiet queues without waking the writer.
+func (q *outQueue) pushQuiet(ps ...*outPDU) {
 	q.mu.Lock()
 	q.q = append(q.q, ps...)
 	q.mu.Unlock()
+}
+
+// wake tells the writer goroutine there is something to send.
+func (q *outQueue) wake() {
 	select {
 	case q.notify <- struct{}{}:
 	default:
@@ -358,7 +372,6 @@ func (c *conn) writeLoop() {
 		defer t.Stop()
 		tick = t.C
 	}
-	var batch []*outPDU
 	for {
 		select {
 		case <-c.closed:
@@ -371,33 +384,57 @@ func (c *conn) writeLoop() {
 			continue
 		case <-c.out.notify:
 		}
-		for {
-			batch = c.out.take(batch)
-			if len(batch) == 0 {
-				break
+		c.wmu.Lock()
+		closeNow, err := c.drainLocked()
+		c.wmu.Unlock()
+		if err != nil || closeNow {
+			if err != nil {
+				c.log.Debug("iscsi write failed", "err", err)
 			}
-			for _, p := range batch {
-				c.stamp(p)
-				err := c.wr.write(&p.h, p.data)
-				closeAfter := p.closeAfter
-				c.srv.putOut(p)
-				if err == nil && closeAfter {
-					_ = c.wr.w.Flush() // the connection closes either way
-					c.close()
-					return
-				}
-				if err != nil {
-					c.log.Debug("iscsi write failed", "err", err)
-					c.close()
-					return
-				}
-			}
-		}
-		if err := c.wr.w.Flush(); err != nil {
-			c.log.Debug("iscsi write failed", "err", err)
 			c.close()
 			return
 		}
+	}
+}
+
+// drainLocked writes every queued PDU and flushes. It reports whether a
+// PDU asked for the connection to close after it. c.wmu must be held.
+func (c *conn) drainLocked() (closeNow bool, err error) {
+	for {
+		c.batch = c.out.take(c.batch)
+		if len(c.batch) == 0 {
+			break
+		}
+		for _, p := range c.batch {
+			c.stamp(p)
+			err := c.wr.write(&p.h, p.data)
+			closeAfter := p.closeAfter
+			c.srv.putOut(p)
+			if err != nil {
+				return false, err
+			}
+			if closeAfter {
+				return true, c.wr.w.Flush()
+			}
+		}
+	}
+	return false, c.wr.w.Flush()
+}
+
+// kick sends what is queued. When no goroutine is writing, the caller
+// writes it itself: at low queue depth that saves waking the writer
+// goroutine, a thread wakeup on every command's critical path. Otherwise
+// the writer is woken and sends it with what it has. The caller must hold
+// no session lock (a write may block until the initiator reads).
+func (c *conn) kick() {
+	if !c.wmu.TryLock() {
+		c.out.wake()
+		return
+	}
+	closeNow, err := c.drainLocked()
+	c.wmu.Unlock()
+	if err != nil || closeNow {
+		c.close()
 	}
 }
 

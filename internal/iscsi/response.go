@@ -46,6 +46,8 @@ func compare(expected, actual uint64) residual {
 
 // queueResponse queues the Data-In PDUs and the status of a finished task
 // (sess.mu is held by the caller).
+// The PDUs are queued without waking the writer: the caller sends them
+// with c.kick (or c.out.wake) once it holds no session lock.
 func (c *conn) queueResponse(t *task, res *scsi.Result) {
 	s := t.sess
 	data := res.Data
@@ -113,7 +115,7 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 			dataInCount++
 			off += n
 		}
-		c.out.push(ps...)
+		c.out.pushQuiet(ps...)
 		if statusInData {
 			return
 		}
@@ -140,7 +142,7 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 		p.data = sense
 	}
 	p.stat = statAdvance
-	c.out.push(p)
+	c.out.pushQuiet(p)
 }
 
 // dataOutLength is how many data-out bytes the task's CDB calls for.

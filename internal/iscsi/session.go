@@ -421,6 +421,9 @@ func (s *session) finish(t *task, res *scsi.Result) {
 	}
 	s.rescanLocked()
 	s.mu.Unlock()
+	if t.responded {
+		t.conn.kick()
+	}
 	s.srv.bufs.put(t.buf)
 	t.buf = nil
 	t.cmd.DataOut = nil

@@ -353,6 +353,7 @@ func (c *conn) failTask(t *task, sense scsi.Sense, why string) {
 		return
 	}
 	c.queueResponse(t, &scsi.Result{Status: scsi.StatusCheckCondition, Sense: sense.Bytes()})
+	c.out.wake()
 }
 
 // Sense data for Data-Out failures (SPC-4 and RFC 7143 11.4.7.2), all
