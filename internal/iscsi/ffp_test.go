@@ -597,8 +597,10 @@ func TestManySessionsOverTCP(t *testing.T) {
 				if _, err := in.login(loginOpts{keys: []kv{{"HeaderDigest", "CRC32C"}, {"DataDigest", "CRC32C"}, {"MaxBurstLength", "65536"}}}); err != nil {
 					return err
 				}
+				// Each session owns 1024 blocks of the 4 MiB fake disk:
+				// four 256-block writes.
 				base := uint32(i) * 1024
-				for j := range 8 {
+				for j := range 4 {
 					data := pattern(128<<10, byte(i*8+j))
 					lba := base + uint32(j)*256
 					itt := in.sendCommand(write10(lba, 256), cmdOpts{dataOut: data})
@@ -608,7 +610,14 @@ func TestManySessionsOverTCP(t *testing.T) {
 					itt = in.sendCommand(read10(lba, 256), cmdOpts{read: true, edtl: 128 << 10})
 					r, err := in.waitResult(itt, cmdOpts{})
 					if err != nil || !bytes.Equal(r.data, data) {
-						return fmt.Errorf("read back: %v", err)
+						off := -1
+						for k := range min(len(r.data), len(data)) {
+							if r.data[k] != data[k] {
+								off = k
+								break
+							}
+						}
+						return fmt.Errorf("read back: %v (got %d bytes, want %d, first difference at %d)", err, len(r.data), len(data), off)
 					}
 				}
 				if lr := in.logout(logoutCloseSession); lr[2] != 0 {
