@@ -47,7 +47,11 @@ func newArrayListCmd(g *globals) *cobra.Command {
 func arrayTable(arrays []api.ArrayInfo) *table {
 	t := newTable("Name", "ID", "Status", "Target", "Portals", "Capacity", "Used")
 	for _, a := range arrays {
-		t.row(a.Name, a.ID, a.Status, a.Target, joinList(a.Portals), fmtSize(a.Capacity), fmtUsed(a.Used, a.Capacity))
+		capacity := fmtSize(a.Capacity)
+		if a.Capacity == 0 {
+			capacity = "unlimited"
+		}
+		t.row(a.Name, a.ID, a.Status, a.Target, joinList(a.Portals), capacity, fmtUsed(a.Used, a.Capacity))
 	}
 	return t
 }
