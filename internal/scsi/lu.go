@@ -51,6 +51,9 @@ type LogicalUnit struct {
 
 	size  atomic.Uint64
 	locks rangeLock
+	// target is the Target that has registered the unit among its known
+	// units (for target resets), so that it registers it only once.
+	target atomic.Pointer[Target]
 
 	// prMu serialises the changes of the reservation state that may have
 	// to be persisted: apply, persist, install.

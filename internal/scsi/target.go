@@ -134,12 +134,14 @@ func (t *Target) lun(n Nexus, lun uint64) *LogicalUnit {
 	if lu == nil {
 		return nil
 	}
-	wp := weak.Make(lu)
-	t.mu.Lock()
-	if _, ok := t.mu.lus[wp]; !ok {
-		t.mu.lus[wp] = struct{}{}
+	// Register the unit once, not on every command: the target-wide lock
+	// would otherwise serialise every command of the array.
+	if lu.target.Load() != t {
+		t.mu.Lock()
+		t.mu.lus[weak.Make(lu)] = struct{}{}
+		t.mu.Unlock()
+		lu.target.Store(t)
 	}
-	t.mu.Unlock()
 	return lu
 }
 
