@@ -181,67 +181,186 @@ tgtd_stop() {
 	unset "TGTD_PID[$name]"
 }
 
-# ---- metro lab --------------------------------------------------------------
+# ---- metro labs -------------------------------------------------------------
 
-# Set by lab_start: the `metro lab up` pid and the array pids read from
-# lab.json (for the last resort when lab up will not stop).
-LAB_PID=
-LAB_ARRAY_PIDS=
+# Several labs can run at once (the bench runs a one-array lab and a
+# stretched pair side by side). Per lab, keyed by a name of the caller's
+# choosing: the `metro lab up` pid, its directory and log, and — once
+# lab.json is read — the array pids, names, portals and targets (space
+# separated, in lab.json's order: array-a, the sequencer, first), the LUN
+# and the link proxy's control URL ("" for one array).
+declare -A LAB_PID=() LAB_DIR=() LAB_LOG=() LAB_ARRAY_PIDS=() LAB_ARRAY_NAMES=()
+declare -A LAB_PORTALS=() LAB_IQNS=() LAB_LUN=() LAB_PROXY=()
 
-# lab_start BINARY DIR SIZE INITIATOR LOGFILE TIMEOUT: runs `metro lab up`
-# in the background and waits for DIR/lab.json (written only once the
-# array is ready for I/O). Sets METRO_PORTAL, METRO_IQN, METRO_LUN.
-lab_start() {
-	local bin=$1 dir=$2 size=$3 init=$4 logf=$5 secs=$6 n info
+# lab_launch NAME BINARY DIR SIZE INITIATOR LOGFILE [ARG...]: starts
+# `metro lab up --dir DIR --size SIZE --initiator INITIATOR ARG...` in the
+# background (ARG e.g. --arrays 2 --link-rtt 1ms). lab_wait waits for it.
+lab_launch() {
+	local name=$1 bin=$2 dir=$3 size=$4 init=$5 logf=$6
+	shift 6
+	[ -z "${LAB_PID[$name]:-}" ] || die "lab $name is already running"
 	mkdir -p "$dir"
-	echo "== $bin lab up --dir $dir --size $size --initiator $init" >>"$logf"
-	"$bin" lab up --dir "$dir" --size "$size" --initiator "$init" >>"$logf" 2>&1 &
-	LAB_PID=$!
+	rm -f "$dir/lab.json"
+	echo "== $bin lab up --dir $dir --size $size --initiator $init $*" >>"$logf"
+	"$bin" lab up --dir "$dir" --size "$size" --initiator "$init" "$@" >>"$logf" 2>&1 &
+	LAB_PID[$name]=$!
+	LAB_DIR[$name]=$dir
+	LAB_LOG[$name]=$logf
+}
+
+# lab_info DIR INITIATOR: prints lab.json's arrays' pids, names, portals
+# and targets (each a space-separated list), the LUN and the link proxy,
+# tab-separated; fails if lab.json does not list INITIATOR.
+lab_info() {
+	python3 - "$1/lab.json" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+arrays = d.get("arrays") or []
+if not arrays:
+    sys.exit("lab.json lists no arrays")
+if sys.argv[2] and sys.argv[2] not in d.get("initiators", []):
+    sys.exit("lab.json does not list initiator %s: %s" % (sys.argv[2], d.get("initiators")))
+for a in arrays:
+    for k in ("name", "portal", "target"):
+        if not a.get(k):
+            sys.exit("lab.json: an array lacks %s: %s" % (k, a))
+col = lambda k: " ".join(str(a.get(k) or 0) for a in arrays)
+print(col("pid"), col("name"), col("portal"), col("target"), d.get("lun", ""), d.get("link_proxy") or "-", sep="\t")
+PY
+}
+
+# lab_wait NAME INITIATOR TIMEOUT: waits for the lab's lab.json (written
+# only once its arrays are ready for I/O — for a pair, once the pod is in
+# sync on both) and reads it into the LAB_* entries of NAME.
+lab_wait() {
+	local name=$1 init=$2 secs=$3 n info proxy
+	local pid=${LAB_PID[$1]} dir=${LAB_DIR[$1]} logf=${LAB_LOG[$1]}
 	for ((n = 0; n < secs * 5; n++)); do
 		[ -s "$dir/lab.json" ] && break
-		if ! proc_alive "$LAB_PID"; then
+		if ! proc_alive "$pid"; then
 			local rc=0
-			wait "$LAB_PID" || rc=$?
-			LAB_PID=
+			wait "$pid" || rc=$?
+			LAB_PID[$name]=
 			printf '%s\n' "--- last lines of $logf:" >&2
 			tail -n 20 "$logf" >&2
-			die "metro lab up exited with status $rc before writing $dir/lab.json (is the lab implemented in this build? run with BENCH_METRO=0 for the tgtd references only)"
+			die "metro lab up ($name) exited with status $rc before writing $dir/lab.json (is the lab implemented in this build? run with BENCH_METRO=0 for the tgtd references only)"
 		fi
 		sleep 0.2
 	done
 	if [ ! -s "$dir/lab.json" ]; then
 		printf '%s\n' "--- last lines of $logf:" >&2
 		tail -n 20 "$logf" >&2
-		die "metro lab up did not write $dir/lab.json within ${secs}s"
+		die "metro lab up ($name) did not write $dir/lab.json within ${secs}s"
 	fi
-	info=$(python3 - "$dir/lab.json" "$init" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-a = d["arrays"][0]
-if sys.argv[2] not in d.get("initiators", []):
-    print("lab.json does not list initiator %s: %s" % (sys.argv[2], d.get("initiators")), file=sys.stderr)
-    sys.exit(1)
-pids = " ".join(str(x.get("pid")) for x in d["arrays"] if x.get("pid"))
-print(a["portal"], a["target"], d["lun"], pids, sep="\t")
-PY
-	) || die "cannot read $dir/lab.json"
-	IFS=$'\t' read -r METRO_PORTAL METRO_IQN METRO_LUN LAB_ARRAY_PIDS <<<"$info"
-	if [ -z "$METRO_PORTAL" ] || [ -z "$METRO_IQN" ] || [ -z "$METRO_LUN" ]; then
-		die "lab.json lacks portal, target or lun: $info"
-	fi
+	info=$(lab_info "$dir" "$init") || die "cannot read $dir/lab.json"
+	IFS=$'\t' read -r "LAB_ARRAY_PIDS[$name]" "LAB_ARRAY_NAMES[$name]" "LAB_PORTALS[$name]" \
+		"LAB_IQNS[$name]" "LAB_LUN[$name]" proxy <<<"$info"
+	[ "$proxy" != - ] || proxy=
+	LAB_PROXY[$name]=$proxy
+	[ -n "${LAB_LUN[$name]}" ] || die "$dir/lab.json lacks the lun: $info"
 }
 
-# lab_stop: interrupts `metro lab up` (it stops its arrays) and waits; if it
-# will not stop, kills it and the arrays lab.json named.
+# lab_start NAME BINARY DIR SIZE INITIATOR LOGFILE TIMEOUT [ARG...]:
+# lab_launch, then lab_wait.
+lab_start() {
+	local name=$1 bin=$2 dir=$3 size=$4 init=$5 logf=$6 secs=$7
+	shift 7
+	lab_launch "$name" "$bin" "$dir" "$size" "$init" "$logf" "$@"
+	lab_wait "$name" "$init" "$secs"
+}
+
+# lab_field NAME FIELD I: the I-th (from 0) word of LAB_<FIELD>[NAME],
+# e.g. lab_field pair PORTALS 1 is array-b's portal.
+lab_field() {
+	local -n _m="LAB_$2"
+	local -a w
+	read -r -a w <<<"${_m[$1]:-}"
+	[ "$3" -lt "${#w[@]}" ] || return 1
+	echo "${w[$3]}"
+}
+
+# lab_stop NAME: interrupts `metro lab up` (it stops its arrays, SIGTERM
+# then SIGKILL after 10 s) and waits; if it will not stop, kills it, then
+# kills whatever array of that lab's lab.json still runs (an array's
+# command line names its config under the lab's directory, so a pid reused
+# by another process is left alone).
 lab_stop() {
-	local p
-	[ -n "$LAB_PID" ] || return 0
-	stop_pid "$LAB_PID" 15 INT TERM
-	for p in $LAB_ARRAY_PIDS; do
-		if proc_alive "$p" && grep -qa metro "/proc/$p/cmdline" 2>/dev/null; then
-			log "array pid $p outlived metro lab up; killing it"
+	local name=$1 pid=${LAB_PID[$1]:-} dir=${LAB_DIR[$1]:-} pids p info
+	[ -n "$pid" ] || return 0
+	pids=${LAB_ARRAY_PIDS[$name]:-}
+	if [ -z "$pids" ] && [ -s "$dir/lab.json" ]; then
+		# Interrupted while lab.json was being written: read what is there.
+		info=$(lab_info "$dir" "" 2>/dev/null) && pids=${info%%$'\t'*}
+	fi
+	stop_pid "$pid" 25 INT TERM
+	for p in $pids; do
+		[ "$p" -gt 0 ] 2>/dev/null || continue
+		if proc_alive "$p" && grep -qaF "$dir/" "/proc/$p/cmdline" 2>/dev/null; then
+			log "array pid $p of lab $name outlived metro lab up; killing it"
 			kill -KILL "$p" 2>/dev/null || true
 		fi
 	done
-	LAB_PID=
+	LAB_PID[$name]=
 }
+
+# lab_stop_all: stops every lab, interrupting them all first so that their
+# arrays shut down in parallel.
+lab_stop_all() {
+	local name
+	for name in "${!LAB_PID[@]}"; do
+		if [ -n "${LAB_PID[$name]}" ]; then kill -INT "${LAB_PID[$name]}" 2>/dev/null || true; fi
+	done
+	for name in "${!LAB_PID[@]}"; do lab_stop "$name"; done
+}
+
+# ---- link proxy ---------------------------------------------------------------
+
+# link_get URL: prints the link's rtt as the proxy reports it (a Go
+# duration: "0s", "1ms").
+link_get() {
+	python3 - "$1" <<'PY'
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/link", timeout=10) as r:
+    print(json.load(r)["rtt"])
+PY
+}
+
+# link_set_rtt URL RTT: sets the link's round trip (a Go duration) with
+# PUT URL/link {"rtt": RTT}; it applies to the existing connections at
+# once. Prints the rtt the proxy reports afterwards; fails if the PUT
+# fails.
+link_set_rtt() {
+	python3 - "$1" "$2" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/link", method="PUT",
+                             data=json.dumps({"rtt": sys.argv[2]}).encode(),
+                             headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(json.load(r)["rtt"])
+except urllib.error.HTTPError as e:
+    sys.exit("PUT %s/link: %s: %s" % (sys.argv[1], e.code, e.read().decode(errors="replace").strip()))
+PY
+}
+
+# ---- CPU accounting -----------------------------------------------------------
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# cpu_ticks PID...: prints the CPU time (user + system, all threads, in
+# clock ticks: fields 14 and 15 of /proc/PID/stat) the PIDs have used so
+# far, summed; fails if one is gone.
+cpu_ticks() {
+	local p s sum=0
+	local -a fields
+	for p in "$@"; do
+		s=$(cat "/proc/$p/stat" 2>/dev/null) || return 1
+		# Fields after "pid (comm) " start with field 3 (state).
+		read -r -a fields <<<"${s##*) }"
+		sum=$((sum + fields[11] + fields[12]))
+	done
+	echo "$sum"
+}
+
+# ticks_secs TICKS: TICKS as seconds (two decimals at CLK_TCK 100).
+ticks_secs() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }'; }

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# run.sh: the side-by-side benchmark of metro against tgtd (issue 2 item 7).
+# run.sh: the side-by-side benchmark of metro against tgtd (issue 2 item 7),
+# with the stretched pair.
 #
 # In one invocation it starts two tgtd references on loopback — a file LUN
 # opened with --bsoflags sync (every write durable, metro's promise) and a
-# plain buffered one — and a one-array `metro lab up`, runs the same
-# qemu-img bench workloads against all three (alternating targets, several
-# repeats, medians), plus iscsi-perf reads, and prints one table with the
-# metro÷reference ratios. Raw numbers and logs go to a results directory
-# whose path it prints. Everything it starts is stopped on exit.
+# plain buffered one — a one-array `metro lab up --arrays 1`, and a
+# stretched pair `metro lab up --arrays 2` (array-a the pod's sequencer,
+# array-b the follower, their link through the lab's delay proxy). It runs
+# the same qemu-img bench workloads against every target (alternating
+# targets, several repeats, medians), plus iscsi-perf reads: the pair
+# through array-a and through array-b, with the link at 0 and at 1 ms round
+# trip (set through the proxy's control API before each run). For metro's
+# targets it also measures the arrays' CPU time per run. It prints one
+# table with the ratios to tgtd and to the one-array metro, and checks the
+# targets. Raw numbers and logs go to a results directory whose path it
+# prints. Everything it starts is stopped on exit.
+#
+# Targets: tgtd-sync tgtd-buffered metro pair-a pair-b pair-a-1ms pair-b-1ms
 #
 # Knobs (environment):
 #   BENCH_QUICK=1          smoke test: 1 repeat, a tenth of the counts, 2 s iscsi-perf
@@ -15,14 +24,15 @@
 #   BENCH_PERF_SECONDS=N   iscsi-perf run time (default 5, quick 2)
 #   BENCH_PERF_REPEATS=N   iscsi-perf repeats per target (default 3, quick 1)
 #   BENCH_SIZE=2G          volume / backing file size (binary units)
-#   BENCH_METRO=0          skip metro (tgtd references only)
-#   BENCH_TARGETS="..."    subset/order of: tgtd-sync tgtd-buffered metro
+#   BENCH_METRO=0          skip metro and the pair (tgtd references only)
+#   BENCH_PAIR=0           skip the stretched pair (the old three targets)
+#   BENCH_TARGETS="..."    subset/order of the targets above
 #   METRO_BIN=path         use this metro binary instead of building bin/metro
 #   BENCH_TMP=dir          where the temp dirs go (default $TMPDIR or /tmp)
 #   BENCH_KEEP=1           keep the work dir (backing files, lab data)
 #   BENCH_RUN_TIMEOUT=N    seconds before one qemu-img/iscsi-perf run is killed (180)
-#   BENCH_DEADLINE=N       seconds after which remaining runs are skipped (1200)
-#   BENCH_LAB_TIMEOUT=N    seconds to wait for lab.json (120)
+#   BENCH_DEADLINE=N       seconds after which remaining runs are skipped (2400)
+#   BENCH_LAB_TIMEOUT=N    seconds to wait for lab.json (180)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,17 +59,45 @@ fi
 SIZE=${BENCH_SIZE:-2G}
 SIZE_BYTES=$(size_bytes "$SIZE") || die "BENCH_SIZE=$SIZE: want a size like 2G"
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-180}
-DEADLINE=${BENCH_DEADLINE:-1200}
-LAB_TIMEOUT=${BENCH_LAB_TIMEOUT:-120}
+DEADLINE=${BENCH_DEADLINE:-2400}
+LAB_TIMEOUT=${BENCH_LAB_TIMEOUT:-180}
+ALL_TARGETS=(tgtd-sync tgtd-buffered metro pair-a pair-b pair-a-1ms pair-b-1ms)
 if [ -n "${BENCH_TARGETS:-}" ]; then
 	read -r -a TARGETS <<<"$BENCH_TARGETS"
-else
+elif [ "${BENCH_METRO:-1}" = 0 ]; then
+	TARGETS=(tgtd-sync tgtd-buffered)
+elif [ "${BENCH_PAIR:-1}" = 0 ]; then
 	TARGETS=(tgtd-sync tgtd-buffered metro)
-	[ "${BENCH_METRO:-1}" != 0 ] || TARGETS=(tgtd-sync tgtd-buffered)
+else
+	TARGETS=("${ALL_TARGETS[@]}")
 fi
+[ "${#TARGETS[@]}" -gt 0 ] || die "BENCH_TARGETS names no target"
+
+# Per metro target: which lab serves it (one: the one-array lab, pair: the
+# stretched pair), through which of the lab's arrays (0 = array-a, the
+# sequencer; 1 = array-b), and the link round trip set on the pair's proxy
+# before each of its runs (a Go duration).
+declare -A TARGET_LAB=() TARGET_ARRAY=() TARGET_RTT=()
+declare -A SEEN=()
 for t in "${TARGETS[@]}"; do
-	case $t in tgtd-sync | tgtd-buffered | metro) ;; *) die "unknown target $t in BENCH_TARGETS" ;; esac
+	[ -z "${SEEN[$t]:-}" ] || die "target $t twice in BENCH_TARGETS"
+	SEEN[$t]=1
+	case $t in
+	tgtd-sync | tgtd-buffered) ;;
+	metro) TARGET_LAB[$t]=one TARGET_ARRAY[$t]=0 ;;
+	pair-a) TARGET_LAB[$t]=pair TARGET_ARRAY[$t]=0 TARGET_RTT[$t]=0s ;;
+	pair-b) TARGET_LAB[$t]=pair TARGET_ARRAY[$t]=1 TARGET_RTT[$t]=0s ;;
+	pair-a-1ms) TARGET_LAB[$t]=pair TARGET_ARRAY[$t]=0 TARGET_RTT[$t]=1ms ;;
+	pair-b-1ms) TARGET_LAB[$t]=pair TARGET_ARRAY[$t]=1 TARGET_RTT[$t]=1ms ;;
+	*) die "unknown target $t in BENCH_TARGETS (known: ${ALL_TARGETS[*]})" ;;
+	esac
 done
+# want_lab LAB: true if a selected target runs on LAB.
+want_lab() {
+	local t
+	for t in "${TARGETS[@]}"; do [ "${TARGET_LAB[$t]:-}" = "$1" ] && return 0; done
+	return 1
+}
 want() {
 	local t
 	for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0; done
@@ -98,7 +136,7 @@ cleanup() {
 	set +e
 	trap - EXIT INT TERM
 	[ -n "${CUR_PID:-}" ] && stop_pid "$CUR_PID" 2 TERM
-	lab_stop
+	lab_stop_all
 	for t in "${!TGTD_PID[@]}"; do tgtd_stop "$t"; done
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		log "kept work dir $WORK"
@@ -129,7 +167,7 @@ for t in tgtd-sync tgtd-buffered; do
 	log "$t: tgtd pid ${TGTD_PID[$t]} portal ${PORTAL[$t]} ${IQN[$t]} lun ${LUN[$t]}${oflags:+ (bsoflags $oflags)}"
 done
 
-if want metro; then
+if want_lab one || want_lab pair; then
 	bin=${METRO_BIN:-}
 	if [ -z "$bin" ]; then
 		command -v go >/dev/null || die "go not found (needed to build bin/metro; or set METRO_BIN)"
@@ -141,11 +179,64 @@ if want metro; then
 			}
 		bin=$REPO/bin/metro
 	fi
+	# Both labs start at once and stay up for the whole run (an idle lab
+	# costs next to nothing); the pair is ready once pod1 is in sync.
+	if want_lab one; then
+		lab_launch one "$bin" "$WORK/lab-one" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-one.log" --arrays 1
+	fi
+	if want_lab pair; then
+		lab_launch pair "$bin" "$WORK/lab-pair" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-pair.log" --arrays 2
+	fi
 	log "starting metro lab up (waiting up to ${LAB_TIMEOUT}s for lab.json)"
-	lab_start "$bin" "$WORK/lab" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab.log" "$LAB_TIMEOUT"
-	PORTAL[metro]=$METRO_PORTAL IQN[metro]=$METRO_IQN LUN[metro]=$METRO_LUN
-	log "metro: lab pid $LAB_PID portal $METRO_PORTAL $METRO_IQN lun $METRO_LUN"
+	if want_lab one; then
+		lab_wait one "$INITIATOR" "$LAB_TIMEOUT"
+		log "one-array lab: lab pid ${LAB_PID[one]}, ${LAB_ARRAY_NAMES[one]} pid ${LAB_ARRAY_PIDS[one]}"
+	fi
+	if want_lab pair; then
+		lab_wait pair "$INITIATOR" "$LAB_TIMEOUT"
+		[ "${LAB_ARRAY_NAMES[pair]}" = "array-a array-b" ] ||
+			die "the pair lab's lab.json lists arrays '${LAB_ARRAY_NAMES[pair]}', want 'array-a array-b'"
+		[ -n "${LAB_PROXY[pair]}" ] || die "the pair lab's lab.json has no link_proxy"
+		rtt=$(link_get "${LAB_PROXY[pair]}") || die "the pair's link proxy ${LAB_PROXY[pair]} does not answer"
+		log "pair lab: lab pid ${LAB_PID[pair]}, ${LAB_ARRAY_NAMES[pair]} pids ${LAB_ARRAY_PIDS[pair]}, link proxy ${LAB_PROXY[pair]} (rtt $rtt)"
+	fi
 fi
+
+# CPU_PIDS[TARGET]: the processes whose CPU time is charged to TARGET's
+# runs: every array of its lab (for the pair both: the one the initiator
+# talks to and its peer). LINK_PID[TARGET]: `metro lab up`, which runs the
+# link proxy (pair targets only).
+declare -A CPU_PIDS=() LINK_PID=()
+for t in "${TARGETS[@]}"; do
+	lab=${TARGET_LAB[$t]:-}
+	[ -n "$lab" ] || continue
+	i=${TARGET_ARRAY[$t]}
+	PORTAL[$t]=$(lab_field "$lab" PORTALS "$i") || die "lab $lab has no array $i for $t"
+	IQN[$t]=$(lab_field "$lab" IQNS "$i")
+	LUN[$t]=${LAB_LUN[$lab]}
+	CPU_PIDS[$t]=${LAB_ARRAY_PIDS[$lab]}
+	if [ "$lab" = pair ]; then LINK_PID[$t]=${LAB_PID[$lab]}; fi
+	log "$t: $(lab_field "$lab" ARRAY_NAMES "$i") portal ${PORTAL[$t]} ${IQN[$t]} lun ${LUN[$t]}${TARGET_RTT[$t]:+, link rtt ${TARGET_RTT[$t]}}; CPU of pids ${CPU_PIDS[$t]}"
+done
+
+# set_link TARGET: for a pair target, sets the link's round trip to the
+# target's (before every run, so nothing else can leave it changed) and
+# checks what the proxy reports. Sets RUN_RTT to the rtt in force; fails
+# if it cannot be set.
+set_link() {
+	local t=$1 want got
+	want=${TARGET_RTT[$t]:-}
+	[ -n "$want" ] || return 0
+	got=$(link_set_rtt "${LAB_PROXY[${TARGET_LAB[$t]}]}" "$want" 2>&1) || {
+		log "setting the link rtt to $want failed: $got"
+		return 1
+	}
+	if [ "$got" != "$want" ]; then
+		log "the link proxy reports rtt $got after setting $want"
+		return 1
+	fi
+	RUN_RTT=$want
+}
 
 # image_opts TARGET: qemu's --image-opts for TARGET through libiscsi.
 image_opts() {
@@ -163,7 +254,7 @@ done
 
 # ---- runs --------------------------------------------------------------------
 
-printf 'kind\tworkload\ttarget\trep\tcount\tsize\tdepth\tseconds\tstatus\targs\n' >"$RAW"
+printf 'kind\tworkload\ttarget\trep\tcount\tsize\tdepth\tseconds\tstatus\tcpu_s\tlink_cpu_s\tlink_rtt\targs\n' >"$RAW"
 declare -A FAILS=()
 CUR_PID=
 
@@ -188,6 +279,46 @@ skip_reason() {
 	fi
 }
 
+# run_begin TARGET: prepares one run of TARGET — sets a pair target's link
+# round trip (RUN_RTT) — and samples the CPU time of its arrays and of the
+# link proxy. Fails if the link cannot be set.
+run_begin() {
+	local t=$1
+	RUN_RTT='' RUN_C0='' RUN_L0=''
+	set_link "$t" || return 1
+	read -r -a RUN_PIDS <<<"${CPU_PIDS[$t]:-}"
+	[ "${#RUN_PIDS[@]}" = 0 ] || RUN_C0=$(cpu_ticks "${RUN_PIDS[@]}") || RUN_C0=''
+	[ -z "${LINK_PID[$t]:-}" ] || RUN_L0=$(cpu_ticks "${LINK_PID[$t]}") || RUN_L0=''
+	return 0
+}
+
+# run_end TARGET: sets RUN_CPU and RUN_LCPU to the CPU seconds (user +
+# system) TARGET's arrays and the link proxy used since run_begin ("" when
+# not measured, or when a process is gone).
+run_end() {
+	local t=$1 c1
+	RUN_CPU='' RUN_LCPU=''
+	if [ -n "$RUN_C0" ] && c1=$(cpu_ticks "${RUN_PIDS[@]}"); then
+		RUN_CPU=$(ticks_secs $((c1 - RUN_C0)))
+	fi
+	if [ -n "$RUN_L0" ] && c1=$(cpu_ticks "${LINK_PID[$t]}"); then
+		RUN_LCPU=$(ticks_secs $((c1 - RUN_L0)))
+	fi
+}
+
+# cpu_note COUNT: " 52 us CPU/IO" for the progress line, if measured.
+cpu_note() {
+	[ -n "$RUN_CPU" ] && [ -n "$1" ] && [ "$1" -gt 0 ] || return 0
+	awk -v c="$RUN_CPU" -v n="$1" 'BEGIN { printf " %6.0f us CPU/IO", c / n * 1e6 }'
+}
+
+# raw_row KIND WORKLOAD TARGET REP COUNT SIZE DEPTH SECONDS STATUS ARGS:
+# appends one row to raw.tsv, with the run's CPU and link columns.
+raw_row() {
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "$9" \
+		"${RUN_CPU:-}" "${RUN_LCPU:-}" "${RUN_RTT:-}" "${10}" >>"$RAW"
+}
+
 # qemu_run WORKLOAD TARGET REP ARGS...: one timed qemu-img bench; appends a
 # raw row. REP 0 is the untimed prefill.
 qemu_run() {
@@ -199,16 +330,25 @@ qemu_run() {
 	count=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$args")
 	size=$(sed -n 's/.*-s \([0-9]*\).*/\1/p' <<<"$args")
 	depth=$(sed -n 's/.*-d \([0-9]*\).*/\1/p' <<<"$args")
+	RUN_CPU='' RUN_LCPU='' RUN_RTT=''
 	skip=$(skip_reason "$t")
 	if [ -n "$skip" ]; then
-		printf 'qemu\t%s\t%s\t%s\t%s\t%s\t%s\t\tskipped-%s\t%s\n' "$wl" "$t" "$rep" "$count" "$size" "$depth" "$skip" "$args" >>"$RAW"
+		raw_row qemu "$wl" "$t" "$rep" "$count" "$size" "$depth" "" "skipped-$skip" "$args"
 		return 0
 	fi
 	logf=$RES/logs/qemu.$wl.$t.$rep.log
-	# shellcheck disable=SC2086 # args is a word list on purpose
-	timed_run "$logf" qemu-img bench --image-opts "$(image_opts "$t")" $args || rc=$?
-	secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\..*/\1/p' "$logf")
-	if [ "$rc" != 0 ]; then
+	if run_begin "$t"; then
+		# shellcheck disable=SC2086 # args is a word list on purpose
+		timed_run "$logf" qemu-img bench --image-opts "$(image_opts "$t")" $args || rc=$?
+		run_end "$t"
+		secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\..*/\1/p' "$logf")
+	else
+		rc='link' secs=''
+		echo "could not set the link rtt to ${TARGET_RTT[$t]}" >"$logf"
+	fi
+	if [ "$rc" = link ]; then
+		status=link-failed
+	elif [ "$rc" != 0 ]; then
 		status=exit$rc
 		[ "$rc" = 124 ] && status=timeout
 	elif [ -z "$secs" ]; then
@@ -218,30 +358,39 @@ qemu_run() {
 	fi
 	if [ "$status" = ok ]; then
 		FAILS[$t]=0
-		log "$(printf '%-9s %-14s #%s %8.3f s %9.0f IOPS' "$wl" "$t" "$rep" "$secs" "$(awk -v c="$count" -v s="$secs" 'BEGIN{print (s > 0 ? c / s : 0)}')")"
+		log "$(printf '%-9s %-14s #%s %8.3f s %9.0f IOPS' "$wl" "$t" "$rep" "$secs" "$(awk -v c="$count" -v s="$secs" 'BEGIN{print (s > 0 ? c / s : 0)}')")$(cpu_note "$count")"
 	else
 		FAILS[$t]=$((${FAILS[$t]:-0} + 1))
 		log "$wl $t #$rep FAILED ($status); last lines of $logf:"
 		tail -n 5 "$logf" >&2
 	fi
-	printf 'qemu\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$t" "$rep" "$count" "$size" "$depth" "$secs" "$status" "$args" >>"$RAW"
+	raw_row qemu "$wl" "$t" "$rep" "$count" "$size" "$depth" "$secs" "$status" "$args"
 }
 
 # perf_run TARGET REP: one iscsi-perf read run of PERF_SECONDS.
 perf_run() {
 	local t=$1 rep=$2 logf iops status rc=0 skip count
 	local args="-i $INITIATOR -m 32 -b 8 -t $PERF_SECONDS"
+	RUN_CPU='' RUN_LCPU='' RUN_RTT=''
 	skip=$(skip_reason "$t")
 	if [ -n "$skip" ]; then
-		printf 'perf\tperf-r4k-d32\t%s\t%s\t\t4096\t32\t\tskipped-%s\t%s\n' "$t" "$rep" "$skip" "$args" >>"$RAW"
+		raw_row perf perf-r4k-d32 "$t" "$rep" "" 4096 32 "" "skipped-$skip" "$args"
 		return 0
 	fi
 	logf=$RES/logs/perf.$t.$rep.log
-	# shellcheck disable=SC2086
-	timed_run "$logf" iscsi-perf $args "iscsi://${PORTAL[$t]}/${IQN[$t]}/${LUN[$t]}" || rc=$?
+	if run_begin "$t"; then
+		# shellcheck disable=SC2086
+		timed_run "$logf" iscsi-perf $args "iscsi://${PORTAL[$t]}/${IQN[$t]}/${LUN[$t]}" || rc=$?
+		run_end "$t"
+	else
+		rc='link'
+		echo "could not set the link rtt to ${TARGET_RTT[$t]}" >"$logf"
+	fi
 	# Progress lines are separated by \r; the last "iops average" is the total.
 	iops=$(tr '\r' '\n' <"$logf" | sed -n 's/^iops average \([0-9]*\) .*/\1/p' | tail -n 1)
-	if [ "$rc" != 0 ]; then
+	if [ "$rc" = link ]; then
+		status=link-failed
+	elif [ "$rc" != 0 ]; then
 		status=exit$rc
 		[ "$rc" = 124 ] && status=timeout
 	elif [ -z "$iops" ]; then
@@ -251,8 +400,8 @@ perf_run() {
 	fi
 	if [ "$status" = ok ]; then
 		FAILS[$t]=0
-		log "$(printf '%-9s %-14s #%s %8s s %9s IOPS' perf "$t" "$rep" "$PERF_SECONDS" "$iops")"
 		count=$((iops * PERF_SECONDS))
+		log "$(printf '%-9s %-14s #%s %8s s %9s IOPS' perf "$t" "$rep" "$PERF_SECONDS" "$iops")$(cpu_note "$count")"
 	else
 		FAILS[$t]=$((${FAILS[$t]:-0} + 1))
 		log "iscsi-perf $t #$rep FAILED ($status); last lines of $logf:"
@@ -260,11 +409,17 @@ perf_run() {
 		count=
 	fi
 	# count/seconds reproduces iscsi-perf's own average IOPS.
-	printf 'perf\tperf-r4k-d32\t%s\t%s\t%s\t4096\t32\t%s\t%s\t%s\n' "$t" "$rep" "$count" "$PERF_SECONDS" "$status" "$args" >>"$RAW"
+	raw_row perf perf-r4k-d32 "$t" "$rep" "$count" 4096 32 "$PERF_SECONDS" "$status" "$args"
 }
 
-log "prefill: writing the first $((PREFILL_COUNT * 64)) KiB of each target (untimed)"
+# The pair's four targets are one volume (pod1::vol1 on both arrays):
+# it is prefilled once, through the first of them.
+log "prefill: writing the first $((PREFILL_COUNT * 64)) KiB of each volume (untimed)"
+declare -A PREFILLED=()
 for t in "${TARGETS[@]}"; do
+	v=${TARGET_LAB[$t]:-$t}
+	[ -z "${PREFILLED[$v]:-}" ] || continue
+	PREFILLED[$v]=1
 	qemu_run prefill "$t" 0 -w -s 65536 -d 32 -c "$PREFILL_COUNT"
 done
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +16,7 @@ func newArrayCmd(g *globals) *cobra.Command {
 		Use:   "array",
 		Short: "Run an array, or list the arrays one knows",
 	})
-	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd())
+	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd(), newArrayConnectCmd(g))
 	return cmd
 }
 
@@ -45,15 +46,68 @@ func newArrayListCmd(g *globals) *cobra.Command {
 // arrayTable shows arrays: name, id, status, iSCSI target and portals,
 // capacity and space used.
 func arrayTable(arrays []api.ArrayInfo) *table {
-	t := newTable("Name", "ID", "Status", "Target", "Portals", "Capacity", "Used")
+	t := newTable("Name", "ID", "Status", "Peer", "Link RTT", "Target", "Portals", "Capacity", "Used")
 	for _, a := range arrays {
 		capacity := fmtSize(a.Capacity)
 		if a.Capacity == 0 {
 			capacity = "unlimited"
 		}
-		t.row(a.Name, a.ID, a.Status, a.Target, joinList(a.Portals), capacity, fmtUsed(a.Used, a.Capacity))
+		if a.Target == "" { // a peer: only what the link knows
+			capacity = "-"
+		}
+		rtt := "-"
+		if a.RTTMillis > 0 {
+			rtt = fmt.Sprintf("%.2f ms", a.RTTMillis)
+		}
+		peer := a.Peer
+		if peer == "" {
+			peer = "-"
+		}
+		t.row(a.Name, a.ID, a.Status, peer, rtt, a.Target, joinList(a.Portals), capacity, fmtUsed(a.Used, a.Capacity))
 	}
 	return t
+}
+
+func newArrayConnectCmd(g *globals) *cobra.Command {
+	var peer, token, ca string
+	cmd := &cobra.Command{
+		Use:   "connect --peer URL --token TOKEN [--ca FILE]",
+		Short: "Pair this array with another one (the peer) for stretched pods",
+		Long: "Pair the array answering with the array whose management API is at --peer. The peer's\n" +
+			"API token is used once, to exchange the arrays' link certificates; the replication link\n" +
+			"then authenticates both ends with them. Either array of the pair may run it.",
+		Example: "metro array connect --peer https://10.0.1.5:8443 --token $PEER_TOKEN --ca peer-ca.pem",
+		Args:    argsN(0, ""),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlag(cmd, "peer", "the peer array's API URL"); err != nil {
+				return err
+			}
+			if err := requireFlag(cmd, "token", "the peer array's API token"); err != nil {
+				return err
+			}
+			req := api.ArrayConnect{PeerURL: peer, Token: token}
+			if ca != "" {
+				data, err := os.ReadFile(ca)
+				if err != nil {
+					return fmt.Errorf("--ca: %w", err)
+				}
+				req.CA = string(data)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			info, err := c.ConnectPeer(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.newOutput(cmd).one(info, arrayTable([]api.ArrayInfo{info}))
+		},
+	}
+	cmd.Flags().StringVar(&peer, "peer", "", "the peer array's management API URL")
+	cmd.Flags().StringVar(&token, "token", "", "the peer array's API token")
+	cmd.Flags().StringVar(&ca, "ca", "", "PEM file of the certificate the peer's API presents")
+	return cmd
 }
 
 // fmtUsed prints space used, with its share of the capacity when known.

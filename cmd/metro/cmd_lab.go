@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +28,8 @@ func newLabUpCmd(g *globals) *cobra.Command {
 		dir, size  string
 		arrays     int
 		initiators []string
+		rtt        time.Duration
+		bandwidth  string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -47,7 +50,17 @@ func newLabUpCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "Starting %d array(s) in %s ...\n", arrays, dir)
+			var bw uint64
+			if bandwidth != "" {
+				if bw, err = units.ParseSize(bandwidth); err != nil {
+					return fmt.Errorf("--link-bandwidth: %w", err)
+				}
+			}
+			if arrays == 2 {
+				fmt.Fprintf(out, "Pairing the arrays and copying pod1 to the second one ...\n")
+			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: dir, Arrays: arrays, Initiators: initiators, Size: n,
+				LinkRTT: rtt, LinkBandwidth: int64(bw),
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				return err
@@ -65,7 +78,9 @@ func newLabUpCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "directory for the arrays' data, configs, logs and lab.json (default: a new temporary directory)")
-	f.IntVar(&arrays, "arrays", 1, "number of arrays")
+	f.IntVar(&arrays, "arrays", 2, "number of arrays: 2 is a stretched pair, 1 a single array")
+	f.DurationVar(&rtt, "link-rtt", 0, "round trip added on the link between the arrays (half each way), e.g. 1ms")
+	f.StringVar(&bandwidth, "link-bandwidth", "", "bandwidth of the link, per second and direction (binary units, e.g. 100M); default unlimited")
 	f.StringArrayVar(&initiators, "initiator", nil, "initiator IQN allowed to see the volume (repeatable; default "+lab.DefaultInitiator+")")
 	f.StringVar(&size, "size", "1G", "size of the lab volume (binary units: 1G = 1 GiB)")
 	return cmd
@@ -85,6 +100,10 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	fmt.Fprintf(w, "  qemu-img info --image-opts driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%d,initiator-name=%s\n", a.Portal, a.Target, info.LUN, info.Initiators[0])
 	for _, u := range info.URLs {
 		fmt.Fprintf(w, "  iscsi-inq %s   (libiscsi URL; initiator via --initiator-name)\n", u)
+	}
+	if info.LinkProxy != "" {
+		fmt.Fprintf(w, "\nThe link between the arrays runs through a proxy: curl %s/link shows it;\n", info.LinkProxy)
+		fmt.Fprintf(w, "  curl -X PUT -d '{\"rtt\":\"5ms\"}' %s/link    changes it; POST %s/link/partition and /link/heal cut and mend it.\n", info.LinkProxy, info.LinkProxy)
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n")
 }

@@ -18,7 +18,8 @@ func newPodCmd(g *globals) *cobra.Command {
 		Use:   "pod",
 		Short: "Create, list, change and destroy pods",
 	})
-	cmd.AddCommand(newPodCreateCmd(g), newPodListCmd(g), newPodDestroyCmd(g), newPodSetattrCmd(g))
+	cmd.AddCommand(newPodCreateCmd(g), newPodListCmd(g), newPodDestroyCmd(g), newPodSetattrCmd(g),
+		newPodAddCmd(g), newPodRemoveCmd(g), newPodEradicateCmd(g))
 	return cmd
 }
 
@@ -43,7 +44,8 @@ func newPodCreateCmd(g *globals) *cobra.Command {
 }
 
 func newPodListCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var pending bool
+	cmd := &cobra.Command{
 		Use:   "list [POD...]",
 		Short: "List pods (all, or the ones named) with their arrays and status",
 		Long: "List pods with, for each array of the pod, its status there as the array asked sees it:\n" +
@@ -57,7 +59,7 @@ func newPodListCmd(g *globals) *cobra.Command {
 			}
 			var pods []api.Pod
 			if len(args) == 0 {
-				if pods, err = c.Pods(cmd.Context()); err != nil {
+				if pods, err = c.PodsPending(cmd.Context(), pending); err != nil {
 					return err
 				}
 			}
@@ -74,6 +76,8 @@ func newPodListCmd(g *globals) *cobra.Command {
 			return g.newOutput(cmd).list(pods, podTable(pods))
 		},
 	}
+	cmd.Flags().BoolVar(&pending, "pending", false, "list the pod copies pending eradication instead")
+	return cmd
 }
 
 func newPodDestroyCmd(g *globals) *cobra.Command {
@@ -128,13 +132,13 @@ func newPodSetattrCmd(g *globals) *cobra.Command {
 // podTable shows pods: each array of the pod as name:status, the
 // sequencer, the epoch, and the volumes with their space.
 func podTable(pods []api.Pod) *table {
-	t := newTable("Name", "Arrays", "Sequencer", "Epoch", "Failover Preference", "Volumes", "Provisioned", "Used")
+	t := newTable("Name", "Arrays", "Sequencer", "Epoch", "Copy", "Failover Preference", "Volumes", "Provisioned", "Used")
 	for _, p := range pods {
 		arrays := make([]string, 0, len(p.Arrays))
 		for _, a := range p.Arrays {
 			arrays = append(arrays, fmt.Sprintf("%s:%s", a.Name, a.Status))
 		}
-		t.row(p.Name, strings.Join(arrays, ", "), p.Sequencer, strconv.FormatUint(p.Epoch, 10),
+		t.row(p.Name, strings.Join(arrays, ", "), p.Sequencer, strconv.FormatUint(p.Epoch, 10), fmtCopy(p.Replication),
 			joinList(p.FailoverPreference), strconv.Itoa(p.Volumes), fmtSize(p.Provisioned), fmtSize(p.Used))
 	}
 	return t

@@ -101,6 +101,11 @@ func (s *Server) routes() {
 	h("POST "+Version+"/connections", s.connect)
 	h("DELETE "+Version+"/connections", s.disconnect)
 	h("GET "+Version+"/sessions", s.listSessions)
+	h("POST "+Version+"/array/connect", s.connectPeer)
+	h("POST "+Version+"/array/pair", s.pair)
+	h("POST "+Version+"/pods/{name}/arrays", s.stretchPod)
+	h("DELETE "+Version+"/pods/{name}/arrays/{array}", s.unstretchPod)
+	h("POST "+Version+"/pods/{name}/eradicate", s.eradicatePod)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s; see %s/openapi.json", r.Method, r.URL.Path, Version)})
 	})
@@ -205,6 +210,10 @@ func (s *Server) listArrays(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) podInfo(st *catalog.State, p *catalog.Pod) Pod {
 	out := Pod{Name: p.Name, ID: p.ID, Created: p.Created, Arrays: s.b.PodArrays(p),
 		Sequencer: p.Sequencer, Epoch: p.Epoch, FailoverPreference: nonNil(p.FailoverPreference)}
+	out.Pending = p.Pending
+	if rep, ok := s.b.(Replication); ok {
+		out.Replication = rep.PodReplication(p)
+	}
 	for _, v := range st.PodVolumes(p.Name) {
 		if v.Destroyed == nil {
 			out.Volumes++
@@ -224,8 +233,15 @@ func nonNil(s []string) []string {
 
 func (s *Server) listPods(w http.ResponseWriter, r *http.Request) error {
 	st := s.b.State()
+	pending, err := boolParam(r, "pending")
+	if err != nil {
+		return err
+	}
 	out := []Pod{}
 	for _, p := range st.SortedPods() {
+		if (p.Pending != nil) != pending {
+			continue
+		}
 		out = append(out, s.podInfo(st, p))
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -34,6 +34,23 @@ type ArrayInfo struct {
 	// for a peer.
 	Status string    `json:"status"`
 	Time   time.Time `json:"time"`
+	// RTTMillis is the link's measured round trip (peers).
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// Peer names the paired array (the array answering).
+	Peer string `json:"peer,omitempty"`
+	// Link counts the bytes this array sent over the replication link
+	// since it started (the array answering, when paired).
+	Link *LinkTraffic `json:"link,omitempty"`
+}
+
+// LinkTraffic counts replication bytes sent, by kind.
+type LinkTraffic struct {
+	// Baseline is block data sent by baseline and resync copies.
+	Baseline int64 `json:"baseline_bytes"`
+	// Mirror is host write data the sequencer sent to the follower.
+	Mirror int64 `json:"mirror_bytes"`
+	// Forward is host write data the follower sent to the sequencer.
+	Forward int64 `json:"forward_bytes"`
 }
 
 // PodArray is one array of a pod with the pod's status there, as seen by
@@ -56,6 +73,11 @@ type Pod struct {
 	Volumes            int        `json:"volumes"`
 	Provisioned        uint64     `json:"provisioned"`
 	Used               uint64     `json:"used"`
+	// Pending is when this array's copy was set aside (pending
+	// eradication), nil for a live pod.
+	Pending *time.Time `json:"pending,omitempty"`
+	// Replication is the copy progress of a stretched pod.
+	Replication *PodReplication `json:"replication,omitempty"`
 }
 
 // PodCreate is the body of POST /pods.

@@ -22,6 +22,7 @@ import (
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/iscsi"
+	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
 )
@@ -55,16 +56,26 @@ type Array struct {
 
 	// luMu guards lus, the logical units by volume data id; the lookup
 	// table hosts use is rebuilt from it after each configuration change.
-	luMu sync.Mutex
-	lus  map[uint64]*scsi.LogicalUnit
-	view luView
+	luMu   sync.Mutex
+	lus    map[uint64]*scsi.LogicalUnit
+	byUUID map[string]*scsi.LogicalUnit
+	// known maps the data ids of the volumes in the configuration to
+	// their UUIDs, to notice eradications.
+	known map[uint64]string
+	view  luView
+
+	repl     *replication.Replicator
+	linkCert tls.Certificate
+	linkLn   net.Listener
+	fsIsReal bool
 }
 
 // Open opens the array's store and configuration and builds its logical
 // units. Run serves them.
 func Open(opts Options) (*Array, error) {
 	cfg := opts.Config
-	a := &Array{cfg: cfg, log: opts.Logger, now: opts.Now, lus: map[uint64]*scsi.LogicalUnit{}}
+	a := &Array{cfg: cfg, log: opts.Logger, now: opts.Now, lus: map[uint64]*scsi.LogicalUnit{},
+		byUUID: map[string]*scsi.LogicalUnit{}, known: map[uint64]string{}, fsIsReal: opts.FS == nil}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -91,6 +102,10 @@ func Open(opts Options) (*Array, error) {
 	}
 	a.target = scsi.NewTarget(scsi.TargetConfig{Resolver: &a.view, Logger: a.log})
 	a.view.array = a
+	if err := a.setupReplication(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	a.cat.Watch(a.configChanged)
 	a.iscsi = iscsi.NewServer(iscsi.Config{
 		Backend:        a,
@@ -164,6 +179,12 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 		closeAll()
 		return fmt.Errorf("api listen %s: %w", a.cfg.API.Listen, err)
 	}
+	if err := a.listenLink(); err != nil {
+		apiL.Close()
+		closeAll()
+		return err
+	}
+
 	srv := &http.Server{Handler: api.NewServer(a, a.token, a.log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
 	if a.cert != nil {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*a.cert}, MinVersion: tls.VersionTLS12}
@@ -172,6 +193,13 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 
 	var wg sync.WaitGroup
 	errs := make(chan error, len(listeners)+2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.repl.Run(ctx, a.linkLn); err != nil && ctx.Err() == nil {
+			errs <- fmt.Errorf("replication: %w", err)
+		}
+	}()
 	for _, l := range listeners {
 		wg.Add(1)
 		go func() {
@@ -261,6 +289,13 @@ func (a *Array) EradicateExpired(ctx context.Context) {
 	for _, v := range a.cat.View().Expired(a.cfg.EradicationWindow.Duration, a.now()) {
 		if err := a.Eradicate(ctx, v.Name); err != nil {
 			a.log.Warn("eradicate", "volume", v.Name, "err", err)
+		}
+	}
+	for _, p := range a.cat.View().SortedPods() {
+		if p.Pending != nil && !a.now().Before(p.Pending.Add(a.cfg.EradicationWindow.Duration)) {
+			if err := a.EradicatePod(ctx, p.Name); err != nil {
+				a.log.Warn("eradicate pod copy", "pod", p.Name, "err", err)
+			}
 		}
 	}
 }

@@ -29,26 +29,59 @@ func (a *Array) Info() api.ArrayInfo {
 	if a.cert != nil {
 		scheme = "https"
 	}
-	return api.ArrayInfo{
+	info := api.ArrayInfo{
 		Name: a.cfg.Name, ID: a.id.ID, Version: Version, Target: a.cfg.ISCSI.Target,
 		Portals: a.cfg.ISCSI.Advertise, API: scheme + "://" + a.cfg.API.Listen,
 		TPG: a.id.TargetPortGroup(), PortID: a.id.RelativePortID(),
 		Capacity: capacity, Used: used, Provision: prov, Status: "connected", Time: a.now().UTC(),
 	}
+	if p, _, _ := a.repl.PeerInfo(); p != nil {
+		info.Peer = p.Name
+		b, m, f := a.repl.Traffic()
+		info.Link = &api.LinkTraffic{Baseline: b, Mirror: m, Forward: f}
+	}
+	return info
 }
 
-// Peers implements api.Backend; a single array has none.
-func (a *Array) Peers() []api.ArrayInfo { return nil }
+// Peers implements api.Backend: the paired array, with the link's state
+// and round trip.
+func (a *Array) Peers() []api.ArrayInfo {
+	p, up, rtt := a.repl.PeerInfo()
+	if p == nil {
+		return nil
+	}
+	id := Identity{ID: p.ID}
+	info := api.ArrayInfo{Name: p.Name, ID: p.ID, API: p.API, TPG: id.TargetPortGroup(), PortID: id.RelativePortID(),
+		Status: "disconnected", Peer: a.cfg.Name}
+	if up {
+		info.Status = "connected"
+		info.RTTMillis = float64(rtt.Microseconds()) / 1000
+	}
+	return []api.ArrayInfo{info}
+}
 
 // State implements api.Backend.
 func (a *Array) State() *catalog.State { return a.cat.View() }
 
 // Apply implements api.Backend.
-func (a *Array) Apply(ctx context.Context, op catalog.Op) error { return a.cat.Apply(op) }
+func (a *Array) Apply(ctx context.Context, op catalog.Op) error { return a.repl.Apply(ctx, op) }
 
-// PodArrays implements api.Backend: a local pod is online on its array.
+// PodArrays implements api.Backend: a local pod is online on its array;
+// a stretched pod's arrays have the status this array sees.
 func (a *Array) PodArrays(p *catalog.Pod) []api.PodArray {
 	out := make([]api.PodArray, 0, len(p.Arrays))
+	if p.Pending != nil {
+		for _, pa := range p.Arrays {
+			out = append(out, api.PodArray{Name: pa.Name, ID: pa.ID, Status: catalog.StatusOffline})
+		}
+		return out
+	}
+	if ps := a.repl.Status(p); ps != nil {
+		for _, as := range ps.Arrays {
+			out = append(out, api.PodArray{Name: as.Name, ID: as.ID, Status: as.Status})
+		}
+		return out
+	}
 	for _, pa := range p.Arrays {
 		status := catalog.StatusUnknown
 		if pa.Name == a.cfg.Name {

@@ -29,6 +29,11 @@ import (
 //	  listen: [127.0.0.1:3260]
 //	  advertise: []               # portals for discovery; default: listen
 //	  target: ""                  # default iqn.2026-11.io.metro:<name>
+//	replication:
+//	  listen: 127.0.0.1:7443      # the link to the peer array
+//	  advertise: ""               # address the peer dials; default: listen
+//	  timeout: 4s                 # no heartbeat for this long: the peer is lost
+//	  baseline_rate: ""           # limit baseline copies, e.g. 100M (per second)
 type Config struct {
 	Name              string   `yaml:"name"`
 	DataDir           string   `yaml:"data_dir"`
@@ -46,6 +51,19 @@ type Config struct {
 		Advertise []string `yaml:"advertise"`
 		Target    string   `yaml:"target"`
 	} `yaml:"iscsi"`
+	Replication struct {
+		Listen       string   `yaml:"listen"`
+		Advertise    string   `yaml:"advertise"`
+		Timeout      Duration `yaml:"timeout"`
+		BaselineRate string   `yaml:"baseline_rate"`
+	} `yaml:"replication"`
+}
+
+// baselineRate returns the baseline copy limit in bytes per second (0:
+// unlimited).
+func (c *Config) baselineRate() uint64 {
+	n, _ := units.ParseSize(c.Replication.BaselineRate)
+	return n
 }
 
 // Duration is a time.Duration written as "24h" in YAML.
@@ -127,6 +145,14 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ISCSI.Target == "" {
 		c.ISCSI.Target = TargetPrefix + c.Name
+	}
+	if c.Replication.BaselineRate != "" {
+		if _, err := units.ParseSize(c.Replication.BaselineRate); err != nil {
+			return fmt.Errorf("replication: baseline_rate: %w", err)
+		}
+	}
+	if c.Replication.Timeout.Duration == 0 {
+		c.Replication.Timeout.Duration = 4 * time.Second
 	}
 	return nil
 }

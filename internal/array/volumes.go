@@ -23,6 +23,10 @@ type luView struct {
 // luTable maps lower-cased initiator names to their LUNs.
 type luTable struct {
 	byInitiator map[string]map[uint64]*scsi.LogicalUnit
+	// pods holds each unit's pod and arrays.
+	pods map[*scsi.LogicalUnit]*catalog.Pod
+	// prefer holds each initiator's preferred arrays (its host's).
+	prefer map[string][]string
 }
 
 var _ scsi.Resolver = (*luView)(nil)
@@ -51,11 +55,47 @@ func (v *luView) LUNs(initiator string) []uint64 {
 	return out
 }
 
-// PortGroups implements scsi.Resolver: one array, one group, always
-// active/optimized. Stretched pods add the peer's group.
+// PortGroups implements scsi.Resolver: each array of the unit's pod is
+// one target port group. A group is Unavailable where the pod is not
+// served; otherwise paths to the initiator's preferred array are
+// Active/Optimized (with the PREF bit) and to the other Active/
+// Non-optimized, and with no preference both are Active/Optimized.
 func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortGroup {
-	id := v.array.id
-	return []scsi.PortGroup{{ID: id.TargetPortGroup(), State: scsi.ActiveOptimized, RelativePortIDs: []uint16{id.RelativePortID()}}}
+	a := v.array
+	t := v.table.Load()
+	var p *catalog.Pod
+	var prefer []string
+	if t != nil {
+		p = t.pods[lu]
+		prefer = t.prefer[strings.ToLower(initiator)]
+	}
+	if p == nil || len(p.Arrays) < 2 {
+		id := a.id
+		return []scsi.PortGroup{{ID: id.TargetPortGroup(), State: scsi.ActiveOptimized, RelativePortIDs: []uint16{id.RelativePortID()}}}
+	}
+	serving, stretched := a.repl.Serving(p.Name)
+	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
+	for _, pa := range p.Arrays {
+		id := Identity{ID: pa.ID}
+		g := scsi.PortGroup{ID: id.TargetPortGroup(), RelativePortIDs: []uint16{id.RelativePortID()}}
+		up := serving
+		if pa.Name != a.cfg.Name {
+			up = stretched && a.repl.PeerServing(p.Name)
+		}
+		switch {
+		case !up:
+			g.State = scsi.Unavailable
+		case len(prefer) == 0:
+			g.State = scsi.ActiveOptimized
+		case slices.Contains(prefer, pa.Name):
+			g.State = scsi.ActiveOptimized
+			g.Preferred = true
+		default:
+			g.State = scsi.ActiveNonOptimized
+		}
+		groups = append(groups, g)
+	}
+	return groups
 }
 
 // configChanged brings the logical units in line with the configuration:
@@ -77,20 +117,39 @@ func (a *Array) configChanged(st *catalog.State) {
 				continue
 			}
 			a.lus[vol.DataID] = lu
+			a.byUUID[vol.UUID] = lu
 			continue
 		}
 		if lu.Size() != vol.Size {
 			lu.Resize(vol.Size)
 		}
 	}
-	for id := range a.lus {
+	for id, lu := range a.lus {
 		if !live[id] {
 			delete(a.lus, id)
+			for u, l := range a.byUUID {
+				if l == lu {
+					delete(a.byUUID, u)
+				}
+			}
 		}
 	}
-	t := &luTable{byInitiator: map[string]map[uint64]*scsi.LogicalUnit{}}
+	t := &luTable{byInitiator: map[string]map[uint64]*scsi.LogicalUnit{},
+		pods: map[*scsi.LogicalUnit]*catalog.Pod{}, prefer: map[string][]string{}}
+	for _, vol := range st.Volumes {
+		if lu := a.lus[vol.DataID]; lu != nil && vol.Destroyed == nil {
+			t.pods[lu] = st.Pods[vol.Pod]
+		}
+	}
+	old := a.view.table.Load()
+	var changedPref bool
 	for _, h := range st.Hosts {
 		for _, iqn := range h.IQNs {
+			key := strings.ToLower(iqn)
+			t.prefer[key] = h.PreferredArrays
+			if old != nil && !slices.Equal(old.prefer[key], h.PreferredArrays) {
+				changedPref = true
+			}
 			m := map[uint64]*scsi.LogicalUnit{}
 			for lun, vol := range st.LUNsFor(iqn) {
 				if lu := a.lus[vol.DataID]; lu != nil {
@@ -101,9 +160,55 @@ func (a *Array) configChanged(st *catalog.State) {
 		}
 	}
 	a.view.table.Store(t)
+	a.dropEradicated(st)
+	if changedPref {
+		// A preferred array changed: the paths' ALUA states may have.
+		for _, lu := range a.lus {
+			lu.AccessChanged()
+		}
+	}
 }
 
 func prKey(uuid string) string { return "pr/" + uuid }
+
+// dropEradicated deletes the blocks and saved reservations of volumes
+// that left the configuration (eradicated here, or through the pod's
+// sequencer, or with a pod copy). a.luMu must be held.
+func (a *Array) dropEradicated(st *catalog.State) {
+	present := make(map[uint64]string, len(st.Volumes))
+	for _, v := range st.Volumes {
+		present[v.DataID] = v.UUID
+	}
+	for id, uuid := range a.known {
+		if _, ok := present[id]; ok {
+			continue
+		}
+		if err := a.store.DeleteVolume(id); err != nil {
+			a.log.Error("delete the blocks of an eradicated volume", "data_id", id, "err", err)
+			continue
+		}
+		if _, again := findUUID(st, uuid); !again {
+			b := a.store.NewBatch()
+			b.DeleteMeta(prKey(uuid))
+			if err := b.Commit(); err != nil {
+				a.log.Error("delete saved reservations", "uuid", uuid, "err", err)
+			}
+		}
+		delete(a.known, id)
+	}
+	for id, uuid := range present {
+		a.known[id] = uuid
+	}
+}
+
+func findUUID(st *catalog.State, uuid string) (*catalog.Volume, bool) {
+	for _, v := range st.Volumes {
+		if v.UUID == uuid {
+			return v, true
+		}
+	}
+	return nil, false
+}
 
 func (a *Array) newLU(vol *catalog.Volume) (*scsi.LogicalUnit, error) {
 	var uuid [16]byte
@@ -117,10 +222,13 @@ func (a *Array) newLU(vol *catalog.Volume) (*scsi.LogicalUnit, error) {
 		return nil, err
 	}
 	key := prKey(vol.UUID)
+	rv := a.repl.Volume(vol.Pod, vol.UUID, a.store.Volume(vol.DataID))
 	return scsi.NewLogicalUnit(scsi.LUConfig{
 		UUID:    uuid,
 		Size:    vol.Size,
-		Backend: a.store.Volume(vol.DataID),
+		Backend: rv,
+		Replica: rv,
+		Logger:  a.log,
 		PersistPR: func(state []byte) error {
 			b := a.store.NewBatch()
 			if state == nil {
@@ -134,23 +242,15 @@ func (a *Array) newLU(vol *catalog.Volume) (*scsi.LogicalUnit, error) {
 	}), nil
 }
 
-// Eradicate implements api.Backend: forget a destroyed volume, then delete
-// its blocks and reservation state.
+// Eradicate implements api.Backend: forget a destroyed volume; its blocks
+// and reservation state go when the configuration changes (see
+// dropEradicated). For a stretched pod the pod's sequencer orders it.
 func (a *Array) Eradicate(ctx context.Context, name string) error {
-	vol, ok := a.cat.View().Volumes[name]
-	if !ok {
+	if _, ok := a.cat.View().Volumes[name]; !ok {
 		return fmt.Errorf("volume %s: %w", name, catalog.ErrNotFound)
 	}
-	if err := a.cat.Apply(catalog.EradicateVolume{Name: name}); err != nil {
+	if err := a.repl.Apply(ctx, catalog.EradicateVolume{Name: name}); err != nil {
 		return err
-	}
-	if err := a.store.DeleteVolume(vol.DataID); err != nil {
-		return fmt.Errorf("volume %s: delete blocks: %w", name, err)
-	}
-	b := a.store.NewBatch()
-	b.DeleteMeta(prKey(vol.UUID))
-	if err := b.Commit(); err != nil {
-		return fmt.Errorf("volume %s: delete reservations: %w", name, err)
 	}
 	a.log.Info("volume eradicated", "volume", name)
 	return nil

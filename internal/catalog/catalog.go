@@ -76,6 +76,9 @@ type Pod struct {
 	// FailoverPreference names arrays that should keep the pod online
 	// when the link fails (used from the mediator issue on).
 	FailoverPreference []string `json:"failover_preference,omitempty"`
+	// Pending is set on an array that was removed from the pod (or handed
+	// it over): its copy is kept, serving nothing, until it is eradicated.
+	Pending *time.Time `json:"pending,omitempty"`
 }
 
 // Volume is a block volume "pod::name".
@@ -211,6 +214,9 @@ func (s *State) LUNsFor(iqn string) map[uint64]*Volume {
 		}
 		v := s.Volumes[c.Volume]
 		if v == nil || v.Destroyed != nil {
+			continue
+		}
+		if p := s.Pods[v.Pod]; p != nil && p.Pending != nil {
 			continue
 		}
 		out[c.LUN] = v

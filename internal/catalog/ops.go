@@ -625,4 +625,8 @@ var opKinds = map[string]func() Op{
 	"delete_host_group":   func() Op { return &DeleteHostGroup{} },
 	"connect":             func() Op { return &Connect{} },
 	"disconnect":          func() Op { return &Disconnect{} },
+	"set_pod_membership":  func() Op { return &SetPodMembership{} },
+	"install_pod":         func() Op { return &InstallPod{} },
+	"set_pod_pending":     func() Op { return &SetPodPending{} },
+	"eradicate_pod":       func() Op { return &EradicatePod{} },
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/api"
+	"github.com/metro-storage/metro/internal/netproxy"
 )
 
 // DefaultInitiator is the initiator name the lab's host gets when none is
@@ -35,7 +37,8 @@ type Options struct {
 	Dir string
 	// Binary is the metro executable to run arrays with.
 	Binary string
-	// Arrays is how many arrays to start (1 in this release).
+	// Arrays is how many arrays to start: 2 (the default) makes a
+	// stretched pair with a delay proxy on its link, 1 a single array.
 	Arrays     int
 	Initiators []string
 	// Size of the lab volume in bytes.
@@ -44,7 +47,16 @@ type Options struct {
 	Capacity uint64
 	// EradicationWindow for the arrays (0: the default 24h).
 	EradicationWindow time.Duration
-	Logger            *slog.Logger
+	// LinkRTT and LinkBandwidth (bytes per second, 0: unlimited) set the
+	// link proxy between the arrays.
+	LinkRTT       time.Duration
+	LinkBandwidth int64
+	// LinkTimeout is the arrays' dead-peer timeout (0: the default).
+	LinkTimeout time.Duration
+	// Unstretched pairs two arrays but leaves the pod on the first only
+	// (tests stretch it themselves).
+	Unstretched bool
+	Logger      *slog.Logger
 }
 
 // ArrayInfo is one array in lab.json.
@@ -59,6 +71,10 @@ type ArrayInfo struct {
 	DataDir string `json:"data_dir"`
 	Log     string `json:"log"`
 	PID     int    `json:"pid"`
+	// LinkListen is where the array's replication link listens, and
+	// LinkAdvertise what it tells its peer to dial (the proxy).
+	LinkListen    string `json:"link_listen,omitempty"`
+	LinkAdvertise string `json:"link_advertise,omitempty"`
 }
 
 // Info is lab.json.
@@ -71,6 +87,9 @@ type Info struct {
 	Initiators []string    `json:"initiators"`
 	// URLs has one libiscsi URL per array for the volume.
 	URLs []string `json:"urls"`
+	// LinkProxy is the control address of the proxy on the link between
+	// the arrays (http://HOST:PORT, API at /link).
+	LinkProxy string `json:"link_proxy,omitempty"`
 }
 
 // Lab is a running lab.
@@ -82,6 +101,9 @@ type Lab struct {
 		sync.Mutex
 		procs []*proc
 	}
+	proxy     *netproxy.Proxy
+	proxySrv  *http.Server
+	proxyDone chan struct{}
 }
 
 // proc is one array process.
@@ -102,10 +124,10 @@ const (
 // everything started is stopped again.
 func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if opts.Arrays == 0 {
-		opts.Arrays = 1
+		opts.Arrays = 2
 	}
-	if opts.Arrays != 1 {
-		return nil, fmt.Errorf("--arrays %d: this release runs one array (stretched pairs come with the replication link)", opts.Arrays)
+	if opts.Arrays != 1 && opts.Arrays != 2 {
+		return nil, fmt.Errorf("--arrays %d: a lab runs one array or a stretched pair (2)", opts.Arrays)
 	}
 	if len(opts.Initiators) == 0 {
 		opts.Initiators = []string{DefaultInitiator}
@@ -125,11 +147,12 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 		return nil, err
 	}
 	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
-	l = &Lab{opts: opts}
+	lab := &Lab{opts: opts}
+	l = lab
 	l.mu.procs = make([]*proc, opts.Arrays)
 	defer func() {
 		if err != nil {
-			l.Stop()
+			lab.Stop()
 		}
 	}()
 	for i := 0; i < opts.Arrays; i++ {
@@ -144,6 +167,11 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	}
 	if err := l.configure(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Arrays == 2 {
+		if err := l.stretch(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.writeInfo(); err != nil {
 		return nil, err
@@ -177,6 +205,14 @@ func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
 	if err != nil {
 		return ArrayInfo{}, err
 	}
+	linkPort, err := freePort()
+	if err != nil {
+		return ArrayInfo{}, err
+	}
+	proxyPort, err := freePort()
+	if err != nil {
+		return ArrayInfo{}, err
+	}
 	ai := ArrayInfo{
 		Name:    name,
 		API:     fmt.Sprintf("https://127.0.0.1:%d", apiPort),
@@ -187,6 +223,9 @@ func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
 		Config:  filepath.Join(dir, "config.yaml"),
 		DataDir: filepath.Join(dir, "data"),
 		Log:     filepath.Join(dir, "array.log"),
+
+		LinkListen:    fmt.Sprintf("127.0.0.1:%d", linkPort),
+		LinkAdvertise: fmt.Sprintf("127.0.0.1:%d", proxyPort),
 	}
 	cfg := fmt.Sprintf(`# written by metro lab up
 name: %s
@@ -197,7 +236,13 @@ api:
 iscsi:
   listen: [%q]
   target: %s
-`, name, ai.DataDir, apiPort, ai.Token, ai.Portal, ai.Target)
+replication:
+  listen: %s
+  advertise: %s
+`, name, ai.DataDir, apiPort, ai.Token, ai.Portal, ai.Target, ai.LinkListen, ai.LinkAdvertise)
+	if l.opts.LinkTimeout > 0 {
+		cfg += "  timeout: " + l.opts.LinkTimeout.String() + "\n"
+	}
 	if l.opts.Capacity > 0 {
 		cfg += "capacity: " + strconv.FormatUint(l.opts.Capacity, 10) + "\n"
 	}
@@ -352,6 +397,7 @@ func (l *Lab) Restart(ctx context.Context, i int) error {
 
 // Stop stops every array (SIGTERM, then SIGKILL after 10 s) and waits.
 func (l *Lab) Stop() {
+	defer l.stopProxy()
 	l.mu.Lock()
 	procs := append([]*proc(nil), l.mu.procs...)
 	l.mu.Unlock()

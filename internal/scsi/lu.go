@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -36,6 +37,9 @@ type LUConfig struct {
 	LoadedPR []byte
 	// Logger receives the logical unit's warnings (nil: discarded).
 	Logger *slog.Logger
+	// Replica links the unit to the other array of a stretched pod (nil:
+	// the unit is local).
+	Replica Replica
 }
 
 // LogicalUnit is one volume as a SCSI logical unit. It is shared by every
@@ -48,6 +52,7 @@ type LogicalUnit struct {
 	backend   Backend
 	persistPR func([]byte) error
 	log       *slog.Logger
+	replica   Replica
 
 	size  atomic.Uint64
 	locks rangeLock
@@ -90,6 +95,10 @@ func NewLogicalUnit(cfg LUConfig) *LogicalUnit {
 		backend:   cfg.Backend,
 		persistPR: cfg.PersistPR,
 		log:       cfg.Logger,
+		replica:   cfg.Replica,
+	}
+	if lu.replica == nil {
+		lu.replica = localReplica{}
 	}
 	if lu.log == nil {
 		lu.log = slog.New(slog.DiscardHandler)
@@ -260,9 +269,19 @@ func (lu *LogicalUnit) reset(ua Sense) {
 // a later nexus with the same name starts afresh.
 func (lu *LogicalUnit) nexusLost(n Nexus) {
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
 	delete(lu.mu.nexus, n.Key())
-	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+	held := lu.mu.res.SCSI2 != nil && *lu.mu.res.SCSI2 == NexusID(n)
+	lu.mu.Unlock()
+	if !held {
+		return
+	}
+	// The sequencer holds the reservation state of a stretched pod: the
+	// release goes there (and comes back shared).
+	ctx := context.Background()
+	if _, fwd := lu.replica.Forward(ctx, &Command{Nexus: n, CDB: []byte{opRelease6, 0, 0, 0, 0, 0}}); fwd {
+		return
+	}
+	lu.releaseSCSI2(ctx, n)
 }
 
 // raiseFor queues unit attention s for every nexus of initiator (all
@@ -280,7 +299,7 @@ func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 // applyPR applies a PERSISTENT RESERVE OUT from n: compute, persist when
 // APTPL state is involved, install, notify. The returned outcome has
 // Status HARDWARE ERROR sense if persisting failed (nothing changed then).
-func (lu *LogicalUnit) applyPR(n Nexus, op PROut) PROutcome {
+func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
@@ -303,6 +322,7 @@ func (lu *LogicalUnit) applyPR(n Nexus, op PROut) PROutcome {
 	lu.mu.res = next
 	lu.noticeLocked(out.Notices)
 	lu.mu.Unlock()
+	lu.share(ctx, out.Notices, out.Abort)
 	return out
 }
 
@@ -327,19 +347,43 @@ func (lu *LogicalUnit) persist(prev, next ReservationState) error {
 }
 
 // reserveSCSI2 applies RESERVE(6) from n; false means conflict.
-func (lu *LogicalUnit) reserveSCSI2(n Nexus) bool {
+func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) bool {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
 	next, ok := lu.mu.res.ReserveSCSI2(NexusID(n))
 	if ok {
 		lu.mu.res = next
+	}
+	lu.mu.Unlock()
+	if ok {
+		lu.share(ctx, nil, nil)
 	}
 	return ok
 }
 
 // releaseSCSI2 applies RELEASE(6) from n.
-func (lu *LogicalUnit) releaseSCSI2(n Nexus) {
+func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
+	prev := lu.mu.res.SCSI2
 	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+	changed := prev != lu.mu.res.SCSI2
+	lu.mu.Unlock()
+	if changed {
+		lu.share(ctx, nil, nil)
+	}
+}
+
+// resetShared performs the reset's part that the peer must know of: at the
+// sequencer the cleared SCSI-2 reservation is shared; elsewhere the
+// sequencer is asked to perform the reset (lunReset) or only to release
+// the SCSI-2 reservation (a target reset, which concerns this target's
+// nexuses only).
+func (lu *LogicalUnit) resetShared(ctx context.Context, lunReset bool) {
+	lu.replica.Reset(ctx, lunReset)
+	lu.prMu.Lock()
+	lu.share(ctx, nil, nil)
+	lu.prMu.Unlock()
 }

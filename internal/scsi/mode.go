@@ -1,5 +1,7 @@
 package scsi
 
+import "context"
+
 // Mode page codes.
 const (
 	pageCaching       = 0x08
@@ -189,19 +191,33 @@ func runModeSelect(x *exec) *Result {
 		off += n
 	}
 	if newSWP != swp {
-		x.lu.setSWP(x.cmd.Nexus, newSWP)
+		x.lu.setSWP(x.ctx, x.cmd.Nexus, newSWP)
 	}
 	return good(nil)
 }
 
 // setSWP changes the SWP bit and raises MODE PARAMETERS CHANGED on the
-// other nexuses.
-func (lu *LogicalUnit) setSWP(from Nexus, swp bool) {
+// other nexuses (the peer's too, for a stretched pod).
+func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
 	lu.mu.swp = swp
-	for k, ns := range lu.mu.nexus {
-		if k != from.Key() {
+	lu.modeChangedLocked(NexusID(from))
+	u := lu.updateLocked(nil, nil)
+	lu.mu.Unlock()
+	id := NexusID(from)
+	u.ModeChangedBy = &id
+	if err := lu.replica.ShareReservations(ctx, u); err != nil {
+		lu.log.Warn("sharing mode parameters with the peer failed", "lu", lu.serial, "err", err)
+	}
+}
+
+// modeChangedLocked raises MODE PARAMETERS CHANGED on every nexus but
+// from's. lu.mu must be held.
+func (lu *LogicalUnit) modeChangedLocked(from PRNexus) {
+	for _, ns := range lu.mu.nexus {
+		if NexusID(ns.nexus) != from {
 			ns.raise(SenseModeParametersChanged())
 		}
 	}

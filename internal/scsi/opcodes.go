@@ -31,6 +31,9 @@ type command struct {
 	alua   aluaClass
 	// keepsUA: the command neither reports nor clears unit attentions.
 	keepsUA bool
+	// ordered: the command changes the medium or the reservations, so in
+	// a stretched pod it runs at the sequencer (Replica.Forward).
+	ordered bool
 	run     func(x *exec) *Result
 }
 
@@ -141,6 +144,7 @@ type commandTable struct {
 func newCommandTable() *commandTable {
 	t := &commandTable{all: commands()}
 	for _, c := range t.all {
+		c.ordered = orderedOp(c.op)
 		e := &t.byOp[c.op]
 		if !c.hasSA {
 			e.cmd = c
@@ -152,6 +156,20 @@ func newCommandTable() *commandTable {
 		e.bySA[c.sa] = c
 	}
 	return t
+}
+
+// orderedOp reports whether commands with operation code op change the
+// medium or the reservations.
+func orderedOp(op byte) bool {
+	switch op {
+	case opWrite6, opWrite10, opWrite12, opWrite16,
+		opWriteVerify10, opWriteVerify12, opWriteVerify16,
+		opWriteSame10, opWriteSame16, opUnmap, opCompareAndWrite,
+		opOrWrite16, opWriteAtomic16, opPROut, opReserve6, opRelease6,
+		opModeSelect6, opModeSelect10:
+		return true
+	}
+	return false
 }
 
 // hasServiceActions reports whether op is dispatched by service action.

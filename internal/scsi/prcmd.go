@@ -111,7 +111,7 @@ func runPROut(x *exec) *Result {
 		AllTargetPorts: p[20]&0x04 != 0,
 		APTPL:          p[20]&0x01 != 0,
 	}
-	out := x.lu.applyPR(x.cmd.Nexus, op)
+	out := x.lu.applyPR(x.ctx, x.cmd.Nexus, op)
 	switch out.Status {
 	case StatusGood:
 	case StatusReservationConflict:
@@ -139,7 +139,7 @@ func runPROut(x *exec) *Result {
 // runReserve6 implements RESERVE(6) (SCSI-2 reservation of the whole
 // logical unit).
 func runReserve6(x *exec) *Result {
-	if !x.lu.reserveSCSI2(x.cmd.Nexus) {
+	if !x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus) {
 		return reservationConflict()
 	}
 	return good(nil)
@@ -148,6 +148,6 @@ func runReserve6(x *exec) *Result {
 // runRelease6 implements RELEASE(6): a release by a nexus that does not
 // hold the reservation does nothing and is GOOD.
 func runRelease6(x *exec) *Result {
-	x.lu.releaseSCSI2(x.cmd.Nexus)
+	x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus)
 	return good(nil)
 }

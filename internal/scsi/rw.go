@@ -68,6 +68,16 @@ func runRead(x *exec) *Result {
 	if n == 0 {
 		return good(nil)
 	}
+	if x.lu.replica.Ordering() {
+		// A write in flight may be here and not yet on the peer: wait
+		// for it, so that no read returns what a read through the peer
+		// could then miss.
+		unlock, res := x.lockRange(lba, n)
+		if res != nil {
+			return res
+		}
+		defer unlock()
+	}
 	d, res := x.read("read", lba, n)
 	if res != nil {
 		return res

@@ -134,15 +134,20 @@ func (t *Target) lun(n Nexus, lun uint64) *LogicalUnit {
 	if lu == nil {
 		return nil
 	}
-	// Register the unit once, not on every command: the target-wide lock
-	// would otherwise serialise every command of the array.
+	t.register(lu)
+	return lu
+}
+
+// register remembers lu among the units that have executed commands. It
+// does so once, not on every command: the target-wide lock would otherwise
+// serialise every command of the array.
+func (t *Target) register(lu *LogicalUnit) {
 	if lu.target.Load() != t {
 		t.mu.Lock()
 		t.mu.lus[weak.Make(lu)] = struct{}{}
 		t.mu.Unlock()
 		lu.target.Store(t)
 	}
-	return lu
 }
 
 // knownLUs returns the live logical units that have executed commands.
@@ -210,6 +215,11 @@ func (t *Target) dispatch(x *exec) *Result {
 	}
 	if s := t.aluaBlocks(x.lu, x.cmd.Nexus, c.alua); s != nil {
 		return checkCondition(*s)
+	}
+	if c.ordered {
+		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
+			return res
+		}
 	}
 	if !x.lu.allows(x.cmd.Nexus, c.access) {
 		return reservationConflict()
@@ -299,12 +309,14 @@ func (t *Target) TaskManagement(ctx context.Context, n Nexus, fn TMF, lun uint64
 		default:
 			t.abortTasks(ctx, func(o *task) bool { return o.lu == lu })
 			lu.reset(SenseLUNReset())
+			lu.resetShared(ctx, true)
 		}
 		return TMFComplete
 	case TargetWarmReset, TargetColdReset:
 		t.abortTasks(ctx, func(*task) bool { return true })
 		for _, lu := range t.knownLUs() {
 			lu.reset(SensePowerOnReset())
+			lu.resetShared(ctx, false)
 		}
 		return TMFComplete
 	case ClearACA:

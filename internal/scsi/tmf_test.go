@@ -42,14 +42,16 @@ func TestAbortTask(t *testing.T) {
 	if r := e.tgt.TaskManagement(t.Context(), n, AbortTask, 0, 42); r != TMFComplete {
 		t.Fatalf("abort: %d", r)
 	}
-	// TaskManagement returned only after the task ended.
-	select {
-	case r := <-done:
-		if !r.Aborted {
-			t.Fatalf("result %+v", r)
-		}
-	default:
+	// TaskManagement returned only after the task ended: the task is no
+	// longer registered (its result reaches the goroutine just after).
+	e.tgt.mu.Lock()
+	running := len(e.tgt.mu.tasks)
+	e.tgt.mu.Unlock()
+	if running != 0 {
 		t.Fatal("ABORT TASK completed before the task ended")
+	}
+	if r := <-done; !r.Aborted {
+		t.Fatalf("result %+v", r)
 	}
 	// A finished task is not found.
 	e.good(n, cdbRW16(opWrite16, 1, 1), pattern(2, 1))

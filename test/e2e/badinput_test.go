@@ -23,7 +23,7 @@ const badInitiator = "iqn.2026-11.io.metro:e2e-bad"
 // gets LBA OUT OF RANGE, a bad REST body 400, a wrong token 401, a bad CLI
 // argument a message and a non-zero exit.
 func TestBadInput(t *testing.T) {
-	l := startLab(t, lab.Options{Initiators: []string{badInitiator}, Size: 16 << 20})
+	l := startLab(t, lab.Options{Arrays: 1, Initiators: []string{badInitiator}, Size: 16 << 20})
 	a := l.Info.Arrays[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -110,7 +110,7 @@ func (r *region) verify(t *testing.T, c *initiator.Conn) {
 // torn.
 func TestKill9UnderWriters(t *testing.T) {
 	const writers, perWriter, rounds = 4, 2048, 20
-	l := startLab(t, lab.Options{Initiators: []string{crashInitiator}, Size: 64 << 20})
+	l := startLab(t, lab.Options{Arrays: 1, Initiators: []string{crashInitiator}, Size: 64 << 20})
 	portal, target := l.Info.Arrays[0].Portal, l.Info.Arrays[0].Target
 	dial := func() *initiator.Conn {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -177,7 +177,7 @@ func TestKill9UnderWriters(t *testing.T) {
 // UNMAP frees space writes succeed again.
 func TestOutOfSpace(t *testing.T) {
 	const capacity = 8 << 20
-	l := startLab(t, lab.Options{Initiators: []string{crashInitiator}, Size: 64 << 20, Capacity: capacity})
+	l := startLab(t, lab.Options{Arrays: 1, Initiators: []string{crashInitiator}, Size: 64 << 20, Capacity: capacity})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := initiator.Dial(ctx, l.Info.Arrays[0].Portal, initiator.Options{InitiatorName: crashInitiator, TargetName: l.Info.Arrays[0].Target})

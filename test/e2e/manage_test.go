@@ -48,25 +48,50 @@ func TestLabJSON(t *testing.T) {
 		LUN         *uint64
 		Initiators  []string
 		URLs        []string
+		LinkProxy   string `json:"link_proxy"`
 	}
 	if err := json.Unmarshal(data, &info); err != nil {
 		t.Fatal(err)
 	}
-	a := info.Arrays[0]
-	if len(info.Arrays) != 1 || a.Name == "" || a.API == "" || a.Token == "" || a.CA == "" || a.Portal == "" || a.Target == "" ||
-		info.Pod != "pod1" || info.Volume != "pod1::vol1" || info.LUN == nil || len(info.Initiators) != 2 || len(info.URLs) != 1 ||
-		info.URLs[0] != "iscsi://"+a.Portal+"/"+a.Target+"/0" {
+	if len(info.Arrays) != 2 || info.Pod != "pod1" || info.Volume != "pod1::vol1" || info.LUN == nil ||
+		len(info.Initiators) != 2 || len(info.URLs) != 2 || !strings.HasPrefix(info.LinkProxy, "http://") {
 		t.Fatalf("lab.json lacks fields:\n%s", data)
 	}
+	for i, a := range info.Arrays {
+		if a.Name == "" || a.API == "" || a.Token == "" || a.CA == "" || a.Portal == "" || a.Target == "" ||
+			info.URLs[i] != "iscsi://"+a.Portal+"/"+a.Target+"/0" {
+			t.Fatalf("lab.json array %d lacks fields:\n%s", i, data)
+		}
+	}
+	if info.Arrays[0].Target == info.Arrays[1].Target || info.Arrays[0].Portal == info.Arrays[1].Portal {
+		t.Fatalf("both arrays have the same target or portal:\n%s", data)
+	}
 	var pods []struct {
-		Name   string
-		Arrays []struct{ Name, Status string }
+		Name      string
+		Arrays    []struct{ Name, Status string }
+		Sequencer string
+		Epoch     uint64
 	}
 	if err := json.Unmarshal([]byte(mustCLI(t, l, "pod", "list", "--json")), &pods); err != nil {
 		t.Fatal(err)
 	}
-	if len(pods) != 1 || pods[0].Name != "pod1" || len(pods[0].Arrays) != 1 || pods[0].Arrays[0].Status != "online" {
+	if len(pods) != 1 || pods[0].Name != "pod1" || len(pods[0].Arrays) != 2 || pods[0].Sequencer != "array-a" || pods[0].Epoch == 0 {
 		t.Fatalf("pod list --json: %+v", pods)
+	}
+	for _, a := range pods[0].Arrays {
+		if a.Status != "online" {
+			t.Fatalf("pod list --json: the lab pod is not in sync: %+v", pods)
+		}
+	}
+	var arrays []struct {
+		Name, Status, Peer string
+		RTT                float64 `json:"rtt_ms"`
+	}
+	if err := json.Unmarshal([]byte(mustCLI(t, l, "array", "list", "--json")), &arrays); err != nil {
+		t.Fatal(err)
+	}
+	if len(arrays) != 2 || arrays[0].Peer != "array-b" || arrays[1].Name != "array-b" || arrays[1].Status != "connected" || arrays[1].RTT <= 0 {
+		t.Fatalf("array list --json: %+v", arrays)
 	}
 	out := mustCLI(t, l, "vol", "list")
 	if !strings.Contains(out, "pod1::vol1") || !strings.Contains(out, "1G") {
@@ -79,7 +104,7 @@ func TestLabJSON(t *testing.T) {
 func TestCHAP(t *testing.T) {
 	needTool(t, "iscsi-inq")
 	const ini = "iqn.2026-11.io.metro:e2e-chap"
-	l := startLab(t, lab.Options{Initiators: []string{testInitiator}})
+	l := startLab(t, lab.Options{Arrays: 1, Initiators: []string{testInitiator}})
 	a := l.Info.Arrays[0]
 	mustCLI(t, l, "host", "create", "--iqn", ini, "--chap-user", "alice", "--chap-secret", "alice-secret-123", "chap-host")
 	mustCLI(t, l, "host", "connect", "--vol", "pod1::vol1", "chap-host")

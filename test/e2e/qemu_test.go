@@ -42,7 +42,7 @@ func sha256File(t *testing.T, path string, limit int64) string {
 // back bit for bit.
 func TestQemuConvertRoundTrip(t *testing.T) {
 	needTool(t, "qemu-img")
-	l := startLab(t, lab.Options{Initiators: []string{qemuInitiator}, Size: 2 << 30})
+	l := startLab(t, lab.Options{Arrays: 1, Initiators: []string{qemuInitiator}, Size: 2 << 30})
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	f, err := os.Create(src)
@@ -94,16 +94,27 @@ func (zeroReader) Read(p []byte) (int, error) {
 }
 
 // TestQemuIOPatternTwoSessions writes patterns with qemu-io in one session
-// and reads them back, verified, in another.
+// through one array of a stretched pair and reads them back, verified, in
+// another session through the other array; then the other way round.
 func TestQemuIOPatternTwoSessions(t *testing.T) {
 	needTool(t, "qemu-io")
 	l := startLab(t, lab.Options{Initiators: []string{qemuInitiator}, Size: 1 << 30})
-	out, err := runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0),
+	out, err := runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 1),
+		"-c", "write -P 0x11 100M 1M", "-c", "write -P 0x22 200M 4096")
+	if err != nil || strings.Contains(out, "error") || strings.Contains(out, "failed") {
+		t.Fatalf("qemu-io write through array-b: %v\n%s", err, out)
+	}
+	out, err = runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0),
+		"-c", "read -P 0x11 100M 1M", "-c", "read -P 0x22 200M 4096")
+	if err != nil || strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io read through array-a of what array-b wrote: %v\n%s", err, out)
+	}
+	out, err = runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0),
 		"-c", "write -P 0xa5 0 1M", "-c", "write -P 0x3c 512 4096", "-c", "write -P 0x77 1023M 1M")
 	if err != nil || strings.Contains(out, "error") || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io write: %v\n%s", err, out)
 	}
-	out, err = runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0),
+	out, err = runTool(t, 2*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 1),
 		"-c", "read -P 0xa5 0 512", "-c", "read -P 0x3c 512 4096", "-c", "read -P 0xa5 4608 1043968",
 		"-c", "read -P 0x77 1023M 1M", "-c", "read -P 0 1M 1M")
 	if err != nil || strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "error") {

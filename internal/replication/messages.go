@@ -1,0 +1,298 @@
+package replication
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// Message types on the link. Every pod message carries the pod's epoch in
+// the link header; a message of another epoch is refused.
+const (
+	// msgHello (both ways, at session start): the sender's pods.
+	msgHello uint16 = iota + 1
+	// msgWrite (sequencer → follower): apply a write, with its data or a
+	// reference to data the follower forwarded.
+	msgWrite
+	// msgUnmap (sequencer → follower): deallocate a range.
+	msgUnmap
+	// msgForward (follower → sequencer): an ordered SCSI command a host
+	// sent to the follower.
+	msgForward
+	// msgReservations (sequencer → follower): a unit's new reservation
+	// state.
+	msgReservations
+	// msgReset (either way): a reset happened on the sender.
+	msgReset
+	// msgResync (sequencer → follower): receive a fresh copy of the pod
+	// at the message's epoch; carries the pod's configuration.
+	msgResync
+	// msgBaseline (sequencer → follower): copied blocks.
+	msgBaseline
+	// msgGrant (sequencer → follower): the copy is complete; serve.
+	msgGrant
+	// msgConfig (either way, to the sequencer): order and apply a
+	// configuration change.
+	msgConfig
+	// msgApplyConfig (sequencer → follower): apply an ordered change.
+	msgApplyConfig
+	// msgCheckStretch (sequencer → follower): could the pod be stretched
+	// here?
+	msgCheckStretch
+	// msgUnstretch (sequencer → follower): the pod no longer lives here.
+	msgUnstretch
+	// msgStretch (either way): stretch a pod of the receiver to the sender.
+	msgStretch
+)
+
+// errShort is returned for a truncated binary message.
+var errShort = errors.New("replication: short message")
+
+// enc builds a binary message.
+type enc struct{ b []byte }
+
+func (e *enc) u8(v uint8)   { e.b = append(e.b, v) }
+func (e *enc) u16(v uint16) { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *enc) u32(v uint32) { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *enc) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *enc) bytes(p []byte) {
+	e.u32(uint32(len(p)))
+	e.b = append(e.b, p...)
+}
+func (e *enc) str(s string) { e.bytes([]byte(s)) }
+
+// dec reads a binary message; the first error sticks.
+type dec struct {
+	b   []byte
+	err error
+}
+
+func (d *dec) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || len(d.b) < n {
+		d.err = errShort
+		return nil
+	}
+	p := d.b[:n:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *dec) u8() uint8 {
+	if p := d.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (d *dec) u16() uint16 {
+	if p := d.take(2); p != nil {
+		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *dec) u32() uint32 {
+	if p := d.take(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *dec) u64() uint64 {
+	if p := d.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+func (d *dec) bytes() []byte {
+	n := d.u32()
+	if d.err != nil {
+		return nil
+	}
+	if uint64(n) > uint64(len(d.b)) {
+		d.err = errShort
+		return nil
+	}
+	return d.take(int(n))
+}
+
+func (d *dec) str() string { return string(d.bytes()) }
+
+// writeMsg is a msgWrite or msgUnmap.
+type writeMsg struct {
+	Pod    string
+	Volume string // UUID
+	Off    uint64
+	// Length is the byte count (unmap, or a reference).
+	Length uint64
+	// Ref names data the follower forwarded (its request id), 0 when the
+	// data travels in Data; RefOff is the data's offset in that request.
+	Ref    uint64
+	RefOff uint64
+	Data   []byte
+}
+
+func (m *writeMsg) encode() []byte {
+	e := enc{b: make([]byte, 0, 64+len(m.Pod)+len(m.Data))}
+	e.str(m.Pod)
+	e.str(m.Volume)
+	e.u64(m.Off)
+	e.u64(m.Length)
+	e.u64(m.Ref)
+	e.u64(m.RefOff)
+	e.bytes(m.Data)
+	return e.b
+}
+
+func decodeWrite(p []byte) (*writeMsg, error) {
+	d := dec{b: p}
+	m := &writeMsg{Pod: d.str(), Volume: d.str(), Off: d.u64(), Length: d.u64(), Ref: d.u64(), RefOff: d.u64(), Data: d.bytes()}
+	if d.err != nil {
+		return nil, fmt.Errorf("write message: %w", d.err)
+	}
+	return m, nil
+}
+
+// forwardMsg is a msgForward.
+type forwardMsg struct {
+	Pod    string
+	Volume string
+	ID     uint64
+	Cmd    scsi.Command
+}
+
+func (m *forwardMsg) encode() []byte {
+	c := &m.Cmd
+	e := enc{b: make([]byte, 0, 128+len(c.CDB)+len(c.DataOut))}
+	e.str(m.Pod)
+	e.str(m.Volume)
+	e.u64(m.ID)
+	e.str(c.Nexus.InitiatorName)
+	e.str(c.Nexus.InitiatorPort)
+	e.str(c.Nexus.TargetPort)
+	e.u16(c.Nexus.RelativePortID)
+	e.u64(c.LUN)
+	e.u32(c.Tag)
+	e.u8(uint8(c.Attr))
+	e.u32(c.ExpectedDataIn)
+	e.bytes(c.CDB)
+	e.bytes(c.DataOut)
+	return e.b
+}
+
+func decodeForward(p []byte) (*forwardMsg, error) {
+	d := dec{b: p}
+	m := &forwardMsg{Pod: d.str(), Volume: d.str(), ID: d.u64()}
+	c := &m.Cmd
+	c.Nexus.InitiatorName = d.str()
+	c.Nexus.InitiatorPort = d.str()
+	c.Nexus.TargetPort = d.str()
+	c.Nexus.RelativePortID = d.u16()
+	c.LUN = d.u64()
+	c.Tag = d.u32()
+	c.Attr = scsi.TaskAttr(d.u8())
+	c.ExpectedDataIn = d.u32()
+	c.CDB = d.bytes()
+	c.DataOut = d.bytes()
+	if d.err != nil {
+		return nil, fmt.Errorf("forward message: %w", d.err)
+	}
+	return m, nil
+}
+
+func encodeResult(r *scsi.Result) []byte {
+	e := enc{b: make([]byte, 0, 32+len(r.Sense)+len(r.Data))}
+	e.u8(uint8(r.Status))
+	if r.Aborted {
+		e.u8(1)
+	} else {
+		e.u8(0)
+	}
+	e.bytes(r.Sense)
+	e.bytes(r.Data)
+	return e.b
+}
+
+func decodeResult(p []byte) (*scsi.Result, error) {
+	d := dec{b: p}
+	r := &scsi.Result{Status: scsi.Status(d.u8()), Aborted: d.u8() != 0, Sense: d.bytes(), Data: d.bytes()}
+	if d.err != nil {
+		return nil, fmt.Errorf("forward result: %w", d.err)
+	}
+	if len(r.Sense) == 0 {
+		r.Sense = nil
+	}
+	if len(r.Data) == 0 {
+		r.Data = nil
+	}
+	return r, nil
+}
+
+// Control messages are JSON.
+
+type helloMsg struct {
+	Name  string      `json:"name"`
+	ID    string      `json:"id"`
+	Pods  []podStatus `json:"pods"`
+	Proto int         `json:"proto"`
+}
+
+// podStatus is an array's view of one pod.
+type podStatus struct {
+	Pod       string `json:"pod"`
+	ID        string `json:"id"`
+	Epoch     uint64 `json:"epoch"`
+	Role      string `json:"role"`
+	State     string `json:"state"`
+	Sequencer string `json:"sequencer"`
+	// Baseline progress, at the sequencer during a copy.
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+type reservationsMsg struct {
+	Pod    string                 `json:"pod"`
+	Volume string                 `json:"volume"`
+	Update scsi.ReservationUpdate `json:"update"`
+}
+
+type resetMsg struct {
+	Pod      string `json:"pod"`
+	Volume   string `json:"volume"`
+	LUNReset bool   `json:"lun_reset"`
+}
+
+type resyncMsg struct {
+	Config catalog.PodConfig `json:"config"`
+	// Reservations are the units' reservation states, by volume UUID.
+	Reservations map[string]scsi.ReservationUpdate `json:"reservations"`
+}
+
+type grantMsg struct {
+	Pod string `json:"pod"`
+}
+
+type configMsg struct {
+	Pod string          `json:"pod,omitempty"`
+	Op  json.RawMessage `json:"op"`
+}
+
+type stretchMsg struct {
+	Pod   string `json:"pod"`
+	Array string `json:"array"`
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("replication: encode %T: %v", v, err))
+	}
+	return b
+}

@@ -1,0 +1,394 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// podRT runs one stretched pod on this array: it owns the pod's state
+// machine, performs its actions on the pod's goroutine, and gives the I/O
+// paths a consistent view (mode).
+type podRT struct {
+	r    *Replicator
+	name string
+	id   string
+	role pod.Role
+
+	actions chan []pod.Action
+	quit    chan struct{}
+	done    chan struct{}
+	// cfgMu orders configuration changes of the pod (sequencer).
+	cfgMu sync.Mutex
+	// ioMu is held shared by every replicated operation and exclusively
+	// by membership changes, which thus see no operation half done.
+	ioMu sync.RWMutex
+
+	mu struct {
+		sync.Mutex
+		m *pod.Machine
+		// sess is the session the machine's link state refers to.
+		sess *link.Session
+		// changed is closed (and replaced) whenever the state changes.
+		changed chan struct{}
+		// progress of the copy under way (sequencer).
+		progress *Progress
+		// peerState is the follower's state as the sequencer last knew
+		// it, or the sequencer's as the follower knew it.
+		lastErr string
+	}
+	// baseline copy cancel.
+	copyCancel context.CancelFunc
+	copyWG     sync.WaitGroup
+}
+
+func newPodRT(r *Replicator, cp *catalog.Pod, fenced bool) *podRT {
+	p := &podRT{r: r, name: cp.Name, id: cp.ID, role: roleOf(cp, r.cfg.Name),
+		actions: make(chan []pod.Action, 64), quit: make(chan struct{}), done: make(chan struct{})}
+	// A pod that was just stretched (its follower never served) needs no
+	// fence; one that existed before may have a serving follower, whose
+	// lease must run out first.
+	if fenced && p.role == pod.Sequencer {
+		p.mu.m = pod.NewStretched(cp.Epoch, r.cfg.Timeout)
+	} else {
+		p.mu.m = pod.New(p.role, cp.Epoch, r.now(), r.cfg.Timeout)
+	}
+	p.mu.changed = make(chan struct{})
+	return p
+}
+
+// mode is what the I/O paths need to know of the pod at one instant.
+type mode struct {
+	state   pod.State
+	epoch   uint64
+	sess    *link.Session
+	changed <-chan struct{}
+	serving bool
+}
+
+func (p *podRT) mode() mode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.mu.m
+	md := mode{state: m.State(), epoch: m.Epoch(), sess: p.mu.sess, changed: p.mu.changed, serving: m.Serving()}
+	if p.role == pod.Follower && md.serving {
+		// The follower serves only under the sequencer's lease (with a
+		// margin for clock rates).
+		if md.sess == nil || !p.r.now().Before(leaseEnd(md.sess, p.r.cfg.Timeout)) {
+			md.serving = false
+		}
+	}
+	return md
+}
+
+// leaseEnd is when the follower's read lease ends: the link's lease less
+// a fifth of the timeout.
+func leaseEnd(s *link.Session, timeout time.Duration) time.Time {
+	return s.Lease().Add(-timeout / 5)
+}
+
+func (p *podRT) start(sess *link.Session) {
+	p.r.wg.Add(1)
+	go func() {
+		defer p.r.wg.Done()
+		p.loop()
+	}()
+	if sess != nil {
+		p.linkUp(sess)
+	}
+	p.accessChanged()
+}
+
+func (p *podRT) stop() {
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+	<-p.done
+}
+
+// event applies f to the machine under the lock and queues the actions.
+func (p *podRT) event(f func(m *pod.Machine) []pod.Action) {
+	p.mu.Lock()
+	was := p.mu.m.State()
+	acts := f(p.mu.m)
+	now, epoch := p.mu.m.State(), p.mu.m.Epoch()
+	p.mu.Unlock()
+	if now != was {
+		p.r.log.Info("pod state", "pod", p.name, "role", p.role, "from", was, "to", now, "epoch", epoch)
+	}
+	p.queue(acts)
+}
+
+func (p *podRT) queue(acts []pod.Action) {
+	if len(acts) == 0 {
+		return
+	}
+	select {
+	case p.actions <- acts:
+	case <-p.quit:
+	}
+}
+
+func (p *podRT) linkUp(s *link.Session) {
+	p.event(func(m *pod.Machine) []pod.Action {
+		p.mu.sess = s
+		return m.LinkUp(p.r.now())
+	})
+}
+
+func (p *podRT) linkDown(s *link.Session) {
+	p.event(func(m *pod.Machine) []pod.Action {
+		if p.mu.sess != s {
+			return nil
+		}
+		p.mu.sess = nil
+		return m.LinkDown(p.r.now(), s.LastHeard())
+	})
+}
+
+// peerFailed ends the session after a replicated operation failed on it:
+// the pod then goes through the link-lost path.
+func (p *podRT) peerFailed(s *link.Session, err error) {
+	p.r.log.Warn("replication to the peer failed; suspending it", "pod", p.name, "err", err)
+	s.Close()
+}
+
+func (p *podRT) loop() {
+	defer close(p.done)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	defer func() {
+		if p.copyCancel != nil {
+			p.copyCancel()
+		}
+		p.copyWG.Wait()
+		p.release()
+	}()
+	for {
+		select {
+		case <-p.quit:
+			return
+		case acts := <-p.actions:
+			for _, a := range acts {
+				p.do(a)
+			}
+		case <-tick.C:
+			now := p.r.now()
+			var expired *link.Session
+			p.event(func(m *pod.Machine) []pod.Action {
+				acts := m.Tick(now)
+				if p.role == pod.Follower && m.State() == pod.InSync &&
+					(p.mu.sess == nil || !now.Before(leaseEnd(p.mu.sess, p.r.cfg.Timeout))) {
+					acts = append(acts, m.LeaseExpired()...)
+					expired = p.mu.sess
+				}
+				return acts
+			})
+			if expired != nil {
+				// The sequencer must learn that this copy no longer
+				// serves: ending the session sends the pod through the
+				// link-lost path, then a resync.
+				p.peerFailed(expired, fmt.Errorf("read lease expired (last renewed %v ago)", now.Sub(expired.Lease())))
+			}
+		}
+	}
+}
+
+// do performs one action on the pod's goroutine.
+func (p *podRT) do(a pod.Action) {
+	switch a.Kind {
+	case pod.PersistEpoch:
+		err := p.persistEpoch(a.Epoch)
+		if err != nil {
+			p.r.log.Error("persist pod epoch", "pod", p.name, "err", err)
+			return
+		}
+		p.event(func(m *pod.Machine) []pod.Action { return m.Persisted(a.Epoch) })
+	case pod.StartResync:
+		p.startResync(a.Epoch)
+	case pod.CopyBaseline:
+		ctx, cancel := context.WithCancel(context.Background())
+		if p.copyCancel != nil {
+			p.copyCancel()
+		}
+		p.copyCancel = cancel
+		p.copyWG.Add(1)
+		go func() {
+			defer p.copyWG.Done()
+			p.copyBaseline(ctx, a.Epoch)
+		}()
+	case pod.GrantInSync:
+		s := p.mode().sess
+		if s == nil {
+			return
+		}
+		if err := callJSON(context.Background(), s, msgGrant, a.Epoch, grantMsg{Pod: p.name}, nil); err != nil {
+			p.r.log.Warn("grant in-sync", "pod", p.name, "err", err)
+			p.peerFailed(s, err)
+			return
+		}
+		p.r.log.Info("pod in sync", "pod", p.name, "epoch", a.Epoch)
+		p.event(func(m *pod.Machine) []pod.Action { return m.PeerInSync(a.Epoch) })
+	case pod.ReleaseWrites:
+		p.release()
+	case pod.AccessChanged:
+		p.accessChanged()
+	case pod.ClearCopy:
+		// Done by the resync handler before it answers.
+	}
+}
+
+// release wakes everything waiting for a state change.
+func (p *podRT) release() {
+	p.mu.Lock()
+	close(p.mu.changed)
+	p.mu.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// accessChanged raises ASYMMETRIC ACCESS STATE CHANGED on the pod's units.
+func (p *podRT) accessChanged() {
+	st := p.r.env.Catalog().View()
+	for _, v := range st.PodVolumes(p.name) {
+		if lu := p.r.env.LU(v.UUID); lu != nil {
+			lu.AccessChanged()
+		}
+	}
+}
+
+// persistEpoch durably records the pod's epoch (sequencer).
+func (p *podRT) persistEpoch(epoch uint64) error {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	cp := p.r.env.Catalog().View().Pods[p.name]
+	if cp == nil {
+		return fmt.Errorf("pod %s is gone", p.name)
+	}
+	if cp.Epoch >= epoch {
+		return nil
+	}
+	return p.r.env.Catalog().Apply(catalog.SetPodMembership{Name: p.name, Arrays: cp.Arrays, Sequencer: cp.Sequencer, Epoch: epoch})
+}
+
+// startResync asks the follower to receive a fresh copy at epoch.
+func (p *podRT) startResync(epoch uint64) {
+	s := p.mode().sess
+	if s == nil {
+		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch) })
+		return
+	}
+	p.cfgMu.Lock()
+	st := p.r.env.Catalog().View()
+	pc := st.PodConfig(p.name)
+	msg := resyncMsg{Reservations: map[string]scsi.ReservationUpdate{}}
+	if pc != nil {
+		msg.Config = *pc
+		for _, v := range pc.Volumes {
+			if lu := p.r.env.LU(v.UUID); lu != nil {
+				res := lu.Reservations()
+				msg.Reservations[v.UUID] = scsi.ReservationUpdate{State: res, SCSI2: res.SCSI2}
+			}
+		}
+	}
+	err := callJSON(context.Background(), s, msgResync, epoch, msg, nil)
+	p.cfgMu.Unlock()
+	if err != nil || pc == nil {
+		p.r.log.Warn("resync refused by the peer", "pod", p.name, "err", err)
+		p.setErr(fmt.Sprint(err))
+		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch) })
+		// Try again later while the link stays up.
+		go func() {
+			select {
+			case <-time.After(2 * time.Second):
+			case <-p.quit:
+				return
+			}
+			if cur := p.mode().sess; cur == s {
+				p.linkUp(s)
+			}
+		}()
+		return
+	}
+	p.setErr("")
+	p.r.log.Info("resync started", "pod", p.name, "epoch", epoch)
+	p.event(func(m *pod.Machine) []pod.Action { return m.ResyncStarted(epoch) })
+}
+
+func (p *podRT) setErr(s string) {
+	p.mu.Lock()
+	p.mu.lastErr = s
+	p.mu.Unlock()
+}
+
+// errNotServing is returned by the replicated paths when the pod stopped
+// being served on this array meanwhile.
+var errNotServing = errors.New("pod not served on this array")
+
+// mirror performs a replicated change at the sequencer: local (may be nil)
+// here and remote on the follower, and returns once the change is on
+// every array that serves the pod. Neither part is cancelled by ctx once
+// started (an aborted command may have changed either copy; both must
+// match): ctx only stops waiting for a paused pod.
+func (p *podRT) mirror(ctx context.Context, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
+	p.ioMu.RLock()
+	defer p.ioMu.RUnlock()
+	bg := context.WithoutCancel(ctx)
+	localDone := local == nil
+	for {
+		md := p.mode()
+		switch {
+		case md.state == pod.Syncing || md.state == pod.InSync:
+			if md.sess == nil {
+				break
+			}
+			var lerr error
+			var wg sync.WaitGroup
+			if !localDone {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					lerr = local(bg)
+				}()
+			}
+			rerr := remote(md.sess, md.epoch)
+			wg.Wait()
+			localDone = true
+			if lerr != nil {
+				if rerr == nil {
+					// The follower has what this array could not
+					// write: the copies differ. Suspend the follower;
+					// it gets a fresh copy.
+					p.peerFailed(md.sess, fmt.Errorf("local write failed after the peer's succeeded: %w", lerr))
+				}
+				return lerr
+			}
+			if rerr == nil {
+				return nil
+			}
+			p.peerFailed(md.sess, rerr)
+		case md.state == pod.Alone:
+			if !localDone {
+				return local(bg)
+			}
+			return nil
+		case !md.serving:
+			return errNotServing
+		}
+		// Paused (or between states): wait for the machine.
+		select {
+		case <-md.changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(p.r.cfg.Timeout):
+		}
+	}
+}

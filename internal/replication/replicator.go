@@ -1,0 +1,390 @@
+// Package replication makes stretched pods work: it keeps the link to the
+// peer array, runs one goroutine per stretched pod that drives the pod's
+// state machine (package pod), mirrors the sequencer's writes to the
+// follower, forwards the follower's ordered commands to the sequencer,
+// copies the baseline, and orders configuration changes.
+package replication
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/scsi"
+	"github.com/metro-storage/metro/internal/store"
+)
+
+// Env is what the array gives the replicator.
+type Env interface {
+	Catalog() *catalog.Catalog
+	Store() *store.Store
+	Target() *scsi.Target
+	// LU returns the logical unit of the live volume with the UUID, or nil.
+	LU(uuid string) *scsi.LogicalUnit
+}
+
+// Peer is the paired array.
+type Peer struct {
+	Name string `json:"name"`
+	ID   string `json:"id"`
+	// LinkAddress is where the peer's link listens (as advertised).
+	LinkAddress string `json:"link_address"`
+	// Cert is the DER of the peer's link certificate.
+	Cert []byte `json:"cert"`
+	// API is the peer's management API URL.
+	API string `json:"api"`
+}
+
+// Config configures a Replicator.
+type Config struct {
+	Name string
+	ID   string
+	Env  Env
+	// Cert is this array's link certificate.
+	Cert   link.Config
+	Logger *slog.Logger
+	Now    func() time.Time
+	// Timeout is the link's dead-peer timeout (default 4s).
+	Timeout time.Duration
+	// Heartbeat is the link's heartbeat interval (default 100ms).
+	Heartbeat time.Duration
+	// BaselineRate limits baseline copy bytes per second (0: unlimited).
+	BaselineRate int64
+}
+
+// Replicator is an array's replication engine.
+type Replicator struct {
+	cfg Config
+	env Env
+	log *slog.Logger
+	now func() time.Time
+
+	nextRef atomic.Uint64
+	// refs holds the data-out of commands forwarded to the sequencer, by
+	// request id, for writes that refer to it.
+	refs sync.Map // uint64 → []byte
+
+	// traffic counts bytes sent over the link, by kind.
+	traffic struct {
+		baseline, mirror, forward atomic.Int64
+	}
+
+	mu struct {
+		sync.Mutex
+		peer *Peer
+		sess *link.Session
+		// pods are the runtimes of stretched pods, by name.
+		pods map[string]*podRT
+		// fresh names a pod being stretched now: its follower has never
+		// served, so its sequencer needs no fence.
+		fresh string
+	}
+	// kick wakes the session loop (peer changed).
+	kick chan struct{}
+	wg   sync.WaitGroup
+	ctx  context.Context
+}
+
+// New returns a Replicator; Run starts it.
+func New(cfg Config) *Replicator {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 4 * time.Second
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 100 * time.Millisecond
+	}
+	r := &Replicator{cfg: cfg, env: cfg.Env, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1)}
+	r.mu.pods = map[string]*podRT{}
+	return r
+}
+
+// Errors.
+var (
+	// ErrNoPeer: the array is not paired.
+	ErrNoPeer = errors.New("this array is not connected to a peer array: run 'metro array connect' first")
+	// ErrLinkDown: the link to the peer is down.
+	ErrLinkDown = errors.New("the link to the peer array is down")
+)
+
+// SetPeer sets (or with nil clears) the paired array.
+func (r *Replicator) SetPeer(p *Peer) {
+	r.mu.Lock()
+	r.mu.peer = p
+	s := r.mu.sess
+	r.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// PeerInfo returns the paired array, its link state and round trip.
+func (r *Replicator) PeerInfo() (p *Peer, up bool, rtt time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.sess != nil {
+		return r.mu.peer, true, r.mu.sess.RTT()
+	}
+	return r.mu.peer, false, 0
+}
+
+// session returns the live session, or nil.
+func (r *Replicator) session() *link.Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.sess
+}
+
+func (r *Replicator) linkConfig(p *Peer) link.Config {
+	c := r.cfg.Cert
+	c.LocalID = r.cfg.ID
+	c.PeerID = p.ID
+	c.PeerCert = p.Cert
+	c.Handler = r.handle
+	c.Timeout = r.cfg.Timeout
+	c.HeartbeatInterval = r.cfg.Heartbeat
+	c.Logger = r.log.With("component", "link")
+	c.Now = r.now
+	return c
+}
+
+// Run keeps the link to the peer (the array with the smaller id dials,
+// the other accepts on ln) and the pods' goroutines until ctx ends.
+func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
+	r.ctx = ctx
+	r.env.Catalog().Watch(func(*catalog.State) { r.syncPods() })
+	r.syncPods()
+	var lis *link.Listener
+	var lisPeer *Peer
+	defer func() {
+		if lis != nil {
+			lis.Close()
+		} else if ln != nil {
+			ln.Close()
+		}
+		r.mu.Lock()
+		pods := r.mu.pods
+		r.mu.pods = map[string]*podRT{}
+		s := r.mu.sess
+		r.mu.Unlock()
+		if s != nil {
+			s.Close()
+		}
+		for _, p := range pods {
+			p.stop()
+		}
+		r.wg.Wait()
+	}()
+	accepted := make(chan *link.Session)
+	for {
+		r.mu.Lock()
+		peer := r.mu.peer
+		r.mu.Unlock()
+		var sess *link.Session
+		if peer != nil && r.cfg.ID < peer.ID {
+			if lis != nil {
+				lis.Close()
+				lis = nil
+			}
+			dctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+			s, err := link.Dial(dctx, r.linkConfig(peer), peer.LinkAddress)
+			cancel()
+			if err != nil {
+				r.log.Debug("link dial", "peer", peer.Name, "err", err)
+				var ve *link.VersionError
+				if errors.As(err, &ve) {
+					r.log.Error("link refused", "peer", peer.Name, "err", err)
+				}
+			} else {
+				sess = s
+			}
+		} else if peer != nil && ln != nil && lisPeer != peer {
+			if lis != nil {
+				// The link.Listener closed the previous socket: listen
+				// again on the same address for the new peer.
+				lis.Close()
+				nl, err := net.Listen("tcp", ln.Addr().String())
+				if err != nil {
+					return fmt.Errorf("link listen: %w", err)
+				}
+				ln = nl
+			}
+			lis = link.Listen(r.linkConfig(peer), ln)
+			lisPeer = peer
+			l := lis
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				for {
+					s, err := l.Accept(ctx)
+					if err != nil {
+						return
+					}
+					select {
+					case accepted <- s:
+					case <-ctx.Done():
+						s.Close()
+						return
+					}
+				}
+			}()
+		}
+		if sess == nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.kick:
+				continue
+			case s := <-accepted:
+				sess = s
+			case <-time.After(500 * time.Millisecond):
+				continue
+			}
+		}
+		r.sessionUp(sess)
+		select {
+		case <-sess.Done():
+		case <-ctx.Done():
+		}
+		sess.Close()
+		r.sessionDown(sess)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+func (r *Replicator) sessionUp(s *link.Session) {
+	r.mu.Lock()
+	r.mu.sess = s
+	pods := r.podList()
+	r.mu.Unlock()
+	r.log.Info("link up", "peer", s.PeerID())
+	r.hello(s)
+	for _, p := range pods {
+		p.linkUp(s)
+	}
+}
+
+func (r *Replicator) sessionDown(s *link.Session) {
+	r.mu.Lock()
+	if r.mu.sess == s {
+		r.mu.sess = nil
+	}
+	pods := r.podList()
+	r.mu.Unlock()
+	r.log.Warn("link down", "peer", s.PeerID(), "err", s.Err())
+	for _, p := range pods {
+		p.linkDown(s)
+	}
+}
+
+// podList returns the pod runtimes. r.mu must be held.
+func (r *Replicator) podList() []*podRT {
+	out := make([]*podRT, 0, len(r.mu.pods))
+	for _, p := range r.mu.pods {
+		out = append(out, p)
+	}
+	return out
+}
+
+// pod returns the runtime of a stretched pod, or nil.
+func (r *Replicator) pod(name string) *podRT {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.pods[name]
+}
+
+// syncPods starts a runtime for every stretched pod this array holds and
+// stops those of pods no longer stretched.
+func (r *Replicator) syncPods() {
+	if r.ctx == nil {
+		return
+	}
+	st := r.env.Catalog().View()
+	r.mu.Lock()
+	sess := r.mu.sess
+	var started []*podRT
+	var stopped []*podRT
+	for name, p := range r.mu.pods {
+		cp, ok := st.Pods[name]
+		if !ok || len(cp.Arrays) < 2 || cp.ID != p.id || p.role != roleOf(cp, r.cfg.Name) || cp.Pending != nil {
+			delete(r.mu.pods, name)
+			stopped = append(stopped, p)
+		}
+	}
+	for name, cp := range st.Pods {
+		if len(cp.Arrays) < 2 || cp.Pending != nil {
+			continue
+		}
+		if _, ok := r.mu.pods[name]; ok {
+			continue
+		}
+		p := newPodRT(r, cp, r.mu.fresh == name)
+		r.mu.pods[name] = p
+		started = append(started, p)
+	}
+	r.mu.Unlock()
+	// syncPods runs inside catalog changes: stopping must not wait here
+	// for a pod goroutine that may itself be applying one.
+	for _, p := range stopped {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			p.stop()
+			p.accessChanged()
+		}()
+	}
+	for _, p := range started {
+		p.start(sess)
+	}
+}
+
+func roleOf(p *catalog.Pod, me string) pod.Role {
+	if p.Sequencer == me {
+		return pod.Sequencer
+	}
+	return pod.Follower
+}
+
+// call sends a pod message over the session at epoch.
+func call(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) ([]byte, error) {
+	resp, err := s.Call(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Payload, nil
+}
+
+// callJSON sends a JSON control message and decodes the JSON answer into
+// out (when non-nil).
+func callJSON(ctx context.Context, s *link.Session, typ uint16, epoch uint64, in, out any) error {
+	resp, err := call(ctx, s, typ, epoch, mustJSON(in))
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(resp, out); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+	}
+	return nil
+}

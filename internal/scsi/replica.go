@@ -1,0 +1,189 @@
+package scsi
+
+import (
+	"context"
+	"fmt"
+)
+
+// Replica connects a logical unit whose volume belongs to a stretched pod
+// to the other array of the pod. The pod's sequencer decides everything
+// whose outcome depends on order: every command that changes the medium
+// or the reservations runs there (Forward), and the sequencer shares the
+// resulting reservation state and resets with the peer. The array gives
+// every logical unit a Replica; for a local pod it forwards nothing.
+type Replica interface {
+	// Forward runs cmd at the pod's sequencer and returns its result with
+	// true when this array is not the sequencer; false means the command
+	// runs here. Forward is called only for ordered commands (writes,
+	// COMPARE AND WRITE, WRITE SAME, UNMAP, PERSISTENT RESERVE OUT,
+	// RESERVE, RELEASE and MODE SELECT), after this array has reported its unit
+	// attentions and checked its ALUA state.
+	Forward(ctx context.Context, cmd *Command) (*Result, bool)
+	// Ordering reports whether this array orders the unit's writes for a
+	// peer that receives them. Reads then wait for overlapping writes in
+	// flight, so that no read returns data the peer does not have yet.
+	Ordering() bool
+	// ShareReservations is called at the sequencer after the reservation
+	// state changed here and before the command's status is returned; it
+	// returns once the peer has installed u (InstallReservations) or no
+	// longer serves the pod.
+	ShareReservations(ctx context.Context, u ReservationUpdate) error
+	// Reset is called after a reset here: for a logical unit reset
+	// (lunReset) the peer performs the same reset (ResetFromPeer); for a
+	// target reset, which concerns only this array's nexuses, the SCSI-2
+	// reservation is released at the sequencer.
+	Reset(ctx context.Context, lunReset bool)
+}
+
+// ReservationUpdate is the reservation state of a logical unit after a
+// change at the sequencer, with what the change owes to the nexuses of the
+// peer: unit attentions, and the tasks PREEMPT AND ABORT aborts.
+type ReservationUpdate struct {
+	State ReservationState `json:"state"`
+	// SCSI2 is the SCSI-2 reservation holder (State does not serialise it).
+	SCSI2   *PRNexus       `json:"scsi2,omitempty"`
+	Notices []PRNotice     `json:"notices,omitempty"`
+	Abort   []Registration `json:"abort,omitempty"`
+	// SWP is the software write protect bit of the control mode page,
+	// shared like the reservations; ModeChangedBy, when set, names the
+	// nexus that changed it (every other nexus gets MODE PARAMETERS
+	// CHANGED).
+	SWP           bool     `json:"swp,omitempty"`
+	ModeChangedBy *PRNexus `json:"mode_changed_by,omitempty"`
+}
+
+// localReplica is the Replica of a unit created without one.
+type localReplica struct{}
+
+func (localReplica) Forward(context.Context, *Command) (*Result, bool)          { return nil, false }
+func (localReplica) Ordering() bool                                             { return false }
+func (localReplica) ShareReservations(context.Context, ReservationUpdate) error { return nil }
+func (localReplica) Reset(context.Context, bool)                                {}
+
+// update returns the ReservationUpdate announcing the current state with
+// notices and aborts. lu.mu must be held.
+func (lu *LogicalUnit) updateLocked(notices []PRNotice, abort []Registration) ReservationUpdate {
+	st := lu.mu.res.Clone()
+	return ReservationUpdate{State: st, SCSI2: st.SCSI2, Notices: notices, Abort: abort, SWP: lu.mu.swp}
+}
+
+// share sends the current reservation state to the peer. lu.prMu must be
+// held, so that updates reach the peer in the order they were made.
+func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Registration) {
+	lu.mu.Lock()
+	u := lu.updateLocked(notices, abort)
+	lu.mu.Unlock()
+	if err := lu.replica.ShareReservations(ctx, u); err != nil {
+		lu.log.Warn("sharing reservations with the peer failed", "lu", lu.serial, "err", err)
+	}
+}
+
+// InstallReservations makes the reservation state decided at the pod's
+// sequencer this unit's state: it is persisted when APTPL is set, the
+// notices become unit attentions on this array's nexuses, and the tasks of
+// aborted registrations running here are aborted.
+func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpdate) error {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
+	next := u.State.Clone()
+	next.SCSI2 = nil
+	if u.SCSI2 != nil {
+		h := *u.SCSI2
+		next.SCSI2 = &h
+	}
+	lu.mu.Lock()
+	cur := lu.mu.res.Clone()
+	lu.mu.Unlock()
+	if err := lu.persist(cur, next); err != nil {
+		return fmt.Errorf("install reservations: %w", err)
+	}
+	lu.mu.Lock()
+	lu.mu.res = next
+	lu.mu.swp = u.SWP
+	if u.ModeChangedBy != nil {
+		lu.modeChangedLocked(*u.ModeChangedBy)
+	}
+	lu.noticeLocked(u.Notices)
+	lu.mu.Unlock()
+	if t := lu.target.Load(); t != nil && len(u.Abort) > 0 {
+		t.abortTasks(ctx, func(tk *task) bool {
+			if tk.lu != lu {
+				return false
+			}
+			id := NexusID(tk.nexus)
+			for _, r := range u.Abort {
+				if r.matches(id) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	return nil
+}
+
+// ResetFromPeer performs the part of a reset on the other array of the pod
+// that concerns this array: for a logical unit reset this array's tasks
+// for the unit are aborted and its nexuses get the LOGICAL UNIT RESET unit
+// attention; for a target reset only the SCSI-2 reservation is released.
+// At the sequencer the resulting reservation state is shared.
+func (lu *LogicalUnit) ResetFromPeer(ctx context.Context, lunReset bool) {
+	if lunReset {
+		if t := lu.target.Load(); t != nil {
+			t.abortTasks(ctx, func(o *task) bool { return o.lu == lu })
+		}
+		lu.reset(SenseLUNReset())
+	} else {
+		lu.mu.Lock()
+		lu.mu.res.SCSI2 = nil
+		lu.mu.Unlock()
+	}
+	lu.prMu.Lock()
+	lu.share(ctx, nil, nil)
+	lu.prMu.Unlock()
+}
+
+// LockRange takes the unit's range lock on length bytes from off (both
+// multiples of the block size), the lock every write holds; replication
+// uses it to copy a region without racing host writes. The caller must
+// call the returned function.
+func (lu *LogicalUnit) LockRange(ctx context.Context, off, length int64) (func(), error) {
+	return lu.locks.lock(ctx, uint64(off)/BlockSize, uint64(length)/BlockSize)
+}
+
+// ExecuteForwarded runs, at the pod's sequencer, an ordered command that
+// the other array received from a host on one of its nexuses and
+// forwarded (Replica.Forward). The other array has already dealt with
+// unit attentions and ALUA; here the command is checked against the
+// reservations and run, as a task that task management can abort.
+func (t *Target) ExecuteForwarded(ctx context.Context, lu *LogicalUnit, cmd *Command) *Result {
+	if len(cmd.CDB) == 0 {
+		return checkCondition(SenseInvalidOpcode())
+	}
+	t.register(lu)
+	key := cmd.Nexus.Key()
+	ctx, tk := t.startTask(ctx, cmd, key, lu)
+	defer t.endTask(cmd, key, tk)
+	x := &exec{ctx: ctx, t: t, lu: lu, cmd: cmd, cdb: cmd.CDB, key: key}
+	c, bad := t.table.lookup(x.cdb)
+	var res *Result
+	switch {
+	case bad != nil:
+		res = checkCondition(*bad)
+	case len(x.cdb) < len(c.usage):
+		res = checkCondition(SenseInvalidFieldInCDB(len(x.cdb)))
+	default:
+		x.cdb = x.cdb[:len(c.usage)]
+		if s := c.checkReserved(x.cdb); s != nil {
+			res = checkCondition(*s)
+		} else if !x.lu.allows(x.cmd.Nexus, c.access) {
+			res = reservationConflict()
+		} else {
+			res = c.run(x)
+		}
+	}
+	if tk.aborted.Load() {
+		return &Result{Aborted: true}
+	}
+	return res
+}

@@ -1,0 +1,333 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"maps"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/initiator"
+	"github.com/metro-storage/metro/internal/lab"
+)
+
+// dialArray logs in to array i of the lab as initiator and consumes the
+// power-on unit attention.
+func dialArray(t *testing.T, l *lab.Lab, i int, name string) *initiator.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := l.Info.Arrays[i]
+	c, err := initiator.Dial(ctx, a.Portal, initiator.Options{InitiatorName: name, TargetName: a.Target, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("log in to %s as %s: %v", a.Name, name, err)
+	}
+	for i := 0; i < 4 && c.TestUnitReady(0) != nil; i++ {
+	}
+	return c
+}
+
+// volumeDigests reads the lab volume through array i, 1 MiB at a time,
+// and returns each piece's SHA-256.
+func volumeDigests(t *testing.T, l *lab.Lab, i int, name string) [][32]byte {
+	t.Helper()
+	c := dialArray(t, l, i, name)
+	defer c.Close()
+	blocks, bs, err := c.ReadCapacity(0)
+	if err != nil {
+		t.Fatalf("%s: read capacity: %v", l.Info.Arrays[i].Name, err)
+	}
+	const piece = 1 << 20
+	per := uint64(piece / bs)
+	var out [][32]byte
+	for lba := uint64(0); lba < blocks; lba += per {
+		n := min(per, blocks-lba)
+		d, err := c.Read(0, lba, uint32(n))
+		if err != nil {
+			t.Fatalf("%s: read at LBA %d: %v", l.Info.Arrays[i].Name, lba, err)
+		}
+		out = append(out, sha256.Sum256(d))
+	}
+	return out
+}
+
+// compareCopies reads the whole lab volume through both arrays of the
+// pair (each read is served from that array's own copy) and fails at the
+// first MiB that differs.
+func compareCopies(t *testing.T, l *lab.Lab, name string) {
+	t.Helper()
+	if len(l.Info.Arrays) != 2 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := l.WaitInSync(ctx, 2*time.Minute); err != nil {
+		t.Fatalf("compare copies: %v", err)
+	}
+	a := volumeDigests(t, l, 0, name)
+	b := volumeDigests(t, l, 1, name)
+	if len(a) != len(b) {
+		t.Fatalf("the copies differ in size: %d MiB on array-a, %d MiB on array-b", len(a), len(b))
+	}
+	for i := range a {
+		if !bytes.Equal(a[i][:], b[i][:]) {
+			t.Fatalf("the copies differ in MiB %d (of %d)", i, len(a))
+		}
+	}
+	t.Logf("both copies identical (%d MiB compared)", len(a))
+}
+
+// tpgState is one target port group descriptor of REPORT TARGET PORT
+// GROUPS.
+type tpgState struct {
+	state byte
+	pref  bool
+}
+
+// reportTPG returns the groups the array reports, by group id.
+func reportTPG(t *testing.T, c *initiator.Conn) map[uint16]tpgState {
+	t.Helper()
+	d, err := c.ReportTargetPortGroups(0)
+	if err != nil {
+		t.Fatalf("REPORT TARGET PORT GROUPS: %v", err)
+	}
+	out := map[uint16]tpgState{}
+	for p := 4; p+8 <= len(d); {
+		id := uint16(d[p+2])<<8 | uint16(d[p+3])
+		out[id] = tpgState{state: d[p] & 0x0f, pref: d[p]&0x80 != 0}
+		p += 8 + 4*int(d[p+7])
+	}
+	return out
+}
+
+// TestALUAPreferences reads REPORT TARGET PORT GROUPS through both arrays
+// of a stretched pair for a host preferring array-a, one preferring
+// array-b and one with no preference, then changes a preference live and
+// checks the unit attention and the new states.
+func TestALUAPreferences(t *testing.T) {
+	const (
+		iqnA    = "iqn.2026-11.io.metro:e2e-prefer-a"
+		iqnB    = "iqn.2026-11.io.metro:e2e-prefer-b"
+		iqnNone = "iqn.2026-11.io.metro:e2e-prefer-none"
+	)
+	l := startLab(t, lab.Options{Initiators: []string{iqnNone}, Size: 64 << 20})
+	mustCLI(t, l, "host", "create", "--iqn", iqnA, "--preferred-array", "array-a", "h-a")
+	mustCLI(t, l, "host", "create", "--iqn", iqnB, "--preferred-array", "array-b", "h-b")
+	mustCLI(t, l, "host", "connect", "--vol", "pod1::vol1", "--lun", "0", "h-a")
+	mustCLI(t, l, "host", "connect", "--vol", "pod1::vol1", "--lun", "0", "h-b")
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := l.Client(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrays, err := c.Arrays(ctx)
+	if err != nil || len(arrays) != 2 {
+		t.Fatalf("arrays: %v %+v", err, arrays)
+	}
+	tpg := map[string]uint16{arrays[0].Name: arrays[0].TPG, arrays[1].Name: arrays[1].TPG}
+	const ao, ano = 0x0, 0x1
+	want := map[string]map[string]tpgState{
+		iqnA:    {"array-a": {ao, true}, "array-b": {ano, false}},
+		iqnB:    {"array-a": {ano, false}, "array-b": {ao, true}},
+		iqnNone: {"array-a": {ao, false}, "array-b": {ao, false}},
+	}
+	conns := map[string][]*initiator.Conn{}
+	for iqn, groups := range want {
+		for i := range l.Info.Arrays {
+			// The host configuration reaches the follower through the
+			// sequencer; wait for it.
+			var cn *initiator.Conn
+			for try := 0; ; try++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				a := l.Info.Arrays[i]
+				cn, err = initiator.Dial(ctx, a.Portal, initiator.Options{InitiatorName: iqn, TargetName: a.Target, Timeout: 10 * time.Second})
+				cancel()
+				if err == nil || try > 50 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("%s: log in to %s: %v", iqn, l.Info.Arrays[i].Name, err)
+			}
+			defer cn.Close()
+			for k := 0; k < 4 && cn.TestUnitReady(0) != nil; k++ {
+			}
+			conns[iqn] = append(conns[iqn], cn)
+			got := reportTPG(t, cn)
+			if len(got) != 2 {
+				t.Fatalf("%s through %s: %d groups, want 2: %+v", iqn, l.Info.Arrays[i].Name, len(got), got)
+			}
+			for name, w := range groups {
+				if g := got[tpg[name]]; g != w {
+					t.Errorf("%s through %s: group of %s is state %d pref %v, want state %d pref %v",
+						iqn, l.Info.Arrays[i].Name, name, g.state, g.pref, w.state, w.pref)
+				}
+			}
+		}
+	}
+	// Prefer array-b for h-a now: every path of h-a reports the change.
+	mustCLI(t, l, "host", "setattr", "--preferred-array", "array-b", "h-a")
+	for i, cn := range conns[iqnA] {
+		var key, asc, ascq byte
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := cn.TestUnitReady(0)
+			var se *initiator.SCSIError
+			if errors.As(err, &se) {
+				key, asc, ascq = se.SenseKey()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("h-a through %s: no unit attention after the preference changed", l.Info.Arrays[i].Name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if key != 0x6 || asc != 0x2a || ascq != 0x06 {
+			t.Fatalf("h-a through %s: sense %x/%02x/%02x, want 6/2a/06 (asymmetric access state changed)", l.Info.Arrays[i].Name, key, asc, ascq)
+		}
+		got := reportTPG(t, cn)
+		if got[tpg["array-b"]] != (tpgState{ao, true}) || got[tpg["array-a"]] != (tpgState{ano, false}) {
+			t.Fatalf("h-a through %s after the change: %+v", l.Info.Arrays[i].Name, got)
+		}
+	}
+}
+
+// TestStretchedKill9 kills either array of a stretched pair with SIGKILL
+// while sessions write known patterns through both, restarts it, and
+// checks that every acknowledged write reads back intact through both
+// arrays and that the copies are identical.
+func TestStretchedKill9(t *testing.T) {
+	const perWriter, rounds = 2048, 6
+	l := startLab(t, lab.Options{Initiators: []string{crashInitiator}, Size: 64 << 20, LinkTimeout: 2 * time.Second})
+	// Writers 0 and 1 write through array-a, 2 and 3 through array-b.
+	regions := make([]*region, 4)
+	for w := range regions {
+		regions[w] = &region{first: uint64(w * perWriter), blocks: perWriter, acked: make([]uint64, perWriter), inflight: map[uint64]uint64{}}
+	}
+	seqs := make([]uint64, len(regions))
+	rng := rand.New(rand.NewPCG(7, uint64(time.Now().UnixNano())))
+	total := 0
+	for round := 0; round < rounds; round++ {
+		victim := rng.IntN(2)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		counts := make([]int, len(regions))
+		for w := range regions {
+			c := dialArray(t, l, w/2, crashInitiator)
+			wrng := rand.New(rand.NewPCG(uint64(round), uint64(w)))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				counts[w] = regions[w].write(ctx, c, &seqs[w], wrng)
+			}()
+		}
+		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
+		if err := l.Kill(victim); err != nil {
+			t.Fatal(err)
+		}
+		// The survivor's writers carry on (through the pause, if the
+		// sequencer survived) for a while.
+		time.Sleep(time.Duration(rng.IntN(3000)) * time.Millisecond)
+		cancel()
+		wg.Wait()
+		for _, n := range counts {
+			total += n
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if err := l.Start(rctx, victim); err != nil {
+			rcancel()
+			t.Fatalf("round %d: restart %s: %v", round, l.Info.Arrays[victim].Name, err)
+		}
+		if err := l.WaitInSync(rctx, 2*time.Minute); err != nil {
+			rcancel()
+			t.Fatalf("round %d after killing %s: %v", round, l.Info.Arrays[victim].Name, err)
+		}
+		rcancel()
+		for i := range l.Info.Arrays {
+			c := dialArray(t, l, i, crashInitiator)
+			for _, r := range regions {
+				inflight := maps.Clone(r.inflight)
+				r.verify(t, c)
+				r.inflight = inflight
+			}
+			c.Close()
+		}
+		for _, r := range regions {
+			clear(r.inflight)
+		}
+		t.Logf("round %d: killed %s; %d writes acknowledged so far", round, l.Info.Arrays[victim].Name, total)
+	}
+	compareCopies(t, l, crashInitiator)
+	if total < rounds {
+		t.Fatalf("only %d writes were acknowledged in %d rounds: the writers did not really run", total, rounds)
+	}
+}
+
+// TestBaselineWhileWriting stretches a pod whose 1 GiB volume holds 256
+// MiB of data while a host keeps writing through the first array: the
+// copies end identical and the baseline sends about the written data
+// only.
+func TestBaselineWhileWriting(t *testing.T) {
+	needTool(t, "qemu-io")
+	l := startLab(t, lab.Options{Initiators: []string{qemuInitiator}, Size: 1 << 30, Unstretched: true})
+	if out, err := runTool(t, 3*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0), "-c", "write -P 0x5a 0 256M"); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := dialArray(t, l, 0, qemuInitiator)
+	defer c.Close()
+	var writes int
+	var werr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rng := rand.New(rand.NewPCG(3, 4))
+		buf := make([]byte, 4096)
+		for ctx.Err() == nil {
+			for i := range buf {
+				buf[i] = byte(rng.Uint32())
+			}
+			// Anywhere in the first 512 MiB: copied and not yet
+			// copied regions, written and unwritten ones.
+			if werr = c.Write(0, rng.Uint64N(512<<20/4096)*8, buf); werr != nil {
+				return
+			}
+			writes++
+		}
+	}()
+	start := time.Now()
+	out := mustCLI(t, l, "pod", "add", "--array", "array-b", "--wait", "pod1")
+	took := time.Since(start)
+	cancel()
+	<-done
+	if werr != nil {
+		t.Fatalf("host write during the baseline failed: %v", werr)
+	}
+	if writes == 0 {
+		t.Fatal("the host wrote nothing during the baseline")
+	}
+	t.Logf("baseline took %v with %d host writes of 4 KiB during it\n%s", took.Round(time.Millisecond), writes, out)
+	api, err := l.Client(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := api.Array(context.Background())
+	if err != nil || info.Link == nil {
+		t.Fatalf("array info: %v %+v", err, info)
+	}
+	ratio := float64(info.Link.Baseline) / float64(256<<20)
+	t.Logf("baseline traffic %d bytes = %.3f x the 256 MiB written (mirrored host writes %d bytes)", info.Link.Baseline, ratio, info.Link.Mirror)
+	if ratio > 1.1 {
+		t.Errorf("baseline sent %.3f x the written data, want <= 1.1", ratio)
+	}
+	compareCopies(t, l, qemuInitiator)
+}
