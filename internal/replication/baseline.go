@@ -2,13 +2,107 @@ package replication
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/scsi"
+	"github.com/metro-storage/metro/internal/store"
 )
 
-// baselineChunk is the most bytes one baseline message carries.
-const baselineChunk = 1 << 20
+// baselineChunk is the most bytes one baseline message carries, and
+// baselineWorkers how many are in flight.
+const (
+	baselineChunk   = 1 << 20
+	baselineWorkers = 4
+)
+
+// piece is a run of written blocks to copy.
+type piece struct {
+	lu    *scsi.LogicalUnit
+	local *store.Volume
+	uuid  string
+	off   int64
+	n     int64
+}
+
+// listPieces sends every written run of the volumes, in pieces of at most
+// baselineChunk, to pieces; it paces them to the configured rate.
+func (p *podRT) listPieces(ctx context.Context, vols []*catalog.Volume, start time.Time, done *atomic.Int64, pieces chan<- piece) {
+	r := p.r
+	for _, v := range vols {
+		if v.Destroyed != nil {
+			continue
+		}
+		lu := r.env.LU(v.UUID)
+		if lu == nil {
+			continue
+		}
+		local := r.env.Store().Volume(v.DataID)
+		for off := int64(0); off < int64(lu.Size()); {
+			if ctx.Err() != nil {
+				return
+			}
+			mapped, run, err := local.Mapped(ctx, off, int64(lu.Size())-off)
+			if err != nil {
+				r.log.Warn("baseline: allocation map", "pod", p.name, "err", err)
+				return
+			}
+			if run <= 0 {
+				break
+			}
+			if !mapped {
+				off += run
+				continue
+			}
+			n := min(run, baselineChunk)
+			if rate := r.cfg.BaselineRate; rate > 0 {
+				// Pace: the bytes handed out should take bytes/rate.
+				due := start.Add(time.Duration(float64(done.Load()) / float64(rate) * float64(time.Second)))
+				if d := due.Sub(r.now()); d > 0 {
+					select {
+					case <-time.After(d):
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+			select {
+			case pieces <- piece{lu: lu, local: local, uuid: v.UUID, off: off, n: n}:
+			case <-ctx.Done():
+				return
+			}
+			off += n
+		}
+	}
+}
+
+// copyPiece reads one piece and sends it under the unit's range lock, so
+// it cannot overtake a host write to the same blocks (which is mirrored).
+func (p *podRT) copyPiece(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
+	md := p.mode()
+	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
+		return errNotServing
+	}
+	unlock, err := pc.lu.LockRange(ctx, pc.off, pc.n)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := pc.local.ReadAt(ctx, buf, pc.off); err != nil {
+		return err
+	}
+	m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(pc.off), Length: uint64(pc.n), Data: buf}
+	if _, err := call(ctx, md.sess, msgBaseline, epoch, m.encode()); err != nil {
+		if ctx.Err() == nil {
+			p.peerFailed(md.sess, err)
+		}
+		return err
+	}
+	return nil
+}
 
 // Progress is a copy's progress (baseline or resync).
 type Progress struct {
@@ -65,77 +159,45 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	p.mu.progress = &Progress{Total: total, Started: start}
 	p.mu.Unlock()
 	r.log.Info("baseline copy started", "pod", p.name, "epoch", epoch, "bytes", total)
-	var done int64
-	buf := make([]byte, baselineChunk)
-	for _, v := range vols {
-		if v.Destroyed != nil {
-			continue
-		}
-		lu := r.env.LU(v.UUID)
-		if lu == nil {
-			continue
-		}
-		local := r.env.Store().Volume(v.DataID)
-		for off := int64(0); off < int64(lu.Size()); {
-			if ctx.Err() != nil {
-				return
-			}
-			md := p.mode()
-			if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
-				return
-			}
-			mapped, run, err := local.Mapped(ctx, off, int64(lu.Size())-off)
-			if err != nil {
-				r.log.Warn("baseline: allocation map", "pod", p.name, "err", err)
-				return
-			}
-			if run <= 0 {
-				break
-			}
-			if !mapped {
-				off += run
-				continue
-			}
-			n := min(run, baselineChunk)
-			unlock, err := lu.LockRange(ctx, off, n)
-			if err != nil {
-				return
-			}
-			err = local.ReadAt(ctx, buf[:n], off)
-			if err == nil {
-				m := &writeMsg{Pod: p.name, Volume: v.UUID, Off: uint64(off), Length: uint64(n), Data: buf[:n]}
-				_, err = call(ctx, md.sess, msgBaseline, epoch, m.encode())
-			}
-			unlock()
-			if err != nil {
-				if ctx.Err() == nil {
-					p.peerFailed(md.sess, err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var done atomic.Int64
+	var failed atomic.Bool
+	pieces := make(chan piece)
+	var wg sync.WaitGroup
+	for range baselineWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, baselineChunk)
+			for pc := range pieces {
+				if ctx.Err() != nil {
+					continue
 				}
-				return
-			}
-			r.traffic.baseline.Add(n)
-			done += n
-			off += n
-			p.mu.Lock()
-			pr := p.mu.progress
-			pr.Done = done
-			if el := r.now().Sub(start).Seconds(); el > 0 {
-				pr.Rate = int64(float64(done) / el)
-			}
-			p.mu.Unlock()
-			if rate := r.cfg.BaselineRate; rate > 0 {
-				// Pace: done bytes should take done/rate seconds.
-				due := start.Add(time.Duration(float64(done) / float64(rate) * float64(time.Second)))
-				if d := due.Sub(r.now()); d > 0 {
-					select {
-					case <-time.After(d):
-					case <-ctx.Done():
-						return
+				if err := p.copyPiece(ctx, epoch, pc, buf[:pc.n]); err != nil {
+					failed.Store(true)
+					cancel()
+					continue
+				}
+				r.traffic.baseline.Add(pc.n)
+				d := done.Add(pc.n)
+				p.mu.Lock()
+				if pr := p.mu.progress; pr != nil {
+					pr.Done = d
+					if el := r.now().Sub(start).Seconds(); el > 0 {
+						pr.Rate = int64(float64(d) / el)
 					}
 				}
+				p.mu.Unlock()
 			}
-		}
+		}()
 	}
-	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done, "took", r.now().Sub(start).Round(time.Millisecond))
+	p.listPieces(ctx, vols, start, &done, pieces)
+	close(pieces)
+	wg.Wait()
+	if failed.Load() || ctx.Err() != nil {
+		return
+	}
+	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done.Load(), "took", r.now().Sub(start).Round(time.Millisecond))
 	p.event(func(m *pod.Machine) []pod.Action { return m.BaselineDone(epoch) })
 }

@@ -107,6 +107,11 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
+	if p.mode().state == pod.Receiving {
+		// This copy serves nothing until the grant, which syncs the
+		// store first; a crash before it means a fresh copy anyway.
+		return vol.WriteAtNoSync(ctx, data, int64(m.Off))
+	}
 	return vol.WriteAt(ctx, data, int64(m.Off))
 }
 
@@ -236,6 +241,11 @@ func (r *Replicator) handleGrant(req link.Message) error {
 	p := r.pod(m.Pod)
 	if p == nil {
 		return fmt.Errorf("pod %s is not stretched to this array", m.Pod)
+	}
+	// Everything received while the copy was made is made durable
+	// before this array may serve it.
+	if err := r.env.Store().Sync(); err != nil {
+		return fmt.Errorf("pod %s: %w", m.Pod, err)
 	}
 	p.mu.Lock()
 	acts, err := p.mu.m.GrantedInSync(req.Epoch)

@@ -158,8 +158,19 @@ func (p *podRT) linkDown(s *link.Session) {
 // peerFailed ends the session after a replicated operation failed on it:
 // the pod then goes through the link-lost path.
 func (p *podRT) peerFailed(s *link.Session, err error) {
-	p.r.log.Warn("replication to the peer failed; suspending it", "pod", p.name, "err", err)
-	s.Close()
+	select {
+	case <-s.Done():
+		return // already gone; the link-lost path is under way
+	default:
+	}
+	p.r.log.Warn("replication to the peer failed; ending the link session", "pod", p.name, "err", err)
+	// Not here: Close waits for the session's handlers, and this may be
+	// one of them.
+	p.r.wg.Add(1)
+	go func() {
+		defer p.r.wg.Done()
+		s.Close()
+	}()
 }
 
 func (p *podRT) loop() {

@@ -264,8 +264,11 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		case <-sess.Done():
 		case <-ctx.Done():
 		}
-		sess.Close()
+		// The pods learn first: Close waits for the session's handlers,
+		// and a handler may be a write waiting for its pod to fence the
+		// peer.
 		r.sessionDown(sess)
+		sess.Close()
 		if ctx.Err() != nil {
 			return nil
 		}

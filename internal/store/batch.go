@@ -113,7 +113,12 @@ func checkRange(vol uint64, off, length int64) error {
 // wraps ErrNoSpace. After Commit the batch is done.
 func (b *Batch) Commit() error { return b.commit(context.Background()) }
 
-func (b *Batch) commit(ctx context.Context) error {
+func (b *Batch) commit(ctx context.Context) error { return b.commitOpts(ctx, pebble.Sync) }
+
+// commitOpts applies the batch with the given durability: pebble.Sync
+// returns once it is durable, pebble.NoSync once it is visible (Sync
+// makes it durable later).
+func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	if b.done {
 		return errBatchDone
 	}
@@ -131,7 +136,7 @@ func (b *Batch) commit(ctx context.Context) error {
 		if b.pb.Empty() {
 			return nil
 		}
-		if err := b.pb.Commit(pebble.Sync); err != nil {
+		if err := b.pb.Commit(wo); err != nil {
 			return s.fail(fmt.Errorf("store: commit metadata: %w", err))
 		}
 		return nil
@@ -171,7 +176,7 @@ func (b *Batch) commit(ctx context.Context) error {
 		s.unreserve(total)
 		return err
 	}
-	if err := b.pb.Commit(pebble.Sync); err != nil {
+	if err := b.pb.Commit(wo); err != nil {
 		s.unreserve(total)
 		return s.fail(fmt.Errorf("store: commit: %w", err))
 	}

@@ -283,6 +283,19 @@ func (s *Store) Usage() (used, capacity uint64) {
 	return uint64(max(s.used.Load(), 0)), s.capacity.Load()
 }
 
+// Sync makes every write committed so far durable (those made with
+// WriteAtNoSync included).
+func (s *Store) Sync() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return s.fail(fmt.Errorf("store: sync: %w", err))
+	}
+	return nil
+}
+
 // SetCapacity changes the capacity (0: unlimited). Lowering it below the
 // used bytes makes writes that need new chunks fail with ErrNoSpace until
 // space is freed; nothing stored is affected.

@@ -21,6 +21,18 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	return b.commit(ctx)
 }
 
+// WriteAtNoSync is WriteAt without waiting for durability: the data is
+// visible to reads on return and durable after the next Store.Sync (or a
+// later synced write). A crash may lose it, never tear it.
+func (v *Volume) WriteAtNoSync(ctx context.Context, p []byte, off int64) error {
+	b := v.s.NewBatch()
+	if err := b.WriteAt(v, p, off); err != nil {
+		b.discard()
+		return err
+	}
+	return b.commitOpts(ctx, pebble.NoSync)
+}
+
 // CompareAndWrite writes p at off if the current data there equals cmp,
 // atomically against every other write of the volume; durable on return. On
 // a mismatch nothing is written and the error is a *MiscompareError.

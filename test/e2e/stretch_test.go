@@ -96,7 +96,7 @@ func reportTPG(t *testing.T, c *initiator.Conn) map[uint16]tpgState {
 		t.Fatalf("REPORT TARGET PORT GROUPS: %v", err)
 	}
 	out := map[uint16]tpgState{}
-	for p := 4; p+8 <= len(d); {
+	for p := 8; p+8 <= len(d); { // extended header
 		id := uint16(d[p+2])<<8 | uint16(d[p+3])
 		out[id] = tpgState{state: d[p] & 0x0f, pref: d[p]&0x80 != 0}
 		p += 8 + 4*int(d[p+7])
@@ -298,7 +298,18 @@ func TestBaselineWhileWriting(t *testing.T) {
 			}
 			// Anywhere in the first 512 MiB: copied and not yet
 			// copied regions, written and unwritten ones.
-			if werr = c.Write(0, rng.Uint64N(512<<20/4096)*8, buf); werr != nil {
+			lba := rng.Uint64N(512<<20/4096) * 8
+			for try := 0; ; try++ {
+				werr = c.Write(0, lba, buf)
+				var se *initiator.SCSIError
+				if errors.As(werr, &se) && try < 3 {
+					if key, _, _ := se.SenseKey(); key == 0x6 {
+						continue // a unit attention (the ALUA states changed): retry, as hosts do
+					}
+				}
+				break
+			}
+			if werr != nil {
 				return
 			}
 			writes++

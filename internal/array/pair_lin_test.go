@@ -1,0 +1,487 @@
+package array
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/metro-storage/metro/internal/netproxy"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// linConfig parameterises a randomized run.
+type linConfig struct {
+	// ioPhase is how long clients run while faults are injected.
+	ioPhase time.Duration
+	seed    uint64
+}
+
+const (
+	// linBaseLBA is the first block of the checked region; unit u is the
+	// 8 blocks from linBaseLBA + 8u.
+	linBaseLBA = 0
+	// freshBaseLBA is where write-once units start: each fresh write goes
+	// to a unit never written before.
+	freshBaseLBA = 1 << 12
+	// freshMax bounds the write-once units.
+	freshMax = 4096
+)
+
+func linLBA(unit int) uint64 { return linBaseLBA + 8*uint64(unit) }
+
+// linStats counts what happened, for the log.
+type linStats struct {
+	mu sync.Mutex
+	// byKind counts recorded operations by kind and outcome.
+	byKind map[string]int
+	// senses counts failures by sense.
+	senses map[string]int
+	// unexpected lists failures no fault explains.
+	unexpected []string
+	// droppedReads counts reads that failed (not recorded).
+	droppedReads int
+	partitions   int
+	partitioned  time.Duration
+	slowed       int
+}
+
+func (s *linStats) count(kind, outcome string) {
+	s.mu.Lock()
+	s.byKind[kind+" "+outcome]++
+	s.mu.Unlock()
+}
+
+// failure records a failed command's result and reports whether a fault
+// of the link explains it.
+func (s *linStats) failure(what string, r *scsi.Result) {
+	d := describe(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.senses[d]++
+	sense, _ := senseOf(r)
+	expected := sense.Is(scsi.SenseNotReadyUnavailable()) || sense.Is(scsi.SenseNotReadyTransitioning())
+	if !expected && len(s.unexpected) < 20 {
+		s.unexpected = append(s.unexpected, what+": "+d)
+	}
+}
+
+// freshWrite is a write to a write-once unit.
+type freshWrite struct {
+	value uint64
+	acked bool
+}
+
+// linClient is one simulated host port doing random operations.
+type linClient struct {
+	id    int
+	in    *initiator
+	rng   *rand.Rand
+	rec   *linRecorder
+	stats *linStats
+	// known is the value this client last saw (or wrote) in each unit:
+	// what its COMPARE AND WRITE expects.
+	known [linUnits]uint64
+	seq   uint64
+	// fresh hands out write-once units; freshMu guards freshes.
+	fresh   *atomic.Int64
+	freshMu *sync.Mutex
+	freshes map[int64]freshWrite
+}
+
+// value returns a value no one else writes.
+func (c *linClient) value() uint64 {
+	c.seq++
+	return uint64(c.id+1)<<40 | c.seq
+}
+
+// run does operations until stop is set.
+func (c *linClient) run(stop *atomic.Bool) {
+	for !stop.Load() {
+		if !c.step() {
+			c.waitServing(stop)
+		}
+		// A little think time keeps the history small enough to check.
+		time.Sleep(time.Duration(c.rng.IntN(1500)) * time.Microsecond)
+	}
+}
+
+// waitServing polls TEST UNIT READY until the client's array serves the
+// pod again (or stop): a host whose path failed waits for it too, and
+// this bounds the operations of unknown outcome.
+func (c *linClient) waitServing(stop *atomic.Bool) {
+	for !stop.Load() {
+		if r, _ := c.in.doPastUA(testUnitReady(), nil, 0); r.Status == scsi.StatusGood {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// step does one random operation and reports whether it succeeded.
+func (c *linClient) step() bool {
+	in := linInput{Client: c.id, Array: c.in.arr.cfg.Name}
+	p := c.rng.IntN(100)
+	switch {
+	case p < 35:
+		in.Kind = linWrite
+	case p < 70:
+		in.Kind = linRead
+	case p < 80:
+		in.Kind = linCAW
+	case p < 86:
+		in.Kind = linRegister
+	case p < 94:
+		in.Kind = linReadKeys
+	default:
+		return c.freshWrite()
+	}
+	in.N = 1 + c.rng.IntN(linMaxSpan)
+	if in.Kind == linCAW {
+		in.N = 1
+	}
+	in.Unit = c.rng.IntN(linUnits - in.N + 1)
+	lba := linLBA(in.Unit)
+	var cdb, out []byte
+	var dataIn uint32
+	switch in.Kind {
+	case linWrite:
+		for i := 0; i < in.N; i++ {
+			in.Values[i] = c.value()
+			out = append(out, unitData(linLBA(in.Unit+i), in.Values[i])...)
+		}
+		cdb = write16(lba, out)
+	case linRead:
+		cdb, dataIn = read16(lba, uint32(8*in.N)), uint32(4096*in.N)
+	case linCAW:
+		in.Values[0], in.Values[1] = c.known[in.Unit], c.value()
+		out = append(unitData(lba, in.Values[0]), unitData(lba, in.Values[1])...)
+		cdb = compareAndWrite16(lba, 8)
+	case linRegister:
+		if c.rng.IntN(5) > 0 {
+			in.Values[0] = c.value()
+		}
+		cdb, out = prRegisterIgnore(in.Values[0])
+	case linReadKeys:
+		cdb, dataIn = prInReadKeys(), 1024
+	}
+	call := c.rec.now()
+	r, _ := c.in.doPastUA(cdb, out, dataIn)
+	ret := c.rec.now()
+	var o linOutput
+	switch {
+	case r.Status == scsi.StatusGood:
+		switch in.Kind {
+		case linWrite:
+			copy(c.known[in.Unit:], in.Values[:in.N])
+		case linRead:
+			for i := 0; i < in.N; i++ {
+				o.Values[i] = unitValue(linLBA(in.Unit+i), r.Data[4096*i:4096*(i+1)])
+			}
+			copy(c.known[in.Unit:], o.Values[:in.N])
+		case linCAW:
+			c.known[in.Unit] = in.Values[1]
+		case linReadKeys:
+			keys, err := parseKeys(r.Data)
+			if err != nil {
+				c.stats.failure("READ KEYS data: "+err.Error(), r)
+				return false
+			}
+			slices.Sort(keys)
+			o.Keys = keys
+		}
+		c.stats.count(in.Kind.String(), "ok")
+	case in.Kind == linCAW && isMiscompare(r):
+		o.Miscompare = true
+		c.stats.count(in.Kind.String(), "miscompare")
+	default:
+		c.stats.failure(fmt.Sprintf("%s through %s", in.Kind, in.Array), r)
+		if in.Kind == linRead || in.Kind == linReadKeys {
+			// A failed read changed nothing: it is left out.
+			c.stats.mu.Lock()
+			c.stats.droppedReads++
+			c.stats.mu.Unlock()
+			return false
+		}
+		o.Unknown, o.Sense = true, describe(r)
+		c.stats.count(in.Kind.String(), "unknown")
+		c.rec.add(c.id, in, o, call, ret)
+		return false
+	}
+	c.rec.add(c.id, in, o, call, ret)
+	return true
+}
+
+func isMiscompare(r *scsi.Result) bool {
+	s, ok := senseOf(r)
+	return ok && s.Is(scsi.SenseMiscompare(0))
+}
+
+// freshWrite writes a unit no one wrote before and remembers whether it
+// was acknowledged.
+func (c *linClient) freshWrite() bool {
+	k := c.fresh.Add(1) - 1
+	if k >= freshMax {
+		return true
+	}
+	lba := freshBaseLBA + 8*uint64(k)
+	v := c.value()
+	d := unitData(lba, v)
+	r, _ := c.in.doPastUA(write16(lba, d), d, 0)
+	c.freshMu.Lock()
+	c.freshes[k] = freshWrite{value: v, acked: r.Status == scsi.StatusGood}
+	c.freshMu.Unlock()
+	if r.Status != scsi.StatusGood {
+		c.stats.failure("fresh write through "+c.in.arr.cfg.Name, r)
+		c.stats.count("fresh-write", "unknown")
+		return false
+	}
+	c.stats.count("fresh-write", "ok")
+	return true
+}
+
+// faults cuts and heals the link at random until stop, sometimes with
+// a round trip added.
+func faults(px *netproxy.Proxy, rng *rand.Rand, stats *linStats, stop *atomic.Bool, until time.Time, mark func(msg string, args ...any)) {
+	sleep := func(d time.Duration) bool {
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			if stop.Load() {
+				return false
+			}
+			time.Sleep(min(20*time.Millisecond, time.Until(end)))
+		}
+		return true
+	}
+	for {
+		if !sleep(500*time.Millisecond + time.Duration(rng.Int64N(int64(2*time.Second)))) {
+			return
+		}
+		s := px.Settings()
+		s.RTT = 0
+		if rng.IntN(3) == 0 {
+			s.RTT = []time.Duration{time.Millisecond, 5 * time.Millisecond, 11 * time.Millisecond}[rng.IntN(3)]
+			stats.mu.Lock()
+			stats.slowed++
+			stats.mu.Unlock()
+		}
+		px.Set(s)
+		mark("link round trip set", "rtt", s.RTT)
+		if time.Until(until) < time.Second {
+			return
+		}
+		d := 500*time.Millisecond + time.Duration(rng.Int64N(int64(2500*time.Millisecond)))
+		px.Partition(true)
+		mark("link cut", "for", d)
+		stats.mu.Lock()
+		stats.partitions++
+		stats.partitioned += d
+		stats.mu.Unlock()
+		ok := sleep(d)
+		px.Partition(false)
+		mark("link healed")
+		if !ok {
+			return
+		}
+	}
+}
+
+func runLinearizable(t *testing.T, cfg linConfig) {
+	began := time.Now()
+	h := newPair(t)
+	setupTook := time.Since(began)
+	rng := rand.New(rand.NewPCG(cfg.seed, 0))
+	rec := newLinRecorder()
+	mark := func(msg string, args ...any) { h.log.Info(msg, append(args, "history_ms", ms(rec.now()))...) }
+	mark("history starts")
+	stats := &linStats{byKind: map[string]int{}, senses: map[string]int{}}
+	var fresh atomic.Int64
+	var freshMu sync.Mutex
+	freshes := map[int64]freshWrite{}
+
+	clients := make([]*linClient, linClients)
+	for i := range clients {
+		arr := h.arrays[i%2]
+		c := &linClient{id: i, in: newInitiator(arr, pairIQN, 0x1000+uint64(i)), rng: rand.New(rand.NewPCG(cfg.seed, uint64(i+1))),
+			rec: rec, stats: stats, fresh: &fresh, freshMu: &freshMu, freshes: freshes}
+		if _, r := c.in.drainUAs(); r.Status != scsi.StatusGood {
+			t.Fatalf("client %d: TEST UNIT READY through %s: %s", i, arr.cfg.Name, describe(r))
+		}
+		clients[i] = c
+	}
+
+	var stop, stopFaults atomic.Bool
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Go(func() { c.run(&stop) })
+	}
+	until := time.Now().Add(cfg.ioPhase)
+	wg.Go(func() { faults(h.proxy, rng, stats, &stopFaults, until, mark) })
+	time.Sleep(cfg.ioPhase)
+	stopFaults.Store(true)
+	stop.Store(true)
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("clients still running 30s after the I/O phase ended (a command hangs?):\n%s", allStacks())
+	}
+	ioTook := time.Since(began) - setupTook
+
+	// Heal, wait for the pod to be in sync, then read everything through
+	// both arrays (recorded: the final values must agree with the model).
+	h.proxy.Set(netproxy.Settings{})
+	mark("I/O phase over; link healed")
+	healed := time.Now()
+	h.waitInSync(60 * time.Second)
+	resyncTook := time.Since(healed)
+	for _, c := range []*linClient{clients[0], clients[1]} {
+		if _, r := c.in.drainUAs(); r.Status != scsi.StatusGood {
+			t.Fatalf("TEST UNIT READY through %s once in sync: %s", c.in.arr.cfg.Name, describe(r))
+		}
+	}
+	for _, c := range []*linClient{clients[0], clients[1], clients[0]} {
+		in := linInput{Kind: linRead, Client: c.id, Array: c.in.arr.cfg.Name, Unit: 0, N: linUnits}
+		call := rec.now()
+		r, _ := c.in.doPastUA(read16(linLBA(0), 8*linUnits), nil, 4096*linUnits)
+		if r.Status != scsi.StatusGood {
+			t.Fatalf("final READ through %s: %s", c.in.arr.cfg.Name, describe(r))
+		}
+		var o linOutput
+		for i := 0; i < linUnits; i++ {
+			o.Values[i] = unitValue(linLBA(i), r.Data[4096*i:4096*(i+1)])
+		}
+		rec.add(c.id, in, o, call, rec.now())
+		in = linInput{Kind: linReadKeys, Client: c.id, Array: c.in.arr.cfg.Name}
+		call = rec.now()
+		r, _ = c.in.doPastUA(prInReadKeys(), nil, 1024)
+		if r.Status != scsi.StatusGood {
+			t.Fatalf("final READ KEYS through %s: %s", c.in.arr.cfg.Name, describe(r))
+		}
+		keys, err := parseKeys(r.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(keys)
+		rec.add(c.id, linInput{Kind: linReadKeys, Client: c.id, Array: c.in.arr.cfg.Name}, linOutput{Keys: keys}, call, rec.now())
+	}
+
+	// Both copies identical, block by block, over the whole volume.
+	compareCopies(t, clients[0].in, clients[1].in)
+
+	// Write-once units: an acknowledged write is there; one of unknown
+	// outcome left its value or nothing.
+	freshLost := 0
+	for k, fw := range freshes {
+		lba := freshBaseLBA + 8*uint64(k)
+		for _, c := range []*linClient{clients[0], clients[1]} {
+			r, _ := c.in.doPastUA(read16(lba, 8), nil, 4096)
+			if r.Status != scsi.StatusGood {
+				t.Fatalf("read write-once unit %d through %s: %s", k, c.in.arr.cfg.Name, describe(r))
+			}
+			got := unitValue(lba, r.Data)
+			switch {
+			case got == fw.value:
+			case !fw.acked && got == 0:
+				freshLost++
+			default:
+				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x (acknowledged: %v)", k, lba, c.in.arr.cfg.Name, got, fw.value, fw.acked)
+			}
+		}
+	}
+
+	history := rec.finish()
+	checkStart := time.Now()
+	model := linModel()
+	res, info := porcupine.CheckOperationsVerbose(model, history, 60*time.Second)
+	checkTook := time.Since(checkStart)
+
+	stats.mu.Lock()
+	var kinds []string
+	for k, n := range stats.byKind {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
+	}
+	sort.Strings(kinds)
+	var senses []string
+	for k, n := range stats.senses {
+		senses = append(senses, fmt.Sprintf("%s=%d", k, n))
+	}
+	sort.Strings(senses)
+	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied)",
+		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2)
+	t.Logf("faults: %d partitions (%s in all), %d link slowdowns; failures seen: %s",
+		stats.partitions, stats.partitioned.Round(time.Millisecond), stats.slowed, strings.Join(senses, " "))
+	t.Logf("time: setup %s, I/O %s, final resync %s, check %s (%s)",
+		setupTook.Round(time.Millisecond), ioTook.Round(time.Millisecond), resyncTook.Round(time.Millisecond), checkTook.Round(time.Millisecond), res)
+	unexpected := slices.Clone(stats.unexpected)
+	stats.mu.Unlock()
+	for _, u := range unexpected {
+		t.Errorf("failure no link fault explains: %s", u)
+	}
+	switch res {
+	case porcupine.Ok:
+	case porcupine.Illegal:
+		t.Errorf("the history is not linearizable; %s\n%s", writeVisualization(t, model, info), linExplain(model, history))
+	default:
+		t.Errorf("the linearizability check did not finish in time (%s); %s", res, writeVisualization(t, model, info))
+	}
+}
+
+// writeVisualization writes porcupine's visualization to a directory that
+// outlives the test and says where.
+func writeVisualization(t *testing.T, model porcupine.Model, info porcupine.LinearizationInfo) string {
+	dir := os.Getenv("METRO_PAIR_ARTIFACTS")
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "metro-pair-"); err != nil {
+			return "no visualization: " + err.Error()
+		}
+	}
+	path := filepath.Join(dir, t.Name()+".html")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "no visualization: " + err.Error()
+	}
+	if err := porcupine.VisualizePath(model, info, path); err != nil {
+		return "no visualization: " + err.Error()
+	}
+	return "visualization: " + path
+}
+
+// compareCopies reads the whole volume through both initiators (each
+// array serves reads from its own copy) and fails at the first block
+// that differs.
+func compareCopies(t *testing.T, a, b *initiator) {
+	t.Helper()
+	const chunk = 2048 // blocks
+	for lba := uint64(0); lba < pairVolSize/512; lba += chunk {
+		ra, _ := a.doPastUA(read16(lba, chunk), nil, chunk*512)
+		rb, _ := b.doPastUA(read16(lba, chunk), nil, chunk*512)
+		if ra.Status != scsi.StatusGood || rb.Status != scsi.StatusGood {
+			t.Fatalf("compare copies at lba %d: %s: %s, %s: %s", lba, a.arr.cfg.Name, describe(ra), b.arr.cfg.Name, describe(rb))
+		}
+		if bytes.Equal(ra.Data, rb.Data) {
+			continue
+		}
+		for i := 0; i < chunk; i++ {
+			da, db := ra.Data[512*i:512*(i+1)], rb.Data[512*i:512*(i+1)]
+			if !bytes.Equal(da, db) {
+				at := lba + uint64(i)
+				unit := at &^ 7
+				t.Fatalf("the copies differ at lba %d: %s has %x…, %s has %x… (4 KiB unit at lba %d: values %#x and %#x)",
+					at, a.arr.cfg.Name, da[:16], b.arr.cfg.Name, db[:16], unit,
+					unitValue(unit, ra.Data[512*(unit-lba):512*(unit-lba+8)]), unitValue(unit, rb.Data[512*(unit-lba):512*(unit-lba+8)]))
+			}
+		}
+	}
+}
