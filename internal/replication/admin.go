@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 
@@ -61,8 +62,20 @@ func (a answer) err() error {
 	return &remoteError{msg: a.Error, kind: kind}
 }
 
+// deref returns the op a pointer op (as catalog.UnmarshalOp makes them)
+// points to.
+func deref(op catalog.Op) catalog.Op {
+	if v := reflect.ValueOf(op); v.Kind() == reflect.Pointer && !v.IsNil() {
+		if o, ok := v.Elem().Interface().(catalog.Op); ok {
+			return o
+		}
+	}
+	return op
+}
+
 // stretchedPods lists the stretched pods an op concerns, by name.
 func stretchedPods(st *catalog.State, op catalog.Op) []string {
+	op = deref(op)
 	var pods []string
 	addPod := func(name string) {
 		if p := st.Pods[name]; p != nil && len(p.Arrays) > 1 && p.Pending == nil && !slices.Contains(pods, name) {
@@ -123,7 +136,7 @@ func (r *Replicator) Apply(ctx context.Context, op catalog.Op) error {
 	if len(pods) == 0 {
 		return r.env.Catalog().Apply(op)
 	}
-	if _, ok := op.(catalog.DestroyPod); ok {
+	if _, ok := deref(op).(catalog.DestroyPod); ok {
 		return fmt.Errorf("pod %s is stretched: %w: remove one array first with 'metro pod remove --array ARRAY %s'", pods[0], catalog.ErrConflict, pods[0])
 	}
 	seq := st.Pods[pods[0]].Sequencer

@@ -159,6 +159,16 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	p.mu.progress = &Progress{Total: total, Started: start}
 	p.mu.Unlock()
 	r.log.Info("baseline copy started", "pod", p.name, "epoch", epoch, "bytes", total)
+	// The reservations sent with the resync request may have changed
+	// before this array began to share changes: send them again.
+	for _, v := range vols {
+		if lu := r.env.LU(v.UUID); lu != nil && v.Destroyed == nil {
+			if err := lu.ShareReservationsNow(ctx); err != nil {
+				r.log.Warn("baseline: share reservations", "pod", p.name, "err", err)
+				return
+			}
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var done atomic.Int64

@@ -148,8 +148,10 @@ func (v *Volume) Ordering() bool {
 	if rt == nil || rt.role != pod.Sequencer {
 		return false
 	}
+	// From Syncing on: the follower starts serving when it accepts the
+	// grant, before this array learns it did.
 	s := rt.mode().state
-	return s == pod.InSync || s == pod.Paused
+	return s == pod.Syncing || s == pod.InSync || s == pod.Paused
 }
 
 // ShareReservations implements scsi.Replica.

@@ -14,6 +14,12 @@ const protocolISCSI = 0x5
 // runPRIn implements PERSISTENT RESERVE IN.
 func runPRIn(x *exec) *Result {
 	alloc := uint32(be16(x.cdb[7:9]))
+	if x.lu.replica.Ordering() {
+		// A change made here and not yet on the peer is not reported
+		// before it is there.
+		x.lu.prMu.Lock()
+		defer x.lu.prMu.Unlock()
+	}
 	st := x.lu.Reservations()
 	var d []byte
 	switch x.cdb[1] & serviceActionMask {

@@ -78,6 +78,18 @@ func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Re
 	}
 }
 
+// ShareReservationsNow sends the unit's current reservation state to the
+// peer (the sequencer does so when the peer starts receiving a copy: any
+// later change is shared as it happens, both under the same lock).
+func (lu *LogicalUnit) ShareReservationsNow(ctx context.Context) error {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
+	lu.mu.Lock()
+	u := lu.updateLocked(nil, nil)
+	lu.mu.Unlock()
+	return lu.replica.ShareReservations(ctx, u)
+}
+
 // InstallReservations makes the reservation state decided at the pod's
 // sequencer this unit's state: it is persisted when APTPL is set, the
 // notices become unit attentions on this array's nexuses, and the tasks of
