@@ -64,6 +64,9 @@ type Array struct {
 	known map[uint64]string
 	view  luView
 
+	// tpg and rtpi are the array's ALUA numbers (derived from its id).
+	tpg, rtpi uint16
+
 	repl     *replication.Replicator
 	linkCert tls.Certificate
 	linkLn   net.Listener
@@ -96,6 +99,7 @@ func Open(opts Options) (*Array, error) {
 		st.Close()
 		return nil, err
 	}
+	a.tpg, a.rtpi = a.id.TargetPortGroup(), a.id.RelativePortID()
 	if a.cat, err = catalog.Open(metaPersister{st: st, key: "cfg/catalog"}); err != nil {
 		st.Close()
 		return nil, err

@@ -27,7 +27,12 @@ type luTable struct {
 	pods map[*scsi.LogicalUnit]*catalog.Pod
 	// prefer holds each initiator's preferred arrays (its host's).
 	prefer map[string][]string
+	// ids holds the ALUA numbers of the pods' arrays, by array id
+	// (deriving them hashes).
+	ids map[string]aluaIDs
 }
+
+type aluaIDs struct{ tpg, rtpi uint16 }
 
 var _ scsi.Resolver = (*luView)(nil)
 
@@ -70,14 +75,12 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 		prefer = t.prefer[strings.ToLower(initiator)]
 	}
 	if p == nil || len(p.Arrays) < 2 {
-		id := a.id
-		return []scsi.PortGroup{{ID: id.TargetPortGroup(), State: scsi.ActiveOptimized, RelativePortIDs: []uint16{id.RelativePortID()}}}
+		return []scsi.PortGroup{{ID: a.tpg, State: scsi.ActiveOptimized, RelativePortIDs: []uint16{a.rtpi}}}
 	}
 	serving, stretched := a.repl.Serving(p.Name)
 	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
 	for _, pa := range p.Arrays {
-		id := Identity{ID: pa.ID}
-		g := scsi.PortGroup{ID: id.TargetPortGroup(), RelativePortIDs: []uint16{id.RelativePortID()}}
+		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}}
 		up := serving
 		if pa.Name != a.cfg.Name {
 			up = stretched && a.repl.PeerServing(p.Name)
@@ -136,9 +139,15 @@ func (a *Array) configChanged(st *catalog.State) {
 	}
 	t := &luTable{byInitiator: map[string]map[uint64]*scsi.LogicalUnit{},
 		pods: map[*scsi.LogicalUnit]*catalog.Pod{}, prefer: map[string][]string{}}
+	t.ids = map[string]aluaIDs{}
 	for _, vol := range st.Volumes {
 		if lu := a.lus[vol.DataID]; lu != nil && vol.Destroyed == nil {
-			t.pods[lu] = st.Pods[vol.Pod]
+			p := st.Pods[vol.Pod]
+			t.pods[lu] = p
+			for _, pa := range p.Arrays {
+				id := Identity{ID: pa.ID}
+				t.ids[pa.ID] = aluaIDs{tpg: id.TargetPortGroup(), rtpi: id.RelativePortID()}
+			}
 		}
 	}
 	old := a.view.table.Load()

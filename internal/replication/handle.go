@@ -68,12 +68,28 @@ func (r *Replicator) podAt(name string, epoch uint64, role pod.Role) (*podRT, er
 
 // localVolume returns the store volume of the pod's volume with the UUID.
 func (r *Replicator) localVolume(podName, uuid string) (*store.Volume, error) {
-	for _, v := range r.env.Catalog().View().PodVolumes(podName) {
-		if v.UUID == uuid {
-			return r.env.Store().Volume(v.DataID), nil
+	if m := r.vols.Load(); m != nil {
+		if v, ok := (*m)[uuid]; ok && v.pod == podName {
+			return v.local, nil
 		}
 	}
 	return nil, fmt.Errorf("pod %s has no volume %s here", podName, uuid)
+}
+
+// volRef is a volume's pod and local blocks, by UUID.
+type volRef struct {
+	pod   string
+	local *store.Volume
+}
+
+// indexVolumes rebuilds the UUID index of the volumes (after every
+// configuration change), so the write path does one map lookup.
+func (r *Replicator) indexVolumes(st *catalog.State) {
+	m := make(map[string]volRef, len(st.Volumes))
+	for _, v := range st.Volumes {
+		m[v.UUID] = volRef{pod: v.Pod, local: r.env.Store().Volume(v.DataID)}
+	}
+	r.vols.Store(&m)
 }
 
 func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {

@@ -88,6 +88,10 @@ type Replicator struct {
 		// served, so its sequencer needs no fence.
 		fresh string
 	}
+	// podsView is a copy of mu.pods for lock-free lookups.
+	podsView atomic.Pointer[map[string]*podRT]
+	// vols indexes the volumes by UUID.
+	vols atomic.Pointer[map[string]volRef]
 	// kick wakes the session loop (peer changed).
 	kick chan struct{}
 	wg   sync.WaitGroup
@@ -170,7 +174,10 @@ func (r *Replicator) linkConfig(p *Peer) link.Config {
 // the other accepts on ln) and the pods' goroutines until ctx ends.
 func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 	r.ctx = ctx
-	r.env.Catalog().Watch(func(*catalog.State) { r.syncPods() })
+	r.env.Catalog().Watch(func(st *catalog.State) {
+		r.indexVolumes(st)
+		r.syncPods()
+	})
 	r.syncPods()
 	var lis *link.Listener
 	var lisPeer *Peer
@@ -183,6 +190,7 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		r.mu.Lock()
 		pods := r.mu.pods
 		r.mu.pods = map[string]*podRT{}
+		r.publishPods()
 		s := r.mu.sess
 		r.mu.Unlock()
 		if s != nil {
@@ -309,11 +317,23 @@ func (r *Replicator) podList() []*podRT {
 	return out
 }
 
-// pod returns the runtime of a stretched pod, or nil.
+// pod returns the runtime of a stretched pod, or nil. It takes no lock:
+// every I/O asks.
 func (r *Replicator) pod(name string) *podRT {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.mu.pods[name]
+	if m := r.podsView.Load(); m != nil {
+		return (*m)[name]
+	}
+	return nil
+}
+
+// publishPods makes the current runtimes visible to pod. r.mu must be
+// held.
+func (r *Replicator) publishPods() {
+	m := make(map[string]*podRT, len(r.mu.pods))
+	for k, v := range r.mu.pods {
+		m[k] = v
+	}
+	r.podsView.Store(&m)
 }
 
 // syncPods starts a runtime for every stretched pod this array holds and
@@ -345,6 +365,7 @@ func (r *Replicator) syncPods() {
 		r.mu.pods[name] = p
 		started = append(started, p)
 	}
+	r.publishPods()
 	r.mu.Unlock()
 	// syncPods runs inside catalog changes: stopping must not wait here
 	// for a pod goroutine that may itself be applying one.

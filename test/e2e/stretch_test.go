@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"maps"
 	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -341,4 +346,172 @@ func TestBaselineWhileWriting(t *testing.T) {
 		t.Errorf("baseline sent %.3f x the written data, want <= 1.1", ratio)
 	}
 	compareCopies(t, l, qemuInitiator)
+}
+
+// cliOn runs the metro CLI against array i of the lab.
+func cliOn(t *testing.T, l *lab.Lab, i int, args ...string) string {
+	t.Helper()
+	a := l.Info.Arrays[i]
+	cmd := exec.Command(metroBin, args...)
+	cmd.Env = append(os.Environ(), "METRO_API="+a.API, "METRO_TOKEN="+a.Token, "METRO_CA="+a.CA)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("metro %s on %s: %v\n%s", strings.Join(args, " "), a.Name, err, out)
+	}
+	return string(out)
+}
+
+// podView is what `metro pod list --json` shows of a pod.
+type podView struct {
+	Name      string
+	Sequencer string
+	Epoch     uint64
+	Arrays    []struct{ Name, Status string }
+}
+
+func podsOn(t *testing.T, l *lab.Lab, i int, args ...string) map[string]podView {
+	t.Helper()
+	var pods []podView
+	if err := json.Unmarshal([]byte(cliOn(t, l, i, append([]string{"pod", "list", "--json"}, args...)...)), &pods); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]podView{}
+	for _, p := range pods {
+		out[p.Name] = p
+	}
+	return out
+}
+
+// statusOf returns the status array shows for array name in pod p.
+func statusOf(p podView, name string) string {
+	for _, a := range p.Arrays {
+		if a.Name == name {
+			return a.Status
+		}
+	}
+	return ""
+}
+
+// proxyCall posts to the lab's link proxy control API.
+func proxyCall(t *testing.T, l *lab.Lab, path string) {
+	t.Helper()
+	resp, err := http.Post(l.Info.LinkProxy+path, "application/json", nil)
+	if err != nil {
+		t.Fatalf("link proxy %s: %v", path, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("link proxy %s: %s", path, resp.Status)
+	}
+}
+
+// TestLinkPartitionAndUnstretch cuts the link of a stretched pair: the pod
+// stays online on its sequencer (writes there complete after the pause),
+// the follower answers NOT READY, and when the link heals the follower
+// catches up by itself. Then the pod is unstretched from the follower's
+// side, stretched again, handed over by removing its sequencer, and the
+// removed copy is eradicated.
+func TestLinkPartitionAndUnstretch(t *testing.T) {
+	l := startLab(t, lab.Options{Initiators: []string{crashInitiator}, Size: 64 << 20, LinkTimeout: 2 * time.Second})
+	a := dialArray(t, l, 0, crashInitiator)
+	defer a.Close()
+	b := dialArray(t, l, 1, crashInitiator)
+	defer b.Close()
+	block := func(v byte) []byte { return bytes.Repeat([]byte{v}, 4096) }
+	if err := b.Write(0, 0, block(1)); err != nil {
+		t.Fatalf("write through array-b before the cut: %v", err)
+	}
+
+	proxyCall(t, l, "/link/partition")
+	start := time.Now()
+	if err := a.Write(0, 8, block(2)); err != nil {
+		t.Fatalf("write through the sequencer during the cut: %v", err)
+	}
+	t.Logf("first write through the sequencer after the cut took %v", time.Since(start).Round(time.Millisecond))
+	var key, asc byte
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := b.Write(0, 16, block(3))
+		var se *initiator.SCSIError
+		if errors.As(err, &se) {
+			if key, asc, _ = se.SenseKey(); key == 0x2 && asc == 0x04 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower still accepts writes during the cut (last: %v)", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := statusOf(podsOn(t, l, 1)["pod1"], "array-b"); got != "offline" {
+		t.Errorf("array-b sees itself %q during the cut, want offline", got)
+	}
+	if got := statusOf(podsOn(t, l, 0)["pod1"], "array-a"); got != "online" {
+		t.Errorf("array-a sees itself %q during the cut, want online", got)
+	}
+	for i := 0; i < 20; i++ {
+		if err := a.Write(0, uint64(24+8*i), block(byte(10+i))); err != nil {
+			t.Fatalf("write through the sequencer alone: %v", err)
+		}
+	}
+	proxyCall(t, l, "/link/heal")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := l.WaitInSync(ctx, 2*time.Minute); err != nil {
+		t.Fatalf("after the heal: %v", err)
+	}
+	compareCopies(t, l, crashInitiator)
+
+	// Unstretch from the follower's side; its copy is kept pending.
+	cliOn(t, l, 1, "pod", "remove", "--array", "array-b", "pod1")
+	if p := podsOn(t, l, 0)["pod1"]; len(p.Arrays) != 1 || p.Arrays[0].Name != "array-a" {
+		t.Fatalf("after removing array-b, array-a lists %+v", p)
+	}
+	if _, ok := podsOn(t, l, 1, "--pending")["pod1"]; !ok {
+		t.Fatalf("array-b does not list its copy of pod1 as pending eradication")
+	}
+	if err := writeRetry(a, 400, block(0x77)); err != nil {
+		t.Fatalf("write to the unstretched pod: %v", err)
+	}
+	// Stretch again: the copies end identical.
+	cliOn(t, l, 0, "pod", "add", "--array", "array-b", "--wait", "pod1")
+	compareCopies(t, l, crashInitiator)
+
+	// Remove the sequencer: the pod moves to array-b.
+	cliOn(t, l, 0, "pod", "remove", "--array", "array-a", "pod1")
+	p := podsOn(t, l, 1)["pod1"]
+	if len(p.Arrays) != 1 || p.Arrays[0].Name != "array-b" || p.Sequencer != "array-b" {
+		t.Fatalf("after removing array-a, array-b lists %+v", p)
+	}
+	if werr := writeRetry(b, 408, block(0x78)); werr != nil {
+		t.Fatalf("write through array-b after the handover: %v", werr)
+	}
+	_ = b.TestUnitReady(0)
+	d, err := b.Read(0, 400, 16)
+	if err != nil || !bytes.Equal(d[:4096], block(0x77)) || !bytes.Equal(d[4096:], block(0x78)) {
+		t.Fatalf("read through array-b after the handover: %v", err)
+	}
+	if _, ok := podsOn(t, l, 0, "--pending")["pod1"]; !ok {
+		t.Fatalf("array-a does not list its copy of pod1 as pending eradication")
+	}
+	cliOn(t, l, 0, "pod", "eradicate", "pod1")
+	if _, ok := podsOn(t, l, 0, "--pending")["pod1"]; ok {
+		t.Fatalf("array-a still lists pod1 after eradicating it")
+	}
+}
+
+// writeRetry writes as a host does around configuration changes: a unit
+// attention or a transitioning path is retried (for up to 10 s).
+func writeRetry(c *initiator.Conn, lba uint64, data []byte) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := c.Write(0, lba, data)
+		var se *initiator.SCSIError
+		if err == nil || !errors.As(err, &se) || time.Now().After(deadline) {
+			return err
+		}
+		if key, asc, _ := se.SenseKey(); key != 0x6 && !(key == 0x2 && asc == 0x04) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
