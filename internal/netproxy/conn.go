@@ -140,12 +140,6 @@ func (d *direction) waitRoom(limit int, done <-chan struct{}) bool {
 	}
 }
 
-func (d *direction) queued() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.mu.bytes
-}
-
 // read moves bytes from the socket to the queue, stamped with their arrival
 // time, until the stream ends. While the link is cut the bytes are lost.
 func (c *conn) read(d *direction) {
