@@ -56,6 +56,9 @@ type Options struct {
 	// Unstretched pairs two arrays but leaves the pod on the first only
 	// (tests stretch it themselves).
 	Unstretched bool
+	// BaselineRate limits the arrays' baseline copies (bytes per second,
+	// 0: unlimited).
+	BaselineRate int64
 	Logger      *slog.Logger
 }
 
@@ -242,6 +245,9 @@ replication:
 `, name, ai.DataDir, apiPort, ai.Token, ai.Portal, ai.Target, ai.LinkListen, ai.LinkAdvertise)
 	if l.opts.LinkTimeout > 0 {
 		cfg += "  timeout: " + l.opts.LinkTimeout.String() + "\n"
+	}
+	if l.opts.BaselineRate > 0 {
+		cfg += "  baseline_rate: " + strconv.FormatInt(l.opts.BaselineRate, 10) + "\n"
 	}
 	if l.opts.Capacity > 0 {
 		cfg += "capacity: " + strconv.FormatUint(l.opts.Capacity, 10) + "\n"

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,22 +29,60 @@ type piece struct {
 	n     int64
 }
 
-// listPieces sends every written run of the volumes, in pieces of at most
-// baselineChunk, to pieces; it paces them to the configured rate.
-func (p *podRT) listPieces(ctx context.Context, vols []*catalog.Volume, start time.Time, done *atomic.Int64, pieces chan<- piece) {
+// position is a place in a copy: volume (UUID) and offset, or the end.
+type position struct {
+	volume string
+	off    int64
+	end    bool
+}
+
+// checkpointEvery is how many bytes are copied between checkpoints.
+const checkpointEvery = 64 << 20
+
+// listPieces sends every written run of the volumes from position from
+// on, in pieces of at most baselineChunk, to pieces (counting each in
+// inflight); it paces them to the configured rate, and every
+// checkpointEvery bytes it waits for the pieces in flight and records a
+// checkpoint at the follower.
+func (p *podRT) listPieces(ctx context.Context, epoch uint64, vols []*catalog.Volume, from position, start time.Time,
+	done *atomic.Int64, inflight *sync.WaitGroup, failed *atomic.Bool, pieces chan<- piece) {
 	r := p.r
+	if from.volume != "" && !slices.ContainsFunc(vols, func(v *catalog.Volume) bool { return v.UUID == from.volume }) {
+		from = position{} // the volume is gone: from the start
+	}
+	started := from.volume == ""
+	var sinceCheckpoint int64
 	for _, v := range vols {
+		if !started && v.UUID != from.volume {
+			continue
+		}
+		first := int64(0)
+		if !started {
+			first, started = from.off, true
+		}
 		if v.Destroyed != nil {
 			continue
 		}
 		lu := r.env.LU(v.UUID)
-		if lu == nil {
+		m := r.vols.Load()
+		if lu == nil || m == nil {
 			continue
 		}
-		local := r.env.Store().Volume(v.DataID)
-		for off := int64(0); off < int64(lu.Size()); {
+		ref := (*m)[v.UUID]
+		local := ref.local
+		for off := first; off < int64(lu.Size()); {
 			if ctx.Err() != nil {
 				return
+			}
+			if sinceCheckpoint >= checkpointEvery {
+				inflight.Wait()
+				if failed.Load() {
+					return
+				}
+				if err := p.checkpoint(ctx, epoch, v.UUID, off); err != nil {
+					return
+				}
+				sinceCheckpoint = 0
 			}
 			mapped, run, err := local.Mapped(ctx, off, int64(lu.Size())-off)
 			if err != nil {
@@ -69,14 +108,22 @@ func (p *podRT) listPieces(ctx context.Context, vols []*catalog.Volume, start ti
 					}
 				}
 			}
+			inflight.Add(1)
 			select {
-			case pieces <- piece{lu: lu, local: local, uuid: v.UUID, off: off, n: n}:
+			case pieces <- pieceOf(lu, ref, v.UUID, off, n):
 			case <-ctx.Done():
+				inflight.Done()
 				return
 			}
 			off += n
+			sinceCheckpoint += n
 		}
 	}
+}
+
+// pieceOf names a piece of a volume.
+func pieceOf(lu *scsi.LogicalUnit, ref volRef, uuid string, off, n int64) piece {
+	return piece{lu: lu, local: ref.local, uuid: uuid, off: off, n: n}
 }
 
 // copyPiece reads one piece and sends it under the unit's range lock, so
@@ -148,17 +195,34 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	r := p.r
 	st := r.env.Catalog().View()
 	vols := st.PodVolumes(p.name)
+	p.mu.Lock()
+	ans := p.mu.resume
+	var dirty regions
+	from := position{}
+	if ans != nil && ans.Resume {
+		dirty = regions{}
+		dirty.merge(p.mu.track.dirty)
+		from = position{volume: ans.Cursor.Volume, off: ans.Cursor.Off, end: ans.Cursor.Complete}
+	}
+	p.mu.Unlock()
 	var total int64
+	after := from.volume == ""
 	for _, v := range vols {
-		if v.Destroyed == nil {
+		after = after || v.UUID == from.volume
+		if v.Destroyed == nil && after && !from.end {
 			total += int64(r.env.Store().Volume(v.DataID).Used())
 		}
 	}
+	total += int64(dirty.count()) * regionSize
 	start := r.now()
 	p.mu.Lock()
 	p.mu.progress = &Progress{Total: total, Started: start}
 	p.mu.Unlock()
-	r.log.Info("baseline copy started", "pod", p.name, "epoch", epoch, "bytes", total)
+	if dirty != nil {
+		r.log.Info("copy resumed", "pod", p.name, "epoch", epoch, "changed_regions", dirty.count(), "volume", from.volume, "offset", from.off, "complete", from.end)
+	} else {
+		r.log.Info("baseline copy started", "pod", p.name, "epoch", epoch, "bytes", total)
+	}
 	// The reservations sent with the resync request may have changed
 	// before this array began to share changes: send them again.
 	for _, v := range vols {
@@ -169,44 +233,55 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 			}
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var done atomic.Int64
-	var failed atomic.Bool
-	pieces := make(chan piece)
-	var wg sync.WaitGroup
-	for range baselineWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, baselineChunk)
-			for pc := range pieces {
-				if ctx.Err() != nil {
-					continue
-				}
-				if err := p.copyPiece(ctx, epoch, pc, buf[:pc.n]); err != nil {
-					failed.Store(true)
-					cancel()
-					continue
-				}
-				r.traffic.baseline.Add(pc.n)
-				d := done.Add(pc.n)
-				p.mu.Lock()
-				if pr := p.mu.progress; pr != nil {
-					pr.Done = d
-					if el := r.now().Sub(start).Seconds(); el > 0 {
-						pr.Rate = int64(float64(d) / el)
-					}
-				}
-				p.mu.Unlock()
+	progress := func(n int64) {
+		d := done.Add(n)
+		p.mu.Lock()
+		if pr := p.mu.progress; pr != nil {
+			pr.Done = d
+			if el := r.now().Sub(start).Seconds(); el > 0 {
+				pr.Rate = int64(float64(d) / el)
 			}
-		}()
+		}
+		p.mu.Unlock()
 	}
-	p.listPieces(ctx, vols, start, &done, pieces)
-	close(pieces)
-	wg.Wait()
-	if failed.Load() || ctx.Err() != nil {
-		return
+	if dirty != nil {
+		if err := p.copyDirty(ctx, epoch, dirty, make([]byte, regionSize)); err != nil {
+			return
+		}
+		progress(int64(dirty.count()) * regionSize)
+	}
+	if !from.end {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var failed atomic.Bool
+		pieces := make(chan piece)
+		var wg, inflight sync.WaitGroup
+		for range baselineWorkers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, baselineChunk)
+				for pc := range pieces {
+					if ctx.Err() == nil {
+						if err := p.copyPiece(ctx, epoch, pc, buf[:pc.n]); err != nil {
+							failed.Store(true)
+							cancel()
+						} else {
+							r.traffic.baseline.Add(pc.n)
+							progress(pc.n)
+						}
+					}
+					inflight.Done()
+				}
+			}()
+		}
+		p.listPieces(ctx, epoch, vols, from, start, &done, &inflight, &failed, pieces)
+		close(pieces)
+		wg.Wait()
+		if failed.Load() || ctx.Err() != nil {
+			return
+		}
 	}
 	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done.Load(), "took", r.now().Sub(start).Round(time.Millisecond))
 	p.event(func(m *pod.Machine) []pod.Action { return m.BaselineDone(epoch) })

@@ -25,7 +25,9 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 	case msgReset:
 		err = r.handleReset(ctx, req)
 	case msgResync:
-		err = r.handleResync(ctx, req)
+		out, err = r.handleResync(ctx, req)
+	case msgCheckpoint:
+		err = r.handleCheckpoint(req)
 	case msgGrant:
 		err = r.handleGrant(req)
 	case msgConfig:
@@ -189,14 +191,14 @@ func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {
 
 // handleResync installs the pod's configuration, clears this array's
 // copy and starts receiving (follower).
-func (r *Replicator) handleResync(ctx context.Context, req link.Message) error {
+func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte, error) {
 	var m resyncMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
-		return err
+		return nil, err
 	}
 	name := m.Config.Pod.Name
 	if m.Config.Pod.Sequencer == r.cfg.Name {
-		return fmt.Errorf("pod %s: resync requested of its sequencer", name)
+		return nil, fmt.Errorf("pod %s: resync requested of its sequencer", name)
 	}
 	cat := r.env.Catalog()
 	before := cat.View()
@@ -208,12 +210,12 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) error {
 		cfg.Pod.Epoch = cur.Epoch
 	}
 	if err := cat.Apply(catalog.InstallPod{Config: cfg}); err != nil {
-		return fmt.Errorf("pod %s cannot be stretched to array %s: %w", name, r.cfg.Name, err)
+		return nil, fmt.Errorf("pod %s cannot be stretched to array %s: %w", name, r.cfg.Name, err)
 	}
 	after := cat.View()
 	p := r.pod(name)
 	if p == nil {
-		return fmt.Errorf("pod %s: not stretched here after install", name)
+		return nil, fmt.Errorf("pod %s: not stretched here after install", name)
 	}
 	var acts []pod.Action
 	var rerr error
@@ -221,32 +223,52 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) error {
 	acts, rerr = p.mu.m.ResyncRequested(req.Epoch)
 	p.mu.Unlock()
 	if rerr != nil {
-		return fmt.Errorf("pod %s: %w", name, rerr)
+		return nil, fmt.Errorf("pod %s: %w", name, rerr)
 	}
-	// The copy is discarded before the first block of the new one may
-	// arrive (the sequencer sends none before this answer).
+	// Resume when this array's copy is the one the sequencer tracked
+	// changes against; otherwise discard it before the first block of
+	// the new one may arrive (the sequencer sends none before this
+	// answer).
+	ans := resumeAnswer{}
+	if c, ok := r.loadCursor(p.id); ok && m.ResumeFrom != 0 && c.Epoch == m.ResumeFrom {
+		ans = resumeAnswer{Resume: true, Cursor: c}
+	}
 	for _, v := range after.PodVolumes(name) {
-		if err := r.env.Store().DeleteVolume(v.DataID); err != nil {
-			return fmt.Errorf("pod %s: clear %s: %w", name, v.Name, err)
+		if !ans.Resume {
+			if err := r.env.Store().DeleteVolume(v.DataID); err != nil {
+				return nil, fmt.Errorf("pod %s: clear %s: %w", name, v.Name, err)
+			}
 		}
 		if lu := r.env.LU(v.UUID); lu != nil {
 			if u, ok := m.Reservations[v.UUID]; ok {
 				if err := lu.InstallReservations(ctx, u); err != nil {
-					return err
+					return nil, err
 				}
 			}
 		}
 	}
+	next := cursor{Epoch: req.Epoch}
+	if ans.Resume {
+		next = ans.Cursor
+		next.Epoch = req.Epoch
+	}
+	if err := r.saveCursor(p.id, next); err != nil {
+		return nil, err
+	}
 	cp := cat.View().Pods[name]
 	if err := cat.Apply(catalog.SetPodMembership{Name: name, Arrays: cp.Arrays, Sequencer: cp.Sequencer, Epoch: req.Epoch}); err != nil {
-		return err
+		return nil, err
 	}
 	p.mu.Lock()
 	p.mu.progress = &Progress{}
 	p.mu.Unlock()
 	p.queue(acts)
-	r.log.Info("receiving a fresh copy", "pod", name, "epoch", req.Epoch)
-	return nil
+	if ans.Resume {
+		r.log.Info("resuming the copy", "pod", name, "epoch", req.Epoch, "from_epoch", m.ResumeFrom, "volume", ans.Cursor.Volume, "offset", ans.Cursor.Off, "complete", ans.Cursor.Complete)
+	} else {
+		r.log.Info("receiving a fresh copy", "pod", name, "epoch", req.Epoch)
+	}
+	return mustJSON(ans), nil
 }
 
 func (r *Replicator) handleGrant(req link.Message) error {
@@ -259,8 +281,8 @@ func (r *Replicator) handleGrant(req link.Message) error {
 		return fmt.Errorf("pod %s is not stretched to this array", m.Pod)
 	}
 	// Everything received while the copy was made is made durable
-	// before this array may serve it.
-	if err := r.env.Store().Sync(); err != nil {
+	// before this array may serve it, and the copy is recorded complete.
+	if err := r.saveCursor(p.id, cursor{Epoch: req.Epoch, Complete: true}); err != nil {
 		return fmt.Errorf("pod %s: %w", m.Pod, err)
 	}
 	p.mu.Lock()

@@ -47,6 +47,9 @@ const (
 	msgUnstretch
 	// msgStretch (either way): stretch a pod of the receiver to the sender.
 	msgStretch
+	// msgCheckpoint (sequencer → follower): make the copy durable up to a
+	// position and record it (a resumable cursor).
+	msgCheckpoint
 )
 
 // errShort is returned for a truncated binary message.
@@ -271,6 +274,9 @@ type resetMsg struct {
 
 type resyncMsg struct {
 	Config catalog.PodConfig `json:"config"`
+	// ResumeFrom is the epoch of the follower's earlier copy the
+	// sequencer can resume (0: start from nothing).
+	ResumeFrom uint64 `json:"resume_from,omitempty"`
 	// Reservations are the units' reservation states, by volume UUID.
 	Reservations map[string]scsi.ReservationUpdate `json:"reservations"`
 }

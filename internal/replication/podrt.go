@@ -40,9 +40,14 @@ type podRT struct {
 		changed chan struct{}
 		// progress of the copy under way (sequencer).
 		progress *Progress
-		// peerState is the follower's state as the sequencer last knew
-		// it, or the sequencer's as the follower knew it.
-		lastErr string
+		lastErr  string
+		// track is what the follower may lack (sequencer).
+		track tracking
+		// copyEpoch is the epoch of the follower's latest copy
+		// (sequencer), and resume the follower's answer for the copy
+		// being started.
+		copyEpoch uint64
+		resume    *resumeAnswer
 	}
 	// baseline copy cancel.
 	copyCancel context.CancelFunc
@@ -61,6 +66,7 @@ func newPodRT(r *Replicator, cp *catalog.Pod, fenced bool) *podRT {
 		p.mu.m = pod.New(p.role, cp.Epoch, r.now(), r.cfg.Timeout)
 	}
 	p.mu.changed = make(chan struct{})
+	p.mu.track = tracking{dirty: regions{}, recent: regions{}}
 	return p
 }
 
@@ -151,6 +157,9 @@ func (p *podRT) linkDown(s *link.Session) {
 			return nil
 		}
 		p.mu.sess = nil
+		if p.role == pod.Sequencer {
+			p.copyInterruptedLocked(m.State())
+		}
 		return m.LinkDown(p.r.now(), s.LastHeard())
 	})
 }
@@ -248,7 +257,14 @@ func (p *podRT) do(a pod.Action) {
 			return
 		}
 		p.r.log.Info("pod in sync", "pod", p.name, "epoch", a.Epoch)
-		p.event(func(m *pod.Machine) []pod.Action { return m.PeerInSync(a.Epoch) })
+		p.event(func(m *pod.Machine) []pod.Action {
+			acts := m.PeerInSync(a.Epoch)
+			if m.State() == pod.InSync {
+				// The follower has everything, durably.
+				p.mu.track = tracking{dirty: regions{}, recent: regions{}}
+			}
+			return acts
+		})
 	case pod.ReleaseWrites:
 		p.release()
 	case pod.AccessChanged:
@@ -301,6 +317,9 @@ func (p *podRT) startResync(epoch uint64) {
 	st := p.r.env.Catalog().View()
 	pc := st.PodConfig(p.name)
 	msg := resyncMsg{Reservations: map[string]scsi.ReservationUpdate{}}
+	p.mu.Lock()
+	msg.ResumeFrom = p.mu.track.from
+	p.mu.Unlock()
 	if pc != nil {
 		msg.Config = *pc
 		for _, v := range pc.Volumes {
@@ -310,8 +329,19 @@ func (p *podRT) startResync(epoch uint64) {
 			}
 		}
 	}
-	err := callJSON(context.Background(), s, msgResync, epoch, msg, nil)
+	var ans resumeAnswer
+	err := callJSON(context.Background(), s, msgResync, epoch, msg, &ans)
 	p.cfgMu.Unlock()
+	if err == nil {
+		p.mu.Lock()
+		p.mu.resume = &ans
+		p.mu.copyEpoch = epoch
+		if !ans.Resume {
+			// The follower starts from nothing: what it lacked is moot.
+			p.mu.track = tracking{dirty: regions{}, recent: regions{}}
+		}
+		p.mu.Unlock()
+	}
 	if err != nil || pc == nil {
 		p.r.log.Warn("resync refused by the peer", "pod", p.name, "err", err)
 		p.setErr(fmt.Sprint(err))
@@ -349,7 +379,7 @@ var errNotServing = errors.New("pod not served on this array")
 // every array that serves the pod. Neither part is cancelled by ctx once
 // started (an aborted command may have changed either copy; both must
 // match): ctx only stops waiting for a paused pod.
-func (p *podRT) mirror(ctx context.Context, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
+func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
 	bg := context.WithoutCancel(ctx)
@@ -373,6 +403,9 @@ func (p *podRT) mirror(ctx context.Context, local func(context.Context) error, r
 			rerr := remote(md.sess, md.epoch)
 			wg.Wait()
 			localDone = true
+			// A change the follower may lack, or has and this array
+			// has not, must be copied again on a resume.
+			p.noteWrite(rg, rerr == nil && lerr == nil, md.state)
 			if lerr != nil {
 				if rerr == nil {
 					// The follower has what this array could not
@@ -387,6 +420,7 @@ func (p *podRT) mirror(ctx context.Context, local func(context.Context) error, r
 			}
 			p.peerFailed(md.sess, rerr)
 		case md.state == pod.Alone:
+			p.noteWrite(rg, false, md.state)
 			if !localDone {
 				return local(bg)
 			}

@@ -515,3 +515,63 @@ func writeRetry(c *initiator.Conn, lba uint64, data []byte) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestBaselineResumes kills the receiving array (kill -9) in the middle of
+// a baseline copy and restarts it: the copy resumes where it stopped
+// rather than starting over, and the copies end identical.
+func TestBaselineResumes(t *testing.T) {
+	needTool(t, "qemu-io")
+	l := startLab(t, lab.Options{Initiators: []string{qemuInitiator}, Size: 1 << 30, Unstretched: true,
+		BaselineRate: 48 << 20, LinkTimeout: 2 * time.Second})
+	if out, err := runTool(t, 3*time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0), "-c", "write -P 0x3c 0 256M"); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	cliOn(t, l, 0, "pod", "add", "--array", "array-b", "pod1")
+	api, err := l.Client(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for {
+		p, err := api.Pod(ctx, "pod1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Replication; r != nil && r.Copying && r.Percent >= 45 {
+			t.Logf("killing array-b at %.0f%% of the baseline", r.Percent)
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the baseline did not reach 45%")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := l.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	// Written while the receiving array is down: copied on the resume.
+	if out, err := runTool(t, time.Minute, "qemu-io", "--image-opts", qemuOpts(l, 0), "-c", "write -P 0x4d 1M 64K"); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	if err := l.Start(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitInSync(ctx, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	info, err := api.Array(ctx)
+	if err != nil || info.Link == nil {
+		t.Fatalf("array info: %v", err)
+	}
+	ratio := float64(info.Link.Baseline) / float64(256<<20)
+	t.Logf("baseline traffic with the interruption: %d bytes = %.3f x the 256 MiB written", info.Link.Baseline, ratio)
+	logB, _ := os.ReadFile(l.Info.Arrays[1].Log)
+	if !strings.Contains(string(logB), "resuming the copy") {
+		t.Errorf("array-b did not resume the copy (its log does not say so)")
+	}
+	if ratio > 1.5 {
+		t.Errorf("the copy sent %.2f x the data: it started over instead of resuming", ratio)
+	}
+	compareCopies(t, l, qemuInitiator)
+}

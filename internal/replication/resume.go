@@ -1,0 +1,268 @@
+package replication
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+
+	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/pod"
+)
+
+// A copy (baseline or resync) resumes where it stopped when the
+// follower's copy is still good up to a point and the sequencer knows
+// every region written since that the follower may lack:
+//
+//   - The follower keeps a cursor, durably: the copy's epoch and the
+//     position (volume, offset) before which every block of the copy is
+//     durable there, or that the copy completed. It is written at each
+//     checkpoint (after syncing the store) and at the grant.
+//   - The sequencer keeps, in memory, the regions the follower may lack:
+//     those written while it was not mirroring (alone or paused), those
+//     whose mirroring failed, and those mirrored during the copy since the
+//     follower's last checkpoint (the follower writes them without syncing
+//     until then). A sequencer that restarts has lost them: its next copy
+//     is complete.
+//
+// Resuming then copies the tracked regions (their data, or unmaps where
+// the sequencer has none) and continues from the cursor. This is the seam
+// the recovery issue's durable change tracking replaces.
+
+// regionSize is the granularity of change tracking.
+const regionSize = 1 << 20
+
+// region is a byte range of a volume.
+type region struct {
+	uuid    string
+	off, n  int64
+	tracked bool
+}
+
+// regions is a set of tracked regions by volume UUID.
+type regions map[string]map[int64]struct{}
+
+func (rs regions) add(r region) {
+	if !r.tracked || r.n <= 0 {
+		return
+	}
+	m := rs[r.uuid]
+	if m == nil {
+		m = map[int64]struct{}{}
+		rs[r.uuid] = m
+	}
+	for o := r.off / regionSize * regionSize; o < r.off+r.n; o += regionSize {
+		m[o] = struct{}{}
+	}
+}
+
+func (rs regions) merge(o regions) {
+	for u, m := range o {
+		for off := range m {
+			rs.add(region{uuid: u, off: off, n: 1, tracked: true})
+		}
+	}
+}
+
+func (rs regions) count() (n int) {
+	for _, m := range rs {
+		n += len(m)
+	}
+	return n
+}
+
+// tracking is the sequencer's record of what the follower may lack.
+type tracking struct {
+	// from is the epoch of the follower's copy the regions are relative
+	// to (0: nothing to resume from).
+	from  uint64
+	dirty regions
+	// recent are regions mirrored during a copy since the follower's
+	// last checkpoint; seq numbers the checkpoints.
+	recent regions
+}
+
+// noteWrite records a change the follower does not have (mirrored is
+// false) or has without having synced it.
+func (p *podRT) noteWrite(r region, mirrored bool, state pod.State) {
+	if !r.tracked {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := &p.mu.track
+	switch {
+	case !mirrored:
+		t.dirty.add(r)
+	case state == pod.Syncing:
+		t.recent.add(r)
+	}
+}
+
+// copyInterrupted is called when the link is lost while the follower had
+// (part of) a copy: what it may lack becomes dirty. p.mu must be held.
+func (p *podRT) copyInterruptedLocked(was pod.State) {
+	t := &p.mu.track
+	if was != pod.Syncing && was != pod.InSync {
+		return
+	}
+	t.dirty.merge(t.recent)
+	t.recent = regions{}
+	t.from = p.mu.copyEpoch
+}
+
+// cursor is the follower's durable position in a copy.
+type cursor struct {
+	Epoch    uint64 `json:"epoch"`
+	Volume   string `json:"volume,omitempty"`
+	Off      int64  `json:"off"`
+	Complete bool   `json:"complete,omitempty"`
+}
+
+func cursorKey(podID string) string { return "resync/" + podID }
+
+func (r *Replicator) loadCursor(podID string) (cursor, bool) {
+	data, ok, err := r.env.Store().GetMeta(cursorKey(podID))
+	if err != nil || !ok {
+		return cursor{}, false
+	}
+	var c cursor
+	if json.Unmarshal(data, &c) != nil {
+		return cursor{}, false
+	}
+	return c, true
+}
+
+// saveCursor syncs the store (everything received so far becomes
+// durable) and then records the cursor.
+func (r *Replicator) saveCursor(podID string, c cursor) error {
+	if err := r.env.Store().Sync(); err != nil {
+		return err
+	}
+	b := r.env.Store().NewBatch()
+	b.SetMeta(cursorKey(podID), mustJSON(c))
+	return b.Commit()
+}
+
+// resumeAnswer is the follower's answer to a resync request.
+type resumeAnswer struct {
+	Resume bool   `json:"resume"`
+	Cursor cursor `json:"cursor"`
+}
+
+type checkpointMsg struct {
+	Pod    string `json:"pod"`
+	Volume string `json:"volume"`
+	Off    int64  `json:"off"`
+}
+
+func (r *Replicator) handleCheckpoint(req link.Message) error {
+	var m checkpointMsg
+	if err := json.Unmarshal(req.Payload, &m); err != nil {
+		return err
+	}
+	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
+	if err != nil {
+		return err
+	}
+	return r.saveCursor(p.id, cursor{Epoch: req.Epoch, Volume: m.Volume, Off: m.Off})
+}
+
+// checkpoint asks the follower to make the copy durable up to (volume,
+// off); then the regions mirrored before it are no longer at risk.
+func (p *podRT) checkpoint(ctx context.Context, epoch uint64, volume string, off int64) error {
+	md := p.mode()
+	if md.sess == nil || md.epoch != epoch {
+		return errNotServing
+	}
+	p.mu.Lock()
+	snap := p.mu.track.recent
+	p.mu.track.recent = regions{}
+	p.mu.Unlock()
+	if err := callJSON(ctx, md.sess, msgCheckpoint, epoch, checkpointMsg{Pod: p.name, Volume: volume, Off: off}, nil); err != nil {
+		p.mu.Lock()
+		p.mu.track.recent.merge(snap)
+		p.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// copyDirty copies the tracked regions: each under the unit's range lock,
+// the sequencer's data where it has some and an unmap where it has none.
+func (p *podRT) copyDirty(ctx context.Context, epoch uint64, dirty regions, buf []byte) error {
+	r := p.r
+	uuids := make([]string, 0, len(dirty))
+	for u := range dirty {
+		uuids = append(uuids, u)
+	}
+	slices.Sort(uuids)
+	for _, u := range uuids {
+		lu := r.env.LU(u)
+		m := r.vols.Load()
+		if lu == nil || m == nil {
+			continue // the volume is gone
+		}
+		ref, ok := (*m)[u]
+		if !ok {
+			continue
+		}
+		offs := make([]int64, 0, len(dirty[u]))
+		for o := range dirty[u] {
+			offs = append(offs, o)
+		}
+		slices.Sort(offs)
+		for _, off := range offs {
+			size := int64(lu.Size())
+			if off >= size {
+				continue
+			}
+			n := min(regionSize, size-off)
+			if err := p.copyRegion(ctx, epoch, pieceOf(lu, ref, u, off, n), buf); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// copyRegion sends one region as it is here: written runs as data,
+// unwritten runs as unmaps.
+func (p *podRT) copyRegion(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
+	md := p.mode()
+	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
+		return errNotServing
+	}
+	unlock, err := pc.lu.LockRange(ctx, pc.off, pc.n)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for off := pc.off; off < pc.off+pc.n; {
+		mapped, run, err := pc.local.Mapped(ctx, off, pc.off+pc.n-off)
+		if err != nil {
+			return err
+		}
+		if run <= 0 {
+			break
+		}
+		m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(off), Length: uint64(run)}
+		typ := msgUnmap
+		if mapped {
+			if err := pc.local.ReadAt(ctx, buf[:run], off); err != nil {
+				return err
+			}
+			m.Data, typ = buf[:run], msgBaseline
+		}
+		if _, err := call(ctx, md.sess, typ, epoch, m.encode()); err != nil {
+			if ctx.Err() == nil {
+				p.peerFailed(md.sess, err)
+			}
+			return err
+		}
+		if mapped {
+			p.r.traffic.baseline.Add(run)
+		}
+		off += run
+	}
+	return nil
+}
