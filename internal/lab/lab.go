@@ -59,7 +59,7 @@ type Options struct {
 	// BaselineRate limits the arrays' baseline copies (bytes per second,
 	// 0: unlimited).
 	BaselineRate int64
-	Logger      *slog.Logger
+	Logger       *slog.Logger
 }
 
 // ArrayInfo is one array in lab.json.

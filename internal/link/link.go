@@ -37,6 +37,9 @@ type Message struct {
 	Type    uint16 // defined by the upper layer
 	Epoch   uint64 // defined by the upper layer (per-pod epoch); carried verbatim
 	Payload []byte
+	// Urgent requests are queued ahead of the others not yet written (it
+	// is not sent): small latency-sensitive requests overtake bulk ones.
+	Urgent bool
 }
 
 // Handler serves a request from the peer. It is called on its own

@@ -174,7 +174,7 @@ func (s *Session) Call(ctx context.Context, req Message) (Message, error) {
 
 	// When the push fails the writer has stopped, so the session is dead
 	// and c has been (or is being) failed.
-	s.data.out.push(outFrame{h: header{kind: kindRequest, typ: req.Type, epoch: req.Epoch, id: id}, payload: req.Payload, call: c}, false)
+	s.data.out.push(outFrame{h: header{kind: kindRequest, typ: req.Type, epoch: req.Epoch, id: id}, payload: req.Payload, call: c}, req.Urgent)
 
 	select {
 	case <-c.done:

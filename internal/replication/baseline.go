@@ -129,6 +129,7 @@ func pieceOf(lu *scsi.LogicalUnit, ref volRef, uuid string, off, n int64) piece 
 // copyPiece reads one piece and sends it under the unit's range lock, so
 // it cannot overtake a host write to the same blocks (which is mirrored).
 func (p *podRT) copyPiece(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
+	p.yieldToHosts(ctx)
 	md := p.mode()
 	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
 		return errNotServing
@@ -285,4 +286,13 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	}
 	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done.Load(), "took", r.now().Sub(start).Round(time.Millisecond))
 	p.event(func(m *pod.Machine) []pod.Action { return m.BaselineDone(epoch) })
+}
+
+// yieldToHosts holds a copy back, for a few milliseconds at most, while
+// host writes are being replicated: they go first on the link and at the
+// follower, so hosts keep their speed during a baseline.
+func (p *podRT) yieldToHosts(ctx context.Context) {
+	for i := 0; i < 10 && p.hostWrites.Load() > 0 && ctx.Err() == nil; i++ {
+		time.Sleep(500 * time.Microsecond)
+	}
 }

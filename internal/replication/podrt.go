@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
@@ -27,6 +28,9 @@ type podRT struct {
 	done    chan struct{}
 	// cfgMu orders configuration changes of the pod (sequencer).
 	cfgMu sync.Mutex
+	// hostWrites counts host writes being replicated; a copy yields to
+	// them.
+	hostWrites atomic.Int32
 	// ioMu is held shared by every replicated operation and exclusively
 	// by membership changes, which thus see no operation half done.
 	ioMu sync.RWMutex
@@ -382,6 +386,10 @@ var errNotServing = errors.New("pod not served on this array")
 func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
+	if rg.tracked {
+		p.hostWrites.Add(1)
+		defer p.hostWrites.Add(-1)
+	}
 	bg := context.WithoutCancel(ctx)
 	localDone := local == nil
 	for {

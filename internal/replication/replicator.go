@@ -389,9 +389,11 @@ func roleOf(p *catalog.Pod, me string) pod.Role {
 	return pod.Follower
 }
 
-// call sends a pod message over the session at epoch.
+// call sends a pod message over the session at epoch. Host I/O (mirrored
+// writes, forwarded commands) goes ahead of copies.
 func call(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) ([]byte, error) {
-	resp, err := s.Call(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload})
+	urgent := typ == msgWrite || typ == msgUnmap || typ == msgForward
+	resp, err := s.Call(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload, Urgent: urgent})
 	if err != nil {
 		return nil, err
 	}

@@ -290,6 +290,14 @@ func TestBaselineWhileWriting(t *testing.T) {
 	defer cancel()
 	c := dialArray(t, l, 0, qemuInitiator)
 	defer c.Close()
+	// The same writer without a baseline, for comparison.
+	before := 0
+	for t0 := time.Now(); time.Since(t0) < 2*time.Second; before++ {
+		if err := c.Write(0, uint64(before%1024)*8, make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("before the stretch the host wrote %.0f writes/s (depth 1, one array)", float64(before)/2)
 	var writes int
 	var werr error
 	done := make(chan struct{})
@@ -331,7 +339,8 @@ func TestBaselineWhileWriting(t *testing.T) {
 	if writes == 0 {
 		t.Fatal("the host wrote nothing during the baseline")
 	}
-	t.Logf("baseline took %v with %d host writes of 4 KiB during it\n%s", took.Round(time.Millisecond), writes, out)
+	t.Logf("baseline took %v with %d host writes of 4 KiB during it (%.0f writes/s)\n%s", took.Round(time.Millisecond), writes,
+		float64(writes)/took.Seconds(), out)
 	api, err := l.Client(0)
 	if err != nil {
 		t.Fatal(err)
