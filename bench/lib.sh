@@ -15,12 +15,21 @@ die() {
 }
 
 # proc_alive PID: true while PID runs (a zombie, which kill -0 still
-# reports, counts as gone).
+# reports, counts as gone). Builtins only: it is polled during the runs.
 proc_alive() {
 	local s
-	s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	[ -n "$1" ] || return 1
+	read -r s 2>/dev/null <"/proc/$1/stat" || return 1
 	s=${s##*) }
 	[ "${s%% *}" != Z ]
+}
+
+# nap SECONDS: sleeps without starting a process (a read with a timeout on
+# a pipe nobody writes to), so that polling does not disturb the runs.
+exec {NAP_FD}<> <(:)
+nap() {
+	local _
+	read -r -t "$1" -u "$NAP_FD" _ || true
 }
 
 # wait_gone PID SECONDS: waits up to SECONDS for PID to exit; true if it did.
@@ -229,11 +238,14 @@ print(col("pid"), col("name"), col("portal"), col("target"), d.get("lun", ""), d
 PY
 }
 
-# lab_wait NAME INITIATOR TIMEOUT: waits for the lab's lab.json (written
-# only once its arrays are ready for I/O — for a pair, once the pod is in
-# sync on both) and reads it into the LAB_* entries of NAME.
+# lab_wait NAME INITIATOR TIMEOUT [RETRY]: waits for the lab's lab.json
+# (written only once its arrays are ready for I/O — for a pair, once the
+# pod is in sync on both) and reads it into the LAB_* entries of NAME. If
+# `metro lab up` exits first, it dies, unless RETRY is 1 and the lab lost
+# a race for one of its loopback ports ("address already in use": it picks
+# free ports, then binds them later): then it returns 2.
 lab_wait() {
-	local name=$1 init=$2 secs=$3 n info proxy
+	local name=$1 init=$2 secs=$3 retry=${4:-0} n info proxy
 	local pid=${LAB_PID[$1]} dir=${LAB_DIR[$1]} logf=${LAB_LOG[$1]}
 	for ((n = 0; n < secs * 5; n++)); do
 		[ -s "$dir/lab.json" ] && break
@@ -241,6 +253,10 @@ lab_wait() {
 			local rc=0
 			wait "$pid" || rc=$?
 			LAB_PID[$name]=
+			if [ "$retry" = 1 ] && tail -n 5 "$logf" | grep -q 'address already in use'; then
+				log "metro lab up ($name) lost a race for a port: $(tail -n 1 "$logf")"
+				return 2
+			fi
 			printf '%s\n' "--- last lines of $logf:" >&2
 			tail -n 20 "$logf" >&2
 			die "metro lab up ($name) exited with status $rc before writing $dir/lab.json (is the lab implemented in this build? run with BENCH_METRO=0 for the tgtd references only)"
@@ -261,12 +277,29 @@ lab_wait() {
 }
 
 # lab_start NAME BINARY DIR SIZE INITIATOR LOGFILE TIMEOUT [ARG...]:
-# lab_launch, then lab_wait.
+# lab_launch, then lab_wait; up to three attempts when the lab loses a race
+# for a port (each in a fresh DIR.N, since the lab keeps its chosen ports
+# in its configs).
 lab_start() {
-	local name=$1 bin=$2 dir=$3 size=$4 init=$5 logf=$6 secs=$7
+	local name=$1 bin=$2 dir=$3 size=$4 init=$5 logf=$6 secs=$7 attempt d rc
 	shift 7
-	lab_launch "$name" "$bin" "$dir" "$size" "$init" "$logf" "$@"
-	lab_wait "$name" "$init" "$secs"
+	for attempt in 1 2 3; do
+		d=$dir
+		[ "$attempt" = 1 ] || d=$dir.$attempt
+		lab_launch "$name" "$bin" "$d" "$size" "$init" "$logf" "$@"
+		rc=0
+		lab_wait "$name" "$init" "$secs" "$([ "$attempt" -lt 3 ] && echo 1 || echo 0)" || rc=$?
+		[ "$rc" = 2 ] || return "$rc"
+	done
+}
+
+# lab_alive NAME: true while the lab's `metro lab up` and every array it
+# listed in lab.json run.
+lab_alive() {
+	local p
+	for p in "${LAB_PID[$1]:-}" ${LAB_ARRAY_PIDS[$1]:-}; do
+		proc_alive "$p" || return 1
+	done
 }
 
 # lab_field NAME FIELD I: the I-th (from 0) word of LAB_<FIELD>[NAME],
@@ -364,3 +397,39 @@ cpu_ticks() {
 
 # ticks_secs TICKS: TICKS as seconds (two decimals at CLK_TCK 100).
 ticks_secs() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }'; }
+
+# ---- pair state ---------------------------------------------------------------
+
+# lab_pod_state DIR: asks every array of the lab in DIR (its API, with the
+# token and certificate from lab.json) about the lab's pod and prints one
+# line per array: name, the pod's sequencer, the pod's status on each
+# array as this one sees it, and the bytes this array sent over the
+# replication link as mirror (sequencer → follower), forward (follower →
+# sequencer) and baseline (copies and resyncs) traffic. If an array does
+# not answer, prints a line saying so and fails.
+lab_pod_state() {
+	python3 - "$1/lab.json" <<'PY'
+import json, ssl, sys, urllib.request
+d = json.load(open(sys.argv[1]))
+def get(a, path):
+    ctx = ssl.create_default_context(cafile=a["ca"]) if a.get("ca") else None
+    req = urllib.request.Request(a["api"] + "/api/v1" + path,
+                                 headers={"Authorization": "Bearer " + a["token"]})
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+        return json.load(r)
+rc = 0
+for a in d["arrays"]:
+    try:
+        p = get(a, "/pods/" + d.get("pod", "pod1"))
+        link = get(a, "/array").get("link") or {}
+    except Exception as e:
+        print("%s error: %s" % (a["name"], getattr(e, "reason", e)))
+        rc = 1
+        continue
+    st = ",".join("%s=%s" % (x["name"], x["status"]) for x in p.get("arrays", []))
+    print("%s sequencer=%s %s mirror_bytes=%s forward_bytes=%s baseline_bytes=%s" % (
+        a["name"], p.get("sequencer", "?"), st, link.get("mirror_bytes", 0),
+        link.get("forward_bytes", 0), link.get("baseline_bytes", 0)))
+sys.exit(rc)
+PY
+}

@@ -138,6 +138,16 @@ cleanup() {
 	[ -n "${CUR_PID:-}" ] && stop_pid "$CUR_PID" 2 TERM
 	lab_stop_all
 	for t in "${!TGTD_PID[@]}"; do tgtd_stop "$t"; done
+	# The arrays' logs and lab.json live in the work dir: keep copies.
+	for t in "${!LAB_DIR[@]}"; do
+		for f in "${LAB_DIR[$t]}"/lab.json "${LAB_DIR[$t]}"/*/array.log; do
+			[ -f "$f" ] || continue
+			case $f in
+			*/lab.json) cp "$f" "$RES/logs/metro-lab-$t.lab.json" ;;
+			*) cp "$f" "$RES/logs/metro-lab-$t.$(basename "$(dirname "$f")").log" ;;
+			esac
+		done
+	done
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		log "kept work dir $WORK"
 	else
@@ -150,6 +160,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# The source the labs run (the tree may change during a long run).
+METRO_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)') at the start${METRO_BIN:+; binary $METRO_BIN}"
 log "work dir $WORK, results $RES"
 log "targets: ${TARGETS[*]}; repeats $REPEATS; volume $SIZE; quick=$QUICK"
 
@@ -179,27 +192,43 @@ if want_lab one || want_lab pair; then
 			}
 		bin=$REPO/bin/metro
 	fi
-	# Both labs start at once and stay up for the whole run (an idle lab
-	# costs next to nothing); the pair is ready once pod1 is in sync.
-	if want_lab one; then
-		lab_launch one "$bin" "$WORK/lab-one" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-one.log" --arrays 1
-	fi
+	# Both labs stay up for the whole run (an idle lab costs next to
+	# nothing). They start one after the other: a lab picks free loopback
+	# ports and binds them a little later, so two labs starting at once can
+	# take each other's; the pair is ready once pod1 is in sync.
+	log "starting metro lab up (waiting up to ${LAB_TIMEOUT}s for each lab.json)"
 	if want_lab pair; then
-		lab_launch pair "$bin" "$WORK/lab-pair" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-pair.log" --arrays 2
-	fi
-	log "starting metro lab up (waiting up to ${LAB_TIMEOUT}s for lab.json)"
-	if want_lab one; then
-		lab_wait one "$INITIATOR" "$LAB_TIMEOUT"
-		log "one-array lab: lab pid ${LAB_PID[one]}, ${LAB_ARRAY_NAMES[one]} pid ${LAB_ARRAY_PIDS[one]}"
-	fi
-	if want_lab pair; then
-		lab_wait pair "$INITIATOR" "$LAB_TIMEOUT"
+		lab_start pair "$bin" "$WORK/lab-pair" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-pair.log" "$LAB_TIMEOUT" --arrays 2
 		[ "${LAB_ARRAY_NAMES[pair]}" = "array-a array-b" ] ||
 			die "the pair lab's lab.json lists arrays '${LAB_ARRAY_NAMES[pair]}', want 'array-a array-b'"
 		[ -n "${LAB_PROXY[pair]}" ] || die "the pair lab's lab.json has no link_proxy"
 		rtt=$(link_get "${LAB_PROXY[pair]}") || die "the pair's link proxy ${LAB_PROXY[pair]} does not answer"
 		log "pair lab: lab pid ${LAB_PID[pair]}, ${LAB_ARRAY_NAMES[pair]} pids ${LAB_ARRAY_PIDS[pair]}, link proxy ${LAB_PROXY[pair]} (rtt $rtt)"
+		PAIR_START=$(lab_pod_state "${LAB_DIR[pair]}") || die "the pair's arrays do not answer about pod1"
+		log "pair at the start: ${PAIR_START//$'\n'/; }"
+		grep -q '^array-a sequencer=array-a ' <<<"$PAIR_START" ||
+			log "WARNING: array-a is not pod1's sequencer: pair-a and pair-b are swapped in meaning"
 	fi
+	if want_lab one; then
+		lab_start one "$bin" "$WORK/lab-one" "$SIZE" "$INITIATOR" "$RES/logs/metro-lab-one.log" "$LAB_TIMEOUT" --arrays 1
+		log "one-array lab: lab pid ${LAB_PID[one]}, ${LAB_ARRAY_NAMES[one]} pid ${LAB_ARRAY_PIDS[one]}"
+	fi
+	# The arrays' background CPU (nothing connected): what a slow run's CPU
+	# per request also holds, idle rate x run time.
+	declare -A IDLE_C0=() IDLE_MS=()
+	for lab in one pair; do
+		want_lab "$lab" || continue
+		read -r -a pids <<<"${LAB_ARRAY_PIDS[$lab]}"
+		IDLE_C0[$lab]=$(cpu_ticks "${pids[@]}") || IDLE_C0[$lab]=''
+	done
+	sleep 2
+	for lab in "${!IDLE_C0[@]}"; do
+		read -r -a pids <<<"${LAB_ARRAY_PIDS[$lab]}"
+		if [ -n "${IDLE_C0[$lab]}" ] && c1=$(cpu_ticks "${pids[@]}"); then
+			IDLE_MS[$lab]=$(awk -v t=$((c1 - IDLE_C0[$lab])) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t / hz * 1000 / 2 }')
+			log "$lab lab idle: its arrays use ${IDLE_MS[$lab]} ms of CPU per second"
+		fi
+	done
 fi
 
 # CPU_PIDS[TARGET]: the processes whose CPU time is charged to TARGET's
@@ -258,16 +287,40 @@ printf 'kind\tworkload\ttarget\trep\tcount\tsize\tdepth\tseconds\tstatus\tcpu_s\
 declare -A FAILS=()
 CUR_PID=
 
-# timed_run LOGFILE CMD...: runs CMD in the background under timeout (so
-# the exit trap can stop it), waits, and returns its status.
+# timed_run LOGFILE LAB CMD...: runs CMD in the background under timeout
+# (so the exit trap can stop it), waits, and returns its status. With a
+# LAB (the target's; "" for tgtd) it checks every 50 ms that the lab still
+# runs, and stops CMD if it does not (an initiator would otherwise retry
+# its login until the timeout): then RUN_WHY=lab-gone.
 timed_run() {
-	local logf=$1 rc=0
-	shift
+	local logf=$1 lab=$2 rc=0
+	shift 2
 	timeout -k 5 "$RUN_TIMEOUT" "$@" >"$logf" 2>&1 &
 	CUR_PID=$!
+	if [ -n "$lab" ]; then
+		while proc_alive "$CUR_PID"; do
+			if ! lab_alive "$lab"; then
+				RUN_WHY='lab-gone'
+				lab_gone_note "$lab"
+				kill -TERM "$CUR_PID" 2>/dev/null || true
+				break
+			fi
+			nap 0.05
+		done
+	fi
 	wait "$CUR_PID" || rc=$?
 	CUR_PID=
 	return "$rc"
+}
+
+# lab_gone_note LAB: says once that LAB's `metro lab up` or one of its
+# arrays exited (something outside the bench stopped it, or it crashed).
+declare -A GONE_NOTED=()
+lab_gone_note() {
+	[ -z "${GONE_NOTED[$1]:-}" ] || return 0
+	GONE_NOTED[$1]=1
+	log "lab $1 is gone (metro lab up or one of its arrays exited): its remaining runs are skipped; last lines of ${LAB_LOG[$1]}:"
+	tail -n 3 "${LAB_LOG[$1]}" >&2
 }
 
 # skip_reason TARGET: why TARGET's next run is skipped, if it is.
@@ -276,16 +329,21 @@ skip_reason() {
 		echo "deadline"
 	elif [ "${FAILS[$1]:-0}" -ge 2 ]; then
 		echo "target-failed"
+	elif [ -n "${TARGET_LAB[$1]:-}" ] && ! lab_alive "${TARGET_LAB[$1]}"; then
+		echo "lab-gone"
 	fi
 }
 
 # run_begin TARGET: prepares one run of TARGET — sets a pair target's link
 # round trip (RUN_RTT) — and samples the CPU time of its arrays and of the
-# link proxy. Fails if the link cannot be set.
+# link proxy. Fails, with RUN_WHY=link-failed, if the link cannot be set.
 run_begin() {
 	local t=$1
-	RUN_RTT='' RUN_C0='' RUN_L0=''
-	set_link "$t" || return 1
+	RUN_RTT='' RUN_C0='' RUN_L0='' RUN_WHY=''
+	set_link "$t" || {
+		RUN_WHY=link-failed
+		return 1
+	}
 	read -r -a RUN_PIDS <<<"${CPU_PIDS[$t]:-}"
 	[ "${#RUN_PIDS[@]}" = 0 ] || RUN_C0=$(cpu_ticks "${RUN_PIDS[@]}") || RUN_C0=''
 	[ -z "${LINK_PID[$t]:-}" ] || RUN_L0=$(cpu_ticks "${LINK_PID[$t]}") || RUN_L0=''
@@ -330,24 +388,25 @@ qemu_run() {
 	count=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$args")
 	size=$(sed -n 's/.*-s \([0-9]*\).*/\1/p' <<<"$args")
 	depth=$(sed -n 's/.*-d \([0-9]*\).*/\1/p' <<<"$args")
-	RUN_CPU='' RUN_LCPU='' RUN_RTT=''
+	RUN_CPU='' RUN_LCPU='' RUN_RTT='' RUN_WHY=''
 	skip=$(skip_reason "$t")
 	if [ -n "$skip" ]; then
+		[ "$skip" != lab-gone ] || lab_gone_note "${TARGET_LAB[$t]}"
 		raw_row qemu "$wl" "$t" "$rep" "$count" "$size" "$depth" "" "skipped-$skip" "$args"
 		return 0
 	fi
 	logf=$RES/logs/qemu.$wl.$t.$rep.log
+	secs=''
 	if run_begin "$t"; then
 		# shellcheck disable=SC2086 # args is a word list on purpose
-		timed_run "$logf" qemu-img bench --image-opts "$(image_opts "$t")" $args || rc=$?
+		timed_run "$logf" "${TARGET_LAB[$t]:-}" qemu-img bench --image-opts "$(image_opts "$t")" $args || rc=$?
 		run_end "$t"
 		secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\..*/\1/p' "$logf")
 	else
-		rc='link' secs=''
 		echo "could not set the link rtt to ${TARGET_RTT[$t]}" >"$logf"
 	fi
-	if [ "$rc" = link ]; then
-		status=link-failed
+	if [ -n "$RUN_WHY" ]; then
+		status=$RUN_WHY
 	elif [ "$rc" != 0 ]; then
 		status=exit$rc
 		[ "$rc" = 124 ] && status=timeout
@@ -371,25 +430,25 @@ qemu_run() {
 perf_run() {
 	local t=$1 rep=$2 logf iops status rc=0 skip count
 	local args="-i $INITIATOR -m 32 -b 8 -t $PERF_SECONDS"
-	RUN_CPU='' RUN_LCPU='' RUN_RTT=''
+	RUN_CPU='' RUN_LCPU='' RUN_RTT='' RUN_WHY=''
 	skip=$(skip_reason "$t")
 	if [ -n "$skip" ]; then
+		[ "$skip" != lab-gone ] || lab_gone_note "${TARGET_LAB[$t]}"
 		raw_row perf perf-r4k-d32 "$t" "$rep" "" 4096 32 "" "skipped-$skip" "$args"
 		return 0
 	fi
 	logf=$RES/logs/perf.$t.$rep.log
 	if run_begin "$t"; then
 		# shellcheck disable=SC2086
-		timed_run "$logf" iscsi-perf $args "iscsi://${PORTAL[$t]}/${IQN[$t]}/${LUN[$t]}" || rc=$?
+		timed_run "$logf" "${TARGET_LAB[$t]:-}" iscsi-perf $args "iscsi://${PORTAL[$t]}/${IQN[$t]}/${LUN[$t]}" || rc=$?
 		run_end "$t"
 	else
-		rc='link'
 		echo "could not set the link rtt to ${TARGET_RTT[$t]}" >"$logf"
 	fi
 	# Progress lines are separated by \r; the last "iops average" is the total.
 	iops=$(tr '\r' '\n' <"$logf" | sed -n 's/^iops average \([0-9]*\) .*/\1/p' | tail -n 1)
-	if [ "$rc" = link ]; then
-		status=link-failed
+	if [ -n "$RUN_WHY" ]; then
+		status=$RUN_WHY
 	elif [ "$rc" != 0 ]; then
 		status=exit$rc
 		[ "$rc" = 124 ] && status=timeout
@@ -442,18 +501,54 @@ done
 
 # ---- report ------------------------------------------------------------------
 
+# The pair must still be in sync (pod1 online on both arrays, as both see
+# it) and must not have resynced (no baseline bytes sent since the start):
+# a pair that fell apart during the runs measured unreplicated writes.
+PAIR_OK=1
+if want_lab pair; then
+	PAIR_END=$(lab_pod_state "${LAB_DIR[pair]}" 2>&1) || PAIR_OK=0
+	n=0
+	while read -r line; do
+		base0=$(grep "^${line%% *} " <<<"$PAIR_START" | sed -n 's/.* baseline_bytes=\([0-9]*\).*/\1/p')
+		if [[ $line == *" array-a=online"* && $line == *"array-b=online"* &&
+			$line == *" baseline_bytes=${base0:-x}" ]]; then
+			n=$((n + 1))
+		else
+			PAIR_OK=0
+		fi
+	done <<<"$PAIR_END"
+	[ "$n" = 2 ] || PAIR_OK=0
+	log "pair at the end: ${PAIR_END//$'\n'/; }"
+fi
+
 {
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "host: $(uname -srm), $(nproc) CPUs, load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "metro: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+	echo "metro: $METRO_REV"
 	echo "tgtd: $(tgtd -V 2>&1 | head -n 1); $(qemu-img --version | head -n 1)"
 	echo "repeats: $REPEATS per workload and target (alternating targets), iscsi-perf $PERF_REPEATS x ${PERF_SECONDS}s; volume $SIZE; quick=$QUICK"
+	echo "targets: ${TARGETS[*]}; load average at the start: $LOAD_START"
+	if want_lab pair; then
+		echo "pair: array-a (sequencer) + array-b, link through the lab's proxy, rtt set before each run (pair-*: 0s, pair-*-1ms: 1ms)"
+	fi
+	if want_lab one || want_lab pair; then
+		idle=
+		for lab in one pair; do
+			[ -z "${IDLE_MS[$lab]:-}" ] || idle+="${idle:+, }$lab ${IDLE_MS[$lab]} ms/s"
+		done
+		echo "CPU: user+system of the target's lab's arrays (/proc/PID/stat) per run ÷ requests; idle arrays: ${idle:-not measured}"
+	fi
+	if want_lab pair; then
+		echo "pair at the start: ${PAIR_START//$'\n'/; }"
+		echo "pair at the end:   ${PAIR_END//$'\n'/; }$([ "$PAIR_OK" = 1 ] || echo "  <- NOT IN SYNC, or it resynced, or an array is gone")"
+	fi
 } >"$RES/meta.txt"
 
 python3 "$BENCH_DIR/summarize.py" --raw "$RAW" --meta "$RES/meta.txt" \
 	--json "$RES/summary.json" | tee "$RES/table.txt"
 log "raw runs: $RAW; summary: $RES/summary.json; elapsed $((SECONDS - START))s"
 
+[ "$PAIR_OK" = 1 ] || die "the pair was not in sync at the end, or resynced during the runs (see meta.txt and its arrays' logs); its figures may not be those of a stretched pod"
 # A run that failed makes the benchmark fail (after the table).
 if awk -F'\t' 'NR > 1 && $9 != "ok" { bad = 1 } END { exit !bad }' "$RAW"; then
 	die "some runs failed or were skipped (see the status column of $RAW)"

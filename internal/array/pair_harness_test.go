@@ -73,6 +73,15 @@ func reservePort(t testing.TB) string {
 // test, which fails if goroutines are left behind.
 func newPair(t *testing.T) *pairHarness {
 	t.Helper()
+	h := newPairUnstretched(t)
+	h.stretch()
+	return h
+}
+
+// newPairUnstretched is newPair without the stretch: the pod, its volume
+// and connection exist on the first array only.
+func newPairUnstretched(t *testing.T) *pairHarness {
+	t.Helper()
 	before := runtime.NumGoroutine()
 	h := &pairHarness{t: t, logs: newLogTail(4 << 20)}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -158,11 +167,17 @@ func newPair(t *testing.T) *pairHarness {
 			t.Fatalf("%s: %v", op.Kind(), err)
 		}
 	}
-	if err := a.StretchPod(h.ctx, pairPod, b.cfg.Name); err != nil {
-		t.Fatalf("stretch: %v", err)
+	return h
+}
+
+// stretch stretches the pod to the second array and waits until it is in
+// sync.
+func (h *pairHarness) stretch() {
+	h.t.Helper()
+	if err := h.arrays[0].StretchPod(h.ctx, pairPod, h.arrays[1].cfg.Name); err != nil {
+		h.t.Fatalf("stretch: %v", err)
 	}
 	h.waitInSync(60 * time.Second)
-	return h
 }
 
 // stop stops both arrays and the proxy and checks that no goroutine is

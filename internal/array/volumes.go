@@ -78,13 +78,22 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 		return []scsi.PortGroup{{ID: a.tpg, State: scsi.ActiveOptimized, RelativePortIDs: []uint16{a.rtpi}}}
 	}
 	serving, stretched := a.repl.Serving(p.Name)
+	peerUp := stretched && a.repl.PeerServing(p.Name)
+	up := func(name string) bool {
+		if name == a.cfg.Name {
+			return serving
+		}
+		return peerUp
+	}
+	// A preference for an array that does not serve the pod now is no
+	// preference: the paths that work are all optimized.
+	if !slices.ContainsFunc(p.Arrays, func(pa catalog.PodArray) bool { return up(pa.Name) && slices.Contains(prefer, pa.Name) }) {
+		prefer = nil
+	}
 	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
 	for _, pa := range p.Arrays {
 		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}}
-		up := serving
-		if pa.Name != a.cfg.Name {
-			up = stretched && a.repl.PeerServing(p.Name)
-		}
+		up := up(pa.Name)
 		switch {
 		case !up:
 			g.State = scsi.Unavailable

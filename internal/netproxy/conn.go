@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -222,6 +223,16 @@ func (c *conn) wait(t *time.Timer, ready func(s Settings, now time.Time) time.Du
 		if delay <= 0 {
 			return true
 		}
+		if c.p.precise {
+			if delay <= preciseBelow {
+				preciseSleep(delay)
+				continue
+			}
+			// The runtime's timers may fire up to a millisecond late,
+			// which would add to every delay: wake early, finish
+			// precisely.
+			delay -= preciseBelow / 2
+		}
 		t.Reset(delay)
 		select {
 		case <-t.C:
@@ -285,4 +296,21 @@ func (b *bucket) take(now time.Time, n int, rate int64) time.Duration {
 		return 0
 	}
 	return max(time.Duration(math.Ceil((need-b.tokens)/r*float64(time.Second))), 1)
+}
+
+// preciseBelow is the delay below which the proxy sleeps in the kernel
+// (nanosleep, accurate to tens of microseconds) rather than on a runtime
+// timer (accurate to about a millisecond on some hosts).
+const preciseBelow = 2 * time.Millisecond
+
+// preciseSleep sleeps for d in the kernel, blocking the OS thread.
+func preciseSleep(d time.Duration) {
+	ts := syscall.NsecToTimespec(d.Nanoseconds())
+	for {
+		var left syscall.Timespec
+		if err := syscall.Nanosleep(&ts, &left); err != syscall.EINTR {
+			return
+		}
+		ts = left
+	}
 }

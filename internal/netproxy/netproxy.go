@@ -84,9 +84,12 @@ const (
 // Proxy forwards connections from its listener to a target through an
 // emulated link. It is safe for concurrent use.
 type Proxy struct {
-	ln   net.Listener
-	dial func(ctx context.Context) (net.Conn, error)
-	log  *slog.Logger
+	// precise: finish short delays with a kernel sleep (real sockets;
+	// the in-memory tests run on a fake clock instead).
+	precise bool
+	ln      net.Listener
+	dial    func(ctx context.Context) (net.Conn, error)
+	log     *slog.Logger
 	// maxQueued bounds the bytes queued per direction per connection.
 	maxQueued int
 
@@ -126,7 +129,9 @@ func New(listenAddr, target string, s Settings, logger *slog.Logger) (*Proxy, er
 	dial := func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, "tcp", target)
 	}
-	return newProxy(ln, dial, s, logger), nil
+	p := newProxy(ln, dial, s, logger)
+	p.precise = true
+	return p, nil
 }
 
 // newProxy serves ln, reaching the target with dial. Tests pass in-memory

@@ -192,11 +192,13 @@ func (m *Machine) Mirroring() bool {
 	return m.role == Sequencer && (m.state == Syncing || m.state == InSync)
 }
 
-// set changes state and reports the ALUA change when serving changed.
+// set changes state. Every change may change the ALUA states some array
+// reports (this array's group, or its view of the peer's), so each
+// raises the asymmetric-access-state-changed unit attention.
 func (m *Machine) set(s State, acts []Action) []Action {
-	was := m.Serving()
+	was := m.state
 	m.state = s
-	if was != m.Serving() || s == InSync {
+	if was != s {
 		acts = append(acts, Action{Kind: AccessChanged})
 	}
 	return append(acts, Action{Kind: ReleaseWrites})

@@ -489,11 +489,13 @@ func (s *sim) checkActions(who string, m *Machine, before snap, acts []Action) {
 	if after.state != before.state && !has[ReleaseWrites] {
 		s.fail("release-writes", "%s: %s -> %s without ReleaseWrites", who, before.state, after.state)
 	}
-	if after.serving != before.serving && !has[AccessChanged] {
-		s.fail("access-changed", "%s: serving %t -> %t without AccessChanged", who, before.serving, after.serving)
+	// Every state change may change what an array reports of either
+	// group's ALUA state: it raises the unit attention, and only it.
+	if after.state != before.state && !has[AccessChanged] {
+		s.fail("access-changed", "%s: %s -> %s without AccessChanged", who, before.state, after.state)
 	}
-	if has[AccessChanged] && after.serving == before.serving && after.state != InSync {
-		s.fail("access-changed", "%s: AccessChanged without a change (%s -> %s)", who, before.state, after.state)
+	if has[AccessChanged] && after.state == before.state {
+		s.fail("access-changed", "%s: AccessChanged without a change (%s)", who, before.state)
 	}
 }
 

@@ -196,6 +196,20 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	r := p.r
 	st := r.env.Catalog().View()
 	vols := st.PodVolumes(p.name)
+	// A write that began before the pod was mirrored (or stretched) may
+	// still be landing, after the listing below would have passed its
+	// blocks: wait for every write in progress. They hold their range
+	// lock until they are done, and the ones that take it after this
+	// see the pod syncing and are mirrored.
+	for _, v := range vols {
+		if lu := r.env.LU(v.UUID); lu != nil && v.Destroyed == nil {
+			unlock, err := lu.LockRange(ctx, 0, int64(lu.Size()))
+			if err != nil {
+				return
+			}
+			unlock()
+		}
+	}
 	p.mu.Lock()
 	ans := p.mu.resume
 	var dirty regions

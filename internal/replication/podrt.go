@@ -335,7 +335,9 @@ func (p *podRT) startResync(epoch uint64) {
 	}
 	var ans resumeAnswer
 	err := callJSON(context.Background(), s, msgResync, epoch, msg, &ans)
-	p.cfgMu.Unlock()
+	// cfgMu stays held until the pod is syncing, so no configuration
+	// change falls between the copy's configuration and the mirroring.
+	defer p.cfgMu.Unlock()
 	if err == nil {
 		p.mu.Lock()
 		p.mu.resume = &ans
@@ -351,7 +353,9 @@ func (p *podRT) startResync(epoch uint64) {
 		p.setErr(fmt.Sprint(err))
 		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch) })
 		// Try again later while the link stays up.
+		p.r.wg.Add(1)
 		go func() {
+			defer p.r.wg.Done()
 			select {
 			case <-time.After(2 * time.Second):
 			case <-p.quit:
