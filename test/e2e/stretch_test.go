@@ -427,13 +427,13 @@ func TestLinkPartitionAndUnstretch(t *testing.T) {
 	b := dialArray(t, l, 1, crashInitiator)
 	defer b.Close()
 	block := func(v byte) []byte { return bytes.Repeat([]byte{v}, 4096) }
-	if err := b.Write(0, 0, block(1)); err != nil {
+	if err := writeRetry(b, 0, block(1)); err != nil {
 		t.Fatalf("write through array-b before the cut: %v", err)
 	}
 
 	proxyCall(t, l, "/link/partition")
 	start := time.Now()
-	if err := a.Write(0, 8, block(2)); err != nil {
+	if err := writeRetry(a, 8, block(2)); err != nil {
 		t.Fatalf("write through the sequencer during the cut: %v", err)
 	}
 	t.Logf("first write through the sequencer after the cut took %v", time.Since(start).Round(time.Millisecond))
@@ -458,7 +458,7 @@ func TestLinkPartitionAndUnstretch(t *testing.T) {
 		t.Errorf("array-a sees itself %q during the cut, want online", got)
 	}
 	for i := 0; i < 20; i++ {
-		if err := a.Write(0, uint64(24+8*i), block(byte(10+i))); err != nil {
+		if err := writeRetry(a, uint64(24+8*i), block(byte(10+i))); err != nil {
 			t.Fatalf("write through the sequencer alone: %v", err)
 		}
 	}
