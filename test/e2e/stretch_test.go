@@ -292,8 +292,13 @@ func TestBaselineWhileWriting(t *testing.T) {
 	defer c.Close()
 	// The same writer without a baseline, for comparison.
 	before := 0
+	brng := rand.New(rand.NewPCG(5, 6))
+	bbuf := make([]byte, 4096)
 	for t0 := time.Now(); time.Since(t0) < 2*time.Second; before++ {
-		if err := c.Write(0, uint64(before%1024)*8, make([]byte, 4096)); err != nil {
+		for i := range bbuf {
+			bbuf[i] = byte(brng.Uint32())
+		}
+		if err := c.Write(0, brng.Uint64N(512<<20/4096)*8, bbuf); err != nil {
 			t.Fatal(err)
 		}
 	}
