@@ -151,6 +151,11 @@ func fmtCopy(r *api.PodReplication) string {
 		}
 		return "-"
 	}
+	if r.BytesTotal <= 0 {
+		// The receiving array counts what arrives; the sender knows
+		// the total.
+		return fmt.Sprintf("%s received", fmtSize(uint64(max(r.BytesDone, 0))))
+	}
 	s := fmt.Sprintf("%.0f%% of %s", r.Percent, fmtSize(uint64(max(r.BytesTotal, 0))))
 	if r.Rate > 0 {
 		s += fmt.Sprintf(", %s/s, ETA %s", fmtSize(uint64(r.Rate)), fmtETA(time.Duration(r.ETASeconds*float64(time.Second))))
