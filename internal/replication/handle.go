@@ -55,17 +55,24 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 // podAt returns the runtime of a stretched pod whose epoch is epoch and
 // whose role here is role.
 func (r *Replicator) podAt(name string, epoch uint64, role pod.Role) (*podRT, error) {
+	p, _, err := r.podMode(name, epoch, role)
+	return p, err
+}
+
+// podMode is podAt that also returns the pod's mode it checked.
+func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, mode, error) {
 	p := r.pod(name)
 	if p == nil {
-		return nil, fmt.Errorf("pod %s is not stretched to this array", name)
+		return nil, mode{}, fmt.Errorf("pod %s is not stretched to this array", name)
 	}
 	if p.role != role {
-		return nil, fmt.Errorf("pod %s: this array is the %s", name, p.role)
+		return nil, mode{}, fmt.Errorf("pod %s: this array is the %s", name, p.role)
 	}
-	if md := p.mode(); md.epoch != epoch {
-		return nil, errEpoch(name, epoch, md.epoch)
+	md := p.mode()
+	if md.epoch != epoch {
+		return nil, mode{}, errEpoch(name, epoch, md.epoch)
 	}
-	return p, nil
+	return p, md, nil
 }
 
 // localVolume returns the store volume of the pod's volume with the UUID.
@@ -99,7 +106,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
-	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
+	p, md, err := r.podMode(m.Pod, req.Epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
@@ -125,7 +132,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
-	if p.mode().state == pod.Receiving {
+	if md.state == pod.Receiving {
 		// This copy serves nothing until the grant, which syncs the
 		// store first; a crash before it means a fresh copy anyway.
 		return vol.WriteAtNoSync(ctx, data, int64(m.Off))
@@ -233,17 +240,10 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 	if c, ok := r.loadCursor(p.id); ok && m.ResumeFrom != 0 && c.Epoch == m.ResumeFrom {
 		ans = resumeAnswer{Resume: true, Cursor: c}
 	}
-	for _, v := range after.PodVolumes(name) {
-		if !ans.Resume {
+	if !ans.Resume {
+		for _, v := range after.PodVolumes(name) {
 			if err := r.env.Store().DeleteVolume(v.DataID); err != nil {
 				return nil, fmt.Errorf("pod %s: clear %s: %w", name, v.Name, err)
-			}
-		}
-		if lu := r.env.LU(v.UUID); lu != nil {
-			if u, ok := m.Reservations[v.UUID]; ok {
-				if err := lu.InstallReservations(ctx, u); err != nil {
-					return nil, err
-				}
 			}
 		}
 	}
@@ -302,7 +302,7 @@ func (r *Replicator) hello(s *link.Session) {
 	m := helloMsg{Name: r.cfg.Name, ID: r.cfg.ID}
 	for _, p := range st.SortedPods() {
 		if len(p.Arrays) > 1 && p.Pending == nil {
-			m.Pods = append(m.Pods, podStatus{Pod: p.Name, ID: p.ID, Epoch: p.Epoch, Sequencer: p.Sequencer})
+			m.Pods = append(m.Pods, helloPod{Pod: p.Name, ID: p.ID, Epoch: p.Epoch, Sequencer: p.Sequencer})
 		}
 	}
 	if err := callJSON(context.Background(), s, msgHello, 0, m, nil); err != nil {

@@ -241,23 +241,20 @@ func decodeResult(p []byte) (*scsi.Result, error) {
 
 // Control messages are JSON.
 
+// helloMsg lists the sender's stretched pods (the link's own hello
+// carries the protocol version).
 type helloMsg struct {
-	Name  string      `json:"name"`
-	ID    string      `json:"id"`
-	Pods  []podStatus `json:"pods"`
-	Proto int         `json:"proto"`
+	Name string     `json:"name"`
+	ID   string     `json:"id"`
+	Pods []helloPod `json:"pods"`
 }
 
-// podStatus is an array's view of one pod.
-type podStatus struct {
+// helloPod is one stretched pod of the sender.
+type helloPod struct {
 	Pod       string `json:"pod"`
 	ID        string `json:"id"`
 	Epoch     uint64 `json:"epoch"`
-	Role      string `json:"role"`
-	State     string `json:"state"`
 	Sequencer string `json:"sequencer"`
-	// Baseline progress, at the sequencer during a copy.
-	Progress *Progress `json:"progress,omitempty"`
 }
 
 type reservationsMsg struct {
@@ -277,8 +274,6 @@ type resyncMsg struct {
 	// ResumeFrom is the epoch of the follower's earlier copy the
 	// sequencer can resume (0: start from nothing).
 	ResumeFrom uint64 `json:"resume_from,omitempty"`
-	// Reservations are the units' reservation states, by volume UUID.
-	Reservations map[string]scsi.ReservationUpdate `json:"reservations"`
 }
 
 type grantMsg struct {

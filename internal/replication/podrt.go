@@ -11,7 +11,6 @@ import (
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
-	"github.com/metro-storage/metro/internal/scsi"
 )
 
 // podRT runs one stretched pod on this array: it owns the pod's state
@@ -320,18 +319,13 @@ func (p *podRT) startResync(epoch uint64) {
 	p.cfgMu.Lock()
 	st := p.r.env.Catalog().View()
 	pc := st.PodConfig(p.name)
-	msg := resyncMsg{Reservations: map[string]scsi.ReservationUpdate{}}
+	// The reservations follow when the copy starts (copyBaseline).
+	var msg resyncMsg
 	p.mu.Lock()
 	msg.ResumeFrom = p.mu.track.from
 	p.mu.Unlock()
 	if pc != nil {
 		msg.Config = *pc
-		for _, v := range pc.Volumes {
-			if lu := p.r.env.LU(v.UUID); lu != nil {
-				res := lu.Reservations()
-				msg.Reservations[v.UUID] = scsi.ReservationUpdate{State: res, SCSI2: res.SCSI2}
-			}
-		}
 	}
 	var ans resumeAnswer
 	err := callJSON(context.Background(), s, msgResync, epoch, msg, &ans)
@@ -390,7 +384,7 @@ var errNotServing = errors.New("pod not served on this array")
 func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
-	if rg.tracked {
+	if rg.uuid != "" {
 		p.hostWrites.Add(1)
 		defer p.hostWrites.Add(-1)
 	}

@@ -31,18 +31,17 @@ import (
 // regionSize is the granularity of change tracking.
 const regionSize = 1 << 20
 
-// region is a byte range of a volume.
+// region is a byte range of a volume (no volume: not a block change).
 type region struct {
-	uuid    string
-	off, n  int64
-	tracked bool
+	uuid   string
+	off, n int64
 }
 
 // regions is a set of tracked regions by volume UUID.
 type regions map[string]map[int64]struct{}
 
 func (rs regions) add(r region) {
-	if !r.tracked || r.n <= 0 {
+	if r.uuid == "" || r.n <= 0 {
 		return
 	}
 	m := rs[r.uuid]
@@ -58,7 +57,7 @@ func (rs regions) add(r region) {
 func (rs regions) merge(o regions) {
 	for u, m := range o {
 		for off := range m {
-			rs.add(region{uuid: u, off: off, n: 1, tracked: true})
+			rs.add(region{uuid: u, off: off, n: 1})
 		}
 	}
 }
@@ -84,7 +83,7 @@ type tracking struct {
 // noteWrite records a change the follower does not have (mirrored is
 // false) or has without having synced it.
 func (p *podRT) noteWrite(r region, mirrored bool, state pod.State) {
-	if !r.tracked {
+	if r.uuid == "" {
 		return
 	}
 	p.mu.Lock()

@@ -83,7 +83,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 		m.Data = p
 	}
 	payload := m.encode()
-	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p)), tracked: true},
+	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p))},
 		func(ctx context.Context) error { return v.local.WriteAt(ctx, p, off) },
 		func(s *link.Session, epoch uint64) error {
 			v.r.traffic.mirror.Add(int64(len(m.Data)))
@@ -99,7 +99,7 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 		return v.local.Unmap(ctx, off, length)
 	}
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
-	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: length, tracked: true},
+	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: length},
 		func(ctx context.Context) error { return v.local.Unmap(ctx, off, length) },
 		func(s *link.Session, epoch uint64) error {
 			_, err := call(context.Background(), s, msgUnmap, epoch, payload)
