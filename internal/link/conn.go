@@ -15,7 +15,9 @@ const (
 )
 
 // conn is one of a session's two connections. The session runs a reader
-// goroutine (fr) and a writer goroutine (bw, fed by out) for it.
+// goroutine (fr) and a writer goroutine (bw, fed by out) for it; a
+// goroutine sending a request or a response writes what is queued itself
+// when no one else is writing (see Session.send).
 type conn struct {
 	kind connKind
 	// raw is the connection under tls; closing it stops both goroutines
@@ -24,6 +26,9 @@ type conn struct {
 	raw net.Conn
 	tls *tls.Conn
 	fr  frameReader
+	// wmu is held by whoever writes to bw: the writer goroutine or a
+	// sender.
+	wmu writeLock
 	bw  *bufio.Writer
 	out outQueue
 }
@@ -36,8 +41,26 @@ func newConn(kind connKind, raw net.Conn, tc *tls.Conn) *conn {
 		fr:   frameReader{r: bufio.NewReaderSize(tc, readBufSize), max: MaxPayload},
 		bw:   bufio.NewWriterSize(tc, writeBufSize),
 		out:  outQueue{notify: make(chan struct{}, 1)},
+		wmu:  make(writeLock, 1),
 	}
 }
+
+// writeLock is a mutex made of a channel, so that a goroutine waiting for
+// it counts as durably blocked in tests run under testing/synctest.
+type writeLock chan struct{}
+
+func (l writeLock) Lock() { l <- struct{}{} }
+
+func (l writeLock) TryLock() bool {
+	select {
+	case l <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l writeLock) Unlock() { <-l }
 
 // outFrame is a frame queued for a writer.
 type outFrame struct {
@@ -65,8 +88,8 @@ type outQueue struct {
 	notify chan struct{}
 }
 
-// push queues f and wakes the writer. It reports false when the writer
-// has stopped.
+// push queues f without waking the writer. It reports false when the
+// writer has stopped.
 func (q *outQueue) push(f outFrame, urgent bool) bool {
 	q.mu.Lock()
 	if q.mu.closed {
@@ -80,11 +103,25 @@ func (q *outQueue) push(f outFrame, urgent bool) bool {
 		q.mu.normal = append(q.mu.normal, f)
 	}
 	q.mu.Unlock()
+	return true
+}
+
+// queue queues f and wakes the writer. It reports false when the writer
+// has stopped.
+func (q *outQueue) queue(f outFrame, urgent bool) bool {
+	if !q.push(f, urgent) {
+		return false
+	}
+	q.wake()
+	return true
+}
+
+// wake tells the writer there is something to write.
+func (q *outQueue) wake() {
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 // take returns what is queued, swapping in the given slices (emptied) as
@@ -156,19 +193,52 @@ func (s *Session) writeLoop(c *conn) error {
 		case <-s.done:
 			return nil
 		}
-		for {
-			urgent, normal = c.out.take(urgent, normal)
-			if len(urgent) == 0 && len(normal) == 0 {
-				break
-			}
-			if err := s.writeBatch(c, urgent, normal); err != nil {
-				return err
-			}
-		}
-		if err := c.bw.Flush(); err != nil {
+		c.wmu.Lock()
+		var err error
+		urgent, normal, err = s.drain(c, urgent, normal)
+		c.wmu.Unlock()
+		if err != nil {
 			return err
 		}
 	}
+}
+
+// drain writes what is queued on c until the queue is empty, then
+// flushes. The slices are scratch space, returned for reuse. c.wmu must
+// be held.
+func (s *Session) drain(c *conn, urgent, normal []outFrame) ([]outFrame, []outFrame, error) {
+	for {
+		urgent, normal = c.out.take(urgent, normal)
+		if len(urgent) == 0 && len(normal) == 0 {
+			break
+		}
+		if err := s.writeBatch(c, urgent, normal); err != nil {
+			return urgent, normal, err
+		}
+	}
+	return urgent, normal, c.bw.Flush()
+}
+
+// send queues f on c and, when no one is writing to c, writes what is
+// queued itself: that saves waking the writer goroutine, a thread wakeup
+// on the path of every request and response. Otherwise the writer is
+// woken and sends f with what it has. The caller may block until the peer
+// reads, so readers never use it (they must keep draining their
+// connection); they queue. It reports false when the writer has stopped.
+func (s *Session) send(c *conn, f outFrame, urgent bool) bool {
+	if !c.out.push(f, urgent) {
+		return false
+	}
+	if !c.wmu.TryLock() {
+		c.out.wake()
+		return true
+	}
+	_, _, err := s.drain(c, nil, nil)
+	c.wmu.Unlock()
+	if err != nil {
+		s.die(connError(c, "write", err))
+	}
+	return true
 }
 
 // writeBatch writes urgent, then normal, putting urgent frames queued in

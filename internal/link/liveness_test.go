@@ -242,7 +242,7 @@ func TestProtocolErrors(t *testing.T) {
 				if f.meta {
 					c = p.sa.meta
 				}
-				c.out.push(f.frame, false)
+				c.out.queue(f.frame, false)
 				<-p.sb.Done()
 				if err := p.sb.Err(); !errors.Is(err, errProtocol) || !errors.Is(err, ErrClosed) {
 					t.Fatalf("Err %v, want a protocol error", err)

@@ -148,18 +148,35 @@ func connError(c *conn, op string, err error) error {
 // longer references req.Payload; the response's Payload belongs to the
 // caller.
 func (s *Session) Call(ctx context.Context, req Message) (Message, error) {
+	return s.Go(ctx, req).Wait()
+}
+
+// Pending is a request sent by Go; Wait returns its response.
+type Pending struct {
+	s   *Session
+	ctx context.Context
+	id  uint64
+	c   *call
+	err error // set when the request was never sent
+}
+
+// Go sends a request like Call but returns without waiting for the
+// response: the caller can do other work while the request travels, then
+// calls Wait exactly once. req.Payload must stay untouched until Wait
+// returns.
+func (s *Session) Go(ctx context.Context, req Message) *Pending {
 	if len(req.Payload) > MaxPayload {
-		return Message{}, fmt.Errorf("%w: request of %d bytes, the maximum is %d", ErrTooLarge, len(req.Payload), MaxPayload)
+		return &Pending{err: fmt.Errorf("%w: request of %d bytes, the maximum is %d", ErrTooLarge, len(req.Payload), MaxPayload)}
 	}
 	if err := ctx.Err(); err != nil {
-		return Message{}, err
+		return &Pending{err: err}
 	}
 	n := len(req.Payload)
 	if err := s.budget.acquire(ctx, s.done, n); err != nil {
 		if errors.Is(err, ErrClosed) {
 			err = s.Err()
 		}
-		return Message{}, err
+		return &Pending{err: err}
 	}
 	c := &call{size: n, written: make(chan struct{}), done: make(chan struct{})}
 	id := s.nextID.Add(1)
@@ -167,27 +184,36 @@ func (s *Session) Call(ctx context.Context, req Message) (Message, error) {
 	if err := s.mu.err; err != nil {
 		s.mu.Unlock()
 		s.budget.release(n)
-		return Message{}, err
+		return &Pending{err: err}
 	}
 	s.mu.calls[id] = c
 	s.mu.Unlock()
 
-	// When the push fails the writer has stopped, so the session is dead
+	// When the send fails the writer has stopped, so the session is dead
 	// and c has been (or is being) failed.
-	s.data.out.push(outFrame{h: header{kind: kindRequest, typ: req.Type, epoch: req.Epoch, id: id}, payload: req.Payload, call: c}, req.Urgent)
+	s.send(s.data, outFrame{h: header{kind: kindRequest, typ: req.Type, epoch: req.Epoch, id: id}, payload: req.Payload, call: c}, req.Urgent)
+	return &Pending{s: s, ctx: ctx, id: id, c: c}
+}
 
+// Wait waits for the response of the request Go sent, for Go's ctx to end
+// or for the session to die, as Call does.
+func (p *Pending) Wait() (Message, error) {
+	if p.err != nil {
+		return Message{}, p.err
+	}
+	c := p.c
 	select {
 	case <-c.done:
-	case <-ctx.Done():
+	case <-p.ctx.Done():
 		if c.withdraw() {
 			// Never sent: no response will come.
-			s.forget(id, c)
-			return Message{}, ctx.Err()
+			p.s.forget(p.id, c)
+			return Message{}, p.ctx.Err()
 		}
 		// Sent or being sent: the budget is released when the response
 		// arrives (the peer holds the payload until then).
 		<-c.written
-		return Message{}, ctx.Err()
+		return Message{}, p.ctx.Err()
 	}
 	if !c.withdraw() {
 		<-c.written
@@ -267,7 +293,7 @@ func (s *Session) Close() error {
 		// The peer answers the goodbye by closing its side, which ends
 		// this one: then the peer has seen the goodbye before any
 		// connection loss.
-		if s.meta.out.push(outFrame{h: header{kind: kindGoodbye}}, true) {
+		if s.meta.out.queue(outFrame{h: header{kind: kindGoodbye}}, true) {
 			t := time.NewTimer(min(closeGrace, s.cfg.Timeout))
 			select {
 			case <-s.done:
@@ -356,7 +382,7 @@ func (s *Session) handle(c *conn, h header, payload []byte) error {
 		if len(payload) != 0 {
 			return protoErr("ping with a payload")
 		}
-		s.meta.out.push(outFrame{h: header{kind: kindPong, id: h.id}}, true)
+		s.meta.out.queue(outFrame{h: header{kind: kindPong, id: h.id}}, true)
 	case kindPong:
 		if len(payload) != 0 {
 			return protoErr("pong with a payload")
@@ -451,7 +477,7 @@ func (s *Session) serve(r request) {
 	if s.respBudget.acquire(s.ctx, s.done, n) != nil {
 		return
 	}
-	if !s.meta.out.push(f, false) {
+	if !s.send(s.meta, f, false) {
 		s.respBudget.release(n)
 	}
 }
@@ -484,7 +510,7 @@ func (s *Session) ping(now time.Time) {
 	seq := s.mu.pingSeq
 	s.mu.pings[seq%pingRing] = pingRecord{seq: seq, sent: s.since(now)}
 	s.mu.Unlock()
-	s.meta.out.push(outFrame{h: header{kind: kindPing, id: seq}}, true)
+	s.meta.out.queue(outFrame{h: header{kind: kindPing, id: seq}}, true)
 }
 
 // pong records the answer to ping seq: a round-trip sample and the lease.

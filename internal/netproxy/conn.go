@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -74,6 +75,10 @@ type direction struct {
 	// ready (capacity 1) is signalled when a chunk is queued, room when
 	// bytes are taken off the queue.
 	ready, room chan struct{}
+	// wmu (capacity 1, a lock) is held by whoever writes to dst: the
+	// writer, from taking a chunk until the queue is empty, or the reader
+	// passing bytes straight through.
+	wmu chan struct{}
 	// mu guards the queue between the reader and the writer.
 	mu struct {
 		sync.Mutex
@@ -83,7 +88,7 @@ type direction struct {
 }
 
 func newDirection(i int, src, dst net.Conn) *direction {
-	return &direction{i: i, src: src, dst: dst, ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+	return &direction{i: i, src: src, dst: dst, ready: make(chan struct{}, 1), room: make(chan struct{}, 1), wmu: make(chan struct{}, 1)}
 }
 
 func signal(ch chan struct{}) {
@@ -101,26 +106,20 @@ func (d *direction) push(ch chunk) {
 	signal(d.ready)
 }
 
-// pop takes the oldest chunk, waiting for one; false once done is closed.
-func (d *direction) pop(done <-chan struct{}) (chunk, bool) {
-	for {
-		d.mu.Lock()
-		if len(d.mu.q) > 0 {
-			ch := d.mu.q[0]
-			d.mu.q[0] = chunk{}
-			d.mu.q = d.mu.q[1:]
-			d.mu.bytes -= len(ch.data)
-			d.mu.Unlock()
-			signal(d.room)
-			return ch, true
-		}
+// pop takes the oldest chunk; false when none is queued.
+func (d *direction) pop() (chunk, bool) {
+	d.mu.Lock()
+	if len(d.mu.q) == 0 {
 		d.mu.Unlock()
-		select {
-		case <-d.ready:
-		case <-done:
-			return chunk{}, false
-		}
+		return chunk{}, false
 	}
+	ch := d.mu.q[0]
+	d.mu.q[0] = chunk{}
+	d.mu.q = d.mu.q[1:]
+	d.mu.bytes -= len(ch.data)
+	d.mu.Unlock()
+	signal(d.room)
+	return ch, true
 }
 
 // waitRoom waits until fewer than limit bytes are queued; false once done
@@ -151,7 +150,7 @@ func (c *conn) read(d *direction) {
 		}
 		n, err := d.src.Read(buf)
 		now := time.Now()
-		if n > 0 && !c.p.lose(c, n) {
+		if n > 0 && !c.p.lose(c, n) && !c.through(d, buf[:n]) {
 			d.push(chunk{data: bytes.Clone(buf[:n]), at: now})
 		}
 		if err != nil {
@@ -163,6 +162,35 @@ func (c *conn) read(d *direction) {
 	}
 }
 
+// through passes data straight to dst when the link adds neither delay nor
+// a bandwidth limit and nothing is queued or being written in that
+// direction, so the writer goroutine is not woken at all: at zero delay
+// the proxy then costs one read and one write per chunk. It reports
+// whether it took data (a failed write shuts the connection).
+func (c *conn) through(d *direction, data []byte) bool {
+	select {
+	case d.wmu <- struct{}{}:
+	default:
+		return false
+	}
+	defer func() { <-d.wmu }()
+	d.mu.Lock()
+	queued := len(d.mu.q) > 0
+	d.mu.Unlock()
+	c.p.mu.Lock()
+	s := c.p.mu.s
+	c.p.mu.Unlock()
+	if queued || s.RTT > 0 || s.Bandwidth > 0 {
+		return false
+	}
+	if _, err := d.dst.Write(data); err != nil {
+		c.shut(true)
+		return true
+	}
+	c.p.sent[d.i].Add(int64(len(data)))
+	return true
+}
+
 // write delivers each queued chunk RTT/2 after it arrived, within the
 // direction's bandwidth, until the stream ends or the connection is shut.
 func (c *conn) write(d *direction) {
@@ -170,45 +198,68 @@ func (c *conn) write(d *direction) {
 	t.Stop()
 	defer t.Stop()
 	for {
-		ch, ok := d.pop(c.done)
+		select {
+		case <-d.ready:
+		case <-c.done:
+			return
+		}
+		select {
+		case d.wmu <- struct{}{}:
+		case <-c.done:
+			return
+		}
+		ok := true
+		for ok {
+			ch, queued := d.pop()
+			if !queued {
+				break
+			}
+			ok = c.deliver(t, d, ch)
+		}
+		<-d.wmu
 		if !ok {
 			return
 		}
-		due := func(s Settings, now time.Time) time.Duration { return ch.at.Add(s.RTT / 2).Sub(now) }
-		if !c.wait(t, due) {
-			return
+	}
+}
+
+// deliver writes one chunk when it is due; false when the stream ended or
+// the connection is shut.
+func (c *conn) deliver(t *time.Timer, d *direction, ch chunk) bool {
+	due := func(s Settings, now time.Time) time.Duration { return ch.at.Add(s.RTT / 2).Sub(now) }
+	if !c.wait(t, due) {
+		return false
+	}
+	for data := ch.data; len(data) > 0; {
+		n, lost := c.pace(t, d.i, len(data))
+		if n == 0 {
+			return false
 		}
-		for data := ch.data; len(data) > 0; {
-			n, lost := c.pace(t, d.i, len(data))
-			if n == 0 {
-				return
-			}
-			piece := data[:n]
-			data = data[n:]
-			if lost {
-				continue
-			}
-			if _, err := d.dst.Write(piece); err != nil {
-				c.shut(true)
-				return
-			}
-			c.p.sent[d.i].Add(int64(n))
-		}
-		if ch.err == nil {
+		piece := data[:n]
+		data = data[n:]
+		if lost {
 			continue
 		}
-		if c.p.lose(c, 0) {
-			return
+		if _, err := d.dst.Write(piece); err != nil {
+			c.shut(true)
+			return false
 		}
-		if errors.Is(ch.err, io.EOF) {
-			if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				return
-			}
-		}
-		// A reset, or a FIN the target side cannot pass on by itself.
-		c.shut(true)
-		return
+		c.p.sent[d.i].Add(int64(n))
 	}
+	if ch.err == nil {
+		return true
+	}
+	if c.p.lose(c, 0) {
+		return false
+	}
+	if errors.Is(ch.err, io.EOF) {
+		if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return false
+		}
+	}
+	// A reset, or a FIN the target side cannot pass on by itself.
+	c.shut(true)
+	return false
 }
 
 // wait blocks until ready, asked with the current settings under p.mu,
@@ -298,13 +349,21 @@ func (b *bucket) take(now time.Time, n int, rate int64) time.Duration {
 	return max(time.Duration(math.Ceil((need-b.tokens)/r*float64(time.Second))), 1)
 }
 
+// prSetTimerSlack is prctl's PR_SET_TIMERSLACK.
+const prSetTimerSlack = 29
+
 // preciseBelow is the delay below which the proxy sleeps in the kernel
 // (nanosleep, accurate to tens of microseconds) rather than on a runtime
 // timer (accurate to about a millisecond on some hosts).
 const preciseBelow = 2 * time.Millisecond
 
-// preciseSleep sleeps for d in the kernel, blocking the OS thread.
+// preciseSleep sleeps for d in the kernel, blocking the OS thread, whose
+// timer slack it sets to 1 ns first (the default, 50 µs, would be added to
+// every delay).
 func preciseSleep(d time.Duration) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerSlack, 1, 0)
 	ts := syscall.NsecToTimespec(d.Nanoseconds())
 	for {
 		var left syscall.Timespec

@@ -377,11 +377,12 @@ func (p *podRT) setErr(s string) {
 var errNotServing = errors.New("pod not served on this array")
 
 // mirror performs a replicated change at the sequencer: local (may be nil)
-// here and remote on the follower, and returns once the change is on
-// every array that serves the pod. Neither part is cancelled by ctx once
-// started (an aborted command may have changed either copy; both must
-// match): ctx only stops waiting for a paused pod.
-func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, remote func(*link.Session, uint64) error) error {
+// here and the request typ with payload on the follower, and returns once
+// the change is on every array that serves the pod. The request is sent
+// first and local runs while it travels. Neither part is cancelled by ctx
+// once started (an aborted command may have changed either copy; both
+// must match): ctx only stops waiting for a paused pod.
+func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
 	if rg.uuid != "" {
@@ -397,18 +398,13 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 			if md.sess == nil {
 				break
 			}
+			remote := goCall(bg, md.sess, typ, md.epoch, payload)
 			var lerr error
-			var wg sync.WaitGroup
 			if !localDone {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					lerr = local(bg)
-				}()
+				lerr = local(bg)
+				localDone = true
 			}
-			rerr := remote(md.sess, md.epoch)
-			wg.Wait()
-			localDone = true
+			_, rerr := remote.Wait()
 			// A change the follower may lack, or has and this array
 			// has not, must be copied again on a resume.
 			p.noteWrite(rg, rerr == nil && lerr == nil, md.state)

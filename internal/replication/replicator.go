@@ -392,12 +392,18 @@ func roleOf(p *catalog.Pod, me string) pod.Role {
 // call sends a pod message over the session at epoch. Host I/O (mirrored
 // writes, forwarded commands) goes ahead of copies.
 func call(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) ([]byte, error) {
-	urgent := typ == msgWrite || typ == msgUnmap || typ == msgForward
-	resp, err := s.Call(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload, Urgent: urgent})
+	resp, err := goCall(ctx, s, typ, epoch, payload).Wait()
 	if err != nil {
 		return nil, err
 	}
 	return resp.Payload, nil
+}
+
+// goCall sends a request without waiting for its answer. Host I/O goes
+// ahead of copy and control traffic.
+func goCall(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) *link.Pending {
+	urgent := typ == msgWrite || typ == msgUnmap || typ == msgForward
+	return s.Go(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload, Urgent: urgent})
 }
 
 // callJSON sends a JSON control message and decodes the JSON answer into

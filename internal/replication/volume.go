@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
@@ -82,14 +81,10 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	} else {
 		m.Data = p
 	}
-	payload := m.encode()
+	v.r.traffic.mirror.Add(int64(len(m.Data)))
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p))},
 		func(ctx context.Context) error { return v.local.WriteAt(ctx, p, off) },
-		func(s *link.Session, epoch uint64) error {
-			v.r.traffic.mirror.Add(int64(len(m.Data)))
-			_, err := call(context.Background(), s, msgWrite, epoch, payload)
-			return err
-		})
+		msgWrite, m.encode())
 }
 
 // Unmap implements scsi.Backend.
@@ -101,10 +96,7 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: length},
 		func(ctx context.Context) error { return v.local.Unmap(ctx, off, length) },
-		func(s *link.Session, epoch uint64) error {
-			_, err := call(context.Background(), s, msgUnmap, epoch, payload)
-			return err
-		})
+		msgUnmap, payload)
 }
 
 // Forward implements scsi.Replica: at the follower, run cmd at the
@@ -161,10 +153,7 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 		return nil
 	}
 	payload := mustJSON(reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u})
-	return rt.mirror(ctx, region{}, nil, func(s *link.Session, epoch uint64) error {
-		_, err := call(context.Background(), s, msgReservations, epoch, payload)
-		return err
-	})
+	return rt.mirror(ctx, region{}, nil, msgReservations, payload)
 }
 
 // Reset implements scsi.Replica.
