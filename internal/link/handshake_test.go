@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -116,19 +117,19 @@ func TestVersionMismatch(t *testing.T) {
 				return false
 			}
 			msg := ve.Error()
-			return strings.Contains(msg, "version 1") && strings.Contains(msg, "version 2") &&
+			return strings.Contains(msg, fmt.Sprintf("version %d", local)) && strings.Contains(msg, fmt.Sprintf("version %d", remote)) &&
 				strings.Contains(msg, "compatible metro releases")
 		}
 	}
 	t.Run("newer dialer", func(t *testing.T) {
 		a, b := testConfigs(t)
-		a.version = 2
-		refuseTest(t, a, b, versionErr(2, 1), versionErr(1, 2))
+		a.version = ProtocolVersion + 1
+		refuseTest(t, a, b, versionErr(ProtocolVersion+1, ProtocolVersion), versionErr(ProtocolVersion, ProtocolVersion+1))
 	})
 	t.Run("newer listener", func(t *testing.T) {
 		a, b := testConfigs(t)
-		b.version = 2
-		refuseTest(t, a, b, versionErr(1, 2), versionErr(2, 1))
+		b.version = ProtocolVersion + 1
+		refuseTest(t, a, b, versionErr(ProtocolVersion, ProtocolVersion+1), versionErr(ProtocolVersion+1, ProtocolVersion))
 	})
 }
 

@@ -13,7 +13,7 @@ import (
 
 // ProtocolVersion is the version of the link protocol this package speaks.
 // Both arrays of a pair must speak the same one.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // MaxPayload is the largest payload of one message: 16 MiB of data plus
 // room for an upper layer's header. A larger request is refused by Call; a

@@ -195,6 +195,22 @@ func (s *Session) Go(ctx context.Context, req Message) *Pending {
 	return &Pending{s: s, ctx: ctx, id: id, c: c}
 }
 
+// Done is closed when the response has arrived or the session died (or
+// at once when the request was never sent): Wait then returns without
+// blocking, unless Go's ctx ended first.
+func (p *Pending) Done() <-chan struct{} {
+	if p.err != nil {
+		return closedChan
+	}
+	return p.c.done
+}
+
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
+
 // Wait waits for the response of the request Go sent, for Go's ctx to end
 // or for the session to die, as Call does.
 func (p *Pending) Wait() (Message, error) {

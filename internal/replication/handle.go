@@ -28,6 +28,8 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 		out, err = r.handleResync(ctx, req)
 	case msgCheckpoint:
 		err = r.handleCheckpoint(req)
+	case msgWritten:
+		err = r.handleWritten(req)
 	case msgGrant:
 		err = r.handleGrant(req)
 	case msgConfig:
@@ -118,13 +120,15 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		return vol.Unmap(ctx, int64(m.Off), int64(m.Length))
 	}
 	data := m.Data
+	var fw *forwarded
 	if m.Ref != 0 {
 		v, ok := r.refs.Load(m.Ref)
 		if !ok {
 			return fmt.Errorf("pod %s: write refers to unknown request %d", m.Pod, m.Ref)
 		}
-		d := v.([]byte)
-		if m.RefOff+m.Length > uint64(len(d)) {
+		fw = v.(*forwarded)
+		d := fw.data
+		if m.RefOff > uint64(len(d)) || m.Length > uint64(len(d))-m.RefOff {
 			return fmt.Errorf("pod %s: write reference out of range", m.Pod)
 		}
 		data = d[m.RefOff : m.RefOff+m.Length]
@@ -137,7 +141,30 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		// store first; a crash before it means a fresh copy anyway.
 		return vol.WriteAtNoSync(ctx, data, int64(m.Off))
 	}
-	return vol.WriteAt(ctx, data, int64(m.Off))
+	if err := vol.WriteAt(ctx, data, int64(m.Off)); err != nil {
+		return err
+	}
+	if fw != nil {
+		fw.add(&fw.applied, int64(len(data)))
+	}
+	return nil
+}
+
+// handleWritten counts bytes of a forwarded write the sequencer's copy
+// holds.
+func (r *Replicator) handleWritten(req link.Message) error {
+	m, err := decodeWritten(req.Payload)
+	if err != nil {
+		return err
+	}
+	if _, err := r.podAt(m.Pod, req.Epoch, pod.Follower); err != nil {
+		return err
+	}
+	if v, ok := r.refs.Load(m.Ref); ok {
+		fw := v.(*forwarded)
+		fw.add(&fw.confirmed, int64(m.Length))
+	}
+	return nil
 }
 
 func (r *Replicator) handleForward(ctx context.Context, req link.Message) ([]byte, error) {

@@ -50,6 +50,9 @@ const (
 	// msgCheckpoint (sequencer → follower): make the copy durable up to a
 	// position and record it (a resumable cursor).
 	msgCheckpoint
+	// msgWritten (sequencer → follower): the sequencer's copy holds a
+	// write of data the follower forwarded (writtenMsg).
+	msgWritten
 )
 
 // errShort is returned for a truncated binary message.
@@ -160,6 +163,31 @@ func decodeWrite(p []byte) (*writeMsg, error) {
 	m := &writeMsg{Pod: d.str(), Volume: d.str(), Off: d.u64(), Length: d.u64(), Ref: d.u64(), RefOff: d.u64(), Data: d.bytes()}
 	if d.err != nil {
 		return nil, fmt.Errorf("write message: %w", d.err)
+	}
+	return m, nil
+}
+
+// writtenMsg is a msgWritten: Length bytes of the data-out of the
+// follower's forwarded request Ref are durable on the sequencer.
+type writtenMsg struct {
+	Pod    string
+	Ref    uint64
+	Length uint64
+}
+
+func (m *writtenMsg) encode() []byte {
+	e := enc{b: make([]byte, 0, 24+len(m.Pod))}
+	e.str(m.Pod)
+	e.u64(m.Ref)
+	e.u64(m.Length)
+	return e.b
+}
+
+func decodeWritten(p []byte) (*writtenMsg, error) {
+	d := dec{b: p}
+	m := &writtenMsg{Pod: d.str(), Ref: d.u64(), Length: d.u64()}
+	if d.err != nil {
+		return nil, fmt.Errorf("written message: %w", d.err)
 	}
 	return m, nil
 }

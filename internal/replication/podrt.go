@@ -381,8 +381,10 @@ var errNotServing = errors.New("pod not served on this array")
 // the change is on every array that serves the pod. The request is sent
 // first and local runs while it travels. Neither part is cancelled by ctx
 // once started (an aborted command may have changed either copy; both
-// must match): ctx only stops waiting for a paused pod.
-func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte) error {
+// must match): ctx only stops waiting for a paused pod. For a write of
+// data the follower forwarded, done tells the follower, as soon as the
+// local write succeeded, that this copy has it (see forwarded).
+func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte, done *writtenMsg) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
 	if rg.uuid != "" {
@@ -403,6 +405,10 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 			if !localDone {
 				lerr = local(bg)
 				localDone = true
+			}
+			if lerr == nil && done != nil {
+				// Not awaited: the answer says nothing this write needs.
+				goCall(bg, md.sess, msgWritten, md.epoch, done.encode())
 			}
 			_, rerr := remote.Wait()
 			// A change the follower may lack, or has and this array

@@ -69,9 +69,9 @@ type Replicator struct {
 	now func() time.Time
 
 	nextRef atomic.Uint64
-	// refs holds the data-out of commands forwarded to the sequencer, by
-	// request id, for writes that refer to it.
-	refs sync.Map // uint64 → []byte
+	// refs holds the commands forwarded to the sequencer, by request id,
+	// for the writes that refer to their data-out.
+	refs sync.Map // uint64 → *forwarded
 
 	// traffic counts bytes sent over the link, by kind.
 	traffic struct {
@@ -402,7 +402,7 @@ func call(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payloa
 // goCall sends a request without waiting for its answer. Host I/O goes
 // ahead of copy and control traffic.
 func goCall(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) *link.Pending {
-	urgent := typ == msgWrite || typ == msgUnmap || typ == msgForward
+	urgent := typ == msgWrite || typ == msgUnmap || typ == msgForward || typ == msgWritten
 	return s.Go(ctx, link.Message{Type: typ, Epoch: epoch, Payload: payload, Urgent: urgent})
 }
 

@@ -3,6 +3,8 @@ package replication
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/metro-storage/metro/internal/pod"
@@ -45,6 +47,31 @@ func (v *Volume) Mapped(ctx context.Context, off, length int64) (bool, int64, er
 	return v.local.Mapped(ctx, off, length)
 }
 
+// forwarded is a command this array forwarded to the sequencer, while it
+// waits for the answer.
+type forwarded struct {
+	// data is the command's data-out, which the sequencer's mirror
+	// writes refer to.
+	data []byte
+	// total is the data-out's length for a plain write, which completes
+	// here as soon as both copies hold all of it (0: wait for the
+	// sequencer's answer). applied counts the bytes of it this array
+	// wrote (the sequencer's mirror), confirmed those the sequencer
+	// wrote; written is closed when both reach total.
+	total              int64
+	applied, confirmed atomic.Int64
+	written            chan struct{}
+	once               sync.Once
+}
+
+// add counts n bytes into c (applied or confirmed).
+func (f *forwarded) add(c *atomic.Int64, n int64) {
+	c.Add(n)
+	if f.total > 0 && f.applied.Load() >= f.total && f.confirmed.Load() >= f.total {
+		f.once.Do(func() { close(f.written) })
+	}
+}
+
 // originKey marks the context of a command forwarded by the follower.
 type originKey struct{}
 
@@ -76,15 +103,17 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	}
 	m := &writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(len(p))}
 	o, _ := ctx.Value(originKey{}).(*origin)
+	var done *writtenMsg
 	if at := o.within(p); at >= 0 {
 		m.Ref, m.RefOff = o.id, uint64(at)
+		done = &writtenMsg{Pod: v.pod, Ref: o.id, Length: uint64(len(p))}
 	} else {
 		m.Data = p
 	}
 	v.r.traffic.mirror.Add(int64(len(m.Data)))
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p))},
 		func(ctx context.Context) error { return v.local.WriteAt(ctx, p, off) },
-		msgWrite, m.encode())
+		msgWrite, m.encode(), done)
 }
 
 // Unmap implements scsi.Backend.
@@ -96,7 +125,7 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: length},
 		func(ctx context.Context) error { return v.local.Unmap(ctx, off, length) },
-		msgUnmap, payload)
+		msgUnmap, payload, nil)
 }
 
 // Forward implements scsi.Replica: at the follower, run cmd at the
@@ -112,18 +141,35 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 		return notReady(scsi.SenseNotReadyUnavailable()), true
 	}
 	id := v.r.nextRef.Add(1)
-	v.r.refs.Store(id, cmd.DataOut)
+	f := &forwarded{data: cmd.DataOut}
+	if scsi.IsPlainWrite(cmd.CDB) && len(cmd.DataOut) > 0 {
+		f.total = int64(len(cmd.DataOut))
+		f.written = make(chan struct{})
+	}
+	v.r.refs.Store(id, f)
 	defer v.r.refs.Delete(id)
 	m := &forwardMsg{Pod: v.pod, Volume: v.uuid, ID: id, Cmd: *cmd}
 	v.r.traffic.forward.Add(int64(len(cmd.DataOut)))
 	// The sequencer runs the command to its end whatever happens here,
 	// so the answer is awaited even if the task is aborted meanwhile.
-	resp, err := call(context.WithoutCancel(ctx), md.sess, msgForward, md.epoch, m.encode())
+	pend := goCall(context.WithoutCancel(ctx), md.sess, msgForward, md.epoch, m.encode())
+	select {
+	case <-pend.Done():
+	case <-f.written:
+		// A plain write is done once both copies hold all its data:
+		// the sequencer said it wrote its copy, and this array applied
+		// the sequencer's mirror of it, in the order the sequencer
+		// chose. That is one round trip, where the sequencer's answer
+		// would take two (it follows the mirror's acknowledgement); the
+		// answer, GOOD, is dropped when it comes.
+		return &scsi.Result{Status: scsi.StatusGood}, true
+	}
+	resp, err := pend.Wait()
 	if err != nil {
 		v.r.log.Debug("forward failed", "pod", v.pod, "err", err)
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	}
-	res, err := decodeResult(resp)
+	res, err := decodeResult(resp.Payload)
 	if err != nil {
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	}
@@ -153,7 +199,7 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 		return nil
 	}
 	payload := mustJSON(reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u})
-	return rt.mirror(ctx, region{}, nil, msgReservations, payload)
+	return rt.mirror(ctx, region{}, nil, msgReservations, payload, nil)
 }
 
 // Reset implements scsi.Replica.

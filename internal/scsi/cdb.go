@@ -180,3 +180,17 @@ func DecodeLUN(b [8]byte) uint64 {
 	}
 	return uint64(binary.BigEndian.Uint16(b[0:2]))
 }
+
+// IsPlainWrite reports whether cdb is a WRITE (6, 10, 12 or 16): a
+// command whose only effect is writing its data-out, and whose outcome,
+// once the data is written, is GOOD.
+func IsPlainWrite(cdb []byte) bool {
+	if len(cdb) == 0 {
+		return false
+	}
+	switch cdb[0] {
+	case opWrite6, opWrite10, opWrite12, opWrite16:
+		return true
+	}
+	return false
+}
