@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metro-storage/metro/internal/pipenet"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -169,14 +170,14 @@ func FuzzSession(f *testing.F) {
 		})
 		defer watchdog.Stop()
 		srv := NewServer(Config{Backend: newFakeBackend(), Executor: nopExec{}, NopInterval: -1, Logger: testLogger(t), MaxRecvDataSegmentLength: 8192})
-		l := newPipeListener()
+		l := pipenet.Listen("pipe:3260")
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(context.Background(), l) }()
 		defer func() {
 			srv.Close()
 			<-done
 		}()
-		nc, err := l.dial()
+		nc, err := l.Dial(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,14 +220,14 @@ func FuzzLogin(f *testing.F) {
 	f.Add(seedPDU(opLoginReq, flagContinue, 1, []byte("InitiatorName=iqn"), nil))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		srv := NewServer(Config{Backend: newFakeBackend(), Executor: nopExec{}, NopInterval: -1, Logger: testLogger(t)})
-		l := newPipeListener()
+		l := pipenet.Listen("pipe:3260")
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(context.Background(), l) }()
 		defer func() {
 			srv.Close()
 			<-done
 		}()
-		nc, err := l.dial()
+		nc, err := l.Dial(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}

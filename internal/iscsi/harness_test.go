@@ -6,59 +6,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"sync"
 	"testing"
 
+	"github.com/metro-storage/metro/internal/pipenet"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
 // The test harness: an in-memory listener, a fake backend and executor,
 // and a Server running on them. Set ISCSI_TEST_LOG=1 to see the server's
 // debug log.
-
-// pipeListener is a net.Listener whose connections are net.Pipe pairs.
-type pipeListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-func (l *pipeListener) dial() (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.conns <- server:
-		return client, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "pipe:3260" }
 
 // fakeBackend serves fixed targets and per-initiator CHAP.
 type fakeBackend struct {
@@ -215,7 +173,7 @@ func (e *fakeExec) commands() []scsi.Command {
 type harness struct {
 	t       testing.TB
 	srv     *Server
-	l       *pipeListener
+	l       *pipenet.Listener
 	exec    *fakeExec
 	backend *fakeBackend
 	done    chan error
@@ -231,7 +189,7 @@ func testLogger(t testing.TB) *slog.Logger {
 
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, l: newPipeListener(), exec: newFakeExec(), backend: newFakeBackend(), done: make(chan error, 1)}
+	h := &harness{t: t, l: pipenet.Listen("pipe:3260"), exec: newFakeExec(), backend: newFakeBackend(), done: make(chan error, 1)}
 	cfg := Config{
 		Backend:        h.backend,
 		Executor:       h.exec,

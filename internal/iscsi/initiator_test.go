@@ -3,6 +3,7 @@ package iscsi
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ type initiator struct {
 
 func (h *harness) dial() *initiator {
 	h.t.Helper()
-	nc, err := h.l.dial()
+	nc, err := h.l.Dial(context.Background())
 	if err != nil {
 		h.t.Fatalf("dial: %v", err)
 	}

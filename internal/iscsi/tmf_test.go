@@ -8,6 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/metro-storage/metro/internal/pipenet"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -301,12 +302,12 @@ func TestServerCloseNoLeaks(t *testing.T) {
 			return &scsi.Result{Status: scsi.StatusGood}
 		})
 		srv := NewServer(Config{Backend: newFakeBackend(), Executor: exec, Logger: testLogger(t)})
-		l := newPipeListener()
+		l := pipenet.Listen("pipe:3260")
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(context.Background(), l) }()
 		var ins []*initiator
 		for i := range 3 {
-			nc, err := l.dial()
+			nc, err := l.Dial(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -317,7 +318,7 @@ func TestServerCloseNoLeaks(t *testing.T) {
 			ins = append(ins, in)
 		}
 		// A connection that never logs in.
-		if _, err := l.dial(); err != nil {
+		if _, err := l.Dial(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -334,7 +335,7 @@ func TestServerCloseNoLeaks(t *testing.T) {
 		if n := exec.lostCount(); n != 3 {
 			t.Errorf("NexusLost %d times", n)
 		}
-		if err := srv.Serve(context.Background(), newPipeListener()); err != ErrServerClosed {
+		if err := srv.Serve(context.Background(), pipenet.Listen("pipe:3260")); err != ErrServerClosed {
 			t.Errorf("Serve after Close: %v", err)
 		}
 		close(release)
@@ -357,11 +358,11 @@ func TestLoginTimeout(t *testing.T) {
 func TestServeContextCancel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv := NewServer(Config{Backend: newFakeBackend(), Executor: newFakeExec()})
-		l := newPipeListener()
+		l := pipenet.Listen("pipe:3260")
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(ctx, l) }()
-		nc, _ := l.dial()
+		nc, _ := l.Dial(context.Background())
 		in := newInitiator(t, nc)
 		in.mustLogin(loginOpts{})
 		cancel()

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/metro-storage/metro/internal/pipenet"
 )
 
 // The test harness: certificates and configs for two arrays "a" (which
@@ -107,7 +109,7 @@ func connect(t testing.TB, a Config, l *Listener, addr string) (sa, sb *Session)
 // pipeNet is an in-memory network for tests under synctest. Each dialed
 // connection runs through a proxy link of two pumps, one per direction.
 type pipeNet struct {
-	ln *pipeListener
+	ln *pipenet.Listener
 	// delay is the one-way delay of new links.
 	delay time.Duration
 	mu    sync.Mutex
@@ -115,7 +117,7 @@ type pipeNet struct {
 }
 
 func newPipeNet(delay time.Duration) *pipeNet {
-	return &pipeNet{ln: newPipeListener(), delay: delay}
+	return &pipeNet{ln: pipenet.Listen("pipe:7000"), delay: delay}
 }
 
 // proxyLink is one proxied connection.
@@ -146,16 +148,11 @@ func (n *pipeNet) dial(ctx context.Context, _ string) (net.Conn, error) {
 	n.mu.Lock()
 	n.links = append(n.links, link)
 	n.mu.Unlock()
-	select {
-	case n.ln.conns <- server:
-		return client, nil
-	case <-n.ln.closed:
+	if err := n.ln.Offer(ctx, server); err != nil {
 		link.cut()
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		link.cut()
-		return nil, ctx.Err()
+		return nil, err
 	}
+	return client, nil
 }
 
 // linkOf returns the link a session's connection runs over (the session
@@ -281,38 +278,6 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
-
-// pipeListener is a net.Listener whose connections come from pipeNet.dial.
-type pipeListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "pipe:7000" }
 
 // pipeSetup is a pair of sessions on a pipeNet (for synctest).
 type pipeSetup struct {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/metro-storage/metro/internal/pipenet"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -258,7 +260,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	b.Timeout = time.Second
 	b.HeartbeatInterval = time.Second
-	l := Listen(b, newPipeListener())
+	l := Listen(b, pipenet.Listen("pipe:7000"))
 	defer l.Close()
 	if _, err := l.Accept(context.Background()); err == nil {
 		t.Fatal("Accept with Timeout <= HeartbeatInterval succeeded")

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/metro-storage/metro/internal/pipenet"
 )
 
 // These tests run the proxy between net.Pipe connections inside a
@@ -25,62 +27,18 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// pipeListener is a net.Listener whose connections are net.Pipe pairs.
-type pipeListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.conns <- server:
-		return client, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "pipe" }
-
 // pipeLab is a proxy between two pipe listeners, with a target serving
 // every connection with serve.
 type pipeLab struct {
 	t           *testing.T
-	front, back *pipeListener
+	front, back *pipenet.Listener
 	p           *Proxy
 	wg          sync.WaitGroup
 }
 
 func newPipeLab(t *testing.T, s Settings, serve func(net.Conn)) *pipeLab {
-	l := &pipeLab{t: t, front: newPipeListener(), back: newPipeListener()}
-	l.p = newProxy(l.front, l.back.dial, s, testLogger(t))
+	l := &pipeLab{t: t, front: pipenet.Listen("pipe"), back: pipenet.Listen("pipe")}
+	l.p = newProxy(l.front, l.back.Dial, s, testLogger(t))
 	l.wg.Go(func() {
 		for {
 			c, err := l.back.Accept()
@@ -97,7 +55,7 @@ func newPipeLab(t *testing.T, s Settings, serve func(net.Conn)) *pipeLab {
 }
 
 func (l *pipeLab) dial() net.Conn {
-	c, err := l.front.dial(context.Background())
+	c, err := l.front.Dial(context.Background())
 	if err != nil {
 		l.t.Fatal(err)
 	}
