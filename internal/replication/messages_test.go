@@ -27,8 +27,57 @@ func TestMessagesRoundTrip(t *testing.T) {
 	if err != nil || gr.Status != r.Status || !gr.Aborted || !bytes.Equal(gr.Sense, r.Sense) || !bytes.Equal(gr.Data, r.Data) {
 		t.Fatalf("result: %+v %v", gr, err)
 	}
+	wr := &writtenMsg{Pod: "pod1", Ref: 12, Length: 8192}
+	if gw, err := decodeWritten(wr.encode()); err != nil || *gw != *wr {
+		t.Fatalf("written: %+v %v", gw, err)
+	}
 	if _, err := decodeWrite(w.encode()[:10]); err == nil {
 		t.Fatal("a truncated write message decoded")
+	}
+	if _, err := decodeWritten(wr.encode()[:12]); err == nil {
+		t.Fatal("a truncated written message decoded")
+	}
+}
+
+// TestForwardedCompletes checks when a forwarded plain write may complete
+// before the sequencer's answer: only once both copies hold every byte,
+// in whichever order the counts arrive, and never for other commands.
+func TestForwardedCompletes(t *testing.T) {
+	done := func(f *forwarded) bool {
+		select {
+		case <-f.written:
+			return true
+		default:
+			return false
+		}
+	}
+	f := &forwarded{total: 8192, written: make(chan struct{})}
+	f.add(&f.confirmed, 8192)
+	f.add(&f.applied, 4096)
+	if done(f) {
+		t.Fatal("complete with half the write applied here")
+	}
+	f.add(&f.applied, 4096)
+	if !done(f) {
+		t.Fatal("not complete with the whole write on both copies")
+	}
+	f.add(&f.confirmed, 4096) // a late count changes nothing (and must not close twice)
+
+	g := &forwarded{total: 4096, written: make(chan struct{})}
+	g.add(&g.applied, 4096)
+	if done(g) {
+		t.Fatal("complete before the sequencer said its copy holds the write")
+	}
+	g.add(&g.confirmed, 4096)
+	if !done(g) {
+		t.Fatal("not complete with the whole write on both copies")
+	}
+
+	h := &forwarded{} // not a plain write: waits for the answer
+	h.add(&h.applied, 4096)
+	h.add(&h.confirmed, 4096)
+	if h.written != nil {
+		t.Fatal("a command other than a plain write got an early completion")
 	}
 }
 
@@ -38,6 +87,7 @@ func FuzzMessages(f *testing.F) {
 	f.Add((&writeMsg{Pod: "pod1", Volume: "v", Off: 1, Length: 2, Data: []byte("x")}).encode())
 	f.Add((&forwardMsg{Pod: "p", Volume: "v", ID: 1, Cmd: scsi.Command{CDB: []byte{0}}}).encode())
 	f.Add(encodeResult(&scsi.Result{Status: 2, Sense: []byte{1}}))
+	f.Add((&writtenMsg{Pod: "p", Ref: 3, Length: 512}).encode())
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, p []byte) {
 		if m, err := decodeWrite(p); err == nil {
@@ -48,6 +98,11 @@ func FuzzMessages(f *testing.F) {
 		if m, err := decodeForward(p); err == nil {
 			if _, err := decodeForward(m.encode()); err != nil {
 				t.Fatalf("forward re-encode: %v", err)
+			}
+		}
+		if m, err := decodeWritten(p); err == nil {
+			if g, err := decodeWritten(m.encode()); err != nil || *g != *m {
+				t.Fatalf("written re-encode: %+v %v", g, err)
 			}
 		}
 		if r, err := decodeResult(p); err == nil {
