@@ -6,6 +6,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -107,6 +108,10 @@ type Lab struct {
 	proxy     *netproxy.Proxy
 	proxySrv  *http.Server
 	proxyDone chan struct{}
+	// proxyLn holds each array's advertised link address (a pair only)
+	// from the moment it is written in the config until the proxy serves
+	// one of them, so that nothing else takes the port meanwhile.
+	proxyLn []net.Listener
 }
 
 // proc is one array process.
@@ -158,15 +163,31 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 			lab.Stop()
 		}
 	}()
+	l.Info.Arrays = make([]ArrayInfo, opts.Arrays)
+	l.proxyLn = make([]net.Listener, opts.Arrays)
 	for i := 0; i < opts.Arrays; i++ {
-		ai, err := l.writeConfig(i)
-		if err != nil {
-			return nil, err
+		// The ports are picked free but bound by the array a moment
+		// later, so another process (another lab, an outgoing
+		// connection) can take one first: then the array stops at once,
+		// and is started again on fresh ports.
+		for attempt := 1; ; attempt++ {
+			ai, err := l.writeConfig(i)
+			if err != nil {
+				return nil, err
+			}
+			l.Info.Arrays[i] = ai
+			err = l.Start(ctx, i)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errPortTaken) || attempt == 3 {
+				return nil, err
+			}
+			l.opts.Logger.Warn("a port of the array was taken before it bound it; starting it on other ports", "array", ai.Name, "err", err)
 		}
-		l.Info.Arrays = append(l.Info.Arrays, ai)
-		if err := l.Start(ctx, i); err != nil {
-			return nil, err
-		}
+	}
+	if opts.Arrays == 1 {
+		l.releaseProxyLn() // no link
 	}
 	if err := l.configure(ctx); err != nil {
 		return nil, err
@@ -182,7 +203,9 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	return l, nil
 }
 
-func freePort() (int, error) {
+// freePort picks a TCP port that is free on the loopback now (a variable:
+// tests hand out a taken one).
+var freePort = func() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -212,10 +235,16 @@ func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
 	if err != nil {
 		return ArrayInfo{}, err
 	}
-	proxyPort, err := freePort()
-	if err != nil {
-		return ArrayInfo{}, err
+	// The advertised address is the proxy's (for a pair), which this
+	// process binds now and keeps.
+	if l.proxyLn[i] == nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return ArrayInfo{}, err
+		}
+		l.proxyLn[i] = ln
 	}
+	proxyPort := l.proxyLn[i].Addr().(*net.TCPAddr).Port
 	ai := ArrayInfo{
 		Name:    name,
 		API:     fmt.Sprintf("https://127.0.0.1:%d", apiPort),
@@ -291,6 +320,10 @@ func (l *Lab) Start(ctx context.Context, i int) error {
 	return l.waitReady(ctx, i, p)
 }
 
+// errPortTaken marks an array that stopped during its start because an
+// address of its configuration was in use.
+var errPortTaken = errors.New("an address of the array is in use")
+
 // waitReady polls the array's API until it answers.
 func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
 	ai := l.Info.Arrays[i]
@@ -299,7 +332,11 @@ func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
 		select {
 		case <-p.done:
 			log, _ := os.ReadFile(ai.Log)
-			return fmt.Errorf("%s exited during start (%v); its log:\n%s", ai.Name, p.err, tail(log, 2000))
+			err := fmt.Errorf("%s exited during start (%v); its log:\n%s", ai.Name, p.err, tail(log, 2000))
+			if bytes.Contains(log, []byte("address already in use")) {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -404,6 +441,7 @@ func (l *Lab) Restart(ctx context.Context, i int) error {
 // Stop stops every array (SIGTERM, then SIGKILL after 10 s) and waits.
 func (l *Lab) Stop() {
 	defer l.stopProxy()
+	defer l.releaseProxyLn()
 	l.mu.Lock()
 	procs := append([]*proc(nil), l.mu.procs...)
 	l.mu.Unlock()

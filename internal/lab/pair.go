@@ -121,16 +121,15 @@ func (l *Lab) startProxy(ctx context.Context) error {
 		listener = 0
 	}
 	ai := l.Info.Arrays[listener]
-	px, err := netproxy.New(ai.LinkAdvertise, ai.LinkListen,
-		netproxy.Settings{RTT: l.opts.LinkRTT, Bandwidth: l.opts.LinkBandwidth}, l.opts.Logger.With("component", "link-proxy"))
-	if err != nil {
-		return fmt.Errorf("link proxy: %w", err)
-	}
 	ctl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		px.Close()
 		return err
 	}
+	ln := l.proxyLn[listener]
+	l.proxyLn[listener] = nil
+	l.releaseProxyLn()
+	px := netproxy.Serve(ln, ai.LinkListen,
+		netproxy.Settings{RTT: l.opts.LinkRTT, Bandwidth: l.opts.LinkBandwidth}, l.opts.Logger.With("component", "link-proxy"))
 	l.proxy = px
 	l.proxySrv = &http.Server{Handler: px.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	l.proxyDone = make(chan struct{})
@@ -142,6 +141,17 @@ func (l *Lab) startProxy(ctx context.Context) error {
 	}()
 	l.Info.LinkProxy = "http://" + ctl.Addr().String()
 	return nil
+}
+
+// releaseProxyLn closes the advertised addresses held for a proxy that
+// does not serve them.
+func (l *Lab) releaseProxyLn() {
+	for i, ln := range l.proxyLn {
+		if ln != nil {
+			_ = ln.Close()
+			l.proxyLn[i] = nil
+		}
+	}
 }
 
 func (l *Lab) stopProxy() {

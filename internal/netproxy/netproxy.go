@@ -125,13 +125,20 @@ func New(listenAddr, target string, s Settings, logger *slog.Logger) (*Proxy, er
 	if err != nil {
 		return nil, fmt.Errorf("link proxy: listen on %s: %w", listenAddr, err)
 	}
+	return Serve(ln, target, s, logger), nil
+}
+
+// Serve is New on a listener the caller opened (and the proxy now owns):
+// a caller that must publish the proxy's address before the proxy starts
+// keeps the port from being taken meanwhile.
+func Serve(ln net.Listener, target string, s Settings, logger *slog.Logger) *Proxy {
 	var d net.Dialer
 	dial := func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, "tcp", target)
 	}
 	p := newProxy(ln, dial, s, logger)
 	p.precise = true
-	return p, nil
+	return p
 }
 
 // newProxy serves ln, reaching the target with dial. Tests pass in-memory
