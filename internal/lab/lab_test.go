@@ -5,36 +5,16 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/metro-storage/metro/internal/testbin"
 )
 
 var metroBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	metroBin = os.Getenv("METRO_BIN")
-	if metroBin == "" {
-		dir, err := os.MkdirTemp("", "metro-lab-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		metroBin = filepath.Join(dir, "metro")
-		cmd := exec.Command("go", "build", "-o", metroBin, "github.com/metro-storage/metro/cmd/metro")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build metro:", err)
-			return 1
-		}
-	}
-	return m.Run()
+	os.Exit(testbin.Run(m, &metroBin))
 }
 
 // TestUpWhenAPortIsTaken hands the first array a port that another
