@@ -3,6 +3,28 @@
 // state machine (package pod), mirrors the sequencer's writes to the
 // follower, forwards the follower's ordered commands to the sequencer,
 // copies the baseline, and orders configuration changes.
+//
+// # Writes
+//
+// Through the sequencer, a host write takes the SCSI range lock, sends
+// msgWrite to the follower, writes the local copy while the message
+// travels, and completes once the follower acknowledged: both copies
+// hold it, and the range lock (which reads through the sequencer also
+// take) has kept every overlapping command out meanwhile.
+//
+// Through the follower, an ordered command travels to the sequencer
+// (msgForward) and runs there as if a host had sent it; its writes come
+// back as msgWrite referring to the forwarded data, which the follower
+// still holds. A plain WRITE completes at the follower in one round trip:
+// as soon as its own copy holds the data the sequencer says so
+// (msgWritten), and the follower answers GOOD once it has also applied
+// the msgWrite, without waiting for the forward's answer, which would
+// follow the follower's acknowledgement. Every other command waits for
+// that answer.
+//
+// When the link fails, the sequencer suspends the follower and serves
+// alone (the fixed bias, until the mediator decides); what the follower
+// may lack is tracked for the resync.
 package replication
 
 import (
