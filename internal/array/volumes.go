@@ -79,7 +79,7 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 	}
 	serving, stretched := a.repl.Serving(p.Name)
 	peerUp := stretched && a.repl.PeerServing(p.Name)
-	up := func(name string) bool {
+	serves := func(name string) bool {
 		if name == a.cfg.Name {
 			return serving
 		}
@@ -87,15 +87,14 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 	}
 	// A preference for an array that does not serve the pod now is no
 	// preference: the paths that work are all optimized.
-	if !slices.ContainsFunc(p.Arrays, func(pa catalog.PodArray) bool { return up(pa.Name) && slices.Contains(prefer, pa.Name) }) {
+	if !slices.ContainsFunc(p.Arrays, func(pa catalog.PodArray) bool { return serves(pa.Name) && slices.Contains(prefer, pa.Name) }) {
 		prefer = nil
 	}
 	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
 	for _, pa := range p.Arrays {
 		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}}
-		up := up(pa.Name)
 		switch {
-		case !up:
+		case !serves(pa.Name):
 			g.State = scsi.Unavailable
 		case len(prefer) == 0:
 			g.State = scsi.ActiveOptimized

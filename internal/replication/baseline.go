@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
@@ -126,15 +127,10 @@ func pieceOf(lu *scsi.LogicalUnit, ref volRef, uuid string, off, n int64) piece 
 	return piece{lu: lu, local: ref.local, uuid: uuid, off: off, n: n}
 }
 
-// copyPiece reads one piece and sends it under the unit's range lock, so
-// it cannot overtake a host write to the same blocks (which is mirrored).
+// copyPiece reads one piece and sends it.
 func (p *podRT) copyPiece(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
 	p.yieldToHosts(ctx)
-	md := p.mode()
-	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
-		return errNotServing
-	}
-	unlock, err := pc.lu.LockRange(ctx, pc.off, pc.n)
+	sess, unlock, err := p.lockCopy(ctx, epoch, pc)
 	if err != nil {
 		return err
 	}
@@ -143,9 +139,30 @@ func (p *podRT) copyPiece(ctx context.Context, epoch uint64, pc piece, buf []byt
 		return err
 	}
 	m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(pc.off), Length: uint64(pc.n), Data: buf}
-	if _, err := call(ctx, md.sess, msgBaseline, epoch, m.encode()); err != nil {
+	return p.sendCopy(ctx, sess, msgBaseline, epoch, m)
+}
+
+// lockCopy checks that the copy at epoch still runs and takes the piece's
+// range lock, so that the copy cannot overtake a host write to the same
+// blocks (which is mirrored). It returns the session to send on.
+func (p *podRT) lockCopy(ctx context.Context, epoch uint64, pc piece) (*link.Session, func(), error) {
+	md := p.mode()
+	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
+		return nil, nil, errNotServing
+	}
+	unlock, err := pc.lu.LockRange(ctx, pc.off, pc.n)
+	if err != nil {
+		return nil, nil, err
+	}
+	return md.sess, unlock, nil
+}
+
+// sendCopy sends copied blocks (or an unmap); when the follower fails
+// them, not this copy's cancellation, it is suspended.
+func (p *podRT) sendCopy(ctx context.Context, s *link.Session, typ uint16, epoch uint64, m *writeMsg) error {
+	if _, err := call(ctx, s, typ, epoch, m.encode()); err != nil {
 		if ctx.Err() == nil {
-			p.peerFailed(md.sess, err)
+			p.peerFailed(s, err)
 		}
 		return err
 	}
@@ -238,8 +255,8 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	} else {
 		r.log.Info("baseline copy started", "pod", p.name, "epoch", epoch, "bytes", total)
 	}
-	// The reservations sent with the resync request may have changed
-	// before this array began to share changes: send them again.
+	// The follower gets the units' reservations now that this array
+	// shares every change of them (the resync request carries none).
 	for _, v := range vols {
 		if lu := r.env.LU(v.UUID); lu != nil && v.Destroyed == nil {
 			if err := lu.ShareReservationsNow(ctx); err != nil {

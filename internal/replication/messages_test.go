@@ -43,36 +43,40 @@ func TestMessagesRoundTrip(t *testing.T) {
 // before the sequencer's answer: only once both copies hold every byte,
 // in whichever order the counts arrive, and never for other commands.
 func TestForwardedCompletes(t *testing.T) {
-	done := func(f *forwarded) bool {
-		select {
-		case <-f.written:
-			return true
-		default:
-			return false
+	type count struct {
+		applied bool // else confirmed
+		n       int64
+		done    bool // complete after this count
+	}
+	for name, counts := range map[string][]count{
+		"sequencer first": {{false, 8192, false}, {true, 4096, false}, {true, 4096, true}, {false, 4096, true}},
+		"follower first":  {{true, 4096, false}, {false, 4096, true}},
+	} {
+		var total int64
+		for _, c := range counts {
+			if c.applied {
+				total += c.n
+			}
+		}
+		f := &forwarded{total: total, written: make(chan struct{})}
+		for i, c := range counts {
+			if c.applied {
+				f.add(&f.applied, c.n)
+			} else {
+				f.add(&f.confirmed, c.n) // a late count must not close twice
+			}
+			select {
+			case <-f.written:
+				if !c.done {
+					t.Fatalf("%s: complete after count %d, before both copies hold the write", name, i)
+				}
+			default:
+				if c.done {
+					t.Fatalf("%s: not complete after count %d, with the whole write on both copies", name, i)
+				}
+			}
 		}
 	}
-	f := &forwarded{total: 8192, written: make(chan struct{})}
-	f.add(&f.confirmed, 8192)
-	f.add(&f.applied, 4096)
-	if done(f) {
-		t.Fatal("complete with half the write applied here")
-	}
-	f.add(&f.applied, 4096)
-	if !done(f) {
-		t.Fatal("not complete with the whole write on both copies")
-	}
-	f.add(&f.confirmed, 4096) // a late count changes nothing (and must not close twice)
-
-	g := &forwarded{total: 4096, written: make(chan struct{})}
-	g.add(&g.applied, 4096)
-	if done(g) {
-		t.Fatal("complete before the sequencer said its copy holds the write")
-	}
-	g.add(&g.confirmed, 4096)
-	if !done(g) {
-		t.Fatal("not complete with the whole write on both copies")
-	}
-
 	h := &forwarded{} // not a plain write: waits for the answer
 	h.add(&h.applied, 4096)
 	h.add(&h.confirmed, 4096)

@@ -69,7 +69,7 @@ func newPodRT(r *Replicator, cp *catalog.Pod, fenced bool) *podRT {
 		p.mu.m = pod.New(p.role, cp.Epoch, r.now(), r.cfg.Timeout)
 	}
 	p.mu.changed = make(chan struct{})
-	p.mu.track = tracking{dirty: regions{}, recent: regions{}}
+	p.mu.track = noTracking()
 	return p
 }
 
@@ -264,7 +264,7 @@ func (p *podRT) do(a pod.Action) {
 			acts := m.PeerInSync(a.Epoch)
 			if m.State() == pod.InSync {
 				// The follower has everything, durably.
-				p.mu.track = tracking{dirty: regions{}, recent: regions{}}
+				p.mu.track = noTracking()
 			}
 			return acts
 		})
@@ -338,7 +338,7 @@ func (p *podRT) startResync(epoch uint64) {
 		p.mu.copyEpoch = epoch
 		if !ans.Resume {
 			// The follower starts from nothing: what it lacked is moot.
-			p.mu.track = tracking{dirty: regions{}, recent: regions{}}
+			p.mu.track = noTracking()
 		}
 		p.mu.Unlock()
 	}

@@ -411,8 +411,8 @@ func roleOf(p *catalog.Pod, me string) pod.Role {
 	return pod.Follower
 }
 
-// call sends a pod message over the session at epoch. Host I/O (mirrored
-// writes, forwarded commands) goes ahead of copies.
+// call sends a pod message over the session at epoch and waits for the
+// answer.
 func call(ctx context.Context, s *link.Session, typ uint16, epoch uint64, payload []byte) ([]byte, error) {
 	resp, err := goCall(ctx, s, typ, epoch, payload).Wait()
 	if err != nil {

@@ -76,28 +76,30 @@ type tracking struct {
 	from  uint64
 	dirty regions
 	// recent are regions mirrored during a copy since the follower's
-	// last checkpoint; seq numbers the checkpoints.
+	// last checkpoint.
 	recent regions
 }
 
+// noTracking is a record of nothing the follower lacks.
+func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}} }
+
 // noteWrite records a change the follower does not have (mirrored is
 // false) or has without having synced it.
+// An in-sync write records nothing, and takes no lock.
 func (p *podRT) noteWrite(r region, mirrored bool, state pod.State) {
-	if r.uuid == "" {
+	if r.uuid == "" || (mirrored && state != pod.Syncing) {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	t := &p.mu.track
-	switch {
-	case !mirrored:
-		t.dirty.add(r)
-	case state == pod.Syncing:
-		t.recent.add(r)
+	if mirrored {
+		p.mu.track.recent.add(r)
+	} else {
+		p.mu.track.dirty.add(r)
 	}
 }
 
-// copyInterrupted is called when the link is lost while the follower had
+// copyInterruptedLocked is called when the link is lost while the follower had
 // (part of) a copy: what it may lack becomes dirty. p.mu must be held.
 func (p *podRT) copyInterruptedLocked(was pod.State) {
 	t := &p.mu.track
@@ -227,11 +229,7 @@ func (p *podRT) copyDirty(ctx context.Context, epoch uint64, dirty regions, buf 
 // copyRegion sends one region as it is here: written runs as data,
 // unwritten runs as unmaps.
 func (p *podRT) copyRegion(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
-	md := p.mode()
-	if md.state != pod.Syncing || md.epoch != epoch || md.sess == nil {
-		return errNotServing
-	}
-	unlock, err := pc.lu.LockRange(ctx, pc.off, pc.n)
+	sess, unlock, err := p.lockCopy(ctx, epoch, pc)
 	if err != nil {
 		return err
 	}
@@ -252,10 +250,7 @@ func (p *podRT) copyRegion(ctx context.Context, epoch uint64, pc piece, buf []by
 			}
 			m.Data, typ = buf[:run], msgBaseline
 		}
-		if _, err := call(ctx, md.sess, typ, epoch, m.encode()); err != nil {
-			if ctx.Err() == nil {
-				p.peerFailed(md.sess, err)
-			}
+		if err := p.sendCopy(ctx, sess, typ, epoch, m); err != nil {
 			return err
 		}
 		if mapped {
