@@ -737,3 +737,37 @@ func TestReinstatement(t *testing.T) {
 	_, err := bad.login(loginOpts{tsih: 0x7777})
 	wantStatus(t, err, statusSessionNotFound)
 }
+
+// TestZeroLengthWriteWithUnsolicitedData is the two-PDU crash: with
+// InitialR2T=No a write command with W set, F=0 and an Expected Data
+// Transfer Length of 0 announces unsolicited data that cannot exist, then
+// a zero-length Data-Out follows. The command is complete as it stands
+// (nothing to transfer); the Data-Out has no burst to belong to. The
+// target must answer, not crash.
+func TestZeroLengthWriteWithUnsolicitedData(t *testing.T) {
+	h := newHarness(t, nil)
+	in := h.dial()
+	in.mustLogin(loginOpts{keys: []kv{{"InitialR2T", "No"}}})
+	itt := in.nextITT()
+	var c bhs
+	c.setOpcode(opSCSICmd, false)
+	c[1] = flagWrite // F=0: unsolicited data to follow
+	c.setITT(itt)
+	c.setField20(0) // Expected Data Transfer Length
+	c.setField24(in.cmdSN)
+	in.cmdSN++
+	copy(c[32:], write10(0, 0))
+	in.mustSend(&c, nil)
+	var d bhs
+	d.setOpcode(opDataOut, false)
+	d[1] = flagFinal
+	d.setITT(itt)
+	d.setField20(reservedTag)
+	in.mustSend(&d, nil)
+	if r, err := in.waitResult(itt, cmdOpts{}); err != nil || r.status != 0 {
+		t.Fatalf("%v: status %d sense % x", err, r.status, r.sense)
+	}
+	if r := in.do(tur, cmdOpts{}); r.status != 0 {
+		t.Fatal("session broken")
+	}
+}

@@ -184,7 +184,11 @@ func (c *conn) handleSCSICommand(h *bhs, ahs []byte) error {
 	}
 	t.received = imm
 	t.unsolEnd = min(s.p.FirstBurstLength, t.writeLen)
-	t.unsolOpen = t.write && !h.final()
+	// F=0 announces unsolicited Data-Out; when the immediate data already
+	// holds every byte the command transfers (an Expected Data Transfer
+	// Length of 0 among them) there is none to come and the data is
+	// complete: a Data-Out that follows finds no burst and is discarded.
+	t.unsolOpen = t.write && !h.final() && t.received < t.unsolEnd
 
 	switch {
 	case t.immediate:
@@ -292,6 +296,9 @@ func (c *conn) handleDataOut(h *bhs) error {
 			return c.failDataOut(t, h, senseInvalidTTT(), fmt.Sprintf("unknown TTT 0x%x", ttt))
 		}
 		limit = t.r2tEnd
+	}
+	if t.buf == nil {
+		return c.failDataOut(t, h, senseTooMuchWriteData(), "Data-Out for a command with no data to transfer")
 	}
 	if h.dataSN() != t.dataSN {
 		return c.failDataOut(t, h, senseDataPhaseError(), fmt.Sprintf("DataSN %d, expected %d", h.dataSN(), t.dataSN))
