@@ -368,3 +368,32 @@ func (c *Conn) SendTargets() ([]string, error) {
 		}
 	}
 }
+
+// Raw PDU access, for tests that play a hostile or broken host: they
+// build headers themselves and need the session's numbering.
+
+// NextCmdSN returns the CmdSN for the next numbered PDU and advances it.
+func (c *Conn) NextCmdSN() uint32 {
+	sn := c.cmdSN
+	c.cmdSN++
+	return sn
+}
+
+// CmdSN is the CmdSN the next numbered PDU will carry, without advancing.
+func (c *Conn) CmdSN() uint32 { return c.cmdSN }
+
+// ExpStatSN is the StatSN the initiator expects next.
+func (c *Conn) ExpStatSN() uint32 { return c.expStatSN }
+
+// SendPDU writes one PDU as given (its data segment length is set from
+// data, which is padded); nothing else in the header is changed.
+func (c *Conn) SendPDU(h *[48]byte, data []byte) error { return c.send(h, data) }
+
+// RecvPDU reads one PDU and returns its header and data segment.
+func (c *Conn) RecvPDU() (h [48]byte, data []byte, err error) {
+	p, err := c.recv()
+	if err != nil {
+		return h, nil, err
+	}
+	return p.h, p.data, nil
+}
