@@ -98,6 +98,16 @@ func newConn(srv *Server, nc net.Conn, source string) *conn {
 	return c
 }
 
+// endLogin takes the connection out of the logins in progress (once):
+// before its last login response is written, so that an initiator that
+// reads it finds its place free again.
+func (c *conn) endLogin() {
+	if c.loggingIn {
+		c.loggingIn = false
+		c.srv.loginDone(c.source)
+	}
+}
+
 // growBuffers gives a connection that completed its login its full
 // feature phase buffers. The login's writer is flushed; bytes the login's
 // reader has buffered already are read first.
@@ -152,8 +162,7 @@ func (c *conn) serve(ctx context.Context) {
 	l.deadline = start.Add(cfg.LoginTimeout)
 	_ = c.nc.SetDeadline(start.Add(cfg.LoginStartTimeout))
 	sess, err := l.run()
-	c.srv.loginDone(c.source)
-	c.loggingIn = false
+	c.endLogin()
 	if err != nil {
 		c.logEnd("iscsi login failed", err)
 		return

@@ -14,9 +14,9 @@ type loginStatus uint16
 
 // Login statuses (RFC 7143 11.13.5).
 const (
-	statusSuccess            loginStatus = 0x0000
-	statusInitiatorError     loginStatus = 0x0200
-	statusAuthFailure        loginStatus = 0x0201
+	statusSuccess        loginStatus = 0x0000
+	statusInitiatorError loginStatus = 0x0200
+	statusAuthFailure    loginStatus = 0x0201
 	// 0x0202 (authorization failure) and 0x0203 (not found) are never
 	// sent: they would tell an initiator which names exist (identify).
 	statusUnsupportedVersion loginStatus = 0x0205
@@ -133,6 +133,7 @@ func (l *login) run() (*session, error) {
 			if l.refused != nil {
 				err = fmt.Errorf("%w (%w)", l.refused, err)
 			}
+			c.endLogin()
 			var le *loginError
 			status := statusInitiatorError
 			if errors.As(err, &le) {
@@ -277,6 +278,7 @@ func (l *login) step(h *bhs, data []byte) (*session, bool, error) {
 	}
 	csg := l.stage
 	l.tsih = sess.tsih
+	c.endLogin()
 	if err := l.respond(h.itt(), true, csg, stageFullFeature, out.bytes()); err != nil {
 		sess.end() // the final response could not be sent
 		return nil, false, err
