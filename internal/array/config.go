@@ -48,6 +48,7 @@ import (
 // in a session's window of 128). Under 2000 half-open logins, or 1000
 // sessions each announcing 64 MiB writes, an array stays under 256 MiB
 // resident (the hostile-host end-to-end test measures it).
+//
 //	replication:
 //	  listen: 127.0.0.1:7443      # the link to the peer array
 //	  advertise: ""               # address the peer dials; default: listen
