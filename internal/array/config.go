@@ -39,6 +39,11 @@ import (
 //	    login_timeout: 10s        # for the whole login
 //	    max_write_bytes: 128M     # write data held for commands of all hosts (at least 64M)
 //	    max_session_write_bytes: 32M  # of one session; a write beyond waits for its R2T
+//	replication:
+//	  listen: 127.0.0.1:7443      # the link to the peer array
+//	  advertise: ""               # address the peer dials; default: listen
+//	  timeout: 4s                 # no heartbeat for this long: the peer is lost
+//	  baseline_rate: ""           # limit baseline copies, e.g. 100M (per second)
 //
 // With the iscsi limits at their defaults the transport holds about 40 KiB
 // per connection still logging in and about 200 KiB per logged-in one
@@ -48,12 +53,6 @@ import (
 // in a session's window of 128). Under 2000 half-open logins, or 1000
 // sessions each announcing 64 MiB writes, an array stays under 256 MiB
 // resident (the hostile-host end-to-end test measures it).
-//
-//	replication:
-//	  listen: 127.0.0.1:7443      # the link to the peer array
-//	  advertise: ""               # address the peer dials; default: listen
-//	  timeout: 4s                 # no heartbeat for this long: the peer is lost
-//	  baseline_rate: ""           # limit baseline copies, e.g. 100M (per second)
 type Config struct {
 	Name              string   `yaml:"name"`
 	DataDir           string   `yaml:"data_dir"`
