@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -108,8 +109,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
 				break
 			}
+			// Out of file descriptors (or a timeout): retry, the
+			// connections that end give them back.
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn("iscsi accept failed; retrying", "err", err, "in", backoff)
 				t := time.NewTimer(backoff)
