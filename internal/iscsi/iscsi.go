@@ -14,6 +14,19 @@
 // any framing or sequencing error (bad digest, bad DataSN, malformed PDU)
 // drops that connection, never the server.
 //
+// Hosts may be hostile or broken. A panic in any goroutine of a connection
+// or in the Executor ends that connection's session, is logged with its
+// stack and counted (Server.Panics), never the process (guard.go).
+// Connections are limited in all and per source address, and so are
+// logins in progress, with a short timeout for the first login request; a
+// connection beyond a limit is closed as soon as it is accepted. Until its
+// login completes a connection has small buffers. A write's buffer is made
+// burst by burst as its data is sent or solicited, never for more than the
+// data its CDB transfers, and the write data held is bounded per session
+// and in all (budget.go): a host beyond its budget waits for its R2Ts.
+// Login refusals (unknown target, unknown or refused initiator) all look
+// like a failed CHAP exchange, so no login reveals which names exist.
+//
 // Each connection has one reader goroutine (the connection's own) and one
 // writer goroutine fed by a queue; the writer assigns StatSN, stamps the
 // current ExpCmdSN/MaxCmdSN into every response and flushes when its queue
@@ -87,8 +100,11 @@ type Backend interface {
 	Targets(initiator string) []TargetInfo
 	// Authorize decides whether initiator may log in to target ("" for a
 	// discovery session) and which CHAP secrets apply. Errors:
-	// ErrTargetNotFound (login status 0x0203), ErrNotAuthorized (0x0202);
-	// any other error fails the login with a target error (0x0300).
+	// ErrTargetNotFound and ErrNotAuthorized are answered alike, as a CHAP
+	// login with a secret nobody knows, failing with authentication
+	// failure (0x0201) where such a login fails (so a login does not tell
+	// which targets and initiators exist); any other error fails the
+	// login with a target error (0x0300).
 	Authorize(target, initiator string) (CHAP, error)
 }
 
