@@ -111,13 +111,15 @@ func Open(opts Options) (*Array, error) {
 		return nil, err
 	}
 	a.cat.Watch(a.configChanged)
-	a.iscsi = iscsi.NewServer(iscsi.Config{
+	icfg := iscsi.Config{
 		Backend:        a,
 		Executor:       a.target,
 		TPGT:           a.id.PortalGroupTag(),
 		RelativePortID: a.id.RelativePortID(),
 		Logger:         a.log.With("component", "iscsi"),
-	})
+	}
+	a.cfg.ISCSI.Limits.apply(&icfg)
+	a.iscsi = iscsi.NewServer(icfg)
 	return a, nil
 }
 

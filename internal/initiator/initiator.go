@@ -31,6 +31,9 @@ type Options struct {
 	CHAPUser, CHAPSecret string
 	// Timeout bounds each exchange (default 30 s).
 	Timeout time.Duration
+	// LocalAddr is the local IP address to connect from (default: any),
+	// so that tests can play hosts at different addresses on loopback.
+	LocalAddr string
 }
 
 // Conn is a logged-in session.
@@ -83,6 +86,9 @@ func Dial(ctx context.Context, portal string, opts Options) (*Conn, error) {
 		opts.Timeout = 30 * time.Second
 	}
 	var d net.Dialer
+	if opts.LocalAddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(opts.LocalAddr)}
+	}
 	nc, err := d.DialContext(ctx, "tcp", portal)
 	if err != nil {
 		return nil, err

@@ -12,10 +12,19 @@ import (
 	"time"
 )
 
-// Buffer sizes of a connection.
+// Buffer sizes of a connection. Until its login completes a connection
+// has small buffers (a login PDU is at most 48 bytes of header and 8192 of
+// data, RFC 7143 12.12), so a host holding many half-done logins holds
+// little memory; the buffers grow when the full feature phase starts.
+// Data segments longer than a buffer pass it by, read straight into the
+// command's buffer or written straight from the result.
 const (
-	readBufSize  = 256 << 10
-	writeBufSize = 256 << 10
+	loginBufSize = 4 << 10
+	readBufSize  = 64 << 10
+	writeBufSize = 64 << 10
+	// loginMaxData is the largest data segment of a login PDU: the
+	// default MaxRecvDataSegmentLength, in force until the login ends.
+	loginMaxData = 8192
 )
 
 // conn is one TCP connection: its reader (the goroutine running serve)
@@ -25,7 +34,12 @@ type conn struct {
 	nc     net.Conn
 	log    *slog.Logger
 	remote string
-	rd     pduReader
+	// source is the remote address without its port (for the limits
+	// per source); loggingIn is set until the login has ended (serve's
+	// goroutine only).
+	source    string
+	loggingIn bool
+	rd        pduReader
 	// wmu is held by whoever writes to wr: the writer goroutine or a task
 	// goroutine sending its own response (kick); batch is its scratch.
 	wmu   sync.Mutex
@@ -64,7 +78,7 @@ type conn struct {
 	text textExchange
 }
 
-func newConn(srv *Server, nc net.Conn) *conn {
+func newConn(srv *Server, nc net.Conn, source string) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
@@ -72,14 +86,39 @@ func newConn(srv *Server, nc net.Conn) *conn {
 		srv:        srv,
 		nc:         nc,
 		remote:     nc.RemoteAddr().String(),
+		source:     source,
+		loggingIn:  true,
 		closed:     make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
 	c.log = srv.log.With("remote", c.remote)
-	c.rd = pduReader{r: bufio.NewReaderSize(nc, readBufSize), maxData: srv.cfg.MaxRecvDataSegmentLength}
-	c.wr = pduWriter{w: bufio.NewWriterSize(nc, writeBufSize)}
+	c.rd = pduReader{r: bufio.NewReaderSize(nc, loginBufSize), maxData: loginMaxData}
+	c.wr = pduWriter{w: bufio.NewWriterSize(nc, loginBufSize)}
 	c.out.notify = make(chan struct{}, 1)
 	return c
+}
+
+// endLogin takes the connection out of the logins in progress (once):
+// before its last login response is written, so that an initiator that
+// reads it finds its place free again.
+func (c *conn) endLogin() {
+	if c.loggingIn {
+		c.loggingIn = false
+		c.srv.loginDone(c.source)
+	}
+}
+
+// growBuffers gives a connection that completed its login its full
+// feature phase buffers. The login's writer is flushed; bytes the login's
+// reader has buffered already are read first.
+func (c *conn) growBuffers() {
+	if c.rd.r.Buffered() == 0 {
+		c.rd.r = bufio.NewReaderSize(c.nc, readBufSize)
+	} else {
+		c.rd.r = bufio.NewReaderSize(c.rd.r, readBufSize)
+	}
+	c.rd.maxData = c.srv.cfg.MaxRecvDataSegmentLength
+	c.wr.w = bufio.NewWriterSize(c.nc, writeBufSize)
 }
 
 // close closes the connection (idempotent); the reader and writer then
@@ -93,37 +132,59 @@ func (c *conn) close() {
 
 // serve runs the connection: login, then the full feature phase until the
 // connection ends, then the session teardown.
+//
+// A panic anywhere in it is contained (recoverPanic): the connection is
+// closed and the teardown below still runs, so the session ends and its
+// slot, tasks and budget are released.
 func (c *conn) serve(ctx context.Context) {
 	defer c.srv.removeConn(c)
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
+	l := &login{c: c}
+	writerStarted := false
+	defer func() {
+		c.close()
+		sess := c.sess
+		if sess == nil {
+			sess = l.sess // registered, but the login did not finish
+		}
+		if sess != nil {
+			sess.end()
+		}
+		if writerStarted {
+			<-c.writerDone
+		}
+	}()
+	defer c.srv.recoverPanic(c.log, "a connection's reader", c.close)
 
 	cfg := &c.srv.cfg
-	_ = c.nc.SetDeadline(time.Now().Add(cfg.LoginTimeout))
-	l := &login{c: c}
+	start := time.Now()
+	l.deadline = start.Add(cfg.LoginTimeout)
+	_ = c.nc.SetDeadline(start.Add(cfg.LoginStartTimeout))
 	sess, err := l.run()
+	c.endLogin()
 	if err != nil {
 		c.logEnd("iscsi login failed", err)
-		c.close()
 		return
 	}
 	_ = c.nc.SetDeadline(time.Time{})
+	c.growBuffers()
 	c.sess = sess
 	c.rd.hdrDigest, c.rd.dataDigest = sess.p.HeaderDigest, sess.p.DataDigest
 	c.wr.hdrDigest, c.wr.dataDigest = sess.p.HeaderDigest, sess.p.DataDigest
 	c.log = c.log.With("initiator", sess.initiator, "isid", isidString(sess.isid), "tsih", sess.tsih)
+	sess.log = c.log
 	c.log.Info("iscsi login", "target", sess.target, "discovery", sess.discovery,
 		"header_digest", digestName(sess.p.HeaderDigest), "data_digest", digestName(sess.p.DataDigest),
 		"max_xmit", sess.p.MaxXmitDataSegment, "max_burst", sess.p.MaxBurstLength,
 		"first_burst", sess.p.FirstBurstLength, "initial_r2t", sess.p.InitialR2T, "immediate_data", sess.p.ImmediateData)
 	c.lastRecv.Store(time.Now().UnixNano())
 
+	writerStarted = true
 	go c.writeLoop()
 	err = c.readLoop()
 	c.close()
 	c.logEnd("iscsi connection closed", err)
-	sess.end()
-	<-c.writerDone
 }
 
 func (c *conn) logEnd(msg string, err error) {
@@ -366,6 +427,7 @@ func (c *conn) writeNow(p *outPDU) error {
 // the queue runs empty, and pings an idle initiator.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
+	defer c.srv.recoverPanic(c.log, "a connection's writer", c.close)
 	var tick <-chan time.Time
 	if c.srv.cfg.NopInterval > 0 {
 		t := time.NewTicker(c.srv.cfg.NopInterval)
@@ -384,9 +446,7 @@ func (c *conn) writeLoop() {
 			continue
 		case <-c.out.notify:
 		}
-		c.wmu.Lock()
-		closeNow, err := c.drainLocked()
-		c.wmu.Unlock()
+		closeNow, err := c.drain()
 		if err != nil || closeNow {
 			if err != nil {
 				c.log.Debug("iscsi write failed", "err", err)
@@ -395,6 +455,13 @@ func (c *conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// drain writes what is queued, holding c.wmu.
+func (c *conn) drain() (closeNow bool, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.drainLocked()
 }
 
 // drainLocked writes every queued PDU and flushes. It reports whether a
@@ -431,8 +498,10 @@ func (c *conn) kick() {
 		c.out.wake()
 		return
 	}
-	closeNow, err := c.drainLocked()
-	c.wmu.Unlock()
+	closeNow, err := func() (bool, error) {
+		defer c.wmu.Unlock()
+		return c.drainLocked()
+	}()
 	if err != nil || closeNow {
 		c.close()
 	}

@@ -189,6 +189,7 @@ func (c *conn) handleLogout(h *bhs) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer c.srv.recoverPanic(c.log, "a logout", c.close)
 		for _, w := range waits {
 			select {
 			case <-w:

@@ -197,6 +197,11 @@ func newHarness(t testing.TB, mod func(*Config)) *harness {
 		RelativePortID: 7,
 		Logger:         testLogger(t),
 		NopInterval:    -1,
+		// Every pipe connection comes from the same source and tests
+		// dial fast: the limits are generous unless a test sets them.
+		MaxConnectionsPerSource: 1 << 20,
+		MaxLoginsPerSource:      1 << 20,
+		MaxLogins:               1 << 20,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -213,6 +218,11 @@ func (h *harness) stop() {
 	h.cancel()
 	if err := <-h.done; err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrServerClosed) {
 		h.t.Errorf("Serve: %v", err)
+	}
+	// Every session is gone: whatever they counted in the write budget
+	// was given back.
+	if used, _ := h.srv.budget.usage(nil); used != 0 {
+		h.t.Errorf("%d bytes still counted in the write budget after every session ended", used)
 	}
 	h.done <- nil // make stop idempotent
 }

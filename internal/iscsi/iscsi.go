@@ -14,6 +14,19 @@
 // any framing or sequencing error (bad digest, bad DataSN, malformed PDU)
 // drops that connection, never the server.
 //
+// Hosts may be hostile or broken. A panic in any goroutine of a connection
+// or in the Executor ends that connection's session, is logged with its
+// stack and counted (Server.Panics), never the process (guard.go).
+// Connections are limited in all and per source address, and so are
+// logins in progress, with a short timeout for the first login request; a
+// connection beyond a limit is closed as soon as it is accepted. Until its
+// login completes a connection has small buffers. A write's buffer is made
+// burst by burst as its data is sent or solicited, never for more than the
+// data its CDB transfers, and the write data held is bounded per session
+// and in all (budget.go): a host beyond its budget waits for its R2Ts.
+// Login refusals (unknown target, unknown or refused initiator) all look
+// like a failed CHAP exchange, so no login reveals which names exist.
+//
 // Each connection has one reader goroutine (the connection's own) and one
 // writer goroutine fed by a queue; the writer assigns StatSN, stamps the
 // current ExpCmdSN/MaxCmdSN into every response and flushes when its queue
@@ -33,7 +46,10 @@ import (
 //
 // Execute is called from many goroutines at once. cmd.DataOut belongs to the
 // transport and is reused after Execute returns: an Executor that needs the
-// bytes later copies them. Result.Data must stay unchanged after Execute
+// bytes later copies them. It holds the data-out the initiator sent, in one
+// piece; when that is more than the CDB transfers (as a DataOutSizer
+// tells), only the first 512 bytes beyond the CDB's length are kept, so an
+// Executor still sees that too much came. Result.Data must stay unchanged after Execute
 // returns (the transport sends it from there). The context is cancelled
 // when the session ends.
 //
@@ -84,8 +100,11 @@ type Backend interface {
 	Targets(initiator string) []TargetInfo
 	// Authorize decides whether initiator may log in to target ("" for a
 	// discovery session) and which CHAP secrets apply. Errors:
-	// ErrTargetNotFound (login status 0x0203), ErrNotAuthorized (0x0202);
-	// any other error fails the login with a target error (0x0300).
+	// ErrTargetNotFound and ErrNotAuthorized are answered alike, as a CHAP
+	// login with a secret nobody knows, failing with authentication
+	// failure (0x0201) where such a login fails (so a login does not tell
+	// which targets and initiators exist); any other error fails the
+	// login with a target error (0x0300).
 	Authorize(target, initiator string) (CHAP, error)
 }
 
@@ -106,10 +125,24 @@ const (
 	DefaultCmdWindow                = 128
 	DefaultNopInterval              = 5 * time.Second
 	DefaultNopTimeout               = 30 * time.Second
-	DefaultLoginTimeout             = 30 * time.Second
+	DefaultLoginTimeout             = 10 * time.Second
+	DefaultLoginStartTimeout        = 5 * time.Second
 	// DefaultMaxTransferLength bounds the Expected Data Transfer Length of
-	// one command (the memory one command may claim).
+	// one command.
 	DefaultMaxTransferLength = 64 << 20
+
+	// Limits on connections: in all, from one source address, and still
+	// logging in (in all and from one source address).
+	DefaultMaxConnections          = 1024
+	DefaultMaxConnectionsPerSource = 64
+	DefaultMaxLogins               = 128
+	DefaultMaxLoginsPerSource      = 8
+
+	// DefaultMaxWriteBytes bounds the write data the server holds for
+	// commands of all sessions, DefaultMaxSessionWriteBytes that of one
+	// session.
+	DefaultMaxWriteBytes        = 128 << 20
+	DefaultMaxSessionWriteBytes = 32 << 20
 )
 
 // Config configures a Server.
@@ -132,11 +165,36 @@ type Config struct {
 	// pings it with a NOP-In (0 = 5s; negative = never). A ping not
 	// answered within NopTimeout (0 = 30s) drops the connection.
 	NopInterval, NopTimeout time.Duration
-	// LoginTimeout bounds the whole login phase (0 = 30s).
-	LoginTimeout time.Duration
+	// LoginTimeout bounds the whole login phase (0 = 10s);
+	// LoginStartTimeout the wait for the first Login Request, whole, from
+	// the moment the connection is accepted (0 = 5s).
+	LoginTimeout, LoginStartTimeout time.Duration
 	// MaxTransferLength bounds one command's Expected Data Transfer Length
 	// in bytes (0 = 64 MiB); a larger one is a protocol error.
 	MaxTransferLength uint32
+
+	// MaxConnections bounds the connections open at once (0 = 1024),
+	// MaxConnectionsPerSource those from one source address (0 = 64),
+	// MaxLogins the connections still logging in (0 = 128) and
+	// MaxLoginsPerSource those from one source address (0 = 8). A
+	// connection beyond a limit is closed as soon as it is accepted,
+	// before anything is allocated for it.
+	MaxConnections, MaxConnectionsPerSource, MaxLogins, MaxLoginsPerSource int
+
+	// MaxWriteBytes bounds the write data held for the commands of all
+	// sessions (0 = 128 MiB; at least MaxTransferLength), and
+	// MaxSessionWriteBytes that of one session (0 = 32 MiB; at least
+	// MaxBurstLength, at most MaxWriteBytes). Data the initiator sends
+	// unasked (immediate and unsolicited data, at most FirstBurstLength
+	// per command in the command window) is always taken and counted;
+	// the rest of a write is solicited (R2T) only once the write's
+	// whole remaining data fits: within the session's budget (or it is
+	// the session's only write holding data, so one command larger than
+	// the budget still runs) and within the server's (or within the
+	// session's fair share of it, MaxWriteBytes divided by the sessions
+	// holding write data, so one host cannot starve the others). Until
+	// then the write waits, holding no more than its unsolicited data.
+	MaxWriteBytes, MaxSessionWriteBytes int64
 }
 
 func (c Config) withDefaults() Config {
@@ -165,13 +223,30 @@ func (c Config) withDefaults() Config {
 	if c.LoginTimeout <= 0 {
 		c.LoginTimeout = DefaultLoginTimeout
 	}
+	if c.LoginStartTimeout <= 0 {
+		c.LoginStartTimeout = DefaultLoginStartTimeout
+	}
+	c.LoginStartTimeout = min(c.LoginStartTimeout, c.LoginTimeout)
 	if c.MaxTransferLength == 0 {
 		c.MaxTransferLength = DefaultMaxTransferLength
 	}
+	c.MaxConnections = positiveOr(c.MaxConnections, DefaultMaxConnections)
+	c.MaxConnectionsPerSource = positiveOr(c.MaxConnectionsPerSource, DefaultMaxConnectionsPerSource)
+	c.MaxLogins = positiveOr(c.MaxLogins, DefaultMaxLogins)
+	c.MaxLoginsPerSource = positiveOr(c.MaxLoginsPerSource, DefaultMaxLoginsPerSource)
+	c.MaxWriteBytes = max(positiveOr(c.MaxWriteBytes, DefaultMaxWriteBytes), int64(c.MaxTransferLength))
+	c.MaxSessionWriteBytes = min(max(positiveOr(c.MaxSessionWriteBytes, DefaultMaxSessionWriteBytes), int64(c.MaxBurstLength)), c.MaxWriteBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+func positiveOr[T int | int64](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 func clampU32(v, lo, hi uint32) uint32 {

@@ -1,9 +1,12 @@
 package iscsi
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // loginStatus is the Status-Class and Status-Detail of a Login Response.
@@ -11,11 +14,11 @@ type loginStatus uint16
 
 // Login statuses (RFC 7143 11.13.5).
 const (
-	statusSuccess            loginStatus = 0x0000
-	statusInitiatorError     loginStatus = 0x0200
-	statusAuthFailure        loginStatus = 0x0201
-	statusNotAuthorized      loginStatus = 0x0202
-	statusNotFound           loginStatus = 0x0203
+	statusSuccess        loginStatus = 0x0000
+	statusInitiatorError loginStatus = 0x0200
+	statusAuthFailure    loginStatus = 0x0201
+	// 0x0202 (authorization failure) and 0x0203 (not found) are never
+	// sent: they would tell an initiator which names exist (identify).
 	statusUnsupportedVersion loginStatus = 0x0205
 	statusMissingParameter   loginStatus = 0x0207
 	statusSessionTypeUnsupp  loginStatus = 0x0209
@@ -60,6 +63,17 @@ func failLogin(status loginStatus, format string, args ...any) error {
 // login is the state of one connection's login phase.
 type login struct {
 	c *conn
+	// deadline is when the whole login must be done (the first request
+	// has a shorter one, set by the caller).
+	deadline time.Time
+	// sess is the session once registered (for the teardown should the
+	// login fail after that).
+	sess *session
+	// refused is why the initiator may not log in, when it may not: the
+	// login then goes on as for an initiator whose CHAP secret is
+	// unknown, to fail at the same step with the same status
+	// (identify).
+	refused error
 	// started is set once the first Login Request has been seen; first
 	// until the first complete request text has been handled.
 	started, first bool
@@ -109,8 +123,17 @@ func (l *login) run() (*session, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading login request data: %w", err)
 		}
+		if !l.started {
+			// The first request is in: the rest of the login has until
+			// the login's own deadline.
+			_ = c.nc.SetDeadline(l.deadline)
+		}
 		sess, done, err := l.step(&h, data)
 		if err != nil {
+			if l.refused != nil {
+				err = fmt.Errorf("%w (%w)", l.refused, err)
+			}
+			c.endLogin()
 			var le *loginError
 			status := statusInitiatorError
 			if errors.As(err, &le) {
@@ -247,6 +270,7 @@ func (l *login) step(h *bhs, data []byte) (*session, bool, error) {
 	if status != statusSuccess {
 		return nil, false, failLogin(status, "registering session of %s", l.initiator)
 	}
+	l.sess = sess
 	if old != nil {
 		c.log.Info("iscsi session reinstatement", "initiator", l.initiator, "isid", isidString(l.isid), "old_tsih", old.tsih)
 		old.terminate()
@@ -254,6 +278,7 @@ func (l *login) step(h *bhs, data []byte) (*session, bool, error) {
 	}
 	csg := l.stage
 	l.tsih = sess.tsih
+	c.endLogin()
 	if err := l.respond(h.itt(), true, csg, stageFullFeature, out.bytes()); err != nil {
 		sess.end() // the final response could not be sent
 		return nil, false, err
@@ -292,10 +317,15 @@ func (l *login) identify(kvs []kv) error {
 	l.neg.discovery = l.discovery
 	creds, err := l.c.srv.cfg.Backend.Authorize(l.target, l.initiator)
 	switch {
-	case errors.Is(err, ErrTargetNotFound):
-		return failLogin(statusNotFound, "target %q: %v", l.target, err)
-	case errors.Is(err, ErrNotAuthorized):
-		return failLogin(statusNotAuthorized, "initiator %q to target %q: %v", l.initiator, l.target, err)
+	case errors.Is(err, ErrTargetNotFound), errors.Is(err, ErrNotAuthorized):
+		// One answer for an unknown target, an unknown initiator and a
+		// known one that may not log in, so that no login reveals which
+		// names exist: the login goes on as for an initiator that must
+		// pass CHAP with a secret nobody knows, and fails where such a
+		// login fails, with authentication failure (0x0201).
+		l.refused = fmt.Errorf("initiator %q to target %q: %w", l.initiator, l.target, err)
+		l.c.log.Info("iscsi login refused; answering as a CHAP failure", "initiator", l.initiator, "target", l.target, "reason", err)
+		creds = decoyCHAP()
 	case err != nil:
 		return failLogin(statusTargetError, "authorizing %q: %v", l.initiator, err)
 	}
@@ -306,6 +336,14 @@ func (l *login) identify(kvs []kv) error {
 		return failLogin(statusAuthFailure, "initiator %s skipped the security stage but CHAP is required", l.initiator)
 	}
 	return nil
+}
+
+// decoyCHAP returns credentials no initiator can prove: a random user
+// name and secret, made per login.
+func decoyCHAP() CHAP {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return CHAP{User: "decoy-" + hex.EncodeToString(b[:8]), Secret: hex.EncodeToString(b[8:])}
 }
 
 // security handles AuthMethod and the CHAP keys.

@@ -103,12 +103,12 @@ func TestLoginFailures(t *testing.T) {
 
 	in = h.dial()
 	_, err = in.login(loginOpts{target: "iqn.2024-01.test.metro:nope"})
-	wantStatus(t, err, statusNotFound)
+	wantStatus(t, err, statusAuthFailure)
 
 	in = h.dial()
 	in.name = "iqn.2024-01.test.host:denied"
 	_, err = in.login(loginOpts{})
-	wantStatus(t, err, statusNotAuthorized)
+	wantStatus(t, err, statusAuthFailure)
 
 	in = h.dial()
 	_, _, err = in.loginExchange(stageSecurity, stageOperational, true, []kv{{"InitiatorName", in.name}, {"SessionType", "Bogus"}})

@@ -43,6 +43,8 @@ type pduReader struct {
 	ahs     [maxAHS]byte
 	scratch []byte
 	pad     [8]byte
+	// drop receives data that is read only to be dropped.
+	drop [4096]byte
 }
 
 // readBHS reads the 48-byte basic header segment alone and checks the
@@ -85,19 +87,92 @@ func (pr *pduReader) readHeader(h *bhs) ([]byte, error) {
 	return ahs, nil
 }
 
-// readData reads the data segment announced by h into dst, which must be
-// exactly h.dataLen() bytes, then the padding and the data digest.
+// readData reads the data segment announced by h: its first len(dst)
+// bytes into dst (which may not be longer than the segment), the rest,
+// the padding and the data digest checked and dropped.
 func (pr *pduReader) readData(h *bhs, dst []byte) error {
-	if uint32(len(dst)) != h.dataLen() {
-		return fmt.Errorf("internal: data buffer of %d bytes for a %d-byte segment", len(dst), h.dataLen())
+	n := int(h.dataLen())
+	if len(dst) > n {
+		return fmt.Errorf("internal: data buffer of %d bytes for a %d-byte segment", len(dst), n)
 	}
-	if len(dst) == 0 {
+	if n == 0 {
 		return nil
 	}
 	if _, err := io.ReadFull(pr.r, dst); err != nil {
 		return unexpectedEOF(err)
 	}
-	padN := pad4(len(dst)) - len(dst)
+	var sum uint32
+	if pr.dataDigest {
+		sum = crc32.Update(0, crc32cTable(), dst)
+	}
+	// The rest of the segment and its padding pass through a small
+	// buffer: nothing is allocated for data that is dropped.
+	for rest := pad4(n) - len(dst); rest > 0; {
+		k := min(rest, len(pr.drop))
+		if _, err := io.ReadFull(pr.r, pr.drop[:k]); err != nil {
+			return unexpectedEOF(err)
+		}
+		if pr.dataDigest {
+			sum = crc32.Update(sum, crc32cTable(), pr.drop[:k])
+		}
+		rest -= k
+	}
+	if !pr.dataDigest {
+		return nil
+	}
+	if _, err := io.ReadFull(pr.r, pr.pad[:4]); err != nil {
+		return unexpectedEOF(err)
+	}
+	if got := binary.LittleEndian.Uint32(pr.pad[:4]); got != sum {
+		return fmt.Errorf("%w: data digest 0x%08x, computed 0x%08x (%s)", errDigest, got, sum, h.opcode())
+	}
+	return nil
+}
+
+// Scratch buffer sizes: the buffer grows by scratchStep as data arrives,
+// and one that grew beyond scratchKeep is let go when the next PDU comes.
+const (
+	scratchStep = 16 << 10
+	scratchKeep = 64 << 10
+)
+
+// readDataScratch reads the data segment into a buffer owned by the reader
+// and valid until the next call. The buffer grows as the data arrives, so
+// a peer announcing a long segment and sending nothing costs no more than
+// what it sent.
+func (pr *pduReader) readDataScratch(h *bhs) ([]byte, error) {
+	if cap(pr.scratch) > scratchKeep {
+		pr.scratch = nil
+	}
+	n := int(h.dataLen())
+	buf := pr.scratch[:0]
+	for len(buf) < n {
+		k := min(n-len(buf), max(cap(buf)-len(buf), len(buf), scratchStep))
+		if cap(buf)-len(buf) < k {
+			grown := make([]byte, len(buf), len(buf)+k)
+			copy(grown, buf)
+			buf = grown
+			pr.scratch = buf
+		}
+		if _, err := io.ReadFull(pr.r, buf[len(buf):len(buf)+k]); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		buf = buf[:len(buf)+k]
+	}
+	// The data is in; then the padding and the digest.
+	if err := pr.readTrailer(h, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// readTrailer reads the padding and data digest after a data segment that
+// was read whole into data.
+func (pr *pduReader) readTrailer(h *bhs, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	padN := pad4(len(data)) - len(data)
 	trailer := padN
 	if pr.dataDigest {
 		trailer += 4
@@ -108,7 +183,7 @@ func (pr *pduReader) readData(h *bhs, dst []byte) error {
 		}
 	}
 	if pr.dataDigest {
-		sum := crc32.Update(0, crc32cTable(), dst)
+		sum := crc32.Update(0, crc32cTable(), data)
 		sum = crc32.Update(sum, crc32cTable(), pr.pad[:padN])
 		if got := binary.LittleEndian.Uint32(pr.pad[padN : padN+4]); got != sum {
 			return fmt.Errorf("%w: data digest 0x%08x, computed 0x%08x (%s)", errDigest, got, sum, h.opcode())
@@ -117,21 +192,9 @@ func (pr *pduReader) readData(h *bhs, dst []byte) error {
 	return nil
 }
 
-// readDataScratch reads the data segment into a buffer owned by the reader
-// and valid until the next call.
-func (pr *pduReader) readDataScratch(h *bhs) ([]byte, error) {
-	n := int(h.dataLen())
-	if cap(pr.scratch) < n {
-		pr.scratch = make([]byte, n)
-	}
-	buf := pr.scratch[:n]
-	return buf, pr.readData(h, buf)
-}
-
 // discardData reads and drops the data segment (digest still checked).
 func (pr *pduReader) discardData(h *bhs) error {
-	_, err := pr.readDataScratch(h)
-	return err
+	return pr.readData(h, nil)
 }
 
 func unexpectedEOF(err error) error {

@@ -147,10 +147,7 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 
 // dataOutLength is how many data-out bytes the task's CDB calls for.
 func (c *conn) dataOutLength(t *task) (uint32, bool) {
-	if ds, ok := c.srv.cfg.Executor.(DataOutSizer); ok {
-		return ds.DataOutLength(t.cmd.Nexus, t.cmd.LUN, t.cmd.CDB)
-	}
-	return cdbDataOutLength(t.cmd.CDB, 512)
+	return c.srv.dataOutLength(t.cmd.Nexus, t.cmd.LUN, t.cmd.CDB)
 }
 
 // cdbDataOutLength decodes the data-out length of the common write-type

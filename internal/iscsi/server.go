@@ -9,6 +9,8 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -19,6 +21,17 @@ type Server struct {
 	log  *slog.Logger
 	bufs bufferPool
 	outs sync.Pool // *outPDU
+	// sizer is the Executor's DataOutSizer, if it has one (cfg.Executor
+	// is the guarded wrapper).
+	sizer DataOutSizer
+	// panics counts the panics contained (see recoverPanic).
+	panics atomic.Uint64
+	// budget bounds the write data held for commands.
+	budget writeBudget
+	// refused counts connections closed at once by a limit; refusedLog
+	// rate-limits the warning about them.
+	refused    atomic.Uint64
+	refusedLog atomic.Int64
 
 	// wg counts every connection goroutine of every Serve call.
 	wg sync.WaitGroup
@@ -28,6 +41,13 @@ type Server struct {
 		closed    bool
 		listeners map[net.Listener]struct{}
 		conns     map[*conn]struct{}
+		// nconns counts the connections admitted and not yet gone,
+		// bySource those from each source address; logins those still
+		// logging in, in all and by source.
+		nconns         int
+		bySource       map[string]int
+		logins         int
+		loginsBySource map[string]int
 		// sessions holds the logged-in sessions by I_T nexus identity;
 		// byTSIH by their target session handle.
 		sessions map[sessionKey]*session
@@ -49,8 +69,13 @@ type sessionKey struct {
 func NewServer(cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.sizer, _ = cfg.Executor.(DataOutSizer)
+	s.cfg.Executor = guardedExecutor{srv: s, inner: cfg.Executor}
+	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes))
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
+	s.mu.bySource = make(map[string]int)
+	s.mu.loginsBySource = make(map[string]int)
 	s.mu.sessions = make(map[sessionKey]*session)
 	s.mu.byTSIH = make(map[uint16]*session)
 	return s
@@ -84,8 +109,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
 				break
 			}
+			// Out of file descriptors (or a timeout): retry, the
+			// connections that end give them back.
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn("iscsi accept failed; retrying", "err", err, "in", backoff)
 				t := time.NewTimer(backoff)
@@ -100,8 +127,21 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			break
 		}
 		backoff = 0
-		c := newConn(s, nc)
+		src := sourceAddr(nc.RemoteAddr())
+		v := s.admitConn(src)
+		if v == admitRefused {
+			// Over a limit: closed before anything is allocated for it.
+			_ = nc.Close()
+			s.noteRefused(src)
+			continue
+		}
+		if v == admitClosed {
+			_ = nc.Close()
+			break
+		}
+		c := newConn(s, nc, src)
 		if !s.addConn(c) {
+			s.connGone(src, true)
 			_ = nc.Close()
 			break
 		}
@@ -172,8 +212,94 @@ func (s *Server) addConn(c *conn) bool {
 
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.mu.conns, c)
+	s.mu.Unlock()
+	s.connGone(c.source, c.loggingIn)
+}
+
+// admitVerdict is what admitConn decided.
+type admitVerdict int
+
+const (
+	admitOK      admitVerdict = iota
+	admitRefused              // a limit is reached: close it at once
+	admitClosed               // the server is closing
+)
+
+// admitConn counts a new connection from src against the limits on
+// connections (in all and per source) and on logins in progress (in all
+// and per source); every accepted connection starts logging in.
+func (s *Server) admitConn(src string) admitVerdict {
+	cfg := &s.cfg
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.mu.closed:
+		return admitClosed
+	case s.mu.nconns >= cfg.MaxConnections,
+		s.mu.bySource[src] >= cfg.MaxConnectionsPerSource,
+		s.mu.logins >= cfg.MaxLogins,
+		s.mu.loginsBySource[src] >= cfg.MaxLoginsPerSource:
+		return admitRefused
+	}
+	s.mu.bySource[src]++
+	s.mu.logins++
+	s.mu.loginsBySource[src]++
+	s.mu.nconns++
+	return admitOK
+}
+
+// loginDone ends a connection's login (successful or not) for the limit
+// on logins in progress.
+func (s *Server) loginDone(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.logins--
+	if s.mu.loginsBySource[src]--; s.mu.loginsBySource[src] <= 0 {
+		delete(s.mu.loginsBySource, src)
+	}
+}
+
+// connGone releases what admitConn counted for a connection that ended.
+func (s *Server) connGone(src string, loggingIn bool) {
+	if loggingIn {
+		s.loginDone(src)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.nconns--
+	if s.mu.bySource[src]--; s.mu.bySource[src] <= 0 {
+		delete(s.mu.bySource, src)
+	}
+}
+
+// noteRefused counts a refused connection and warns about refusals at
+// most once a second, so that a flood does not flood the log too.
+func (s *Server) noteRefused(src string) {
+	n := s.refused.Add(1)
+	now := time.Now().UnixNano()
+	last := s.refusedLog.Load()
+	if now-last < int64(time.Second) || !s.refusedLog.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("iscsi connection refused: a connection or login limit is reached (see the iscsi limits of the array configuration)",
+		"source", src, "refused_total", n)
+}
+
+// Refused returns how many connections were closed at once because a
+// limit on connections or logins in progress was reached.
+func (s *Server) Refused() uint64 { return s.refused.Load() }
+
+// sourceAddr is the address a connection comes from, without its port.
+func sourceAddr(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
 }
 
 // Sessions lists the logged-in sessions, ordered by initiator and TSIH.

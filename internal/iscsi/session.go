@@ -3,6 +3,7 @@ package iscsi
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -34,6 +35,9 @@ type session struct {
 	p         params
 	window    uint32
 	remote    string
+	// log is the connection's logger, with the session's identity once
+	// the login is done.
+	log *slog.Logger
 
 	// ctx is cancelled when the session ends; commands run under it.
 	ctx    context.Context
@@ -54,6 +58,9 @@ type session struct {
 	// expPub and maxPub publish ExpCmdSN and MaxCmdSN to the writer,
 	// which stamps them into every PDU.
 	expPub, maxPub atomic.Uint32
+	// wb is the session's part of the server's write budget (guarded by
+	// the budget's lock).
+	wb sessionBudget
 
 	mu struct {
 		sync.Mutex
@@ -75,6 +82,9 @@ type session struct {
 		numOrdered, blocked int
 		// immediate counts unfinished immediate tasks.
 		immediate uint32
+		// r2tWait holds the writes waiting for write budget before
+		// their next R2T, in the order they began to wait.
+		r2tWait []*task
 		// ending is set once the session is being torn down;
 		// loggingOut once a logout was requested (no new tasks).
 		ending, loggingOut bool
@@ -103,6 +113,7 @@ func newSession(srv *Server, l *login, p params) *session {
 		p:         p,
 		window:    srv.cfg.CmdWindow,
 		remote:    l.c.remote,
+		log:       l.c.log,
 		ended:     make(chan struct{}),
 	}
 	s.nexus = scsi.Nexus{
@@ -111,7 +122,8 @@ func newSession(srv *Server, l *login, p params) *session {
 		TargetPort:     fmt.Sprintf("%s,t,0x%04x", l.target, srv.cfg.TPGT),
 		RelativePortID: srv.cfg.RelativePortID,
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	s.ctx, s.cancel = context.WithValue(ctx, sessionCtxKey{}, s), cancel
 	s.work = make(chan *task)
 	s.mu.conn = l.c
 	s.mu.expCmdSN = l.cmdSN
@@ -293,10 +305,9 @@ func (s *session) enqueueLocked(t *task) {
 	s.pumpLocked()
 }
 
-// dataComplete marks a task's data-out complete and delivers what can be.
-func (s *session) dataComplete(t *task) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// dataCompleteLocked marks a task's data-out complete and delivers what
+// can be.
+func (s *session) dataCompleteLocked(t *task) {
 	if t.aborted || s.mu.ending {
 		return
 	}
@@ -378,6 +389,7 @@ func (s *session) startLocked(t *task) {
 // worker runs tasks until the session ends.
 func (s *session) worker(t *task) {
 	defer s.wg.Done()
+	defer s.srv.recoverPanic(s.log, "a task worker", s.terminate)
 	for {
 		s.run(t)
 		select {
@@ -395,10 +407,22 @@ func (s *session) run(t *task) {
 	s.finish(t, res)
 }
 
-// finish retires a task that ran: its slot is freed and, unless it was
-// aborted, its response queued.
+// finish retires a task that ran: its slot and write budget are freed
+// and, unless it was aborted, its response queued.
 func (s *session) finish(t *task, res *scsi.Result) {
+	chunks := s.finishLocked(t, res)
+	if t.responded {
+		t.conn.kick()
+	}
+	s.srv.budget.wake()
+	for _, b := range chunks {
+		s.srv.bufs.put(b)
+	}
+}
+
+func (s *session) finishLocked(t *task, res *scsi.Result) (chunks []*[]byte) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.mu.active.remove(t)
 	if t.attr == scsi.TaskOrdered {
 		s.mu.numOrdered--
@@ -420,12 +444,19 @@ func (s *session) finish(t *task, res *scsi.Result) {
 		close(t.doneCh)
 	}
 	s.rescanLocked()
-	s.mu.Unlock()
-	if t.responded {
-		t.conn.kick()
-	}
-	s.srv.bufs.put(t.buf)
-	t.buf = nil
+	chunks = t.chunks
+	t.dropDataLocked()
+	return chunks
+}
+
+// dropDataLocked forgets a task's data-out buffers and uncounts them from
+// the write budget (the caller wakes the budget's waiters once it released
+// sess.mu). The buffers go back to the pool only from a task that ran:
+// the reader may still be receiving into those of an aborted one.
+func (t *task) dropDataLocked() {
+	t.sess.srv.budget.release(t.sess, t.charged)
+	t.charged = 0
+	t.chunks = nil
 	t.cmd.DataOut = nil
 }
 
@@ -436,6 +467,7 @@ func (s *session) abortLocalLocked(t *task) {
 		return
 	}
 	t.aborted = true
+	t.dropDataLocked()
 	if s.mu.tasks[t.itt] == t {
 		delete(s.mu.tasks, t.itt)
 	}
@@ -470,6 +502,7 @@ func (s *session) abortLocalLocked(t *task) {
 // for its own session; other sessions' readers may call it for
 // LUN-wide and target-wide functions.
 func (s *session) abortWhere(match func(*task) bool) (running []*task) {
+	defer s.srv.budget.wake()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range s.mu.tasks {
@@ -542,7 +575,9 @@ func (s *session) end() {
 			}
 		}
 		s.mu.pending = make(map[uint32]*pendingEntry)
+		s.mu.r2tWait = nil
 		s.mu.Unlock()
+		s.srv.budget.wake()
 		s.wg.Wait()
 		s.srv.unregister(s)
 		if !s.discovery {

@@ -23,17 +23,33 @@ type task struct {
 	// writeLen is the Expected Data Transfer Length of the data-out;
 	// readLen the expected data-in length.
 	writeLen, readLen uint32
-	buf               *[]byte
+	// need is how much of the data-out is kept: writeLen, or less when
+	// the CDB transfers less (overflowKept more than the CDB's length;
+	// the rest is received and dropped).
+	need     uint32
+	unsolEnd uint32 // limit of unsolicited data: min(FirstBurstLength, writeLen)
 
-	// Data-out progress, touched only by the reader goroutine.
+	// Data-out progress, guarded by sess.mu: the reader receives the
+	// data, and the next burst may be solicited from another goroutine
+	// when budget frees up (session.admitWaiting).
 	received  uint32 // contiguous bytes received
 	unsolOpen bool   // unsolicited Data-Out PDUs still to come
-	unsolEnd  uint32 // limit of unsolicited data: min(FirstBurstLength, writeLen)
 	dataSN    uint32 // next DataSN expected in the current sequence
 	r2tActive bool
 	r2tTTT    uint32
 	r2tEnd    uint32 // offset the current R2T's data ends at
 	r2tSN     uint32 // R2Ts sent so far
+	// chunks hold the data kept so far, one buffer per burst in order
+	// (the last one starting at chunkAt) until the last burst, which
+	// goes into one buffer of need bytes with the earlier ones copied
+	// in, so that the Executor gets the data in one piece.
+	chunks  []*[]byte
+	chunkAt uint32
+	// charged is what the task counts in the write budget; reserved is
+	// set once its solicited data is counted, waiting while it waits for
+	// that in sess.mu.r2tWait.
+	charged           uint64
+	reserved, waiting bool
 
 	// Guarded by sess.mu.
 	ready          bool // data-out complete
@@ -73,6 +89,12 @@ func taskAttr(b byte) scsi.TaskAttr {
 	// 0 untagged and 1 simple
 	return scsi.TaskSimple
 }
+
+// overflowKept is how many bytes beyond what its CDB transfers a write's
+// data-out keeps when the initiator sends more: enough for the Executor to
+// see that it did (see Executor), not enough for a 48-byte command to
+// claim megabytes.
+const overflowKept = 512
 
 // handleSCSICommand receives a SCSI Command PDU and its immediate data.
 func (c *conn) handleSCSICommand(h *bhs, ahs []byte) error {
@@ -174,21 +196,32 @@ func (c *conn) handleSCSICommand(h *bhs, ahs []byte) error {
 		return nil
 	}
 
-	if t.write && t.writeLen > 0 {
-		t.buf = c.srv.bufs.get(int(t.writeLen))
-		if err := c.rd.readData(h, (*t.buf)[:imm]); err != nil {
-			return err
+	t.need = t.writeLen
+	if t.write && t.need > 0 {
+		if n, ok := c.srv.dataOutLength(s.nexus, t.cmd.LUN, cdb); ok {
+			t.need = uint32(min(uint64(t.need), uint64(n)+overflowKept))
 		}
-	} else if err := c.rd.discardData(h); err != nil {
-		return err
 	}
-	t.received = imm
 	t.unsolEnd = min(s.p.FirstBurstLength, t.writeLen)
 	// F=0 announces unsolicited Data-Out; when the immediate data already
 	// holds every byte the command transfers (an Expected Data Transfer
 	// Length of 0 among them) there is none to come and the data is
 	// complete: a Data-Out that follows finds no burst and is discarded.
-	t.unsolOpen = t.write && !h.final() && t.received < t.unsolEnd
+	unsolOpen := t.write && !h.final() && imm < t.unsolEnd
+	// Immediate and unsolicited data come unasked: their buffer (that
+	// burst, no more) is made and counted now.
+	first := imm
+	if unsolOpen {
+		first = t.unsolEnd
+	}
+	s.mu.Lock()
+	t.received = imm
+	t.unsolOpen = unsolOpen
+	dst := t.addChunkLocked(0, min(first, t.need))
+	s.mu.Unlock()
+	if err := c.rd.readData(h, dst[:min(imm, uint32(len(dst)))]); err != nil {
+		return err
+	}
 
 	switch {
 	case t.immediate:
@@ -223,28 +256,173 @@ func (c *conn) consumeSlot(sn uint32, v snVerdict) {
 // advanceData decides what a write task needs next: more unsolicited data,
 // an R2T, or nothing (data complete).
 func (c *conn) advanceData(t *task) {
-	if t.unsolOpen || t.r2tActive {
+	s := t.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.advanceLocked(t)
+}
+
+func (s *session) advanceLocked(t *task) {
+	if t.unsolOpen || t.r2tActive || t.aborted || s.mu.ending {
 		return
 	}
 	if t.received < t.writeLen {
-		c.sendR2T(t)
+		s.solicitLocked(t)
 		return
 	}
-	t.cmd.DataOut = nil
-	if t.buf != nil {
-		t.cmd.DataOut = (*t.buf)[:t.received]
-	}
-	t.sess.dataComplete(t)
+	t.cmd.DataOut = t.dataLocked(&s.srv.bufs)
+	s.dataCompleteLocked(t)
 }
 
-// sendR2T asks for the next burst of a write.
-func (c *conn) sendR2T(t *task) {
+// addChunkLocked makes (and counts, unless the task's solicited data is
+// counted already) the buffer for the data kept of a burst starting at
+// off, n bytes long, and returns it. An aborted task gets none: its data
+// is dropped.
+func (t *task) addChunkLocked(off, n uint32) []byte {
 	s := t.sess
+	if n == 0 || t.aborted || s.mu.ending {
+		return nil
+	}
+	if !t.reserved {
+		s.srv.budget.charge(s, uint64(n))
+		t.charged += uint64(n)
+	}
+	b := s.srv.bufs.get(int(n))
+	t.chunks = append(t.chunks, b)
+	t.chunkAt = off
+	return *b
+}
+
+// stored is how many bytes of the data received are kept.
+func (t *task) stored() uint32 { return min(t.received, t.need) }
+
+// dataLocked returns the data kept, in one buffer.
+func (t *task) dataLocked(pool *bufferPool) []byte {
+	switch len(t.chunks) {
+	case 0:
+		return nil
+	case 1:
+		return (*t.chunks[0])[:t.stored()]
+	}
+	t.mergeLocked(pool, t.stored())
+	return *t.chunks[0]
+}
+
+// mergeLocked replaces the chunks by one buffer of size bytes holding
+// their data. No Data-Out is being read into them (no burst is active).
+func (t *task) mergeLocked(pool *bufferPool, size uint32) {
+	b := pool.get(int(size))
+	off := 0
+	for _, c := range t.chunks {
+		off += copy((*b)[off:], *c)
+		pool.put(c)
+	}
+	t.chunks = append(t.chunks[:0], b)
+	t.chunkAt = 0
+}
+
+// trimLocked ends the last chunk at the data received (an unsolicited
+// burst that ended before FirstBurstLength), uncounting the rest.
+func (t *task) trimLocked() {
+	if len(t.chunks) == 0 {
+		return
+	}
+	last := t.chunks[len(t.chunks)-1]
+	keep := int(t.stored() - t.chunkAt)
+	if extra := len(*last) - keep; extra > 0 && !t.reserved {
+		*last = (*last)[:keep]
+		t.charged -= uint64(extra)
+		t.sess.srv.budget.release(t.sess, uint64(extra))
+	}
+}
+
+// dstLocked returns where the data of a Data-Out at off (the data
+// received so far), n bytes long, goes: the part below need, in the last
+// chunk. The rest of the segment is dropped.
+func (t *task) dstLocked(off, n uint32) ([]byte, error) {
+	end := min(off+n, t.need)
+	if off >= end {
+		return nil, nil
+	}
+	if len(t.chunks) == 0 {
+		return nil, fmt.Errorf("internal: no buffer for data-out at %d", off)
+	}
+	last := *t.chunks[len(t.chunks)-1]
+	if off < t.chunkAt || end-t.chunkAt > uint32(len(last)) {
+		return nil, fmt.Errorf("internal: data-out [%d, %d) outside the buffer at %d of %d bytes", off, end, t.chunkAt, len(last))
+	}
+	return last[off-t.chunkAt : end-t.chunkAt], nil
+}
+
+// solicitLocked asks for the next burst of a write once its data fits in
+// the write budget; until then it waits in r2tWait, behind the writes of
+// the session that wait already.
+func (s *session) solicitLocked(t *task) {
+	if t.reserved {
+		s.sendR2TLocked(t)
+		return
+	}
+	if t.waiting {
+		return
+	}
+	if len(s.mu.r2tWait) == 0 && s.reserveLocked(t) {
+		s.sendR2TLocked(t)
+		return
+	}
+	t.waiting = true
+	s.mu.r2tWait = append(s.mu.r2tWait, t)
+}
+
+// reserveLocked counts the rest of a write's data in the budget.
+func (s *session) reserveLocked(t *task) bool {
+	rest := uint64(t.need - t.stored())
+	if rest > 0 && !s.srv.budget.reserve(s, t.charged, rest) {
+		return false
+	}
+	t.charged += rest
+	t.reserved = true
+	return true
+}
+
+// admitWaiting solicits the writes waiting for budget, in order, as far
+// as the budget now allows. The caller holds no session lock.
+func (s *session) admitWaiting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.mu.r2tWait) > 0 && !s.mu.ending {
+		t := s.mu.r2tWait[0]
+		if !t.aborted && !s.reserveLocked(t) {
+			return
+		}
+		s.mu.r2tWait[0] = nil
+		s.mu.r2tWait = s.mu.r2tWait[1:]
+		t.waiting = false
+		if !t.aborted {
+			s.sendR2TLocked(t)
+		}
+	}
+	if len(s.mu.r2tWait) == 0 {
+		s.mu.r2tWait = nil
+	}
+}
+
+// sendR2TLocked asks for the next burst of a write, with its buffer ready.
+func (s *session) sendR2TLocked(t *task) {
+	c := t.conn
 	length := min(t.writeLen-t.received, s.p.MaxBurstLength)
 	t.r2tActive = true
 	t.r2tTTT = s.newTTT()
 	t.r2tEnd = t.received + length
 	t.dataSN = 0
+	if from, to := t.stored(), min(t.r2tEnd, t.need); from < to {
+		if to == t.need && len(t.chunks) > 0 {
+			// The last burst: one buffer for the whole data, the
+			// earlier bursts copied in, this one read in place.
+			t.mergeLocked(&s.srv.bufs, t.need)
+		} else {
+			t.addChunkLocked(from, to-from)
+		}
+	}
 	p := c.srv.getOut()
 	p.h.setOpcode(opR2T, false)
 	p.h[1] = flagFinal
@@ -269,69 +447,99 @@ func (c *conn) sendR2T(t *task) {
 // fail, not the session.
 func (c *conn) handleDataOut(h *bhs) error {
 	s := c.sess
-	t := s.lookup(h.itt())
-	if t == nil || !t.write {
-		// The task was aborted, dropped outside the window, or never
-		// existed: the data has nowhere to go.
-		c.log.Debug("iscsi Data-Out for no pending task discarded", "itt", h.itt())
-		return c.rd.discardData(h)
-	}
-	s.mu.Lock()
-	gone := t.aborted || t.ready
-	s.mu.Unlock()
-	if gone {
-		return c.rd.discardData(h)
-	}
 	n := h.dataLen()
 	off := h.bufOffset()
 	ttt := h.ttt()
-	var limit uint32
-	if ttt == reservedTag {
-		if !t.unsolOpen {
-			return c.failDataOut(t, h, senseUnexpectedUnsolicited(), "unsolicited Data-Out outside the unsolicited burst")
+	s.mu.Lock()
+	t := s.mu.tasks[h.itt()]
+	if t == nil || !t.write || t.aborted || t.ready {
+		// The task was aborted, dropped outside the window, is complete
+		// or never existed: the data has nowhere to go.
+		s.mu.Unlock()
+		c.log.Debug("iscsi Data-Out for no pending task discarded", "itt", h.itt())
+		return c.rd.discardData(h)
+	}
+	sense, why := t.checkDataOutLocked(h, off, n, ttt)
+	var dst []byte
+	if why == "" {
+		var err error
+		if dst, err = t.dstLocked(off, n); err != nil {
+			s.mu.Unlock()
+			return err
 		}
-		limit = t.unsolEnd
-	} else {
-		if !t.r2tActive || ttt != t.r2tTTT {
-			return c.failDataOut(t, h, senseInvalidTTT(), fmt.Sprintf("unknown TTT 0x%x", ttt))
-		}
-		limit = t.r2tEnd
 	}
-	if t.buf == nil {
-		return c.failDataOut(t, h, senseTooMuchWriteData(), "Data-Out for a command with no data to transfer")
+	s.mu.Unlock()
+	if why != "" {
+		return c.failDataOut(t, h, sense, why)
 	}
-	if h.dataSN() != t.dataSN {
-		return c.failDataOut(t, h, senseDataPhaseError(), fmt.Sprintf("DataSN %d, expected %d", h.dataSN(), t.dataSN))
-	}
-	if off != t.received {
-		return c.failDataOut(t, h, senseDataOffsetError(), fmt.Sprintf("buffer offset %d, expected %d", off, t.received))
-	}
-	if uint64(off)+uint64(n) > uint64(limit) {
-		return c.failDataOut(t, h, senseTooMuchWriteData(), fmt.Sprintf("%d bytes at %d overrun the burst ending at %d", n, off, limit))
-	}
-	if err := c.rd.readData(h, (*t.buf)[off:off+n]); err != nil {
+	if err := c.rd.readData(h, dst); err != nil {
 		if errors.Is(err, errDigest) {
 			c.failTask(t, senseProtocolCRCError(), err.Error())
 			return nil
 		}
 		return err
 	}
-	t.received += n
-	t.dataSN++
-	if h.final() {
-		if ttt == reservedTag {
-			t.unsolOpen = false
-		} else {
-			if t.received != t.r2tEnd {
-				c.failTask(t, senseIncorrectAmountOfData(), fmt.Sprintf("sequence ended at %d, R2T asked up to %d", t.received, t.r2tEnd))
-				return nil
-			}
-			t.r2tActive = false
-		}
-		t.dataSN = 0
-		c.advanceData(t)
+
+	s.mu.Lock()
+	failed := c.dataOutDoneLocked(t, h, n, ttt)
+	s.mu.Unlock()
+	if failed {
+		s.srv.budget.wake()
 	}
 	return nil
+}
+
+// dataOutDoneLocked records a Data-Out's data as received and, at the end
+// of a burst, moves the write on. It reports whether the task failed.
+func (c *conn) dataOutDoneLocked(t *task, h *bhs, n, ttt uint32) (failed bool) {
+	if t.aborted {
+		return false
+	}
+	t.received += n
+	t.dataSN++
+	if !h.final() {
+		return false
+	}
+	if ttt == reservedTag {
+		t.unsolOpen = false
+		t.trimLocked()
+	} else {
+		if t.received != t.r2tEnd {
+			c.failTaskLocked(t, senseIncorrectAmountOfData(), fmt.Sprintf("sequence ended at %d, R2T asked up to %d", t.received, t.r2tEnd))
+			return true
+		}
+		t.r2tActive = false
+	}
+	t.dataSN = 0
+	t.sess.advanceLocked(t)
+	return false
+}
+
+// checkDataOutLocked checks a Data-Out against its task's burst; a
+// non-empty why is the reason it breaks the rules, with the sense.
+func (t *task) checkDataOutLocked(h *bhs, off, n, ttt uint32) (scsi.Sense, string) {
+	var limit uint32
+	if ttt == reservedTag {
+		if !t.unsolOpen {
+			return senseUnexpectedUnsolicited(), "unsolicited Data-Out outside the unsolicited burst"
+		}
+		limit = t.unsolEnd
+	} else {
+		if !t.r2tActive || ttt != t.r2tTTT {
+			return senseInvalidTTT(), fmt.Sprintf("unknown TTT 0x%x", ttt)
+		}
+		limit = t.r2tEnd
+	}
+	if h.dataSN() != t.dataSN {
+		return senseDataPhaseError(), fmt.Sprintf("DataSN %d, expected %d", h.dataSN(), t.dataSN)
+	}
+	if off != t.received {
+		return senseDataOffsetError(), fmt.Sprintf("buffer offset %d, expected %d", off, t.received)
+	}
+	if uint64(off)+uint64(n) > uint64(limit) {
+		return senseTooMuchWriteData(), fmt.Sprintf("%d bytes at %d overrun the burst ending at %d", n, off, limit)
+	}
+	return scsi.Sense{}, ""
 }
 
 // failDataOut discards a bad Data-Out's data and terminates its task.
@@ -346,10 +554,18 @@ func (c *conn) failDataOut(t *task, h *bhs, sense scsi.Sense, why string) error 
 // failTask terminates a task that has not started with CHECK CONDITION;
 // its later Data-Out PDUs are discarded.
 func (c *conn) failTask(t *task, sense scsi.Sense, why string) {
-	c.log.Warn("iscsi write terminated: bad Data-Out", "itt", t.itt, "cmdsn", t.cmdSN, "why", why, "sense", sense.String())
 	s := t.sess
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	c.failTaskLocked(t, sense, why)
+	s.mu.Unlock()
+	s.srv.budget.wake()
+}
+
+// failTaskLocked is failTask with sess.mu held; the caller wakes the
+// budget's waiters once it released the lock.
+func (c *conn) failTaskLocked(t *task, sense scsi.Sense, why string) {
+	c.log.Warn("iscsi write terminated: bad Data-Out", "itt", t.itt, "cmdsn", t.cmdSN, "why", why, "sense", sense.String())
+	s := t.sess
 	if t.aborted || t.started {
 		return
 	}
