@@ -9,14 +9,15 @@ import (
 	"strings"
 
 	"github.com/metro-storage/metro/internal/api"
+	"github.com/metro-storage/metro/internal/fileperm"
 )
 
 // The data directory holds the catalog (with hosts' CHAP secrets), the
-// API token and the private keys: only the array's own user may enter it,
-// and every file the array writes there is 0600.
+// API token and the private keys: only the array's own user may enter it
+// (0700), and every file the array writes there is 0600.
 const (
-	dataDirMode = 0o700
-	fileMode    = 0o600
+	dataDirMode = fileperm.Dir
+	fileMode    = fileperm.File
 )
 
 // secureDataDir creates the data directory 0700, or takes group and other

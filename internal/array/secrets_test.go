@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/fileperm"
 )
 
 // runUntilReady opens and runs an array with config c until its
@@ -93,32 +93,19 @@ func TestDataDirModes(t *testing.T) {
 	}
 }
 
-// checkModes fails the test for a directory under dir open to others or a
-// file not 0600. The store's own files are the store's to check.
+// checkModes fails the test for anything under dir open to others. The
+// store's own files are the store's to check.
 func checkModes(t *testing.T, dir string) {
 	t.Helper()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && d.Name() == "store" {
-			return filepath.SkipDir
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		want := os.FileMode(0o600)
-		if d.IsDir() {
-			want = 0o700
-		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%s is %v, want %v", p, fi.Mode().Perm(), want)
-		}
-		return nil
-	})
+	open, err := fileperm.Open(dir, "store")
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, o := range open {
+		t.Error(o)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != fileperm.Dir {
+		t.Errorf("%s is %v (%v), want %v", dir, fi.Mode().Perm(), err, fileperm.Dir)
 	}
 }
 
