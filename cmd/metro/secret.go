@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
@@ -40,15 +42,41 @@ func stdConsole() *console {
 }
 
 // readNoEcho prints prompt to out and reads a line from the terminal tty
-// with echo turned off (and restored, also on error).
+// with echo turned off, and restored also on error. An interrupt (Ctrl-C,
+// or SIGTERM) ends the prompt at once with echo back on; the goroutine
+// still blocked reading the terminal then ends with the process, which
+// the error stops.
 func readNoEcho(tty *os.File, out io.Writer, prompt string) (string, error) {
-	fmt.Fprint(out, prompt)
-	b, err := term.ReadPassword(int(tty.Fd()))
-	fmt.Fprintln(out) // the user's Enter was not echoed
+	fd := int(tty.Fd())
+	state, err := term.GetState(fd)
 	if err != nil {
 		return "", fmt.Errorf("read from the terminal: %w", err)
 	}
-	return string(b), nil
+	intr := make(chan os.Signal, 1)
+	signal.Notify(intr, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(intr)
+	type line struct {
+		b   []byte
+		err error
+	}
+	got := make(chan line, 1)
+	fmt.Fprint(out, prompt)
+	go func() {
+		b, err := term.ReadPassword(fd)
+		got <- line{b, err}
+	}()
+	select {
+	case l := <-got:
+		fmt.Fprintln(out) // the user's Enter was not echoed
+		if l.err != nil {
+			return "", fmt.Errorf("read from the terminal: %w", l.err)
+		}
+		return string(l.b), nil
+	case <-intr:
+		_ = term.Restore(fd, state)
+		fmt.Fprintln(out)
+		return "", errors.New("interrupted: nothing was changed")
+	}
 }
 
 // maxSecretFile bounds what a secret file may hold.

@@ -251,14 +251,7 @@ func TestReadNoEchoOnAPseudoTerminal(t *testing.T) {
 		t.Fatalf("open a pseudo-terminal: %v", err)
 	}
 	defer ptm.Close()
-	echoOn := func() bool {
-		tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tio.Lflag&unix.ECHO != 0
-	}
-	if !echoOn() {
+	if !echoOn(t, tty) {
 		t.Fatal("a new pseudo-terminal has echo off")
 	}
 	var screen bytes.Buffer
@@ -277,11 +270,7 @@ func TestReadNoEchoOnAPseudoTerminal(t *testing.T) {
 		got <- result{v, err}
 	}()
 	// Type only once echo is off: a terminal echoes as keys arrive.
-	for deadline := time.Now().Add(10 * time.Second); echoOn(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("readNoEcho did not turn echo off within 10s")
-		}
-	}
+	waitEcho(t, tty, false)
 	const secret = "typed-on-a-tty-0123"
 	if _, err := io.WriteString(ptm, secret+"\r"); err != nil {
 		t.Fatal(err)
@@ -290,7 +279,7 @@ func TestReadNoEchoOnAPseudoTerminal(t *testing.T) {
 	if r.err != nil || r.v != secret {
 		t.Fatalf("readNoEcho = %q, %v; want %q", r.v, r.err, secret)
 	}
-	if !echoOn() {
+	if !echoOn(t, tty) {
 		t.Fatal("echo is still off after the secret was read")
 	}
 	tty.Close()
@@ -300,6 +289,54 @@ func TestReadNoEchoOnAPseudoTerminal(t *testing.T) {
 	}
 	if strings.Contains(screen.String(), secret) {
 		t.Fatalf("the secret was echoed: %q", screen.String())
+	}
+}
+
+// TestPromptInterrupted: an interrupt at the prompt ends it at once, with
+// echo back on.
+func TestPromptInterrupted(t *testing.T) {
+	ptm, tty, err := pty.Open()
+	if err != nil {
+		t.Fatalf("open a pseudo-terminal: %v", err)
+	}
+	defer ptm.Close()
+	defer tty.Close()
+	go func() { _, _ = io.Copy(io.Discard, ptm) }()
+	got := make(chan error, 1)
+	go func() {
+		_, err := readNoEcho(tty, tty, "Enter the secret: ")
+		got <- err
+	}()
+	// readNoEcho catches interrupts before it turns echo off.
+	waitEcho(t, tty, false)
+	if err := unix.Kill(os.Getpid(), unix.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("readNoEcho after an interrupt: %v", err)
+	}
+	if !echoOn(t, tty) {
+		t.Fatal("echo is still off after an interrupted prompt")
+	}
+}
+
+// echoOn reports whether the terminal tty echoes what is typed.
+func echoOn(t *testing.T, tty *os.File) bool {
+	t.Helper()
+	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tio.Lflag&unix.ECHO != 0
+}
+
+// waitEcho waits until the terminal's echo is on (or off).
+func waitEcho(t *testing.T, tty *os.File, on bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); echoOn(t, tty) != on; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("echo did not turn %v within 10s", on)
+		}
 	}
 }
 
