@@ -95,6 +95,10 @@ const testToken = "test-token-0123"
 type cli struct {
 	t   *testing.T
 	url string
+	arr *fakeArray
+	// con is the console the commands run on: by default no terminal and
+	// an empty standard input, whatever the test runs on.
+	con *console
 }
 
 func newCLI(t *testing.T) *cli {
@@ -102,20 +106,29 @@ func newCLI(t *testing.T) *cli {
 	t.Setenv("METRO_API", "")
 	t.Setenv("METRO_TOKEN", "")
 	t.Setenv("METRO_CA", "")
-	srv := httptest.NewServer(api.NewServer(newFakeArray(t), testToken, nil))
+	arr := newFakeArray(t)
+	srv := httptest.NewServer(api.NewServer(arr, testToken, nil))
 	t.Cleanup(srv.Close)
-	return &cli{t: t, url: srv.URL}
+	return &cli{t: t, url: srv.URL, arr: arr, con: &console{stdin: strings.NewReader("")}}
 }
 
 // exec runs metro with args and the given token, returning what it
 // printed and its error.
 func (c *cli) exec(token string, args ...string) (string, error) {
 	c.t.Helper()
-	root := newRoot()
+	return c.run(append([]string{"--api", c.url, "--token", token}, args...)...)
+}
+
+// run runs metro with exactly args (no --api, no --token) on a copy of
+// the cli's console, returning what it printed and its error.
+func (c *cli) run(args ...string) (string, error) {
+	c.t.Helper()
+	con := *c.con // a fresh one for each command
+	root := newRootOn(&con)
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
-	root.SetArgs(append([]string{"--api", c.url, "--token", token}, args...))
+	root.SetArgs(args)
 	err := root.Execute()
 	return out.String(), err
 }
@@ -400,7 +413,8 @@ func TestHostAndConnections(t *testing.T) {
 		t.Fatalf("target CHAP not cleared: %+v", h)
 	}
 	c.fail([]string{"host", "setattr", "h1"}, "nothing to change")
-	c.fail([]string{"host", "setattr", "--chap-user", "x", "h1"}, "--chap-user and --chap-secret together")
+	c.fail([]string{"host", "setattr", "--chap-user", "x", "h1"}, "--chap-user needs its secret", "--chap-secret-file")
+	c.fail([]string{"host", "setattr", "--chap-secret", "0123456789abcdef", "h1"}, "--chap-secret needs --chap-user")
 	c.fail([]string{"host", "setattr", "--preferred-array", "array-z", "h1"}, "array-z")
 	c.fail([]string{"host", "create", "--iqn", "not-an-iqn", "h2"}, "not-an-iqn")
 	c.fail([]string{"host", "create", "--iqn", "iqn.2020-01.org.example:h1", "h2"}, "already belongs to host h1")

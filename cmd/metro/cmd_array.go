@@ -69,23 +69,35 @@ func arrayTable(arrays []api.ArrayInfo) *table {
 }
 
 func newArrayConnectCmd(g *globals) *cobra.Command {
-	var peer, token, ca string
+	var peer, ca string
+	token := secret{name: "token", what: "the peer array's API token"}
 	cmd := &cobra.Command{
-		Use:   "connect --peer URL --token TOKEN [--ca FILE]",
+		Use:   "connect --peer URL [--token-file FILE] [--ca FILE]",
 		Short: "Pair this array with another one (the peer) for stretched pods",
-		Long: "Pair the array answering with the array whose management API is at --peer. The peer's\n" +
-			"API token is used once, to exchange the arrays' link certificates; the replication link\n" +
-			"then authenticates both ends with them. Either array of the pair may run it.",
-		Example: "metro array connect --peer https://10.0.1.5:8443 --token $PEER_TOKEN --ca peer-ca.pem",
+		Long: "Pair the array answering with the array whose management API is at --peer, an https:// URL.\n" +
+			"The peer's API token is used once, to exchange the arrays' link certificates; the replication\n" +
+			"link then authenticates both ends with them. Either array of the pair may run it.\n" +
+			"Here --token, --token-file and --ca are the peer's (without either token flag, metro asks for\n" +
+			"it on a terminal); the array answering is reached through METRO_API, METRO_TOKEN_FILE (or\n" +
+			"METRO_TOKEN) and METRO_CA.",
+		Example: "metro array connect --peer https://10.0.1.5:8443 --token-file peer-token --ca peer-ca.pem",
 		Args:    argsN(0, ""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlag(cmd, "peer", "the peer array's API URL"); err != nil {
 				return err
 			}
-			if err := requireFlag(cmd, "token", "the peer array's API token"); err != nil {
-				return err
+			if err := api.RequireHTTPS(peer); err != nil {
+				return fmt.Errorf("%s: --peer: %w", verb(cmd), err)
 			}
-			req := api.ArrayConnect{PeerURL: peer, Token: token}
+			tok, ok, err := token.get(g.con, false)
+			if err != nil {
+				return fmt.Errorf("%s: %w", verb(cmd), err)
+			}
+			if !ok {
+				return fmt.Errorf("%s: the peer array's API token is required: --token-file FILE (or run it on a terminal "+
+					"to be asked for it)%s", verb(cmd), usageHint(cmd))
+			}
+			req := api.ArrayConnect{PeerURL: peer, Token: tok}
 			if ca != "" {
 				data, err := os.ReadFile(ca)
 				if err != nil {
@@ -104,8 +116,8 @@ func newArrayConnectCmd(g *globals) *cobra.Command {
 			return g.newOutput(cmd).one(info, arrayTable([]api.ArrayInfo{info}))
 		},
 	}
-	cmd.Flags().StringVar(&peer, "peer", "", "the peer array's management API URL")
-	cmd.Flags().StringVar(&token, "token", "", "the peer array's API token")
+	cmd.Flags().StringVar(&peer, "peer", "", "the peer array's management API URL (https://)")
+	token.add(cmd.Flags())
 	cmd.Flags().StringVar(&ca, "ca", "", "PEM file of the certificate the peer's API presents")
 	return cmd
 }

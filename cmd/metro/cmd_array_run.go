@@ -37,7 +37,7 @@ func newArrayRunCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if pprofAddr != "" {
+			if pprofAddr = flagOrEnv(pprofAddr, "METRO_PPROF"); pprofAddr != "" {
 				stop, err := servePprof(pprofAddr, log)
 				if err != nil {
 					return err
@@ -49,7 +49,7 @@ func newArrayRunCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "array configuration file (YAML)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	cmd.Flags().StringVar(&pprofAddr, "pprof", os.Getenv("METRO_PPROF"), "serve Go profiling (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (env METRO_PPROF)")
+	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (env METRO_PPROF)")
 	return cmd
 }
 

@@ -25,55 +25,97 @@ func newHostCmd(g *globals) *cobra.Command {
 }
 
 // chapFlags are the CHAP credentials of a host on the command line.
-// Secrets are sent to the array and never printed.
+// Secrets are sent to the array and never printed; each can come from
+// its flag, a file, or a prompt on a terminal (typed twice).
 type chapFlags struct {
-	user, secret             string
-	targetUser, targetSecret string
+	user, targetUser     string
+	secret, targetSecret secret
+}
+
+func newCHAPFlags() *chapFlags {
+	return &chapFlags{
+		secret:       secret{name: "chap-secret", what: "the CHAP secret the host logs in with (12-255 characters)"},
+		targetSecret: secret{name: "target-chap-secret", what: "the CHAP secret the array answers with (mutual CHAP; differs from the host's)"},
+	}
 }
 
 func (f *chapFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.user, "chap-user", "", "CHAP user name the host logs in with")
-	fl.StringVar(&f.secret, "chap-secret", "", "CHAP secret the host logs in with (12-255 characters)")
+	f.secret.add(fl)
 	fl.StringVar(&f.targetUser, "target-chap-user", "", "CHAP user name the array answers with (mutual CHAP)")
-	fl.StringVar(&f.targetSecret, "target-chap-secret", "", "CHAP secret the array answers with (mutual CHAP; differs from the host's)")
+	f.targetSecret.add(fl)
 }
 
-// pairs checks that each user comes with its secret.
-func (f *chapFlags) pairs(cmd *cobra.Command) error {
-	for _, p := range [][2]string{{"chap-user", "chap-secret"}, {"target-chap-user", "target-chap-secret"}} {
-		if cmd.Flags().Changed(p[0]) != cmd.Flags().Changed(p[1]) {
-			return fmt.Errorf("%s: give --%s and --%s together", verb(cmd), p[0], p[1])
-		}
+// credentials are one CHAP user and secret from the command line; set is
+// false when neither was given.
+type credentials struct {
+	set          bool
+	user, secret string
+}
+
+// read returns the host's and the array's CHAP credentials. A user comes
+// with its secret: from its flags, or typed at the prompt; a user of ""
+// turns CHAP off and needs no secret.
+func (f *chapFlags) read(cmd *cobra.Command, con *console) (host, target credentials, err error) {
+	if host, err = readCredentials(cmd, con, "chap-user", f.user, &f.secret); err != nil {
+		return
 	}
-	return nil
+	target, err = readCredentials(cmd, con, "target-chap-user", f.targetUser, &f.targetSecret)
+	return
+}
+
+func readCredentials(cmd *cobra.Command, con *console, userFlag, user string, s *secret) (credentials, error) {
+	if !cmd.Flags().Changed(userFlag) {
+		if s.given() {
+			return credentials{}, fmt.Errorf("%s: --%s needs --%s: give the user with its secret", verb(cmd), s.name, userFlag)
+		}
+		return credentials{}, nil
+	}
+	if user == "" && !s.given() {
+		return credentials{set: true}, nil // CHAP off
+	}
+	v, ok, err := s.get(con, true)
+	if err != nil {
+		return credentials{}, fmt.Errorf("%s: %w", verb(cmd), err)
+	}
+	if !ok {
+		return credentials{}, fmt.Errorf("%s: --%s needs its secret: --%s-file FILE (- for standard input), or run it "+
+			"on a terminal to be asked for it (--%s SECRET works too, but other local users can see it)",
+			verb(cmd), userFlag, s.name, s.name)
+	}
+	return credentials{set: true, user: user, secret: v}, nil
 }
 
 func newHostCreateCmd(g *globals) *cobra.Command {
 	var (
 		iqns      []string
-		chap      chapFlags
+		chap      = newCHAPFlags()
 		preferred string
 	)
 	cmd := &cobra.Command{
-		Use:   "create [--iqn IQN]... [--chap-user U --chap-secret S] [--target-chap-user U --target-chap-secret S] [--preferred-array A[,B]] HOST",
+		Use:   "create [--iqn IQN]... [--chap-user U [--chap-secret-file F]] [--target-chap-user U [--target-chap-secret-file F]] [--preferred-array A[,B]] HOST",
 		Short: "Create a host from its initiator names",
-		Long: "Create a host. --iqn (repeatable) names its initiators. With --chap-user/--chap-secret the host\n" +
-			"must log in with CHAP; with --target-chap-user/--target-chap-secret too, the array answers the\n" +
-			"host's challenge (mutual CHAP). --preferred-array names the arrays whose paths the host should\n" +
-			"prefer (ALUA active/optimized) once pods are stretched.",
-		Example: "metro host create --iqn iqn.1993-08.org.debian:01:abcdef h1",
-		Args:    argsN(1, "the name of the host to create"),
+		Long: "Create a host. --iqn (repeatable) names its initiators. With --chap-user the host must log in\n" +
+			"with CHAP; with --target-chap-user too, the array answers the host's challenge (mutual CHAP).\n" +
+			"Each user's secret is read from --chap-secret-file/--target-chap-secret-file (- for standard\n" +
+			"input) or, on a terminal, asked for twice without echo; --chap-secret S also works, for\n" +
+			"scripts, but shows S to other local users. --preferred-array names the arrays whose paths the\n" +
+			"host should prefer (ALUA active/optimized) once pods are stretched.",
+		Example: "metro host create --iqn iqn.1993-08.org.debian:01:abcdef h1\n" +
+			"metro host create --iqn iqn.1993-08.org.debian:01:abcdef --chap-user h1 h1   (asks for the secret)",
+		Args: argsN(1, "the name of the host to create"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := chap.pairs(cmd); err != nil {
+			host, target, err := chap.read(cmd, g.con)
+			if err != nil {
 				return err
 			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			req := api.HostCreate{Name: args[0], IQNs: iqns, CHAPUser: chap.user, CHAPSecret: chap.secret,
-				TargetCHAPUser: chap.targetUser, TargetCHAPSecret: chap.targetSecret}
+			req := api.HostCreate{Name: args[0], IQNs: iqns, CHAPUser: host.user, CHAPSecret: host.secret,
+				TargetCHAPUser: target.user, TargetCHAPSecret: target.secret}
 			if req.IQNs == nil {
 				req.IQNs = []string{}
 			}
@@ -137,41 +179,41 @@ func listHosts(ctx context.Context, c *api.Client, names []string) ([]api.Host, 
 func newHostSetattrCmd(g *globals) *cobra.Command {
 	var (
 		add, rem  []string
-		chap      chapFlags
+		chap      = newCHAPFlags()
 		preferred string
 	)
 	cmd := &cobra.Command{
-		Use: "setattr [--addiqn IQN]... [--remiqn IQN]... [--chap-user U --chap-secret S] " +
-			"[--target-chap-user U --target-chap-secret S] [--preferred-array A[,B]] HOST",
+		Use: "setattr [--addiqn IQN]... [--remiqn IQN]... [--chap-user U [--chap-secret-file F]] " +
+			"[--target-chap-user U [--target-chap-secret-file F]] [--preferred-array A[,B]] HOST",
 		Short: "Change a host's initiators, CHAP credentials or preferred arrays",
 		Long: "Change a host. Flags not given leave their attribute as it is. CHAP credentials are set in\n" +
-			"pairs; an empty pair (--chap-user \"\" --chap-secret \"\") turns CHAP off.\n" +
+			"pairs: a user with its secret, read as for 'metro host create' (a file, standard input or the\n" +
+			"prompt); --chap-user \"\" (or --target-chap-user \"\") turns CHAP off.\n" +
 			"--preferred-array \"\" clears the preferred arrays.",
 		Example: "metro host setattr --addiqn iqn.1993-08.org.debian:01:fedcba h1\n" +
+			"metro host setattr --chap-user h1 --chap-secret-file h1.secret h1\n" +
 			"metro host setattr --preferred-array \"\" h1",
 		Args: argsN(1, "the name of the host to change"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := chap.pairs(cmd); err != nil {
+			host, target, err := chap.read(cmd, g.con)
+			if err != nil {
 				return err
 			}
 			fl := cmd.Flags()
 			u := api.HostUpdate{AddIQNs: add, RemoveIQNs: rem}
-			set := func(name string, v string, dst **string) {
-				if fl.Changed(name) {
-					*dst = &v
-				}
+			if host.set {
+				u.CHAPUser, u.CHAPSecret = &host.user, &host.secret
 			}
-			set("chap-user", chap.user, &u.CHAPUser)
-			set("chap-secret", chap.secret, &u.CHAPSecret)
-			set("target-chap-user", chap.targetUser, &u.TargetCHAPUser)
-			set("target-chap-secret", chap.targetSecret, &u.TargetCHAPSecret)
+			if target.set {
+				u.TargetCHAPUser, u.TargetCHAPSecret = &target.user, &target.secret
+			}
 			if fl.Changed("preferred-array") {
 				arrays := splitList(preferred)
 				u.PreferredArrays = &arrays
 			}
 			if len(add) == 0 && len(rem) == 0 && u.CHAPUser == nil && u.TargetCHAPUser == nil && u.PreferredArrays == nil {
-				return fmt.Errorf("%s: nothing to change: give --addiqn, --remiqn, --chap-user/--chap-secret, "+
-					"--target-chap-user/--target-chap-secret or --preferred-array%s", verb(cmd), usageHint(cmd))
+				return fmt.Errorf("%s: nothing to change: give --addiqn, --remiqn, --chap-user, "+
+					"--target-chap-user or --preferred-array%s", verb(cmd), usageHint(cmd))
 			}
 			c, err := g.client()
 			if err != nil {

@@ -90,11 +90,11 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	info := l.Info
 	fmt.Fprintf(w, "\nThe lab is up. Everything is in %s/lab.json.\n\n", dir)
 	for _, a := range info.Arrays {
-		fmt.Fprintf(w, "Array %s\n  API     %s (token in lab.json, certificate %s)\n  portal  %s\n  target  %s\n", a.Name, a.API, a.CA, a.Portal, a.Target)
+		fmt.Fprintf(w, "Array %s\n  API     %s (token in %s, certificate %s)\n  portal  %s\n  target  %s\n", a.Name, a.API, a.TokenFile, a.CA, a.Portal, a.Target)
 	}
 	fmt.Fprintf(w, "\nVolume %s is LUN %d for host %s (initiators: %v).\n\n", info.Volume, info.LUN, info.Host, info.Initiators)
 	a := info.Arrays[0]
-	fmt.Fprintf(w, "Manage it:\n  export METRO_API=%s METRO_TOKEN=%s METRO_CA=%s\n  metro pod list; metro vol list; metro host list\n\n", a.API, a.Token, a.CA)
+	fmt.Fprintf(w, "Manage it:\n  export METRO_API=%s METRO_TOKEN_FILE=%s METRO_CA=%s\n  metro pod list; metro vol list; metro host list\n\n", a.API, a.TokenFile, a.CA)
 	fmt.Fprintf(w, "Connect an initiator:\n")
 	fmt.Fprintf(w, "  iscsiadm -m discovery -t sendtargets -p %s && iscsiadm -m node -T %s -p %s --login   (initiator name %s)\n", a.Portal, a.Target, a.Portal, info.Initiators[0])
 	fmt.Fprintf(w, "  qemu-img info --image-opts driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%d,initiator-name=%s\n", a.Portal, a.Target, info.LUN, info.Initiators[0])

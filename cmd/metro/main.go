@@ -20,12 +20,15 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
-// globals are the flags every client verb takes.
+// globals are the flags every client verb takes. Environment variables
+// stand in for flags not given, but are never shown as flag defaults:
+// help output must not print METRO_TOKEN.
 type globals struct {
 	api   string
-	token string
+	token secret
 	ca    string
 	json  bool
+	con   *console
 }
 
 func main() {
@@ -42,8 +45,11 @@ func main() {
 	}
 }
 
-func newRoot() *cobra.Command {
-	g := &globals{}
+func newRoot() *cobra.Command { return newRootOn(stdConsole()) }
+
+// newRootOn is the metro command reading secrets from con.
+func newRootOn(con *console) *cobra.Command {
+	g := &globals{con: con, token: secret{name: "token", what: "the API bearer token", env: "METRO_TOKEN"}}
 	root := &cobra.Command{
 		Use:           "metro",
 		Short:         "metro: active/active stretched block storage",
@@ -52,9 +58,9 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.api, "api", os.Getenv("METRO_API"), "array API URL, e.g. https://127.0.0.1:8443 (env METRO_API)")
-	pf.StringVar(&g.token, "token", os.Getenv("METRO_TOKEN"), "API bearer token (env METRO_TOKEN)")
-	pf.StringVar(&g.ca, "ca", os.Getenv("METRO_CA"), "PEM certificate the array's API certificate must chain to (env METRO_CA)")
+	pf.StringVar(&g.api, "api", "", "array API URL, e.g. https://127.0.0.1:8443 (env METRO_API)")
+	g.token.add(pf)
+	pf.StringVar(&g.ca, "ca", "", "PEM certificate the array's API certificate must chain to (env METRO_CA)")
 	pf.BoolVar(&g.json, "json", false, "print JSON for scripts instead of tables")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath())
@@ -63,10 +69,27 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-// client returns an API client from the global flags.
+// client returns an API client from the global flags or, for those not
+// given, the environment. Without a token from either, it asks for one
+// on a terminal.
 func (g *globals) client() (*api.Client, error) {
-	if g.api == "" {
-		return nil, errors.New("no array named: pass --api URL (and --token, --ca) or set METRO_API, METRO_TOKEN, METRO_CA; 'metro lab up' prints them")
+	base := flagOrEnv(g.api, "METRO_API")
+	if base == "" {
+		return nil, errors.New("no array named: pass --api URL (and --token-file, --ca) or set METRO_API, " +
+			"METRO_TOKEN_FILE (or METRO_TOKEN), METRO_CA; 'metro lab up' prints them")
 	}
-	return api.NewClient(g.api, g.token, g.ca)
+	token, _, err := g.token.get(g.con, false)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(base, token, flagOrEnv(g.ca, "METRO_CA"))
+}
+
+// flagOrEnv returns a flag's value, or the environment variable env when
+// the flag is empty.
+func flagOrEnv(v, env string) string {
+	if v != "" {
+		return v
+	}
+	return os.Getenv(env)
 }

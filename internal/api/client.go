@@ -19,6 +19,7 @@ import (
 // Client talks to one array's API.
 type Client struct {
 	base  string
+	shown string // base without a password, for errors
 	token string
 	http  *http.Client
 }
@@ -38,7 +39,11 @@ func NewClient(base, token, caFile string) (*Client, error) {
 	base = strings.TrimRight(base, "/")
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("API URL %q: expected http(s)://HOST:PORT, e.g. https://127.0.0.1:8443", base)
+		return nil, fmt.Errorf("API URL %q: expected http(s)://HOST:PORT, e.g. https://127.0.0.1:8443", redactURL(base))
+	}
+	if u.Scheme == "http" && !IsLoopback(u.Hostname()) {
+		return nil, fmt.Errorf("API URL %s: plain HTTP would send the API token in clear; use https:// "+
+			"(arrays serve plain HTTP on loopback only)", u.Redacted())
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caFile != "" {
@@ -52,7 +57,11 @@ func NewClient(base, token, caFile string) (*Client, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &Client{base: base, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+	// The API never redirects; following one could send the token to
+	// another scheme or port (Go keeps the header for the same host).
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Client{base: base, shown: u.Redacted(), token: token,
+		http: &http.Client{Transport: tr, Timeout: 60 * time.Second, CheckRedirect: noRedirect}}, nil
 }
 
 // Base returns the API URL.
@@ -83,9 +92,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	if err != nil {
 		var uerr x509.UnknownAuthorityError
 		if errors.As(err, &uerr) || strings.Contains(err.Error(), "certificate") {
-			return fmt.Errorf("%s: %w (pass the array's certificate with --ca or METRO_CA)", c.base, err)
+			return fmt.Errorf("%s: %w (pass the array's certificate with --ca or METRO_CA)", c.shown, err)
 		}
-		return fmt.Errorf("%s: %w (is the array running? check --api or METRO_API)", c.base, err)
+		return fmt.Errorf("%s: %w (is the array running? check --api or METRO_API)", c.shown, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

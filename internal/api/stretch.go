@@ -28,7 +28,8 @@ type Replication interface {
 
 // ArrayConnect is the body of POST /array/connect.
 type ArrayConnect struct {
-	// PeerURL is the peer's management API, e.g. https://10.0.0.2:8443.
+	// PeerURL is the peer's management API, e.g. https://10.0.0.2:8443;
+	// it must be HTTPS (RequireHTTPS).
 	PeerURL string `json:"peer_url"`
 	// Token is the peer's API token, used once to pair.
 	Token string `json:"token"`
@@ -87,6 +88,9 @@ func (s *Server) connectPeer(w http.ResponseWriter, r *http.Request) error {
 	}
 	if req.PeerURL == "" || req.Token == "" {
 		return badRequest("peer_url and token are required: the peer's API URL and token")
+	}
+	if err := RequireHTTPS(req.PeerURL); err != nil {
+		return badRequest("%v", err)
 	}
 	info, err := rep.ConnectPeer(r.Context(), req)
 	if err != nil {

@@ -122,7 +122,9 @@ type VolumeUpdate struct {
 	Size uint64 `json:"size"`
 }
 
-// Host describes a host. Secrets are never returned.
+// Host describes a host. CHAP secrets are never returned: a CHAP user is
+// set only together with its secret, so CHAPUser (TargetCHAPUser) not
+// empty is what says that the host must log in with CHAP (mutual CHAP).
 type Host struct {
 	Name            string           `json:"name"`
 	IQNs            []string         `json:"iqns"`

@@ -86,8 +86,8 @@ func Open(opts Options) (*Array, error) {
 		a.now = time.Now
 	}
 	if opts.FS == nil {
-		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-			return nil, fmt.Errorf("data dir: %w", err)
+		if err := secureDataDir(cfg.DataDir, a.log); err != nil {
+			return nil, err
 		}
 	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(), Logger: a.log})
@@ -191,7 +191,7 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 		return err
 	}
 
-	srv := &http.Server{Handler: api.NewServer(a, a.token, a.log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
+	srv := api.NewHTTPServer(api.NewServer(a, a.token, a.log.With("component", "api")), a.cfg.apiTimeouts())
 	if a.cert != nil {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*a.cert}, MinVersion: tls.VersionTLS12}
 		apiL = tls.NewListener(apiL, srv.TLSConfig)
@@ -256,9 +256,12 @@ func (a *Array) setupAPIAuth() error {
 		switch {
 		case err == nil:
 			a.token = strings.TrimSpace(string(data))
+			if err := checkToken(a.token); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
 		case errors.Is(err, os.ErrNotExist):
 			a.token = newID()
-			if err := writeFileSync(path, []byte(a.token+"\n"), 0o600); err != nil {
+			if err := writeFileSync(path, []byte(a.token+"\n"), fileMode); err != nil {
 				return fmt.Errorf("api token: %w", err)
 			}
 		default:

@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/iscsi"
 	"github.com/metro-storage/metro/internal/units"
 )
@@ -17,15 +18,20 @@ import (
 // Config is an array's configuration file (YAML).
 //
 //	name: array-a                 # unique among paired arrays
-//	data_dir: /var/lib/metro      # store, identity, certificate, token
+//	data_dir: /var/lib/metro      # store, identity, certificate, token; made 0700, files 0600
 //	capacity: 100G                # usable space; empty: unlimited
 //	eradication_window: 24h       # destroyed volumes stay recoverable
 //	api:
 //	  listen: 127.0.0.1:8443
-//	  tls: true                   # false: plain HTTP (loopback labs only)
+//	  tls: true                   # false: plain HTTP, refused unless listen is loopback
 //	  cert_file: ""               # default: self-signed, made at first start
 //	  key_file: ""
-//	  token: ""                   # default: generated at first start into data_dir/api-token
+//	  token: ""                   # default: generated at first start into data_dir/api-token;
+//	                              # at least 128 bits (32 hex digits, 22 base64url characters)
+//	  read_header_timeout: 10s    # TLS handshake and request headers
+//	  read_timeout: 30s           # the whole request, body included
+//	  write_timeout: 2m           # end of headers to end of the answer
+//	  idle_timeout: 2m            # a kept-alive connection between requests
 //	iscsi:
 //	  listen: [127.0.0.1:3260]
 //	  advertise: []               # portals for discovery; default: listen
@@ -68,6 +74,11 @@ type Config struct {
 		CertFile string `yaml:"cert_file"`
 		KeyFile  string `yaml:"key_file"`
 		Token    string `yaml:"token"`
+
+		ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+		ReadTimeout       Duration `yaml:"read_timeout"`
+		WriteTimeout      Duration `yaml:"write_timeout"`
+		IdleTimeout       Duration `yaml:"idle_timeout"`
 	} `yaml:"api"`
 	ISCSI struct {
 		Listen    []string    `yaml:"listen"`
@@ -207,6 +218,19 @@ func (c *Config) setDefaults() error {
 	if (c.API.CertFile == "") != (c.API.KeyFile == "") {
 		return fmt.Errorf("api: give both cert_file and key_file, or neither")
 	}
+	if !*c.API.TLS {
+		if err := checkPlainAPI(c.API.Listen); err != nil {
+			return err
+		}
+	}
+	if c.API.Token != "" {
+		if err := checkToken(c.API.Token); err != nil {
+			return err
+		}
+	}
+	t := c.apiTimeouts()
+	c.API.ReadHeaderTimeout.Duration, c.API.ReadTimeout.Duration = t.ReadHeader, t.Read
+	c.API.WriteTimeout.Duration, c.API.IdleTimeout.Duration = t.Write, t.Idle
 	if len(c.ISCSI.Listen) == 0 {
 		c.ISCSI.Listen = []string{"127.0.0.1:3260"}
 	}
@@ -234,4 +258,11 @@ func (c *Config) setDefaults() error {
 func (c *Config) CapacityBytes() uint64 {
 	n, _ := units.ParseSize(c.Capacity)
 	return n
+}
+
+// apiTimeouts returns the API server's timeouts (defaults for those not
+// configured).
+func (c *Config) apiTimeouts() api.Timeouts {
+	return api.Timeouts{ReadHeader: c.API.ReadHeaderTimeout.Duration, Read: c.API.ReadTimeout.Duration,
+		Write: c.API.WriteTimeout.Duration, Idle: c.API.IdleTimeout.Duration}.WithDefaults()
 }

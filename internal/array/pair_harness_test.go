@@ -95,7 +95,7 @@ func newPairUnstretched(t *testing.T) *pairHarness {
 		c.API.Listen = "127.0.0.1:0"
 		tlsOff := false
 		c.API.TLS = &tlsOff
-		c.API.Token = "pair-test-token"
+		c.API.Token = "pair-test-token-0123456789abcdef"
 		c.ISCSI.Listen = []string{"127.0.0.1:0"}
 		c.Replication.Listen = reservePort(t)
 		c.Replication.Advertise = proxyAddr

@@ -129,6 +129,9 @@ func (a *Array) savePeer(p api.Pairing) error {
 
 // ConnectPeer implements api.Replication.
 func (a *Array) ConnectPeer(ctx context.Context, req api.ArrayConnect) (api.ArrayInfo, error) {
+	if err := api.RequireHTTPS(req.PeerURL); err != nil {
+		return api.ArrayInfo{}, fmt.Errorf("pair: %w: %w", catalog.ErrInvalid, err)
+	}
 	caFile := ""
 	if req.CA != "" {
 		f, err := os.CreateTemp("", "metro-peer-ca-*.pem")

@@ -1,7 +1,6 @@
 package array
 
 import (
-	"context"
 	"runtime"
 	"testing"
 	"time"
@@ -17,21 +16,8 @@ func TestRunStopsEverything(t *testing.T) {
 	if err := c.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	a, err := Open(Options{Config: c})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("Run ended before it was ready: %v", err)
-	}
-	cancel()
-	if err := <-done; err != nil {
+	_, stop := startArray(t, c, nil)
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	// Goroutines that were told to stop may take a moment to be reaped.

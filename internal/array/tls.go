@@ -74,17 +74,23 @@ func makeSelfSigned(cfg *Config, certFile, keyFile string, now time.Time) error 
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := writeFileSync(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), fileMode); err != nil {
 		return err
 	}
-	return writeFileSync(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return writeFileSync(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), fileMode)
 }
 
-// writeFileSync writes a file atomically (temp file, fsync, rename).
+// writeFileSync writes a file atomically (temp file, fsync, rename) with
+// permissions perm, also when a temporary file of a crashed write was
+// left with others. Files of the data directory are fileMode (0600).
 func writeFileSync(path string, data []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
 	if err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
 		return err
 	}
 	if _, err := f.Write(data); err != nil {

@@ -8,8 +8,6 @@ package lab
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,11 +18,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/metro-storage/metro/internal/api"
+	"github.com/metro-storage/metro/internal/fileperm"
 	"github.com/metro-storage/metro/internal/netproxy"
 )
 
@@ -34,7 +34,10 @@ const DefaultInitiator = "iqn.2026-11.io.metro:lab-initiator"
 
 // Options describe a lab.
 type Options struct {
-	// Dir holds every array's data, config and log, and lab.json.
+	// Dir holds every array's data, config and log, and lab.json. The
+	// lab makes it 0700 when it creates it, and everything it writes in
+	// it is private to the user (directories 0700, files 0600): lab.json
+	// and the arrays' data directories hold API tokens.
 	Dir string
 	// Binary is the metro executable to run arrays with.
 	Binary string
@@ -65,16 +68,19 @@ type Options struct {
 
 // ArrayInfo is one array in lab.json.
 type ArrayInfo struct {
-	Name    string `json:"name"`
-	API     string `json:"api"`
-	Token   string `json:"token"`
-	CA      string `json:"ca,omitempty"`
-	Portal  string `json:"portal"`
-	Target  string `json:"target"`
-	Config  string `json:"config"`
-	DataDir string `json:"data_dir"`
-	Log     string `json:"log"`
-	PID     int    `json:"pid"`
+	Name string `json:"name"`
+	API  string `json:"api"`
+	// Token is the array's API token, which the array generates into
+	// TokenFile at its first start (METRO_TOKEN_FILE for the CLI).
+	Token     string `json:"token"`
+	TokenFile string `json:"token_file"`
+	CA        string `json:"ca,omitempty"`
+	Portal    string `json:"portal"`
+	Target    string `json:"target"`
+	Config    string `json:"config"`
+	DataDir   string `json:"data_dir"`
+	Log       string `json:"log"`
+	PID       int    `json:"pid"`
 	// LinkListen is where the array's replication link listens, and
 	// LinkAdvertise what it tells its peer to dial (the proxy).
 	LinkListen    string `json:"link_listen,omitempty"`
@@ -151,7 +157,7 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(opts.Dir, fileperm.Dir); err != nil {
 		return nil, err
 	}
 	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
@@ -220,7 +226,7 @@ func arrayName(i int) string { return "array-" + string(rune('a'+i)) }
 func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
 	name := arrayName(i)
 	dir := filepath.Join(l.opts.Dir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirPrivate(dir); err != nil {
 		return ArrayInfo{}, err
 	}
 	apiPort, err := freePort()
@@ -246,32 +252,33 @@ func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
 	}
 	proxyPort := l.proxyLn[i].Addr().(*net.TCPAddr).Port
 	ai := ArrayInfo{
-		Name:    name,
-		API:     fmt.Sprintf("https://127.0.0.1:%d", apiPort),
-		Token:   newToken(),
-		CA:      filepath.Join(dir, "data", "api-cert.pem"),
-		Portal:  fmt.Sprintf("127.0.0.1:%d", iscsiPort),
-		Target:  "iqn.2026-11.io.metro:" + name,
-		Config:  filepath.Join(dir, "config.yaml"),
-		DataDir: filepath.Join(dir, "data"),
-		Log:     filepath.Join(dir, "array.log"),
+		Name:      name,
+		API:       fmt.Sprintf("https://127.0.0.1:%d", apiPort),
+		TokenFile: filepath.Join(dir, "data", "api-token"),
+		CA:        filepath.Join(dir, "data", "api-cert.pem"),
+		Portal:    fmt.Sprintf("127.0.0.1:%d", iscsiPort),
+		Target:    "iqn.2026-11.io.metro:" + name,
+		Config:    filepath.Join(dir, "config.yaml"),
+		DataDir:   filepath.Join(dir, "data"),
+		Log:       filepath.Join(dir, "array.log"),
 
 		LinkListen:    fmt.Sprintf("127.0.0.1:%d", linkPort),
 		LinkAdvertise: fmt.Sprintf("127.0.0.1:%d", proxyPort),
 	}
+	// No token: the array generates one into its data directory (0600),
+	// as for an administrator, so the configuration holds no secret.
 	cfg := fmt.Sprintf(`# written by metro lab up
 name: %s
 data_dir: %s
 api:
   listen: 127.0.0.1:%d
-  token: %s
 iscsi:
   listen: [%q]
   target: %s
 replication:
   listen: %s
   advertise: %s
-`, name, ai.DataDir, apiPort, ai.Token, ai.Portal, ai.Target, ai.LinkListen, ai.LinkAdvertise)
+`, name, ai.DataDir, apiPort, ai.Portal, ai.Target, ai.LinkListen, ai.LinkAdvertise)
 	if l.opts.LinkTimeout > 0 {
 		cfg += "  timeout: " + l.opts.LinkTimeout.String() + "\n"
 	}
@@ -284,20 +291,50 @@ replication:
 	if l.opts.EradicationWindow > 0 {
 		cfg += "eradication_window: " + l.opts.EradicationWindow.String() + "\n"
 	}
-	return ai, os.WriteFile(ai.Config, []byte(cfg), 0o644)
+	return ai, writePrivate(ai.Config, []byte(cfg))
 }
 
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+// mkdirPrivate makes a directory of the lab 0700, also when an older lab
+// left it open to others.
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, fileperm.Dir); err != nil {
+		return err
+	}
+	return os.Chmod(dir, fileperm.Dir)
+}
+
+// writePrivate writes a file of the lab atomically, 0600 (a fresh
+// temporary file renamed over the old one, whatever its mode).
+func writePrivate(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
 }
 
 // Start starts array i's process and waits until its API answers.
 func (l *Lab) Start(ctx context.Context, i int) error {
 	ai := l.Info.Arrays[i]
-	logf, err := os.OpenFile(ai.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(ai.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, fileperm.File)
 	if err != nil {
+		return err
+	}
+	if err := logf.Chmod(fileperm.File); err != nil {
+		logf.Close()
 		return err
 	}
 	cmd := exec.Command(l.opts.Binary, "array", "run", "--config", ai.Config)
@@ -341,7 +378,8 @@ func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		if _, err := os.Stat(ai.CA); err == nil {
+		// The array writes its token before its certificate.
+		if _, err := os.Stat(ai.CA); err == nil && l.readToken(i) == nil {
 			c, err := l.Client(i)
 			if err == nil {
 				if _, err = c.Array(ctx); err == nil {
@@ -353,6 +391,20 @@ func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
 			return fmt.Errorf("%s did not answer on %s within 60s; see %s", ai.Name, ai.API, ai.Log)
 		}
 	}
+}
+
+// readToken reads array i's API token from its token file, once.
+func (l *Lab) readToken(i int) error {
+	ai := &l.Info.Arrays[i]
+	if ai.Token != "" {
+		return nil
+	}
+	data, err := os.ReadFile(ai.TokenFile)
+	if err != nil {
+		return err
+	}
+	ai.Token = strings.TrimSpace(string(data))
+	return nil
 }
 
 func tail(b []byte, n int) string {
@@ -407,11 +459,7 @@ func (l *Lab) writeInfo() error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(l.opts.Dir, "lab.json")
-	if err := os.WriteFile(path+".tmp", append(data, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return writePrivate(filepath.Join(l.opts.Dir, "lab.json"), append(data, '\n'))
 }
 
 // Kill sends SIGKILL to array i and waits for it to die.
