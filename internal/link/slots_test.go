@@ -1,11 +1,9 @@
 package link
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"net"
@@ -15,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/metro-storage/metro/internal/logtest"
 )
 
 // TestSlotEviction checks which unauthenticated connection the slot table
@@ -286,8 +286,8 @@ func TestPeerReconnectsPastHeldSockets(t *testing.T) {
 func TestHandlerPanic(t *testing.T) {
 	checkLeaks(t)
 	a, b := testConfigs(t)
-	logs := &syncBuffer{}
-	b.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	logs := &logtest.Buffer{}
+	b.Logger = logs.Logger()
 	var panics atomic.Int64
 	b.Panics = &panics
 	b.Handler = func(ctx context.Context, req Message) (Message, error) {
@@ -320,24 +320,6 @@ func TestHandlerPanic(t *testing.T) {
 	if _, err := sa2.Call(ctx, Message{Type: 1}); err != nil {
 		t.Fatalf("call on a new session after the panic: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func containsAll(s string, subs ...string) bool {
