@@ -9,11 +9,11 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/metro-storage/metro/internal/idlesock"
 	"github.com/metro-storage/metro/internal/logtest"
 )
 
@@ -148,56 +148,6 @@ func TestSlotsRandom(t *testing.T) {
 	}
 }
 
-// heldSockets opens n TCP connections to addr from the given local
-// addresses in turn and holds them until stop: the attack of idle
-// sockets on the link port. With renew, each connection the listener
-// drops is opened again after a pause.
-func heldSockets(t *testing.T, addr string, from []string, n int, renew bool) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	dialFrom := func(i int) (net.Conn, error) {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from[i%len(from)])}}
-		return d.DialContext(ctx, "tcp", addr)
-	}
-	for i := range n {
-		c, err := dialFrom(i)
-		if err != nil {
-			cancel()
-			t.Fatalf("attacker socket %d: %v", i, err)
-		}
-		wg.Go(func() {
-			for {
-				hold(ctx, c)
-				if !renew {
-					return
-				}
-				select {
-				case <-time.After(20 * time.Millisecond):
-				case <-ctx.Done():
-					return
-				}
-				var err error
-				if c, err = dialFrom(i); err != nil {
-					return
-				}
-			}
-		})
-	}
-	return func() {
-		cancel()
-		wg.Wait()
-	}
-}
-
-// hold keeps c open until the other side closes it or ctx ends.
-func hold(ctx context.Context, c net.Conn) {
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	_, _ = c.Read(make([]byte, 1))
-	c.Close()
-}
-
 // TestPeerReconnectsPastHeldSockets is the acceptance test of the
 // handshake slots: with 200 idle sockets held against the link port, from
 // other loopback addresses than the peer's (renewed as the listener drops
@@ -226,8 +176,11 @@ func TestPeerReconnectsPastHeldSockets(t *testing.T) {
 			sb.Close()
 
 			const held = 200
-			stop := heldSockets(t, addr, tc.from, held, tc.renew)
-			defer stop()
+			holder, err := idlesock.Hold(addr, tc.from, held, tc.renew)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Stop()
 			// Every attacker socket has reached the listener and the
 			// slots are full.
 			deadline := time.Now().Add(30 * time.Second)

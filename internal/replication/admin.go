@@ -468,8 +468,8 @@ func (r *Replicator) handleUnstretch(req link.Message) ([]byte, error) {
 		}
 		mb := *m.Membership
 		me := catalog.PodArray{Name: r.cfg.Name, ID: r.cfg.ID}
-		if mb.Name != m.Pod || len(mb.Arrays) != 1 || mb.Arrays[0] != me || mb.Sequencer != me.Name || mb.Epoch <= cp.Epoch {
-			return nil, refusef("pod %s: a handover must leave the pod to this array alone at a later epoch than %d, not %+v", m.Pod, cp.Epoch, mb)
+		if cp == nil || mb.Name != m.Pod || len(mb.Arrays) != 1 || mb.Arrays[0] != me || mb.Sequencer != me.Name || mb.Epoch <= cp.Epoch {
+			return nil, refusef("pod %s: a handover must leave the pod to this array alone at a later epoch, not %+v", m.Pod, mb)
 		}
 		return nil, r.env.Catalog().Apply(mb)
 	default:
