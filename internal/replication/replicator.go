@@ -25,6 +25,13 @@
 // When the link fails, the sequencer suspends the follower and serves
 // alone (the fixed bias, until the mediator decides); what the follower
 // may lack is tracked for the resync.
+//
+// # The peer
+//
+// The peer is trusted with the pods the pair shares and nothing else:
+// every request from it is checked before it is used (confine.go lists
+// the rules), and one that fails a check changes nothing here; the peer
+// gets the error and both arrays log it.
 package replication
 
 import (
