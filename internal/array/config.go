@@ -12,6 +12,7 @@ import (
 
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/iscsi"
+	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/units"
 )
 
@@ -50,6 +51,9 @@ import (
 //	  advertise: ""               # address the peer dials; default: listen
 //	  timeout: 4s                 # no heartbeat for this long: the peer is lost
 //	  baseline_rate: ""           # limit baseline copies, e.g. 100M (per second)
+//	  auth_timeout: 2s            # a link connection must authenticate within this
+//	  max_handshakes: 64          # unauthenticated link connections held at once ...
+//	  max_handshakes_per_address: 8 # ... and from one source address (the oldest are dropped beyond)
 //
 // With the iscsi limits at their defaults a connection still logging in
 // holds about 20 KiB (4 KiB buffers, at most 8 KiB of login text, as it
@@ -91,6 +95,12 @@ type Config struct {
 		Advertise    string   `yaml:"advertise"`
 		Timeout      Duration `yaml:"timeout"`
 		BaselineRate string   `yaml:"baseline_rate"`
+		// AuthTimeout, MaxHandshakes and MaxHandshakesPerAddress bound
+		// the link listener's connections that have not authenticated
+		// (see link.Config; defaults 2s, 64 and 8).
+		AuthTimeout             Duration `yaml:"auth_timeout"`
+		MaxHandshakes           int      `yaml:"max_handshakes"`
+		MaxHandshakesPerAddress int      `yaml:"max_handshakes_per_address"`
 	} `yaml:"replication"`
 }
 
@@ -250,6 +260,19 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Replication.Timeout.Duration == 0 {
 		c.Replication.Timeout.Duration = 4 * time.Second
+	}
+	if c.Replication.AuthTimeout.Duration == 0 {
+		c.Replication.AuthTimeout.Duration = link.DefaultAuthTimeout
+	}
+	if c.Replication.MaxHandshakes == 0 {
+		c.Replication.MaxHandshakes = link.DefaultMaxHandshakes
+	}
+	if c.Replication.MaxHandshakesPerAddress == 0 {
+		c.Replication.MaxHandshakesPerAddress = min(link.DefaultMaxHandshakesPerAddress, c.Replication.MaxHandshakes)
+	}
+	r := &c.Replication
+	if r.AuthTimeout.Duration < 0 || r.MaxHandshakes < 0 || r.MaxHandshakesPerAddress < 0 || r.MaxHandshakesPerAddress > r.MaxHandshakes {
+		return fmt.Errorf("replication: auth_timeout, max_handshakes and max_handshakes_per_address must be positive, max_handshakes_per_address at most max_handshakes")
 	}
 	return nil
 }

@@ -61,7 +61,9 @@ func (a *Array) setupReplication() error {
 	}
 	a.repl = replication.New(replication.Config{
 		Name: a.cfg.Name, ID: a.id.ID, Env: replEnv{a},
-		Cert:         link.Config{Cert: a.linkCert},
+		PortOf: func(id string) uint16 { return Identity{ID: id}.RelativePortID() },
+		Link: link.Config{Cert: a.linkCert, AuthTimeout: a.cfg.Replication.AuthTimeout.Duration,
+			MaxHandshakes: a.cfg.Replication.MaxHandshakes, MaxHandshakesPerAddress: a.cfg.Replication.MaxHandshakesPerAddress},
 		Logger:       a.log.With("component", "replication"),
 		Now:          a.now,
 		Timeout:      a.cfg.Replication.Timeout.Duration,

@@ -39,7 +39,10 @@ func applyErr(t *testing.T, c *Catalog, op Op, want error) {
 	}
 }
 
-const uuid1 = "0123456789abcdef0123456789abcdef"
+const (
+	uuid1 = "0123456789abcdef0123456789abcdef"
+	uuid2 = "fedcba9876543210fedcba9876543210"
+)
 
 func lun(n uint64) *uint64 { return &n }
 
@@ -104,7 +107,7 @@ func TestHostGroupLUNs(t *testing.T) {
 	mustApply(t, c,
 		CreatePod{Name: "p", ID: "p", Created: now, Array: PodArray{Name: "a"}},
 		CreateVolume{Name: "p::a", UUID: uuid1, Size: 4096, Created: now},
-		CreateVolume{Name: "p::b", UUID: uuid1, Size: 4096, Created: now},
+		CreateVolume{Name: "p::b", UUID: uuid2, Size: 4096, Created: now},
 		CreateHost{Host: Host{Name: "h1", IQNs: []string{"iqn.2020-01.x:1"}}},
 		CreateHost{Host: Host{Name: "h2", IQNs: []string{"iqn.2020-01.x:2"}}},
 		CreateHostGroup{Name: "g", Hosts: []string{"h1", "h2"}},

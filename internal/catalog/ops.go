@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -212,8 +213,13 @@ func (o CreateVolume) apply(s *State) error {
 	if err := checkSize(o.Size); err != nil {
 		return fmt.Errorf("volume %s: %w", o.Name, err)
 	}
-	if len(o.UUID) != 32 {
-		return fmt.Errorf("volume %s: uuid %q: %w", o.Name, o.UUID, ErrInvalid)
+	if b, err := hex.DecodeString(o.UUID); err != nil || len(b) != 16 {
+		return fmt.Errorf("volume %s: uuid %q: %w: 32 hex digits", o.Name, o.UUID, ErrInvalid)
+	}
+	for _, v := range s.Volumes {
+		if v.UUID == o.UUID {
+			return fmt.Errorf("volume %s: uuid %s: %w: volume %s has it", o.Name, o.UUID, ErrConflict, v.Name)
+		}
 	}
 	s.Volumes[o.Name] = &Volume{Name: o.Name, Pod: pod, UUID: o.UUID, DataID: s.NextDataID,
 		Size: o.Size, Created: o.Created.UTC()}

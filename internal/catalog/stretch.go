@@ -1,7 +1,9 @@
 package catalog
 
 import (
+	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -117,9 +119,22 @@ func (s *State) CheckInstall(pc *PodConfig) error {
 // InstallPod makes a pod's configuration on this array equal to the
 // sequencer's: the pod, its volumes (keeping this array's data of a
 // volume it already has), connections, and the hosts and host groups
-// those use. A host of the same name with other initiator names, or an
-// initiator name that belongs to another host here, is an error that
-// names it: hosts are kept identical on both arrays.
+// those use.
+//
+// The configuration comes from the peer array, so it is checked before
+// anything changes: it must describe the pod only (its volumes, their
+// connections, and exactly the hosts and host groups those connections
+// use), may not replace a pod of another id or one this array holds
+// under another sequencer, and may not take a volume UUID another pod
+// uses here. Hosts and host groups are kept identical on both arrays, but
+// one that exists here and that the pod's connections did not use here
+// before is never changed by the peer: a host of the same name must have
+// the same initiator names and CHAP settings, a host group the same
+// members, or the install fails with an error that names it. Those the
+// pod already used here follow the sequencer, which orders their changes
+// (they are changes of the pod's configuration). An initiator name that
+// belongs to another host here is an error too, and so is a host that
+// would see one LUN twice.
 type InstallPod struct {
 	Config PodConfig `json:"config"`
 }
@@ -129,16 +144,30 @@ func (InstallPod) Kind() string { return "install_pod" }
 func (o InstallPod) apply(s *State) error {
 	pc := &o.Config
 	name := pc.Pod.Name
-	if err := ValidName("pod", name); err != nil {
+	if err := s.checkPodConfig(pc); err != nil {
 		return err
 	}
-	if p, ok := s.Pods[name]; ok && p.ID != pc.Pod.ID {
+	cur, exists := s.Pods[name]
+	if exists && cur.ID != pc.Pod.ID {
 		return fmt.Errorf("pod %s: %w: this array has another pod of that name; rename or destroy it first", name, ErrExists)
 	}
+	if exists && cur.Pending == nil && cur.Sequencer != pc.Pod.Sequencer {
+		return fmt.Errorf("pod %s: %w: array %s orders it here, the configuration comes from array %s", name, ErrConflict, cur.Sequencer, pc.Pod.Sequencer)
+	}
+	usedHosts, usedGroups := map[string]bool{}, map[string]bool{}
+	if exists {
+		usedHosts, usedGroups = s.podHosts(name)
+	}
 	for _, h := range pc.Hosts {
-		if cur, ok := s.Hosts[h.Name]; ok && !sameIQNs(cur.IQNs, h.IQNs) {
-			return fmt.Errorf("host %s: %w: it exists on this array with initiators %s, on the pod's array with %s; make them the same",
-				h.Name, ErrConflict, strings.Join(cur.IQNs, ","), strings.Join(h.IQNs, ","))
+		if cur, ok := s.Hosts[h.Name]; ok && !usedHosts[h.Name] {
+			if !sameIQNs(cur.IQNs, h.IQNs) {
+				return fmt.Errorf("host %s: %w: it exists on this array with initiators %s, on the pod's array with %s; make them the same",
+					h.Name, ErrConflict, strings.Join(cur.IQNs, ","), strings.Join(h.IQNs, ","))
+			}
+			if !sameCHAP(cur, &h) {
+				return fmt.Errorf("host %s: %w: it exists on this array with other CHAP settings than on the pod's array; make them the same on both arrays (metro host setattr)",
+					h.Name, ErrConflict)
+			}
 		}
 		for _, iqn := range h.IQNs {
 			if other := s.HostByIQN(iqn); other != nil && other.Name != h.Name {
@@ -146,17 +175,17 @@ func (o InstallPod) apply(s *State) error {
 			}
 		}
 		hc := h
-		hc.IQNs = slices.Clone(h.IQNs)
+		hc.IQNs = dedupe(h.IQNs)
 		hc.PreferredArrays = slices.Clone(h.PreferredArrays)
 		s.Hosts[h.Name] = &hc
 	}
 	for _, g := range pc.HostGroups {
-		if cur, ok := s.HostGroups[g.Name]; ok {
-			cur.Hosts = dedupe(append(cur.Hosts, g.Hosts...))
-			continue
+		if cur, ok := s.HostGroups[g.Name]; ok && !usedGroups[g.Name] && !sameSet(cur.Hosts, g.Hosts) {
+			return fmt.Errorf("host group %s: %w: it exists on this array with hosts %s, on the pod's array with %s; make them the same",
+				g.Name, ErrConflict, strings.Join(cur.Hosts, ","), strings.Join(g.Hosts, ","))
 		}
 		gc := g
-		gc.Hosts = slices.Clone(g.Hosts)
+		gc.Hosts = dedupe(g.Hosts)
 		s.HostGroups[g.Name] = &gc
 	}
 	p := pc.Pod
@@ -188,7 +217,205 @@ func (o InstallPod) apply(s *State) error {
 	}
 	s.Connections = append(conns, pc.Connections...)
 	sortConnections(s.Connections)
+	reached, _ := s.podHosts(name)
+	for _, h := range slices.Sorted(maps.Keys(reached)) {
+		if err := s.checkLUNClashes(h); err != nil {
+			return fmt.Errorf("pod %s: %w", name, err)
+		}
+	}
 	return nil
+}
+
+// checkPodConfig checks that a pod configuration from the peer describes
+// that pod only, consistently, and takes no volume identity of another
+// pod here.
+func (s *State) checkPodConfig(pc *PodConfig) error {
+	name := pc.Pod.Name
+	if err := ValidName("pod", name); err != nil {
+		return err
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("pod %s: configuration from the peer: %w: %s", name, ErrInvalid, fmt.Sprintf(format, args...))
+	}
+	p := &pc.Pod
+	switch {
+	case p.ID == "":
+		return bad("no pod id")
+	case p.Pending != nil:
+		return bad("the pod is pending eradication")
+	case len(p.Arrays) == 0 || len(p.Arrays) > 2:
+		return bad("%d arrays", len(p.Arrays))
+	case !slices.ContainsFunc(p.Arrays, func(a PodArray) bool { return a.Name == p.Sequencer }):
+		return bad("sequencer %q is not one of the pod's arrays", p.Sequencer)
+	}
+	for _, a := range p.FailoverPreference {
+		if !slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
+			return bad("failover preference %q is not one of the pod's arrays", a)
+		}
+	}
+	vols := map[string]*Volume{}
+	uuids := map[string]bool{}
+	for i := range pc.Volumes {
+		v := &pc.Volumes[i]
+		vp, _, err := SplitVolumeName(v.Name)
+		if err != nil {
+			return bad("%v", err)
+		}
+		if vp != name || v.Pod != name {
+			return bad("volume %s belongs to pod %s", v.Name, v.Pod)
+		}
+		if err := checkSize(v.Size); err != nil {
+			return bad("volume %s: %v", v.Name, err)
+		}
+		if b, err := hex.DecodeString(v.UUID); err != nil || len(b) != 16 {
+			return bad("volume %s: uuid %q is not 32 hex digits", v.Name, v.UUID)
+		}
+		if vols[v.Name] != nil || uuids[v.UUID] {
+			return bad("volume %s or its uuid %s is listed twice", v.Name, v.UUID)
+		}
+		vols[v.Name], uuids[v.UUID] = v, true
+	}
+	for _, v := range s.Volumes {
+		if v.Pod != name && uuids[v.UUID] {
+			return fmt.Errorf("pod %s: volume uuid %s: %w: volume %s of another pod has it on this array", name, v.UUID, ErrConflict, v.Name)
+		}
+	}
+	hosts := map[string]*Host{}
+	for i := range pc.Hosts {
+		h := &pc.Hosts[i]
+		if err := ValidName("host", h.Name); err != nil {
+			return bad("%v", err)
+		}
+		if hosts[h.Name] != nil {
+			return bad("host %s is listed twice", h.Name)
+		}
+		for _, q := range h.IQNs {
+			if err := ValidIQN(q); err != nil {
+				return bad("host %s: %v", h.Name, err)
+			}
+		}
+		if err := h.validate(); err != nil {
+			return bad("host %s: %v", h.Name, err)
+		}
+		if _, ok := s.HostGroups[h.Name]; ok {
+			return fmt.Errorf("host %s: %w: a host group has that name on this array", h.Name, ErrConflict)
+		}
+		hosts[h.Name] = h
+	}
+	groups := map[string]*HostGroup{}
+	for i := range pc.HostGroups {
+		g := &pc.HostGroups[i]
+		if err := ValidName("host group", g.Name); err != nil {
+			return bad("%v", err)
+		}
+		if groups[g.Name] != nil || hosts[g.Name] != nil {
+			return bad("host group %s is listed twice, or as a host too", g.Name)
+		}
+		if _, ok := s.Hosts[g.Name]; ok {
+			return fmt.Errorf("host group %s: %w: a host has that name on this array", g.Name, ErrConflict)
+		}
+		for _, h := range g.Hosts {
+			if hosts[h] == nil {
+				return bad("host group %s: member %s is not among the pod's hosts", g.Name, h)
+			}
+		}
+		groups[g.Name] = g
+	}
+	usedHosts, usedGroups := map[string]bool{}, map[string]bool{}
+	seen := map[Connection]bool{}
+	for _, c := range pc.Connections {
+		v := vols[c.Volume]
+		switch {
+		case v == nil:
+			return bad("a connection of volume %s, which is not the pod's", c.Volume)
+		case v.Destroyed != nil:
+			return bad("a connection of destroyed volume %s", c.Volume)
+		case (c.Host == "") == (c.HostGroup == ""):
+			return bad("a connection of volume %s names no host or host group, or both", c.Volume)
+		case c.Host != "" && hosts[c.Host] == nil:
+			return bad("volume %s is connected to host %s, which is not among the pod's hosts", c.Volume, c.Host)
+		case c.HostGroup != "" && groups[c.HostGroup] == nil:
+			return bad("volume %s is connected to host group %s, which is not among the pod's host groups", c.Volume, c.HostGroup)
+		case c.LUN > MaxLUN:
+			return bad("volume %s at LUN %d, above %d", c.Volume, c.LUN, MaxLUN)
+		}
+		key := c
+		key.LUN = 0
+		if seen[key] {
+			return bad("volume %s is connected to %s%s twice", c.Volume, c.Host, c.HostGroup)
+		}
+		seen[key] = true
+		usedHosts[c.Host] = true
+		if g := groups[c.HostGroup]; g != nil {
+			usedGroups[g.Name] = true
+			for _, h := range g.Hosts {
+				usedHosts[h] = true
+			}
+		}
+	}
+	for h := range hosts {
+		if !usedHosts[h] {
+			return bad("host %s is not used by the pod's connections", h)
+		}
+	}
+	for g := range groups {
+		if !usedGroups[g] {
+			return bad("host group %s is not used by the pod's connections", g)
+		}
+	}
+	return nil
+}
+
+// podHosts returns the hosts and host groups the connections of a pod's
+// volumes reach here (a group's members count as reached).
+func (s *State) podHosts(pod string) (hosts, groups map[string]bool) {
+	hosts, groups = map[string]bool{}, map[string]bool{}
+	for _, c := range s.Connections {
+		if v := s.Volumes[c.Volume]; v == nil || v.Pod != pod {
+			continue
+		}
+		if c.Host != "" {
+			hosts[c.Host] = true
+		}
+		if g := s.HostGroups[c.HostGroup]; g != nil {
+			groups[g.Name] = true
+			for _, h := range g.Hosts {
+				hosts[h] = true
+			}
+		}
+	}
+	return hosts, groups
+}
+
+// InitiatorsByVolume returns, for each connected volume by name, the
+// initiator names of the hosts connected to it directly or through a host
+// group, lower-cased.
+func (s *State) InitiatorsByVolume() map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, c := range s.Connections {
+		m := out[c.Volume]
+		if m == nil {
+			m = map[string]bool{}
+			out[c.Volume] = m
+		}
+		for _, h := range s.hostsOf(c.Host, c.HostGroup) {
+			if host := s.Hosts[h]; host != nil {
+				for _, q := range host.IQNs {
+					m[strings.ToLower(q)] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+func sameCHAP(a, b *Host) bool {
+	return a.CHAPUser == b.CHAPUser && a.CHAPSecret == b.CHAPSecret &&
+		a.TargetCHAPUser == b.TargetCHAPUser && a.TargetCHAPSecret == b.TargetCHAPSecret
+}
+
+func sameSet(a, b []string) bool {
+	return len(dedupe(a)) == len(dedupe(b)) && !slices.ContainsFunc(a, func(x string) bool { return !slices.Contains(b, x) })
 }
 
 func sameIQNs(a, b []string) bool {

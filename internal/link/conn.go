@@ -271,9 +271,8 @@ func (s *Session) write(c *conn, f *outFrame) error {
 	if f.call != nil && !f.call.claim() {
 		return nil
 	}
-	err := writeFrame(c.bw, &f.h, f.payload)
-	s.written(f)
-	return err
+	defer s.written(f) // even if writing panics: a Call waits for it
+	return writeFrame(c.bw, &f.h, f.payload)
 }
 
 // drop gives up a frame that will not be written.
@@ -296,10 +295,13 @@ func (s *Session) written(f *outFrame) {
 
 // runWriter runs c's writer until it stops, then drops what is left.
 func (s *Session) runWriter(c *conn) {
+	defer func() {
+		for _, f := range c.out.close() {
+			s.drop(&f)
+		}
+	}()
+	defer s.contain(c.kind.String() + " connection writer")
 	if err := s.writeLoop(c); err != nil {
 		s.die(connError(c, "write", err))
-	}
-	for _, f := range c.out.close() {
-		s.drop(&f)
 	}
 }

@@ -39,6 +39,18 @@
 // A version mismatch is refused on both sides with a VersionError carrying
 // both versions; a wrong array id is refused with ErrWrongPeer.
 //
+// Anyone who reaches the listener's port can open connections to it, so
+// until a connection has authenticated (its TLS handshake proved the
+// pinned certificate) it holds one of MaxHandshakes slots, at most
+// MaxHandshakesPerAddress of them per source address, and must
+// authenticate and send its offer within AuthTimeout. A new connection is
+// never refused for want of a slot: an older unauthenticated one is
+// dropped instead (from the new one's address when that is at its limit,
+// else from the address holding the most; one that has sent nothing
+// first, then the oldest). Idle sockets held against the port therefore
+// cannot keep the peer out: its connections send at once and
+// authenticate within a few round trips.
+//
 // # Frames
 //
 // After the handshake a connection carries frames: a 24-byte header (kind,
@@ -56,6 +68,10 @@
 // when the listener that owns it is closed before Accept returned it.
 // Death is final: Done is closed, Err says why (it wraps ErrClosed), every
 // pending Call fails with it, and handlers see their context cancelled.
+// A panic in any goroutine of a session, a handler's included, is
+// recovered, logged with its stack and counted (Config.Panics), and ends
+// that session (ErrPanic): the process carries on, and the upper layer
+// sees a lost session as after any other error.
 //
 // Because a peer declares this side dead only once nothing has arrived for
 // its Timeout, the send time of the latest ping the peer answered plus the

@@ -59,13 +59,22 @@ func Dial(ctx context.Context, cfg Config, addr string) (*Session, error) {
 
 // dialConn opens one connection of a session and runs the dialer's side of
 // the handshake.
-func dialConn(ctx context.Context, cfg *Config, addr string, kind connKind, token [16]byte) (*conn, hello, error) {
-	nc, err := cfg.dial(ctx, addr)
+func dialConn(ctx context.Context, cfg *Config, addr string, kind connKind, token [16]byte) (c *conn, peer hello, err error) {
+	var nc net.Conn
+	defer func() {
+		if v := recover(); v != nil {
+			if nc != nil {
+				_ = nc.Close()
+			}
+			c, err = nil, cfg.recovered(cfg.Logger, "link dial: "+kind.String()+" connection", v)
+		}
+	}()
+	nc, err = cfg.dial(ctx, addr)
 	if err != nil {
 		return nil, hello{}, fmt.Errorf("link: connect to peer at %s: %w", addr, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
-	c, peer, err := clientHandshake(ctx, cfg, nc, kind, token)
+	c, peer, err = clientHandshake(ctx, cfg, nc, kind, token)
 	if !stop() && err == nil {
 		err = ctx.Err() // the connection was closed under us
 	}
@@ -124,10 +133,6 @@ func clientHandshake(ctx context.Context, cfg *Config, nc net.Conn, kind connKin
 	return newConn(kind, nc, tc), reply, nil
 }
 
-// maxHandshakes bounds the connections a Listener handshakes at once;
-// more are closed at once.
-const maxHandshakes = 64
-
 // readyBacklog is how many established sessions may wait for Accept; a
 // session beyond it is closed.
 const readyBacklog = 16
@@ -145,8 +150,6 @@ type Listener struct {
 	// ctx is cancelled by Close; handshakes run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// handshakes bounds concurrent handshakes.
-	handshakes chan struct{}
 	// acceptDone is closed when the accept loop has ended.
 	acceptDone chan struct{}
 	closeOnce  sync.Once
@@ -159,6 +162,16 @@ type Listener struct {
 		pending map[[16]byte]*pairing
 		// acceptErr is why the accept loop ended.
 		acceptErr error
+		// slots are the connections not authenticated yet.
+		slots *slots
+		// evicted counts the connections dropped to make room;
+		// warned is when that was last logged as a warning.
+		evicted uint64
+		warned  time.Time
+		// unauthRefused counts refusals before authentication since
+		// refusalWarned, when one was last logged as a warning.
+		unauthRefused uint64
+		refusalWarned time.Time
 	}
 }
 
@@ -181,11 +194,11 @@ func Listen(cfg Config, ln net.Listener) *Listener {
 		ln:         ln,
 		log:        cfg.Logger,
 		ready:      make(chan *Session, readyBacklog),
-		handshakes: make(chan struct{}, maxHandshakes),
 		acceptDone: make(chan struct{}),
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.mu.pending = make(map[[16]byte]*pairing)
+	l.mu.slots = newSlots(cfg.MaxHandshakes, cfg.MaxHandshakesPerAddress)
 	if err != nil {
 		close(l.acceptDone)
 		return l
@@ -276,20 +289,64 @@ func (l *Listener) acceptLoop() {
 			l.setAcceptErr(fmt.Errorf("link: listener closed: %w", net.ErrClosed))
 			return
 		}
-		select {
-		case l.handshakes <- struct{}{}:
-		default:
-			l.log.Warn("link: too many connections handshaking; dropping one", "remote", nc.RemoteAddr().String())
-			_ = nc.Close()
-			continue
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			l.handshake(nc)
-			<-l.handshakes
-		}()
+		l.admit(nc)
 	}
+}
+
+// admit gives a new connection a handshake slot, dropping an older
+// unauthenticated connection when the slots are full (see slots), and
+// starts its handshake.
+func (l *Listener) admit(nc net.Conn) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = nc.Close()
+			l.cfg.recovered(l.log, "link listener: admitting a connection", v)
+		}
+	}()
+	sl := &slot{addr: sourceAddr(nc), conn: nc}
+	l.mu.Lock()
+	evicted := l.mu.slots.admit(sl)
+	warn := false
+	if len(evicted) > 0 {
+		l.mu.evicted += uint64(len(evicted))
+		if now := time.Now(); now.Sub(l.mu.warned) >= evictionWarnEvery {
+			l.mu.warned, warn = now, true
+		}
+	}
+	total := l.mu.evicted
+	l.mu.Unlock()
+	for _, v := range evicted {
+		_ = v.conn.Close()
+		l.log.Debug("link: handshake slots full; dropped an unauthenticated connection", "remote", v.conn.RemoteAddr().String())
+	}
+	if warn {
+		l.log.Warn("link: unauthenticated connections fill the handshake slots; dropping the oldest to make room (is something other than the peer connecting to the replication port?)",
+			"remote", nc.RemoteAddr().String(), "dropped_total", total,
+			"max_handshakes", l.cfg.MaxHandshakes, "max_handshakes_per_address", l.cfg.MaxHandshakesPerAddress)
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer l.leave(sl)
+		defer func() {
+			if v := recover(); v != nil {
+				_ = nc.Close()
+				l.cfg.recovered(l.log, "link listener: handshake", v)
+			}
+		}()
+		l.handshake(nc, sl)
+	}()
+}
+
+// evictionWarnEvery bounds how often dropping connections for want of
+// handshake slots is logged as a warning.
+const evictionWarnEvery = 10 * time.Second
+
+// leave frees sl's slot (once: eviction may have freed it already).
+func (l *Listener) leave(sl *slot) {
+	l.mu.Lock()
+	l.mu.slots.leave(sl)
+	l.mu.Unlock()
 }
 
 func (l *Listener) setAcceptErr(err error) {
@@ -298,46 +355,90 @@ func (l *Listener) setAcceptErr(err error) {
 	l.mu.Unlock()
 }
 
-// refused reports a connection the listener refused.
-func (l *Listener) refused(nc net.Conn, err error) {
+// refused reports a connection the listener refused. Anyone who reaches
+// the port can cause refusals before authentication, so those are logged
+// as a warning at most every evictionWarnEvery (the others at debug
+// level, counted in the next warning).
+func (l *Listener) refused(nc net.Conn, authenticated bool, err error) {
 	if l.ctx.Err() != nil {
 		return // closing
 	}
-	l.log.Warn("link connection refused", "remote", nc.RemoteAddr().String(), "err", err)
 	if l.cfg.onRefuse != nil {
 		l.cfg.onRefuse(err)
 	}
+	remote := nc.RemoteAddr().String()
+	if authenticated {
+		l.log.Warn("link connection refused", "remote", remote, "err", err)
+		return
+	}
+	l.mu.Lock()
+	l.mu.unauthRefused++
+	n := l.mu.unauthRefused
+	now := time.Now()
+	warn := now.Sub(l.mu.refusalWarned) >= evictionWarnEvery
+	if warn {
+		l.mu.refusalWarned, l.mu.unauthRefused = now, 0
+	}
+	l.mu.Unlock()
+	if warn {
+		l.log.Warn("link connection refused before it authenticated", "remote", remote, "err", err, "refused_since_last_warning", n)
+	} else {
+		l.log.Debug("link connection refused before it authenticated", "remote", remote, "err", err)
+	}
+}
+
+// explainDeadline says which limit a timed-out handshake step ran into.
+func explainDeadline(err error, what string, limit time.Duration) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w (a connection must %s within %v of connecting: AuthTimeout)", err, what, limit)
+	}
+	return err
 }
 
 // handshake runs the listener's side of one connection's handshake and
-// pairs it with the other connection of its session.
-func (l *Listener) handshake(nc net.Conn) {
-	deadline := time.Now().Add(l.cfg.HandshakeTimeout)
-	_ = nc.SetDeadline(deadline)
+// pairs it with the other connection of its session. The connection has
+// AuthTimeout to authenticate and send its offer, HandshakeTimeout in all.
+func (l *Listener) handshake(nc net.Conn, sl *slot) {
+	start := time.Now()
+	deadline := start.Add(l.cfg.HandshakeTimeout)
+	_ = nc.SetDeadline(start.Add(l.cfg.AuthTimeout))
 	stop := context.AfterFunc(l.ctx, func() { _ = nc.Close() })
-	c, offer, err := l.serverHandshake(nc)
+	c, offer, authenticated, err := l.serverHandshake(nc, sl, deadline)
 	if !stop() && err == nil {
 		err = net.ErrClosed
 	}
 	if err != nil {
 		_ = nc.Close()
-		l.refused(nc, err)
+		l.refused(nc, authenticated, err)
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
 	l.pair(c, offer, deadline)
 }
 
-func (l *Listener) serverHandshake(nc net.Conn) (*conn, hello, error) {
+// serverHandshake authenticates nc (TLS with the pinned certificate), then
+// frees its slot and exchanges the hellos, moving the deadline to
+// deadline once the offer is in.
+func (l *Listener) serverHandshake(nc net.Conn, sl *slot, deadline time.Time) (c *conn, offer hello, authenticated bool, err error) {
 	cfg := &l.cfg
-	tc := tls.Server(nc, cfg.tlsConfig(true))
+	tc := tls.Server(heardConn{Conn: nc, s: sl}, cfg.tlsConfig(true))
 	if err := tc.HandshakeContext(l.ctx); err != nil {
-		return nil, hello{}, fmt.Errorf("link: TLS handshake: %w", err)
+		return nil, hello{}, false, fmt.Errorf("link: TLS handshake: %w", explainDeadline(err, "authenticate", cfg.AuthTimeout))
 	}
+	l.leave(sl)
+	c, offer, err = l.hellos(tc, nc, deadline)
+	return c, offer, true, err
+}
+
+// hellos exchanges the hellos on an authenticated connection.
+func (l *Listener) hellos(tc *tls.Conn, nc net.Conn, deadline time.Time) (*conn, hello, error) {
+	cfg := &l.cfg
 	offer, err := readHello(tc, cfg.version)
 	if err != nil {
-		return nil, hello{}, fmt.Errorf("link: read hello: %w", err)
+		return nil, hello{}, fmt.Errorf("link: read hello: %w", explainDeadline(err, "send its hello", cfg.AuthTimeout))
 	}
+	_ = nc.SetDeadline(deadline)
 	refuse := func(status helloStatus, reason string) {
 		_ = writeHello(tc, &hello{version: cfg.version, status: status, kind: offer.kind, token: offer.token, id: cfg.LocalID, reason: reason})
 	}
@@ -395,7 +496,7 @@ func (l *Listener) pair(c *conn, offer hello, deadline time.Time) {
 	if p.first.kind == c.kind {
 		l.mu.Unlock()
 		_ = c.raw.Close()
-		l.refused(c.raw, protoErr("a second %s connection for one session", c.kind))
+		l.refused(c.raw, true, protoErr("a second %s connection for one session", c.kind))
 		return
 	}
 	delete(l.mu.pending, offer.token)
@@ -435,5 +536,5 @@ func (l *Listener) awaitPartner(p *pairing, token [16]byte, deadline time.Time) 
 	delete(l.mu.pending, token)
 	l.mu.Unlock()
 	_ = p.first.raw.Close()
-	l.refused(p.first.raw, fmt.Errorf("link: the session's other connection did not arrive within %v", l.cfg.HandshakeTimeout))
+	l.refused(p.first.raw, true, fmt.Errorf("link: the session's other connection did not arrive within %v", l.cfg.HandshakeTimeout))
 }

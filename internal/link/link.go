@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +29,12 @@ const (
 	DefaultMaxInFlightBytes      = 64 << 20
 	DefaultMaxConcurrentHandlers = 512
 	DefaultHandshakeTimeout      = 10 * time.Second
+	// The listener's handshake slots (see Config.MaxHandshakes): a
+	// loopback or metro-distance peer authenticates in a few round trips,
+	// far inside DefaultAuthTimeout, and needs two slots per session.
+	DefaultAuthTimeout             = 2 * time.Second
+	DefaultMaxHandshakes           = 64
+	DefaultMaxHandshakesPerAddress = 8
 )
 
 // maxIDLen bounds LocalID and PeerID (they travel with a one-byte length).
@@ -83,7 +91,26 @@ type Config struct {
 	// the listener the wait for a session's second connection (default
 	// 10s).
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
+	// AuthTimeout bounds, at the listener, the time from accepting a
+	// connection to its authentication (TLS with the pinned certificate)
+	// and hello (default 2s, at most HandshakeTimeout).
+	AuthTimeout time.Duration
+	// MaxHandshakes bounds the listener's connections that have not
+	// authenticated yet (default 64), MaxHandshakesPerAddress those from
+	// one source IP address (default 8, at most MaxHandshakes). A new
+	// connection is never refused for want of a slot: the listener drops
+	// an older unauthenticated one (from the new connection's address
+	// when that is at its limit, else from the address holding the most;
+	// one that has sent nothing first, then the oldest), so sockets held
+	// open against the port cannot keep the peer out.
+	MaxHandshakes           int
+	MaxHandshakesPerAddress int
+	Logger                  *slog.Logger
+	// Panics, when set, counts the panics recovered in the link's
+	// goroutines, handlers included. Each is logged with its stack and
+	// ends the session (or drops the connection) it happened in; the
+	// process carries on.
+	Panics *atomic.Int64
 	// Now is the clock for heartbeat and lease bookkeeping (default
 	// time.Now). Socket deadlines always use the real clock.
 	Now func() time.Time
@@ -112,6 +139,16 @@ func (c Config) withDefaults() (Config, error) {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if c.AuthTimeout <= 0 {
+		c.AuthTimeout = DefaultAuthTimeout
+	}
+	c.AuthTimeout = min(c.AuthTimeout, c.HandshakeTimeout)
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxHandshakesPerAddress <= 0 {
+		c.MaxHandshakesPerAddress = min(DefaultMaxHandshakesPerAddress, c.MaxHandshakes)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,8 +175,26 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("link: config: no peer certificate (PeerCert) to pin")
 	case c.Timeout <= c.HeartbeatInterval:
 		return c, fmt.Errorf("link: config: Timeout %v must exceed HeartbeatInterval %v", c.Timeout, c.HeartbeatInterval)
+	case c.MaxHandshakesPerAddress > c.MaxHandshakes:
+		return c, fmt.Errorf("link: config: MaxHandshakesPerAddress %d must not exceed MaxHandshakes %d (one address must not hold every slot)",
+			c.MaxHandshakesPerAddress, c.MaxHandshakes)
 	}
 	return c, nil
+}
+
+// ErrPanic is wrapped by the error of a session that ended because one of
+// its goroutines panicked (a bug, here or in a handler).
+var ErrPanic = errors.New("link: internal error (panic)")
+
+// recovered logs a panic recovered in one of the link's goroutines with
+// its stack, counts it, and returns an error for the session or
+// connection it ends.
+func (c *Config) recovered(log *slog.Logger, where string, v any) error {
+	if c.Panics != nil {
+		c.Panics.Add(1)
+	}
+	log.Error("link: panic recovered; ending the session or connection it happened in", "where", where, "panic", v, "stack", string(debug.Stack()))
+	return fmt.Errorf("%w in %s: %v", ErrPanic, where, v)
 }
 
 // ErrClosed is wrapped by every error of a dead session: Session.Err and

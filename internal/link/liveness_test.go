@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -172,11 +173,13 @@ func TestBulkDoesNotDelayHeartbeats(t *testing.T) {
 }
 
 // TestHandshakeTimeouts checks that the listener drops a connection that
-// never completes its handshake, and one whose partner never comes.
+// does not authenticate within AuthTimeout, and one whose partner does
+// not come within HandshakeTimeout.
 func TestHandshakeTimeouts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, b := testConfigs(t)
 		b.HandshakeTimeout = 5 * time.Second
+		b.AuthTimeout = time.Second
 		refused := make(chan error, 4)
 		b.onRefuse = func(err error) { refused <- err }
 		n := newPipeNet(time.Millisecond)
@@ -191,8 +194,11 @@ func TestHandshakeTimeouts(t *testing.T) {
 		}
 		defer mute.Close()
 		err = <-refused
-		if d := time.Since(start); d < b.HandshakeTimeout || d > b.HandshakeTimeout+10*time.Millisecond {
+		if d := time.Since(start); d < b.AuthTimeout || d > b.AuthTimeout+10*time.Millisecond {
 			t.Errorf("mute connection dropped after %v: %v", d, err)
+		}
+		if !strings.Contains(err.Error(), "AuthTimeout") {
+			t.Errorf("mute connection's refusal does not name the limit: %v", err)
 		}
 
 		// Half a session.

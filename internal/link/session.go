@@ -125,6 +125,7 @@ func (s *Session) start() {
 	for _, c := range []*conn{s.data, s.meta} {
 		go func() {
 			defer s.wg.Done()
+			defer s.contain(c.kind.String() + " connection reader")
 			s.die(connError(c, "read", s.readLoop(c)))
 		}()
 		go func() {
@@ -134,8 +135,19 @@ func (s *Session) start() {
 	}
 	go func() {
 		defer s.wg.Done()
+		defer s.contain("heartbeat")
 		s.heartbeatLoop()
 	}()
+}
+
+// contain ends the session when the goroutine it is deferred in panics:
+// the panic is logged with its stack and counted (Config.Panics), and the
+// process carries on; the session's owner sees it die as after any other
+// error.
+func (s *Session) contain(where string) {
+	if v := recover(); v != nil {
+		s.die(s.cfg.recovered(s.log, where, v))
+	}
 }
 
 func connError(c *conn, op string, err error) error {
@@ -459,7 +471,14 @@ func (s *Session) dispatch(r request) error {
 // than started per request, so their stacks are grown once.
 func (s *Session) worker(r request) {
 	defer s.wg.Done()
+	typ := r.h.typ
+	defer func() {
+		if v := recover(); v != nil {
+			s.die(s.cfg.recovered(s.log, fmt.Sprintf("the handler of a request of type %d", typ), v))
+		}
+	}()
 	for {
+		typ = r.h.typ
 		s.serve(r)
 		select {
 		case r = <-s.work:

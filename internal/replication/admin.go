@@ -209,10 +209,37 @@ func (r *Replicator) handleConfig(ctx context.Context, req link.Message) ([]byte
 	}
 	st := r.env.Catalog().View()
 	pods := stretchedPods(st, op)
-	if len(pods) == 0 || st.Pods[pods[0]].Sequencer != r.cfg.Name {
-		return mustJSON(answer{Error: "the change no longer concerns a pod this array orders; try again", Kind: "conflict"}), nil
+	if err := r.orderable(st, pods, op); err != nil {
+		return r.refusedAnswer(req, err), nil
 	}
 	return mustJSON(answerOf(r.order(ctx, pods, op))), nil
+}
+
+// refusedAnswer logs a refused administrative request from the peer and
+// answers it as a conflict, which the peer's administrator sees.
+func (r *Replicator) refusedAnswer(req link.Message, err error) []byte {
+	r.log.Warn("refused a request from the peer", "request", msgName(req.Type), "err", err)
+	return mustJSON(answer{Error: fmt.Sprintf("array %s: %v", r.cfg.Name, err), Kind: "conflict"})
+}
+
+// orderable checks a change the peer asks this array to order: it
+// concerns stretched pods only through the ops stretchedPods knows, each
+// pod is stretched to the peer and ordered here, and it destroys none.
+func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) error {
+	peer := r.peer()
+	if len(pods) == 0 || peer == nil {
+		return refusef("a %s change concerns no pod stretched to the peer", op.Kind())
+	}
+	if _, ok := deref(op).(catalog.DestroyPod); ok {
+		return refusef("pod %s is stretched: a stretched pod is not destroyed", pods[0])
+	}
+	for _, name := range pods {
+		cp := st.Pods[name]
+		if cp.Sequencer != r.cfg.Name || !hasArray(cp, peer.ID) {
+			return refusef("the change concerns pod %s, which this array does not order for the peer; try again", name)
+		}
+	}
+	return nil
 }
 
 // installPod installs a pod's configuration from the sequencer (the
@@ -226,8 +253,20 @@ func (r *Replicator) handleApplyConfig(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &pc); err != nil {
 		return err
 	}
-	if _, err := r.podAt(pc.Pod.Name, req.Epoch, pod.Follower); err != nil {
+	p, err := r.podAt(pc.Pod.Name, req.Epoch, pod.Follower)
+	if err != nil {
 		return err
+	}
+	if pc.Pod.ID != p.id {
+		return refusef("pod %s: the configuration is of another pod of that name (%s, here %s)", pc.Pod.Name, pc.Pod.ID, p.id)
+	}
+	if err := r.checkPeerConfig(&pc, true); err != nil {
+		return err
+	}
+	// The epoch moves with the pod's protocol, never with its
+	// configuration.
+	if cur := r.env.Catalog().View().Pods[pc.Pod.Name]; cur != nil {
+		pc.Pod.Epoch = cur.Epoch
 	}
 	return r.installPod(&pc)
 }
@@ -239,7 +278,7 @@ func (r *Replicator) checkStretch(pc *catalog.PodConfig, used uint64) error {
 		return fmt.Errorf("array %s already has a pod named %s: %w: rename or destroy one of them", r.cfg.Name, pc.Pod.Name, catalog.ErrExists)
 	}
 	if err := st.CheckInstall(pc); err != nil {
-		return fmt.Errorf("array %s: %w", r.cfg.Name, err)
+		return err // handle names this array
 	}
 	usedHere, capacity := r.env.Store().Usage()
 	if capacity > 0 && usedHere+used > capacity {
@@ -256,6 +295,9 @@ type checkStretchMsg struct {
 func (r *Replicator) handleCheckStretch(req link.Message) error {
 	var m checkStretchMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
+		return err
+	}
+	if err := r.checkPeerConfig(&m.Config, false); err != nil {
 		return err
 	}
 	return r.checkStretch(&m.Config, m.Used)
@@ -402,33 +444,51 @@ func (r *Replicator) handleUnstretch(req link.Message) ([]byte, error) {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return nil, err
 	}
+	peer := r.peer()
+	if peer == nil {
+		return nil, fmt.Errorf("%w", ErrNoPeer)
+	}
+	cp := r.env.Catalog().View().Pods[m.Pod]
 	switch {
 	case m.Request:
+		// The peer's administrator asks to remove an array; this array
+		// orders the pod.
+		if cp == nil || cp.Pending != nil || cp.Sequencer != r.cfg.Name || !hasArray(cp, peer.ID) {
+			return r.refusedAnswer(req, refusef("pod %s is not a pod this array orders for the peer; try again", m.Pod)), nil
+		}
 		return mustJSON(answerOf(r.Unstretch(context.Background(), m.Pod, m.Array))), nil
 	case m.Membership != nil:
 		// The sequencer hands the pod over and keeps its copy aside.
-		if _, err := r.podAt(m.Pod, req.Epoch, pod.Follower); err != nil {
+		p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
+		if err != nil {
 			return nil, err
 		}
-		if md := r.pod(m.Pod).mode(); md.state != pod.InSync {
+		if md := p.mode(); md.state != pod.InSync {
 			return nil, fmt.Errorf("pod %s is not in sync here", m.Pod)
 		}
-		return nil, r.env.Catalog().Apply(*m.Membership)
-	default:
-		st := r.env.Catalog().View()
-		if cp, ok := st.Pods[m.Pod]; ok && cp.Sequencer != r.cfg.Name && cp.Pending == nil {
-			return nil, r.keepPending(m.Pod, cp.Epoch)
+		mb := *m.Membership
+		me := catalog.PodArray{Name: r.cfg.Name, ID: r.cfg.ID}
+		if cp == nil || mb.Name != m.Pod || len(mb.Arrays) != 1 || mb.Arrays[0] != me || mb.Sequencer != me.Name || mb.Epoch <= cp.Epoch {
+			return nil, refusef("pod %s: a handover must leave the pod to this array alone at a later epoch, not %+v", m.Pod, mb)
 		}
-		return nil, nil
+		return nil, r.env.Catalog().Apply(mb)
+	default:
+		// The sequencer removed this array.
+		if cp == nil || cp.Pending != nil {
+			return nil, nil // gone or set aside already
+		}
+		if m.Array != r.cfg.Name || !r.peerOrders(cp, peer) {
+			return nil, refusef("pod %s: array %s cannot remove array %s from a pod it does not order", m.Pod, peer.Name, m.Array)
+		}
+		return nil, r.keepPending(m.Pod, cp.Epoch)
 	}
 }
 
-func (r *Replicator) handleStretch(ctx context.Context, req link.Message) ([]byte, error) {
-	var m stretchMsg
-	if err := json.Unmarshal(req.Payload, &m); err != nil {
-		return nil, err
-	}
-	return mustJSON(answerOf(r.Stretch(ctx, m.Pod, m.Array))), nil
+// handleStretch refuses the retired msgStretch: the peer cannot take a
+// pod of this array; only an administrator of the array that holds a
+// pod stretches it (metro pod add), and that array then sends it.
+func (r *Replicator) handleStretch() error {
+	return refusef("array %s stretches a pod only when its administrator asks (metro pod add --array PEER POD on %s)", r.cfg.Name, r.cfg.Name)
 }
 
 // ArrayStatus is one array's status in a pod, as this array sees it.

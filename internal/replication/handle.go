@@ -8,7 +8,7 @@ import (
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
-	"github.com/metro-storage/metro/internal/store"
+	"github.com/metro-storage/metro/internal/scsi"
 )
 
 // handle serves the peer's requests.
@@ -42,14 +42,17 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 		out, err = r.handleUnstretch(req)
 
 	case msgStretch:
-		out, err = r.handleStretch(ctx, req)
+		err = r.handleStretch()
 	case msgHello:
 		err = r.handleHello(req)
 	default:
-		err = fmt.Errorf("unknown message type %d", req.Type)
+		err = refusef("unknown message type %d", req.Type)
 	}
 	if err != nil {
-		return link.Message{}, err
+		// Nothing has changed here (see confine.go); the peer gets the
+		// error and logs it too.
+		r.log.Warn("refused a request from the peer", "request", msgName(req.Type), "epoch", req.Epoch, "err", err)
+		return link.Message{}, fmt.Errorf("array %s: %s: %w", r.cfg.Name, msgName(req.Type), err)
 	}
 	return link.Message{Type: req.Type, Epoch: req.Epoch, Payload: out}, nil
 }
@@ -63,12 +66,12 @@ func (r *Replicator) podAt(name string, epoch uint64, role pod.Role) (*podRT, er
 
 // podMode is podAt that also returns the pod's mode it checked.
 func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, mode, error) {
-	p := r.pod(name)
-	if p == nil {
-		return nil, mode{}, fmt.Errorf("pod %s is not stretched to this array", name)
+	p, err := r.stretched(name)
+	if err != nil {
+		return nil, mode{}, err
 	}
 	if p.role != role {
-		return nil, mode{}, fmt.Errorf("pod %s: this array is the %s", name, p.role)
+		return nil, mode{}, refusef("pod %s: this array is the %s", name, p.role)
 	}
 	md := p.mode()
 	if md.epoch != epoch {
@@ -77,28 +80,13 @@ func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, 
 	return p, md, nil
 }
 
-// localVolume returns the store volume of the pod's volume with the UUID.
-func (r *Replicator) localVolume(podName, uuid string) (*store.Volume, error) {
-	if m := r.vols.Load(); m != nil {
-		if v, ok := (*m)[uuid]; ok && v.pod == podName {
-			return v.local, nil
-		}
-	}
-	return nil, fmt.Errorf("pod %s has no volume %s here", podName, uuid)
-}
-
-// volRef is a volume's pod and local blocks, by UUID.
-type volRef struct {
-	pod   string
-	local *store.Volume
-}
-
 // indexVolumes rebuilds the UUID index of the volumes (after every
 // configuration change), so the write path does one map lookup.
 func (r *Replicator) indexVolumes(st *catalog.State) {
 	m := make(map[string]volRef, len(st.Volumes))
+	inits := st.InitiatorsByVolume()
 	for _, v := range st.Volumes {
-		m[v.UUID] = volRef{pod: v.Pod, local: r.env.Store().Volume(v.DataID)}
+		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, initiators: inits[v.Name], local: r.env.Store().Volume(v.DataID)}
 	}
 	r.vols.Store(&m)
 }
@@ -112,26 +100,37 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
-	vol, err := r.localVolume(m.Pod, m.Volume)
+	v, err := r.volumeOf(m.Pod, m.Volume)
 	if err != nil {
 		return err
 	}
 	if req.Type == msgUnmap {
-		return vol.Unmap(ctx, int64(m.Off), int64(m.Length))
+		if err := checkRange(m.Pod, v, m.Off, m.Length); err != nil {
+			return err
+		}
+		return v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
 	}
 	data := m.Data
 	var fw *forwarded
 	if m.Ref != 0 {
-		v, ok := r.refs.Load(m.Ref)
+		f, ok := r.refs.Load(m.Ref)
 		if !ok {
 			return fmt.Errorf("pod %s: write refers to unknown request %d", m.Pod, m.Ref)
 		}
-		fw = v.(*forwarded)
+		fw = f.(*forwarded)
+		if fw.pod != m.Pod || fw.uuid != m.Volume {
+			return refusef("pod %s: a write to volume %s refers to request %d, sent for volume %s of pod %s", m.Pod, m.Volume, m.Ref, fw.uuid, fw.pod)
+		}
 		d := fw.data
 		if m.RefOff > uint64(len(d)) || m.Length > uint64(len(d))-m.RefOff {
-			return fmt.Errorf("pod %s: write reference out of range", m.Pod)
+			return refusef("pod %s: write reference out of range", m.Pod)
 		}
 		data = d[m.RefOff : m.RefOff+m.Length]
+	} else if uint64(len(data)) != m.Length {
+		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
+	}
+	if err := checkRange(m.Pod, v, m.Off, uint64(len(data))); err != nil {
+		return err
 	}
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
@@ -139,9 +138,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if md.state == pod.Receiving {
 		// This copy serves nothing until the grant, which syncs the
 		// store first; a crash before it means a fresh copy anyway.
-		return vol.WriteAtNoSync(ctx, data, int64(m.Off))
+		return v.local.WriteAtNoSync(ctx, data, int64(m.Off))
 	}
-	if err := vol.WriteAt(ctx, data, int64(m.Off)); err != nil {
+	if err := v.local.WriteAt(ctx, data, int64(m.Off)); err != nil {
 		return err
 	}
 	if fw != nil {
@@ -162,6 +161,9 @@ func (r *Replicator) handleWritten(req link.Message) error {
 	}
 	if v, ok := r.refs.Load(m.Ref); ok {
 		fw := v.(*forwarded)
+		if fw.pod != m.Pod {
+			return refusef("pod %s: request %d was sent for pod %s", m.Pod, m.Ref, fw.pod)
+		}
 		fw.add(&fw.confirmed, int64(m.Length))
 	}
 	return nil
@@ -179,13 +181,41 @@ func (r *Replicator) handleForward(ctx context.Context, req link.Message) ([]byt
 	if !p.mode().serving {
 		return nil, fmt.Errorf("pod %s is not served here", m.Pod)
 	}
-	lu := r.env.LU(m.Volume)
-	if lu == nil {
-		return nil, fmt.Errorf("pod %s has no volume %s here", m.Pod, m.Volume)
+	v, err := r.volumeOf(m.Pod, m.Volume)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.checkNexus(m.Pod, v, m.Cmd.Nexus); err != nil {
+		return nil, err
+	}
+	lu, err := r.podLU(m.Pod, m.Volume)
+	if err != nil {
+		return nil, err
 	}
 	ctx = context.WithValue(ctx, originKey{}, &origin{id: m.ID, data: m.Cmd.DataOut})
 	res := r.env.Target().ExecuteForwarded(ctx, lu, &m.Cmd)
 	return encodeResult(res), nil
+}
+
+// stretched returns the runtime of a pod stretched to the peer.
+func (r *Replicator) stretched(name string) (*podRT, error) {
+	p := r.pod(name)
+	if peer := r.peer(); p == nil || peer == nil || p.peer != peer.ID {
+		return nil, refusef("pod %s is not stretched to the peer on this array", name)
+	}
+	return p, nil
+}
+
+// podLU returns the logical unit of the pod's volume with the UUID.
+func (r *Replicator) podLU(podName, uuid string) (*scsi.LogicalUnit, error) {
+	if _, err := r.volumeOf(podName, uuid); err != nil {
+		return nil, err
+	}
+	lu := r.env.LU(uuid)
+	if lu == nil {
+		return nil, fmt.Errorf("pod %s has no live volume %s here", podName, uuid)
+	}
+	return lu, nil
 }
 
 func (r *Replicator) handleReservations(ctx context.Context, req link.Message) error {
@@ -196,9 +226,9 @@ func (r *Replicator) handleReservations(ctx context.Context, req link.Message) e
 	if _, err := r.podAt(m.Pod, req.Epoch, pod.Follower); err != nil {
 		return err
 	}
-	lu := r.env.LU(m.Volume)
-	if lu == nil {
-		return fmt.Errorf("pod %s has no volume %s here", m.Pod, m.Volume)
+	lu, err := r.podLU(m.Pod, m.Volume)
+	if err != nil {
+		return err
 	}
 	return lu.InstallReservations(ctx, m.Update)
 }
@@ -208,16 +238,16 @@ func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	p := r.pod(m.Pod)
-	if p == nil {
-		return fmt.Errorf("pod %s is not stretched to this array", m.Pod)
+	p, err := r.stretched(m.Pod)
+	if err != nil {
+		return err
 	}
 	if md := p.mode(); md.epoch != req.Epoch {
 		return errEpoch(m.Pod, req.Epoch, md.epoch)
 	}
-	lu := r.env.LU(m.Volume)
-	if lu == nil {
-		return fmt.Errorf("pod %s has no volume %s here", m.Pod, m.Volume)
+	lu, err := r.podLU(m.Pod, m.Volume)
+	if err != nil {
+		return err
 	}
 	lu.ResetFromPeer(ctx, m.LUNReset)
 	return nil
@@ -231,11 +261,22 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 		return nil, err
 	}
 	name := m.Config.Pod.Name
-	if m.Config.Pod.Sequencer == r.cfg.Name {
-		return nil, fmt.Errorf("pod %s: resync requested of its sequencer", name)
+	if err := r.checkPeerConfig(&m.Config, true); err != nil {
+		return nil, err
 	}
 	cat := r.env.Catalog()
 	before := cat.View()
+	// Refuse a resync the machine would refuse before anything changes.
+	if p := r.pod(name); p != nil && p.id == m.Config.Pod.ID {
+		if p.role != pod.Follower {
+			return nil, refusef("pod %s: resync requested of its sequencer", name)
+		}
+		if md := p.mode(); req.Epoch <= md.epoch {
+			return nil, refusef("pod %s: resync at epoch %d, already at %d", name, req.Epoch, md.epoch)
+		}
+	} else if cur, ok := before.Pods[name]; ok && cur.ID == m.Config.Pod.ID && req.Epoch <= cur.Epoch {
+		return nil, refusef("pod %s: resync at epoch %d, already at %d", name, req.Epoch, cur.Epoch)
+	}
 	// The pod's epoch here moves to the resync's only once the machine
 	// has accepted it.
 	cfg := m.Config
@@ -303,9 +344,12 @@ func (r *Replicator) handleGrant(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	p := r.pod(m.Pod)
-	if p == nil {
-		return fmt.Errorf("pod %s is not stretched to this array", m.Pod)
+	p, md, err := r.podMode(m.Pod, req.Epoch, pod.Follower)
+	if err != nil {
+		return err
+	}
+	if md.state != pod.Receiving {
+		return refusef("pod %s: in-sync grant in state %s", m.Pod, md.state)
 	}
 	// Everything received while the copy was made is made durable
 	// before this array may serve it, and the copy is recorded complete.
@@ -345,9 +389,13 @@ func (r *Replicator) handleHello(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
+	peer := r.peer()
+	if peer == nil || m.ID != peer.ID {
+		return refusef("hello from array %s (%s), this array is paired with another", m.Name, m.ID)
+	}
 	st := r.env.Catalog().View()
 	for _, p := range st.SortedPods() {
-		if len(p.Arrays) < 2 || p.Pending != nil || p.Sequencer != m.Name {
+		if !r.peerOrders(p, peer) {
 			continue
 		}
 		found := false

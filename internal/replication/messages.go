@@ -45,7 +45,9 @@ const (
 	msgCheckStretch
 	// msgUnstretch (sequencer → follower): the pod no longer lives here.
 	msgUnstretch
-	// msgStretch (either way): stretch a pod of the receiver to the sender.
+	// msgStretch is retired and refused: it asked the receiver to stretch
+	// one of its pods to the sender. A pod is stretched only when an
+	// administrator asks the array that holds it (Stretch).
 	msgStretch
 	// msgCheckpoint (sequencer → follower): make the copy durable up to a
 	// position and record it (a resumable cursor).
@@ -311,11 +313,6 @@ type grantMsg struct {
 type configMsg struct {
 	Pod string          `json:"pod,omitempty"`
 	Op  json.RawMessage `json:"op"`
-}
-
-type stretchMsg struct {
-	Pod   string `json:"pod"`
-	Array string `json:"array"`
 }
 
 func mustJSON(v any) []byte {

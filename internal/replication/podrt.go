@@ -21,6 +21,8 @@ type podRT struct {
 	name string
 	id   string
 	role pod.Role
+	// peer is the id of the pod's other array.
+	peer string
 
 	actions chan []pod.Action
 	quit    chan struct{}
@@ -60,6 +62,11 @@ type podRT struct {
 func newPodRT(r *Replicator, cp *catalog.Pod, fenced bool) *podRT {
 	p := &podRT{r: r, name: cp.Name, id: cp.ID, role: roleOf(cp, r.cfg.Name),
 		actions: make(chan []pod.Action, 64), quit: make(chan struct{}), done: make(chan struct{})}
+	for _, a := range cp.Arrays {
+		if a.ID != r.cfg.ID {
+			p.peer = a.ID
+		}
+	}
 	// A pod that was just stretched (its follower never served) needs no
 	// fence; one that existed before may have a serving follower, whose
 	// lease must run out first.

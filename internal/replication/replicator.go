@@ -25,6 +25,13 @@
 // When the link fails, the sequencer suspends the follower and serves
 // alone (the fixed bias, until the mediator decides); what the follower
 // may lack is tracked for the resync.
+//
+// # The peer
+//
+// The peer is trusted with the pods the pair shares and nothing else:
+// every request from it is checked before it is used (confine.go lists
+// the rules), and one that fails a check changes nothing here; the peer
+// gets the error and both arrays log it.
 package replication
 
 import (
@@ -71,8 +78,10 @@ type Config struct {
 	Name string
 	ID   string
 	Env  Env
-	// Cert is this array's link certificate.
-	Cert   link.Config
+	// Link holds this array's link certificate and the link listener's
+	// limits (Cert, AuthTimeout, MaxHandshakes, MaxHandshakesPerAddress);
+	// the replicator sets the rest.
+	Link   link.Config
 	Logger *slog.Logger
 	Now    func() time.Time
 	// Timeout is the link's dead-peer timeout (default 4s).
@@ -81,6 +90,10 @@ type Config struct {
 	Heartbeat time.Duration
 	// BaselineRate limits baseline copy bytes per second (0: unlimited).
 	BaselineRate int64
+	// PortOf returns the relative target port id of an array's iSCSI
+	// port: a command the peer forwards must come from the peer's. Nil
+	// skips that check.
+	PortOf func(arrayID string) uint16
 }
 
 // Replicator is an array's replication engine.
@@ -99,6 +112,12 @@ type Replicator struct {
 	traffic struct {
 		baseline, mirror, forward atomic.Int64
 	}
+
+	// panics counts the panics recovered in link sessions (handlers
+	// included).
+	panics atomic.Int64
+	// peerView is mu.peer, for lock-free reads.
+	peerView atomic.Pointer[Peer]
 
 	mu struct {
 		sync.Mutex
@@ -151,6 +170,7 @@ var (
 func (r *Replicator) SetPeer(p *Peer) {
 	r.mu.Lock()
 	r.mu.peer = p
+	r.peerView.Store(p)
 	s := r.mu.sess
 	r.mu.Unlock()
 	if s != nil {
@@ -180,7 +200,7 @@ func (r *Replicator) session() *link.Session {
 }
 
 func (r *Replicator) linkConfig(p *Peer) link.Config {
-	c := r.cfg.Cert
+	c := r.cfg.Link
 	c.LocalID = r.cfg.ID
 	c.PeerID = p.ID
 	c.PeerCert = p.Cert
@@ -189,8 +209,14 @@ func (r *Replicator) linkConfig(p *Peer) link.Config {
 	c.HeartbeatInterval = r.cfg.Heartbeat
 	c.Logger = r.log.With("component", "link")
 	c.Now = r.now
+	c.Panics = &r.panics
 	return c
 }
+
+// Panics returns how many panics were recovered in link sessions since the
+// array started (each ended its session; the pods went through link
+// loss).
+func (r *Replicator) Panics() int64 { return r.panics.Load() }
 
 // Run keeps the link to the peer (the array with the smaller id dials,
 // the other accepts on ln) and the pods' goroutines until ctx ends.

@@ -165,6 +165,15 @@ func (r *Replicator) handleCheckpoint(req link.Message) error {
 	if err != nil {
 		return err
 	}
+	if m.Volume != "" {
+		v, err := r.volumeOf(m.Pod, m.Volume)
+		if err != nil {
+			return err
+		}
+		if m.Off < 0 || uint64(m.Off) > v.size {
+			return refusef("pod %s: checkpoint at offset %d of volume %s, whose size is %d", m.Pod, m.Off, v.name, v.size)
+		}
+	}
 	return r.saveCursor(p.id, cursor{Epoch: req.Epoch, Volume: m.Volume, Off: m.Off})
 }
 

@@ -2,11 +2,13 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
@@ -50,6 +52,9 @@ func (v *Volume) Mapped(ctx context.Context, off, length int64) (bool, int64, er
 // forwarded is a command this array forwarded to the sequencer, while it
 // waits for the answer.
 type forwarded struct {
+	// pod and uuid name the command's volume: the sequencer's mirror
+	// writes referring to data are writes to it.
+	pod, uuid string
 	// data is the command's data-out, which the sequencer's mirror
 	// writes refer to.
 	data []byte
@@ -141,7 +146,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 		return notReady(scsi.SenseNotReadyUnavailable()), true
 	}
 	id := v.r.nextRef.Add(1)
-	f := &forwarded{data: cmd.DataOut}
+	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut}
 	if scsi.IsPlainWrite(cmd.CDB) && len(cmd.DataOut) > 0 {
 		f.total = int64(len(cmd.DataOut))
 		f.written = make(chan struct{})
@@ -166,7 +171,12 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	}
 	resp, err := pend.Wait()
 	if err != nil {
-		v.r.log.Debug("forward failed", "pod", v.pod, "err", err)
+		var re *link.RemoteError
+		if errors.As(err, &re) {
+			v.r.log.Warn("the sequencer refused a forwarded command", "pod", v.pod, "initiator", cmd.Nexus.InitiatorName, "err", err)
+		} else {
+			v.r.log.Debug("forward failed", "pod", v.pod, "err", err)
+		}
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	}
 	res, err := decodeResult(resp.Payload)

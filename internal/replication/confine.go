@@ -1,0 +1,152 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/scsi"
+	"github.com/metro-storage/metro/internal/store"
+)
+
+// The peer is trusted with the pods the pair shares and nothing else.
+// Every request from it is checked before it is used, and a request that
+// fails a check changes nothing here: its sender gets the error (which it
+// logs) and this array logs it too (handle). The rules:
+//
+//   - A pod message names a pod stretched between this array and the
+//     peer, in the role and at the epoch the message implies.
+//   - A volume (by UUID) belongs to the pod the message names; an offset
+//     and length lie inside the volume and are multiples of the block
+//     size; data forwarded by this array is referred to only for a write
+//     to the volume it was sent for.
+//   - A forwarded command runs as an initiator of a host connected to
+//     its volume, on a nexus of the peer's port.
+//   - A pod configuration (a resync, an ordered change, a stretch check)
+//     describes that pod alone, stretched between the two arrays and
+//     ordered by the peer; catalog.InstallPod keeps it from changing hosts
+//     or host groups the pod did not use here before.
+//   - Membership moves only as the pod's protocol moves it: the peer
+//     cannot make this array stretch a pod to it, and hands a pod over or
+//     removes this array only from pods it orders.
+
+// errRefused is wrapped by the errors of requests the checks refuse.
+var errRefused = errors.New("refused")
+
+// refusef returns an error for a refused request.
+func refusef(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errRefused, fmt.Sprintf(format, args...))
+}
+
+// msgNames names the message types in logs and errors.
+var msgNames = map[uint16]string{
+	msgHello: "hello", msgWrite: "write", msgUnmap: "unmap", msgForward: "forward",
+	msgReservations: "reservations", msgReset: "reset", msgResync: "resync",
+	msgBaseline: "baseline", msgGrant: "grant", msgConfig: "config",
+	msgApplyConfig: "apply-config", msgCheckStretch: "check-stretch",
+	msgUnstretch: "unstretch", msgStretch: "stretch", msgCheckpoint: "checkpoint",
+	msgWritten: "written",
+}
+
+func msgName(typ uint16) string {
+	if n, ok := msgNames[typ]; ok {
+		return n
+	}
+	return fmt.Sprintf("type-%d", typ)
+}
+
+// volRef is what the peer paths need of a volume, by UUID.
+type volRef struct {
+	name string
+	pod  string
+	size uint64
+	// initiators are the lower-cased initiator names of the hosts
+	// connected to the volume.
+	initiators map[string]bool
+	local      *store.Volume
+}
+
+// volumeOf returns the volume with the UUID if it belongs to the pod.
+func (r *Replicator) volumeOf(podName, uuid string) (volRef, error) {
+	if m := r.vols.Load(); m != nil {
+		if v, ok := (*m)[uuid]; ok && v.pod == podName {
+			return v, nil
+		}
+	}
+	return volRef{}, refusef("pod %s has no volume %s here", podName, uuid)
+}
+
+// checkRange checks that n bytes from off lie inside the volume, on block
+// boundaries.
+func checkRange(podName string, v volRef, off, n uint64) error {
+	switch {
+	case off%store.BlockSize != 0 || n%store.BlockSize != 0:
+		return refusef("pod %s: volume %s: %d bytes at offset %d are not whole %d-byte blocks", podName, v.name, n, off, store.BlockSize)
+	case off > v.size || n > v.size-off:
+		return refusef("pod %s: volume %s: %d bytes at offset %d end beyond the volume's %d bytes", podName, v.name, n, off, v.size)
+	}
+	return nil
+}
+
+// checkNexus checks the nexus a forwarded command runs on: an initiator
+// of a host connected to the volume, through the peer's port.
+func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus) error {
+	if n.InitiatorName == "" || !v.initiators[strings.ToLower(n.InitiatorName)] {
+		return refusef("pod %s: volume %s: initiator %q is not a host connected to the volume", podName, v.name, n.InitiatorName)
+	}
+	if !strings.HasPrefix(n.InitiatorPort, n.InitiatorName+",i,") {
+		return refusef("pod %s: volume %s: initiator port %q is not a port of initiator %q", podName, v.name, n.InitiatorPort, n.InitiatorName)
+	}
+	if peer := r.peer(); r.cfg.PortOf != nil && peer != nil {
+		if want := r.cfg.PortOf(peer.ID); n.RelativePortID != want {
+			return refusef("pod %s: volume %s: relative port %d is not the peer's (%d)", podName, v.name, n.RelativePortID, want)
+		}
+	}
+	return nil
+}
+
+// peer returns the paired array, or nil.
+func (r *Replicator) peer() *Peer { return r.peerView.Load() }
+
+// hasArray reports whether the pod lives on the array with the id.
+func hasArray(p *catalog.Pod, id string) bool {
+	return slices.ContainsFunc(p.Arrays, func(a catalog.PodArray) bool { return a.ID == id })
+}
+
+// peerOrders reports whether a pod here is stretched to the peer and
+// ordered by it.
+func (r *Replicator) peerOrders(cp *catalog.Pod, peer *Peer) bool {
+	return cp.Pending == nil && len(cp.Arrays) == 2 && hasArray(cp, peer.ID) && hasArray(cp, r.cfg.ID) && cp.Sequencer == peer.Name
+}
+
+// checkPeerConfig checks the membership a pod configuration from the peer
+// states: the pod is ordered by the peer and lives on the peer and, once
+// stretched (stretched), on this array; a pod of that id here is either
+// set aside (pending) or stretched to the peer and ordered by it. The
+// rest is InstallPod's to check.
+func (r *Replicator) checkPeerConfig(pc *catalog.PodConfig, stretched bool) error {
+	peer := r.peer()
+	if peer == nil {
+		return fmt.Errorf("%w", ErrNoPeer)
+	}
+	p := &pc.Pod
+	me := catalog.PodArray{Name: r.cfg.Name, ID: r.cfg.ID}
+	them := catalog.PodArray{Name: peer.Name, ID: peer.ID}
+	for _, a := range p.Arrays {
+		if a != me && a != them {
+			return refusef("pod %s: array %s (%s) is neither this array nor the peer", p.Name, a.Name, a.ID)
+		}
+	}
+	switch {
+	case p.Sequencer != peer.Name || !slices.Contains(p.Arrays, them):
+		return refusef("pod %s: the configuration is not of a pod array %s orders", p.Name, peer.Name)
+	case stretched && (len(p.Arrays) != 2 || !slices.Contains(p.Arrays, me)):
+		return refusef("pod %s: the configuration does not stretch the pod to array %s", p.Name, r.cfg.Name)
+	}
+	if cp, ok := r.env.Catalog().View().Pods[p.Name]; ok && cp.ID == p.ID && cp.Pending == nil && !r.peerOrders(cp, peer) {
+		return refusef("pod %s is not ordered by array %s here", p.Name, peer.Name)
+	}
+	return nil
+}
