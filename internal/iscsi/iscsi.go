@@ -143,6 +143,10 @@ const (
 	// session.
 	DefaultMaxWriteBytes        = 128 << 20
 	DefaultMaxSessionWriteBytes = 32 << 20
+
+	// DefaultMaxOutputBytes bounds the responses queued for one
+	// connection, Data-In aside.
+	DefaultMaxOutputBytes = 64 << 10
 )
 
 // Config configures a Server.
@@ -163,7 +167,10 @@ type Config struct {
 	MaxRecvDataSegmentLength, MaxBurstLength, FirstBurstLength, CmdWindow uint32
 	// NopInterval is how long a connection may be idle before the target
 	// pings it with a NOP-In (0 = 5s; negative = never). A ping not
-	// answered within NopTimeout (0 = 30s) drops the connection.
+	// answered within NopTimeout (0 = 30s) drops the connection, and so
+	// does a response PDU the initiator does not take from the socket
+	// within NopTimeout (a write deadline between NopTimeout/2 and
+	// NopTimeout ahead of every PDU written).
 	NopInterval, NopTimeout time.Duration
 	// LoginTimeout bounds the whole login phase (0 = 10s);
 	// LoginStartTimeout the wait for the first Login Request, whole, from
@@ -195,6 +202,15 @@ type Config struct {
 	// holding write data, so one host cannot starve the others). Until
 	// then the write waits, holding no more than its unsolicited data.
 	MaxWriteBytes, MaxSessionWriteBytes int64
+
+	// MaxOutputBytes bounds the bytes of the responses queued for one
+	// connection and not yet written to its socket, Data-In data aside
+	// (which the read budget bounds) (0 = 64 KiB). Beyond it the
+	// connection's reader stops reading PDUs until the initiator has
+	// read enough: a host that sends pings, text requests or commands
+	// without reading their answers slows only itself, and the queue
+	// holds at most this plus the answer to one PDU.
+	MaxOutputBytes int64
 }
 
 func (c Config) withDefaults() Config {
@@ -236,6 +252,7 @@ func (c Config) withDefaults() Config {
 	c.MaxLoginsPerSource = positiveOr(c.MaxLoginsPerSource, DefaultMaxLoginsPerSource)
 	c.MaxWriteBytes = max(positiveOr(c.MaxWriteBytes, DefaultMaxWriteBytes), int64(c.MaxTransferLength))
 	c.MaxSessionWriteBytes = min(max(positiveOr(c.MaxSessionWriteBytes, DefaultMaxSessionWriteBytes), int64(c.MaxBurstLength)), c.MaxWriteBytes)
+	c.MaxOutputBytes = positiveOr(c.MaxOutputBytes, DefaultMaxOutputBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -111,6 +111,7 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 			p.h.setField36(dataInCount)
 			p.h.setField40(off)
 			p.data = data[off : off+n]
+			p.dataIn = true
 			ps = append(ps, p)
 			dataInCount++
 			off += n
