@@ -62,13 +62,13 @@ type conn struct {
 	sess *session
 	cid  uint16
 
-	out        outQueue
+	out outQueue
 	// writeDeadline is the socket's write deadline (UnixNano; the wmu
 	// holder's).
 	writeDeadline int64
 	closeOnce     sync.Once
-	closed     chan struct{}
-	writerDone chan struct{}
+	closed        chan struct{}
+	writerDone    chan struct{}
 
 	// lastRecv is when the reader last received a PDU (UnixNano).
 	lastRecv atomic.Int64
