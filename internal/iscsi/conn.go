@@ -398,6 +398,10 @@ type outPDU struct {
 	dataIn bool
 	// cost is what the PDU counts in its queue's bytes.
 	cost int64
+	// readBytes of readSess's read budget are given back once the PDU
+	// is written (the last PDU of a command's response).
+	readSess  *session
+	readBytes uint64
 }
 
 // outQueue is the writer's queue. It takes every PDU it is given (a
@@ -532,11 +536,27 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// drain writes what is queued, holding c.wmu.
+// drain writes what is queued, unless another goroutine is writing: that
+// one writes it, or wakes the writer once it stops (unlockWriter), so the
+// writer goroutine never waits behind a task blocked on the socket and
+// keeps its pings and timeouts going.
 func (c *conn) drain() (closeNow bool, err error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	if !c.wmu.TryLock() {
+		return false, nil
+	}
+	defer c.unlockWriter()
 	return c.drainLocked()
+}
+
+// unlockWriter releases c.wmu. PDUs queued meanwhile, whose wakeup found
+// c.wmu held, wake the writer now; commands waiting for the read budget
+// that the PDUs written gave back are let in.
+func (c *conn) unlockWriter() {
+	c.wmu.Unlock()
+	if c.out.queued.Load() > 0 {
+		c.out.wake()
+	}
+	c.srv.reads.wake()
 }
 
 // drainLocked writes every queued PDU and flushes. It reports whether a
@@ -586,6 +606,9 @@ func (c *conn) armWriteDeadline() {
 // the queue's count and goes back to the pool.
 func (c *conn) retire(p *outPDU) {
 	c.out.written(p)
+	if p.readBytes > 0 {
+		c.srv.reads.release(p.readSess, 0, p.readBytes)
+	}
 	c.srv.putOut(p)
 }
 
@@ -599,10 +622,11 @@ func (c *conn) retireAll(ps []*outPDU) {
 // and nothing writes any more.
 func (c *conn) dropQueued() {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.batch = c.out.take(c.batch)
 	c.retireAll(c.batch)
 	clear(c.batch)
+	c.wmu.Unlock()
+	c.srv.reads.wake()
 }
 
 // kick sends what is queued. When no goroutine is writing, the caller
@@ -616,7 +640,7 @@ func (c *conn) kick() {
 		return
 	}
 	closeNow, err := func() (bool, error) {
-		defer c.wmu.Unlock()
+		defer c.unlockWriter()
 		return c.drainLocked()
 	}()
 	if err != nil || closeNow {

@@ -143,6 +143,11 @@ const (
 	// session.
 	DefaultMaxWriteBytes        = 128 << 20
 	DefaultMaxSessionWriteBytes = 32 << 20
+	// DefaultMaxReadBytes bounds the read data the server holds for
+	// commands of all sessions, DefaultMaxSessionReadBytes that of one
+	// session.
+	DefaultMaxReadBytes        = 128 << 20
+	DefaultMaxSessionReadBytes = 32 << 20
 
 	// DefaultMaxOutputBytes bounds the responses queued for one
 	// connection, Data-In aside.
@@ -203,6 +208,17 @@ type Config struct {
 	// then the write waits, holding no more than its unsolicited data.
 	MaxWriteBytes, MaxSessionWriteBytes int64
 
+	// MaxReadBytes bounds the read data held for the commands of all
+	// sessions (0 = 128 MiB; at least MaxTransferLength), and
+	// MaxSessionReadBytes that of one session (0 = 32 MiB; at most
+	// MaxReadBytes). A command with data-in (a read) starts only once
+	// its Expected Data Transfer Length fits, by the same rules as the
+	// solicited data of a write, and holds it until its last Data-In is
+	// written to the socket: a host that queues many large reads, or
+	// does not read what it asked for, waits for its own reads. A host
+	// that reads nothing is dropped at the write deadline (NopTimeout).
+	MaxReadBytes, MaxSessionReadBytes int64
+
 	// MaxOutputBytes bounds the bytes of the responses queued for one
 	// connection and not yet written to its socket, Data-In data aside
 	// (which the read budget bounds) (0 = 64 KiB). Beyond it the
@@ -252,6 +268,8 @@ func (c Config) withDefaults() Config {
 	c.MaxLoginsPerSource = positiveOr(c.MaxLoginsPerSource, DefaultMaxLoginsPerSource)
 	c.MaxWriteBytes = max(positiveOr(c.MaxWriteBytes, DefaultMaxWriteBytes), int64(c.MaxTransferLength))
 	c.MaxSessionWriteBytes = min(max(positiveOr(c.MaxSessionWriteBytes, DefaultMaxSessionWriteBytes), int64(c.MaxBurstLength)), c.MaxWriteBytes)
+	c.MaxReadBytes = max(positiveOr(c.MaxReadBytes, DefaultMaxReadBytes), int64(c.MaxTransferLength))
+	c.MaxSessionReadBytes = min(positiveOr(c.MaxSessionReadBytes, DefaultMaxSessionReadBytes), c.MaxReadBytes)
 	c.MaxOutputBytes = positiveOr(c.MaxOutputBytes, DefaultMaxOutputBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -116,6 +116,9 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 			dataInCount++
 			off += n
 		}
+		if statusInData {
+			t.passRead(ps[len(ps)-1])
+		}
 		c.out.pushQuiet(ps...)
 		if statusInData {
 			return
@@ -143,7 +146,15 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 		p.data = sense
 	}
 	p.stat = statAdvance
+	t.passRead(p)
 	c.out.pushQuiet(p)
+}
+
+// passRead hands the task's read budget to its last response PDU, which
+// gives it back once written (conn.retire).
+func (t *task) passRead(p *outPDU) {
+	p.readSess, p.readBytes = t.sess, t.readCharged
+	t.readCharged = 0
 }
 
 // dataOutLength is how many data-out bytes the task's CDB calls for.

@@ -26,8 +26,9 @@ type Server struct {
 	sizer DataOutSizer
 	// panics counts the panics contained (see recoverPanic).
 	panics atomic.Uint64
-	// budget bounds the write data held for commands.
-	budget writeBudget
+	// budget bounds the write data held for commands, reads the read
+	// data.
+	budget, reads budget
 	// refused counts connections closed at once by a limit; refusedLog
 	// rate-limits the warning about them.
 	refused    atomic.Uint64
@@ -71,7 +72,10 @@ func NewServer(cfg Config) *Server {
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.sizer, _ = cfg.Executor.(DataOutSizer)
 	s.cfg.Executor = guardedExecutor{srv: s, inner: cfg.Executor}
-	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes))
+	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes),
+		func(ss *session) *sessionBudget { return &ss.wb }, (*session).admitWaiting)
+	s.reads.init(uint64(cfg.MaxReadBytes), uint64(cfg.MaxSessionReadBytes),
+		func(ss *session) *sessionBudget { return &ss.rb }, (*session).admitReads)
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
 	s.mu.bySource = make(map[string]int)
