@@ -6,6 +6,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/metro-storage/metro/internal/scsi"
 )
 
 // Tests of floods from hosts that send and do not read, or hold what
@@ -128,6 +130,84 @@ func TestReadBudget(t *testing.T) {
 		synctest.Wait() // the writer is done with the last PDU
 		if all, _ := h.srv.reads.usage(nil); all != 0 {
 			t.Fatalf("%d bytes still counted in the read budget after every read completed", all)
+		}
+	})
+}
+
+// TestUnsolicitedBudget: eight hosts each send 128 writes of 1 MiB with
+// 64 KiB of immediate data, and send no more. The write budget admits
+// the immediate data of a few; the others are answered TASK SET FULL
+// with their data dropped, so the target's memory does not grow with the
+// command windows; a session over its budget gets no new command slots
+// until its admitted write is done.
+func TestUnsolicitedBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const burst, size, cmds = 64 << 10, 1 << 20, 128
+		h := newHarness(t, func(c *Config) {
+			c.MaxTransferLength = size
+			c.MaxWriteBytes = size
+			c.MaxSessionWriteBytes = 256 << 10
+		})
+		keys := []kv{{"InitialR2T", "Yes"}, {"ImmediateData", "Yes"}, {"FirstBurstLength", "65536"}}
+		var ins []*initiator
+		for i := range 8 {
+			in := h.dial()
+			in.isid[5] = byte(i + 1)
+			in.mustLogin(loginOpts{keys: keys})
+			ins = append(ins, in)
+		}
+		base := heapInUse()
+		full := pattern(size, 7)
+		var first uint32
+		for i, in := range ins {
+			for c := range cmds {
+				itt := in.sendCommand(write10(0, size/512), cmdOpts{dataOut: full[:burst], edtl: size})
+				if i == 0 && c == 0 {
+					first = itt
+				}
+			}
+		}
+		synctest.Wait()
+		grew := heapInUse() - base
+		t.Logf("%d sessions sent %d writes with 64 KiB of immediate data: heap grew by %d KiB", len(ins), cmds, grew>>10)
+		if grew > 8<<20 {
+			t.Fatalf("heap grew by %d MiB for immediate data of writes that wait for budget", grew>>20)
+		}
+
+		// The first session: its first write is solicited, the others
+		// refused; its window stays where it was.
+		in := ins[0]
+		maxSN := in.lastMaxCmdSN
+		var r2t bhs
+		refused := 0
+		for range cmds {
+			r, _ := in.mustRecv()
+			switch {
+			case r.opcode() == opR2T && r.itt() == first:
+				r2t = r
+			case r.opcode() == opSCSIResp && scsi.Status(r[3]) == scsi.StatusTaskSetFull:
+				refused++
+			default:
+				t.Fatalf("unexpected %s status 0x%02x for 0x%x", r.opcode(), r[3], r.itt())
+			}
+		}
+		if refused != cmds-1 || r2t.opcode() != opR2T {
+			t.Fatalf("%d TASK SET FULL and R2T %v, want %d and an R2T", refused, r2t.opcode() == opR2T, cmds-1)
+		}
+		if in.lastMaxCmdSN != maxSN {
+			t.Fatalf("MaxCmdSN moved from %d to %d while the session was over its write budget", maxSN, in.lastMaxCmdSN)
+		}
+		// The admitted write completes: the slots open again.
+		o := cmdOpts{dataOut: full}
+		in.sendDataOut(first, o, r2t.field40(), r2t.field40()+r2t.field44(), r2t.ttt(), 0)
+		if r, err := in.waitResult(first, o); err != nil || r.status != 0 {
+			t.Fatalf("the admitted write: %v, status %d", err, r.status)
+		}
+		if in.lastMaxCmdSN != maxSN+cmds {
+			t.Fatalf("MaxCmdSN %d once the session's write is done, want %d", in.lastMaxCmdSN, maxSN+cmds)
+		}
+		if !bytes.Equal(h.exec.disk[:size], full) {
+			t.Fatal("the admitted write's data differs on disk")
 		}
 	})
 }
