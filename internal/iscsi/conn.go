@@ -513,6 +513,10 @@ func (c *conn) writeLoop() {
 		defer t.Stop()
 		tick = t.C
 	}
+	// Writes whose data-out is overdue are looked for four times per
+	// DataOutTimeout.
+	sweep := time.NewTicker(max(c.srv.cfg.DataOutTimeout/4, 10*time.Millisecond))
+	defer sweep.Stop()
 	for {
 		select {
 		case <-c.closed:
@@ -523,6 +527,8 @@ func (c *conn) writeLoop() {
 				return
 			}
 			continue
+		case now := <-sweep.C:
+			c.sess.expireDataOut(now)
 		case <-c.out.notify:
 		}
 		closeNow, err := c.drain()

@@ -211,3 +211,51 @@ func TestUnsolicitedBudget(t *testing.T) {
 		}
 	})
 }
+
+// TestDataOutTimeout: a host is granted the whole write budget (an R2T)
+// and sends nothing. Its write is terminated after DataOutTimeout, with
+// INITIATOR RESPONSE TIMEOUT, and the write of another host that waited
+// for the budget goes through.
+func TestDataOutTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const size = 1 << 20
+		h := newHarness(t, func(c *Config) {
+			c.MaxTransferLength = size
+			c.MaxWriteBytes = size
+			c.MaxSessionWriteBytes = size
+		})
+		keys := []kv{{"InitialR2T", "Yes"}, {"ImmediateData", "No"}}
+		silent := h.dial()
+		silent.isid[5] = 1
+		silent.mustLogin(loginOpts{keys: keys})
+		good := h.dial()
+		good.isid[5] = 2
+		good.mustLogin(loginOpts{keys: keys})
+
+		held := silent.sendCommand(write10(0, size/512), cmdOpts{write: true, edtl: size})
+		silent.r2tFor()
+		start := time.Now()
+		data := pattern(size, 3)
+		_ = good.nc.SetReadDeadline(start.Add(3 * DefaultDataOutTimeout))
+		itt := good.sendCommand(write10(2048, size/512), cmdOpts{write: true, edtl: size})
+		if r, err := good.waitResult(itt, cmdOpts{dataOut: data}); err != nil || r.status != 0 {
+			t.Fatalf("the write waiting for the silent host's budget: %v, status %d", err, r.status)
+		}
+		if d := time.Since(start); d < DefaultDataOutTimeout || d > DefaultDataOutTimeout*5/4 {
+			t.Errorf("the waiting write went through after %v, want between %v and %v", d, DefaultDataOutTimeout, DefaultDataOutTimeout*5/4)
+		}
+		if !bytes.Equal(h.exec.disk[size:2*size], data) {
+			t.Fatal("data on disk differs")
+		}
+		r, err := silent.waitResult(held, cmdOpts{})
+		if err != nil || r.status != scsi.StatusCheckCondition || len(r.sense) < 14 ||
+			r.sense[2]&0x0f != byte(scsi.KeyAbortedCommand) || r.sense[12] != 0x4b || r.sense[13] != 0x06 {
+			t.Fatalf("the silent host's write: %v, status %d, sense % x", err, r.status, r.sense)
+		}
+		// Its late data is dropped; the session goes on.
+		silent.sendDataOut(held, cmdOpts{dataOut: make([]byte, 4096)}, 0, 4096, 0x1234, 0)
+		if r := silent.do(tur, cmdOpts{}); r.status != 0 {
+			t.Fatalf("the silent host's session: status %d", r.status)
+		}
+	})
+}

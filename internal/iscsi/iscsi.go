@@ -149,6 +149,9 @@ const (
 	DefaultMaxReadBytes        = 128 << 20
 	DefaultMaxSessionReadBytes = 32 << 20
 
+	// DefaultDataOutTimeout bounds the wait for a write's data-out.
+	DefaultDataOutTimeout = 30 * time.Second
+
 	// DefaultMaxOutputBytes bounds the responses queued for one
 	// connection, Data-In aside.
 	DefaultMaxOutputBytes = 64 << 10
@@ -219,6 +222,17 @@ type Config struct {
 	// that reads nothing is dropped at the write deadline (NopTimeout).
 	MaxReadBytes, MaxSessionReadBytes int64
 
+	// DataOutTimeout bounds the wait for a write's data-out once it was
+	// asked for: the unsolicited burst from the command's arrival, the
+	// burst of each R2T from the R2T (0 = 30s). A write whose data has
+	// not all come by then is terminated with CHECK CONDITION (ABORTED
+	// COMMAND, INITIATOR RESPONSE TIMEOUT) and its write budget given to
+	// the writes waiting for it, so a host that is granted budget and
+	// sends nothing cannot hold it. It is checked four times per
+	// DataOutTimeout, so a write may be terminated up to a quarter of it
+	// late.
+	DataOutTimeout time.Duration
+
 	// MaxOutputBytes bounds the bytes of the responses queued for one
 	// connection and not yet written to its socket, Data-In data aside
 	// (which the read budget bounds) (0 = 64 KiB). Beyond it the
@@ -270,6 +284,9 @@ func (c Config) withDefaults() Config {
 	c.MaxSessionWriteBytes = min(max(positiveOr(c.MaxSessionWriteBytes, DefaultMaxSessionWriteBytes), int64(c.MaxBurstLength)), c.MaxWriteBytes)
 	c.MaxReadBytes = max(positiveOr(c.MaxReadBytes, DefaultMaxReadBytes), int64(c.MaxTransferLength))
 	c.MaxSessionReadBytes = min(positiveOr(c.MaxSessionReadBytes, DefaultMaxSessionReadBytes), c.MaxReadBytes)
+	if c.DataOutTimeout <= 0 {
+		c.DataOutTimeout = DefaultDataOutTimeout
+	}
 	c.MaxOutputBytes = positiveOr(c.MaxOutputBytes, DefaultMaxOutputBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

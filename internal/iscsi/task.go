@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/metro-storage/metro/internal/scsi"
 )
@@ -39,6 +40,9 @@ type task struct {
 	r2tTTT    uint32
 	r2tEnd    uint32 // offset the current R2T's data ends at
 	r2tSN     uint32 // R2Ts sent so far
+	// dataSince is when the data-out now awaited was asked for (the
+	// command with an unsolicited burst, or the last R2T; UnixNano).
+	dataSince int64
 	// chunks hold the data kept so far, one buffer per burst in order
 	// (the last one starting at chunkAt) until the last burst, which
 	// goes into one buffer of need bytes with the earlier ones copied
@@ -231,6 +235,9 @@ func (c *conn) handleSCSICommand(h *bhs, ahs []byte) error {
 	s.mu.Lock()
 	t.received = imm
 	t.unsolOpen = unsolOpen
+	if unsolOpen {
+		t.dataSince = time.Now().UnixNano()
+	}
 	t.charged = uint64(keep)
 	dst := t.addChunkLocked(0, keep)
 	s.mu.Unlock()
@@ -427,6 +434,7 @@ func (s *session) sendR2TLocked(t *task) {
 	c := t.conn
 	length := min(t.writeLen-t.received, s.p.MaxBurstLength)
 	t.r2tActive = true
+	t.dataSince = time.Now().UnixNano()
 	t.r2tTTT = s.newTTT()
 	t.r2tEnd = t.received + length
 	t.dataSN = 0
@@ -602,6 +610,31 @@ func (c *conn) endTaskLocked(t *task, res *scsi.Result) {
 	c.out.wake()
 }
 
+// expireDataOut terminates the writes whose awaited data-out (an
+// unsolicited burst, or the burst of an R2T) has not all come within
+// DataOutTimeout, with CHECK CONDITION (ABORTED COMMAND, INITIATOR
+// RESPONSE TIMEOUT): the write budget a silent host holds is given back to
+// the writes waiting for it. Called by the connection's writer goroutine.
+func (s *session) expireDataOut(now time.Time) {
+	timeout := s.srv.cfg.DataOutTimeout
+	expired := false
+	s.mu.Lock()
+	for _, t := range s.mu.tasks {
+		if t.aborted || t.started || !(t.unsolOpen || t.r2tActive) || now.Sub(time.Unix(0, t.dataSince)) < timeout {
+			continue
+		}
+		t.conn.log.Warn("iscsi write terminated: its data-out did not come in time", "itt", t.itt, "cmdsn", t.cmdSN,
+			"timeout", timeout, "received", t.received, "expected", t.writeLen)
+		t.conn.endTaskLocked(t, &scsi.Result{Status: scsi.StatusCheckCondition, Sense: senseInitiatorResponseTimeout().Bytes()})
+		expired = true
+	}
+	s.mu.Unlock()
+	if expired {
+		s.srv.budget.wake()
+		s.srv.reads.wake()
+	}
+}
+
 // Sense data for Data-Out failures (SPC-4 and RFC 7143 11.4.7.2), all
 // ABORTED COMMAND.
 func senseDataPhaseError() scsi.Sense {
@@ -626,6 +659,10 @@ func senseUnexpectedUnsolicited() scsi.Sense {
 
 func senseIncorrectAmountOfData() scsi.Sense {
 	return scsi.Sense{Key: scsi.KeyAbortedCommand, ASC: 0x0c, ASCQ: 0x0d}
+}
+
+func senseInitiatorResponseTimeout() scsi.Sense {
+	return scsi.Sense{Key: scsi.KeyAbortedCommand, ASC: 0x4b, ASCQ: 0x06}
 }
 
 func senseProtocolCRCError() scsi.Sense {
