@@ -39,6 +39,11 @@ type conn struct {
 	// goroutine only).
 	source    string
 	loggingIn bool
+	// loginListed is set while the server counts the connection among
+	// the logins in progress, loginSeq numbers it in the order
+	// connections came (both guarded by the server's mu).
+	loginListed bool
+	loginSeq    uint64
 	rd        pduReader
 	// wmu is held by whoever writes to wr: the writer goroutine or a task
 	// goroutine sending its own response (kick); batch is its scratch.
@@ -94,12 +99,16 @@ func newConn(srv *Server, nc net.Conn, source string) *conn {
 		closed:     make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
-	c.log = srv.log.With("remote", c.remote)
-	c.rd = pduReader{r: bufio.NewReaderSize(nc, loginBufSize), maxData: loginMaxData}
-	c.wr = pduWriter{w: bufio.NewWriterSize(nc, loginBufSize)}
 	c.out.notify = make(chan struct{}, 1)
 	c.out.drained = make(chan struct{}, 1)
 	return c
+}
+
+// setup gives an admitted connection its login buffers and logger.
+func (c *conn) setup() {
+	c.log = c.srv.log.With("remote", c.remote)
+	c.rd = pduReader{r: bufio.NewReaderSize(c.nc, loginBufSize), maxData: loginMaxData}
+	c.wr = pduWriter{w: bufio.NewWriterSize(c.nc, loginBufSize)}
 }
 
 // endLogin takes the connection out of the logins in progress (once):
@@ -108,7 +117,7 @@ func newConn(srv *Server, nc net.Conn, source string) *conn {
 func (c *conn) endLogin() {
 	if c.loggingIn {
 		c.loggingIn = false
-		c.srv.loginDone(c.source)
+		c.srv.loginDone(c)
 	}
 }
 
@@ -142,6 +151,7 @@ func (c *conn) close() {
 // slot, tasks and budget are released.
 func (c *conn) serve(ctx context.Context) {
 	defer c.srv.removeConn(c)
+	c.setup()
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
 	l := &login{c: c}

@@ -19,8 +19,10 @@
 // stack and counted (Server.Panics), never the process (guard.go).
 // Connections are limited in all and per source address, and so are
 // logins in progress, with a short timeout for the first login request; a
-// connection beyond a limit is closed as soon as it is accepted. Until its
-// login completes a connection has small buffers. A write's buffer is made
+// connection beyond a limit is closed as soon as it is accepted, except
+// that a new connection beyond the limit on logins in progress in all
+// pushes out the oldest login in progress of the busiest source address.
+// Until its login completes a connection has small buffers. A write's buffer is made
 // burst by burst as its data is sent or solicited, never for more than the
 // data its CDB transfers, and the write data held is bounded per session
 // and in all (budget.go): a host beyond its budget waits for its R2Ts.
@@ -193,7 +195,11 @@ type Config struct {
 	// MaxLogins the connections still logging in (0 = 128) and
 	// MaxLoginsPerSource those from one source address (0 = 8). A
 	// connection beyond a limit is closed as soon as it is accepted,
-	// before anything is allocated for it.
+	// before its buffers are allocated; but at MaxLogins, a connection
+	// from a source with fewer logins in progress than the busiest
+	// source takes the place of that source's oldest login in progress,
+	// which is closed, so that hosts at many addresses holding half-done
+	// logins cannot keep a host at another address out.
 	MaxConnections, MaxConnectionsPerSource, MaxLogins, MaxLoginsPerSource int
 
 	// MaxWriteBytes bounds the write data held for the commands of all

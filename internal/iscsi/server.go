@@ -43,17 +43,20 @@ type Server struct {
 		listeners map[net.Listener]struct{}
 		conns     map[*conn]struct{}
 		// nconns counts the connections admitted and not yet gone,
-		// bySource those from each source address; logins those still
-		// logging in, in all and by source.
-		nconns         int
-		bySource       map[string]int
-		logins         int
-		loginsBySource map[string]int
+		// bySource those from each source address; logins lists those
+		// still logging in by source, in the order they came (the
+		// conns' loginListed), nlogins counts them all.
+		nconns   int
+		bySource map[string]int
+		logins   map[string][]*conn
+		nlogins  int
 		// sessions holds the logged-in sessions by I_T nexus identity;
 		// byTSIH by their target session handle.
 		sessions map[sessionKey]*session
 		byTSIH   map[uint16]*session
 		lastTSIH uint16
+		// loginSeq numbers the connections in the order they came.
+		loginSeq uint64
 	}
 }
 
@@ -79,7 +82,7 @@ func NewServer(cfg Config) *Server {
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
 	s.mu.bySource = make(map[string]int)
-	s.mu.loginsBySource = make(map[string]int)
+	s.mu.logins = make(map[string][]*conn)
 	s.mu.sessions = make(map[sessionKey]*session)
 	s.mu.byTSIH = make(map[uint16]*session)
 	return s
@@ -131,23 +134,22 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			break
 		}
 		backoff = 0
-		src := sourceAddr(nc.RemoteAddr())
-		v := s.admitConn(src)
+		c := newConn(s, nc, sourceAddr(nc.RemoteAddr()))
+		v, victim := s.admitConn(c)
 		if v == admitRefused {
-			// Over a limit: closed before anything is allocated for it.
+			// Over a limit: closed before its buffers are allocated.
 			_ = nc.Close()
-			s.noteRefused(src)
+			s.noteRefused(c.source)
 			continue
 		}
 		if v == admitClosed {
 			_ = nc.Close()
 			break
 		}
-		c := newConn(s, nc, src)
-		if !s.addConn(c) {
-			s.connGone(src, true)
-			_ = nc.Close()
-			break
+		if victim != nil {
+			victim.close()
+			s.log.Debug("iscsi login in progress dropped for a new connection: too many logins in progress",
+				"evicted", victim.remote, "for", c.remote)
 		}
 		conns.Add(1)
 		s.wg.Add(1)
@@ -204,21 +206,17 @@ func (s *Server) isClosed() bool {
 	return s.mu.closed
 }
 
-func (s *Server) addConn(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.mu.closed {
-		return false
-	}
-	s.mu.conns[c] = struct{}{}
-	return true
-}
-
+// removeConn forgets a connection that ended, releasing what admitConn
+// counted for it.
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.mu.conns, c)
-	s.mu.Unlock()
-	s.connGone(c.source, c.loggingIn)
+	s.loginDoneLocked(c)
+	s.mu.nconns--
+	if s.mu.bySource[c.source]--; s.mu.bySource[c.source] <= 0 {
+		delete(s.mu.bySource, c.source)
+	}
 }
 
 // admitVerdict is what admitConn decided.
@@ -230,50 +228,85 @@ const (
 	admitClosed               // the server is closing
 )
 
-// admitConn counts a new connection from src against the limits on
-// connections (in all and per source) and on logins in progress (in all
-// and per source); every accepted connection starts logging in.
-func (s *Server) admitConn(src string) admitVerdict {
+// admitConn counts a new connection against the limits on connections
+// (in all and per source) and on logins in progress (in all and per
+// source); every accepted connection starts logging in.
+//
+// When the logins in progress are at their limit in all, the oldest login
+// in progress of the busiest source (the one with the most) is dropped
+// for the new connection, unless the new connection's source has as many:
+// hosts at many addresses holding half-done logins cannot keep a host at
+// another address from logging in; they only push each other out.
+func (s *Server) admitConn(c *conn) (v admitVerdict, victim *conn) {
 	cfg := &s.cfg
+	src := c.source
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.mu.closed:
-		return admitClosed
+		return admitClosed, nil
 	case s.mu.nconns >= cfg.MaxConnections,
 		s.mu.bySource[src] >= cfg.MaxConnectionsPerSource,
-		s.mu.logins >= cfg.MaxLogins,
-		s.mu.loginsBySource[src] >= cfg.MaxLoginsPerSource:
-		return admitRefused
+		len(s.mu.logins[src]) >= cfg.MaxLoginsPerSource:
+		return admitRefused, nil
+	case s.mu.nlogins >= cfg.MaxLogins:
+		if victim = s.evictLocked(len(s.mu.logins[src])); victim == nil {
+			return admitRefused, nil
+		}
 	}
-	s.mu.bySource[src]++
-	s.mu.logins++
-	s.mu.loginsBySource[src]++
+	s.mu.conns[c] = struct{}{}
 	s.mu.nconns++
-	return admitOK
+	s.mu.bySource[src]++
+	s.mu.logins[src] = append(s.mu.logins[src], c)
+	s.mu.nlogins++
+	s.mu.loginSeq++
+	c.loginSeq, c.loginListed = s.mu.loginSeq, true
+	return admitOK, victim
 }
 
-// loginDone ends a connection's login (successful or not) for the limit
+// evictLocked takes the oldest login in progress of the busiest source
+// out of the logins in progress and returns it, if that source has more
+// than mine.
+func (s *Server) evictLocked(mine int) *conn {
+	var busiest []*conn
+	for _, l := range s.mu.logins {
+		if len(l) > len(busiest) || len(l) == len(busiest) && len(l) > 0 && l[0].loginSeq < busiest[0].loginSeq {
+			busiest = l
+		}
+	}
+	if len(busiest) <= mine {
+		return nil
+	}
+	victim := busiest[0]
+	s.loginDoneLocked(victim)
+	return victim
+}
+
+// loginDone ends a connection's login (successful or not) for the limits
 // on logins in progress.
-func (s *Server) loginDone(src string) {
+func (s *Server) loginDone(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.mu.logins--
-	if s.mu.loginsBySource[src]--; s.mu.loginsBySource[src] <= 0 {
-		delete(s.mu.loginsBySource, src)
-	}
+	s.loginDoneLocked(c)
 }
 
-// connGone releases what admitConn counted for a connection that ended.
-func (s *Server) connGone(src string, loggingIn bool) {
-	if loggingIn {
-		s.loginDone(src)
+func (s *Server) loginDoneLocked(c *conn) {
+	if !c.loginListed {
+		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.mu.nconns--
-	if s.mu.bySource[src]--; s.mu.bySource[src] <= 0 {
-		delete(s.mu.bySource, src)
+	c.loginListed = false
+	s.mu.nlogins--
+	l := s.mu.logins[c.source]
+	for i, lc := range l {
+		if lc == c {
+			l = append(l[:i], l[i+1:]...)
+			break
+		}
+	}
+	if len(l) == 0 {
+		delete(s.mu.logins, c.source)
+	} else {
+		s.mu.logins[c.source] = l
 	}
 }
 
