@@ -44,7 +44,7 @@ type conn struct {
 	// connections came (both guarded by the server's mu).
 	loginListed bool
 	loginSeq    uint64
-	rd        pduReader
+	rd          pduReader
 	// wmu is held by whoever writes to wr: the writer goroutine or a task
 	// goroutine sending its own response (kick); batch is its scratch.
 	wmu   sync.Mutex
