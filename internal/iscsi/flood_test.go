@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
 	"testing"
 	"testing/synctest"
@@ -88,50 +89,58 @@ func TestOutputBackpressure(t *testing.T) {
 // TestReadBudget: a host queues 32 reads of 1 MiB and does not read the
 // data. The target runs its reads only as far as the read budget allows,
 // so its memory does not grow with them; once the host reads, every read
-// completes with the right data; another session reads meanwhile.
+// completes with the right data; another session reads meanwhile. The
+// same with reads that expect 512 bytes of the MiB their CDB reads (the
+// Executor still reads, and the Data-In keeps, all of it).
 func TestReadBudget(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const size, reads = 1 << 20, 32
-		h := newHarness(t, func(c *Config) {
-			c.MaxTransferLength = size
-			c.MaxReadBytes = 2 * size
-			c.MaxSessionReadBytes = size
+	const size, reads = 1 << 20, 32
+	for _, edtl := range []uint32{size, 512} {
+		t.Run(fmt.Sprintf("expected length %d", edtl), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) { testReadBudget(t, size, reads, edtl) })
 		})
-		copy(h.exec.disk, pattern(len(h.exec.disk), 4))
-		good := h.dial()
-		good.isid[5] = 9
-		good.mustLogin(loginOpts{})
-		in := h.dial()
-		in.mustLogin(loginOpts{})
-		base := heapInUse()
+	}
+}
 
-		var itts []uint32
-		for i := range reads {
-			lba := uint32(i%4) * (size / 512)
-			itts = append(itts, in.sendCommand(read10(lba, size/512), cmdOpts{read: true, edtl: size}))
-		}
-		synctest.Wait()
-		grew := heapInUse() - base
-		t.Logf("%d reads of 1 MiB not read by the host: heap grew by %d KiB", reads, grew>>10)
-		if grew > 8<<20 {
-			t.Fatalf("heap grew by %d MiB for reads whose data is not read", grew>>20)
-		}
-		if r := good.do(read10(0, 8), cmdOpts{read: true, edtl: 4096}); r.status != 0 || !bytes.Equal(r.data, h.exec.disk[:4096]) {
-			t.Fatalf("the other session's read: status %d", r.status)
-		}
-		// The host reads: every read completes, in order of arrival.
-		for i, itt := range itts {
-			r, err := in.waitResult(itt, cmdOpts{})
-			lba := (i % 4) * size
-			if err != nil || r.status != 0 || !bytes.Equal(r.data, h.exec.disk[lba:lba+size]) {
-				t.Fatalf("read %d: %v, status %d, %d bytes", i, err, r.status, len(r.data))
-			}
-		}
-		synctest.Wait() // the writer is done with the last PDU
-		if all, _ := h.srv.reads.usage(nil); all != 0 {
-			t.Fatalf("%d bytes still counted in the read budget after every read completed", all)
-		}
+func testReadBudget(t *testing.T, size, reads int, edtl uint32) {
+	h := newHarness(t, func(c *Config) {
+		c.MaxTransferLength = uint32(size)
+		c.MaxReadBytes = int64(2 * size)
+		c.MaxSessionReadBytes = int64(size)
 	})
+	copy(h.exec.disk, pattern(len(h.exec.disk), 4))
+	good := h.dial()
+	good.isid[5] = 9
+	good.mustLogin(loginOpts{})
+	in := h.dial()
+	in.mustLogin(loginOpts{})
+	base := heapInUse()
+
+	var itts []uint32
+	for i := range reads {
+		lba := uint32(i%4) * uint32(size/512)
+		itts = append(itts, in.sendCommand(read10(lba, uint16(size/512)), cmdOpts{read: true, edtl: edtl}))
+	}
+	synctest.Wait()
+	grew := heapInUse() - base
+	t.Logf("%d reads of 1 MiB not read by the host: heap grew by %d KiB", reads, grew>>10)
+	if grew > 8<<20 {
+		t.Fatalf("heap grew by %d MiB for reads whose data is not read", grew>>20)
+	}
+	if r := good.do(read10(0, 8), cmdOpts{read: true, edtl: 4096}); r.status != 0 || !bytes.Equal(r.data, h.exec.disk[:4096]) {
+		t.Fatalf("the other session's read: status %d", r.status)
+	}
+	// The host reads: every read completes, in order of arrival.
+	for i, itt := range itts {
+		r, err := in.waitResult(itt, cmdOpts{})
+		lba := (i % 4) * size
+		if err != nil || r.status != 0 || !bytes.Equal(r.data, h.exec.disk[lba:lba+int(edtl)]) {
+			t.Fatalf("read %d: %v, status %d, %d bytes", i, err, r.status, len(r.data))
+		}
+	}
+	synctest.Wait() // the writer is done with the last PDU
+	if all, _ := h.srv.reads.usage(nil); all != 0 {
+		t.Fatalf("%d bytes still counted in the read budget after every read completed", all)
+	}
 }
 
 // TestUnsolicitedBudget: eight hosts each send 128 writes of 1 MiB with

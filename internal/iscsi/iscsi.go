@@ -25,7 +25,14 @@
 // Until its login completes a connection has small buffers. A write's buffer is made
 // burst by burst as its data is sent or solicited, never for more than the
 // data its CDB transfers, and the write data held is bounded per session
-// and in all (budget.go): a host beyond its budget waits for its R2Ts.
+// and in all (budget.go): a host beyond its budget waits for its R2Ts, its
+// data sent unasked beyond it is refused (TASK SET FULL) and its command
+// window stops opening; budget granted to a host that sends nothing is
+// taken back after DataOutTimeout. Read data is bounded the same way: a
+// read starts only once its data fits the read budget, and holds it until
+// its Data-In is written. The responses queued for a connection are
+// bounded too: beyond MaxOutputBytes its reader stops reading, and a
+// response the host does not take within NopTimeout drops it.
 // Login refusals (unknown target, unknown or refused initiator) all look
 // like a failed CHAP exchange, so no login reveals which names exist.
 //

@@ -421,19 +421,35 @@ func (s *session) startLocked(t *task) {
 // behind the session's tasks that wait already, still blocked in the task
 // set, and admitReads starts it later.
 func (s *session) readAdmittedLocked(t *task) bool {
-	if t.readLen == 0 || t.readCharged > 0 {
+	if t.readCharged > 0 {
+		return true
+	}
+	n := t.readCharge()
+	if n == 0 {
 		return true
 	}
 	if t.readWaiting {
 		return false
 	}
-	if len(s.mu.readWait) == 0 && s.srv.reads.reserve(s, uint64(t.readLen)) {
-		t.readCharged = uint64(t.readLen)
+	if len(s.mu.readWait) == 0 && s.srv.reads.reserve(s, n) {
+		t.readCharged = n
 		return true
 	}
 	t.readWaiting = true
 	s.mu.readWait = append(s.mu.readWait, t)
 	return false
+}
+
+// readCharge is what a command with data-in counts in the read budget:
+// its Expected Data Transfer Length, or what its CDB reads if that is
+// more (a READ whose expected length is short still makes the Executor
+// read, and hold, every block it names), up to MaxTransferLength.
+func (t *task) readCharge() uint64 {
+	n := t.readLen
+	if m, ok := cdbDataInLength(t.cmd.CDB, scsi.BlockSize); ok {
+		n = max(n, min(m, t.sess.srv.cfg.MaxTransferLength))
+	}
+	return uint64(n)
 }
 
 // admitReads starts the tasks waiting for read budget, in order, as far
@@ -444,10 +460,10 @@ func (s *session) admitReads() {
 	for len(s.mu.readWait) > 0 && !s.mu.ending {
 		t := s.mu.readWait[0]
 		if !t.aborted {
-			if !s.srv.reads.reserve(s, uint64(t.readLen)) {
+			if !s.srv.reads.reserve(s, t.readCharge()) {
 				return
 			}
-			t.readCharged = uint64(t.readLen)
+			t.readCharged = t.readCharge()
 		}
 		s.mu.readWait[0] = nil
 		s.mu.readWait = s.mu.readWait[1:]
