@@ -202,7 +202,7 @@ type Config struct {
 	// MaxLogins the connections still logging in (0 = 128) and
 	// MaxLoginsPerSource those from one source address (0 = 8). A
 	// connection beyond a limit is closed as soon as it is accepted,
-	// before its buffers are allocated; but at MaxLogins, a connection
+	// before anything is allocated for it; but at MaxLogins, a connection
 	// from a source with fewer logins in progress than the busiest
 	// source takes the place of that source's oldest login in progress,
 	// which is closed, so that hosts at many addresses holding half-done

@@ -134,12 +134,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			break
 		}
 		backoff = 0
-		c := newConn(s, nc, sourceAddr(nc.RemoteAddr()))
-		v, victim := s.admitConn(c)
+		src := sourceAddr(nc.RemoteAddr())
+		c, v, victim := s.admitConn(src, func() *conn { return newConn(s, nc, src) })
 		if v == admitRefused {
-			// Over a limit: closed before its buffers are allocated.
+			// Over a limit: closed before anything is allocated for it.
 			_ = nc.Close()
-			s.noteRefused(c.source)
+			s.noteRefused(src)
 			continue
 		}
 		if v == admitClosed {
@@ -237,23 +237,25 @@ const (
 // for the new connection, unless the new connection's source has as many:
 // hosts at many addresses holding half-done logins cannot keep a host at
 // another address from logging in; they only push each other out.
-func (s *Server) admitConn(c *conn) (v admitVerdict, victim *conn) {
+//
+// The connection is made (newConn) only once it is admitted.
+func (s *Server) admitConn(src string, newConn func() *conn) (c *conn, v admitVerdict, victim *conn) {
 	cfg := &s.cfg
-	src := c.source
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.mu.closed:
-		return admitClosed, nil
+		return nil, admitClosed, nil
 	case s.mu.nconns >= cfg.MaxConnections,
 		s.mu.bySource[src] >= cfg.MaxConnectionsPerSource,
 		len(s.mu.logins[src]) >= cfg.MaxLoginsPerSource:
-		return admitRefused, nil
+		return nil, admitRefused, nil
 	case s.mu.nlogins >= cfg.MaxLogins:
 		if victim = s.evictLocked(len(s.mu.logins[src])); victim == nil {
-			return admitRefused, nil
+			return nil, admitRefused, nil
 		}
 	}
+	c = newConn()
 	s.mu.conns[c] = struct{}{}
 	s.mu.nconns++
 	s.mu.bySource[src]++
@@ -261,7 +263,7 @@ func (s *Server) admitConn(c *conn) (v admitVerdict, victim *conn) {
 	s.mu.nlogins++
 	s.mu.loginSeq++
 	c.loginSeq, c.loginListed = s.mu.loginSeq, true
-	return admitOK, victim
+	return c, admitOK, victim
 }
 
 // evictLocked takes the oldest login in progress of the busiest source
