@@ -46,6 +46,9 @@ import (
 //	    login_timeout: 10s        # for the whole login
 //	    max_write_bytes: 128M     # write data held for commands of all hosts (at least 64M)
 //	    max_session_write_bytes: 32M  # of one session; a write beyond waits for its R2T
+//	    max_read_bytes: 128M      # read data held for commands of all hosts (at least 64M)
+//	    max_session_read_bytes: 32M   # of one session; a read beyond waits to start
+//	    data_out_timeout: 30s     # a write whose asked-for data has not all come: terminated
 //	replication:
 //	  listen: 127.0.0.1:7443      # the link to the peer array
 //	  advertise: ""               # address the peer dials; default: listen
@@ -57,16 +60,31 @@ import (
 //
 // With the iscsi limits at their defaults a connection still logging in
 // holds about 20 KiB (4 KiB buffers, at most 8 KiB of login text, as it
-// arrives), a logged-in one about 150 KiB (64 KiB read and write buffers,
-// its goroutines), so connections hold at most about 2.5 MiB logging in
-// and 150 MiB logged in. Write data adds max_write_bytes (up to twice
-// that while sessions use their fair share of it) and what hosts send
-// unasked (immediate and unsolicited data: at most 64 KiB per command in
-// a session's window of 128); a buffer is made only for data that was
-// sent or asked for. The hostile-host end-to-end test measures an array
-// under 2000 held logins (44 MiB resident, 826 MiB before these limits)
-// and under 1000 sessions announcing 64 MiB writes (74 MiB resident and
-// 219 MiB mapped, 154 MiB and 63 GiB before), against a bound of 256 MiB.
+// arrives), so logins in progress hold at most about 2.5 MiB. A logged-in
+// connection holds about 150 KiB (64 KiB read and write buffers, its
+// goroutines); at most 64 KiB of answers queue for it (the reader stops
+// reading beyond that, and a host that does not read them is dropped
+// after 30s), plus the answer to one request and the request itself (a
+// NOP-Out or text request of up to 256 KiB); so about 150 MiB for 1024
+// typical connections, 730 MiB at worst when every one of them sends
+// 256 KiB pings without reading. Command data adds, at most: write data
+// hosts send unasked (immediate and unsolicited, at most 64 KiB per
+// command), admitted into a pool of max_write_bytes that may reach twice
+// that while sessions use their fair share of it (beyond it the command
+// is answered TASK SET FULL and its data dropped); solicited write data,
+// another such pool; read data, a pool of max_read_bytes, also up to
+// twice that. Write buffers come in power-of-two sizes, so they may take
+// up to twice the bytes counted. At the defaults command data is thus
+// bounded by 4 x 128 MiB of write data (up to twice that in buffers) and
+// 2 x 128 MiB of read data: about 1.3 GiB in the worst case, reached only
+// by many sessions from several addresses each holding its fair share;
+// lower the limits on a small machine. A host's data is reclaimed when it
+// stops: write data it does not send within data_out_timeout, read data it
+// does not read within 30s. The hostile-host end-to-end test measures an
+// array under 2000 held logins (44 MiB resident, 826 MiB before these
+// limits) and under 1000 sessions announcing 64 MiB writes (74 MiB
+// resident and 219 MiB mapped, 154 MiB and 63 GiB before), against a
+// bound of 256 MiB.
 type Config struct {
 	Name              string   `yaml:"name"`
 	DataDir           string   `yaml:"data_dir"`
@@ -115,6 +133,9 @@ type ISCSILimits struct {
 	LoginTimeout            Duration `yaml:"login_timeout"`
 	MaxWriteBytes           string   `yaml:"max_write_bytes"`
 	MaxSessionWriteBytes    string   `yaml:"max_session_write_bytes"`
+	MaxReadBytes            string   `yaml:"max_read_bytes"`
+	MaxSessionReadBytes     string   `yaml:"max_session_read_bytes"`
+	DataOutTimeout          Duration `yaml:"data_out_timeout"`
 }
 
 // apply sets the limits in an iSCSI server's configuration.
@@ -125,6 +146,10 @@ func (l ISCSILimits) apply(c *iscsi.Config) {
 	w, _ := units.ParseSize(l.MaxWriteBytes)
 	sw, _ := units.ParseSize(l.MaxSessionWriteBytes)
 	c.MaxWriteBytes, c.MaxSessionWriteBytes = int64(min(w, 1<<62)), int64(min(sw, 1<<62))
+	r, _ := units.ParseSize(l.MaxReadBytes)
+	sr, _ := units.ParseSize(l.MaxSessionReadBytes)
+	c.MaxReadBytes, c.MaxSessionReadBytes = int64(min(r, 1<<62)), int64(min(sr, 1<<62))
+	c.DataOutTimeout = l.DataOutTimeout.Duration
 }
 
 func (l ISCSILimits) check() error {
@@ -134,12 +159,14 @@ func (l ISCSILimits) check() error {
 			return fmt.Errorf("iscsi: limits: %s: %d is negative; give a positive number, or 0 for the default", name, v)
 		}
 	}
-	for name, d := range map[string]time.Duration{"login_start_timeout": l.LoginStartTimeout.Duration, "login_timeout": l.LoginTimeout.Duration} {
+	for name, d := range map[string]time.Duration{"login_start_timeout": l.LoginStartTimeout.Duration, "login_timeout": l.LoginTimeout.Duration,
+		"data_out_timeout": l.DataOutTimeout.Duration} {
 		if d < 0 {
 			return fmt.Errorf("iscsi: limits: %s: %v is negative; give a duration such as 10s, or leave it out for the default", name, d)
 		}
 	}
-	for name, v := range map[string]string{"max_write_bytes": l.MaxWriteBytes, "max_session_write_bytes": l.MaxSessionWriteBytes} {
+	for name, v := range map[string]string{"max_write_bytes": l.MaxWriteBytes, "max_session_write_bytes": l.MaxSessionWriteBytes,
+		"max_read_bytes": l.MaxReadBytes, "max_session_read_bytes": l.MaxSessionReadBytes} {
 		if v == "" {
 			continue
 		}

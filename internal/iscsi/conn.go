@@ -39,7 +39,12 @@ type conn struct {
 	// goroutine only).
 	source    string
 	loggingIn bool
-	rd        pduReader
+	// loginListed is set while the server counts the connection among
+	// the logins in progress, loginSeq numbers it in the order
+	// connections came (both guarded by the server's mu).
+	loginListed bool
+	loginSeq    uint64
+	rd          pduReader
 	// wmu is held by whoever writes to wr: the writer goroutine or a task
 	// goroutine sending its own response (kick); batch is its scratch.
 	wmu   sync.Mutex
@@ -62,10 +67,13 @@ type conn struct {
 	sess *session
 	cid  uint16
 
-	out        outQueue
-	closeOnce  sync.Once
-	closed     chan struct{}
-	writerDone chan struct{}
+	out outQueue
+	// writeDeadline is the socket's write deadline (UnixNano; the wmu
+	// holder's).
+	writeDeadline int64
+	closeOnce     sync.Once
+	closed        chan struct{}
+	writerDone    chan struct{}
 
 	// lastRecv is when the reader last received a PDU (UnixNano).
 	lastRecv atomic.Int64
@@ -91,11 +99,16 @@ func newConn(srv *Server, nc net.Conn, source string) *conn {
 		closed:     make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
-	c.log = srv.log.With("remote", c.remote)
-	c.rd = pduReader{r: bufio.NewReaderSize(nc, loginBufSize), maxData: loginMaxData}
-	c.wr = pduWriter{w: bufio.NewWriterSize(nc, loginBufSize)}
 	c.out.notify = make(chan struct{}, 1)
+	c.out.drained = make(chan struct{}, 1)
 	return c
+}
+
+// setup gives an admitted connection its login buffers and logger.
+func (c *conn) setup() {
+	c.log = c.srv.log.With("remote", c.remote)
+	c.rd = pduReader{r: bufio.NewReaderSize(c.nc, loginBufSize), maxData: loginMaxData}
+	c.wr = pduWriter{w: bufio.NewWriterSize(c.nc, loginBufSize)}
 }
 
 // endLogin takes the connection out of the logins in progress (once):
@@ -104,7 +117,7 @@ func newConn(srv *Server, nc net.Conn, source string) *conn {
 func (c *conn) endLogin() {
 	if c.loggingIn {
 		c.loggingIn = false
-		c.srv.loginDone(c.source)
+		c.srv.loginDone(c)
 	}
 }
 
@@ -138,6 +151,7 @@ func (c *conn) close() {
 // slot, tasks and budget are released.
 func (c *conn) serve(ctx context.Context) {
 	defer c.srv.removeConn(c)
+	c.setup()
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
 	l := &login{c: c}
@@ -154,6 +168,7 @@ func (c *conn) serve(ctx context.Context) {
 		if writerStarted {
 			<-c.writerDone
 		}
+		c.dropQueued()
 	}()
 	defer c.srv.recoverPanic(c.log, "a connection's reader", c.close)
 
@@ -204,9 +219,20 @@ func (c *conn) logEnd(msg string, err error) {
 }
 
 // readLoop reads and dispatches PDUs until the connection fails.
+//
+// While the responses queued for the connection hold more than
+// MaxOutputBytes the reader stops reading (waitOutput): a host that sends
+// requests and does not read the answers fills its own socket, not the
+// target's memory.
 func (c *conn) readLoop() error {
 	var h bhs
+	limit := c.srv.cfg.MaxOutputBytes
 	for {
+		if c.out.queued.Load() > limit {
+			if err := c.waitOutput(limit); err != nil {
+				return err
+			}
+		}
 		ahs, err := c.rd.readHeader(&h)
 		if err != nil {
 			return err
@@ -215,6 +241,28 @@ func (c *conn) readLoop() error {
 		c.checkExpStatSN(&h)
 		if err := c.dispatch(&h, ahs); err != nil {
 			return err
+		}
+	}
+}
+
+// waitOutput waits until the queued responses hold no more than limit
+// bytes, or the connection closes. The writer goroutine (or a task
+// writing its own response) drains the queue; one that cannot, because
+// the initiator does not read, fails at its write deadline and closes the
+// connection.
+func (c *conn) waitOutput(limit int64) error {
+	q := &c.out
+	for {
+		q.readerWaiting.Store(true)
+		if q.queued.Load() <= limit {
+			q.readerWaiting.Store(false)
+			return nil
+		}
+		select {
+		case <-q.drained:
+		case <-c.closed:
+			q.readerWaiting.Store(false)
+			return net.ErrClosed
 		}
 	}
 }
@@ -355,13 +403,33 @@ type outPDU struct {
 	stat statKind
 	// closeAfter closes the connection once the PDU is written.
 	closeAfter bool
+	// dataIn marks data that belongs to a command's result (Data-In),
+	// which the read budget counts; the queue counts the rest.
+	dataIn bool
+	// cost is what the PDU counts in its queue's bytes.
+	cost int64
+	// readBytes of readSess's read budget are given back once the PDU
+	// is written (the last PDU of a command's response).
+	readSess  *session
+	readBytes uint64
 }
 
-// outQueue is the writer's unbounded queue.
+// outQueue is the writer's queue. It takes every PDU it is given (a
+// running task's response is never held back), and counts the bytes it
+// holds that nothing else bounds: every header and the data it owns
+// (NOP-In echoes, text, sense, rejects), not the Data-In that the read
+// budget counts. The reader stops reading while that count is over
+// MaxOutputBytes.
 type outQueue struct {
 	mu     sync.Mutex
 	q      []*outPDU
 	notify chan struct{}
+	// queued is the bytes counted for PDUs not yet written to the
+	// socket; readerWaiting is set while the reader waits for it to
+	// fall, and drained wakes it.
+	queued        atomic.Int64
+	readerWaiting atomic.Bool
+	drained       chan struct{}
 }
 
 func (q *outQueue) push(ps ...*outPDU) {
@@ -371,9 +439,30 @@ func (q *outQueue) push(ps ...*outPDU) {
 
 // pushQuiet queues without waking the writer.
 func (q *outQueue) pushQuiet(ps ...*outPDU) {
+	var n int64
+	for _, p := range ps {
+		p.cost = bhsLen
+		if !p.dataIn {
+			p.cost += int64(len(p.data))
+		}
+		n += p.cost
+	}
+	q.queued.Add(n)
 	q.mu.Lock()
 	q.q = append(q.q, ps...)
 	q.mu.Unlock()
+}
+
+// written uncounts a PDU written to the socket (or dropped) and wakes the
+// reader if it waits.
+func (q *outQueue) written(p *outPDU) {
+	q.queued.Add(-p.cost)
+	if q.readerWaiting.Load() {
+		select {
+		case q.drained <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // wake tells the writer goroutine there is something to send.
@@ -434,6 +523,10 @@ func (c *conn) writeLoop() {
 		defer t.Stop()
 		tick = t.C
 	}
+	// Writes whose data-out is overdue are looked for four times per
+	// DataOutTimeout.
+	sweep := time.NewTicker(max(c.srv.cfg.DataOutTimeout/4, 10*time.Millisecond))
+	defer sweep.Stop()
 	for {
 		select {
 		case <-c.closed:
@@ -444,6 +537,8 @@ func (c *conn) writeLoop() {
 				return
 			}
 			continue
+		case now := <-sweep.C:
+			c.sess.expireDataOut(now)
 		case <-c.out.notify:
 		}
 		closeNow, err := c.drain()
@@ -457,11 +552,27 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// drain writes what is queued, holding c.wmu.
+// drain writes what is queued, unless another goroutine is writing: that
+// one writes it, or wakes the writer once it stops (unlockWriter), so the
+// writer goroutine never waits behind a task blocked on the socket and
+// keeps its pings and timeouts going.
 func (c *conn) drain() (closeNow bool, err error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	if !c.wmu.TryLock() {
+		return false, nil
+	}
+	defer c.unlockWriter()
 	return c.drainLocked()
+}
+
+// unlockWriter releases c.wmu. PDUs queued meanwhile, whose wakeup found
+// c.wmu held, wake the writer now; commands waiting for the read budget
+// that the PDUs written gave back are let in.
+func (c *conn) unlockWriter() {
+	c.wmu.Unlock()
+	if c.out.queued.Load() > 0 {
+		c.out.wake()
+	}
+	c.srv.reads.wake()
 }
 
 // drainLocked writes every queued PDU and flushes. It reports whether a
@@ -472,20 +583,66 @@ func (c *conn) drainLocked() (closeNow bool, err error) {
 		if len(c.batch) == 0 {
 			break
 		}
-		for _, p := range c.batch {
+		for i, p := range c.batch {
 			c.stamp(p)
+			c.armWriteDeadline()
 			err := c.wr.write(&p.h, p.data)
 			closeAfter := p.closeAfter
-			c.srv.putOut(p)
-			if err != nil {
-				return false, err
-			}
-			if closeAfter {
-				return true, c.wr.w.Flush()
+			c.retire(p)
+			if err != nil || closeAfter {
+				c.retireAll(c.batch[i+1:])
+				if err == nil {
+					err = c.wr.w.Flush()
+				}
+				return closeAfter, err
 			}
 		}
 	}
 	return false, c.wr.w.Flush()
+}
+
+// armWriteDeadline keeps a write deadline between NopTimeout/2 and
+// NopTimeout ahead, so that a PDU the initiator does not take in that
+// time fails the write and drops the connection: a host that never reads
+// cannot hold the connection, its queue and its budgets forever. The
+// deadline is moved only when half of it has passed, not for every PDU.
+// c.wmu must be held.
+func (c *conn) armWriteDeadline() {
+	timeout := c.srv.cfg.NopTimeout
+	now := time.Now()
+	if time.Duration(c.writeDeadline-now.UnixNano()) >= timeout/2 {
+		return
+	}
+	d := now.Add(timeout)
+	c.writeDeadline = d.UnixNano()
+	_ = c.nc.SetWriteDeadline(d)
+}
+
+// retire is done with a PDU that was written or will not be: it leaves
+// the queue's count and goes back to the pool.
+func (c *conn) retire(p *outPDU) {
+	c.out.written(p)
+	if p.readBytes > 0 {
+		c.srv.reads.release(p.readSess, 0, p.readBytes)
+	}
+	c.srv.putOut(p)
+}
+
+func (c *conn) retireAll(ps []*outPDU) {
+	for _, p := range ps {
+		c.retire(p)
+	}
+}
+
+// dropQueued retires what is still queued once the connection is closed
+// and nothing writes any more.
+func (c *conn) dropQueued() {
+	c.wmu.Lock()
+	c.batch = c.out.take(c.batch)
+	c.retireAll(c.batch)
+	clear(c.batch)
+	c.wmu.Unlock()
+	c.srv.reads.wake()
 }
 
 // kick sends what is queued. When no goroutine is writing, the caller
@@ -499,7 +656,7 @@ func (c *conn) kick() {
 		return
 	}
 	closeNow, err := func() (bool, error) {
-		defer c.wmu.Unlock()
+		defer c.unlockWriter()
 		return c.drainLocked()
 	}()
 	if err != nil || closeNow {

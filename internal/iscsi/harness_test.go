@@ -224,5 +224,8 @@ func (h *harness) stop() {
 	if used, _ := h.srv.budget.usage(nil); used != 0 {
 		h.t.Errorf("%d bytes still counted in the write budget after every session ended", used)
 	}
+	if used, _ := h.srv.reads.usage(nil); used != 0 {
+		h.t.Errorf("%d bytes still counted in the read budget after every session ended", used)
+	}
 	h.done <- nil // make stop idempotent
 }

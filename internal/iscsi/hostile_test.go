@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"maps"
 
 	"net"
 	"runtime"
@@ -176,17 +177,22 @@ func TestConnectionLimits(t *testing.T) {
 	if b4 := h.dialFrom("192.0.2.2"); !isClosedNow(b4) {
 		t.Fatal("a fourth connection from one source was accepted")
 	}
-	// Four logins in progress in all (a1, a2, c1, c2): a fifth is
-	// refused, whatever its source.
+	// Four logins in progress in all (a1, a2, c1, c2): a fifth, from a
+	// source with none, pushes out the oldest login of the busiest
+	// source (a1).
 	c1, c2 := h.dialFrom("192.0.2.3"), h.dialFrom("192.0.2.4")
 	c1.halfLogin()
 	c2.halfLogin()
-	if c3 := h.dialFrom("192.0.2.5"); !isClosedNow(c3) {
-		t.Fatal("a fifth login in progress was accepted")
+	c3 := h.dialFrom("192.0.2.5")
+	if !isClosedNow(a1) {
+		t.Fatal("a fifth login in progress did not push out the oldest of the busiest source")
 	}
-	// Eight connections in all: with a1 gone, two more log in; a ninth
+	if isClosedNow(c3) || isClosedNow(a2) {
+		t.Fatal("a login in progress other than the oldest of the busiest source was dropped")
+	}
+	// Eight connections in all: with c3 gone, two more log in; a ninth
 	// is refused.
-	a1.nc.Close()
+	c3.nc.Close()
 	waitFor(t, func() bool {
 		h.srv.mu.Lock()
 		defer h.srv.mu.Unlock()
@@ -203,8 +209,52 @@ func TestConnectionLimits(t *testing.T) {
 	if r := bs[0].do(tur, cmdOpts{}); r.status != 0 {
 		t.Fatal("a logged-in session was harmed by the refusals")
 	}
-	if h.srv.Refused() != 4 {
-		t.Errorf("Refused() = %d, want 4", h.srv.Refused())
+	if h.srv.Refused() != 3 {
+		t.Errorf("Refused() = %d, want 3", h.srv.Refused())
+	}
+}
+
+// TestLoginEviction: hosts at several addresses fill the logins in
+// progress with half-done logins; a host at another address still logs
+// in, pushing out the oldest login of the busiest address, and a host at
+// an address as busy as the busiest is refused instead.
+func TestLoginEviction(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.MaxLogins = 6
+		c.MaxLoginsPerSource = 3
+	})
+	var held []*initiator
+	for _, ip := range []string{"192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2", "192.0.2.2", "192.0.2.3"} {
+		in := h.dialFrom(ip)
+		in.halfLogin()
+		held = append(held, in)
+	}
+	good := h.dialFrom("198.51.100.7")
+	good.mustLogin(loginOpts{})
+	if r := good.do(tur, cmdOpts{}); r.status != 0 {
+		t.Fatalf("status %d", r.status)
+	}
+	// 192.0.2.2 had the most: its oldest (held[2]) made room.
+	if !isClosedNow(held[2]) {
+		t.Fatal("the oldest login in progress of the busiest source is still open")
+	}
+	h.srv.mu.Lock()
+	counts := map[string]int{}
+	for src, l := range h.srv.mu.logins {
+		counts[src] = len(l)
+	}
+	h.srv.mu.Unlock()
+	if want := map[string]int{"192.0.2.1": 2, "192.0.2.2": 2, "192.0.2.3": 1}; !maps.Equal(counts, want) {
+		t.Fatalf("logins in progress by source: %v, want %v", counts, want)
+	}
+	// With one more from 192.0.2.3 every source holds two: one more
+	// from 192.0.2.1 would not be pushing out a busier source's.
+	h.dialFrom("192.0.2.3").halfLogin()
+	if in := h.dialFrom("192.0.2.1"); !isClosedNow(in) {
+		t.Fatal("a login from a source as busy as the busiest pushed another out")
+	}
+	if h.srv.Refused() != 1 {
+		t.Errorf("Refused() = %d, want 1", h.srv.Refused())
 	}
 }
 

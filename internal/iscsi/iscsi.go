@@ -19,11 +19,20 @@
 // stack and counted (Server.Panics), never the process (guard.go).
 // Connections are limited in all and per source address, and so are
 // logins in progress, with a short timeout for the first login request; a
-// connection beyond a limit is closed as soon as it is accepted. Until its
-// login completes a connection has small buffers. A write's buffer is made
+// connection beyond a limit is closed as soon as it is accepted, except
+// that a new connection beyond the limit on logins in progress in all
+// pushes out the oldest login in progress of the busiest source address.
+// Until its login completes a connection has small buffers. A write's buffer is made
 // burst by burst as its data is sent or solicited, never for more than the
 // data its CDB transfers, and the write data held is bounded per session
-// and in all (budget.go): a host beyond its budget waits for its R2Ts.
+// and in all (budget.go): a host beyond its budget waits for its R2Ts, its
+// data sent unasked beyond it is refused (TASK SET FULL) and its command
+// window stops opening; budget granted to a host that sends nothing is
+// taken back after DataOutTimeout. Read data is bounded the same way: a
+// read starts only once its data fits the read budget, and holds it until
+// its Data-In is written. The responses queued for a connection are
+// bounded too: beyond MaxOutputBytes its reader stops reading, and a
+// response the host does not take within NopTimeout drops it.
 // Login refusals (unknown target, unknown or refused initiator) all look
 // like a failed CHAP exchange, so no login reveals which names exist.
 //
@@ -143,6 +152,18 @@ const (
 	// session.
 	DefaultMaxWriteBytes        = 128 << 20
 	DefaultMaxSessionWriteBytes = 32 << 20
+	// DefaultMaxReadBytes bounds the read data the server holds for
+	// commands of all sessions, DefaultMaxSessionReadBytes that of one
+	// session.
+	DefaultMaxReadBytes        = 128 << 20
+	DefaultMaxSessionReadBytes = 32 << 20
+
+	// DefaultDataOutTimeout bounds the wait for a write's data-out.
+	DefaultDataOutTimeout = 30 * time.Second
+
+	// DefaultMaxOutputBytes bounds the responses queued for one
+	// connection, Data-In aside.
+	DefaultMaxOutputBytes = 64 << 10
 )
 
 // Config configures a Server.
@@ -163,7 +184,10 @@ type Config struct {
 	MaxRecvDataSegmentLength, MaxBurstLength, FirstBurstLength, CmdWindow uint32
 	// NopInterval is how long a connection may be idle before the target
 	// pings it with a NOP-In (0 = 5s; negative = never). A ping not
-	// answered within NopTimeout (0 = 30s) drops the connection.
+	// answered within NopTimeout (0 = 30s) drops the connection, and so
+	// does a response PDU the initiator does not take from the socket
+	// within NopTimeout (a write deadline between NopTimeout/2 and
+	// NopTimeout ahead of every PDU written).
 	NopInterval, NopTimeout time.Duration
 	// LoginTimeout bounds the whole login phase (0 = 10s);
 	// LoginStartTimeout the wait for the first Login Request, whole, from
@@ -178,7 +202,11 @@ type Config struct {
 	// MaxLogins the connections still logging in (0 = 128) and
 	// MaxLoginsPerSource those from one source address (0 = 8). A
 	// connection beyond a limit is closed as soon as it is accepted,
-	// before anything is allocated for it.
+	// before anything is allocated for it; but at MaxLogins, a connection
+	// from a source with fewer logins in progress than the busiest
+	// source takes the place of that source's oldest login in progress,
+	// which is closed, so that hosts at many addresses holding half-done
+	// logins cannot keep a host at another address out.
 	MaxConnections, MaxConnectionsPerSource, MaxLogins, MaxLoginsPerSource int
 
 	// MaxWriteBytes bounds the write data held for the commands of all
@@ -195,6 +223,37 @@ type Config struct {
 	// holding write data, so one host cannot starve the others). Until
 	// then the write waits, holding no more than its unsolicited data.
 	MaxWriteBytes, MaxSessionWriteBytes int64
+
+	// MaxReadBytes bounds the read data held for the commands of all
+	// sessions (0 = 128 MiB; at least MaxTransferLength), and
+	// MaxSessionReadBytes that of one session (0 = 32 MiB; at most
+	// MaxReadBytes). A command with data-in (a read) starts only once
+	// its Expected Data Transfer Length fits, by the same rules as the
+	// solicited data of a write, and holds it until its last Data-In is
+	// written to the socket: a host that queues many large reads, or
+	// does not read what it asked for, waits for its own reads. A host
+	// that reads nothing is dropped at the write deadline (NopTimeout).
+	MaxReadBytes, MaxSessionReadBytes int64
+
+	// DataOutTimeout bounds the wait for a write's data-out once it was
+	// asked for: the unsolicited burst from the command's arrival, the
+	// burst of each R2T from the R2T (0 = 30s). A write whose data has
+	// not all come by then is terminated with CHECK CONDITION (ABORTED
+	// COMMAND, INITIATOR RESPONSE TIMEOUT) and its write budget given to
+	// the writes waiting for it, so a host that is granted budget and
+	// sends nothing cannot hold it. It is checked four times per
+	// DataOutTimeout, so a write may be terminated up to a quarter of it
+	// late.
+	DataOutTimeout time.Duration
+
+	// MaxOutputBytes bounds the bytes of the responses queued for one
+	// connection and not yet written to its socket, Data-In data aside
+	// (which the read budget bounds) (0 = 64 KiB). Beyond it the
+	// connection's reader stops reading PDUs until the initiator has
+	// read enough: a host that sends pings, text requests or commands
+	// without reading their answers slows only itself, and the queue
+	// holds at most this plus the answer to one PDU.
+	MaxOutputBytes int64
 }
 
 func (c Config) withDefaults() Config {
@@ -236,6 +295,12 @@ func (c Config) withDefaults() Config {
 	c.MaxLoginsPerSource = positiveOr(c.MaxLoginsPerSource, DefaultMaxLoginsPerSource)
 	c.MaxWriteBytes = max(positiveOr(c.MaxWriteBytes, DefaultMaxWriteBytes), int64(c.MaxTransferLength))
 	c.MaxSessionWriteBytes = min(max(positiveOr(c.MaxSessionWriteBytes, DefaultMaxSessionWriteBytes), int64(c.MaxBurstLength)), c.MaxWriteBytes)
+	c.MaxReadBytes = max(positiveOr(c.MaxReadBytes, DefaultMaxReadBytes), int64(c.MaxTransferLength))
+	c.MaxSessionReadBytes = min(positiveOr(c.MaxSessionReadBytes, DefaultMaxSessionReadBytes), c.MaxReadBytes)
+	if c.DataOutTimeout <= 0 {
+		c.DataOutTimeout = DefaultDataOutTimeout
+	}
+	c.MaxOutputBytes = positiveOr(c.MaxOutputBytes, DefaultMaxOutputBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

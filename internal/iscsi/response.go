@@ -111,9 +111,13 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 			p.h.setField36(dataInCount)
 			p.h.setField40(off)
 			p.data = data[off : off+n]
+			p.dataIn = true
 			ps = append(ps, p)
 			dataInCount++
 			off += n
+		}
+		if statusInData {
+			t.passRead(ps[len(ps)-1], len(res.Data))
 		}
 		c.out.pushQuiet(ps...)
 		if statusInData {
@@ -142,12 +146,51 @@ func (c *conn) queueResponse(t *task, res *scsi.Result) {
 		p.data = sense
 	}
 	p.stat = statAdvance
+	held := 0
+	if len(data) > 0 {
+		held = len(res.Data) // what the Data-In PDUs keep alive
+	}
+	t.passRead(p, held)
 	c.out.pushQuiet(p)
+}
+
+// passRead hands the read budget the task holds for the n bytes its
+// Data-In PDUs keep alive to its last response PDU, which gives it back once written
+// (conn.retire). What the task held beyond them (a command that
+// transferred less than its Expected Data Transfer Length) is given back
+// now (the caller, holding sess.mu, wakes the waiters later).
+func (t *task) passRead(p *outPDU, n int) {
+	keep := min(uint64(n), t.readCharged)
+	t.sess.srv.reads.release(t.sess, 0, t.readCharged-keep)
+	p.readSess, p.readBytes = t.sess, keep
+	t.readCharged = 0
 }
 
 // dataOutLength is how many data-out bytes the task's CDB calls for.
 func (c *conn) dataOutLength(t *task) (uint32, bool) {
 	return c.srv.dataOutLength(t.cmd.Nexus, t.cmd.LUN, t.cmd.CDB)
+}
+
+// cdbDataInLength decodes the data-in length of the READ CDBs (SBC-3) for
+// a logical block size.
+func cdbDataInLength(cdb []byte, blockSize uint32) (uint32, bool) {
+	var blocks uint64
+	switch {
+	case len(cdb) >= 6 && cdb[0] == 0x08: // READ(6): 0 means 256 blocks
+		blocks = uint64(cdb[4])
+		if blocks == 0 {
+			blocks = 256
+		}
+	case len(cdb) >= 10 && cdb[0] == 0x28: // READ(10)
+		blocks = uint64(binary.BigEndian.Uint16(cdb[7:]))
+	case len(cdb) >= 12 && cdb[0] == 0xa8: // READ(12)
+		blocks = uint64(binary.BigEndian.Uint32(cdb[6:]))
+	case len(cdb) >= 16 && cdb[0] == 0x88: // READ(16)
+		blocks = uint64(binary.BigEndian.Uint32(cdb[10:]))
+	default:
+		return 0, false
+	}
+	return uint32(min(blocks*uint64(blockSize), 0xffffffff)), true
 }
 
 // cdbDataOutLength decodes the data-out length of the common write-type

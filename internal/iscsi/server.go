@@ -26,8 +26,9 @@ type Server struct {
 	sizer DataOutSizer
 	// panics counts the panics contained (see recoverPanic).
 	panics atomic.Uint64
-	// budget bounds the write data held for commands.
-	budget writeBudget
+	// budget bounds the write data held for commands, reads the read
+	// data.
+	budget, reads budget
 	// refused counts connections closed at once by a limit; refusedLog
 	// rate-limits the warning about them.
 	refused    atomic.Uint64
@@ -42,17 +43,20 @@ type Server struct {
 		listeners map[net.Listener]struct{}
 		conns     map[*conn]struct{}
 		// nconns counts the connections admitted and not yet gone,
-		// bySource those from each source address; logins those still
-		// logging in, in all and by source.
-		nconns         int
-		bySource       map[string]int
-		logins         int
-		loginsBySource map[string]int
+		// bySource those from each source address; logins lists those
+		// still logging in by source, in the order they came (the
+		// conns' loginListed), nlogins counts them all.
+		nconns   int
+		bySource map[string]int
+		logins   map[string][]*conn
+		nlogins  int
 		// sessions holds the logged-in sessions by I_T nexus identity;
 		// byTSIH by their target session handle.
 		sessions map[sessionKey]*session
 		byTSIH   map[uint16]*session
 		lastTSIH uint16
+		// loginSeq numbers the connections in the order they came.
+		loginSeq uint64
 	}
 }
 
@@ -71,11 +75,14 @@ func NewServer(cfg Config) *Server {
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.sizer, _ = cfg.Executor.(DataOutSizer)
 	s.cfg.Executor = guardedExecutor{srv: s, inner: cfg.Executor}
-	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes))
+	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes),
+		func(ss *session) *sessionBudget { return &ss.wb }, (*session).admitWaiting)
+	s.reads.init(uint64(cfg.MaxReadBytes), uint64(cfg.MaxSessionReadBytes),
+		func(ss *session) *sessionBudget { return &ss.rb }, (*session).admitReads)
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
 	s.mu.bySource = make(map[string]int)
-	s.mu.loginsBySource = make(map[string]int)
+	s.mu.logins = make(map[string][]*conn)
 	s.mu.sessions = make(map[sessionKey]*session)
 	s.mu.byTSIH = make(map[uint16]*session)
 	return s
@@ -128,7 +135,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		}
 		backoff = 0
 		src := sourceAddr(nc.RemoteAddr())
-		v := s.admitConn(src)
+		c, v, victim := s.admitConn(src, func() *conn { return newConn(s, nc, src) })
 		if v == admitRefused {
 			// Over a limit: closed before anything is allocated for it.
 			_ = nc.Close()
@@ -139,11 +146,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			_ = nc.Close()
 			break
 		}
-		c := newConn(s, nc, src)
-		if !s.addConn(c) {
-			s.connGone(src, true)
-			_ = nc.Close()
-			break
+		if victim != nil {
+			victim.close()
+			s.log.Debug("iscsi login in progress dropped for a new connection: too many logins in progress",
+				"evicted", victim.remote, "for", c.remote)
 		}
 		conns.Add(1)
 		s.wg.Add(1)
@@ -200,21 +206,17 @@ func (s *Server) isClosed() bool {
 	return s.mu.closed
 }
 
-func (s *Server) addConn(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.mu.closed {
-		return false
-	}
-	s.mu.conns[c] = struct{}{}
-	return true
-}
-
+// removeConn forgets a connection that ended, releasing what admitConn
+// counted for it.
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.mu.conns, c)
-	s.mu.Unlock()
-	s.connGone(c.source, c.loggingIn)
+	s.loginDoneLocked(c)
+	s.mu.nconns--
+	if s.mu.bySource[c.source]--; s.mu.bySource[c.source] <= 0 {
+		delete(s.mu.bySource, c.source)
+	}
 }
 
 // admitVerdict is what admitConn decided.
@@ -226,50 +228,87 @@ const (
 	admitClosed               // the server is closing
 )
 
-// admitConn counts a new connection from src against the limits on
-// connections (in all and per source) and on logins in progress (in all
-// and per source); every accepted connection starts logging in.
-func (s *Server) admitConn(src string) admitVerdict {
+// admitConn counts a new connection against the limits on connections
+// (in all and per source) and on logins in progress (in all and per
+// source); every accepted connection starts logging in.
+//
+// When the logins in progress are at their limit in all, the oldest login
+// in progress of the busiest source (the one with the most) is dropped
+// for the new connection, unless the new connection's source has as many:
+// hosts at many addresses holding half-done logins cannot keep a host at
+// another address from logging in; they only push each other out.
+//
+// The connection is made (newConn) only once it is admitted.
+func (s *Server) admitConn(src string, newConn func() *conn) (c *conn, v admitVerdict, victim *conn) {
 	cfg := &s.cfg
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.mu.closed:
-		return admitClosed
+		return nil, admitClosed, nil
 	case s.mu.nconns >= cfg.MaxConnections,
 		s.mu.bySource[src] >= cfg.MaxConnectionsPerSource,
-		s.mu.logins >= cfg.MaxLogins,
-		s.mu.loginsBySource[src] >= cfg.MaxLoginsPerSource:
-		return admitRefused
+		len(s.mu.logins[src]) >= cfg.MaxLoginsPerSource:
+		return nil, admitRefused, nil
+	case s.mu.nlogins >= cfg.MaxLogins:
+		if victim = s.evictLocked(len(s.mu.logins[src])); victim == nil {
+			return nil, admitRefused, nil
+		}
 	}
-	s.mu.bySource[src]++
-	s.mu.logins++
-	s.mu.loginsBySource[src]++
+	c = newConn()
+	s.mu.conns[c] = struct{}{}
 	s.mu.nconns++
-	return admitOK
+	s.mu.bySource[src]++
+	s.mu.logins[src] = append(s.mu.logins[src], c)
+	s.mu.nlogins++
+	s.mu.loginSeq++
+	c.loginSeq, c.loginListed = s.mu.loginSeq, true
+	return c, admitOK, victim
 }
 
-// loginDone ends a connection's login (successful or not) for the limit
+// evictLocked takes the oldest login in progress of the busiest source
+// out of the logins in progress and returns it, if that source has more
+// than mine.
+func (s *Server) evictLocked(mine int) *conn {
+	var busiest []*conn
+	for _, l := range s.mu.logins {
+		if len(l) > len(busiest) || len(l) == len(busiest) && len(l) > 0 && l[0].loginSeq < busiest[0].loginSeq {
+			busiest = l
+		}
+	}
+	if len(busiest) <= mine {
+		return nil
+	}
+	victim := busiest[0]
+	s.loginDoneLocked(victim)
+	return victim
+}
+
+// loginDone ends a connection's login (successful or not) for the limits
 // on logins in progress.
-func (s *Server) loginDone(src string) {
+func (s *Server) loginDone(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.mu.logins--
-	if s.mu.loginsBySource[src]--; s.mu.loginsBySource[src] <= 0 {
-		delete(s.mu.loginsBySource, src)
-	}
+	s.loginDoneLocked(c)
 }
 
-// connGone releases what admitConn counted for a connection that ended.
-func (s *Server) connGone(src string, loggingIn bool) {
-	if loggingIn {
-		s.loginDone(src)
+func (s *Server) loginDoneLocked(c *conn) {
+	if !c.loginListed {
+		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.mu.nconns--
-	if s.mu.bySource[src]--; s.mu.bySource[src] <= 0 {
-		delete(s.mu.bySource, src)
+	c.loginListed = false
+	s.mu.nlogins--
+	l := s.mu.logins[c.source]
+	for i, lc := range l {
+		if lc == c {
+			l = append(l[:i], l[i+1:]...)
+			break
+		}
+	}
+	if len(l) == 0 {
+		delete(s.mu.logins, c.source)
+	} else {
+		s.mu.logins[c.source] = l
 	}
 }
 

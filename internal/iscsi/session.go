@@ -58,9 +58,9 @@ type session struct {
 	// expPub and maxPub publish ExpCmdSN and MaxCmdSN to the writer,
 	// which stamps them into every PDU.
 	expPub, maxPub atomic.Uint32
-	// wb is the session's part of the server's write budget (guarded by
-	// the budget's lock).
-	wb sessionBudget
+	// wb and rb are the session's parts of the server's write and read
+	// budgets (guarded by the budgets' locks).
+	wb, rb sessionBudget
 
 	mu struct {
 		sync.Mutex
@@ -83,8 +83,13 @@ type session struct {
 		// immediate counts unfinished immediate tasks.
 		immediate uint32
 		// r2tWait holds the writes waiting for write budget before
-		// their next R2T, in the order they began to wait.
-		r2tWait []*task
+		// their next R2T, in the order they began to wait; readWait the
+		// commands with data-in waiting for read budget to start.
+		r2tWait, readWait []*task
+		// owed counts the command slots freed while the session held
+		// its write budget or more: MaxCmdSN advances by them once it
+		// holds less (payLocked).
+		owed uint32
 		// ending is set once the session is being torn down;
 		// loggingOut once a logout was requested (no new tasks).
 		ending, loggingOut bool
@@ -164,9 +169,29 @@ func (s *session) publishLocked() {
 	s.maxPub.Store(s.mu.maxCmdSN)
 }
 
-// grantLocked frees one command slot: MaxCmdSN advances.
+// grantLocked frees one command slot: MaxCmdSN advances, unless the
+// session holds its write budget or more. The window then stops opening,
+// so the host cannot send more commands with data it does not ask for,
+// until the session's writes give budget back (payLocked).
 func (s *session) grantLocked() {
+	if s.srv.budget.over(s) {
+		s.mu.owed++
+		return
+	}
 	s.mu.maxCmdSN++
+	s.maxPub.Store(s.mu.maxCmdSN)
+}
+
+// payLocked opens the slots withheld while the session was over its
+// write budget, once it no longer is. It is called wherever the session
+// gives write budget back, before the PDU that tells the initiator (the
+// task's response) can be written.
+func (s *session) payLocked() {
+	if s.mu.owed == 0 || s.srv.budget.over(s) {
+		return
+	}
+	s.mu.maxCmdSN += s.mu.owed
+	s.mu.owed = 0
 	s.maxPub.Store(s.mu.maxCmdSN)
 }
 
@@ -374,7 +399,12 @@ func (s *session) rescanLocked() {
 	}
 }
 
+// startLocked starts a task that the task set rules let start, once its
+// data-in fits in the read budget.
 func (s *session) startLocked(t *task) {
+	if !s.readAdmittedLocked(t) {
+		return
+	}
 	t.started = true
 	s.mu.blocked--
 	s.wg.Add(1)
@@ -383,6 +413,67 @@ func (s *session) startLocked(t *task) {
 	default:
 		s.wg.Add(1)
 		go s.worker(t)
+	}
+}
+
+// readAdmittedLocked counts a task's expected data-in in the read budget
+// before it starts. When it does not fit the task waits in readWait,
+// behind the session's tasks that wait already, still blocked in the task
+// set, and admitReads starts it later.
+func (s *session) readAdmittedLocked(t *task) bool {
+	if t.readCharged > 0 {
+		return true
+	}
+	n := t.readCharge()
+	if n == 0 {
+		return true
+	}
+	if t.readWaiting {
+		return false
+	}
+	if len(s.mu.readWait) == 0 && s.srv.reads.reserve(s, n) {
+		t.readCharged = n
+		return true
+	}
+	t.readWaiting = true
+	s.mu.readWait = append(s.mu.readWait, t)
+	return false
+}
+
+// readCharge is what a command with data-in counts in the read budget:
+// its Expected Data Transfer Length, or what its CDB reads if that is
+// more (a READ whose expected length is short still makes the Executor
+// read, and hold, every block it names), up to MaxTransferLength.
+func (t *task) readCharge() uint64 {
+	n := t.readLen
+	if m, ok := cdbDataInLength(t.cmd.CDB, scsi.BlockSize); ok {
+		n = max(n, min(m, t.sess.srv.cfg.MaxTransferLength))
+	}
+	return uint64(n)
+}
+
+// admitReads starts the tasks waiting for read budget, in order, as far
+// as the budget now allows. The caller holds no session lock.
+func (s *session) admitReads() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.mu.readWait) > 0 && !s.mu.ending {
+		t := s.mu.readWait[0]
+		if !t.aborted {
+			if !s.srv.reads.reserve(s, t.readCharge()) {
+				return
+			}
+			t.readCharged = t.readCharge()
+		}
+		s.mu.readWait[0] = nil
+		s.mu.readWait = s.mu.readWait[1:]
+		t.readWaiting = false
+		if !t.aborted {
+			s.startLocked(t)
+		}
+	}
+	if len(s.mu.readWait) == 0 {
+		s.mu.readWait = nil
 	}
 }
 
@@ -415,6 +506,7 @@ func (s *session) finish(t *task, res *scsi.Result) {
 		t.conn.kick()
 	}
 	s.srv.budget.wake()
+	s.srv.reads.wake()
 	for _, b := range chunks {
 		s.srv.bufs.put(b)
 	}
@@ -431,6 +523,10 @@ func (s *session) finishLocked(t *task, res *scsi.Result) (chunks []*[]byte) {
 		delete(s.mu.tasks, t.itt)
 	}
 	t.finished = true
+	// The write budget is given back, and the slots it withheld opened,
+	// before the response that carries the new MaxCmdSN is queued.
+	chunks = t.chunks
+	t.dropDataLocked()
 	if t.immediate {
 		s.mu.immediate--
 	} else {
@@ -438,14 +534,15 @@ func (s *session) finishLocked(t *task, res *scsi.Result) (chunks []*[]byte) {
 	}
 	if res != nil && !res.Aborted && !t.abortRequested && !s.mu.ending {
 		t.responded = true
+		// The read budget goes with the response, given back once it
+		// is written.
 		t.conn.queueResponse(t, res)
 	}
+	t.releaseReadLocked()
 	if t.doneCh != nil {
 		close(t.doneCh)
 	}
 	s.rescanLocked()
-	chunks = t.chunks
-	t.dropDataLocked()
 	return chunks
 }
 
@@ -454,10 +551,20 @@ func (s *session) finishLocked(t *task, res *scsi.Result) (chunks []*[]byte) {
 // sess.mu). The buffers go back to the pool only from a task that ran:
 // the reader may still be receiving into those of an aborted one.
 func (t *task) dropDataLocked() {
-	t.sess.srv.budget.release(t.sess, t.charged)
-	t.charged = 0
+	t.sess.srv.budget.release(t.sess, t.charged, t.resv)
+	t.charged, t.resv = 0, 0
 	t.chunks = nil
 	t.cmd.DataOut = nil
+	t.sess.payLocked()
+}
+
+// releaseReadLocked gives back the read budget a task still holds (its
+// response did not take it: there was none, or it had no data-in).
+func (t *task) releaseReadLocked() {
+	if t.readCharged > 0 {
+		t.sess.srv.reads.release(t.sess, 0, t.readCharged)
+		t.readCharged = 0
+	}
 }
 
 // abortLocalLocked aborts a task that has not started: it is forgotten
@@ -468,6 +575,7 @@ func (s *session) abortLocalLocked(t *task) {
 	}
 	t.aborted = true
 	t.dropDataLocked()
+	t.releaseReadLocked()
 	if s.mu.tasks[t.itt] == t {
 		delete(s.mu.tasks, t.itt)
 	}
@@ -502,6 +610,7 @@ func (s *session) abortLocalLocked(t *task) {
 // for its own session; other sessions' readers may call it for
 // LUN-wide and target-wide functions.
 func (s *session) abortWhere(match func(*task) bool) (running []*task) {
+	defer s.srv.reads.wake()
 	defer s.srv.budget.wake()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -575,9 +684,10 @@ func (s *session) end() {
 			}
 		}
 		s.mu.pending = make(map[uint32]*pendingEntry)
-		s.mu.r2tWait = nil
+		s.mu.r2tWait, s.mu.readWait = nil, nil
 		s.mu.Unlock()
 		s.srv.budget.wake()
+		s.srv.reads.wake()
 		s.wg.Wait()
 		s.srv.unregister(s)
 		if !s.discovery {

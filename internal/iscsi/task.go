@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/metro-storage/metro/internal/scsi"
 )
@@ -39,17 +40,28 @@ type task struct {
 	r2tTTT    uint32
 	r2tEnd    uint32 // offset the current R2T's data ends at
 	r2tSN     uint32 // R2Ts sent so far
+	// dataSince is when the data-out now awaited was asked for (the
+	// command with an unsolicited burst, or the last R2T; UnixNano).
+	dataSince int64
 	// chunks hold the data kept so far, one buffer per burst in order
 	// (the last one starting at chunkAt) until the last burst, which
 	// goes into one buffer of need bytes with the earlier ones copied
 	// in, so that the Executor gets the data in one piece.
 	chunks  []*[]byte
 	chunkAt uint32
-	// charged is what the task counts in the write budget; reserved is
-	// set once its solicited data is counted, waiting while it waits for
-	// that in sess.mu.r2tWait.
-	charged           uint64
+	// charged is the unsolicited data the task counts in the write
+	// budget, resv its solicited data; reserved is set once that is
+	// counted, waiting while it waits for that in sess.mu.r2tWait.
+	charged, resv     uint64
 	reserved, waiting bool
+	// refused is set when its unsolicited data did not fit the write
+	// budget: the data is dropped and the command answered TASK SET
+	// FULL.
+	refused bool
+	// readCharged is the data-in the task counts in the read budget,
+	// readWaiting set while it waits for that in sess.mu.readWait.
+	readCharged uint64
+	readWaiting bool
 
 	// Guarded by sess.mu.
 	ready          bool // data-out complete
@@ -209,15 +221,25 @@ func (c *conn) handleSCSICommand(h *bhs, ahs []byte) error {
 	// complete: a Data-Out that follows finds no burst and is discarded.
 	unsolOpen := t.write && !h.final() && imm < t.unsolEnd
 	// Immediate and unsolicited data come unasked: their buffer (that
-	// burst, no more) is made and counted now.
+	// burst, no more) is made and counted now, if the write budget
+	// admits it; if not, the data is dropped as it comes and the command
+	// answered TASK SET FULL (advanceLocked).
 	first := imm
 	if unsolOpen {
 		first = t.unsolEnd
 	}
+	keep := min(first, t.need)
+	if !s.srv.budget.admitUnsolicited(s, uint64(keep)) {
+		t.refused, t.need, keep = true, 0, 0
+	}
 	s.mu.Lock()
 	t.received = imm
 	t.unsolOpen = unsolOpen
-	dst := t.addChunkLocked(0, min(first, t.need))
+	if unsolOpen {
+		t.dataSince = time.Now().UnixNano()
+	}
+	t.charged = uint64(keep)
+	dst := t.addChunkLocked(0, keep)
 	s.mu.Unlock()
 	if err := c.rd.readData(h, dst[:min(imm, uint32(len(dst)))]); err != nil {
 		return err
@@ -266,6 +288,11 @@ func (s *session) advanceLocked(t *task) {
 	if t.unsolOpen || t.r2tActive || t.aborted || s.mu.ending {
 		return
 	}
+	if t.refused {
+		t.conn.log.Debug("iscsi write refused: its unsolicited data does not fit the write budget", "itt", t.itt, "cmdsn", t.cmdSN)
+		t.conn.endTaskLocked(t, &scsi.Result{Status: scsi.StatusTaskSetFull})
+		return
+	}
 	if t.received < t.writeLen {
 		s.solicitLocked(t)
 		return
@@ -274,18 +301,13 @@ func (s *session) advanceLocked(t *task) {
 	s.dataCompleteLocked(t)
 }
 
-// addChunkLocked makes (and counts, unless the task's solicited data is
-// counted already) the buffer for the data kept of a burst starting at
-// off, n bytes long, and returns it. An aborted task gets none: its data
-// is dropped.
+// addChunkLocked makes the buffer for the data kept of a burst starting
+// at off, n bytes long (counted in the write budget already), and returns
+// it. An aborted task gets none: its data is dropped.
 func (t *task) addChunkLocked(off, n uint32) []byte {
 	s := t.sess
 	if n == 0 || t.aborted || s.mu.ending {
 		return nil
-	}
-	if !t.reserved {
-		s.srv.budget.charge(s, uint64(n))
-		t.charged += uint64(n)
 	}
 	b := s.srv.bufs.get(int(n))
 	t.chunks = append(t.chunks, b)
@@ -332,7 +354,8 @@ func (t *task) trimLocked() {
 	if extra := len(*last) - keep; extra > 0 && !t.reserved {
 		*last = (*last)[:keep]
 		t.charged -= uint64(extra)
-		t.sess.srv.budget.release(t.sess, uint64(extra))
+		t.sess.srv.budget.release(t.sess, uint64(extra), 0)
+		t.sess.payLocked()
 	}
 }
 
@@ -376,10 +399,10 @@ func (s *session) solicitLocked(t *task) {
 // reserveLocked counts the rest of a write's data in the budget.
 func (s *session) reserveLocked(t *task) bool {
 	rest := uint64(t.need - t.stored())
-	if rest > 0 && !s.srv.budget.reserve(s, t.charged, rest) {
+	if rest > 0 && !s.srv.budget.reserve(s, rest) {
 		return false
 	}
-	t.charged += rest
+	t.resv = rest
 	t.reserved = true
 	return true
 }
@@ -411,6 +434,7 @@ func (s *session) sendR2TLocked(t *task) {
 	c := t.conn
 	length := min(t.writeLen-t.received, s.p.MaxBurstLength)
 	t.r2tActive = true
+	t.dataSince = time.Now().UnixNano()
 	t.r2tTTT = s.newTTT()
 	t.r2tEnd = t.received + length
 	t.dataSN = 0
@@ -565,6 +589,13 @@ func (c *conn) failTask(t *task, sense scsi.Sense, why string) {
 // budget's waiters once it released the lock.
 func (c *conn) failTaskLocked(t *task, sense scsi.Sense, why string) {
 	c.log.Warn("iscsi write terminated: bad Data-Out", "itt", t.itt, "cmdsn", t.cmdSN, "why", why, "sense", sense.String())
+	c.endTaskLocked(t, &scsi.Result{Status: scsi.StatusCheckCondition, Sense: sense.Bytes()})
+}
+
+// endTaskLocked ends a task that has not started with res, without
+// running it: its slot and budget are freed (the caller wakes the
+// budgets' waiters once it released sess.mu) and res queued.
+func (c *conn) endTaskLocked(t *task, res *scsi.Result) {
 	s := t.sess
 	if t.aborted || t.started {
 		return
@@ -575,8 +606,33 @@ func (c *conn) failTaskLocked(t *task, sense scsi.Sense, why string) {
 	if s.mu.ending {
 		return
 	}
-	c.queueResponse(t, &scsi.Result{Status: scsi.StatusCheckCondition, Sense: sense.Bytes()})
+	c.queueResponse(t, res)
 	c.out.wake()
+}
+
+// expireDataOut terminates the writes whose awaited data-out (an
+// unsolicited burst, or the burst of an R2T) has not all come within
+// DataOutTimeout, with CHECK CONDITION (ABORTED COMMAND, INITIATOR
+// RESPONSE TIMEOUT): the write budget a silent host holds is given back to
+// the writes waiting for it. Called by the connection's writer goroutine.
+func (s *session) expireDataOut(now time.Time) {
+	timeout := s.srv.cfg.DataOutTimeout
+	expired := false
+	s.mu.Lock()
+	for _, t := range s.mu.tasks {
+		if t.aborted || t.started || !(t.unsolOpen || t.r2tActive) || now.Sub(time.Unix(0, t.dataSince)) < timeout {
+			continue
+		}
+		t.conn.log.Warn("iscsi write terminated: its data-out did not come in time", "itt", t.itt, "cmdsn", t.cmdSN,
+			"timeout", timeout, "received", t.received, "expected", t.writeLen)
+		t.conn.endTaskLocked(t, &scsi.Result{Status: scsi.StatusCheckCondition, Sense: senseInitiatorResponseTimeout().Bytes()})
+		expired = true
+	}
+	s.mu.Unlock()
+	if expired {
+		s.srv.budget.wake()
+		s.srv.reads.wake()
+	}
 }
 
 // Sense data for Data-Out failures (SPC-4 and RFC 7143 11.4.7.2), all
@@ -603,6 +659,10 @@ func senseUnexpectedUnsolicited() scsi.Sense {
 
 func senseIncorrectAmountOfData() scsi.Sense {
 	return scsi.Sense{Key: scsi.KeyAbortedCommand, ASC: 0x0c, ASCQ: 0x0d}
+}
+
+func senseInitiatorResponseTimeout() scsi.Sense {
+	return scsi.Sense{Key: scsi.KeyAbortedCommand, ASC: 0x4b, ASCQ: 0x06}
 }
 
 func senseProtocolCRCError() scsi.Sense {
