@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/metro-storage/metro/internal/scsi"
@@ -292,23 +293,51 @@ func (c *conn) abortTask(h *bhs, lun uint64) error {
 	return nil
 }
 
-// taskSetTMF implements the functions that act on a task set: ABORT TASK
-// SET (this nexus), CLEAR TASK SET and LOGICAL UNIT RESET (every nexus of
-// the LU), TARGET WARM and COLD RESET (everything).
+// taskSetTMF implements the functions that act on a task set, each
+// confined to what the caller can see, because every host of the array
+// may send them and none may disturb another's volumes:
+//   - ABORT TASK SET: the caller's own tasks for the LUN;
+//   - CLEAR TASK SET and LOGICAL UNIT RESET: the logical unit behind the
+//     caller's LUN, in every session that reaches it, at whatever LUN
+//     number that session uses (SAM-5), and no other unit, even where
+//     another host's LUN has the same number;
+//   - TARGET WARM RESET: every logical unit the caller sees, in every
+//     session that reaches one (a logical unit reset of each);
+//   - TARGET COLD RESET: the same, after which the caller's own
+//     connection is closed. RFC 7143 has a cold reset close every
+//     session of every initiator; on an array shared by many hosts that
+//     would let any host cut all the others off, so it is confined to
+//     the caller's view like the warm reset: the caller sees the whole
+//     reset (its units reset, its session ended), other hosts see only
+//     the unit attention of units they share with it. Refusing it, as
+//     LIO does by default (it refuses both target resets), would have
+//     been the other safe choice; this one keeps what initiators and
+//     conformance suites expect of a target reset (tasks aborted, SCSI-2
+//     reservations released) on the caller's units.
+//
+// Tasks not started yet are dropped here; the executor aborts the running
+// ones and resets the units.
 func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 	s := c.sess
-	match := func(t *task) bool { return t.cmd.LUN == lun }
-	wide := fn != scsi.AbortTaskSet
-	if fn == scsi.TargetWarmReset || fn == scsi.TargetColdReset {
-		match = func(*task) bool { return true }
+	scope := c.tmfScope(fn, lun)
+	var running []*task
+	if match := scope(s); match != nil {
+		running, _ = s.abortScoped(match)
 	}
-	running := s.abortWhere(match)
-	var others []*session
-	if wide {
+	if fn != scsi.AbortTaskSet {
+		lus, _ := c.srv.cfg.Executor.(LogicalUnits)
 		for _, o := range c.srv.allSessions() {
-			if o != s && !o.discovery {
-				others = append(others, o)
-				o.abortWhere(match)
+			if o == s || o.discovery {
+				continue
+			}
+			match := scope(o)
+			if match == nil {
+				continue
+			}
+			if _, dropped := o.abortScoped(match); fn == scsi.ClearTaskSet && lus != nil {
+				for _, l := range dropped {
+					lus.TasksCleared(o.nexus, l)
+				}
 			}
 		}
 	}
@@ -330,14 +359,79 @@ func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 		if !waitAll(s, waits) {
 			return
 		}
-		cold := fn == scsi.TargetColdReset && resp == scsi.TMFComplete
-		c.queueTMF(h, resp, cold)
-		if cold {
-			for _, o := range others {
-				o.terminate()
+		c.queueTMF(h, resp, fn == scsi.TargetColdReset && resp == scsi.TMFComplete)
+	}()
+}
+
+// tmfScope returns, for a task-set function from this connection's
+// session, which tasks of a session o it acts on (nil: none). Sessions
+// name logical units by their own LUN numbers, so for the functions that
+// reach beyond the caller's session the units are matched by the names
+// the executor gives them (LogicalUnits), resolved with each session's
+// own nexus. An executor that gives no names confines every function to
+// the caller's session.
+func (c *conn) tmfScope(fn scsi.TMF, lun uint64) func(o *session) func(*task) bool {
+	s := c.sess
+	targetReset := fn == scsi.TargetWarmReset || fn == scsi.TargetColdReset
+	lus, named := c.srv.cfg.Executor.(LogicalUnits)
+	if fn == scsi.AbortTaskSet || !named {
+		return func(o *session) func(*task) bool {
+			switch {
+			case o != s:
+				return nil
+			case targetReset:
+				return func(*task) bool { return true }
+			}
+			return func(t *task) bool { return t.cmd.LUN == lun }
+		}
+	}
+	var units []string
+	if targetReset {
+		units = lus.LogicalUnitsOf(s.nexus)
+	} else if u, ok := lus.LogicalUnitOf(s.nexus, lun); ok {
+		units = []string{u}
+	}
+	return func(o *session) func(*task) bool {
+		var luns []uint64
+		for _, l := range o.taskLUNs() {
+			if u, ok := lus.LogicalUnitOf(o.nexus, l); ok && slices.Contains(units, u) {
+				luns = append(luns, l)
 			}
 		}
-	}()
+		if len(luns) == 0 {
+			return nil
+		}
+		return func(t *task) bool { return slices.Contains(luns, t.cmd.LUN) }
+	}
+}
+
+// taskLUNs returns the LUNs the session's unfinished tasks address, each
+// once.
+func (s *session) taskLUNs() []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var luns []uint64
+	for _, t := range s.mu.tasks {
+		if !slices.Contains(luns, t.cmd.LUN) {
+			luns = append(luns, t.cmd.LUN)
+		}
+	}
+	return luns
+}
+
+// abortScoped is abortWhere that also returns the LUNs of the tasks it
+// dropped (those not started).
+func (s *session) abortScoped(match func(*task) bool) (running []*task, dropped []uint64) {
+	running = s.abortWhere(func(t *task) bool {
+		if !match(t) {
+			return false
+		}
+		if !t.started && !slices.Contains(dropped, t.cmd.LUN) {
+			dropped = append(dropped, t.cmd.LUN)
+		}
+		return true
+	})
+	return running, dropped
 }
 
 // waitAll waits for the channels, giving up when the session ends.

@@ -517,8 +517,8 @@ func (s *session) waitRunning() []chan struct{} {
 	return waits
 }
 
-// terminate ends the session from outside (reinstatement, target cold
-// reset): its connection is closed and the connection's teardown ends it.
+// terminate ends the session from outside (reinstatement): its
+// connection is closed and the connection's teardown ends it.
 func (s *session) terminate() {
 	s.mu.Lock()
 	c := s.mu.conn

@@ -244,6 +244,7 @@ func TestTMFUnsupported(t *testing.T) {
 }
 
 func TestTargetColdReset(t *testing.T) {
+	// The cold reset ends the caller's session only (see taskSetTMF).
 	h := newHarness(t, nil)
 	other := h.dial()
 	other.isid[5] = 0x21
@@ -256,7 +257,9 @@ func TestTargetColdReset(t *testing.T) {
 		t.Fatalf("response %d", resp[2])
 	}
 	in.expectClosed()
-	other.expectClosed()
+	if res := other.do(tur, cmdOpts{}); res.status != 0 {
+		t.Fatalf("the other session after a cold reset: status %d", res.status)
+	}
 }
 
 func TestTargetNopPing(t *testing.T) {
