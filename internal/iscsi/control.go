@@ -3,6 +3,7 @@ package iscsi
 import (
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/metro-storage/metro/internal/scsi"
 )
@@ -165,8 +166,9 @@ const (
 )
 
 // handleLogout ends the session: tasks not yet started are dropped, the
-// running ones waited for, then the Logout Response is sent and the
-// connection closed.
+// running ones and the task management functions received before waited
+// for (their responses precede it), then the Logout Response is sent and
+// the connection closed.
 func (c *conn) handleLogout(h *bhs) error {
 	s := c.sess
 	reason := h.flags() & 0x7f
@@ -186,18 +188,14 @@ func (c *conn) handleLogout(h *bhs) error {
 	s.mu.Unlock()
 	s.abortWhere(func(*task) bool { return true })
 	waits := s.waitRunning()
+	waits = append(waits, s.tmfs.idle())
 	hdr := *h
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		for _, w := range waits {
-			select {
-			case <-w:
-			case <-s.ctx.Done():
-				return
-			}
+		if waitAll(s, waits) {
+			c.queueLogout(&hdr, logoutOK, true)
 		}
-		c.queueLogout(&hdr, logoutOK, true)
 	}()
 	return nil
 }
@@ -265,9 +263,7 @@ func (c *conn) abortTask(h *bhs, lun uint64) error {
 		c.queueTMF(h, scsi.TMFComplete, false)
 		return nil
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.goTMF(func() {
 		resp := c.srv.cfg.Executor.TaskManagement(s.ctx, s.nexus, scsi.AbortTask, lun, ref)
 		var waits []chan struct{}
 		s.mu.Lock()
@@ -289,7 +285,7 @@ func (c *conn) abortTask(h *bhs, lun uint64) error {
 			return
 		}
 		c.queueTMF(h, resp, false)
-	}()
+	})
 	return nil
 }
 
@@ -342,9 +338,7 @@ func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 		}
 	}
 	ref := h.refTag()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.goTMF(func() {
 		resp := c.srv.cfg.Executor.TaskManagement(s.ctx, s.nexus, fn, lun, ref)
 		var waits []chan struct{}
 		if resp == scsi.TMFComplete {
@@ -360,7 +354,59 @@ func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 			return
 		}
 		c.queueTMF(h, resp, fn == scsi.TargetColdReset && resp == scsi.TMFComplete)
+	})
+}
+
+// goTMF runs the rest of a task management function, which waits for the
+// executor and for tasks, on a goroutine of the session.
+func (s *session) goTMF(f func()) {
+	s.tmfs.add()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.tmfs.done()
+		f()
 	}()
+}
+
+// tmfTracker counts a session's task management functions not answered
+// yet, for a logout to answer after them.
+type tmfTracker struct {
+	mu sync.Mutex
+	n  int
+	// zero is closed when n drops to 0 (nil while n is 0).
+	zero chan struct{}
+}
+
+func (tr *tmfTracker) add() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.n == 0 {
+		tr.zero = make(chan struct{})
+	}
+	tr.n++
+}
+
+func (tr *tmfTracker) done() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.n--; tr.n == 0 {
+		close(tr.zero)
+		tr.zero = nil
+	}
+}
+
+// idle returns a channel closed once the functions counted now are
+// answered.
+func (tr *tmfTracker) idle() chan struct{} {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.zero == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return tr.zero
 }
 
 // tmfScope returns, for a task-set function from this connection's

@@ -44,6 +44,8 @@ type session struct {
 	endOnce sync.Once
 	// wg counts tasks, task-management goroutines and workers.
 	wg sync.WaitGroup
+	// tmfs counts the task management functions not answered yet.
+	tmfs tmfTracker
 	// work hands a started task to an idle worker; when none is idle a
 	// new worker is started. Workers live until the session ends, so
 	// their stacks are grown once rather than for every command.
