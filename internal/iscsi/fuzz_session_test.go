@@ -75,6 +75,11 @@ const (
 	// fuzzWait bounds every wait for the target (a ping's answer, a
 	// write the target must read, Close): missing it is a wedge.
 	fuzzWait = 10 * time.Second
+	// fuzzSlack is how long a session waits in all for what may never
+	// come and is no failure: an answer once raw bytes may have broken
+	// the framing, the command window to open (tasks waiting for data
+	// may keep it shut).
+	fuzzSlack = 50 * time.Millisecond
 )
 
 // fuzzLengths are the lengths the input chooses among for negotiated
@@ -261,6 +266,8 @@ type fuzzSess struct {
 	// framed is cleared once raw bytes may have broken the PDU framing:
 	// the target may then wait for bytes that never come.
 	framed bool
+	// slack is what is left of fuzzSlack.
+	slack time.Duration
 
 	expStatSN atomic.Uint32
 	maxCmdSN  atomic.Uint32
@@ -307,6 +314,7 @@ func newFuzzSess(t *testing.T, l *pipenet.Listener, name string, keys []kv, stat
 		cmdSN:         in.cmdSN,
 		itt:           0x1000,
 		framed:        true,
+		slack:         fuzzSlack,
 		done:          make(chan struct{}),
 		notify:        make(chan struct{}, 1),
 	}
@@ -373,14 +381,15 @@ func (s *fuzzSess) read(rd pduReader) {
 }
 
 // waitWindow waits, as an initiator does, until the target's command
-// window admits CmdSN sn, for up to a second (tasks waiting for data
-// that never comes may keep it shut).
+// window admits CmdSN sn, out of the session's slack.
 func (s *fuzzSess) waitWindow(sn uint32) {
-	if !snLess(s.maxCmdSN.Load(), sn) {
+	if !snLess(s.maxCmdSN.Load(), sn) || s.slack <= 0 {
 		return
 	}
 	s.flush()
-	timeout := time.NewTimer(time.Second)
+	start := time.Now()
+	defer func() { s.slack -= time.Since(start) }()
+	timeout := time.NewTimer(s.slack)
 	defer timeout.Stop()
 	for snLess(s.maxCmdSN.Load(), sn) && !s.broken {
 		select {
@@ -484,14 +493,22 @@ func (s *fuzzSess) logout() {
 
 // await flushes and waits for the answer to the NOP-Out or Logout Request
 // sent with itt; it reports whether it came (false: the connection
-// ended). No answer within fuzzWait on a connection whose framing is
-// intact is a wedge.
+// ended, or the framing is lost and no answer came soon). No answer
+// within fuzzWait on a connection whose framing is intact is a wedge.
 func (s *fuzzSess) await(itt uint32, what string) bool {
 	s.flush()
 	if s.broken {
 		return false
 	}
-	timeout := time.NewTimer(fuzzWait)
+	wait := fuzzWait
+	if !s.framed {
+		// The target may be waiting for the rest of a PDU the raw bytes
+		// began: give up soon and stop sending.
+		wait = max(s.slack, 0)
+		start := time.Now()
+		defer func() { s.slack -= time.Since(start) }()
+	}
+	timeout := time.NewTimer(wait)
 	defer timeout.Stop()
 	for {
 		s.mu.Lock()
