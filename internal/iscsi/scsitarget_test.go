@@ -15,6 +15,10 @@ import (
 // A real SCSI target for the tests that need one: a scsi.Target over
 // logical units on a store in Pebble's in-memory filesystem.
 
+// The SCSI target names the logical units behind LUNs, so that task
+// management reaches the same unit through every session.
+var _ LogicalUnits = (*scsi.Target)(nil)
+
 // memStore is the store every such test shares (opening one costs more
 // than most tests); each logical unit gets a volume of its own.
 var memStore = sync.OnceValues(func() (*store.Store, error) {
