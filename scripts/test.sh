@@ -23,14 +23,18 @@ go test -race -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e) 2>&1 | 
 # duration, Go's fuzz coordinator (go1.26) can report its own deadline as
 # a failure, "context deadline exceeded", with no failing input
 # (golang/go#75804). Counts are about 10 s of each target here; the
-# store's model test is ~100× slower per input than the rest.
+# store's model test is ~100× slower per input than the rest, and the
+# iSCSI session target (a login, a real SCSI target and a teardown per
+# input, and a corpus of some 500 inputs to replay first) takes ~15 s
+# for 5000.
 # Minimisation of new interesting inputs is capped as well.
-echo "== fuzz (${FUZZEXECS:=20000} executions each; FuzzModel ${FUZZEXECS_MODEL:=2000})"
+echo "== fuzz (${FUZZEXECS:=20000} executions each; FuzzModel ${FUZZEXECS_MODEL:=2000}, FuzzSession ${FUZZEXECS_SESSION:=5000})"
 for pkg in $(go list ./... | grep -v /test/e2e); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/func //'); do
     n=$FUZZEXECS
     [ "$f" = FuzzModel ] && n=$FUZZEXECS_MODEL
+    [ "$f" = FuzzSession ] && n=$FUZZEXECS_SESSION
     echo "-- $pkg $f"
     go test -run '^$' -fuzz "^${f}\$" -fuzztime "${n}x" -fuzzminimizetime 1s "$pkg" >/tmp/metro-fuzz.log 2>&1 || { cat /tmp/metro-fuzz.log; exit 1; }
   done

@@ -1,7 +1,9 @@
 package iscsi
 
 import (
+	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/metro-storage/metro/internal/scsi"
 )
@@ -164,8 +166,9 @@ const (
 )
 
 // handleLogout ends the session: tasks not yet started are dropped, the
-// running ones waited for, then the Logout Response is sent and the
-// connection closed.
+// running ones and the task management functions received before waited
+// for (their responses precede it), then the Logout Response is sent and
+// the connection closed.
 func (c *conn) handleLogout(h *bhs) error {
 	s := c.sess
 	reason := h.flags() & 0x7f
@@ -185,19 +188,15 @@ func (c *conn) handleLogout(h *bhs) error {
 	s.mu.Unlock()
 	s.abortWhere(func(*task) bool { return true })
 	waits := s.waitRunning()
+	waits = append(waits, s.tmfs.idle())
 	hdr := *h
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer c.srv.recoverPanic(c.log, "a logout", c.close)
-		for _, w := range waits {
-			select {
-			case <-w:
-			case <-s.ctx.Done():
-				return
-			}
+		if waitAll(s, waits) {
+			c.queueLogout(&hdr, logoutOK, true)
 		}
-		c.queueLogout(&hdr, logoutOK, true)
 	}()
 	return nil
 }
@@ -265,9 +264,7 @@ func (c *conn) abortTask(h *bhs, lun uint64) error {
 		c.queueTMF(h, scsi.TMFComplete, false)
 		return nil
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.goTMF(func() {
 		resp := c.srv.cfg.Executor.TaskManagement(s.ctx, s.nexus, scsi.AbortTask, lun, ref)
 		var waits []chan struct{}
 		s.mu.Lock()
@@ -289,34 +286,60 @@ func (c *conn) abortTask(h *bhs, lun uint64) error {
 			return
 		}
 		c.queueTMF(h, resp, false)
-	}()
+	})
 	return nil
 }
 
-// taskSetTMF implements the functions that act on a task set: ABORT TASK
-// SET (this nexus), CLEAR TASK SET and LOGICAL UNIT RESET (every nexus of
-// the LU), TARGET WARM and COLD RESET (everything).
+// taskSetTMF implements the functions that act on a task set, each
+// confined to what the caller can see, because every host of the array
+// may send them and none may disturb another's volumes:
+//   - ABORT TASK SET: the caller's own tasks for the LUN;
+//   - CLEAR TASK SET and LOGICAL UNIT RESET: the logical unit behind the
+//     caller's LUN, in every session that reaches it, at whatever LUN
+//     number that session uses (SAM-5), and no other unit, even where
+//     another host's LUN has the same number;
+//   - TARGET WARM RESET: every logical unit the caller sees, in every
+//     session that reaches one (a logical unit reset of each);
+//   - TARGET COLD RESET: the same, after which the caller's own
+//     connection is closed. RFC 7143 has a cold reset close every
+//     session of every initiator; on an array shared by many hosts that
+//     would let any host cut all the others off, so it is confined to
+//     the caller's view like the warm reset: the caller sees the whole
+//     reset (its units reset, its session ended), other hosts see only
+//     the unit attention of units they share with it. Refusing it, as
+//     LIO does by default (it refuses both target resets), would have
+//     been the other safe choice; this one keeps what initiators and
+//     conformance suites expect of a target reset (tasks aborted, SCSI-2
+//     reservations released) on the caller's units.
+//
+// Tasks not started yet are dropped here; the executor aborts the running
+// ones and resets the units.
 func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 	s := c.sess
-	match := func(t *task) bool { return t.cmd.LUN == lun }
-	wide := fn != scsi.AbortTaskSet
-	if fn == scsi.TargetWarmReset || fn == scsi.TargetColdReset {
-		match = func(*task) bool { return true }
+	scope := c.tmfScope(fn, lun)
+	var running []*task
+	if match := scope(s); match != nil {
+		running, _ = s.abortScoped(match)
 	}
-	running := s.abortWhere(match)
-	var others []*session
-	if wide {
+	if fn != scsi.AbortTaskSet {
+		lus, _ := c.srv.cfg.Executor.(LogicalUnits)
 		for _, o := range c.srv.allSessions() {
-			if o != s && !o.discovery {
-				others = append(others, o)
-				o.abortWhere(match)
+			if o == s || o.discovery {
+				continue
+			}
+			match := scope(o)
+			if match == nil {
+				continue
+			}
+			if _, dropped := o.abortScoped(match); fn == scsi.ClearTaskSet && lus != nil {
+				for _, l := range dropped {
+					lus.TasksCleared(o.nexus, l)
+				}
 			}
 		}
 	}
 	ref := h.refTag()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.goTMF(func() {
 		resp := c.srv.cfg.Executor.TaskManagement(s.ctx, s.nexus, fn, lun, ref)
 		var waits []chan struct{}
 		if resp == scsi.TMFComplete {
@@ -331,14 +354,132 @@ func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 		if !waitAll(s, waits) {
 			return
 		}
-		cold := fn == scsi.TargetColdReset && resp == scsi.TMFComplete
-		c.queueTMF(h, resp, cold)
-		if cold {
-			for _, o := range others {
-				o.terminate()
+		c.queueTMF(h, resp, fn == scsi.TargetColdReset && resp == scsi.TMFComplete)
+	})
+}
+
+// goTMF runs the rest of a task management function, which waits for the
+// executor and for tasks, on a goroutine of the session.
+func (s *session) goTMF(f func()) {
+	s.tmfs.add()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.tmfs.done()
+		defer s.srv.recoverPanic(s.srv.log, "a task management function", s.terminate)
+		f()
+	}()
+}
+
+// tmfTracker counts a session's task management functions not answered
+// yet, for a logout to answer after them.
+type tmfTracker struct {
+	mu sync.Mutex
+	n  int
+	// zero is closed when n drops to 0 (nil while n is 0).
+	zero chan struct{}
+}
+
+func (tr *tmfTracker) add() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.n == 0 {
+		tr.zero = make(chan struct{})
+	}
+	tr.n++
+}
+
+func (tr *tmfTracker) done() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.n--; tr.n == 0 {
+		close(tr.zero)
+		tr.zero = nil
+	}
+}
+
+// idle returns a channel closed once the functions counted now are
+// answered.
+func (tr *tmfTracker) idle() chan struct{} {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.zero == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return tr.zero
+}
+
+// tmfScope returns, for a task-set function from this connection's
+// session, which tasks of a session o it acts on (nil: none). Sessions
+// name logical units by their own LUN numbers, so for the functions that
+// reach beyond the caller's session the units are matched by the names
+// the executor gives them (LogicalUnits), resolved with each session's
+// own nexus. An executor that gives no names confines every function to
+// the caller's session.
+func (c *conn) tmfScope(fn scsi.TMF, lun uint64) func(o *session) func(*task) bool {
+	s := c.sess
+	targetReset := fn == scsi.TargetWarmReset || fn == scsi.TargetColdReset
+	lus, named := c.srv.cfg.Executor.(LogicalUnits)
+	if fn == scsi.AbortTaskSet || !named {
+		return func(o *session) func(*task) bool {
+			switch {
+			case o != s:
+				return nil
+			case targetReset:
+				return func(*task) bool { return true }
+			}
+			return func(t *task) bool { return t.cmd.LUN == lun }
+		}
+	}
+	var units []string
+	if targetReset {
+		units = lus.LogicalUnitsOf(s.nexus)
+	} else if u, ok := lus.LogicalUnitOf(s.nexus, lun); ok {
+		units = []string{u}
+	}
+	return func(o *session) func(*task) bool {
+		var luns []uint64
+		for _, l := range o.taskLUNs() {
+			if u, ok := lus.LogicalUnitOf(o.nexus, l); ok && slices.Contains(units, u) {
+				luns = append(luns, l)
 			}
 		}
-	}()
+		if len(luns) == 0 {
+			return nil
+		}
+		return func(t *task) bool { return slices.Contains(luns, t.cmd.LUN) }
+	}
+}
+
+// taskLUNs returns the LUNs the session's unfinished tasks address, each
+// once.
+func (s *session) taskLUNs() []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var luns []uint64
+	for _, t := range s.mu.tasks {
+		if !slices.Contains(luns, t.cmd.LUN) {
+			luns = append(luns, t.cmd.LUN)
+		}
+	}
+	return luns
+}
+
+// abortScoped is abortWhere that also returns the LUNs of the tasks it
+// dropped (those not started).
+func (s *session) abortScoped(match func(*task) bool) (running []*task, dropped []uint64) {
+	running = s.abortWhere(func(t *task) bool {
+		if !match(t) {
+			return false
+		}
+		if !t.started && !slices.Contains(dropped, t.cmd.LUN) {
+			dropped = append(dropped, t.cmd.LUN)
+		}
+		return true
+	})
+	return running, dropped
 }
 
 // waitAll waits for the channels, giving up when the session ends.

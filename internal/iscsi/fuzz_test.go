@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"runtime"
 	"testing"
 	"time"
 
@@ -155,59 +154,6 @@ func (nopExec) TaskManagement(context.Context, scsi.Nexus, scsi.TMF, uint64, uin
 	return scsi.TMFComplete
 }
 func (nopExec) NexusLost(scsi.Nexus) {}
-
-// FuzzSession logs in and then sends arbitrary bytes as full feature phase
-// PDUs: the target must never panic or hang, and must tear the session
-// down when the connection goes.
-func FuzzSession(f *testing.F) {
-	for _, s := range seedCommands() {
-		f.Add(s, false)
-	}
-	f.Fuzz(func(t *testing.T, in []byte, immediateData bool) {
-		watchdog := time.AfterFunc(30*time.Second, func() {
-			buf := make([]byte, 1<<20)
-			panic("FuzzSession hung:\n" + string(buf[:runtime.Stack(buf, true)]))
-		})
-		defer watchdog.Stop()
-		srv := NewServer(Config{Backend: newFakeBackend(), Executor: nopExec{}, NopInterval: -1, Logger: testLogger(t), MaxRecvDataSegmentLength: 8192})
-		l := pipenet.Listen("pipe:3260")
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(context.Background(), l) }()
-		defer func() {
-			srv.Close()
-			<-done
-		}()
-		nc, err := l.Dial(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ini := newInitiator(t, nc)
-		if _, err := ini.login(loginOpts{keys: []kv{{"ImmediateData", yesNo(immediateData)}}}); err != nil {
-			t.Fatal(err)
-		}
-		// Drain whatever the target answers so it never blocks on us.
-		drained := make(chan struct{})
-		go func() {
-			defer close(drained)
-			_, _ = io.Copy(io.Discard, nc)
-		}()
-		_ = nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, _ = nc.Write(in)
-		nc.Close()
-		<-drained
-		closed := make(chan struct{})
-		go func() {
-			srv.Close()
-			close(closed)
-		}()
-		select {
-		case <-closed:
-		case <-time.After(10 * time.Second):
-			buf := make([]byte, 1<<20)
-			t.Fatalf("server did not shut down:\n%s", buf[:runtime.Stack(buf, true)])
-		}
-	})
-}
 
 // FuzzLogin sends arbitrary bytes as the login phase.
 func FuzzLogin(f *testing.F) {

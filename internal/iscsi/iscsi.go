@@ -84,6 +84,29 @@ type DataOutSizer interface {
 	DataOutLength(n scsi.Nexus, lun uint64, cdb []byte) (length uint32, ok bool)
 }
 
+// LogicalUnits may be implemented by an Executor whose LUN numbers are
+// each initiator's names for logical units that several initiators share
+// (*scsi.Target implements it through its LUN masking). The transport
+// holds tasks of its own, queued in command order or waiting for their
+// data, and drops them itself for CLEAR TASK SET, LOGICAL UNIT RESET and
+// the target resets; it uses these names to drop exactly the tasks, in
+// every session, that address the logical units the function acts on,
+// whatever LUN number each session uses. An Executor without it shares
+// no names: those functions then drop queued tasks of the caller's own
+// session only.
+type LogicalUnits interface {
+	// LogicalUnitOf names the logical unit nexus n reaches at lun, the
+	// same name for every nexus and LUN that reach it; false when n
+	// reaches none there.
+	LogicalUnitOf(n scsi.Nexus, lun uint64) (unit string, ok bool)
+	// LogicalUnitsOf names every logical unit nexus n sees.
+	LogicalUnitsOf(n scsi.Nexus) []string
+	// TasksCleared reports that the transport dropped tasks of nexus n
+	// for lun before they reached Execute, for a CLEAR TASK SET received
+	// on another nexus (n gets COMMANDS CLEARED BY ANOTHER INITIATOR).
+	TasksCleared(n scsi.Nexus, lun uint64)
+}
+
 // CHAP holds the credentials for CHAP. A zero User means the target does
 // not require CHAP for that initiator.
 type CHAP struct {

@@ -48,6 +48,8 @@ type session struct {
 	endOnce sync.Once
 	// wg counts tasks, task-management goroutines and workers.
 	wg sync.WaitGroup
+	// tmfs counts the task management functions not answered yet.
+	tmfs tmfTracker
 	// work hands a started task to an idle worker; when none is idle a
 	// new worker is started. Workers live until the session ends, so
 	// their stacks are grown once rather than for every command.
@@ -659,8 +661,8 @@ func (s *session) waitRunning() []chan struct{} {
 	return waits
 }
 
-// terminate ends the session from outside (reinstatement, target cold
-// reset): its connection is closed and the connection's teardown ends it.
+// terminate ends the session from outside (reinstatement): its
+// connection is closed and the connection's teardown ends it.
 func (s *session) terminate() {
 	s.mu.Lock()
 	c := s.mu.conn

@@ -244,6 +244,7 @@ func TestTMFUnsupported(t *testing.T) {
 }
 
 func TestTargetColdReset(t *testing.T) {
+	// The cold reset ends the caller's session only (see taskSetTMF).
 	h := newHarness(t, nil)
 	other := h.dial()
 	other.isid[5] = 0x21
@@ -256,7 +257,9 @@ func TestTargetColdReset(t *testing.T) {
 		t.Fatalf("response %d", resp[2])
 	}
 	in.expectClosed()
-	other.expectClosed()
+	if res := other.do(tur, cmdOpts{}); res.status != 0 {
+		t.Fatalf("the other session after a cold reset: status %d", res.status)
+	}
 }
 
 func TestTargetNopPing(t *testing.T) {
@@ -371,4 +374,44 @@ func TestServeContextCancel(t *testing.T) {
 		}
 		in.expectClosed()
 	})
+}
+
+func TestLogoutAnswersAfterTMF(t *testing.T) {
+	// A logout received while a task management function is still with
+	// the executor is answered after it: the TMF response is not lost to
+	// the connection's close.
+	h := newHarness(t, nil)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the harness stops (cleanups run last first)
+	h.exec.tmfFn = func(scsi.TMF, uint64, uint32) scsi.TMFResponse {
+		<-release
+		return scsi.TMFComplete
+	}
+	in := h.dial()
+	in.mustLogin(loginOpts{})
+	tmf := in.sendTMF(byte(scsi.LogicalUnitReset), 0, reservedTag, 0, true)
+	var lo bhs
+	lo.setOpcode(opLogoutReq, true)
+	lo[1] = flagFinal
+	lo.setITT(in.nextITT())
+	lo.setField24(in.cmdSN)
+	in.mustSend(&lo, nil)
+	ping := in.nextITT()
+	in.sendNop(ping, nil, true, in.cmdSN)
+	// The ping's answer shows the logout was read; nothing may answer
+	// the logout before the TMF.
+	if r, _ := in.until(func(h *bhs) bool { return h.opcode() == opNopIn || h.opcode() == opLogoutResp }); r.opcode() != opNopIn {
+		t.Fatalf("got %s before the answer to the ping and to the TMF", r.opcode())
+	}
+	unblock()
+	r, _ := in.mustRecv()
+	if r.opcode() != opTMFResp || r.itt() != tmf {
+		t.Fatalf("got %s (ITT 0x%x), want the TMF response", r.opcode(), r.itt())
+	}
+	if r, _ := in.mustRecv(); r.opcode() != opLogoutResp {
+		t.Fatalf("got %s, want the Logout Response", r.opcode())
+	}
+	in.expectClosed()
 }

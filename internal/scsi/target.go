@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -280,6 +281,20 @@ func (t *Target) abortTasks(ctx context.Context, match func(*task) bool) []Nexus
 // TaskManagement performs a task management function received on nexus n
 // for LUN lun (refTag names the task for ABORT TASK). It returns when the
 // affected tasks have ended (or ctx is done).
+//
+// Every function is confined to what nexus n can reach, because an array
+// is shared by hosts that must not disturb one another:
+//   - ABORT TASK and ABORT TASK SET act on n's own tasks for the unit;
+//   - CLEAR TASK SET and LOGICAL UNIT RESET act on the logical unit behind
+//     lun, for every nexus that reaches it, whatever LUN number it uses
+//     (SAM-5): their tasks are aborted and they get the unit attention;
+//   - TARGET WARM RESET and TARGET COLD RESET reset every logical unit n
+//     can see (LUN masking) and nothing else: tasks on other volumes run
+//     on, their reservations stay and their nexuses get no unit
+//     attention. A host is given the target as it sees it; resetting the
+//     whole array would let any host abort every other host's I/O and
+//     release their reservations. The transport closes only the caller's
+//     own connection after a cold reset (see package iscsi).
 func (t *Target) TaskManagement(ctx context.Context, n Nexus, fn TMF, lun uint64, refTag uint32) TMFResponse {
 	switch fn {
 	case AbortTask:
@@ -313,8 +328,9 @@ func (t *Target) TaskManagement(ctx context.Context, n Nexus, fn TMF, lun uint64
 		}
 		return TMFComplete
 	case TargetWarmReset, TargetColdReset:
-		t.abortTasks(ctx, func(*task) bool { return true })
-		for _, lu := range t.knownLUs() {
+		lus := t.visibleLUs(n)
+		t.abortTasks(ctx, func(o *task) bool { return slices.Contains(lus, o.lu) })
+		for _, lu := range lus {
 			lu.reset(SensePowerOnReset())
 			lu.resetShared(ctx, false)
 		}
@@ -323,6 +339,60 @@ func (t *Target) TaskManagement(ctx context.Context, n Nexus, fn TMF, lun uint64
 		return TMFNotSupported
 	}
 	return TMFNotSupported
+}
+
+// visibleLUs returns the logical units nexus n sees, each once.
+func (t *Target) visibleLUs(n Nexus) []*LogicalUnit {
+	if t.resolver == nil {
+		return nil
+	}
+	var lus []*LogicalUnit
+	for _, lun := range t.resolver.LUNs(n.InitiatorName) {
+		if lu := t.lun(n, lun); lu != nil && !slices.Contains(lus, lu) {
+			lus = append(lus, lu)
+		}
+	}
+	return lus
+}
+
+// LogicalUnitOf names the logical unit nexus n reaches at lun: its unit
+// serial number, the same for every nexus and LUN number that reach the
+// unit. It reports false when n reaches no unit there. A transport that
+// holds tasks of its own before they reach Execute (queued in command
+// order, waiting for data) uses it to scope task management to the
+// logical unit rather than to a LUN number, which names different units
+// for different hosts.
+func (t *Target) LogicalUnitOf(n Nexus, lun uint64) (string, bool) {
+	if t.resolver == nil {
+		return "", false
+	}
+	lu := t.resolver.LUN(n.InitiatorName, lun)
+	if lu == nil {
+		return "", false
+	}
+	return lu.serial, true
+}
+
+// LogicalUnitsOf names (as LogicalUnitOf does) every logical unit nexus n
+// sees: the scope of a target reset from n.
+func (t *Target) LogicalUnitsOf(n Nexus) []string {
+	lus := t.visibleLUs(n)
+	names := make([]string, len(lus))
+	for i, lu := range lus {
+		names[i] = lu.serial
+	}
+	return names
+}
+
+// TasksCleared tells the target that the transport dropped tasks of nexus
+// n for lun before they reached Execute, because another nexus cleared
+// the unit's task set (CLEAR TASK SET): n gets the COMMANDS CLEARED BY
+// ANOTHER INITIATOR unit attention, as it would had the tasks been
+// running here.
+func (t *Target) TasksCleared(n Nexus, lun uint64) {
+	if lu := t.lun(n, lun); lu != nil {
+		lu.raiseNexus(n, SenseCommandsCleared())
+	}
 }
 
 // NexusLost forgets an I_T nexus that is gone (its session ended): its

@@ -3,6 +3,8 @@ package scsi
 import (
 	"bytes"
 	"context"
+	"maps"
+	"slices"
 	"testing"
 )
 
@@ -182,4 +184,137 @@ func TestSenseEncoding(t *testing.T) {
 	if s := SenseSpaceAllocFailed().String(); s != "7/27/07" {
 		t.Errorf("String %q", s)
 	}
+}
+
+// maskedResolver maps each initiator to its own LUNs (LUN masking), so
+// that one LUN number names different units for different hosts.
+type maskedResolver map[string]map[uint64]*LogicalUnit
+
+func (r maskedResolver) LUN(initiator string, lun uint64) *LogicalUnit { return r[initiator][lun] }
+
+func (r maskedResolver) LUNs(initiator string) []uint64 {
+	return slices.Sorted(maps.Keys(r[initiator]))
+}
+
+func (r maskedResolver) PortGroups(string, *LogicalUnit) []PortGroup { return nil }
+
+// sharedEnv is a target with two units behind LUN masking: nx(1) sees A
+// at LUN 0, nx(2) and nx(3) see B at LUN 0, nx(4) sees A at LUN 2. Both
+// units block the write at LBA 0 when their gate is armed.
+type sharedEnv struct {
+	*env
+	a, b         *LogicalUnit
+	gateA, gateB *gatedBackend
+}
+
+func newSharedEnv(t *testing.T) *sharedEnv {
+	e := &sharedEnv{env: newEnv(t)}
+	e.gateA = &gatedBackend{Backend: NewMemBackend(), release: make(chan struct{}), entered: make(chan int64, 1)}
+	e.gateB = &gatedBackend{Backend: NewMemBackend(), release: make(chan struct{}), entered: make(chan int64, 1)}
+	e.a = NewLogicalUnit(LUConfig{UUID: [16]byte{0xa}, Size: testSize, Backend: e.gateA})
+	e.b = NewLogicalUnit(LUConfig{UUID: [16]byte{0xb}, Size: testSize, Backend: e.gateB})
+	e.tgt = NewTarget(TargetConfig{Resolver: maskedResolver{
+		nx(1).InitiatorName: {0: e.a},
+		nx(2).InitiatorName: {0: e.b},
+		nx(3).InitiatorName: {0: e.b},
+		nx(4).InitiatorName: {2: e.a},
+	}})
+	for i := 1; i <= 4; i++ {
+		lun := uint64(0)
+		if i == 4 {
+			lun = 2
+		}
+		for range 20 {
+			if r := e.doLUN(nx(i), lun, []byte{opTestUnitReady}, nil); r.Status == StatusGood {
+				break
+			}
+		}
+	}
+	return e
+}
+
+// blockedWrite starts a write to LBA 0 of the unit n sees at lun that
+// blocks in gate until it is released or aborted.
+func (e *sharedEnv) blockedWrite(gate *gatedBackend, n Nexus, lun uint64, tag uint32) <-chan *Result {
+	gate.block(0)
+	done := make(chan *Result, 1)
+	go func() {
+		done <- e.tgt.Execute(context.Background(), &Command{Nexus: n, LUN: lun, Tag: tag, CDB: cdbRW16(opWrite16, 0, 1), DataOut: pattern(1, 1)})
+	}()
+	<-gate.entered
+	return done
+}
+
+func TestTargetResetConfinedToCallersUnits(t *testing.T) {
+	res6 := []byte{opReserve6, 0, 0, 0, 0, 0}
+	tur := []byte{opTestUnitReady}
+	for _, fn := range []TMF{TargetWarmReset, TargetColdReset} {
+		e := newSharedEnv(t)
+		// nx(2) holds a SCSI-2 reservation on B and has a write running on
+		// it; nx(1), which cannot see B, resets the target.
+		e.good(nx(2), res6, nil)
+		other := e.blockedWrite(e.gateB, nx(2), 0, 5)
+		if r := e.tgt.TaskManagement(t.Context(), nx(1), fn, 0, 0); r != TMFComplete {
+			t.Fatalf("tmf %d: %d", fn, r)
+		}
+		e.gateB.unblock()
+		if r := <-other; r.Aborted || r.Status != StatusGood {
+			t.Fatalf("tmf %d from a host that cannot see B ended B's write: %+v", fn, r)
+		}
+		if r := e.do(nx(2), tur, nil); r.Status != StatusGood {
+			t.Fatalf("tmf %d: the holder of B got %s after another host's target reset, want GOOD", fn, senseOf(r))
+		}
+		if r := e.do(nx(3), res6, nil); r.Status != StatusReservationConflict {
+			t.Fatalf("tmf %d released B's reservation: RESERVE from another host got %#x", fn, r.Status)
+		}
+		// A is reset for every nexus that reaches it, through any LUN.
+		e.check(nx(1), tur, nil, SensePowerOnReset())
+		expectSense(t, e.doLUN(nx(4), 2, tur, nil), SensePowerOnReset())
+	}
+}
+
+func TestLogicalUnitResetFollowsTheUnitNotTheLUN(t *testing.T) {
+	for _, fn := range []TMF{LogicalUnitReset, ClearTaskSet} {
+		e := newSharedEnv(t)
+		onB := e.blockedWrite(e.gateB, nx(2), 0, 1) // B at LUN 0
+		onA := e.blockedWrite(e.gateA, nx(4), 2, 2) // A at LUN 2
+		if r := e.tgt.TaskManagement(t.Context(), nx(1), fn, 0, 0); r != TMFComplete {
+			t.Fatalf("tmf %d: %d", fn, r)
+		}
+		if r := <-onA; !r.Aborted {
+			t.Fatalf("tmf %d on A through LUN 0 left A's task through LUN 2 running: %+v", fn, r)
+		}
+		e.gateB.unblock()
+		if r := <-onB; r.Aborted || r.Status != StatusGood {
+			t.Fatalf("tmf %d on A aborted B's task (both LUN 0): %+v", fn, r)
+		}
+		if r := e.do(nx(2), []byte{opTestUnitReady}, nil); r.Status != StatusGood {
+			t.Fatalf("tmf %d on A gave B's nexus %s", fn, senseOf(r))
+		}
+		want := SenseLUNReset()
+		if fn == ClearTaskSet {
+			want = SenseCommandsCleared()
+		}
+		expectSense(t, e.doLUN(nx(4), 2, []byte{opTestUnitReady}, nil), want)
+	}
+}
+
+func TestLogicalUnitNames(t *testing.T) {
+	e := newSharedEnv(t)
+	a1, ok1 := e.tgt.LogicalUnitOf(nx(1), 0)
+	a4, ok4 := e.tgt.LogicalUnitOf(nx(4), 2)
+	b2, ok2 := e.tgt.LogicalUnitOf(nx(2), 0)
+	if !ok1 || !ok4 || !ok2 || a1 != a4 || a1 == b2 {
+		t.Fatalf("names: A as %q/%q, B as %q", a1, a4, b2)
+	}
+	if _, ok := e.tgt.LogicalUnitOf(nx(4), 0); ok {
+		t.Fatal("a unit named at a LUN the initiator does not have")
+	}
+	if got := e.tgt.LogicalUnitsOf(nx(3)); !slices.Equal(got, []string{b2}) {
+		t.Fatalf("units of nx(3): %q", got)
+	}
+	// Tasks the transport dropped for a CLEAR TASK SET of another nexus
+	// raise COMMANDS CLEARED BY ANOTHER INITIATOR.
+	e.tgt.TasksCleared(nx(4), 2)
+	expectSense(t, e.doLUN(nx(4), 2, []byte{opTestUnitReady}, nil), SenseCommandsCleared())
 }
