@@ -322,7 +322,7 @@ func (c *conn) taskSetTMF(h *bhs, fn scsi.TMF, lun uint64) {
 		running, _ = s.abortScoped(match)
 	}
 	if fn != scsi.AbortTaskSet {
-		lus, _ := c.srv.cfg.Executor.(LogicalUnits)
+		lus := c.srv.units
 		for _, o := range c.srv.allSessions() {
 			if o == s || o.discovery {
 				continue
@@ -421,7 +421,8 @@ func (tr *tmfTracker) idle() chan struct{} {
 func (c *conn) tmfScope(fn scsi.TMF, lun uint64) func(o *session) func(*task) bool {
 	s := c.sess
 	targetReset := fn == scsi.TargetWarmReset || fn == scsi.TargetColdReset
-	lus, named := c.srv.cfg.Executor.(LogicalUnits)
+	lus := c.srv.units
+	named := lus != nil
 	if fn == scsi.AbortTaskSet || !named {
 		return func(o *session) func(*task) bool {
 			switch {

@@ -24,6 +24,9 @@ type Server struct {
 	// sizer is the Executor's DataOutSizer, if it has one (cfg.Executor
 	// is the guarded wrapper).
 	sizer DataOutSizer
+	// units is the Executor's LogicalUnits, if it has one (task
+	// management scope).
+	units LogicalUnits
 	// panics counts the panics contained (see recoverPanic).
 	panics atomic.Uint64
 	// budget bounds the write data held for commands, reads the read
@@ -74,6 +77,7 @@ func NewServer(cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.sizer, _ = cfg.Executor.(DataOutSizer)
+	s.units, _ = cfg.Executor.(LogicalUnits)
 	s.cfg.Executor = guardedExecutor{srv: s, inner: cfg.Executor}
 	s.budget.init(uint64(cfg.MaxWriteBytes), uint64(cfg.MaxSessionWriteBytes),
 		func(ss *session) *sessionBudget { return &ss.wb }, (*session).admitWaiting)
