@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -109,7 +107,8 @@ func TestHostileHost(t *testing.T) {
 		if err := syscall.Kill(a.PID, 0); err != nil {
 			t.Fatalf("%s (pid %d) is gone: %v", a.Name, a.PID, err)
 		}
-		t.Logf("%s: peak resident memory %s", a.Name, procStatus(a.PID, "VmHWM"))
+		_, hwm := procMemory(t, a.PID)
+		t.Logf("%s: peak resident memory %d MiB", a.Name, hwm>>20)
 	}
 	if t.Failed() {
 		return
@@ -384,18 +383,4 @@ func drainUntil(ctx context.Context, c *initiator.Conn) {
 			}
 		}
 	}
-}
-
-// procStatus returns a field of /proc/PID/status ("" when unreadable).
-func procStatus(pid int, field string) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
 }
