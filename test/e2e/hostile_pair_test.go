@@ -69,7 +69,7 @@ func TestHostileHost(t *testing.T) {
 
 	// The hostile host, against both arrays.
 	attacks := hostileAttacks()
-	var counts [len(hostileAttackNames)]atomic.Int64
+	var counts, reached [len(hostileAttackNames)]atomic.Int64
 	for i, a := range l.Info.Arrays {
 		for k := range 2 {
 			wg.Add(1)
@@ -79,7 +79,9 @@ func TestHostileHost(t *testing.T) {
 				for ctx.Err() == nil {
 					j := rng.IntN(len(attacks))
 					actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-					attacks[j](actx, a.Portal, a.Target, rng)
+					if attacks[j](actx, a.Portal, a.Target, rng) {
+						reached[j].Add(1)
+					}
 					acancel()
 					counts[j].Add(1)
 				}
@@ -92,9 +94,9 @@ func TestHostileHost(t *testing.T) {
 		t.Error(err)
 	}
 	for i, name := range hostileAttackNames {
-		t.Logf("attack %-22s %d times", name, counts[i].Load())
-		if counts[i].Load() < 3 {
-			t.Errorf("attack %s ran only %d times: the test did not do what it claims", name, counts[i].Load())
+		t.Logf("attack %-22s %d times, %d reached the target", name, counts[i].Load(), reached[i].Load())
+		if reached[i].Load() < 3 {
+			t.Errorf("attack %s reached the target only %d times: the test did not do what it claims", name, reached[i].Load())
 		}
 	}
 	t.Logf("good host: %d and %d verified writes through array-a and array-b", goodOps[0], goodOps[1])
@@ -170,7 +172,9 @@ var hostileAttackNames = [...]string{
 	"random PDUs", "half-sent logins", "garbage",
 }
 
-type hostileAttack func(ctx context.Context, portal, target string, rng *rand.Rand)
+// hostileAttack runs one attack and reports whether it reached the
+// target (logged in, or connected for the attacks before login).
+type hostileAttack func(ctx context.Context, portal, target string, rng *rand.Rand) bool
 
 func hostileAttacks() []hostileAttack {
 	return []hostileAttack{
@@ -208,14 +212,14 @@ func cmdHeader(c *initiator.Conn, flags byte, itt, edtl uint32, cdb []byte) *[48
 
 // attackTwoPDU sends a write with W set, F=0 and no data to transfer,
 // then a zero-length Data-Out (it crashed the array once).
-func attackTwoPDU(ctx context.Context, portal, target string, _ *rand.Rand) {
+func attackTwoPDU(ctx context.Context, portal, target string, _ *rand.Rand) bool {
 	c := badSession(ctx, portal, target)
 	if c == nil {
-		return
+		return false
 	}
 	defer c.Close()
 	if c.Params["InitialR2T"] != "No" {
-		return
+		return false
 	}
 	_ = c.SendPDU(cmdHeader(c, 0x20|0x01, 0x100, 0, []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0}), nil)
 	var d [48]byte
@@ -225,14 +229,15 @@ func attackTwoPDU(ctx context.Context, portal, target string, _ *rand.Rand) {
 	binary.BigEndian.PutUint32(d[20:24], 0xffffffff)
 	_ = c.SendPDU(&d, nil)
 	_ = c.TestUnitReady(0)
+	return true
 }
 
 // attackTMF sends every task management function for LUN 0 and LUN 1,
 // with writes in flight.
-func attackTMF(ctx context.Context, portal, target string, rng *rand.Rand) {
+func attackTMF(ctx context.Context, portal, target string, rng *rand.Rand) bool {
 	c := badSession(ctx, portal, target)
 	if c == nil {
-		return
+		return false
 	}
 	defer c.Close()
 	itt := uint32(0x200)
@@ -252,18 +257,19 @@ func attackTMF(ctx context.Context, portal, target string, rng *rand.Rand) {
 		binary.BigEndian.PutUint32(h[24:28], c.CmdSN())
 		binary.BigEndian.PutUint32(h[28:32], c.ExpStatSN())
 		if c.SendPDU(&h, nil) != nil {
-			return
+			return true
 		}
 	}
 	drainUntil(ctx, c)
+	return true
 }
 
 // attackWriteFlood fills the command window with writes that each declare
 // 64 MiB and never sends their data.
-func attackWriteFlood(ctx context.Context, portal, target string, _ *rand.Rand) {
+func attackWriteFlood(ctx context.Context, portal, target string, _ *rand.Rand) bool {
 	c := badSession(ctx, portal, target)
 	if c == nil {
-		return
+		return false
 	}
 	defer c.Close()
 	cdb := make([]byte, 16)
@@ -271,17 +277,18 @@ func attackWriteFlood(ctx context.Context, portal, target string, _ *rand.Rand) 
 	binary.BigEndian.PutUint32(cdb[10:14], 64<<20/512)
 	for i := range 128 {
 		if c.SendPDU(cmdHeader(c, 0x80|0x20|0x01, uint32(0x1000+i), 64<<20, cdb), nil) != nil {
-			return
+			return true
 		}
 	}
 	time.Sleep(2 * time.Second)
+	return true
 }
 
 // attackPingFlood sends pings with data and never reads the answers.
-func attackPingFlood(ctx context.Context, portal, target string, _ *rand.Rand) {
+func attackPingFlood(ctx context.Context, portal, target string, _ *rand.Rand) bool {
 	c := badSession(ctx, portal, target)
 	if c == nil {
-		return
+		return false
 	}
 	defer c.Close()
 	data := make([]byte, 8192)
@@ -294,17 +301,18 @@ func attackPingFlood(ctx context.Context, portal, target string, _ *rand.Rand) {
 		binary.BigEndian.PutUint32(h[24:28], c.NextCmdSN())
 		binary.BigEndian.PutUint32(h[28:32], c.ExpStatSN())
 		if c.SendPDU(&h, data) != nil {
-			return
+			return true
 		}
 	}
+	return true
 }
 
 // attackRandomPDUs sends PDUs with random opcodes, flags and fields
 // (well-framed: data segments within the negotiated limit).
-func attackRandomPDUs(ctx context.Context, portal, target string, rng *rand.Rand) {
+func attackRandomPDUs(ctx context.Context, portal, target string, rng *rand.Rand) bool {
 	c := badSession(ctx, portal, target)
 	if c == nil {
-		return
+		return false
 	}
 	defer c.Close()
 	ops := []byte{0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x10, 0x1c, 0x3f}
@@ -320,15 +328,16 @@ func attackRandomPDUs(ctx context.Context, portal, target string, rng *rand.Rand
 		}
 		data := make([]byte, rng.IntN(3)*rng.IntN(4096))
 		if c.SendPDU(&h, data) != nil {
-			return
+			return true
 		}
 	}
 	drainUntil(ctx, c)
+	return true
 }
 
 // attackHalfLogins opens connections that send half a login PDU and
 // wait.
-func attackHalfLogins(ctx context.Context, portal, _ string, _ *rand.Rand) {
+func attackHalfLogins(ctx context.Context, portal, _ string, _ *rand.Rand) bool {
 	var conns []net.Conn
 	defer func() {
 		for _, nc := range conns {
@@ -338,7 +347,7 @@ func attackHalfLogins(ctx context.Context, portal, _ string, _ *rand.Rand) {
 	for range 200 {
 		nc, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", portal)
 		if err != nil {
-			return
+			return len(conns) > 0
 		}
 		conns = append(conns, nc)
 		var h [48]byte
@@ -351,14 +360,15 @@ func attackHalfLogins(ctx context.Context, portal, _ string, _ *rand.Rand) {
 	case <-ctx.Done():
 	case <-time.After(time.Second):
 	}
+	return true
 }
 
 // attackGarbage sends random bytes on fresh connections.
-func attackGarbage(ctx context.Context, portal, _ string, rng *rand.Rand) {
+func attackGarbage(ctx context.Context, portal, _ string, rng *rand.Rand) bool {
 	for range 10 {
 		nc, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", portal)
 		if err != nil {
-			return
+			return false
 		}
 		b := make([]byte, 48+rng.IntN(2000))
 		for i := range b {
@@ -369,6 +379,7 @@ func attackGarbage(ctx context.Context, portal, _ string, rng *rand.Rand) {
 		_, _ = nc.Read(b)
 		nc.Close()
 	}
+	return true
 }
 
 // drainUntil reads what the target sends until the connection fails or
