@@ -3,7 +3,6 @@ package store
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -216,6 +215,9 @@ type chunkState struct {
 	existed bool   // mapped before this batch
 	data    []byte // pending content (ChunkSize bytes); nil: all zeros
 	owned   bool   // data is the plan's own buffer, modifiable in place
+	// bad flags the blocks found damaged and not rewritten since: they
+	// are stored as known damaged (zeros in data, see encodeChunk).
+	bad blockMask
 }
 
 // plan computes the new state of every chunk a batch touches. A chunk absent
@@ -251,7 +253,7 @@ func (p *plan) apply(op *dataOp) error {
 			ref, st := e.ref, e.st
 			if ref.vol == op.v.id && ref.chunk >= c0 && ref.chunk <= c1 {
 				if part, _, _ := partial(ref.chunk); !part {
-					st.data = nil
+					st.data, st.owned, st.bad = nil, false, 0
 				}
 			}
 		}
@@ -274,6 +276,7 @@ func (p *plan) apply(op *dataOp) error {
 			if st.data != nil {
 				clear(st.own()[lo:hi])
 			}
+			st.bad &^= blocksIn(lo, hi)
 		}
 		return nil
 	}
@@ -290,10 +293,11 @@ func (p *plan) apply(op *dataOp) error {
 		}
 		src := op.p[int64(c)<<chunkShift+lo-op.off:]
 		if !part {
-			st.data, st.owned = src[:ChunkSize], false
+			st.data, st.owned, st.bad = src[:ChunkSize], false, 0
 			continue
 		}
 		copy(st.own()[lo:hi], src)
+		st.bad &^= blocksIn(lo, hi)
 	}
 	return nil
 }
@@ -308,6 +312,10 @@ func (p *plan) compare(op *dataOp, c0, c1 uint64) error {
 		}
 		start := int64(c) << chunkShift
 		lo, hi := max(op.off, start), min(end, start+ChunkSize)
+		if bad := st.bad & blocksIn(lo-start, hi-start); bad != 0 {
+			return &CorruptError{Volume: op.v.id, Offset: start + bad.first()<<blockShift,
+				Err: fmt.Errorf("chunk %d: compare-and-write: the data to compare is damaged: %w", c, ErrCorrupt)}
+		}
 		want := op.cmp[lo-op.off : hi-op.off]
 		var have []byte
 		if st.data != nil {
@@ -339,21 +347,11 @@ func (p *plan) state(v *Volume, c uint64, needContent bool) (*chunkState, error)
 	if !st.existed || !needContent {
 		return st, nil
 	}
-	val, closer, err := p.s.db.Get(chunkKey(v.id, c))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, fmt.Errorf("store: volume %d chunk %d: mapped in the allocation bitmap but not stored: %w",
-			v.id, c, ErrCorrupt)
-	}
+	data, bad, err := p.s.readForWrite(v.id, c)
 	if err != nil {
-		return nil, fmt.Errorf("store: volume %d chunk %d: read-modify-write: %w", v.id, c, err)
+		return nil, err
 	}
-	defer closer.Close()
-	data, err := verifyChunk(p.s.crc, v.id, c, val)
-	if err != nil {
-		return nil, fmt.Errorf("store: read-modify-write: %w", err)
-	}
-	st.data = append(make([]byte, 0, ChunkSize), data...)
-	st.owned = true
+	st.data, st.owned, st.bad = data, true, bad
 	return st, nil
 }
 
@@ -404,7 +402,7 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 	}
 	for _, e := range p.chunks.list {
 		ref, st := e.ref, e.st
-		isZero := st.data == nil || bytes.Equal(st.data, zero[:])
+		isZero := st.bad == 0 && (st.data == nil || bytes.Equal(st.data, zero[:]))
 		switch {
 		case isZero && st.existed:
 			if err := pb.Delete(chunkKey(ref.vol, ref.chunk), nil); err != nil {
@@ -416,7 +414,7 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 		default:
 			op := pb.SetDeferred(chunkKeyLen, chunkValueLen)
 			putChunkKey(op.Key, ref.vol, ref.chunk)
-			encodeChunk(s.crc, op.Value, ref.vol, ref.chunk, st.data)
+			encodeChunk(s.crc, op.Value, ref.vol, ref.chunk, st.data, st.bad)
 			if err := op.Finish(); err != nil {
 				return nil, 0, fmt.Errorf("store: batch: %w", err)
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // pebbleFormat pins Pebble's own on-disk format, so that upgrading the
@@ -25,8 +26,12 @@ func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error)) *pebble.
 	if cacheSize <= 0 {
 		cacheSize = defaultCacheSize
 	}
+	fs := opts.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
 	po := &pebble.Options{
-		FS:                 opts.FS,
+		FS:                 fs,
 		CacheSize:          cacheSize,
 		FormatMajorVersion: pebbleFormat,
 		Merger:             newMerger(),

@@ -21,16 +21,15 @@ const (
 	ChunkSize = 4096
 )
 
-// FormatVersion is the on-disk format this package writes and the newest it
-// can open.
-const FormatVersion uint32 = 1
-
 // Sentinel errors, matched with errors.Is.
 var (
 	// ErrNoSpace: the write needs chunks beyond the capacity. Nothing was
 	// changed.
 	ErrNoSpace = errors.New("store: out of space")
-	// ErrCorrupt: stored data failed verification (checksum, length, key).
+	// ErrCorrupt: stored data cannot be read back intact: it fails its
+	// checksum, Pebble found the file holding it damaged, or the disk
+	// failed to read it. Data errors are *CorruptError (with the volume
+	// and offset of the first bad block).
 	ErrCorrupt = errors.New("store: data corrupt")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
@@ -48,6 +47,29 @@ var (
 	// refuses further changes until it is reopened. Reads still work.
 	ErrFailed = errors.New("store: failed")
 )
+
+// CorruptError reports volume data that cannot be read back intact (see
+// ErrCorrupt, which it matches with errors.Is). Offset is the byte offset
+// in the volume of the first block the operation needed that is damaged or
+// unreadable (a multiple of BlockSize): what SCSI reports as the LBA of an
+// unrecovered read error.
+type CorruptError struct {
+	Volume uint64
+	Offset int64
+	// Err says what is wrong: a checksum mismatch (wrapping ErrCorrupt),
+	// damage Pebble detected, or the disk's read error.
+	Err error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("store: volume %d: block at byte %d (LBA %d) cannot be read back: %v",
+		e.Volume, e.Offset, e.Offset/BlockSize, e.Err)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+func (e *CorruptError) Unwrap() error { return e.Err }
 
 // errBatchDone is returned when a Batch is used after Commit.
 var errBatchDone = errors.New("store: batch already committed")
@@ -127,14 +149,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	log = log.With("component", "store")
 	s := &Store{dir: dir, log: log, crc: castagnoli()}
-	db, err := pebble.Open(dir, pebbleOptions(opts, log, func(err error) { _ = s.fail(err) }))
+	po := pebbleOptions(opts, log, func(err error) { _ = s.fail(err) })
+	version, err := readFormat(po.FS, dir, po)
+	if err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
 	s.db = db
 	s.capacity.Store(opts.Capacity)
 	s.mu.vols = make(map[uint64]*Volume)
-	if err := s.checkFormat(); err != nil {
+	if err := s.settleFormat(po.FS, version); err != nil {
 		return nil, errors.Join(err, closeDB(db))
 	}
 	if err := s.loadBitmaps(); err != nil {
@@ -149,39 +176,6 @@ func Open(dir string, opts Options) (*Store, error) {
 func closeDB(db *pebble.DB) error {
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
-	}
-	return nil
-}
-
-// checkFormat reads the format version, or writes it into a new, empty DB.
-func (s *Store) checkFormat() error {
-	val, closer, err := s.db.Get(sysKey(sysFormatKey))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		empty, err := s.isEmpty()
-		if err != nil {
-			return err
-		}
-		if !empty {
-			return fmt.Errorf("store: %s holds data but no format version; not a metro store: %w",
-				s.dir, ErrFormat)
-		}
-		v := binary.BigEndian.AppendUint32(nil, FormatVersion)
-		if err := s.db.Set(sysKey(sysFormatKey), v, pebble.Sync); err != nil {
-			return fmt.Errorf("store: %s: write format version: %w", s.dir, err)
-		}
-		return nil
-	case err != nil:
-		return fmt.Errorf("store: %s: read format version: %w", s.dir, err)
-	}
-	defer closer.Close()
-	if len(val) != 4 {
-		return fmt.Errorf("store: %s: format version record is %d bytes: %w", s.dir, len(val), ErrFormat)
-	}
-	v := binary.BigEndian.Uint32(val)
-	if v > FormatVersion || v == 0 {
-		return fmt.Errorf("store: %s has on-disk format version %d but this metro supports up to %d; run a newer metro: %w",
-			s.dir, v, FormatVersion, ErrFormat)
 	}
 	return nil
 }
