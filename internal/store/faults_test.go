@@ -16,9 +16,9 @@ import (
 // errInjected is the disk error the fault tests inject.
 var errInjected = errors.New("injected disk error")
 
-// faultFS wraps a fresh in-memory filesystem with an injector that fails
+// injectFS wraps a fresh in-memory filesystem with an injector that fails
 // the operations fail selects while armed.
-func faultFS(fail func(op errorfs.Op) bool) (*errorfs.FS, *atomic.Bool) {
+func injectFS(fail func(op errorfs.Op) bool) (*errorfs.FS, *atomic.Bool) {
 	var armed atomic.Bool
 	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
 		if armed.Load() && fail(op) {
@@ -52,7 +52,7 @@ func prState() []byte {
 // the store must see that error: metadata (persistent reservations are
 // never loaded as empty) and chunk data.
 func TestBlobReadErrorSurfaces(t *testing.T) {
-	fs, armed := faultFS(func(op errorfs.Op) bool {
+	fs, armed := injectFS(func(op errorfs.Op) bool {
 		return strings.HasSuffix(op.Path, ".blob") && op.Kind == errorfs.OpFileReadAt
 	})
 	s, _ := openMem(t, Options{FS: fs})

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -21,7 +20,7 @@ const pebbleFormat = pebble.FormatValueSeparation
 // pebbleOptions tunes Pebble for metro's workload: many small synced writes
 // of 4 KiB values from up to a few dozen concurrent writers, random reads of
 // the same, on a small machine where CPU is scarcer than disk bandwidth.
-func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error)) *pebble.Options {
+func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error) error) *pebble.Options {
 	cacheSize := opts.CacheSize
 	if cacheSize <= 0 {
 		cacheSize = defaultCacheSize
@@ -29,6 +28,9 @@ func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error)) *pebble.
 	fs := opts.FS
 	if fs == nil {
 		fs = vfs.Default
+	}
+	if opts.FaultTrigger != "" {
+		fs = faultFS(fs, opts.FaultTrigger)
 	}
 	po := &pebble.Options{
 		FS:                 fs,
@@ -100,7 +102,7 @@ func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error)) *pebble.
 // messages are debug-level for metro.
 type pebbleLogger struct {
 	log     *slog.Logger
-	onFatal func(error) // marks the store failed; may be nil
+	onFatal func(error) error // marks the store failed (Store.fail); may be nil
 }
 
 func (l pebbleLogger) Infof(format string, args ...any) {
@@ -113,18 +115,39 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 
 // Fatalf is called by Pebble when it cannot continue safely, notably when a
 // WAL write or sync fails during a commit: the batch may be visible but not
-// durable, and Pebble's commit pipeline is unusable afterwards. Pebble
-// continues as if the commit succeeded if Fatalf returns, so it must not
-// return: it marks the store failed (every later change gets ErrFailed),
-// logs, and panics, which stops the array process (fail-stop). A restart
-// recovers exactly the acknowledged writes, as after a power loss.
+// durable, and Pebble's commit pipeline is unusable afterwards. It marks the
+// store failed, which refuses every later operation and calls
+// Options.OnFatal: that stops the array process (fail-stop), whatever any
+// panic recovery up the stack does. Pebble continues as if the commit
+// succeeded if Fatalf returns, so if OnFatal returns (tests) it panics with
+// the failure (an error wrapping ErrFailed). A restart recovers exactly the
+// acknowledged writes, as after a power loss.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	l.log.Error(msg, "source", "pebble", "fatal", true)
+	var err error = &pebbleFatal{msg: fmt.Sprintf(format, args...), args: args}
+	l.log.Error(err.Error(), "source", "pebble", "fatal", true)
 	if l.onFatal != nil {
-		l.onFatal(errors.New(msg))
+		err = l.onFatal(err)
 	}
-	panic("store: pebble fatal error: " + msg)
+	panic(err)
+}
+
+// pebbleFatal is a message Pebble gave Fatalf. It wraps the errors among
+// the message's arguments, so that the cause (a disk error) stays testable.
+type pebbleFatal struct {
+	msg  string
+	args []any
+}
+
+func (e *pebbleFatal) Error() string { return e.msg }
+
+func (e *pebbleFatal) Unwrap() []error {
+	var errs []error
+	for _, a := range e.args {
+		if err, ok := a.(error); ok {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // eventListener reports the Pebble events an operator should see.

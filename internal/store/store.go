@@ -42,9 +42,12 @@ var (
 	// ErrMiscompare: CompareAndWrite found different data (see
 	// MiscompareError for where).
 	ErrMiscompare = errors.New("store: miscompare")
-	// ErrFailed: an earlier commit failed (for example the disk refused a
-	// write), so the in-memory state may no longer match the disk; the store
-	// refuses further changes until it is reopened. Reads still work.
+	// ErrFailed: a change could not be made durable (the disk refused a
+	// WAL write or sync, or Pebble hit an error it cannot continue from),
+	// so what Pebble holds in memory may be ahead of the disk: the store
+	// refuses every later read and write, and the process should stop
+	// (Options.OnFatal); a restart recovers exactly what was acknowledged,
+	// as after a power loss.
 	ErrFailed = errors.New("store: failed")
 )
 
@@ -85,6 +88,20 @@ type Options struct {
 	// CacheSize is Pebble's block cache in bytes; 0 means 256 MiB.
 	CacheSize int64
 
+	// OnFatal is called once, when the store fails, with an error
+	// wrapping ErrFailed and the cause. The store is unusable from then on; the caller should stop
+	// the process at once (an array exits, so its peer sees the link drop
+	// and takes over) and must not count on the operation that failed
+	// returning: when Pebble itself cannot continue, that operation's
+	// goroutine panics after OnFatal returns. OnFatal must not call back
+	// into the store. nil: the store only fails.
+	OnFatal func(error)
+	// FaultTrigger is a fault-injection hook for tests of a whole array
+	// process, off when empty and never set in production: once a file
+	// exists at this path, every write and sync of Pebble's WAL fails with
+	// an I/O error, as on a failing disk (see faultFS).
+	FaultTrigger string
+
 	// tune, when set (by tests), adjusts the Pebble options last.
 	tune func(*pebble.Options)
 }
@@ -112,8 +129,10 @@ type Store struct {
 	used     atomic.Int64
 	capacity atomic.Uint64
 
-	// failure is the first commit error; once set, changes are refused.
+	// failure is the first commit error; once set, every operation is
+	// refused. onFatal is Options.OnFatal.
 	failure atomic.Pointer[error]
+	onFatal func(error)
 
 	// life is held shared by every operation that uses db and exclusively by
 	// Close, so Close waits for operations in flight.
@@ -148,8 +167,8 @@ func Open(dir string, opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "store")
-	s := &Store{dir: dir, log: log, crc: castagnoli()}
-	po := pebbleOptions(opts, log, func(err error) { _ = s.fail(err) })
+	s := &Store{dir: dir, log: log, crc: castagnoli(), onFatal: opts.OnFatal}
+	po := pebbleOptions(opts, log, s.fail)
 	version, err := readFormat(po.FS, dir, po)
 	if err != nil {
 		return nil, err
@@ -229,12 +248,17 @@ func (s *Store) loadBitmaps() error {
 }
 
 // enter marks the start of an operation that uses the DB; leave marks its
-// end. enter fails with ErrClosed after Close.
+// end. enter fails with ErrClosed after Close and with ErrFailed once the
+// store has failed: what Pebble would serve may never have been durable.
 func (s *Store) enter() error {
 	s.life.RLock()
 	if s.life.closed {
 		s.life.RUnlock()
 		return ErrClosed
+	}
+	if err := s.healthy(); err != nil {
+		s.life.RUnlock()
+		return err
 	}
 	return nil
 }
@@ -243,18 +267,23 @@ func (s *Store) leave() { s.life.RUnlock() }
 
 // fail records a commit error after which the store's memory may disagree
 // with the disk (Pebble may have applied the batch without making it
-// durable), and returns the error to give the caller.
+// durable), calls OnFatal the first time, and returns the error to give the
+// caller (wrapping ErrFailed).
 func (s *Store) fail(err error) error {
+	failed := fmt.Errorf("%w: %w", ErrFailed, err)
 	if s.failure.CompareAndSwap(nil, &err) {
-		s.log.Error("commit failed; refusing further changes until restart", "err", err)
+		s.log.Error("store failed: a change could not be made durable; refusing every read and write until restart", "err", err)
+		if s.onFatal != nil {
+			s.onFatal(failed)
+		}
 	}
-	return fmt.Errorf("%w: %w", ErrFailed, err)
+	return failed
 }
 
 // healthy returns an error wrapping ErrFailed after a failed commit.
 func (s *Store) healthy() error {
 	if p := s.failure.Load(); p != nil {
-		return fmt.Errorf("%w: an earlier commit failed (%w); restart the array to recover", ErrFailed, *p)
+		return fmt.Errorf("%w: an earlier change could not be made durable (%w); restart the array to recover", ErrFailed, *p)
 	}
 	return nil
 }
