@@ -91,11 +91,20 @@
 // pebble.FormatValueSeparation (the newest in Pebble v2.1) so a module
 // upgrade never ratchets it silently.
 //
+// On the real disk the store's directory is 0700 and its files 0600
+// (volume data and the configuration, with CHAP secrets, live there): a
+// wrapper of Pebble's filesystem creates them so, and Open narrows the
+// modes of a store made before.
+//
 // # Failures
 //
-// If Pebble cannot make a commit durable (a WAL write or sync fails) it
-// cannot continue; the store then refuses further changes (ErrFailed) and
-// panics so the array process stops (fail-stop); on restart the WAL replay
+// If Pebble cannot make a commit durable (a WAL write or sync fails, or it
+// hits an error it cannot continue from), what it holds in memory may be
+// ahead of the disk: the store fails, refusing every later read and write
+// (ErrFailed), and calls Options.OnFatal, with which the array stops its
+// process (fail-stop: its peer sees the link drop and takes over). This
+// does not depend on a panic reaching the top of a goroutine, so no panic
+// recovery can keep a failed array running. On restart the WAL replay
 // recovers exactly what was acknowledged, as after a power loss.
 //
 // # Batches

@@ -27,7 +27,7 @@ func pebbleOptions(opts Options, log *slog.Logger, onFatal func(error) error) *p
 	}
 	fs := opts.FS
 	if fs == nil {
-		fs = vfs.Default
+		fs = modeFS{vfs.Default}
 	}
 	if opts.FaultTrigger != "" {
 		fs = faultFS(fs, opts.FaultTrigger)

@@ -169,6 +169,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	log = log.With("component", "store")
 	s := &Store{dir: dir, log: log, crc: castagnoli(), onFatal: opts.OnFatal}
 	po := pebbleOptions(opts, log, s.fail)
+	if opts.FS == nil {
+		if err := tightenModes(dir); err != nil {
+			return nil, err
+		}
+	}
 	version, err := readFormat(po.FS, dir, po)
 	if err != nil {
 		return nil, err

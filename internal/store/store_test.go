@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -757,4 +759,67 @@ func TestBatchWriteUnmapWrite(t *testing.T) {
 		equalOrFail(t, fmt.Sprintf("chunk %d", c), mustRead(t, v, base, ChunkSize), want)
 	}
 	mustCheck(t, s)
+}
+
+// TestFileModes: on the real disk the store's directory is 0700 and every
+// file in it 0600, whatever the umask, also for a store made before (0755
+// and 0644).
+func TestFileModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data", "store")
+	check := func(when string) {
+		t.Helper()
+		st, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: store directory mode %v, want 0700", when, st.Mode().Perm())
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range entries {
+			info, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Mode().IsRegular() {
+				n++
+				if info.Mode().Perm() != 0o600 {
+					t.Errorf("%s: %s mode %v, want 0600", when, e.Name(), info.Mode().Perm())
+				}
+			}
+		}
+		if n < 5 {
+			t.Fatalf("%s: only %d files in the store directory", when, n)
+		}
+	}
+	use := func() {
+		t.Helper()
+		s, err := Open(dir, Options{CacheSize: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustWrite(t, s.Volume(1), pattern(1, 0, 8*ChunkSize), 0)
+		if err := s.db.Flush(); err != nil { // sstables and blob files too
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	use()
+	check("new store")
+	// A store left readable by an earlier metro is made private.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		_ = os.Chmod(filepath.Join(dir, e.Name()), 0o644)
+	}
+	use()
+	check("reopened store")
 }
