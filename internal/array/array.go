@@ -105,7 +105,8 @@ func Open(opts Options) (*Array, error) {
 			return nil, fmt.Errorf("data dir: %w", err)
 		}
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(), Logger: a.log,
+	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(),
+		FilesystemShare: cfg.FilesystemShare, Logger: a.log,
 		OnFatal: a.storeFailed, FaultTrigger: opts.StoreFaultTrigger})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)

@@ -138,6 +138,7 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		if err := b.pb.Commit(wo); err != nil {
 			return s.fail(fmt.Errorf("store: commit metadata: %w", err))
 		}
+		s.consumed(b.pb)
 		return nil
 	}
 	if err := ctxErr(ctx, "commit"); err != nil {
@@ -164,6 +165,17 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	if err != nil {
 		return err
 	}
+	// A batch that stores chunk data needs free space on the filesystem
+	// (even an overwrite: the WAL, then a new value until compaction);
+	// unmaps, deletions and metadata go on, as they free space.
+	if p.stores > 0 && s.space != nil {
+		if err := s.space.admit(int64(b.pb.Len())); err != nil {
+			return err
+		}
+	}
+	if err := s.ev.stall.wait(ctx); err != nil {
+		return err
+	}
 
 	if total > 0 {
 		if ok, used, capacity := s.reserve(total); !ok {
@@ -179,6 +191,7 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		s.unreserve(total)
 		return s.fail(fmt.Errorf("store: commit: %w", err))
 	}
+	s.consumed(b.pb)
 	for _, f := range p.flips {
 		f.v.alloc.set(f.chunk, f.mapped)
 	}
@@ -189,6 +202,13 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		s.used.Add(total)
 	}
 	return nil
+}
+
+// consumed counts a committed batch against the free space.
+func (s *Store) consumed(pb *pebble.Batch) {
+	if s.space != nil {
+		s.space.consumed(int64(pb.Len()))
+	}
 }
 
 // unreserve gives back a reservation made for a batch that did not commit.
@@ -228,6 +248,8 @@ type plan struct {
 	// flips lists the chunks whose mapped state the batch changes; applied
 	// to the in-memory bitmaps after the commit.
 	flips []flip
+	// stores counts the chunk values emit stored.
+	stores int
 }
 
 type flip struct {
@@ -418,6 +440,7 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 			if err := op.Finish(); err != nil {
 				return nil, 0, fmt.Errorf("store: batch: %w", err)
 			}
+			p.stores++
 			if !st.existed {
 				change(st.v, ref.chunk, true)
 			}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -82,7 +84,15 @@ type Options struct {
 	// FS is the filesystem; nil means the real disk.
 	FS vfs.FS
 	// Capacity is the array's usable size in bytes; 0 means unlimited.
+	// The effective capacity is the lesser of this and what the
+	// filesystem can hold (see the space guard in space.go).
 	Capacity uint64
+	// FilesystemShare is the percentage of the filesystem, less the
+	// store's reserve, that volume data may fill (1-100; 0 means
+	// DefaultFilesystemShare, 50): the rest is room for Pebble's garbage
+	// and compactions (see space.go). Raise it only on filesystems whose
+	// workload is known to need less.
+	FilesystemShare int
 	// Logger receives the store's and Pebble's messages; nil discards them.
 	Logger *slog.Logger
 	// CacheSize is Pebble's block cache in bytes; 0 means 256 MiB.
@@ -104,6 +114,11 @@ type Options struct {
 
 	// tune, when set (by tests), adjusts the Pebble options last.
 	tune func(*pebble.Options)
+	// memTable is Pebble's memtable size (0: the largest); Open sets it
+	// from the filesystem's size.
+	memTable int64
+	// now is the clock (time.Now when nil); tests set it.
+	now func() time.Time
 }
 
 const defaultCacheSize = 256 << 20
@@ -133,6 +148,11 @@ type Store struct {
 	// refused. onFatal is Options.OnFatal.
 	failure atomic.Pointer[error]
 	onFatal func(error)
+
+	// space keeps the filesystem from filling up (nil if it cannot report
+	// its usage); ev is what the store makes of Pebble's events.
+	space *spaceGuard
+	ev    *events
 
 	// life is held shared by every operation that uses db and exclusively by
 	// Close, so Close waits for operations in flight.
@@ -168,12 +188,32 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	log = log.With("component", "store")
 	s := &Store{dir: dir, log: log, crc: castagnoli(), onFatal: opts.OnFatal}
-	po := pebbleOptions(opts, log, s.fail)
-	if opts.FS == nil {
+	if opts.now == nil {
+		opts.now = time.Now
+	}
+	base := opts.FS
+	if base == nil {
+		base = modeFS{vfs.Default}
 		if err := tightenModes(dir); err != nil {
 			return nil, err
 		}
 	}
+	var total uint64
+	if u, err := diskUsage(base, dir); err == nil {
+		total = u.TotalBytes
+	}
+	opts.memTable = memTableSize(total)
+	s.space = newSpaceGuard(base, dir, opts.memTable, opts.FilesystemShare, log)
+	s.ev = newEvents(log, s.space, opts.now)
+	fs := base
+	if s.space != nil {
+		fs = vfs.OnDiskFull(fs, s.space.onDiskFull)
+	}
+	if opts.FaultTrigger != "" {
+		fs = faultFS(fs, opts.FaultTrigger)
+	}
+	opts.FS = fs
+	po := pebbleOptions(opts, log, s.fail, s.ev)
 	version, err := readFormat(po.FS, dir, po)
 	if err != nil {
 		return nil, err
@@ -190,6 +230,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if err := s.loadBitmaps(); err != nil {
 		return nil, errors.Join(err, closeDB(db))
+	}
+	if s.space != nil {
+		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) })
 	}
 	used, capacity := s.Usage()
 	log.Info("store opened", "dir", dir, "format", FormatVersion,
@@ -302,13 +345,29 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.life.closed = true
+	if s.space != nil {
+		s.space.close()
+	}
 	return closeDB(s.db)
 }
 
 // Usage returns the array-wide used bytes (mapped chunks, including
-// reservations of writes in flight) and the capacity (0: unlimited).
+// reservations of writes in flight) and the effective capacity: the lesser
+// of the configured one and what the filesystem can hold (0: unlimited).
 func (s *Store) Usage() (used, capacity uint64) {
-	return uint64(max(s.used.Load(), 0)), s.capacity.Load()
+	return uint64(max(s.used.Load(), 0)), s.effectiveCapacity()
+}
+
+// effectiveCapacity is the lesser of the configured capacity and what the
+// filesystem can hold (0: unlimited).
+func (s *Store) effectiveCapacity() uint64 {
+	c := s.capacity.Load()
+	if s.space != nil {
+		if fs := s.space.capacity.Load(); fs > 0 && (c == 0 || uint64(fs) < c) {
+			c = uint64(fs)
+		}
+	}
+	return c
 }
 
 // Sync makes every write committed so far durable (those made with
@@ -333,7 +392,7 @@ func (s *Store) SetCapacity(bytes uint64) { s.capacity.Store(bytes) }
 func (s *Store) reserve(n int64) (ok bool, used int64, capacity uint64) {
 	for {
 		cur := s.used.Load()
-		capacity = s.capacity.Load()
+		capacity = s.effectiveCapacity()
 		if capacity != 0 && cur+n > int64(min(capacity, 1<<62)) {
 			return false, cur, capacity
 		}
@@ -395,6 +454,7 @@ func (s *Store) DeleteVolume(id uint64) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return s.fail(fmt.Errorf("store: delete volume %d: commit: %w", id, err))
 	}
+	s.consumed(b)
 	v.alloc.reset()
 	freed := v.used.Swap(0)
 	s.used.Add(-freed)

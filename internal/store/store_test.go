@@ -495,7 +495,7 @@ func TestFormatVersion(t *testing.T) {
 	if err := fs.Remove("db/" + formatFile); err != nil {
 		t.Fatal(err)
 	}
-	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil)
+	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil, nil)
 	db, err := pebble.Open("db", po)
 	if err != nil {
 		t.Fatal(err)
@@ -534,7 +534,7 @@ func TestFormatVersion(t *testing.T) {
 // rewrite them in format 2, and the store is marked format 2.
 func TestFormat1Upgrade(t *testing.T) {
 	fs := vfs.NewMem()
-	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil)
+	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil, nil)
 	db, err := pebble.Open("db", po)
 	if err != nil {
 		t.Fatal(err)
