@@ -21,8 +21,12 @@
 // in-memory copy (exact under the chunk's stripe) instead of looking chunks
 // up in Pebble. Space used is mapped chunks × 4096 bytes, per volume and for
 // the array. A write that needs new chunks beyond the capacity fails with
-// ErrNoSpace before anything is written; overwrites of mapped chunks and
-// unmaps always proceed; reads always work.
+// ErrNoSpace before anything is written. The effective capacity is the
+// lesser of the configured one and what the filesystem can hold, and once
+// the filesystem is nearly full every write of data fails with ErrNoSpace
+// too, before Pebble runs out of room (space.go explains the rules, the
+// reserve and the ballast); unmaps, volume deletions and metadata changes
+// always proceed and free space; reads always work.
 //
 // # On-disk format (version 2)
 //
