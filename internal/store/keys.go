@@ -27,8 +27,8 @@ const (
 	// blocksPerChunk is the number of logical blocks in a chunk.
 	blocksPerChunk = ChunkSize / BlockSize
 	// chunkValueLen is the length of a stored chunk value (format 2): the
-	// data, then one CRC32C per block.
-	chunkValueLen = ChunkSize + blocksPerChunk*crcLen
+	// data, one CRC32C over the chunk, then one per block.
+	chunkValueLen = ChunkSize + crcLen + blocksPerChunk*crcLen
 	// chunkValueLenV1 is the length of a format 1 chunk value, still read:
 	// the data, then one CRC32C over the whole chunk.
 	chunkValueLenV1 = ChunkSize + crcLen
@@ -127,9 +127,10 @@ func blockSums(tab *crc32.Table, vol, chunk uint64, data []byte, sums *[blocksPe
 	}
 }
 
-// chunkSumV1 is the one checksum of a format 1 chunk value: CRC32C over the
-// volume id and chunk index (big-endian) followed by the data.
-func chunkSumV1(tab *crc32.Table, vol, chunk uint64, data []byte) uint32 {
+// chunkSum is the checksum of a whole chunk (the one checksum of format 1,
+// the first of format 2): CRC32C over the volume id and chunk index
+// (big-endian) followed by the data.
+func chunkSum(tab *crc32.Table, vol, chunk uint64, data []byte) uint32 {
 	var hdr [16]byte
 	binary.BigEndian.PutUint64(hdr[0:8], vol)
 	binary.BigEndian.PutUint64(hdr[8:16], chunk)
@@ -138,33 +139,45 @@ func chunkSumV1(tab *crc32.Table, vol, chunk uint64, data []byte) uint32 {
 
 // encodeChunk writes the stored form of data (ChunkSize bytes) into dst
 // (chunkValueLen bytes). The blocks in bad are stored as known damaged:
-// their data (zeros) is kept with the complement of its checksum, so they
-// fail verification, and read as a medium error, until rewritten.
+// their data (zeros) is kept with the complement of its checksum (and of
+// the chunk's), so they fail verification, and read as a medium error,
+// until rewritten.
 func encodeChunk(tab *crc32.Table, dst []byte, vol, chunk uint64, data []byte, bad blockMask) {
 	copy(dst[:ChunkSize], data)
+	sum := chunkSum(tab, vol, chunk, data)
+	if bad != 0 {
+		sum = ^sum
+	}
+	binary.LittleEndian.PutUint32(dst[ChunkSize:], sum)
 	var sums [blocksPerChunk]uint32
 	blockSums(tab, vol, chunk, data, &sums)
 	for i, sum := range sums {
 		if bad&(1<<i) != 0 {
 			sum = ^sum
 		}
-		binary.LittleEndian.PutUint32(dst[ChunkSize+i*crcLen:], sum)
+		binary.LittleEndian.PutUint32(dst[ChunkSize+crcLen+i*crcLen:], sum)
 	}
 }
 
 // verifyChunk checks a stored chunk value and returns its data (aliasing
 // val; nil if the value has no recognisable form) and the blocks that fail
 // verification, with why (an error wrapping ErrCorrupt) when there are
-// any. A format 2 value is checked block by block; a format 1 value as a
-// whole; a value of any other length is damaged throughout.
+// any. A format 2 value is checked as a whole (as fast as format 1) and,
+// only if that fails, block by block; a format 1 value as a whole; a value
+// of any other length is damaged throughout.
 func verifyChunk(tab *crc32.Table, vol, chunk uint64, val []byte) (data []byte, bad blockMask, why error) {
 	switch len(val) {
 	case chunkValueLen:
 		data = val[:ChunkSize]
+		if binary.LittleEndian.Uint32(val[ChunkSize:]) == chunkSum(tab, vol, chunk, data) {
+			return data, 0, nil
+		}
+		// Some block is damaged (or known damaged), or the chunk's own
+		// checksum is: the blocks' checksums say which.
 		var sums [blocksPerChunk]uint32
 		blockSums(tab, vol, chunk, data, &sums)
 		for i, sum := range sums {
-			if binary.LittleEndian.Uint32(val[ChunkSize+i*crcLen:]) != sum {
+			if binary.LittleEndian.Uint32(val[ChunkSize+crcLen+i*crcLen:]) != sum {
 				bad |= 1 << i
 			}
 		}
@@ -175,7 +188,7 @@ func verifyChunk(tab *crc32.Table, vol, chunk uint64, val []byte) (data []byte, 
 	case chunkValueLenV1:
 		data = val[:ChunkSize]
 		want := binary.LittleEndian.Uint32(val[ChunkSize:])
-		if got := chunkSumV1(tab, vol, chunk, data); got != want {
+		if got := chunkSum(tab, vol, chunk, data); got != want {
 			return data, allBlocks, fmt.Errorf("volume %d chunk %d: checksum %08x, stored %08x: %w",
 				vol, chunk, got, want, ErrCorrupt)
 		}

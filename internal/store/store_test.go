@@ -540,7 +540,7 @@ func TestFormat1Upgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := pattern(7, 0, ChunkSize)
-	v1 := append(append([]byte{}, data...), binary.LittleEndian.AppendUint32(nil, chunkSumV1(castagnoli(), 1, 0, data))...)
+	v1 := append(append([]byte{}, data...), binary.LittleEndian.AppendUint32(nil, chunkSum(castagnoli(), 1, 0, data))...)
 	b := db.NewBatch()
 	_ = b.Set(sysKey(sysFormatKey), binary.BigEndian.AppendUint32(nil, 1), nil)
 	_ = b.Set(chunkKey(1, 0), v1, nil)
