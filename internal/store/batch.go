@@ -194,6 +194,9 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	s.consumed(b.pb)
 	for _, f := range p.flips {
 		f.v.alloc.set(f.chunk, f.mapped)
+		if !f.mapped && s.space != nil {
+			s.space.freed(f.v.id)
+		}
 	}
 	for _, d := range deltas {
 		d.v.used.Add(d.delta)

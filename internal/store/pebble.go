@@ -218,7 +218,7 @@ func newEvents(log *slog.Logger, space *spaceGuard, now func() time.Time) *event
 // errorf logs an error of Pebble's background work, rate-limited by kind.
 func (e *events) errorf(kind string, err error) {
 	if ok, suppressed := e.limit.allow(kind); ok {
-		e.log.Error(kind, "err", err, "suppressed_since_last", suppressed)
+		e.log.Error(kind, "err", err.Error(), "suppressed_since_last", suppressed)
 	}
 }
 

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,7 +41,14 @@ import (
 //     filesystem still use space, so when less than the floor (half the
 //     reserve) is free, every batch that stores chunk data is refused too.
 //     Unmaps, volume deletions and metadata changes (configuration, which
-//     deletions need) go on: they free space. Free space is measured
+//     deletions need) go on: they free space. Pebble would apply an unmap
+//     to the disk only once its memtable fills (which, with writes refused,
+//     may be never), so while free space is below the floor an unmap or a
+//     deletion has the volume's key range compacted at once (flushing the
+//     memtable): a deleted volume's files, and blob files left holding
+//     only unmapped values, are then deleted; blob files still holding
+//     live values too are rewritten by Pebble once they are
+//     RewriteMinimumAge (5 minutes) old. Free space is measured
 //     (statfs) every second, when Pebble reports a flush, compaction, file
 //     deletion or low disk space, and at every write once it is near the
 //     floor; between measurements every commit counts twice its size
@@ -108,8 +116,18 @@ type spaceGuard struct {
 	ballast int64 // ballast size: reserve / 4
 	share   int64 // percent of the filesystem (less the reserve) data may fill
 	// storeBytes returns the bytes of the store's files (Pebble's
-	// metrics); set once the DB is open.
+	// metrics) and compact compacts a volume's key range; both set once
+	// the DB is open.
 	storeBytes func() int64
+	compact    func(ctx context.Context, vol uint64) error
+
+	// low is set while free space is below the floor.
+	low atomic.Bool
+	// reclaim holds the volumes unmapped or deleted while low, to compact.
+	reclaim struct {
+		sync.Mutex
+		vols map[uint64]bool
+	}
 
 	// avail is the free space at the last measurement, less twice the
 	// bytes committed since; capacity is the logical bytes the filesystem
@@ -149,8 +167,8 @@ func newSpaceGuard(fs vfs.FS, dir string, memTable int64, share int, log *slog.L
 
 // start measures, makes the ballast if there is room, and runs the
 // measuring loop until close.
-func (g *spaceGuard) start(storeBytes func() int64) {
-	g.storeBytes = storeBytes
+func (g *spaceGuard) start(storeBytes func() int64, compact func(ctx context.Context, vol uint64) error) {
+	g.storeBytes, g.compact = storeBytes, compact
 	if _, err := g.fs.Stat(g.ballastPath()); err == nil {
 		g.mu.haveBallast = true
 	}
@@ -167,6 +185,15 @@ func (g *spaceGuard) ballastPath() string { return g.fs.PathJoin(g.dir, ballastN
 
 func (g *spaceGuard) loop() {
 	defer close(g.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	t := time.NewTicker(lookEvery)
 	defer t.Stop()
 	for {
@@ -175,6 +202,39 @@ func (g *spaceGuard) loop() {
 			return
 		case <-t.C:
 		case <-g.kick:
+		}
+		g.look()
+		g.compactFreed(ctx)
+	}
+}
+
+// freed notes that vol had data unmapped or deleted: while free space is
+// below the floor, its key range is compacted so that the space comes back.
+func (g *spaceGuard) freed(vol uint64) {
+	if !g.low.Load() {
+		return
+	}
+	g.reclaim.Lock()
+	if g.reclaim.vols == nil {
+		g.reclaim.vols = map[uint64]bool{}
+	}
+	g.reclaim.vols[vol] = true
+	g.reclaim.Unlock()
+	g.poke()
+}
+
+// compactFreed compacts the volumes freed() noted.
+func (g *spaceGuard) compactFreed(ctx context.Context) {
+	g.reclaim.Lock()
+	vols := g.reclaim.vols
+	g.reclaim.vols = nil
+	g.reclaim.Unlock()
+	for vol := range vols {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := g.compact(ctx, vol); err != nil && ctx.Err() == nil {
+			g.log.Warn("could not compact the space an unmap or deletion freed", "volume", vol, "err", err)
 		}
 		g.look()
 	}
@@ -226,6 +286,7 @@ func (g *spaceGuard) lookLocked() {
 	}
 	if low := avail < g.floor; low != g.mu.low {
 		g.mu.low = low
+		g.low.Store(low)
 		if low {
 			g.log.Warn("filesystem nearly full: refusing writes of data until space is freed (unmap, delete volumes or grow the filesystem)",
 				"dir", g.dir, "free", avail, "floor", g.floor)

@@ -459,28 +459,35 @@ func TestBackgroundErrorsRateLimited(t *testing.T) {
 }
 
 // TestWriteStallHonoursDeadline: while Pebble stalls writes (its flushes
-// fail, so memtables pile up), a new write gives up when its context ends
-// instead of blocking inside Pebble with its chunk stripes held; once the
-// flushes succeed again the stalled writes complete.
+// cannot proceed, here because the disk holds them up, so memtables pile
+// up), a new write gives up when its context ends instead of blocking
+// inside Pebble with its chunk stripes held; once the flushes proceed the
+// stalled writes complete.
 func TestWriteStallHonoursDeadline(t *testing.T) {
-	fs, armed := injectFS(func(op errorfs.Op) bool {
-		return op.Kind == errorfs.OpCreate && (strings.HasSuffix(op.Path, ".sst") || strings.HasSuffix(op.Path, ".blob"))
-	})
+	release := make(chan struct{})
+	var hold atomic.Bool
+	hold.Store(true)
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpCreate && (strings.HasSuffix(op.Path, ".sst") || strings.HasSuffix(op.Path, ".blob")) && hold.Load() {
+			<-release
+		}
+		return nil
+	}))
 	s, _ := openMem(t, Options{FS: fs, tune: func(po *pebble.Options) {
 		po.MemTableSize = 1 << 20
 		po.MemTableStopWritesThreshold = 2
 	}})
 	v := s.Volume(1)
-	armed.Store(true)
 	// Fill memtables until Pebble stalls; these writers may block in it.
 	var wg sync.WaitGroup
 	var filled atomic.Int64
+	var stalled atomic.Bool // set once the stall is seen: the writers stop
 	for w := range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := int64(0); s.ev.stall.ch.Load() == nil && i < 4096; i++ {
-				off := (int64(w)<<24 + i*piece64)
+			for i := int64(0); !stalled.Load() && s.ev.stall.ch.Load() == nil && i < 4096; i++ {
+				off := int64(w)<<24 + i*piece64
 				if err := v.WriteAt(context.Background(), pattern(uint64(w), off, piece64), off); err != nil {
 					t.Errorf("fill write: %v", err)
 					return
@@ -495,6 +502,7 @@ func TestWriteStallHonoursDeadline(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	stalled.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	result := make(chan error, 1)
@@ -505,9 +513,10 @@ func TestWriteStallHonoursDeadline(t *testing.T) {
 			t.Errorf("write during a stall: %v, want the context's deadline", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("a write during a stall ignored its context's deadline")
+		t.Error("a write during a stall ignored its context's deadline")
 	}
-	armed.Store(false)
+	hold.Store(false)
+	close(release)
 	wg.Wait()
 	mustWrite(t, v, pattern(9, 1<<30, ChunkSize), 1<<30)
 	equalOrFail(t, "after the stall", mustRead(t, v, 1<<30, ChunkSize), pattern(9, 1<<30, ChunkSize))
@@ -515,3 +524,59 @@ func TestWriteStallHonoursDeadline(t *testing.T) {
 
 // piece64 is a 64 KiB write.
 const piece64 = 64 << 10
+
+// TestUnmapFreesSpaceWhenFull fills a small filesystem with two volumes,
+// lets other files take it below the floor, and unmaps the second volume:
+// the disk space comes back and writes are accepted again without anything
+// else freeing space. Pebble applies an unmap to the disk only when its
+// memtable fills or a compaction runs, and with writes refused neither
+// would happen by itself: the store compacts the unmapped range.
+func TestUnmapFreesSpaceWhenFull(t *testing.T) {
+	fs := newSmallFS(40 << 20)
+	rec := &fatalRecorder{}
+	s, _ := openMem(t, Options{FS: fs, OnFatal: rec.onFatal})
+	ctx := context.Background()
+	fill := func(v *Volume) (end int64) {
+		for off := int64(0); ; off += piece64 {
+			if err := v.WriteAt(ctx, pattern(v.ID(), off, piece64), off); err != nil {
+				if !errors.Is(err, ErrNoSpace) {
+					t.Fatalf("fill: %v", err)
+				}
+				return off
+			}
+			if v.ID() == 1 && off >= 5<<20 {
+				return off + piece64
+			}
+		}
+	}
+	end1, end2 := fill(s.Volume(1)), fill(s.Volume(2))
+	if end2 < 4<<20 {
+		t.Fatalf("only %d bytes of volume 2 fit", end2)
+	}
+	// Other files take the filesystem just below the floor (the store's
+	// own writes stop there; what remains is room for compactions).
+	fs.setOther(fs.avail() - s.space.floor + 1<<20)
+	s.space.look()
+	if err := s.Volume(1).WriteAt(ctx, pattern(3, 0, piece64), 0); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write with the filesystem nearly full: %v, want ErrNoSpace", err)
+	}
+	if err := s.Volume(2).Unmap(ctx, 0, end2); err != nil {
+		t.Fatalf("unmap: %v", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := s.Volume(1).WriteAt(ctx, pattern(3, 0, piece64), 0)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrNoSpace) || time.Now().After(deadline) {
+			t.Fatalf("write after unmapping volume 2: %v (free %d, floor %d)", err, fs.avail(), s.space.floor)
+		}
+	}
+	equalOrFail(t, "volume 1", mustRead(t, s.Volume(1), 0, int(end1)),
+		append(pattern(3, 0, piece64), pattern(1, piece64, int(end1-piece64))...))
+	equalOrFail(t, "volume 2", mustRead(t, s.Volume(2), 0, int(end2)), make([]byte, end2))
+	mustCheck(t, s)
+	if calls := rec.calls(); len(calls) != 0 {
+		t.Fatalf("the store failed: %v", calls)
+	}
+}

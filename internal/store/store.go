@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -232,7 +233,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, errors.Join(err, closeDB(db))
 	}
 	if s.space != nil {
-		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) })
+		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) },
+			func(ctx context.Context, vol uint64) error {
+				start, end := volumeKeys(prefixChunk, vol)
+				return db.Compact(ctx, start, end, false)
+			})
 	}
 	used, capacity := s.Usage()
 	log.Info("store opened", "dir", dir, "format", FormatVersion,
@@ -455,6 +460,9 @@ func (s *Store) DeleteVolume(id uint64) error {
 		return s.fail(fmt.Errorf("store: delete volume %d: commit: %w", id, err))
 	}
 	s.consumed(b)
+	if s.space != nil {
+		s.space.freed(id)
+	}
 	v.alloc.reset()
 	freed := v.used.Swap(0)
 	s.used.Add(-freed)
