@@ -19,7 +19,7 @@ import (
 //	name: array-a                 # unique among paired arrays
 //	data_dir: /var/lib/metro      # store, identity, certificate, token
 //	capacity: 100G                # usable space; empty: what the filesystem can hold (below)
-//	filesystem_share: 50          # percent of data_dir's filesystem, after the store's
+//	filesystem_share: 40          # percent of data_dir's filesystem, after the store's
 //	                              # reserve, that volume data may fill (see internal/store/space.go)
 //	eradication_window: 24h       # destroyed volumes stay recoverable
 //	api:

@@ -23,7 +23,7 @@ import (
 //
 //   - Capacity. The effective capacity is the lesser of the configured one
 //     (Options.Capacity) and what the filesystem can hold: a share
-//     (Options.FilesystemShare, by default half) of the store's files plus
+//     (Options.FilesystemShare, by default 40%) of the store's files plus
 //     the free space, less the reserve. The reserve is room for Pebble's
 //     own work: the WAL of the memtables not yet flushed (preallocated at
 //     1.1 memtables each, up to 4 plus one kept for reuse) and their
@@ -34,9 +34,11 @@ import (
 //     compaction that rewrites values (when too many blob files overlap,
 //     MaxBlobReferenceDepth) writes them again before it deletes the old
 //     ones: with random writes, as much as all the data. Measured on a
-//     small filesystem, random writes with overwrites peaked near twice
-//     the data. A write that needs new chunks beyond the capacity fails;
-//     overwrites and unmaps go on.
+//     96 MiB tmpfs filled to a capacity of half of it, a compaction after
+//     the fill took the free space from 49 MiB down to 5.5 MiB, below the
+//     floor, for a moment: so data × (1 + 0.25 garbage + 1 rewrite) must
+//     fit, hence 40%. A write that needs new chunks beyond the capacity
+//     fails; overwrites and unmaps go on.
 //   - Free space. Overwrites, Pebble's garbage and other files on the
 //     filesystem still use space, so when less than the floor (half the
 //     reserve) is free, every batch that stores chunk data is refused too.
@@ -76,7 +78,7 @@ const (
 	// ballastName is the ballast file in the store's directory.
 	ballastName = "EMERGENCY-BALLAST"
 	// DefaultFilesystemShare is the default of Options.FilesystemShare.
-	DefaultFilesystemShare = 50
+	DefaultFilesystemShare = 40
 	// lookEvery is the period of the free-space measurement.
 	lookEvery = time.Second
 )

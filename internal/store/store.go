@@ -90,7 +90,7 @@ type Options struct {
 	Capacity uint64
 	// FilesystemShare is the percentage of the filesystem, less the
 	// store's reserve, that volume data may fill (1-100; 0 means
-	// DefaultFilesystemShare, 50): the rest is room for Pebble's garbage
+	// DefaultFilesystemShare, 40): the rest is room for Pebble's garbage
 	// and compactions (see space.go). Raise it only on filesystems whose
 	// workload is known to need less.
 	FilesystemShare int
