@@ -254,10 +254,12 @@ func (g *spaceGuard) poke() {
 func (g *spaceGuard) look() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.lookLocked()
+	g.lookLocked(true)
 }
 
-func (g *spaceGuard) lookLocked() {
+// lookLocked is look with g.mu held; a writer's measurement (admit) only
+// deletes the ballast, never makes it (which may mean writing it).
+func (g *spaceGuard) lookLocked(makeBallast bool) {
 	u, err := g.fs.GetDiskUsage(g.dir)
 	if err != nil {
 		return
@@ -269,7 +271,7 @@ func (g *spaceGuard) lookLocked() {
 			avail = int64(min(u.AvailBytes, math.MaxInt64))
 		}
 	}
-	if !g.mu.haveBallast && avail >= g.reserve+g.ballast {
+	if makeBallast && !g.mu.haveBallast && avail >= g.reserve+g.ballast {
 		if err := g.makeBallast(); err != nil {
 			g.log.Warn("could not make the emergency ballast file", "path", g.ballastPath(), "err", err)
 		} else {
@@ -355,7 +357,7 @@ func (g *spaceGuard) admit(n int64) error {
 		return nil
 	}
 	if g.mu.TryLock() { // else another writer is measuring: use its result
-		g.lookLocked()
+		g.lookLocked(false)
 		g.mu.Unlock()
 	}
 	if avail := g.avail.Load(); avail-2*n < g.floor {
