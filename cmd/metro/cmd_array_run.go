@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,7 +34,8 @@ func newArrayRunCmd() *cobra.Command {
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			a, err := array.Open(array.Options{Config: cfg, Logger: log})
+			a, err := array.Open(array.Options{Config: cfg, Logger: log, Fatal: exitOnStoreFailure(log),
+				StoreFaultTrigger: storeFaultTrigger(cfg)})
 			if err != nil {
 				return err
 			}
@@ -51,6 +53,35 @@ func newArrayRunCmd() *cobra.Command {
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (env METRO_PPROF)")
 	return cmd
+}
+
+// exitOnStoreFailure is the array's fatal handler: when the store cannot
+// make a change durable, the process exits at once, whatever goroutine
+// noticed (an iSCSI session, an API request, replication), so that the peer
+// sees the link drop and takes over; a restart recovers what was
+// acknowledged.
+func exitOnStoreFailure(log *slog.Logger) func(error) {
+	return func(err error) {
+		log.Error("metro array run: exiting: the store failed and the array cannot serve safely", "err", err, "exit_status", exitStoreFailed)
+		os.Exit(exitStoreFailed)
+	}
+}
+
+// exitStoreFailed is the exit status of an array stopped by a store
+// failure.
+const exitStoreFailed = 4
+
+// storeFaultTrigger returns the store's fault-injection trigger file from
+// METRO_TEST_STORE_FAULTS, a hook for end-to-end tests only: when set, once
+// the file it names (relative to the data directory) exists, every write
+// and sync of the store's WAL fails as on a failing disk. Unset, the hook
+// is off.
+func storeFaultTrigger(cfg *array.Config) string {
+	p := os.Getenv("METRO_TEST_STORE_FAULTS")
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(cfg.DataDir, p)
 }
 
 // servePprof serves the Go profiler for performance work; it refuses

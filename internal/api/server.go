@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/store"
 )
 
 // Backend is what the API needs from an array.
@@ -115,6 +116,13 @@ func (s *Server) routes() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		if v := recover(); v != nil {
+			// A store failure is never handled here: the store has already
+			// stopped the array (store.Options.OnFatal) before any panic.
+			if err, ok := v.(error); ok && errors.Is(err, store.ErrFailed) {
+				s.log.Error("api: the store failed during the request", "method", r.Method, "path", r.URL.Path, "err", err)
+				writeJSON(w, http.StatusServiceUnavailable, Error{Error: storeFailedMessage})
+				return
+			}
 			s.log.Error("api: panic", "method", r.Method, "path", r.URL.Path, "panic", v)
 			writeJSON(w, http.StatusInternalServerError, Error{Error: "internal error"})
 		}
@@ -129,6 +137,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mux.ServeHTTP(w, r)
 }
+
+// storeFailedMessage answers a request that met a failed store.
+const storeFailedMessage = "this array's store failed (a change could not be made durable) and the array is stopping: use the other array of the pair, and restart this one once its disk is fixed"
 
 // httpError carries a status for errors that are not catalog sentinels.
 type httpError struct {
@@ -154,6 +165,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, catalog.ErrInvalid):
 		code = http.StatusBadRequest
+	case errors.Is(err, store.ErrFailed):
+		s.log.Error("api: request failed: the store failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: storeFailedMessage})
+		return
 	}
 	if code >= 500 {
 		s.log.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)

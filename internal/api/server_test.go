@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/store"
 )
 
 // memPersist keeps the catalog in memory.
@@ -140,4 +142,32 @@ func FuzzAPIBodies(f *testing.F) {
 			}
 		}
 	})
+}
+
+// failingBackend is an array whose store has failed: Apply returns the
+// failure, or panics with it as a commit inside Pebble does.
+type failingBackend struct {
+	*fakeBackend
+	panics bool
+}
+
+func (f failingBackend) Apply(context.Context, catalog.Op) error {
+	err := fmt.Errorf("save configuration: %w", fmt.Errorf("%w: WAL sync: input/output error", store.ErrFailed))
+	if f.panics {
+		panic(err)
+	}
+	return err
+}
+
+// TestStoreFailureAnswers: a request that meets a failed store, whether as
+// an error or as a panic, is answered 503 with what to do (the array is
+// stopping; its store has already stopped it), not a bare internal error.
+func TestStoreFailureAnswers(t *testing.T) {
+	for _, panics := range []bool{false, true} {
+		h := NewServer(failingBackend{newFake(t), panics}, "", nil)
+		rec := do(t, h, "POST", "/api/v1/pods", "", `{"name":"pod1"}`)
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "other array") {
+			t.Errorf("panics=%v: %d %s; want 503 saying what to do", panics, rec.Code, rec.Body.String())
+		}
+	}
 }

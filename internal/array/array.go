@@ -38,6 +38,15 @@ type Options struct {
 	Now func() time.Time
 	// FS is the store's filesystem (the real disk when nil).
 	FS vfs.FS
+	// Fatal is called once if the array cannot continue safely: its store
+	// could not make a change durable. It should stop the process at once
+	// (metro array run logs and exits), so that the peer sees the link
+	// drop and takes over; no panic recovery stands in the way. Whether or
+	// not it returns, Run then stops and returns the failure.
+	Fatal func(error)
+	// StoreFaultTrigger is the store's test-only fault-injection hook
+	// (store.Options.FaultTrigger); empty in production.
+	StoreFaultTrigger string
 }
 
 // Array is one running metro array.
@@ -71,6 +80,11 @@ type Array struct {
 	linkCert tls.Certificate
 	linkLn   net.Listener
 	fsIsReal bool
+
+	// fatal is Options.Fatal; failed receives the store's failure, which
+	// stops Run.
+	fatal  func(error)
+	failed chan error
 }
 
 // Open opens the array's store and configuration and builds its logical
@@ -78,7 +92,8 @@ type Array struct {
 func Open(opts Options) (*Array, error) {
 	cfg := opts.Config
 	a := &Array{cfg: cfg, log: opts.Logger, now: opts.Now, lus: map[uint64]*scsi.LogicalUnit{},
-		byUUID: map[string]*scsi.LogicalUnit{}, known: map[uint64]string{}, fsIsReal: opts.FS == nil}
+		byUUID: map[string]*scsi.LogicalUnit{}, known: map[uint64]string{}, fsIsReal: opts.FS == nil,
+		fatal: opts.Fatal, failed: make(chan error, 1)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -90,7 +105,9 @@ func Open(opts Options) (*Array, error) {
 			return nil, err
 		}
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(), Logger: a.log})
+	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(),
+		FilesystemShare: cfg.FilesystemShare, Logger: a.log,
+		OnFatal: a.storeFailed, FaultTrigger: opts.StoreFaultTrigger})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -121,6 +138,20 @@ func Open(opts Options) (*Array, error) {
 	a.cfg.ISCSI.Limits.apply(&icfg)
 	a.iscsi = iscsi.NewServer(icfg)
 	return a, nil
+}
+
+// storeFailed is the store's OnFatal: the array cannot go on serving (what
+// it would serve may never have been durable), so it stops.
+func (a *Array) storeFailed(err error) {
+	a.log.Error("the store cannot make changes durable; stopping the array so that its peer takes over; restart it once the disk is fixed",
+		"err", err)
+	if a.fatal != nil {
+		a.fatal(err)
+	}
+	select {
+	case a.failed <- fmt.Errorf("store failed: %w", err):
+	default:
+	}
 }
 
 // metaPersister keeps the catalog document in the store's metadata.
@@ -235,6 +266,7 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 	select {
 	case <-ctx.Done():
 	case err = <-errs:
+	case err = <-a.failed:
 	}
 	cancel()
 	shutCtx, shutCancel := context.WithTimeout(context.Background(), 5*time.Second)

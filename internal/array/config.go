@@ -13,6 +13,7 @@ import (
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/iscsi"
 	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/store"
 	"github.com/metro-storage/metro/internal/units"
 )
 
@@ -20,7 +21,9 @@ import (
 //
 //	name: array-a                 # unique among paired arrays
 //	data_dir: /var/lib/metro      # store, identity, certificate, token; made 0700, files 0600
-//	capacity: 100G                # usable space; empty: unlimited
+//	capacity: 100G                # usable space; empty: what the filesystem can hold (below)
+//	filesystem_share: 40          # percent of data_dir's filesystem, after the store's
+//	                              # reserve, that volume data may fill (see internal/store/space.go)
 //	eradication_window: 24h       # destroyed volumes stay recoverable
 //	api:
 //	  listen: 127.0.0.1:8443
@@ -89,6 +92,7 @@ type Config struct {
 	Name              string   `yaml:"name"`
 	DataDir           string   `yaml:"data_dir"`
 	Capacity          string   `yaml:"capacity"`
+	FilesystemShare   int      `yaml:"filesystem_share"`
 	EradicationWindow Duration `yaml:"eradication_window"`
 	API               struct {
 		Listen   string `yaml:"listen"`
@@ -241,6 +245,10 @@ func (c *Config) setDefaults() error {
 		if _, err := units.ParseSize(c.Capacity); err != nil {
 			return fmt.Errorf("capacity: %w", err)
 		}
+	}
+	if c.FilesystemShare < 0 || c.FilesystemShare > 100 {
+		return fmt.Errorf("filesystem_share %d: give a percentage from 1 to 100 (0 or none: the default, %d)",
+			c.FilesystemShare, store.DefaultFilesystemShare)
 	}
 	if c.EradicationWindow.Duration == 0 {
 		c.EradicationWindow.Duration = 24 * time.Hour

@@ -187,6 +187,18 @@ func SenseWriteProtected() Sense { return Sense{Key: KeyDataProtect, ASC: 0x27, 
 // stored data failed verification.
 func SenseMediumError() Sense { return Sense{Key: KeyMediumError, ASC: 0x11} }
 
+// SenseMediumErrorAt is SenseMediumError with the LBA of the first block
+// that could not be read in INFORMATION (SBC-3 4.15), which hosts use to
+// rewrite just that block. Fixed-format sense has 4 bytes for it: an LBA
+// beyond them is left out (VALID clear).
+func SenseMediumErrorAt(lba uint64) Sense {
+	s := SenseMediumError()
+	if lba <= 0xffffffff {
+		s.Info, s.InfoValid = uint32(lba), true
+	}
+	return s
+}
+
 // SenseHardwareError is HARDWARE ERROR, INTERNAL TARGET FAILURE (04/44/00).
 func SenseHardwareError() Sense { return Sense{Key: KeyHardwareError, ASC: 0x44} }
 

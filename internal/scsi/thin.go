@@ -10,6 +10,13 @@ const maxLBAStatusDescriptors = 64
 // runWriteSame implements WRITE SAME(10) and WRITE SAME(16). With the UNMAP
 // bit the range is deallocated (it then reads as zeros), otherwise the
 // one-block pattern (zeros with NDOB) is written to every block.
+//
+// A long WRITE SAME is written in pieces of writeSameChunkBlocks blocks,
+// each durable on its own: if space runs out (SPACE ALLOCATION FAILED) or
+// the store fails part-way, the blocks before the failing piece hold the
+// pattern and the rest their old data. SBC-3 allows this (a command that
+// ends in CHECK CONDITION may have changed part of its range); a host
+// repeats the command.
 func runWriteSame(x *exec) *Result {
 	ws16 := x.cdb[0] == opWriteSame16
 	flags := x.cdb[1]

@@ -3,7 +3,6 @@ package store
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -139,6 +138,7 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		if err := b.pb.Commit(wo); err != nil {
 			return s.fail(fmt.Errorf("store: commit metadata: %w", err))
 		}
+		s.consumed(b.pb)
 		return nil
 	}
 	if err := ctxErr(ctx, "commit"); err != nil {
@@ -165,6 +165,17 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	if err != nil {
 		return err
 	}
+	// A batch that stores chunk data needs free space on the filesystem
+	// (even an overwrite: the WAL, then a new value until compaction);
+	// unmaps, deletions and metadata go on, as they free space.
+	if p.stores > 0 && s.space != nil {
+		if err := s.space.admit(int64(b.pb.Len())); err != nil {
+			return err
+		}
+	}
+	if err := s.ev.stall.wait(ctx); err != nil {
+		return err
+	}
 
 	if total > 0 {
 		if ok, used, capacity := s.reserve(total); !ok {
@@ -180,8 +191,12 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		s.unreserve(total)
 		return s.fail(fmt.Errorf("store: commit: %w", err))
 	}
+	s.consumed(b.pb)
 	for _, f := range p.flips {
 		f.v.alloc.set(f.chunk, f.mapped)
+		if !f.mapped && s.space != nil {
+			s.space.freed(f.v.id)
+		}
 	}
 	for _, d := range deltas {
 		d.v.used.Add(d.delta)
@@ -190,6 +205,13 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		s.used.Add(total)
 	}
 	return nil
+}
+
+// consumed counts a committed batch against the free space.
+func (s *Store) consumed(pb *pebble.Batch) {
+	if s.space != nil {
+		s.space.consumed(int64(pb.Len()))
+	}
 }
 
 // unreserve gives back a reservation made for a batch that did not commit.
@@ -216,6 +238,9 @@ type chunkState struct {
 	existed bool   // mapped before this batch
 	data    []byte // pending content (ChunkSize bytes); nil: all zeros
 	owned   bool   // data is the plan's own buffer, modifiable in place
+	// bad flags the blocks found damaged and not rewritten since: they
+	// are stored as known damaged (zeros in data, see encodeChunk).
+	bad blockMask
 }
 
 // plan computes the new state of every chunk a batch touches. A chunk absent
@@ -226,6 +251,8 @@ type plan struct {
 	// flips lists the chunks whose mapped state the batch changes; applied
 	// to the in-memory bitmaps after the commit.
 	flips []flip
+	// stores counts the chunk values emit stored.
+	stores int
 }
 
 type flip struct {
@@ -251,7 +278,7 @@ func (p *plan) apply(op *dataOp) error {
 			ref, st := e.ref, e.st
 			if ref.vol == op.v.id && ref.chunk >= c0 && ref.chunk <= c1 {
 				if part, _, _ := partial(ref.chunk); !part {
-					st.data = nil
+					st.data, st.owned, st.bad = nil, false, 0
 				}
 			}
 		}
@@ -274,6 +301,7 @@ func (p *plan) apply(op *dataOp) error {
 			if st.data != nil {
 				clear(st.own()[lo:hi])
 			}
+			st.bad &^= blocksIn(lo, hi)
 		}
 		return nil
 	}
@@ -290,10 +318,11 @@ func (p *plan) apply(op *dataOp) error {
 		}
 		src := op.p[int64(c)<<chunkShift+lo-op.off:]
 		if !part {
-			st.data, st.owned = src[:ChunkSize], false
+			st.data, st.owned, st.bad = src[:ChunkSize], false, 0
 			continue
 		}
 		copy(st.own()[lo:hi], src)
+		st.bad &^= blocksIn(lo, hi)
 	}
 	return nil
 }
@@ -308,6 +337,10 @@ func (p *plan) compare(op *dataOp, c0, c1 uint64) error {
 		}
 		start := int64(c) << chunkShift
 		lo, hi := max(op.off, start), min(end, start+ChunkSize)
+		if bad := st.bad & blocksIn(lo-start, hi-start); bad != 0 {
+			return &CorruptError{Volume: op.v.id, Offset: start + bad.first()<<blockShift,
+				Err: fmt.Errorf("chunk %d: compare-and-write: the data to compare is damaged: %w", c, ErrCorrupt)}
+		}
 		want := op.cmp[lo-op.off : hi-op.off]
 		var have []byte
 		if st.data != nil {
@@ -339,21 +372,11 @@ func (p *plan) state(v *Volume, c uint64, needContent bool) (*chunkState, error)
 	if !st.existed || !needContent {
 		return st, nil
 	}
-	val, closer, err := p.s.db.Get(chunkKey(v.id, c))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, fmt.Errorf("store: volume %d chunk %d: mapped in the allocation bitmap but not stored: %w",
-			v.id, c, ErrCorrupt)
-	}
+	data, bad, err := p.s.readForWrite(v.id, c)
 	if err != nil {
-		return nil, fmt.Errorf("store: volume %d chunk %d: read-modify-write: %w", v.id, c, err)
+		return nil, err
 	}
-	defer closer.Close()
-	data, err := verifyChunk(p.s.crc, v.id, c, val)
-	if err != nil {
-		return nil, fmt.Errorf("store: read-modify-write: %w", err)
-	}
-	st.data = append(make([]byte, 0, ChunkSize), data...)
-	st.owned = true
+	st.data, st.owned, st.bad = data, true, bad
 	return st, nil
 }
 
@@ -404,7 +427,7 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 	}
 	for _, e := range p.chunks.list {
 		ref, st := e.ref, e.st
-		isZero := st.data == nil || bytes.Equal(st.data, zero[:])
+		isZero := st.bad == 0 && (st.data == nil || bytes.Equal(st.data, zero[:]))
 		switch {
 		case isZero && st.existed:
 			if err := pb.Delete(chunkKey(ref.vol, ref.chunk), nil); err != nil {
@@ -416,10 +439,11 @@ func (p *plan) emit(pb *pebble.Batch) (deltas []volDelta, total int64, err error
 		default:
 			op := pb.SetDeferred(chunkKeyLen, chunkValueLen)
 			putChunkKey(op.Key, ref.vol, ref.chunk)
-			encodeChunk(s.crc, op.Value, ref.vol, ref.chunk, st.data)
+			encodeChunk(s.crc, op.Value, ref.vol, ref.chunk, st.data, st.bad)
 			if err := op.Finish(); err != nil {
 				return nil, 0, fmt.Errorf("store: batch: %w", err)
 			}
+			p.stores++
 			if !st.existed {
 				change(st.v, ref.chunk, true)
 			}

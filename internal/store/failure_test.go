@@ -3,58 +3,159 @@ package store
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
-// TestFailedCommitStopsChanges injects a WAL write failure. Pebble cannot
-// continue after it (its commit pipeline is broken), so the store panics
-// (fail-stop: the array process exits and recovers on restart); a caller
-// that recovers the panic finds every later change refused with ErrFailed
-// while reads keep working.
-func TestFailedCommitStopsChanges(t *testing.T) {
-	var armed atomic.Bool
-	injected := errors.New("injected disk error")
-	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if armed.Load() && strings.HasSuffix(op.Path, ".log") &&
-			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) {
-			return injected
-		}
-		return nil
-	}))
-	// Not closed: Pebble's commit pipeline is unusable after the failure.
-	s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20})
+// fatalRecorder records the calls of Options.OnFatal.
+type fatalRecorder struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *fatalRecorder) onFatal(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, err)
+}
+
+func (r *fatalRecorder) calls() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]error{}, r.errs...)
+}
+
+// isWALWriteOrSync selects the operations that make a commit durable.
+func isWALWriteOrSync(op errorfs.Op) bool {
+	return strings.HasSuffix(op.Path, ".log") &&
+		(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData)
+}
+
+// commitOnFailingDisk runs commit, which meets a WAL that cannot be written
+// or synced. Pebble cannot continue after that, so the commit either
+// panics (after the store called OnFatal) or returns an error; fatal must
+// have been called before either.
+func commitOnFailingDisk(t *testing.T, rec *fatalRecorder, commit func() error) {
+	t.Helper()
+	var err error
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				perr, ok := v.(error)
+				if !ok || !errors.Is(perr, ErrFailed) || !errors.Is(perr, errInjected) {
+					t.Fatalf("commit on a failing disk panicked with %v, want an error wrapping ErrFailed and the disk error", v)
+				}
+				if len(rec.calls()) == 0 {
+					t.Fatalf("commit on a failing disk panicked before OnFatal was called")
+				}
+				err = perr
+			}
+		}()
+		err = commit()
+	}()
+	if !errors.Is(err, ErrFailed) {
+		t.Fatalf("commit on a failing disk: %v, want ErrFailed", err)
+	}
+	calls := rec.calls()
+	if len(calls) != 1 || !errors.Is(calls[0], errInjected) {
+		t.Fatalf("OnFatal calls: %v, want one naming the disk error", calls)
+	}
+}
+
+// TestFailedCommitStopsStore injects a WAL write or sync failure into a
+// data write and into a metadata commit (what a configuration save from an
+// API handler does). Either stops the store, and not by a panic that a
+// recovery up the stack could swallow: the store calls OnFatal (which stops
+// the array process) and from then on refuses every read and write, so the
+// failed, never durable change is never served from Pebble's memtable.
+func TestFailedCommitStopsStore(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		commit func(s *Store) error
+	}{
+		{"data write", func(s *Store) error {
+			return s.Volume(1).WriteAt(context.Background(), pattern(2, 0, ChunkSize), ChunkSize)
+		}},
+		{"metadata", func(s *Store) error {
+			b := s.NewBatch()
+			b.SetMeta("cfg/catalog", []byte("never durable"))
+			return b.Commit()
+		}},
+		{"sync", func(s *Store) error {
+			if err := s.Volume(1).WriteAtNoSync(context.Background(), pattern(2, 0, ChunkSize), ChunkSize); err != nil {
+				return err
+			}
+			return s.Sync()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, armed := injectFS(isWALWriteOrSync)
+			rec := &fatalRecorder{}
+			// Not closed: Pebble's commit pipeline is unusable after the
+			// failure.
+			s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20, OnFatal: rec.onFatal})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := s.Volume(1)
+			ctx := context.Background()
+			mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
+			armed.Store(true)
+			commitOnFailingDisk(t, rec, func() error { return tc.commit(s) })
+			armed.Store(false)
+
+			for name, err := range map[string]error{
+				"write":  v.WriteAt(ctx, pattern(3, 0, ChunkSize), 2*ChunkSize),
+				"unmap":  v.Unmap(ctx, 0, ChunkSize),
+				"meta":   func() error { b := s.NewBatch(); b.SetMeta("k", nil); return b.Commit() }(),
+				"delete": s.DeleteVolume(1),
+				"read":   v.ReadAt(ctx, make([]byte, 2*ChunkSize), 0),
+				"get":    func() error { _, _, err := s.GetMeta("cfg/catalog"); return err }(),
+				"scan":   s.ScanMeta("", func(string, []byte) error { return nil }),
+				"mapped": func() error { _, _, err := v.Mapped(ctx, 0, ChunkSize); return err }(),
+				"check":  s.Check(ctx),
+				"sync":   s.Sync(),
+			} {
+				if !errors.Is(err, ErrFailed) {
+					t.Errorf("%s after a failed commit: %v, want ErrFailed", name, err)
+				}
+			}
+			if n := len(rec.calls()); n != 1 {
+				t.Errorf("OnFatal called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestFaultTrigger checks the test-only hook the end-to-end tests use to
+// make a real array process meet a failing disk: nothing happens until the
+// trigger file exists, then the next commit fails the store.
+func TestFaultTrigger(t *testing.T) {
+	dir := t.TempDir()
+	trigger := filepath.Join(dir, "fail-wal")
+	rec := &fatalRecorder{}
+	s, err := Open(filepath.Join(dir, "store"), Options{FaultTrigger: trigger, OnFatal: rec.onFatal, CacheSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := s.Volume(1)
-	ctx := context.Background()
 	mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
-	armed.Store(true)
-	func() {
-		defer func() {
-			r := recover()
-			if r == nil || !strings.Contains(r.(string), "injected disk error") {
-				t.Fatalf("write on failing disk: recovered %v, want a panic naming the disk error", r)
-			}
-		}()
-		err := v.WriteAt(ctx, pattern(2, 0, ChunkSize), ChunkSize)
-		t.Fatalf("write on failing disk returned %v", err)
-	}()
-	armed.Store(false)
-	for name, err := range map[string]error{
-		"write":  v.WriteAt(ctx, pattern(3, 0, ChunkSize), 2*ChunkSize),
-		"unmap":  v.Unmap(ctx, 0, ChunkSize),
-		"meta":   func() error { b := s.NewBatch(); b.SetMeta("k", nil); return b.Commit() }(),
-		"delete": s.DeleteVolume(1),
-	} {
-		if !errors.Is(err, ErrFailed) {
-			t.Errorf("%s after a failed commit: %v, want ErrFailed", name, err)
-		}
+	if err := os.WriteFile(trigger, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	equalOrFail(t, "read after failure", mustRead(t, v, 0, ChunkSize), pattern(1, 0, ChunkSize))
+	func() {
+		defer func() { _ = recover() }()
+		_ = v.WriteAt(context.Background(), pattern(2, 0, ChunkSize), 0)
+	}()
+	if calls := rec.calls(); len(calls) != 1 || !errors.Is(calls[0], errInjectedWAL) {
+		t.Fatalf("OnFatal calls after the trigger: %v, want one naming the injected fault", calls)
+	}
+	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read after the injected fault: %v, want ErrFailed", err)
+	}
 }

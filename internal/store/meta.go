@@ -14,15 +14,15 @@ func (s *Store) GetMeta(key string) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	defer s.leave()
-	val, closer, err := s.db.Get(metaKey(key))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, nil
-	}
+	var val []byte
+	found, err := get(s.db, metaKey(key), func(v []byte) error {
+		val = append([]byte{}, v...)
+		return nil
+	})
 	if err != nil {
-		return nil, false, fmt.Errorf("store: get metadata %q: %w", key, err)
+		return nil, false, fmt.Errorf("store: get metadata %q: %w", key, markCorruption(err))
 	}
-	defer closer.Close()
-	return append([]byte{}, val...), true, nil
+	return val, found, nil
 }
 
 // ScanMeta calls fn, in key order, for every metadata key starting with
@@ -48,7 +48,7 @@ func (s *Store) ScanMeta(prefix string, fn func(key string, value []byte) error)
 		}
 		val, err := it.ValueAndErr()
 		if err != nil {
-			return errors.Join(fmt.Errorf("store: scan metadata %q: %w", prefix, err), it.Close())
+			return errors.Join(fmt.Errorf("store: scan metadata %q: %w", prefix, markCorruption(err)), it.Close())
 		}
 		if err := fn(key, append([]byte{}, val...)); err != nil {
 			_ = it.Close() // fn's error is the one that matters
@@ -56,7 +56,7 @@ func (s *Store) ScanMeta(prefix string, fn func(key string, value []byte) error)
 		}
 	}
 	if err := it.Close(); err != nil {
-		return fmt.Errorf("store: scan metadata %q: %w", prefix, err)
+		return fmt.Errorf("store: scan metadata %q: %w", prefix, markCorruption(err))
 	}
 	return nil
 }

@@ -1,13 +1,16 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -21,16 +24,15 @@ const (
 	ChunkSize = 4096
 )
 
-// FormatVersion is the on-disk format this package writes and the newest it
-// can open.
-const FormatVersion uint32 = 1
-
 // Sentinel errors, matched with errors.Is.
 var (
 	// ErrNoSpace: the write needs chunks beyond the capacity. Nothing was
 	// changed.
 	ErrNoSpace = errors.New("store: out of space")
-	// ErrCorrupt: stored data failed verification (checksum, length, key).
+	// ErrCorrupt: stored data cannot be read back intact: it fails its
+	// checksum, Pebble found the file holding it damaged, or the disk
+	// failed to read it. Data errors are *CorruptError (with the volume
+	// and offset of the first bad block).
 	ErrCorrupt = errors.New("store: data corrupt")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
@@ -43,11 +45,37 @@ var (
 	// ErrMiscompare: CompareAndWrite found different data (see
 	// MiscompareError for where).
 	ErrMiscompare = errors.New("store: miscompare")
-	// ErrFailed: an earlier commit failed (for example the disk refused a
-	// write), so the in-memory state may no longer match the disk; the store
-	// refuses further changes until it is reopened. Reads still work.
+	// ErrFailed: a change could not be made durable (the disk refused a
+	// WAL write or sync, or Pebble hit an error it cannot continue from),
+	// so what Pebble holds in memory may be ahead of the disk: the store
+	// refuses every later read and write, and the process should stop
+	// (Options.OnFatal); a restart recovers exactly what was acknowledged,
+	// as after a power loss.
 	ErrFailed = errors.New("store: failed")
 )
+
+// CorruptError reports volume data that cannot be read back intact (see
+// ErrCorrupt, which it matches with errors.Is). Offset is the byte offset
+// in the volume of the first block the operation needed that is damaged or
+// unreadable (a multiple of BlockSize): what SCSI reports as the LBA of an
+// unrecovered read error.
+type CorruptError struct {
+	Volume uint64
+	Offset int64
+	// Err says what is wrong: a checksum mismatch (wrapping ErrCorrupt),
+	// damage Pebble detected, or the disk's read error.
+	Err error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("store: volume %d: block at byte %d (LBA %d) cannot be read back: %v",
+		e.Volume, e.Offset, e.Offset/BlockSize, e.Err)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+func (e *CorruptError) Unwrap() error { return e.Err }
 
 // errBatchDone is returned when a Batch is used after Commit.
 var errBatchDone = errors.New("store: batch already committed")
@@ -57,14 +85,41 @@ type Options struct {
 	// FS is the filesystem; nil means the real disk.
 	FS vfs.FS
 	// Capacity is the array's usable size in bytes; 0 means unlimited.
+	// The effective capacity is the lesser of this and what the
+	// filesystem can hold (see the space guard in space.go).
 	Capacity uint64
+	// FilesystemShare is the percentage of the filesystem, less the
+	// store's reserve, that volume data may fill (1-100; 0 means
+	// DefaultFilesystemShare, 40): the rest is room for Pebble's garbage
+	// and compactions (see space.go). Raise it only on filesystems whose
+	// workload is known to need less.
+	FilesystemShare int
 	// Logger receives the store's and Pebble's messages; nil discards them.
 	Logger *slog.Logger
 	// CacheSize is Pebble's block cache in bytes; 0 means 256 MiB.
 	CacheSize int64
 
+	// OnFatal is called once, when the store fails, with an error
+	// wrapping ErrFailed and the cause. The store is unusable from then on; the caller should stop
+	// the process at once (an array exits, so its peer sees the link drop
+	// and takes over) and must not count on the operation that failed
+	// returning: when Pebble itself cannot continue, that operation's
+	// goroutine panics after OnFatal returns. OnFatal must not call back
+	// into the store. nil: the store only fails.
+	OnFatal func(error)
+	// FaultTrigger is a fault-injection hook for tests of a whole array
+	// process, off when empty and never set in production: once a file
+	// exists at this path, every write and sync of Pebble's WAL fails with
+	// an I/O error, as on a failing disk (see faultFS).
+	FaultTrigger string
+
 	// tune, when set (by tests), adjusts the Pebble options last.
 	tune func(*pebble.Options)
+	// memTable is Pebble's memtable size (0: the largest); Open sets it
+	// from the filesystem's size.
+	memTable int64
+	// now is the clock (time.Now when nil); tests set it.
+	now func() time.Time
 }
 
 const defaultCacheSize = 256 << 20
@@ -90,8 +145,15 @@ type Store struct {
 	used     atomic.Int64
 	capacity atomic.Uint64
 
-	// failure is the first commit error; once set, changes are refused.
+	// failure is the first commit error; once set, every operation is
+	// refused. onFatal is Options.OnFatal.
 	failure atomic.Pointer[error]
+	onFatal func(error)
+
+	// space keeps the filesystem from filling up (nil if it cannot report
+	// its usage); ev is what the store makes of Pebble's events.
+	space *spaceGuard
+	ev    *events
 
 	// life is held shared by every operation that uses db and exclusively by
 	// Close, so Close waits for operations in flight.
@@ -126,19 +188,56 @@ func Open(dir string, opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "store")
-	s := &Store{dir: dir, log: log, crc: castagnoli()}
-	db, err := pebble.Open(dir, pebbleOptions(opts, log, func(err error) { _ = s.fail(err) }))
+	s := &Store{dir: dir, log: log, crc: castagnoli(), onFatal: opts.OnFatal}
+	if opts.now == nil {
+		opts.now = time.Now
+	}
+	base := opts.FS
+	if base == nil {
+		base = modeFS{vfs.Default}
+		if err := tightenModes(dir); err != nil {
+			return nil, err
+		}
+	}
+	var total uint64
+	if u, err := diskUsage(base, dir); err == nil {
+		total = u.TotalBytes
+	}
+	opts.memTable = memTableSize(total)
+	s.space = newSpaceGuard(base, dir, opts.memTable, opts.FilesystemShare, log)
+	s.ev = newEvents(log, s.space, opts.now)
+	fs := base
+	if s.space != nil {
+		fs = vfs.OnDiskFull(fs, s.space.onDiskFull)
+	}
+	if opts.FaultTrigger != "" {
+		fs = faultFS(fs, opts.FaultTrigger)
+	}
+	opts.FS = fs
+	po := pebbleOptions(opts, log, s.fail, s.ev)
+	version, err := readFormat(po.FS, dir, po)
+	if err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
 	s.db = db
 	s.capacity.Store(opts.Capacity)
 	s.mu.vols = make(map[uint64]*Volume)
-	if err := s.checkFormat(); err != nil {
+	if err := s.settleFormat(po.FS, version); err != nil {
 		return nil, errors.Join(err, closeDB(db))
 	}
 	if err := s.loadBitmaps(); err != nil {
 		return nil, errors.Join(err, closeDB(db))
+	}
+	if s.space != nil {
+		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) },
+			func(ctx context.Context, vol uint64) error {
+				start, end := volumeKeys(prefixChunk, vol)
+				return db.Compact(ctx, start, end, false)
+			})
 	}
 	used, capacity := s.Usage()
 	log.Info("store opened", "dir", dir, "format", FormatVersion,
@@ -149,39 +248,6 @@ func Open(dir string, opts Options) (*Store, error) {
 func closeDB(db *pebble.DB) error {
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
-	}
-	return nil
-}
-
-// checkFormat reads the format version, or writes it into a new, empty DB.
-func (s *Store) checkFormat() error {
-	val, closer, err := s.db.Get(sysKey(sysFormatKey))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		empty, err := s.isEmpty()
-		if err != nil {
-			return err
-		}
-		if !empty {
-			return fmt.Errorf("store: %s holds data but no format version; not a metro store: %w",
-				s.dir, ErrFormat)
-		}
-		v := binary.BigEndian.AppendUint32(nil, FormatVersion)
-		if err := s.db.Set(sysKey(sysFormatKey), v, pebble.Sync); err != nil {
-			return fmt.Errorf("store: %s: write format version: %w", s.dir, err)
-		}
-		return nil
-	case err != nil:
-		return fmt.Errorf("store: %s: read format version: %w", s.dir, err)
-	}
-	defer closer.Close()
-	if len(val) != 4 {
-		return fmt.Errorf("store: %s: format version record is %d bytes: %w", s.dir, len(val), ErrFormat)
-	}
-	v := binary.BigEndian.Uint32(val)
-	if v > FormatVersion || v == 0 {
-		return fmt.Errorf("store: %s has on-disk format version %d but this metro supports up to %d; run a newer metro: %w",
-			s.dir, v, FormatVersion, ErrFormat)
 	}
 	return nil
 }
@@ -235,12 +301,17 @@ func (s *Store) loadBitmaps() error {
 }
 
 // enter marks the start of an operation that uses the DB; leave marks its
-// end. enter fails with ErrClosed after Close.
+// end. enter fails with ErrClosed after Close and with ErrFailed once the
+// store has failed: what Pebble would serve may never have been durable.
 func (s *Store) enter() error {
 	s.life.RLock()
 	if s.life.closed {
 		s.life.RUnlock()
 		return ErrClosed
+	}
+	if err := s.healthy(); err != nil {
+		s.life.RUnlock()
+		return err
 	}
 	return nil
 }
@@ -249,18 +320,23 @@ func (s *Store) leave() { s.life.RUnlock() }
 
 // fail records a commit error after which the store's memory may disagree
 // with the disk (Pebble may have applied the batch without making it
-// durable), and returns the error to give the caller.
+// durable), calls OnFatal the first time, and returns the error to give the
+// caller (wrapping ErrFailed).
 func (s *Store) fail(err error) error {
+	failed := fmt.Errorf("%w: %w", ErrFailed, err)
 	if s.failure.CompareAndSwap(nil, &err) {
-		s.log.Error("commit failed; refusing further changes until restart", "err", err)
+		s.log.Error("store failed: a change could not be made durable; refusing every read and write until restart", "err", err)
+		if s.onFatal != nil {
+			s.onFatal(failed)
+		}
 	}
-	return fmt.Errorf("%w: %w", ErrFailed, err)
+	return failed
 }
 
 // healthy returns an error wrapping ErrFailed after a failed commit.
 func (s *Store) healthy() error {
 	if p := s.failure.Load(); p != nil {
-		return fmt.Errorf("%w: an earlier commit failed (%w); restart the array to recover", ErrFailed, *p)
+		return fmt.Errorf("%w: an earlier change could not be made durable (%w); restart the array to recover", ErrFailed, *p)
 	}
 	return nil
 }
@@ -274,13 +350,29 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.life.closed = true
+	if s.space != nil {
+		s.space.close()
+	}
 	return closeDB(s.db)
 }
 
 // Usage returns the array-wide used bytes (mapped chunks, including
-// reservations of writes in flight) and the capacity (0: unlimited).
+// reservations of writes in flight) and the effective capacity: the lesser
+// of the configured one and what the filesystem can hold (0: unlimited).
 func (s *Store) Usage() (used, capacity uint64) {
-	return uint64(max(s.used.Load(), 0)), s.capacity.Load()
+	return uint64(max(s.used.Load(), 0)), s.effectiveCapacity()
+}
+
+// effectiveCapacity is the lesser of the configured capacity and what the
+// filesystem can hold (0: unlimited).
+func (s *Store) effectiveCapacity() uint64 {
+	c := s.capacity.Load()
+	if s.space != nil {
+		if fs := s.space.capacity.Load(); fs > 0 && (c == 0 || uint64(fs) < c) {
+			c = uint64(fs)
+		}
+	}
+	return c
 }
 
 // Sync makes every write committed so far durable (those made with
@@ -305,7 +397,7 @@ func (s *Store) SetCapacity(bytes uint64) { s.capacity.Store(bytes) }
 func (s *Store) reserve(n int64) (ok bool, used int64, capacity uint64) {
 	for {
 		cur := s.used.Load()
-		capacity = s.capacity.Load()
+		capacity = s.effectiveCapacity()
 		if capacity != 0 && cur+n > int64(min(capacity, 1<<62)) {
 			return false, cur, capacity
 		}
@@ -366,6 +458,10 @@ func (s *Store) DeleteVolume(id uint64) error {
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return s.fail(fmt.Errorf("store: delete volume %d: commit: %w", id, err))
+	}
+	s.consumed(b)
+	if s.space != nil {
+		s.space.freed(id)
 	}
 	v.alloc.reset()
 	freed := v.used.Swap(0)

@@ -2,12 +2,19 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
 func TestUnwrittenReadsZeros(t *testing.T) {
@@ -315,65 +322,87 @@ func TestSameChunkWritersSerialise(t *testing.T) {
 	mustCheck(t, s)
 }
 
+// TestCorruptionDetected damages stored chunks behind Pebble's back (a
+// flipped bit, a chunk stored under another chunk's key): reads fail with
+// a *CorruptError naming the first damaged block, undamaged blocks of the
+// same chunk still read, Check lists every damaged block, and rewriting
+// just the damaged blocks (a host's usual repair) mends the chunk.
 func TestCorruptionDetected(t *testing.T) {
 	s, _ := openMem(t, Options{})
 	v := s.Volume(5)
 	ctx := context.Background()
 	mustWrite(t, v, pattern(1, 0, 4*ChunkSize), 0)
 
-	// Flip a bit in chunk 1's stored data.
-	val, closer, err := s.db.Get(chunkKey(5, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := append([]byte{}, val...)
-	closer.Close()
+	rawGet := func(c uint64) []byte { return rawValue(t, s, 5, c) }
+	// Flip a bit in block 0 of chunk 1.
+	bad := rawGet(1)
 	bad[100] ^= 0x10
 	if err := s.db.Set(chunkKey(5, 1), bad, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	// Misdirect: store chunk 2's (valid) value under chunk 3's key.
-	val, closer, err = s.db.Get(chunkKey(5, 2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	moved := append([]byte{}, val...)
-	closer.Close()
-	if err := s.db.Set(chunkKey(5, 3), moved, pebble.Sync); err != nil {
+	if err := s.db.Set(chunkKey(5, 3), rawGet(2), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 
-	for _, r := range [][2]int64{{ChunkSize, 512}, {0, 4 * ChunkSize}, {3 * ChunkSize, ChunkSize}, {3*ChunkSize + 512, 1024}} {
+	for _, r := range [][3]int64{ // offset, length, first damaged byte
+		{ChunkSize, 512, ChunkSize},
+		{0, 4 * ChunkSize, ChunkSize},
+		{3 * ChunkSize, ChunkSize, 3 * ChunkSize},
+		{3*ChunkSize + 1024, 1024, 3*ChunkSize + 1024},
+		{2 * ChunkSize, 2 * ChunkSize, 3 * ChunkSize},
+	} {
 		err := v.ReadAt(ctx, make([]byte, r[1]), r[0])
-		if !errors.Is(err, ErrCorrupt) {
-			t.Errorf("read %d+%d: %v, want ErrCorrupt", r[0], r[1], err)
+		var ce *CorruptError
+		if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) || ce.Volume != 5 || ce.Offset != r[2] {
+			t.Errorf("read %d+%d: %v, want a CorruptError at byte %d", r[0], r[1], err, r[2])
 		}
 	}
-	// Chunks 0 and 2 are fine.
+	// Chunks 0 and 2, and the undamaged blocks of chunk 1, are fine.
 	equalOrFail(t, "good chunk", mustRead(t, v, 0, ChunkSize), pattern(1, 0, ChunkSize))
 	equalOrFail(t, "good chunk", mustRead(t, v, 2*ChunkSize, ChunkSize), pattern(1, 2*ChunkSize, ChunkSize))
-	// A partial write of a corrupt chunk fails (it would have to trust the
-	// rest); a whole-chunk write repairs it.
-	if err := v.WriteAt(ctx, make([]byte, 512), ChunkSize); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("partial write to corrupt chunk: %v, want ErrCorrupt", err)
+	equalOrFail(t, "good blocks", mustRead(t, v, ChunkSize+512, ChunkSize-512), pattern(1, ChunkSize+512, ChunkSize-512))
+
+	err := s.Check(ctx)
+	var ce *CheckError
+	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("check: %v, want a CheckError", err)
 	}
-	if err := s.Check(ctx); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("check: %v, want ErrCorrupt", err)
+	want := []DamagedBlocks{{Volume: 5, Offset: ChunkSize, Length: 512}, {Volume: 5, Offset: 3 * ChunkSize, Length: ChunkSize}}
+	if len(ce.Damaged) != len(want) || len(ce.Problems) != 0 {
+		t.Fatalf("check: %v; want damage %v only", err, want)
 	}
-	mustWrite(t, v, pattern(2, ChunkSize, ChunkSize), ChunkSize)
-	if err := v.Unmap(ctx, 3*ChunkSize, ChunkSize); err != nil {
+	for i, d := range ce.Damaged {
+		if d.Volume != want[i].Volume || d.Offset != want[i].Offset || d.Length != want[i].Length {
+			t.Errorf("check: damaged run %d is %+v, want %+v", i, d, want[i])
+		}
+	}
+	t.Logf("check: %v", err)
+
+	// Rewriting the one damaged block of chunk 1 repairs it.
+	mustWrite(t, v, pattern(2, ChunkSize, 512), ChunkSize)
+	equalOrFail(t, "repaired chunk", mustRead(t, v, ChunkSize, ChunkSize),
+		append(pattern(2, ChunkSize, 512), pattern(1, ChunkSize+512, ChunkSize-512)...))
+	// Chunk 3 is damaged throughout: rewriting one block mends that block
+	// only; the others keep failing until they are rewritten or unmapped.
+	mustWrite(t, v, pattern(2, 3*ChunkSize+1024, 512), 3*ChunkSize+1024)
+	equalOrFail(t, "rewritten block", mustRead(t, v, 3*ChunkSize+1024, 512), pattern(2, 3*ChunkSize+1024, 512))
+	if err := v.ReadAt(ctx, make([]byte, ChunkSize), 3*ChunkSize); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("read of the blocks still damaged: %v, want ErrCorrupt", err)
+	}
+	if err := v.Unmap(ctx, 3*ChunkSize, 1024); err != nil {
 		t.Fatal(err)
 	}
-	equalOrFail(t, "repaired", mustRead(t, v, 0, 4*ChunkSize),
-		append(append(append(pattern(1, 0, ChunkSize), pattern(2, ChunkSize, ChunkSize)...),
-			pattern(1, 2*ChunkSize, ChunkSize)...), make([]byte, ChunkSize)...))
+	mustWrite(t, v, pattern(2, 3*ChunkSize+1536, ChunkSize-1536), 3*ChunkSize+1536)
+	want3 := append(append(make([]byte, 1024), pattern(2, 3*ChunkSize+1024, 512)...), pattern(2, 3*ChunkSize+1536, ChunkSize-1536)...)
+	equalOrFail(t, "chunk 3 mended block by block", mustRead(t, v, 3*ChunkSize, ChunkSize), want3)
 	mustCheck(t, s)
 
-	// A value of the wrong length.
+	// A value of the wrong length is damaged throughout.
 	if err := s.db.Set(chunkKey(5, 0), []byte("short"), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.ReadAt(ctx, make([]byte, 512), 0); !errors.Is(err, ErrCorrupt) {
+	if err := v.ReadAt(ctx, make([]byte, 512), 1024); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("short value: %v, want ErrCorrupt", err)
 	}
 }
@@ -415,23 +444,75 @@ func TestReopenKeepsEverything(t *testing.T) {
 	mustCheck(t, s)
 }
 
+// writesFS counts the operations that change a filesystem, to prove that
+// Open refused a store without opening it for writing.
+func writesFS(fs vfs.FS) (vfs.FS, *atomic.Int64) {
+	var n atomic.Int64
+	return errorfs.Wrap(fs, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpCreate, errorfs.OpLink, errorfs.OpRemove, errorfs.OpRemoveAll, errorfs.OpRename,
+			errorfs.OpReuseForWrite, errorfs.OpMkdirAll, errorfs.OpFileWrite, errorfs.OpFileWriteAt,
+			errorfs.OpFileSync, errorfs.OpFilePreallocate:
+			n.Add(1)
+		}
+		return nil
+	})), &n
+}
+
+// TestFormatVersion: a store of a newer format, or a Pebble DB that is not
+// a metro store, is refused with ErrFormat before Pebble opens it for
+// writing (which would replay its WAL, write a manifest and compact it).
 func TestFormatVersion(t *testing.T) {
 	s, fs := openMem(t, Options{})
-	// A newer format is refused with a clear error.
-	if err := s.db.Set(sysKey(sysFormatKey), []byte{0, 0, 0, 2}, pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open("db", Options{FS: fs})
-	if !errors.Is(err, ErrFormat) {
-		t.Fatalf("open newer format: %v, want ErrFormat", err)
+	if v, ok, err := readFormatFile(fs, "db"); err != nil || !ok || v != FormatVersion {
+		t.Fatalf("format file of a new store: %d %v %v", v, ok, err)
+	}
+	newer := FormatVersion + 1
+
+	// The format file says newer.
+	if err := fs.Remove("db/" + formatFile); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fs.Create("db/"+formatFile, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "metro store format %d\n", newer)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wfs, writes := writesFS(fs)
+	_, err = Open("db", Options{FS: wfs})
+	if !errors.Is(err, ErrFormat) || writes.Load() != 0 {
+		t.Fatalf("open newer format (file): %v after %d writes; want ErrFormat and no write", err, writes.Load())
 	}
 	t.Logf("newer format: %v", err)
 
+	// Only the record, as a format 1 metro wrote it, says newer.
+	if err := fs.Remove("db/" + formatFile); err != nil {
+		t.Fatal(err)
+	}
+	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil, nil)
+	db, err := pebble.Open("db", po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set(sysKey(sysFormatKey), binary.BigEndian.AppendUint32(nil, newer), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	writes.Store(0)
+	if _, err := Open("db", Options{FS: wfs}); !errors.Is(err, ErrFormat) || writes.Load() != 0 {
+		t.Fatalf("open newer format (record): %v after %d writes; want ErrFormat and no write", err, writes.Load())
+	}
+
 	// A Pebble DB that is not a metro store is refused.
-	db, err := pebble.Open("other", &pebble.Options{FS: fs, Merger: newMerger(), FormatMajorVersion: pebbleFormat,
+	db, err = pebble.Open("other", &pebble.Options{FS: fs, Merger: newMerger(), FormatMajorVersion: pebbleFormat,
 		Logger: pebbleLogger{log: slog.New(slog.DiscardHandler)}})
 	if err != nil {
 		t.Fatal(err)
@@ -442,9 +523,63 @@ func TestFormatVersion(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open("other", Options{FS: fs}); !errors.Is(err, ErrFormat) {
-		t.Fatalf("open foreign DB: %v, want ErrFormat", err)
+	writes.Store(0)
+	if _, err := Open("other", Options{FS: wfs}); !errors.Is(err, ErrFormat) || writes.Load() != 0 {
+		t.Fatalf("open foreign DB: %v after %d writes; want ErrFormat and no write", err, writes.Load())
 	}
+}
+
+// TestFormat1Upgrade opens a store as a format 1 metro left it (the record
+// only, chunks with one checksum each): its chunks read, partial writes
+// rewrite them in format 2, and the store is marked format 2.
+func TestFormat1Upgrade(t *testing.T) {
+	fs := vfs.NewMem()
+	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil, nil)
+	db, err := pebble.Open("db", po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(7, 0, ChunkSize)
+	v1 := append(append([]byte{}, data...), binary.LittleEndian.AppendUint32(nil, chunkSum(castagnoli(), 1, 0, data))...)
+	b := db.NewBatch()
+	_ = b.Set(sysKey(sysFormatKey), binary.BigEndian.AppendUint32(nil, 1), nil)
+	_ = b.Set(chunkKey(1, 0), v1, nil)
+	_ = b.Merge(allocKey(1, 0), []byte{formList, 0x80, 0x00}, nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open("db", Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, ok, err := readFormatFile(fs, "db"); err != nil || !ok || v != FormatVersion {
+		t.Fatalf("format file after the upgrade: %d %v %v", v, ok, err)
+	}
+	if v, _, err := formatRecord(s.db); err != nil || v != FormatVersion {
+		t.Fatalf("format record after the upgrade: %d %v", v, err)
+	}
+	vol := s.Volume(1)
+	equalOrFail(t, "format 1 chunk", mustRead(t, vol, 0, ChunkSize), data)
+	mustWrite(t, vol, pattern(8, 512, 512), 512)
+	copy(data[512:], pattern(8, 512, 512))
+	equalOrFail(t, "rewritten chunk", mustRead(t, vol, 0, ChunkSize), data)
+	if n := len(rawValue(t, s, 1, 0)); n != chunkValueLen {
+		t.Fatalf("rewritten chunk is %d bytes, want format 2's %d", n, chunkValueLen)
+	}
+	mustCheck(t, s)
+}
+
+func rawValue(t *testing.T, s *Store, vol, c uint64) []byte {
+	t.Helper()
+	var val []byte
+	if _, err := get(s.db, chunkKey(vol, c), func(v []byte) error { val = append(val, v...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return val
 }
 
 func TestClosed(t *testing.T) {
@@ -594,4 +729,97 @@ func TestRealDisk(t *testing.T) {
 	defer s.Close()
 	equalOrFail(t, "after reopen", mustRead(t, s.Volume(1), 512, 3*ChunkSize), pattern(1, 0, 3*ChunkSize))
 	mustCheck(t, s)
+}
+
+// TestBatchWriteUnmapWrite: one batch writes part of a chunk, unmaps the
+// whole chunk, then writes part of it again. The unmap drops the pending
+// content; the second write must start from zeros (it used to panic on the
+// dropped buffer still marked as the plan's own).
+func TestBatchWriteUnmapWrite(t *testing.T) {
+	s, _ := openMem(t, Options{})
+	v := s.Volume(1)
+	mustWrite(t, v, pattern(1, 0, 2*ChunkSize), 0) // mapped before the batch
+	for _, c := range []int64{0, 2} {              // chunk 2 is not mapped before
+		b := s.NewBatch()
+		base := c * ChunkSize
+		for _, err := range []error{
+			b.WriteAt(v, pattern(2, base, 512), base),
+			b.Unmap(v, base, ChunkSize),
+			b.WriteAt(v, pattern(3, base+1024, 512), base+1024),
+		} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatalf("chunk %d: %v", c, err)
+		}
+		want := make([]byte, ChunkSize)
+		copy(want[1024:], pattern(3, base+1024, 512))
+		equalOrFail(t, fmt.Sprintf("chunk %d", c), mustRead(t, v, base, ChunkSize), want)
+	}
+	mustCheck(t, s)
+}
+
+// TestFileModes: on the real disk the store's directory is 0700 and every
+// file in it 0600, whatever the umask, also for a store made before (0755
+// and 0644).
+func TestFileModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data", "store")
+	check := func(when string) {
+		t.Helper()
+		st, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: store directory mode %v, want 0700", when, st.Mode().Perm())
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range entries {
+			info, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Mode().IsRegular() {
+				n++
+				if info.Mode().Perm() != 0o600 {
+					t.Errorf("%s: %s mode %v, want 0600", when, e.Name(), info.Mode().Perm())
+				}
+			}
+		}
+		if n < 5 {
+			t.Fatalf("%s: only %d files in the store directory", when, n)
+		}
+	}
+	use := func() {
+		t.Helper()
+		s, err := Open(dir, Options{CacheSize: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustWrite(t, s.Volume(1), pattern(1, 0, 8*ChunkSize), 0)
+		if err := s.db.Flush(); err != nil { // sstables and blob files too
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	use()
+	check("new store")
+	// A store left readable by an earlier metro is made private.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		_ = os.Chmod(filepath.Join(dir, e.Name()), 0o644)
+	}
+	use()
+	check("reopened store")
 }

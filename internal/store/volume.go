@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -82,8 +81,9 @@ func (b *Batch) discard() {
 }
 
 // ReadAt fills p from byte offset off (both multiples of BlockSize).
-// Unmapped chunks read as zeros; a chunk failing verification fails the read
-// with an error wrapping ErrCorrupt.
+// Unmapped chunks read as zeros. A block that is damaged or that the disk
+// cannot read fails the read with a *CorruptError naming the first such
+// block (it matches ErrCorrupt).
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := checkRange(v.id, off, int64(len(p))); err != nil {
 		return err
@@ -109,29 +109,39 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	err = v.readIter(ctx, it, p, off)
 	if cerr := it.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("store: volume %d: read: %w", v.id, cerr)
+		err = &CorruptError{Volume: v.id, Offset: off, Err: fmt.Errorf("read: %w", markCorruption(cerr))}
 	}
 	return err
 }
 
 // readChunk fills p (within chunk c) from one point lookup.
 func (v *Volume) readChunk(p []byte, off int64, c uint64) error {
-	val, closer, err := v.s.db.Get(chunkKey(v.id, c))
-	if errors.Is(err, pebble.ErrNotFound) {
+	start := int64(c) << chunkShift
+	var bad blockMask
+	var why error
+	found, err := get(v.s.db, chunkKey(v.id, c), func(val []byte) error {
+		var data []byte
+		data, bad, why = verifyChunk(v.s.crc, v.id, c, val)
+		copy(p, data[min(off-start, int64(len(data))):])
+		return nil
+	})
+	if err != nil {
+		return &CorruptError{Volume: v.id, Offset: off, Err: fmt.Errorf("chunk %d: read: %w", c, markCorruption(err))}
+	}
+	if !found {
 		clear(p)
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("store: volume %d chunk %d: read: %w", v.id, c, err)
+	return v.damaged(c, bad, off-start, off-start+int64(len(p)), why)
+}
+
+// damaged returns a *CorruptError if any block of bytes [lo, hi) of chunk c
+// is in bad, naming the first of them.
+func (v *Volume) damaged(c uint64, bad blockMask, lo, hi int64, why error) error {
+	if bad &= blocksIn(lo, hi); bad == 0 {
+		return nil
 	}
-	defer closer.Close()
-	data, err := verifyChunk(v.s.crc, v.id, c, val)
-	if err != nil {
-		return err
-	}
-	start := int64(c) << chunkShift
-	copy(p, data[off-start:])
-	return nil
+	return &CorruptError{Volume: v.id, Offset: int64(c)<<chunkShift + bad.first()<<blockShift, Err: why}
 }
 
 // readIter fills p from an iterator over the chunks it covers.
@@ -147,24 +157,30 @@ func (v *Volume) readIter(ctx context.Context, it *pebble.Iterator, p []byte, of
 		}
 		vol, c, ok := decodeChunkKey(it.Key())
 		if !ok || vol != v.id {
-			return fmt.Errorf("store: volume %d: bad data key %x: %w", v.id, it.Key(), ErrCorrupt)
-		}
-		val, err := it.ValueAndErr()
-		if err != nil {
-			return fmt.Errorf("store: volume %d chunk %d: read: %w", v.id, c, err)
-		}
-		data, err := verifyChunk(v.s.crc, v.id, c, val)
-		if err != nil {
-			return err
+			return &CorruptError{Volume: v.id, Offset: pos,
+				Err: fmt.Errorf("bad data key %x: %w", it.Key(), ErrCorrupt)}
 		}
 		start := int64(c) << chunkShift
 		lo, hi := max(off, start), min(end, start+ChunkSize)
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return &CorruptError{Volume: v.id, Offset: lo, Err: fmt.Errorf("chunk %d: read: %w", c, markCorruption(err))}
+		}
+		data, bad, why := verifyChunk(v.s.crc, v.id, c, val)
+		if err := v.damaged(c, bad, lo-start, hi-start, why); err != nil {
+			return err
+		}
 		clear(p[pos-off : lo-off]) // unmapped gap before this chunk
 		copy(p[lo-off:hi-off], data[lo-start:hi-start])
 		pos = hi
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("store: volume %d: read: %w", v.id, err)
+		if cerr := ctxErr(ctx, "read"); cerr != nil {
+			return cerr
+		}
+		// The iterator could not position itself on the next key: the
+		// damage is at or after pos.
+		return &CorruptError{Volume: v.id, Offset: pos, Err: fmt.Errorf("read: %w", markCorruption(err))}
 	}
 	clear(p[pos-off:])
 	return nil

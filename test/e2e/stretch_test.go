@@ -426,15 +426,7 @@ func proxyCall(t *testing.T, l *lab.Lab, path string) {
 // side, stretched again, handed over by removing its sequencer, and the
 // removed copy is eradicated.
 func TestLinkPartitionAndUnstretch(t *testing.T) {
-	l := startLab(t, lab.Options{Initiators: []string{crashInitiator}, Size: 64 << 20, LinkTimeout: 2 * time.Second})
-	a := dialArray(t, l, 0, crashInitiator)
-	defer a.Close()
-	b := dialArray(t, l, 1, crashInitiator)
-	defer b.Close()
-	block := func(v byte) []byte { return bytes.Repeat([]byte{v}, 4096) }
-	if err := writeRetry(b, 0, block(1)); err != nil {
-		t.Fatalf("write through array-b before the cut: %v", err)
-	}
+	l, a, b := startPairWithHosts(t)
 
 	proxyCall(t, l, "/link/partition")
 	start := time.Now()
