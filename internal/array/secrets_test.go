@@ -93,11 +93,11 @@ func TestDataDirModes(t *testing.T) {
 	}
 }
 
-// checkModes fails the test for anything under dir open to others. The
-// store's own files are the store's to check.
+// checkModes fails the test for anything under dir open to others, the
+// store's files included.
 func checkModes(t *testing.T, dir string) {
 	t.Helper()
-	open, err := fileperm.Open(dir, "store")
+	open, err := fileperm.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

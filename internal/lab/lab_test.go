@@ -153,7 +153,7 @@ func TestUpFilesArePrivate(t *testing.T) {
 		t.Errorf("the array's log is not the one of this run:\n%s", log)
 	}
 
-	open, err := fileperm.Open(dir, "store") // the user's dir keeps its mode
+	open, err := fileperm.Open(dir) // the user's dir keeps its mode
 	if err != nil {
 		t.Fatal(err)
 	}
