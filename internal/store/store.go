@@ -215,7 +215,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	opts.FS = fs
 	po := pebbleOptions(opts, log, s.fail, s.ev)
-	version, err := readFormat(po.FS, dir, po)
+	version, inFile, err := readFormat(po.FS, dir, po)
 	if err != nil {
 		return nil, err
 	}
@@ -226,7 +226,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.db = db
 	s.capacity.Store(opts.Capacity)
 	s.mu.vols = make(map[uint64]*Volume)
-	if err := s.settleFormat(po.FS, version); err != nil {
+	if err := s.settleFormat(po.FS, version, inFile); err != nil {
 		return nil, errors.Join(err, closeDB(db))
 	}
 	if err := s.loadBitmaps(); err != nil {
@@ -252,14 +252,15 @@ func closeDB(db *pebble.DB) error {
 	return nil
 }
 
-func (s *Store) isEmpty() (bool, error) {
-	it, err := s.db.NewIter(nil)
+// isEmpty reports whether db holds no key at all.
+func isEmpty(db *pebble.DB) (bool, error) {
+	it, err := db.NewIter(nil)
 	if err != nil {
-		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+		return false, fmt.Errorf("look for keys: %w", err)
 	}
 	empty := !it.First()
 	if err := it.Close(); err != nil {
-		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+		return false, fmt.Errorf("look for keys: %w", err)
 	}
 	return empty, nil
 }
