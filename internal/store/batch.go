@@ -167,9 +167,11 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	}
 	// A batch that stores chunk data needs free space on the filesystem
 	// (even an overwrite: the WAL, then a new value until compaction);
-	// unmaps, deletions and metadata go on, as they free space.
+	// deletions and metadata go on, as they free space, and so do unmaps,
+	// which store at most the two chunks their ends fall in.
 	if p.stores > 0 && s.space != nil {
-		if err := s.space.admit(int64(b.pb.Len())); err != nil {
+		unmaps := !slices.ContainsFunc(b.ops, func(op dataOp) bool { return op.kind != opUnmap })
+		if err := s.space.admit(int64(b.pb.Len()), unmaps); err != nil {
 			return err
 		}
 	}

@@ -580,3 +580,37 @@ func TestUnmapFreesSpaceWhenFull(t *testing.T) {
 		t.Fatalf("the store failed: %v", calls)
 	}
 }
+
+// TestUnalignedUnmapWhenNearlyFull: an unmap whose ends fall inside
+// chunks rewrites those two chunks (the unmapped part zeroed), yet it frees
+// every chunk in between: with the filesystem below the floor it must
+// still go through (hosts send UNMAP at block granularity), while writes of
+// data stay refused.
+func TestUnalignedUnmapWhenNearlyFull(t *testing.T) {
+	fs := newSmallFS(40 << 20)
+	rec := &fatalRecorder{}
+	s, _ := openMem(t, Options{FS: fs, OnFatal: rec.onFatal})
+	ctx := context.Background()
+	v := s.Volume(1)
+	const size = 4 << 20
+	mustWrite(t, v, pattern(1, 0, size), 0)
+	fs.setOther(fs.avail() - s.space.floor + 1<<20)
+	s.space.look()
+	if err := v.WriteAt(ctx, pattern(2, 0, piece64), 0); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write with the filesystem nearly full: %v, want ErrNoSpace", err)
+	}
+	if err := v.Unmap(ctx, 512, size-1024); err != nil {
+		t.Fatalf("unmap of all but the first and last blocks with the filesystem nearly full: %v", err)
+	}
+	want := make([]byte, size)
+	copy(want, pattern(1, 0, 512))
+	copy(want[size-512:], pattern(1, size-512, 512))
+	equalOrFail(t, "after the unmap", mustRead(t, v, 0, size), want)
+	if used := v.Used(); used != 2*ChunkSize {
+		t.Fatalf("%d bytes used after the unmap, want the two edge chunks", used)
+	}
+	mustCheck(t, s)
+	if calls := rec.calls(); len(calls) != 0 {
+		t.Fatalf("the store failed: %v", calls)
+	}
+}
