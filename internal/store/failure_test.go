@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
@@ -157,5 +160,49 @@ func TestFaultTrigger(t *testing.T) {
 	}
 	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
 		t.Fatalf("read after the injected fault: %v, want ErrFailed", err)
+	}
+}
+
+// TestStalledDiskStopsStore: a disk that stops answering (a WAL sync that
+// never returns, as on a hung controller or a lost network volume) holds
+// every commit inside Pebble with its chunk stripes held, and no error
+// ever comes back: the array would hang with its link up, so its peer
+// would never take over. The store fails (OnFatal) once a disk operation
+// has been stalled for Options.MaxDiskStall, and refuses reads from then
+// on.
+func TestStalledDiskStopsStore(t *testing.T) {
+	var stall atomic.Bool
+	release := make(chan struct{})
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if stall.Load() && isWALWriteOrSync(op) {
+			<-release
+		}
+		return nil
+	}))
+	defer close(release)
+	fatal := make(chan error, 1)
+	s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20, MaxDiskStall: time.Second,
+		OnFatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := s.Volume(1)
+	mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
+	stall.Store(true)
+	go func() {
+		defer func() { _ = recover() }() // the commit may panic once released
+		_ = v.WriteAt(context.Background(), pattern(2, 0, ChunkSize), ChunkSize)
+	}()
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrFailed) {
+			t.Fatalf("OnFatal(%v), want an error wrapping ErrFailed", err)
+		}
+		t.Logf("OnFatal: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the store did not fail while its disk was stalled")
+	}
+	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read after the stall: %v, want ErrFailed", err)
 	}
 }

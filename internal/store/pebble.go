@@ -237,9 +237,6 @@ func (e *events) listener() *pebble.EventListener {
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			log.Error("pebble data corruption", "path", info.Path, "err", info.Details)
 		},
-		DiskSlow: func(info pebble.DiskSlowInfo) {
-			log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
-		},
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 			e.stall.begin()
 			log.Warn("write stall begins", "reason", info.Reason)
