@@ -206,3 +206,41 @@ func TestStalledDiskStopsStore(t *testing.T) {
 		t.Fatalf("read after the stall: %v, want ErrFailed", err)
 	}
 }
+
+// TestFailingFlushesStopStore: a disk that refuses every new sstable or
+// blob file while the WAL still works (errors in one area of the disk)
+// makes every flush fail; Pebble retries at once, forever, its memtables
+// fill and every write then waits in the write stall while reads go on
+// and the link stays up, so the peer never takes over. Once flushes have
+// failed without a success for Options.MaxDiskStall the store fails.
+// Flushes that fail for lack of space do not count: the space guard
+// handles those (TestBallastReleasedWhenFull).
+func TestFailingFlushesStopStore(t *testing.T) {
+	fs, armed := injectFS(func(op errorfs.Op) bool {
+		return op.Kind == errorfs.OpCreate && (strings.HasSuffix(op.Path, ".sst") || strings.HasSuffix(op.Path, ".blob"))
+	})
+	fatal := make(chan error, 1)
+	s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20, MaxDiskStall: time.Second,
+		OnFatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := s.Volume(1)
+	mustWrite(t, v, pattern(1, 0, 1<<20), 0)
+	armed.Store(true)
+	if _, err := s.db.AsyncFlush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrFailed) || !errors.Is(err, errInjected) {
+			t.Fatalf("OnFatal(%v), want an error wrapping ErrFailed and the disk error", err)
+		}
+		t.Logf("OnFatal: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the store did not fail while every flush failed")
+	}
+	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read after the failing flushes: %v, want ErrFailed", err)
+	}
+}

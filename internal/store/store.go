@@ -106,7 +106,8 @@ type Options struct {
 	// 20 s): a disk that stops answering returns no error, and commits
 	// would wait for it forever with their chunk stripes held while the
 	// array's link stays up. Operations slower than the lesser of 5 s and
-	// this are logged.
+	// this are logged. Flushes that keep failing (other than for lack of
+	// space) for as long also fail the store (see events.flushed).
 	MaxDiskStall time.Duration
 
 	// OnFatal is called once, when the store fails, with an error
@@ -240,6 +241,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	fs, s.health = vfs.WithDiskHealthChecks(fs, min(diskSlowLog, maxStall), nil,
 		func(info vfs.DiskSlowInfo) { s.diskSlow(info, maxStall) })
+	s.ev.fail, s.ev.maxStall = s.fail, maxStall
 	opts.FS = fs
 	po := pebbleOptions(opts, log, s.fail, s.ev)
 	version, inFile, err := readFormat(po.FS, dir, po)
