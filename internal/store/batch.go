@@ -144,6 +144,12 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	if err := ctxErr(ctx, "commit"); err != nil {
 		return err
 	}
+	// Wait out a write stall before taking the stripes: a commit waiting
+	// with them held would block every other writer of those stripes
+	// (other chunks too) on a mutex, beyond any deadline of theirs.
+	if err := s.ev.stall.wait(ctx); err != nil {
+		return err
+	}
 
 	var locks stripeSet
 	for i := range b.ops {
@@ -175,6 +181,9 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 			return err
 		}
 	}
+	// A stall may have begun while this commit took the stripes and
+	// read: wait for it here rather than inside Pebble, which ignores
+	// ctx.
 	if err := s.ev.stall.wait(ctx); err != nil {
 		return err
 	}

@@ -306,7 +306,8 @@ func (e *events) listener() *pebble.EventListener {
 // to end only as long as its context allows instead of blocking inside
 // Pebble with its chunk stripes held.
 type stallGate struct {
-	ch atomic.Pointer[chan struct{}] // closed when the stall ends; nil: none
+	ch      atomic.Pointer[chan struct{}] // closed when the stall ends; nil: none
+	waiting atomic.Int32                  // commits waiting in wait
 }
 
 func (g *stallGate) begin() {
@@ -327,6 +328,8 @@ func (g *stallGate) wait(ctx context.Context) error {
 	if ch == nil {
 		return nil
 	}
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
 	select {
 	case <-*ch:
 		return nil

@@ -522,6 +522,45 @@ func TestWriteStallHonoursDeadline(t *testing.T) {
 	equalOrFail(t, "after the stall", mustRead(t, v, 1<<30, ChunkSize), pattern(9, 1<<30, ChunkSize))
 }
 
+// TestStalledCommitHoldsNoStripes: a commit waiting for a write stall to
+// end must not hold its chunk stripes meanwhile, or every other writer of
+// those stripes (other chunks, other volumes too) blocks on them beyond
+// its own deadline. Here a writer without a deadline waits out a stall,
+// and another writer of the same chunk, with a deadline, gives up when
+// its deadline passes.
+func TestStalledCommitHoldsNoStripes(t *testing.T) {
+	s, _ := openMem(t, Options{})
+	v := s.Volume(1)
+	s.ev.stall.begin()
+	first := make(chan error, 1)
+	go func() { first <- v.WriteAt(context.Background(), pattern(1, 0, 512), 0) }()
+	for s.ev.stall.waiting.Load() == 0 {
+		select {
+		case err := <-first:
+			t.Fatalf("a write during a stall returned: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	second := make(chan error, 1)
+	go func() { second <- v.WriteAt(ctx, pattern(2, 512, 512), 512) }()
+	select {
+	case err := <-second:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("second write during the stall: %v, want its deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		s.ev.stall.end()
+		t.Fatal("a write of a chunk another stalled commit waits on ignored its deadline")
+	}
+	s.ev.stall.end()
+	if err := <-first; err != nil {
+		t.Fatalf("first write once the stall ended: %v", err)
+	}
+	equalOrFail(t, "after the stall", mustRead(t, v, 0, 1024), append(pattern(1, 0, 512), make([]byte, 512)...))
+}
+
 // piece64 is a 64 KiB write.
 const piece64 = 64 << 10
 
