@@ -267,11 +267,11 @@ func (g *spaceGuard) lookLocked(makeBallast bool) {
 	if err != nil {
 		return
 	}
-	avail := int64(min(u.AvailBytes, math.MaxInt64))
+	avail := clampAvail(u.AvailBytes)
 	if g.mu.haveBallast && avail < g.floor/2 {
 		g.dropBallastLocked("free space is nearly exhausted")
 		if u, err = g.fs.GetDiskUsage(g.dir); err == nil {
-			avail = int64(min(u.AvailBytes, math.MaxInt64))
+			avail = clampAvail(u.AvailBytes)
 		}
 	}
 	if makeBallast && !g.mu.haveBallast && avail >= g.reserve+g.ballast {
@@ -302,6 +302,11 @@ func (g *spaceGuard) lookLocked(makeBallast bool) {
 		}
 	}
 }
+
+// clampAvail turns a filesystem's free bytes into an int64 small enough
+// that the capacity's sums cannot overflow (some filesystems report more
+// than an int64 holds).
+func clampAvail(avail uint64) int64 { return int64(min(avail, 1<<62)) }
 
 // dropBallastLocked deletes the ballast (g.mu held).
 func (g *spaceGuard) dropBallastLocked(why string) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -652,4 +653,33 @@ func TestUnalignedUnmapWhenNearlyFull(t *testing.T) {
 	if calls := rec.calls(); len(calls) != 0 {
 		t.Fatalf("the store failed: %v", calls)
 	}
+}
+
+// hugeFS is an in-memory filesystem that reports more free space than an
+// int64 holds, as some network and FUSE filesystems do.
+type hugeFS struct{ vfs.FS }
+
+func (hugeFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	return vfs.DiskUsage{TotalBytes: 128 << 20, AvailBytes: math.MaxUint64}, nil
+}
+
+// TestHugeFreeSpace: the effective capacity on a filesystem that reports
+// more free space than an int64 holds stays huge once the store's files
+// outgrow its reserve (it wrapped around to 1 byte, refusing every new
+// write).
+func TestHugeFreeSpace(t *testing.T) {
+	s, _ := openMem(t, Options{FS: hugeFS{vfs.NewMem()}})
+	v := s.Volume(1)
+	const size = 20 << 20 // more than the reserve of a 128 MiB filesystem
+	for off := int64(0); off < size; off += 1 << 20 {
+		mustWrite(t, v, pattern(1, off, 1<<20), off)
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.space.look()
+	if _, capacity := s.Usage(); capacity < 1<<60 {
+		t.Fatalf("effective capacity %d with %d bytes stored and unbounded free space", capacity, s.space.storeBytes())
+	}
+	mustWrite(t, v, pattern(2, size, ChunkSize), size)
 }
