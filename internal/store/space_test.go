@@ -683,3 +683,29 @@ func TestHugeFreeSpace(t *testing.T) {
 	}
 	mustWrite(t, v, pattern(2, size, ChunkSize), size)
 }
+
+// TestShareBelowStoredData: a store filled beyond the filesystem share
+// (made before the share applied, or with a larger one) refuses writes
+// that need new chunks from its next start, with plenty of free space
+// left: overwrites and unmaps go on, and the start says so in the log.
+func TestShareBelowStoredData(t *testing.T) {
+	fs := newSmallFS(100 << 20)
+	s, _ := openMem(t, Options{FS: fs, FilesystemShare: 100})
+	v := s.Volume(1)
+	const size = 40 << 20
+	for off := int64(0); off < size; off += 1 << 20 {
+		mustWrite(t, v, pattern(1, off, 1<<20), off)
+	}
+	logs := &logLines{}
+	s = reopen(t, s, fs, Options{Logger: slog.New(logs)})
+	v = s.Volume(1)
+	used, capacity := s.Usage()
+	t.Logf("%d MiB used, effective capacity %d MiB, %d MiB free", used>>20, capacity>>20, fs.avail()>>20)
+	if err := v.WriteAt(context.Background(), pattern(2, size, ChunkSize), size); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("new chunk beyond the share: %v, want ErrNoSpace", err)
+	}
+	mustWrite(t, v, pattern(2, 0, ChunkSize), 0)
+	if logs.count("already exceeds the effective capacity") != 1 {
+		t.Fatalf("the start did not warn that the stored data exceeds the effective capacity")
+	}
+}

@@ -271,6 +271,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	used, capacity := s.Usage()
 	log.Info("store opened", "dir", dir, "format", FormatVersion,
 		"used", used, "capacity", capacity)
+	if capacity != 0 && used > capacity {
+		// Typically a store filled before the filesystem's share applied.
+		log.Warn("volume data already exceeds the effective capacity: writes that need new chunks get out of space (overwrites and unmaps go on); grow the filesystem, free space on it, or raise the filesystem share (see internal/store/space.go)",
+			"dir", dir, "used", used, "capacity", capacity, "configured_capacity", opts.Capacity)
+	}
 	return s, nil
 }
 
