@@ -159,6 +159,12 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	}
 	s.lockStripes(&locks)
 	defer s.unlockStripes(&locks)
+	// The commit that held these stripes may have failed the store: what
+	// it left in Pebble's memtable was never durable, so neither read it
+	// (partial writes, compares) nor commit after it.
+	if err := s.healthy(); err != nil {
+		return err
+	}
 
 	// Work out every touched chunk's old and new state under the locks.
 	p := plan{s: s}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -242,5 +243,43 @@ func TestFailingFlushesStopStore(t *testing.T) {
 	}
 	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
 		t.Fatalf("read after the failing flushes: %v, want ErrFailed", err)
+	}
+}
+
+// TestWriterWaitingOnStripesSeesFailure: a writer that entered the store
+// before it failed, and waited for the stripes of a chunk whose commit
+// failed, must not go on: what it would read (the failed commit's data in
+// Pebble's memtable) was never durable, and its own commit must not be
+// acknowledged by a failed store. (An array's OnFatal exits at once; an
+// embedder's may return.)
+func TestWriterWaitingOnStripesSeesFailure(t *testing.T) {
+	for name, op := range map[string]func(v *Volume) error{
+		"write": func(v *Volume) error { return v.WriteAt(context.Background(), pattern(2, 0, 512), 0) },
+		"compare and write": func(v *Volume) error {
+			return v.CompareAndWrite(context.Background(), pattern(1, 0, 512), pattern(2, 0, 512), 0)
+		},
+		"unmap": func(v *Volume) error { return v.Unmap(context.Background(), 0, 512) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, _ := openMem(t, Options{OnFatal: func(error) {}})
+			v := s.Volume(1)
+			mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
+			var locks stripeSet
+			locks.addRange(v.ID(), 0, 0)
+			s.lockStripes(&locks) // as the commit that fails holds them
+			res := make(chan error, 1)
+			go func() { res <- op(v) }()
+			// Wait until the writer is inside the store (sharing its life
+			// lock): nothing but the stripes holds it there.
+			for s.life.TryLock() {
+				s.life.Unlock()
+				runtime.Gosched()
+			}
+			_ = s.fail(errors.New("injected: a commit could not be made durable"))
+			s.unlockStripes(&locks)
+			if err := <-res; !errors.Is(err, ErrFailed) {
+				t.Fatalf("%s that waited for the stripes of a failed commit: %v, want ErrFailed", name, err)
+			}
+		})
 	}
 }
