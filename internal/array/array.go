@@ -106,7 +106,7 @@ func Open(opts Options) (*Array, error) {
 		}
 	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{FS: opts.FS, Capacity: cfg.CapacityBytes(),
-		FilesystemShare: cfg.FilesystemShare, Logger: a.log,
+		FilesystemShare: cfg.FilesystemShare, MaxDiskStall: cfg.MaxDiskStall.Duration, Logger: a.log,
 		OnFatal: a.storeFailed, FaultTrigger: opts.StoreFaultTrigger})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)

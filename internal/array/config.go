@@ -24,6 +24,8 @@ import (
 //	capacity: 100G                # usable space; empty: what the filesystem can hold (below)
 //	filesystem_share: 40          # percent of data_dir's filesystem, after the store's
 //	                              # reserve, that volume data may fill (see internal/store/space.go)
+//	max_disk_stall: 20s           # a disk write or sync of the store's stalled this long stops
+//	                              # the array, as a failed one does (fail-stop: the peer takes over)
 //	eradication_window: 24h       # destroyed volumes stay recoverable
 //	api:
 //	  listen: 127.0.0.1:8443
@@ -93,6 +95,7 @@ type Config struct {
 	DataDir           string   `yaml:"data_dir"`
 	Capacity          string   `yaml:"capacity"`
 	FilesystemShare   int      `yaml:"filesystem_share"`
+	MaxDiskStall      Duration `yaml:"max_disk_stall"`
 	EradicationWindow Duration `yaml:"eradication_window"`
 	API               struct {
 		Listen   string `yaml:"listen"`
@@ -249,6 +252,13 @@ func (c *Config) setDefaults() error {
 	if c.FilesystemShare < 0 || c.FilesystemShare > 100 {
 		return fmt.Errorf("filesystem_share %d: give a percentage from 1 to 100 (0 or none: the default, %d)",
 			c.FilesystemShare, store.DefaultFilesystemShare)
+	}
+	if c.MaxDiskStall.Duration < 0 {
+		return fmt.Errorf("max_disk_stall %s: give a positive duration (none: the default, %s)",
+			c.MaxDiskStall.Duration, store.DefaultMaxDiskStall)
+	}
+	if c.MaxDiskStall.Duration == 0 {
+		c.MaxDiskStall.Duration = store.DefaultMaxDiskStall
 	}
 	if c.EradicationWindow.Duration == 0 {
 		c.EradicationWindow.Duration = 24 * time.Hour

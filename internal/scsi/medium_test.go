@@ -93,6 +93,27 @@ func TestMediumErrorNamesLBA(t *testing.T) {
 	if !s.InfoValid || s.Info != uint32(first) {
 		t.Fatalf("read of all blocks: sense %v information %d (valid %v), want LBA %d", s, s.Info, s.InfoValid, first)
 	}
+	// Every other command that reads the medium names it too: VERIFY
+	// (BYTCHK 0 and 1), COMPARE AND WRITE and ORWRITE, from the block
+	// before it when there is one.
+	from := max(first-1, 0)
+	verify01 := cdbRW16(opVerify16, uint64(from), 2)
+	verify01[1] = 0x02 // BYTCHK 01b
+	for name, r := range map[string]*Result{
+		"verify":            exec(cdbRW16(opVerify16, uint64(from), 8), nil),
+		"verify (bytchk 1)": exec(verify01, make([]byte, 2*BlockSize)),
+		"compare and write": exec(cdbCAW(uint64(from), 2), make([]byte, 4*BlockSize)),
+		"orwrite":           exec(cdbRW16(opOrWrite16, uint64(from), 2), make([]byte, 2*BlockSize)),
+	} {
+		if r.Status != StatusCheckCondition {
+			t.Fatalf("%s over the damaged LBA %d: status %#x, want a medium error", name, first, r.Status)
+		}
+		s := expectSense(t, r, SenseMediumError())
+		if !s.InfoValid || s.Info != uint32(first) {
+			t.Fatalf("%s over the damaged LBA %d: information %d (valid %v)", name, first, s.Info, s.InfoValid)
+		}
+	}
+
 	// Rewriting just that block mends it (the chunk's other blocks stay
 	// unreadable until rewritten): the next read names the next block.
 	if r := exec(cdbRW16(opWrite16, uint64(first), 1), pattern(9, 1)); r.Status != StatusGood {

@@ -144,6 +144,12 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	if err := ctxErr(ctx, "commit"); err != nil {
 		return err
 	}
+	// Wait out a write stall before taking the stripes: a commit waiting
+	// with them held would block every other writer of those stripes
+	// (other chunks too) on a mutex, beyond any deadline of theirs.
+	if err := s.ev.stall.wait(ctx); err != nil {
+		return err
+	}
 
 	var locks stripeSet
 	for i := range b.ops {
@@ -153,6 +159,12 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	}
 	s.lockStripes(&locks)
 	defer s.unlockStripes(&locks)
+	// The commit that held these stripes may have failed the store: what
+	// it left in Pebble's memtable was never durable, so neither read it
+	// (partial writes, compares) nor commit after it.
+	if err := s.healthy(); err != nil {
+		return err
+	}
 
 	// Work out every touched chunk's old and new state under the locks.
 	p := plan{s: s}
@@ -167,12 +179,17 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	}
 	// A batch that stores chunk data needs free space on the filesystem
 	// (even an overwrite: the WAL, then a new value until compaction);
-	// unmaps, deletions and metadata go on, as they free space.
+	// deletions and metadata go on, as they free space, and so do unmaps,
+	// which store at most the two chunks their ends fall in.
 	if p.stores > 0 && s.space != nil {
-		if err := s.space.admit(int64(b.pb.Len())); err != nil {
+		unmaps := !slices.ContainsFunc(b.ops, func(op dataOp) bool { return op.kind != opUnmap })
+		if err := s.space.admit(int64(b.pb.Len()), unmaps); err != nil {
 			return err
 		}
 	}
+	// A stall may have begun while this commit took the stripes and
+	// read: wait for it here rather than inside Pebble, which ignores
+	// ctx.
 	if err := s.ev.stall.wait(ctx); err != nil {
 		return err
 	}

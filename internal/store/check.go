@@ -114,6 +114,10 @@ func (s *Store) Check(ctx context.Context) error {
 	var all stripeSet
 	all.fill()
 	s.lockStripes(&all)
+	if err := s.healthy(); err != nil { // a commit failed while Check waited
+		s.unlockStripes(&all)
+		return err
+	}
 	snap := s.db.NewSnapshot()
 	mem := s.memoryState()
 	memTotal := s.used.Load()

@@ -108,7 +108,11 @@
 // hits an error it cannot continue from), what it holds in memory may be
 // ahead of the disk: the store fails, refusing every later read and write
 // (ErrFailed), and calls Options.OnFatal, with which the array stops its
-// process (fail-stop: its peer sees the link drop and takes over). This
+// process (fail-stop: its peer sees the link drop and takes over). A disk
+// that stops answering (one operation stalled for Options.MaxDiskStall),
+// and flushes that keep failing for as long other than for lack of
+// space, fail the store the same way: they return no error to a commit,
+// which would otherwise wait forever. This
 // does not depend on a panic reaching the top of a goroutine, so no panic
 // recovery can keep a failed array running. On restart the WAL replay
 // recovers exactly what was acknowledged, as after a power loss.

@@ -5,10 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
@@ -157,5 +161,125 @@ func TestFaultTrigger(t *testing.T) {
 	}
 	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
 		t.Fatalf("read after the injected fault: %v, want ErrFailed", err)
+	}
+}
+
+// TestStalledDiskStopsStore: a disk that stops answering (a WAL sync that
+// never returns, as on a hung controller or a lost network volume) holds
+// every commit inside Pebble with its chunk stripes held, and no error
+// ever comes back: the array would hang with its link up, so its peer
+// would never take over. The store fails (OnFatal) once a disk operation
+// has been stalled for Options.MaxDiskStall, and refuses reads from then
+// on.
+func TestStalledDiskStopsStore(t *testing.T) {
+	var stall atomic.Bool
+	release := make(chan struct{})
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if stall.Load() && isWALWriteOrSync(op) {
+			<-release
+		}
+		return nil
+	}))
+	defer close(release)
+	fatal := make(chan error, 1)
+	s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20, MaxDiskStall: time.Second,
+		OnFatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := s.Volume(1)
+	mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
+	stall.Store(true)
+	go func() {
+		defer func() { _ = recover() }() // the commit may panic once released
+		_ = v.WriteAt(context.Background(), pattern(2, 0, ChunkSize), ChunkSize)
+	}()
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrFailed) {
+			t.Fatalf("OnFatal(%v), want an error wrapping ErrFailed", err)
+		}
+		t.Logf("OnFatal: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the store did not fail while its disk was stalled")
+	}
+	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read after the stall: %v, want ErrFailed", err)
+	}
+}
+
+// TestFailingFlushesStopStore: a disk that refuses every new sstable or
+// blob file while the WAL still works (errors in one area of the disk)
+// makes every flush fail; Pebble retries at once, forever, its memtables
+// fill and every write then waits in the write stall while reads go on
+// and the link stays up, so the peer never takes over. Once flushes have
+// failed without a success for Options.MaxDiskStall the store fails.
+// Flushes that fail for lack of space do not count: the space guard
+// handles those (TestBallastReleasedWhenFull).
+func TestFailingFlushesStopStore(t *testing.T) {
+	fs, armed := injectFS(func(op errorfs.Op) bool {
+		return op.Kind == errorfs.OpCreate && (strings.HasSuffix(op.Path, ".sst") || strings.HasSuffix(op.Path, ".blob"))
+	})
+	fatal := make(chan error, 1)
+	s, err := Open("db", Options{FS: fs, CacheSize: 1 << 20, MaxDiskStall: time.Second,
+		OnFatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := s.Volume(1)
+	mustWrite(t, v, pattern(1, 0, 1<<20), 0)
+	armed.Store(true)
+	if _, err := s.db.AsyncFlush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrFailed) || !errors.Is(err, errInjected) {
+			t.Fatalf("OnFatal(%v), want an error wrapping ErrFailed and the disk error", err)
+		}
+		t.Logf("OnFatal: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the store did not fail while every flush failed")
+	}
+	if err := v.ReadAt(context.Background(), make([]byte, ChunkSize), 0); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read after the failing flushes: %v, want ErrFailed", err)
+	}
+}
+
+// TestWriterWaitingOnStripesSeesFailure: a writer that entered the store
+// before it failed, and waited for the stripes of a chunk whose commit
+// failed, must not go on: what it would read (the failed commit's data in
+// Pebble's memtable) was never durable, and its own commit must not be
+// acknowledged by a failed store. (An array's OnFatal exits at once; an
+// embedder's may return.)
+func TestWriterWaitingOnStripesSeesFailure(t *testing.T) {
+	for name, op := range map[string]func(v *Volume) error{
+		"write": func(v *Volume) error { return v.WriteAt(context.Background(), pattern(2, 0, 512), 0) },
+		"compare and write": func(v *Volume) error {
+			return v.CompareAndWrite(context.Background(), pattern(1, 0, 512), pattern(2, 0, 512), 0)
+		},
+		"unmap": func(v *Volume) error { return v.Unmap(context.Background(), 0, 512) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, _ := openMem(t, Options{OnFatal: func(error) {}})
+			v := s.Volume(1)
+			mustWrite(t, v, pattern(1, 0, ChunkSize), 0)
+			var locks stripeSet
+			locks.addRange(v.ID(), 0, 0)
+			s.lockStripes(&locks) // as the commit that fails holds them
+			res := make(chan error, 1)
+			go func() { res <- op(v) }()
+			// Wait until the writer is inside the store (sharing its life
+			// lock): nothing but the stripes holds it there.
+			for s.life.TryLock() {
+				s.life.Unlock()
+				runtime.Gosched()
+			}
+			_ = s.fail(errors.New("injected: a commit could not be made durable"))
+			s.unlockStripes(&locks)
+			if err := <-res; !errors.Is(err, ErrFailed) {
+				t.Fatalf("%s that waited for the stripes of a failed commit: %v, want ErrFailed", name, err)
+			}
+		})
 	}
 }

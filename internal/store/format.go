@@ -29,37 +29,46 @@ const formatFile = "METRO-FORMAT"
 const formatFilePrefix = "metro store format "
 
 // readFormat returns the format version of the store in dir before Pebble
-// opens it for writing: 0 for a new (absent or empty) store. A newer
-// version than this package supports, or a Pebble DB that is not a metro
-// store, is refused with ErrFormat.
-func readFormat(fs vfs.FS, dir string, po *pebble.Options) (uint32, error) {
+// opens it for writing, and whether formatFile holds it: 0 for a new
+// store (absent, or empty because power was lost while it was being
+// made, before its format record was durable). A newer version than this
+// package supports, or a Pebble DB that is not a metro store, is refused
+// with ErrFormat.
+func readFormat(fs vfs.FS, dir string, po *pebble.Options) (v uint32, inFile bool, err error) {
 	if v, ok, err := readFormatFile(fs, dir); err != nil || ok {
-		return v, err
+		return v, ok, err
 	}
 	desc, err := pebble.Peek(dir, fs)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && !desc.Exists) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("store: %s: %w", dir, err)
+		return 0, false, fmt.Errorf("store: %s: %w", dir, err)
 	}
 	// A DB without the file: made by a metro that wrote only the record
-	// (format 1), or not a metro store. Read the record read-only.
+	// (format 1), one whose making or upgrade was cut short before the
+	// file was written, or not a metro store. Read the record read-only.
 	ro := *po
 	ro.ReadOnly = true
 	db, err := pebble.Open(dir, &ro)
 	if err != nil {
-		return 0, fmt.Errorf("store: open %s read-only to read its format version: %w", dir, err)
+		return 0, false, fmt.Errorf("store: open %s read-only to read its format version: %w", dir, err)
 	}
 	v, found, err := formatRecord(db)
+	empty := false
+	if err == nil && !found {
+		empty, err = isEmpty(db)
+	}
 	err = errors.Join(err, closeDB(db))
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("store: %s: %w", dir, err)
+		return 0, false, fmt.Errorf("store: %s: %w", dir, err)
+	case !found && empty:
+		return 0, false, nil
 	case !found:
-		return 0, fmt.Errorf("store: %s holds a database but no format version; not a metro store: %w", dir, ErrFormat)
+		return 0, false, fmt.Errorf("store: %s holds a database but no format version; not a metro store: %w", dir, ErrFormat)
 	}
-	return v, checkVersion(dir, v)
+	return v, false, checkVersion(dir, v)
 }
 
 // readFormatFile reads formatFile; ok is false if there is none.
@@ -111,8 +120,9 @@ func formatRecord(db pebble.Reader) (v uint32, found bool, err error) {
 // settleFormat runs once Pebble has opened the store for writing: it
 // writes the format version into a new store, upgrades an older one (the
 // record first, then the file, so the file never claims more than the
-// record) and checks that the record agrees with what readFormat found.
-func (s *Store) settleFormat(fs vfs.FS, found uint32) error {
+// record), writes the file if it is missing (power was lost between the
+// two) and checks that the record agrees with what readFormat found.
+func (s *Store) settleFormat(fs vfs.FS, found uint32, inFile bool) error {
 	rec, ok, err := formatRecord(s.db)
 	switch {
 	case err != nil:
@@ -120,9 +130,9 @@ func (s *Store) settleFormat(fs vfs.FS, found uint32) error {
 	case !ok && found != 0:
 		return fmt.Errorf("store: %s: format version record missing (the format file says %d): %w", s.dir, found, ErrFormat)
 	case !ok:
-		empty, err := s.isEmpty()
+		empty, err := isEmpty(s.db)
 		if err != nil {
-			return err
+			return fmt.Errorf("store: %s: %w", s.dir, err)
 		}
 		if !empty {
 			return fmt.Errorf("store: %s holds data but no format version; not a metro store: %w", s.dir, ErrFormat)
@@ -141,7 +151,7 @@ func (s *Store) settleFormat(fs vfs.FS, found uint32) error {
 			s.log.Info("store format upgraded", "dir", s.dir, "from", rec, "to", FormatVersion)
 		}
 	}
-	if found != FormatVersion {
+	if found != FormatVersion || !inFile {
 		return writeFormatFile(fs, s.dir)
 	}
 	return nil

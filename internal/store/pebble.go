@@ -2,10 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -209,6 +211,39 @@ type events struct {
 	limit *logLimiter
 	space *spaceGuard // nil: no guard
 	stall stallGate
+
+	// fail marks the store failed (nil: nothing does) once flushes have
+	// failed for maxStall; flushFailing is when the failures began (Unix
+	// nanoseconds; 0: the last flush succeeded).
+	fail         func(error) error
+	maxStall     time.Duration
+	flushFailing atomic.Int64
+}
+
+// flushed notes the end of a flush. Flushes only write (they read the
+// memtable), so flushes that fail, without one succeeding, for maxStall
+// mean a disk that refuses writes: Pebble would retry them forever while
+// its memtables fill and every commit waits in the write stall, with the
+// array's link up. The store fails then, as when a WAL write fails. A
+// flush that failed for lack of space is left to the space guard.
+func (e *events) flushed(err error) {
+	if err == nil {
+		e.flushFailing.Store(0)
+		return
+	}
+	if e.fail == nil || errors.Is(err, syscall.ENOSPC) {
+		return
+	}
+	now := e.limit.now().UnixNano()
+	since := e.flushFailing.Load()
+	if since == 0 {
+		e.flushFailing.CompareAndSwap(0, now)
+		return
+	}
+	if d := time.Duration(now - since); d >= e.maxStall {
+		_ = e.fail(fmt.Errorf("store: every flush has failed for %s (the limit is %s): the disk refuses writes: %w",
+			d.Round(time.Second), e.maxStall, err))
+	}
 }
 
 func newEvents(log *slog.Logger, space *spaceGuard, now func() time.Time) *events {
@@ -237,9 +272,6 @@ func (e *events) listener() *pebble.EventListener {
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			log.Error("pebble data corruption", "path", info.Path, "err", info.Details)
 		},
-		DiskSlow: func(info pebble.DiskSlowInfo) {
-			log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
-		},
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 			e.stall.begin()
 			log.Warn("write stall begins", "reason", info.Reason)
@@ -252,6 +284,7 @@ func (e *events) listener() *pebble.EventListener {
 			if info.Err != nil {
 				e.errorf("pebble flush failed", info.Err)
 			}
+			e.flushed(info.Err)
 			e.poke()
 		},
 		CompactionEnd: func(info pebble.CompactionInfo) {
@@ -273,7 +306,8 @@ func (e *events) listener() *pebble.EventListener {
 // to end only as long as its context allows instead of blocking inside
 // Pebble with its chunk stripes held.
 type stallGate struct {
-	ch atomic.Pointer[chan struct{}] // closed when the stall ends; nil: none
+	ch      atomic.Pointer[chan struct{}] // closed when the stall ends; nil: none
+	waiting atomic.Int32                  // commits waiting in wait
 }
 
 func (g *stallGate) begin() {
@@ -294,6 +328,8 @@ func (g *stallGate) wait(ctx context.Context) error {
 	if ch == nil {
 		return nil
 	}
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
 	select {
 	case <-*ch:
 		return nil

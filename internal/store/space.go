@@ -43,12 +43,15 @@ import (
 //     filesystem still use space, so when less than the floor (half the
 //     reserve) is free, every batch that stores chunk data is refused too.
 //     Unmaps, volume deletions and metadata changes (configuration, which
-//     deletions need) go on: they free space. Pebble would apply an unmap
-//     to the disk only once its memtable fills (which, with writes refused,
-//     may be never), so while free space is below the floor an unmap or a
-//     deletion has the volume's key range compacted at once (flushing the
-//     memtable): a deleted volume's files, and blob files left holding
-//     only unmapped values, are then deleted; blob files still holding
+//     deletions need) go on: they free space. (An unmap whose ends fall
+//     inside chunks stores those two chunks, partly zeroed, so unmaps are
+//     refused only below half the floor, where the ballast goes.) Pebble
+//     would apply an unmap to the disk only once its memtable fills
+//     (which, with writes refused, may be never), so while free space is
+//     below the floor an unmap or a deletion has the volume's key range
+//     compacted at once (flushing the memtable): a deleted volume's
+//     files, and blob files left holding only unmapped values, are then
+//     deleted; blob files still holding
 //     live values too are rewritten by Pebble once they are
 //     RewriteMinimumAge (5 minutes) old. Free space is measured
 //     (statfs) every second, when Pebble reports a flush, compaction, file
@@ -264,11 +267,11 @@ func (g *spaceGuard) lookLocked(makeBallast bool) {
 	if err != nil {
 		return
 	}
-	avail := int64(min(u.AvailBytes, math.MaxInt64))
+	avail := clampAvail(u.AvailBytes)
 	if g.mu.haveBallast && avail < g.floor/2 {
 		g.dropBallastLocked("free space is nearly exhausted")
 		if u, err = g.fs.GetDiskUsage(g.dir); err == nil {
-			avail = int64(min(u.AvailBytes, math.MaxInt64))
+			avail = clampAvail(u.AvailBytes)
 		}
 	}
 	if makeBallast && !g.mu.haveBallast && avail >= g.reserve+g.ballast {
@@ -299,6 +302,11 @@ func (g *spaceGuard) lookLocked(makeBallast bool) {
 		}
 	}
 }
+
+// clampAvail turns a filesystem's free bytes into an int64 small enough
+// that the capacity's sums cannot overflow (some filesystems report more
+// than an int64 holds).
+func clampAvail(avail uint64) int64 { return int64(min(avail, 1<<62)) }
 
 // dropBallastLocked deletes the ballast (g.mu held).
 func (g *spaceGuard) dropBallastLocked(why string) {
@@ -351,18 +359,25 @@ func (g *spaceGuard) makeBallast() error {
 }
 
 // admit checks that a batch that stores chunk data, of n bytes, leaves
-// the floor free. Near the floor it measures again before refusing.
-func (g *spaceGuard) admit(n int64) error {
-	if g.avail.Load()-2*n >= g.floor {
+// the floor free; a batch of unmaps only (which stores the chunks its
+// unmaps end in, partly zeroed, and frees the rest) half the floor, so
+// that hosts can free space with unmaps that are not chunk-aligned. Near
+// the floor it measures again before refusing.
+func (g *spaceGuard) admit(n int64, unmaps bool) error {
+	floor := g.floor
+	if unmaps {
+		floor /= 2
+	}
+	if g.avail.Load()-2*n >= floor {
 		return nil
 	}
 	if g.mu.TryLock() { // else another writer is measuring: use its result
 		g.lookLocked(false)
 		g.mu.Unlock()
 	}
-	if avail := g.avail.Load(); avail-2*n < g.floor {
+	if avail := g.avail.Load(); avail-2*n < floor {
 		return fmt.Errorf("store: the filesystem holding the store has %d bytes free, less than the %d kept for the store's own work: free space (unmap, delete volumes or grow the filesystem): %w",
-			max(avail, 0), g.floor, ErrNoSpace)
+			max(avail, 0), floor, ErrNoSpace)
 	}
 	return nil
 }

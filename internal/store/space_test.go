@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -522,6 +523,45 @@ func TestWriteStallHonoursDeadline(t *testing.T) {
 	equalOrFail(t, "after the stall", mustRead(t, v, 1<<30, ChunkSize), pattern(9, 1<<30, ChunkSize))
 }
 
+// TestStalledCommitHoldsNoStripes: a commit waiting for a write stall to
+// end must not hold its chunk stripes meanwhile, or every other writer of
+// those stripes (other chunks, other volumes too) blocks on them beyond
+// its own deadline. Here a writer without a deadline waits out a stall,
+// and another writer of the same chunk, with a deadline, gives up when
+// its deadline passes.
+func TestStalledCommitHoldsNoStripes(t *testing.T) {
+	s, _ := openMem(t, Options{})
+	v := s.Volume(1)
+	s.ev.stall.begin()
+	first := make(chan error, 1)
+	go func() { first <- v.WriteAt(context.Background(), pattern(1, 0, 512), 0) }()
+	for s.ev.stall.waiting.Load() == 0 {
+		select {
+		case err := <-first:
+			t.Fatalf("a write during a stall returned: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	second := make(chan error, 1)
+	go func() { second <- v.WriteAt(ctx, pattern(2, 512, 512), 512) }()
+	select {
+	case err := <-second:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("second write during the stall: %v, want its deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		s.ev.stall.end()
+		t.Fatal("a write of a chunk another stalled commit waits on ignored its deadline")
+	}
+	s.ev.stall.end()
+	if err := <-first; err != nil {
+		t.Fatalf("first write once the stall ended: %v", err)
+	}
+	equalOrFail(t, "after the stall", mustRead(t, v, 0, 1024), append(pattern(1, 0, 512), make([]byte, 512)...))
+}
+
 // piece64 is a 64 KiB write.
 const piece64 = 64 << 10
 
@@ -578,5 +618,94 @@ func TestUnmapFreesSpaceWhenFull(t *testing.T) {
 	mustCheck(t, s)
 	if calls := rec.calls(); len(calls) != 0 {
 		t.Fatalf("the store failed: %v", calls)
+	}
+}
+
+// TestUnalignedUnmapWhenNearlyFull: an unmap whose ends fall inside
+// chunks rewrites those two chunks (the unmapped part zeroed), yet it frees
+// every chunk in between: with the filesystem below the floor it must
+// still go through (hosts send UNMAP at block granularity), while writes of
+// data stay refused.
+func TestUnalignedUnmapWhenNearlyFull(t *testing.T) {
+	fs := newSmallFS(40 << 20)
+	rec := &fatalRecorder{}
+	s, _ := openMem(t, Options{FS: fs, OnFatal: rec.onFatal})
+	ctx := context.Background()
+	v := s.Volume(1)
+	const size = 4 << 20
+	mustWrite(t, v, pattern(1, 0, size), 0)
+	fs.setOther(fs.avail() - s.space.floor + 1<<20)
+	s.space.look()
+	if err := v.WriteAt(ctx, pattern(2, 0, piece64), 0); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write with the filesystem nearly full: %v, want ErrNoSpace", err)
+	}
+	if err := v.Unmap(ctx, 512, size-1024); err != nil {
+		t.Fatalf("unmap of all but the first and last blocks with the filesystem nearly full: %v", err)
+	}
+	want := make([]byte, size)
+	copy(want, pattern(1, 0, 512))
+	copy(want[size-512:], pattern(1, size-512, 512))
+	equalOrFail(t, "after the unmap", mustRead(t, v, 0, size), want)
+	if used := v.Used(); used != 2*ChunkSize {
+		t.Fatalf("%d bytes used after the unmap, want the two edge chunks", used)
+	}
+	mustCheck(t, s)
+	if calls := rec.calls(); len(calls) != 0 {
+		t.Fatalf("the store failed: %v", calls)
+	}
+}
+
+// hugeFS is an in-memory filesystem that reports more free space than an
+// int64 holds, as some network and FUSE filesystems do.
+type hugeFS struct{ vfs.FS }
+
+func (hugeFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	return vfs.DiskUsage{TotalBytes: 128 << 20, AvailBytes: math.MaxUint64}, nil
+}
+
+// TestHugeFreeSpace: the effective capacity on a filesystem that reports
+// more free space than an int64 holds stays huge once the store's files
+// outgrow its reserve (it wrapped around to 1 byte, refusing every new
+// write).
+func TestHugeFreeSpace(t *testing.T) {
+	s, _ := openMem(t, Options{FS: hugeFS{vfs.NewMem()}})
+	v := s.Volume(1)
+	const size = 20 << 20 // more than the reserve of a 128 MiB filesystem
+	for off := int64(0); off < size; off += 1 << 20 {
+		mustWrite(t, v, pattern(1, off, 1<<20), off)
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.space.look()
+	if _, capacity := s.Usage(); capacity < 1<<60 {
+		t.Fatalf("effective capacity %d with %d bytes stored and unbounded free space", capacity, s.space.storeBytes())
+	}
+	mustWrite(t, v, pattern(2, size, ChunkSize), size)
+}
+
+// TestShareBelowStoredData: a store filled beyond the filesystem share
+// (made before the share applied, or with a larger one) refuses writes
+// that need new chunks from its next start, with plenty of free space
+// left: overwrites and unmaps go on, and the start says so in the log.
+func TestShareBelowStoredData(t *testing.T) {
+	fs := newSmallFS(100 << 20)
+	s, _ := openMem(t, Options{FS: fs, FilesystemShare: 100})
+	v := s.Volume(1)
+	const size = 40 << 20
+	for off := int64(0); off < size; off += 1 << 20 {
+		mustWrite(t, v, pattern(1, off, 1<<20), off)
+	}
+	logs := &logLines{}
+	s = reopen(t, s, fs, Options{Logger: slog.New(logs)})
+	v = s.Volume(1)
+	used, capacity := s.Usage()
+	t.Logf("%d MiB used, effective capacity %d MiB, %d MiB free", used>>20, capacity>>20, fs.avail()>>20)
+	if err := v.WriteAt(context.Background(), pattern(2, size, ChunkSize), size); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("new chunk beyond the share: %v, want ErrNoSpace", err)
+	}
+	mustWrite(t, v, pattern(2, 0, ChunkSize), 0)
+	if logs.count("already exceeds the effective capacity") != 1 {
+		t.Fatalf("the start did not warn that the stored data exceeds the effective capacity")
 	}
 }

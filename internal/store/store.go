@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"log/slog"
 	"math"
 	"sync"
@@ -99,6 +100,16 @@ type Options struct {
 	// CacheSize is Pebble's block cache in bytes; 0 means 256 MiB.
 	CacheSize int64
 
+	// MaxDiskStall is how long one disk operation of Pebble's (a WAL write
+	// or sync, a flush's, a file's creation) may go on before the store
+	// fails as if the operation had failed (0 means DefaultMaxDiskStall,
+	// 20 s): a disk that stops answering returns no error, and commits
+	// would wait for it forever with their chunk stripes held while the
+	// array's link stays up. Operations slower than the lesser of 5 s and
+	// this are logged. Flushes that keep failing (other than for lack of
+	// space) for as long also fail the store (see events.flushed).
+	MaxDiskStall time.Duration
+
 	// OnFatal is called once, when the store fails, with an error
 	// wrapping ErrFailed and the cause. The store is unusable from then on; the caller should stop
 	// the process at once (an array exits, so its peer sees the link drop
@@ -123,6 +134,14 @@ type Options struct {
 }
 
 const defaultCacheSize = 256 << 20
+
+// DefaultMaxDiskStall is the default of Options.MaxDiskStall: long enough
+// for a busy disk's slowest sync, short enough for the peer to take over
+// before hosts time out their commands.
+const DefaultMaxDiskStall = 20 * time.Second
+
+// diskSlowLog is how long a disk operation may take before it is logged.
+const diskSlowLog = 5 * time.Second
 
 // Store is the array's local block store and metadata store: one Pebble DB.
 // It is safe for concurrent use.
@@ -154,6 +173,9 @@ type Store struct {
 	// its usage); ev is what the store makes of Pebble's events.
 	space *spaceGuard
 	ev    *events
+	// health watches Pebble's disk operations for stalls (closed by
+	// Close).
+	health io.Closer
 
 	// life is held shared by every operation that uses db and exclusively by
 	// Close, so Close waits for operations in flight.
@@ -213,24 +235,31 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FaultTrigger != "" {
 		fs = faultFS(fs, opts.FaultTrigger)
 	}
+	maxStall := opts.MaxDiskStall
+	if maxStall <= 0 {
+		maxStall = DefaultMaxDiskStall
+	}
+	fs, s.health = vfs.WithDiskHealthChecks(fs, min(diskSlowLog, maxStall), nil,
+		func(info vfs.DiskSlowInfo) { s.diskSlow(info, maxStall) })
+	s.ev.fail, s.ev.maxStall = s.fail, maxStall
 	opts.FS = fs
 	po := pebbleOptions(opts, log, s.fail, s.ev)
-	version, err := readFormat(po.FS, dir, po)
+	version, inFile, err := readFormat(po.FS, dir, po)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, s.health.Close())
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+		return nil, errors.Join(fmt.Errorf("store: open %s: %w", dir, err), s.health.Close())
 	}
 	s.db = db
 	s.capacity.Store(opts.Capacity)
 	s.mu.vols = make(map[uint64]*Volume)
-	if err := s.settleFormat(po.FS, version); err != nil {
-		return nil, errors.Join(err, closeDB(db))
+	if err := s.settleFormat(po.FS, version, inFile); err != nil {
+		return nil, errors.Join(err, closeDB(db), s.health.Close())
 	}
 	if err := s.loadBitmaps(); err != nil {
-		return nil, errors.Join(err, closeDB(db))
+		return nil, errors.Join(err, closeDB(db), s.health.Close())
 	}
 	if s.space != nil {
 		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) },
@@ -242,6 +271,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	used, capacity := s.Usage()
 	log.Info("store opened", "dir", dir, "format", FormatVersion,
 		"used", used, "capacity", capacity)
+	if capacity != 0 && used > capacity {
+		// Typically a store filled before the filesystem's share applied.
+		log.Warn("volume data already exceeds the effective capacity: writes that need new chunks get out of space (overwrites and unmaps go on); grow the filesystem, free space on it, or raise the filesystem share (see internal/store/space.go)",
+			"dir", dir, "used", used, "capacity", capacity, "configured_capacity", opts.Capacity)
+	}
 	return s, nil
 }
 
@@ -252,14 +286,15 @@ func closeDB(db *pebble.DB) error {
 	return nil
 }
 
-func (s *Store) isEmpty() (bool, error) {
-	it, err := s.db.NewIter(nil)
+// isEmpty reports whether db holds no key at all.
+func isEmpty(db *pebble.DB) (bool, error) {
+	it, err := db.NewIter(nil)
 	if err != nil {
-		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+		return false, fmt.Errorf("look for keys: %w", err)
 	}
 	empty := !it.First()
 	if err := it.Close(); err != nil {
-		return false, fmt.Errorf("store: %s: %w", s.dir, err)
+		return false, fmt.Errorf("look for keys: %w", err)
 	}
 	return empty, nil
 }
@@ -353,7 +388,22 @@ func (s *Store) Close() error {
 	if s.space != nil {
 		s.space.close()
 	}
-	return closeDB(s.db)
+	return errors.Join(closeDB(s.db), s.health.Close())
+}
+
+// diskSlow is told of a disk operation of Pebble's that has gone on for
+// a while: it is logged, and once it has gone on for maxStall the disk is
+// taken as failed, like one that returned an error: the store fails.
+func (s *Store) diskSlow(info vfs.DiskSlowInfo, maxStall time.Duration) {
+	if info.Duration >= maxStall {
+		_ = s.fail(fmt.Errorf("store: the disk has not completed a %s of %s for %s (the limit is %s): it is stalled",
+			info.OpType, info.Path, info.Duration.Round(time.Second), maxStall))
+		return
+	}
+	if ok, suppressed := s.ev.limit.allow("disk slow"); ok {
+		s.log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration,
+			"suppressed_since_last", suppressed)
+	}
 }
 
 // Usage returns the array-wide used bytes (mapped chunks, including

@@ -534,23 +534,7 @@ func TestFormatVersion(t *testing.T) {
 // rewrite them in format 2, and the store is marked format 2.
 func TestFormat1Upgrade(t *testing.T) {
 	fs := vfs.NewMem()
-	po := pebbleOptions(Options{FS: fs}, slog.New(slog.DiscardHandler), nil, nil)
-	db, err := pebble.Open("db", po)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := pattern(7, 0, ChunkSize)
-	v1 := append(append([]byte{}, data...), binary.LittleEndian.AppendUint32(nil, chunkSum(castagnoli(), 1, 0, data))...)
-	b := db.NewBatch()
-	_ = b.Set(sysKey(sysFormatKey), binary.BigEndian.AppendUint32(nil, 1), nil)
-	_ = b.Set(chunkKey(1, 0), v1, nil)
-	_ = b.Merge(allocKey(1, 0), []byte{formList, 0x80, 0x00}, nil)
-	if err := b.Commit(pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	data := writeFormat1Store(t, fs)
 	s, err := Open("db", Options{FS: fs})
 	if err != nil {
 		t.Fatal(err)
