@@ -23,7 +23,8 @@ import (
 //     size; data forwarded by this array is referred to only for a write
 //     to the volume it was sent for.
 //   - A forwarded command runs as an initiator of a host connected to
-//     its volume, on a nexus of the peer's port.
+//     its volume (or is a RELEASE, which gives up only what its nexus
+//     holds), on a nexus of the peer's port.
 //   - A pod configuration (a resync, an ordered change, a stretch check)
 //     describes that pod alone, stretched between the two arrays and
 //     ordered by the peer; catalog.InstallPod keeps it from changing hosts
@@ -90,10 +91,18 @@ func checkRange(podName string, v volRef, off, n uint64) error {
 	return nil
 }
 
-// checkNexus checks the nexus a forwarded command runs on: an initiator
-// of a host connected to the volume, through the peer's port.
-func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus) error {
-	if n.InitiatorName == "" || !v.initiators[strings.ToLower(n.InitiatorName)] {
+// opRelease6 is RELEASE(6)'s operation code.
+const opRelease6 = 0x17
+
+// checkNexus checks the nexus a forwarded command (cdb) runs on: an
+// initiator of a host connected to the volume, through the peer's port.
+// A RELEASE(6) need not come from a connected host: it gives up only a
+// reservation its own nexus holds, and the peer sends it when such a
+// nexus ends, which may be after its host was disconnected (the
+// reservation would otherwise stay held for good).
+func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus, cdb []byte) error {
+	release := len(cdb) > 0 && cdb[0] == opRelease6
+	if n.InitiatorName == "" || (!release && !v.initiators[strings.ToLower(n.InitiatorName)]) {
 		return refusef("pod %s: volume %s: initiator %q is not a host connected to the volume", podName, v.name, n.InitiatorName)
 	}
 	if !strings.HasPrefix(n.InitiatorPort, n.InitiatorName+",i,") {

@@ -185,7 +185,7 @@ func (r *Replicator) handleForward(ctx context.Context, req link.Message) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	if err := r.checkNexus(m.Pod, v, m.Cmd.Nexus); err != nil {
+	if err := r.checkNexus(m.Pod, v, m.Cmd.Nexus, m.Cmd.CDB); err != nil {
 		return nil, err
 	}
 	lu, err := r.podLU(m.Pod, m.Volume)
