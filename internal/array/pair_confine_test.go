@@ -51,6 +51,53 @@ func TestPairReservationReleasedAfterDisconnect(t *testing.T) {
 	}
 }
 
+// TestPairGrowWhileWriting: a host writes the blocks a volume is about to
+// gain, through the sequencer, while the volume grows. The sequencer grows
+// its copy and mirrors the write before the follower has installed the
+// new size; the follower must take the write (it waits for the new
+// configuration) rather than refuse it, which would end the link and
+// take every stretched pod out of sync.
+func TestPairGrowWhileWriting(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	h.ready(inA, inB)
+	size := uint64(pairVolSize)
+	var early int
+	for round := range 10 {
+		grown := size + 1<<20
+		lba, v := size/512, uint64(round+1)
+		done := make(chan *scsi.Result, 1)
+		go func() {
+			in := newInitiator(a, pairIQN, 0x1000+uint64(round))
+			for {
+				r := in.do(write16(lba, unitData(lba, v)), unitData(lba, v), 0)
+				s, ok := senseOf(r)
+				switch {
+				case ok && s.Key == scsi.KeyUnitAttention:
+				case ok && s.Key == scsi.KeyIllegalRequest:
+					early++ // before the sequencer grew the volume
+				default:
+					done <- r
+					return
+				}
+			}
+		}()
+		h.apply(a, catalog.ResizeVolume{Name: pairVolume, Size: grown})
+		if r := <-done; r.Status != scsi.StatusGood {
+			t.Fatalf("round %d: WRITE of the new blocks: %s", round, describe(r))
+		}
+		if ok, why := h.inSync(); !ok {
+			t.Fatalf("round %d: the pod left in sync when its volume grew under a write: %s", round, why)
+		}
+		if r, _ := inB.doPastUA(read16(lba, 8), nil, 4096); r.Status != scsi.StatusGood || unitValue(lba, r.Data) != v {
+			t.Fatalf("round %d: READ of the new blocks through %s: %s", round, b.cfg.Name, describe(r))
+		}
+		size = grown
+	}
+	t.Logf("%d writes of the new blocks were refused before the volume grew", early)
+}
+
 // apply applies ops through arr, failing the test on an error.
 func (h *pairHarness) apply(arr *Array, ops ...catalog.Op) {
 	h.t.Helper()

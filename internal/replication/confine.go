@@ -1,10 +1,12 @@
 package replication
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/scsi"
@@ -20,8 +22,11 @@ import (
 //     peer, in the role and at the epoch the message implies.
 //   - A volume (by UUID) belongs to the pod the message names; an offset
 //     and length lie inside the volume and are multiples of the block
-//     size; data forwarded by this array is referred to only for a write
-//     to the volume it was sent for.
+//     size (a change ending beyond it waits, for the link's timeout at
+//     most, for the configuration that grows the volume, which the
+//     sequencer sends right after mirroring such a change); data
+//     forwarded by this array is referred to only for a write to the
+//     volume it was sent for.
 //   - A forwarded command runs as an initiator of a host connected to
 //     its volume (or is a RELEASE, which gives up only what its nexus
 //     holds), on a nexus of the peer's port.
@@ -77,6 +82,42 @@ func (r *Replicator) volumeOf(podName, uuid string) (volRef, error) {
 		}
 	}
 	return volRef{}, refusef("pod %s has no volume %s here", podName, uuid)
+}
+
+// volumeRange returns the pod's volume with the UUID when n bytes from off
+// lie inside it, on block boundaries (checkRange). A range that ends
+// beyond the volume may be a write the sequencer mirrors right after it
+// grew the volume, before this array has installed the configuration
+// that says so (the sequencer sends it next): such a range waits for the
+// configuration to change, for the link's timeout at most, before it is
+// refused.
+func (r *Replicator) volumeRange(ctx context.Context, podName, uuid string, off, n uint64) (volRef, error) {
+	var timeout <-chan time.Time
+	for {
+		changed := *r.volsChanged.Load()
+		v, err := r.volumeOf(podName, uuid)
+		if err != nil {
+			return volRef{}, err
+		}
+		err = checkRange(podName, v, off, n)
+		if err == nil || off%store.BlockSize != 0 || n%store.BlockSize != 0 {
+			return v, err
+		}
+		if timeout == nil {
+			r.log.Info("a replicated change ends beyond its volume here; waiting for the configuration that grows it",
+				"pod", podName, "volume", v.name, "offset", off, "length", n, "size", v.size, "wait", r.cfg.Timeout)
+			t := time.NewTimer(r.cfg.Timeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return volRef{}, err
+		case <-ctx.Done():
+			return volRef{}, err
+		}
+	}
 }
 
 // checkRange checks that n bytes from off lie inside the volume, on block

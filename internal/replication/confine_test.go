@@ -1,9 +1,14 @@
 package replication
 
 import (
+	"bytes"
+	"context"
 	"testing"
+	"time"
 
+	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/scsi"
+	"github.com/metro-storage/metro/internal/store"
 )
 
 // TestPeerReleaseFromAnyInitiator checks the one forwarded command that
@@ -38,5 +43,38 @@ func TestPeerReleaseFromAnyInitiator(t *testing.T) {
 	h.accepted("RELEASE(6) from h2", msgForward, epoch2, forwardCDB("pod2", uuidVol2, iqnH2, release, nil).encode())
 	if h.env.LU(uuidVol2).Reservations().SCSI2 != nil {
 		t.Fatal("h2's own RELEASE(6) left its reservation")
+	}
+}
+
+// TestPeerWriteWaitsForGrowth checks the one out-of-range write the
+// follower does not refuse at once: one mirrored right after the
+// sequencer grew the volume, which arrives before the configuration that
+// grows it here. It waits for that configuration and is applied.
+func TestPeerWriteWaitsForGrowth(t *testing.T) {
+	h := newHostilePeer(t)
+	block := bytes.Repeat([]byte{0x5a}, store.BlockSize)
+	write := (&writeMsg{Pod: "pod1", Volume: uuidVol1, Off: volSize, Length: store.BlockSize, Data: block}).encode()
+	answer := make(chan error, 1)
+	go func() {
+		_, err := h.send(msgWrite, epoch1, write)
+		answer <- err
+	}()
+	// The write is in: it waits for the volume to grow.
+	for h.logs.Count("waiting for the configuration that grows it") == 0 {
+		select {
+		case err := <-answer:
+			t.Fatalf("the write beyond the volume's end was answered before the volume grew: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	pc := h.pod1Config(func(pc *catalog.PodConfig) { pc.Volumes[0].Size = 2 * volSize })
+	h.accepted("the configuration that grows pod1::vol1", msgApplyConfig, epoch1, mustJSON(pc))
+	if err := <-answer; err != nil {
+		t.Fatalf("the write to the blocks the volume gained: %v", err)
+	}
+	got := make([]byte, store.BlockSize)
+	vol := h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID)
+	if err := vol.ReadAt(context.Background(), got, volSize); err != nil || !bytes.Equal(got, block) {
+		t.Fatalf("the block the volume gained reads %x, %v", got[:8], err)
 	}
 }

@@ -89,6 +89,8 @@ func (r *Replicator) indexVolumes(st *catalog.State) {
 		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, initiators: inits[v.Name], local: r.env.Store().Volume(v.DataID)}
 	}
 	r.vols.Store(&m)
+	next := make(chan struct{})
+	close(*r.volsChanged.Swap(&next))
 }
 
 func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
@@ -100,12 +102,12 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
-	v, err := r.volumeOf(m.Pod, m.Volume)
-	if err != nil {
+	if _, err := r.volumeOf(m.Pod, m.Volume); err != nil {
 		return err
 	}
 	if req.Type == msgUnmap {
-		if err := checkRange(m.Pod, v, m.Off, m.Length); err != nil {
+		v, err := r.volumeRange(ctx, m.Pod, m.Volume, m.Off, m.Length)
+		if err != nil {
 			return err
 		}
 		return v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
@@ -129,7 +131,8 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	} else if uint64(len(data)) != m.Length {
 		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
 	}
-	if err := checkRange(m.Pod, v, m.Off, uint64(len(data))); err != nil {
+	v, err := r.volumeRange(ctx, m.Pod, m.Volume, m.Off, uint64(len(data)))
+	if err != nil {
 		return err
 	}
 	if req.Type == msgBaseline {

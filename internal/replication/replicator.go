@@ -133,6 +133,8 @@ type Replicator struct {
 	podsView atomic.Pointer[map[string]*podRT]
 	// vols indexes the volumes by UUID.
 	vols atomic.Pointer[map[string]volRef]
+	// volsChanged is closed (and replaced) whenever vols is.
+	volsChanged atomic.Pointer[chan struct{}]
 	// kick wakes the session loop (peer changed).
 	kick chan struct{}
 	wg   sync.WaitGroup
@@ -154,6 +156,8 @@ func New(cfg Config) *Replicator {
 		cfg.Heartbeat = 100 * time.Millisecond
 	}
 	r := &Replicator{cfg: cfg, env: cfg.Env, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1)}
+	changed := make(chan struct{})
+	r.volsChanged.Store(&changed)
 	r.mu.pods = map[string]*podRT{}
 	return r
 }
