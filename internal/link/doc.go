@@ -46,10 +46,13 @@
 // authenticate and send its offer within AuthTimeout. A new connection is
 // never refused for want of a slot: an older unauthenticated one is
 // dropped instead (from the new one's address when that is at its limit,
-// else from the address holding the most; one that has sent nothing
-// first, then the oldest). Idle sockets held against the port therefore
-// cannot keep the peer out: its connections send at once and
-// authenticate within a few round trips.
+// else from an address holding more than a session's two, else any;
+// one that has sent nothing first, then the oldest; never one from the
+// address the peer last authenticated from while another address holds
+// a slot). Idle sockets held against the port, or renewed from many
+// addresses as fast as they are dropped, therefore cannot keep the peer
+// out: its connections send at once and authenticate within a few round
+// trips.
 //
 // # Frames
 //
