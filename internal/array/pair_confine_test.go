@@ -98,6 +98,33 @@ func TestPairGrowWhileWriting(t *testing.T) {
 	t.Logf("%d writes of the new blocks were refused before the volume grew", early)
 }
 
+// TestPairHostOfPodsOrderedByEach: host h1 is connected to a volume of
+// pod1, which array-a orders, and of pod2, which array-b orders. Either
+// array's administrator may change h1 (the change concerns both pods,
+// which the pair shares); it reaches both arrays.
+func TestPairHostOfPodsOrderedByEach(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	h.apply(b, catalog.CreatePod{Name: "pod2", ID: newID(), Created: time.Now(), Array: catalog.PodArray{Name: b.cfg.Name, ID: b.id.ID}},
+		catalog.CreateVolume{Name: "pod2::vol2", UUID: newID(), Size: pairVolSize, Created: time.Now()},
+		catalog.Connect{Volume: "pod2::vol2", Host: pairHost}) // h1 came with pod1
+	if err := b.StretchPod(h.ctx, "pod2", a.cfg.Name); err != nil {
+		t.Fatalf("stretch pod2: %v", err)
+	}
+	h.waitLUN(a, pairIQN, 1)
+	for i, arr := range []*Array{a, b, a} {
+		prefs := []string{arr.cfg.Name}
+		if err := arr.Apply(h.ctx, catalog.SetHostAttr{Name: pairHost, PreferredArrays: &prefs}); err != nil {
+			t.Fatalf("change %d: host %s, of pods ordered by each array, changed through %s: %v", i, pairHost, arr.cfg.Name, err)
+		}
+		for _, x := range []*Array{a, b} {
+			if got := x.cat.View().Hosts[pairHost].PreferredArrays; !slices.Equal(got, prefs) {
+				t.Fatalf("change %d through %s: host %s on %s prefers %v, want %v", i, arr.cfg.Name, pairHost, x.cfg.Name, got, prefs)
+			}
+		}
+	}
+}
+
 // apply applies ops through arr, failing the test on an error.
 func (h *pairHarness) apply(arr *Array, ops ...catalog.Op) {
 	h.t.Helper()

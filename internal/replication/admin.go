@@ -224,7 +224,10 @@ func (r *Replicator) refusedAnswer(req link.Message, err error) []byte {
 
 // orderable checks a change the peer asks this array to order: it
 // concerns stretched pods only through the ops stretchedPods knows, each
-// pod is stretched to the peer and ordered here, and it destroys none.
+// pod is stretched to the peer, the first (which orders the change, as
+// in Apply) is ordered here, and it destroys none. A change of a host
+// may concern pods ordered by either array: the others learn it from
+// the configuration of the first.
 func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) error {
 	peer := r.peer()
 	if len(pods) == 0 || peer == nil {
@@ -233,10 +236,12 @@ func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) 
 	if _, ok := deref(op).(catalog.DestroyPod); ok {
 		return refusef("pod %s is stretched: a stretched pod is not destroyed", pods[0])
 	}
+	if st.Pods[pods[0]].Sequencer != r.cfg.Name {
+		return refusef("the change concerns pod %s, which this array does not order; try again", pods[0])
+	}
 	for _, name := range pods {
-		cp := st.Pods[name]
-		if cp.Sequencer != r.cfg.Name || !hasArray(cp, peer.ID) {
-			return refusef("the change concerns pod %s, which this array does not order for the peer; try again", name)
+		if !hasArray(st.Pods[name], peer.ID) {
+			return refusef("the change concerns pod %s, which is not stretched to array %s", name, peer.Name)
 		}
 	}
 	return nil
