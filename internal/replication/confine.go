@@ -68,10 +68,9 @@ type volRef struct {
 	name string
 	pod  string
 	size uint64
-	// initiators are the lower-cased initiator names of the hosts
-	// connected to the volume.
-	initiators map[string]bool
-	local      *store.Volume
+	// access tells the initiators connected to the volume.
+	access *catalog.Access
+	local  *store.Volume
 }
 
 // volumeOf returns the volume with the UUID if it belongs to the pod.
@@ -143,7 +142,7 @@ const opRelease6 = 0x17
 // reservation would otherwise stay held for good).
 func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus, cdb []byte) error {
 	release := len(cdb) > 0 && cdb[0] == opRelease6
-	if n.InitiatorName == "" || (!release && !v.initiators[strings.ToLower(n.InitiatorName)]) {
+	if n.InitiatorName == "" || (!release && !v.access.Connected(v.name, n.InitiatorName)) {
 		return refusef("pod %s: volume %s: initiator %q is not a host connected to the volume", podName, v.name, n.InitiatorName)
 	}
 	if !strings.HasPrefix(n.InitiatorPort, n.InitiatorName+",i,") {

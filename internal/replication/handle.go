@@ -84,9 +84,9 @@ func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, 
 // configuration change), so the write path does one map lookup.
 func (r *Replicator) indexVolumes(st *catalog.State) {
 	m := make(map[string]volRef, len(st.Volumes))
-	inits := st.InitiatorsByVolume()
+	access := st.Access()
 	for _, v := range st.Volumes {
-		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, initiators: inits[v.Name], local: r.env.Store().Volume(v.DataID)}
+		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, access: access, local: r.env.Store().Volume(v.DataID)}
 	}
 	r.vols.Store(&m)
 	next := make(chan struct{})
