@@ -94,9 +94,12 @@
 // Request payload bytes in flight (sent, not yet answered) are limited per
 // session to MaxInFlightBytes: Call waits, first come first served, until
 // its request fits (a request larger than the limit travels alone).
-// Response bytes queued for sending are limited the same way, and at most
-// MaxConcurrentHandlers handlers run at once; beyond that the data reader
-// stops reading and TCP pushes back on the sender.
+// Response bytes queued for sending are limited the same way, and so are
+// the payload bytes of the peer's requests held from reading them to the
+// end of their handlers, whatever the peer does: the data reader reads a
+// request's payload only once it fits. At most MaxConcurrentHandlers
+// handlers run at once; beyond that, or beyond those bytes, the data
+// reader stops reading and TCP pushes back on the sender.
 //
 // # Network tuning
 //
