@@ -78,3 +78,29 @@ func TestPeerWriteWaitsForGrowth(t *testing.T) {
 		t.Fatalf("the block the volume gained reads %x, %v", got[:8], err)
 	}
 }
+
+// TestNoPodStartsAfterRun checks that a configuration change after Run
+// returned (an API request or a pod's own epoch change landing during
+// shutdown) starts no pod runtime: nothing would stop its goroutine, and
+// the array's shutdown, which waits for them, would hang.
+func TestNoPodStartsAfterRun(t *testing.T) {
+	h := newHostilePeer(t)
+	r := New(Config{Name: nameB, ID: idB, Env: h.env, Logger: h.logs.Logger(), Timeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, nil) }()
+	for r.pod("pod2") == nil {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	now := time.Now()
+	mustApply(t, h.env.cat, catalog.CreatePod{Name: "pod5", ID: "pod-5", Created: now, Array: catalog.PodArray{Name: nameB, ID: idB}},
+		catalog.SetPodMembership{Name: "pod5", Arrays: []catalog.PodArray{{Name: nameB, ID: idB}, {Name: nameA, ID: idA}}, Sequencer: nameB, Epoch: 2})
+	if p := r.pod("pod5"); p != nil {
+		p.stop()
+		t.Fatal("a pod stretched after Run returned got a runtime, which nothing stops")
+	}
+}

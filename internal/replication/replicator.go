@@ -128,6 +128,9 @@ type Replicator struct {
 		// fresh names a pod being stretched now: its follower has never
 		// served, so its sequencer needs no fence.
 		fresh string
+		// stopped is set when Run ends: no pod runtime starts after it
+		// (nothing would stop it).
+		stopped bool
 	}
 	// podsView is a copy of mu.pods for lock-free lookups.
 	podsView atomic.Pointer[map[string]*podRT]
@@ -242,6 +245,7 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		r.mu.Lock()
 		pods := r.mu.pods
 		r.mu.pods = map[string]*podRT{}
+		r.mu.stopped = true
 		r.publishPods()
 		s := r.mu.sess
 		r.mu.Unlock()
@@ -396,6 +400,10 @@ func (r *Replicator) syncPods() {
 	}
 	st := r.env.Catalog().View()
 	r.mu.Lock()
+	if r.mu.stopped {
+		r.mu.Unlock()
+		return
+	}
 	sess := r.mu.sess
 	var started []*podRT
 	var stopped []*podRT
