@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
@@ -392,8 +393,18 @@ func (r *Replicator) Unstretch(ctx context.Context, podName, array string) error
 	if p == nil {
 		return fmt.Errorf("pod %s: %w: not running here yet, try again", podName, catalog.ErrConflict)
 	}
+	// ioMu before cfgMu (see podRT): a write waiting while the pod is
+	// paused holds ioMu until the pod has persisted a new epoch, which
+	// takes cfgMu.
+	p.ioMu.Lock()
+	unlockIO := sync.OnceFunc(p.ioMu.Unlock)
+	defer unlockIO()
 	p.cfgMu.Lock()
 	defer p.cfgMu.Unlock()
+	// The pod may have moved while this waited.
+	if cp = r.env.Catalog().View().Pods[podName]; cp == nil || cp.Pending != nil || len(cp.Arrays) < 2 || cp.Sequencer != r.cfg.Name || r.pod(podName) != p {
+		return fmt.Errorf("pod %s: %w: it changed meanwhile; try again", podName, catalog.ErrConflict)
+	}
 	var other catalog.PodArray
 	for _, a := range cp.Arrays {
 		if a.Name != r.cfg.Name {
@@ -407,17 +418,14 @@ func (r *Replicator) Unstretch(ctx context.Context, podName, array string) error
 			return fmt.Errorf("pod %s: %w: array %s is not in sync, so the pod cannot move to it; remove %s instead or wait for the resync",
 				podName, catalog.ErrConflict, other.Name, other.Name)
 		}
-		p.ioMu.Lock()
-		defer p.ioMu.Unlock()
 		next := catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{other}, Sequencer: other.Name, Epoch: cp.Epoch + 1}
 		if err := callJSON(ctx, md.sess, msgUnstretch, md.epoch, unstretchMsg{Pod: podName, Array: array, Membership: &next}, nil); err != nil {
 			return fmt.Errorf("pod %s: hand over to %s: %w", podName, other.Name, err)
 		}
 		return r.keepPending(podName, cp.Epoch+1)
 	}
-	p.ioMu.Lock()
 	err := r.env.Catalog().Apply(catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{{Name: r.cfg.Name, ID: r.cfg.ID}}, Sequencer: r.cfg.Name, Epoch: cp.Epoch + 1})
-	p.ioMu.Unlock()
+	unlockIO()
 	if err != nil {
 		return err
 	}

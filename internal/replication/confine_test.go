@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
 )
@@ -102,5 +103,44 @@ func TestNoPodStartsAfterRun(t *testing.T) {
 	if p := r.pod("pod5"); p != nil {
 		p.stop()
 		t.Fatal("a pod stretched after Run returned got a runtime, which nothing stops")
+	}
+}
+
+// TestRemoveFollowerWhileWritesWait: the link has just dropped and a
+// host write waits for its pod, paused until the follower's lease has
+// surely ended; meanwhile the administrator removes the unreachable
+// follower. The removal waited for the write (membership changes see no
+// write half done) while holding the lock the pod needs to persist its
+// new epoch and stop waiting: the write and the removal never completed,
+// and every later write of the pod queued behind them. Both complete.
+// (The bound only detects that deadlock: the pause lasts a second.)
+func TestRemoveFollowerWhileWritesWait(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	p := r.pod("pod2")
+	p.mu.Lock()
+	p.mu.m = pod.New(pod.Sequencer, epoch2, time.Now(), time.Second) // paused, as after a link drop
+	p.mu.sess = nil
+	p.mu.Unlock()
+	vol := r.Volume("pod2", uuidVol2, h.env.st.Volume(h.env.cat.View().Volumes["pod2::vol2"].DataID))
+	wrote := make(chan error, 1)
+	go func() { wrote <- vol.WriteAt(context.Background(), bytes.Repeat([]byte{1}, store.BlockSize), 0) }()
+	for p.hostWrites.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	removed := make(chan error, 1)
+	go func() { removed <- r.Unstretch(context.Background(), "pod2", nameA) }()
+	for what, c := range map[string]chan error{"the write": wrote, "the removal of the follower": removed} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not complete (the pod is %s): deadlock", what, p.mode().state)
+		}
+	}
+	if cp := h.env.cat.View().Pods["pod2"]; len(cp.Arrays) != 1 || cp.Epoch <= epoch2+1 {
+		t.Fatalf("pod2 after the removal: %+v, want it alone here at an epoch after the one the pause took", cp)
 	}
 }
