@@ -125,6 +125,62 @@ func TestPairHostOfPodsOrderedByEach(t *testing.T) {
 	}
 }
 
+// TestPairHandoverAndBack: the sequencer hands the pod to the follower
+// (metro pod remove --array SEQUENCER), which serves it alone; the new
+// sequencer stretches it back; the data written through each stays. The
+// peer's checks let every message of those moves through.
+func TestPairHandoverAndBack(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	h.ready(inA, inB)
+	write := func(in *initiator, lba, v uint64) {
+		t.Helper()
+		if r, _ := in.doPastUA(write16(lba, unitData(lba, v)), unitData(lba, v), 0); r.Status != scsi.StatusGood {
+			t.Fatalf("WRITE through %s: %s", in.arr.cfg.Name, describe(r))
+		}
+	}
+	read := func(in *initiator, lba uint64) uint64 {
+		t.Helper()
+		r, _ := in.doPastUA(read16(lba, 8), nil, 4096)
+		if r.Status != scsi.StatusGood {
+			t.Fatalf("READ through %s: %s", in.arr.cfg.Name, describe(r))
+		}
+		return unitValue(lba, r.Data)
+	}
+	write(inB, 0, 1)
+	if err := a.UnstretchPod(h.ctx, pairPod, a.cfg.Name); err != nil {
+		t.Fatalf("hand the pod over to %s: %v", b.cfg.Name, err)
+	}
+	if cp := b.cat.View().Pods[pairPod]; cp.Sequencer != b.cfg.Name || len(cp.Arrays) != 1 {
+		t.Fatalf("the pod on %s after the handover: %+v", b.cfg.Name, cp)
+	}
+	write(inB, 8, 2)
+	if got := read(inB, 0); got != 1 {
+		t.Fatalf("after the handover %s reads %d, want 1", b.cfg.Name, got)
+	}
+	if err := b.StretchPod(h.ctx, pairPod, a.cfg.Name); err != nil {
+		t.Fatalf("stretch the pod back to %s: %v", a.cfg.Name, err)
+	}
+	h.waitInSync(60 * time.Second)
+	write(inA, 16, 3)
+	for _, in := range []*initiator{inA, inB} {
+		for lba, want := range map[uint64]uint64{0: 1, 8: 2, 16: 3} {
+			if got := read(in, lba); got != want {
+				t.Fatalf("after stretching back, %s reads %d at %d, want %d", in.arr.cfg.Name, got, lba, want)
+			}
+		}
+	}
+	// The new sequencer removes the other array: it keeps its copy aside.
+	if err := a.UnstretchPod(h.ctx, pairPod, a.cfg.Name); err != nil {
+		t.Fatalf("remove %s through it: %v", a.cfg.Name, err)
+	}
+	h.waitFor(a.cfg.Name+" to set its copy aside", 30*time.Second, func() (bool, string) {
+		cp := a.cat.View().Pods[pairPod]
+		return cp != nil && cp.Pending != nil, fmt.Sprintf("%+v", cp)
+	})
+}
+
 // apply applies ops through arr, failing the test on an error.
 func (h *pairHarness) apply(arr *Array, ops ...catalog.Op) {
 	h.t.Helper()
