@@ -226,9 +226,11 @@ func (r *Replicator) refusedAnswer(req link.Message, err error) []byte {
 // orderable checks a change the peer asks this array to order: it
 // concerns stretched pods only through the ops stretchedPods knows, each
 // pod is stretched to the peer, the first (which orders the change, as
-// in Apply) is ordered here, and it destroys none. A change of a host
-// may concern pods ordered by either array: the others learn it from
-// the configuration of the first.
+// in Apply) is ordered here, it destroys none, and it names no host or
+// host group that a pod not shared with the peer uses here
+// (checkPeerNames). A change of a host may concern pods ordered by
+// either array: the others learn it from the configuration of the
+// first.
 func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) error {
 	peer := r.peer()
 	if len(pods) == 0 || peer == nil {
@@ -245,7 +247,7 @@ func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) 
 			return refusef("the change concerns pod %s, which is not stretched to array %s", name, peer.Name)
 		}
 	}
-	return nil
+	return r.checkPeerNames(st, peer, op)
 }
 
 // installPod installs a pod's configuration from the sequencer (the

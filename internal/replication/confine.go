@@ -34,6 +34,9 @@ import (
 //     describes that pod alone, stretched between the two arrays and
 //     ordered by the peer; catalog.InstallPod keeps it from changing hosts
 //     or host groups the pod did not use here before.
+//   - A change the peer asks this array to order names no host or host
+//     group that a pod not shared with the peer uses here
+//     (checkPeerNames).
 //   - Membership moves only as the pod's protocol moves it: the peer
 //     cannot make this array stretch a pod to it, and hands a pod over or
 //     removes this array only from pods it orders.
@@ -154,6 +157,71 @@ func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus, cdb []by
 		}
 	}
 	return nil
+}
+
+// checkPeerNames refuses a change from the peer that names a host or
+// host group (to connect a volume to it, or to change or delete it) that
+// connections of a pod not shared with the peer reach here: through the
+// change, the peer could otherwise give itself that pod's volumes
+// (connect a shared volume to the host, then add its own initiator and
+// CHAP secret to it). Such a host is changed on this array.
+func (r *Replicator) checkPeerNames(st *catalog.State, peer *Peer, op catalog.Op) error {
+	var hosts, groups []string
+	switch o := deref(op).(type) {
+	case catalog.Connect:
+		hosts, groups = []string{o.Host}, []string{o.HostGroup}
+	case catalog.SetHostAttr:
+		hosts = []string{o.Name}
+	case catalog.DeleteHost:
+		hosts = []string{o.Name}
+	case catalog.SetHostGroupAttr:
+		groups = []string{o.Name}
+	case catalog.DeleteHostGroup:
+		groups = []string{o.Name}
+	default:
+		return nil
+	}
+	usedHosts, usedGroups := unsharedUse(st, peer.ID)
+	for _, h := range hosts {
+		if p, ok := usedHosts[h]; ok && h != "" {
+			return refusef("host %s is also connected to pod %s on array %s, which array %s does not share: make the change on array %s", h, p, r.cfg.Name, peer.Name, r.cfg.Name)
+		}
+	}
+	for _, g := range groups {
+		if p, ok := usedGroups[g]; ok && g != "" {
+			return refusef("host group %s is also connected to pod %s on array %s, which array %s does not share: make the change on array %s", g, p, r.cfg.Name, peer.Name, r.cfg.Name)
+		}
+	}
+	return nil
+}
+
+// unsharedUse returns the hosts and host groups that connections of the
+// pods here not stretched to the peer (and not set aside) reach, each
+// with one such pod; a group's members count as reached.
+func unsharedUse(st *catalog.State, peerID string) (hosts, groups map[string]string) {
+	hosts, groups = map[string]string{}, map[string]string{}
+	for _, c := range st.Connections {
+		v := st.Volumes[c.Volume]
+		if v == nil {
+			continue
+		}
+		p := st.Pods[v.Pod]
+		if p == nil || p.Pending != nil || hasArray(p, peerID) {
+			continue
+		}
+		if c.Host != "" {
+			hosts[c.Host] = p.Name
+		}
+		if g := st.HostGroups[c.HostGroup]; g != nil {
+			if _, seen := groups[g.Name]; !seen {
+				groups[g.Name] = p.Name
+				for _, h := range g.Hosts {
+					hosts[h] = p.Name
+				}
+			}
+		}
+	}
+	return hosts, groups
 }
 
 // peer returns the paired array, or nil.

@@ -3,6 +3,8 @@ package replication
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,5 +144,61 @@ func TestRemoveFollowerWhileWritesWait(t *testing.T) {
 	}
 	if cp := h.env.cat.View().Pods["pod2"]; len(cp.Arrays) != 1 || cp.Epoch <= epoch2+1 {
 		t.Fatalf("pod2 after the removal: %+v, want it alone here at an epoch after the one the pause took", cp)
+	}
+}
+
+// TestPeerCannotTakeALocalHost checks the changes the peer asks this
+// array to order (it orders pod2, which they share) that name a host or
+// host group: one that a pod not shared with the peer uses here is
+// changed on this array only. Before, knowing h1's name was enough for
+// the peer to reach the local pod's volume: connect pod2's volume to h1
+// (now a host of a shared pod), then add its own initiator and CHAP
+// secret to h1.
+func TestPeerCannotTakeALocalHost(t *testing.T) {
+	h := newHostilePeer(t)
+	evilSecret := "evil-chap-secret"
+	config := func(op catalog.Op) answer {
+		t.Helper()
+		data, err := catalog.MarshalOp(op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ans answer
+		if err := json.Unmarshal(h.accepted("config "+op.Kind(), msgConfig, 0, mustJSON(configMsg{Op: data})), &ans); err != nil {
+			t.Fatal(err)
+		}
+		return ans
+	}
+	refused := func(op catalog.Op, want string) {
+		t.Helper()
+		before := h.env.cat.View()
+		if ans := config(op); ans.Kind != "conflict" || !strings.Contains(ans.Error, want) {
+			t.Errorf("config %s %+v: answer %+v, want a conflict saying %q", op.Kind(), op, ans, want)
+		}
+		if after := h.env.cat.View(); after != before {
+			t.Errorf("config %s: the refused change changed the configuration", op.Kind())
+		}
+	}
+	lun5, lun6 := uint64(5), uint64(6)
+	refused(catalog.Connect{Volume: "pod2::vol2", Host: "h1", LUN: &lun5}, "host h1 is also connected to pod local")
+	// h1 used by pod2 too (as the administrators may have set up), and
+	// group g by the local pod: the peer still cannot change either.
+	mustApply(t, h.env.cat, catalog.Connect{Volume: "pod2::vol2", Host: "h1", LUN: &lun5},
+		catalog.CreateVolume{Name: "local::other", UUID: strings.Repeat("66", 16), Size: volSize},
+		catalog.Connect{Volume: "local::other", HostGroup: "g", LUN: &lun6})
+	refused(catalog.Connect{Volume: "pod2::vol2", HostGroup: "g", LUN: &lun6}, "host group g is also connected to pod local")
+	lun7 := uint64(7)
+	mustApply(t, h.env.cat, catalog.CreateVolume{Name: "pod2::vol3", UUID: strings.Repeat("77", 16), Size: volSize},
+		catalog.Connect{Volume: "pod2::vol3", HostGroup: "g", LUN: &lun7})
+	refused(catalog.SetHostAttr{Name: "h1", AddIQNs: []string{iqnEvil}, CHAPSecret: &evilSecret}, "host h1 is also connected to pod local")
+	refused(catalog.SetHostGroupAttr{Name: "g", AddHosts: []string{"h2"}}, "host group g is also connected to pod local")
+	if st := h.env.cat.View(); st.Access().Connected("local::secret", iqnEvil) || st.Hosts["h1"].CHAPSecret != secret1 {
+		t.Fatalf("the peer reached the local pod: h1 %+v", *st.Hosts["h1"])
+	}
+	// h7 is used by pod2 only: the peer changes it.
+	mustApply(t, h.env.cat, catalog.CreateHost{Host: catalog.Host{Name: "h7", IQNs: []string{"iqn.2026-01.test:h7"}}},
+		catalog.Connect{Volume: "pod2::vol2", Host: "h7"})
+	if ans := config(catalog.SetHostAttr{Name: "h7", CHAPUser: &evilSecret, CHAPSecret: &evilSecret}); ans.Error != "" {
+		t.Fatalf("a change of h7, used by a shared pod only: %+v", ans)
 	}
 }
