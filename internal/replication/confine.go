@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
 )
@@ -87,23 +88,28 @@ func (r *Replicator) volumeOf(podName, uuid string) (volRef, error) {
 }
 
 // volumeRange returns the pod's volume with the UUID when n bytes from off
-// lie inside it, on block boundaries (checkRange). A range that ends
-// beyond the volume may be a write the sequencer mirrors right after it
-// grew the volume, before this array has installed the configuration
-// that says so (the sequencer sends it next): such a range waits for the
+// lie inside it, on block boundaries (checkRange), with the pod's mode,
+// which must be a follower's at epoch. A range that ends beyond the
+// volume may be a write the sequencer mirrors right after it grew the
+// volume, before this array has installed the configuration that says
+// so (the sequencer sends it next): such a range waits for the
 // configuration to change, for the link's timeout at most, before it is
-// refused.
-func (r *Replicator) volumeRange(ctx context.Context, podName, uuid string, off, n uint64) (volRef, error) {
+// refused; the pod is checked again after each wait.
+func (r *Replicator) volumeRange(ctx context.Context, podName string, epoch uint64, uuid string, off, n uint64) (volRef, mode, error) {
 	var timeout <-chan time.Time
 	for {
 		changed := *r.volsChanged.Load()
+		_, md, err := r.podMode(podName, epoch, pod.Follower)
+		if err != nil {
+			return volRef{}, mode{}, err
+		}
 		v, err := r.volumeOf(podName, uuid)
 		if err != nil {
-			return volRef{}, err
+			return volRef{}, mode{}, err
 		}
 		err = checkRange(podName, v, off, n)
 		if err == nil || off%store.BlockSize != 0 || n%store.BlockSize != 0 {
-			return v, err
+			return v, md, err
 		}
 		if timeout == nil {
 			r.log.Info("a replicated change ends beyond its volume here; waiting for the configuration that grows it",
@@ -115,9 +121,9 @@ func (r *Replicator) volumeRange(ctx context.Context, podName, uuid string, off,
 		select {
 		case <-changed:
 		case <-timeout:
-			return volRef{}, err
+			return volRef{}, mode{}, err
 		case <-ctx.Done():
-			return volRef{}, err
+			return volRef{}, mode{}, err
 		}
 	}
 }

@@ -98,7 +98,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
-	p, md, err := r.podMode(m.Pod, req.Epoch, pod.Follower)
+	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		return err
 	}
 	if req.Type == msgUnmap {
-		v, err := r.volumeRange(ctx, m.Pod, m.Volume, m.Off, m.Length)
+		v, _, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, m.Length)
 		if err != nil {
 			return err
 		}
@@ -131,7 +131,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	} else if uint64(len(data)) != m.Length {
 		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
 	}
-	v, err := r.volumeRange(ctx, m.Pod, m.Volume, m.Off, uint64(len(data)))
+	// The mode as of the range check: a wait there may have seen the
+	// grant.
+	v, md, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, uint64(len(data)))
 	if err != nil {
 		return err
 	}
