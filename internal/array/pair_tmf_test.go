@@ -2,7 +2,6 @@ package array
 
 import (
 	"context"
-	"slices"
 	"testing"
 	"time"
 
@@ -19,26 +18,14 @@ func TestPairResetsConfinedToCallersVolume(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
 	const iqn2 = "iqn.2026-11.io.metro:pair-host2"
-	for _, op := range []catalog.Op{
-		catalog.CreateVolume{Name: "pod1::vol2", UUID: newID(), Size: pairVolSize, Created: time.Now()},
+	h.apply(a, catalog.CreateVolume{Name: "pod1::vol2", UUID: newID(), Size: pairVolSize, Created: time.Now()},
 		catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{iqn2}}},
-		catalog.Connect{Volume: "pod1::vol2", Host: "h2"},
-	} {
-		if err := a.Apply(h.ctx, op); err != nil {
-			t.Fatalf("%s: %v", op.Kind(), err)
-		}
-	}
-	h.waitFor("vol2 connected on the follower", 30*time.Second, func() (bool, string) {
-		return slices.Contains(b.view.LUNs(iqn2), 0), "LUNs of h2 on the follower"
-	})
+		catalog.Connect{Volume: "pod1::vol2", Host: "h2"})
+	h.waitLUN(b, iqn2, 0)
 	h1B := newInitiator(b, pairIQN, 0x200)
 	h2A := newInitiator(a, iqn2, 0x300)
 	h2B := newInitiator(b, iqn2, 0x400)
-	for _, in := range []*initiator{h1B, h2A, h2B} {
-		if _, r := in.drainUAs(); r.Status != scsi.StatusGood {
-			t.Fatalf("TEST UNIT READY through %s: %s", in.arr.cfg.Name, describe(r))
-		}
-	}
+	h.ready(h1B, h2A, h2B)
 	if r := h2A.do(reserve6(), nil, 0); r.Status != scsi.StatusGood {
 		t.Fatalf("RESERVE(6) of vol2 through %s: %s", a.cfg.Name, describe(r))
 	}

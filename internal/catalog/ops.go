@@ -434,10 +434,12 @@ func (o SetHostGroupAttr) apply(s *State) error {
 	}
 	g.Hosts = dedupe(append(slices.DeleteFunc(g.Hosts, func(h string) bool { return slices.Contains(o.RemoveHosts, h) }), o.AddHosts...))
 	// Every member must still see each LUN at most once.
+	members := map[string]bool{}
 	for _, h := range g.Hosts {
-		if err := s.checkLUNClashes(h); err != nil {
-			return fmt.Errorf("host group %s: %w", g.Name, err)
-		}
+		members[h] = true
+	}
+	if err := s.checkLUNClashesOf(members); err != nil {
+		return fmt.Errorf("host group %s: %w", g.Name, err)
 	}
 	return nil
 }
@@ -572,8 +574,10 @@ func sortConnections(cs []Connection) {
 
 func dedupe(in []string) []string {
 	out := []string{}
+	seen := make(map[string]bool, len(in))
 	for _, s := range in {
-		if !slices.Contains(out, s) {
+		if !seen[s] {
+			seen[s] = true
 			out = append(out, s)
 		}
 	}

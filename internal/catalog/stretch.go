@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // SetPodMembership changes the arrays of a pod, its sequencer and its
@@ -79,7 +80,7 @@ func (s *State) PodConfig(name string) *PodConfig {
 			if c.Host != "" {
 				hosts[c.Host] = true
 			}
-			if c.HostGroup != "" {
+			if c.HostGroup != "" && !groups[c.HostGroup] {
 				groups[c.HostGroup] = true
 				if g := s.HostGroups[c.HostGroup]; g != nil {
 					for _, h := range g.Hosts {
@@ -158,6 +159,7 @@ func (o InstallPod) apply(s *State) error {
 	if exists {
 		usedHosts, usedGroups = s.podHosts(name)
 	}
+	owner := s.iqnOwners()
 	for _, h := range pc.Hosts {
 		if cur, ok := s.Hosts[h.Name]; ok && !usedHosts[h.Name] {
 			if !sameIQNs(cur.IQNs, h.IQNs) {
@@ -170,13 +172,21 @@ func (o InstallPod) apply(s *State) error {
 			}
 		}
 		for _, iqn := range h.IQNs {
-			if other := s.HostByIQN(iqn); other != nil && other.Name != h.Name {
-				return fmt.Errorf("host %s: initiator %s: %w: it belongs to host %s on this array", h.Name, iqn, ErrConflict, other.Name)
+			if other, ok := owner[foldKey(iqn)]; ok && other != h.Name {
+				return fmt.Errorf("host %s: initiator %s: %w: it belongs to host %s on this array", h.Name, iqn, ErrConflict, other)
+			}
+		}
+		if cur := s.Hosts[h.Name]; cur != nil {
+			for _, q := range cur.IQNs {
+				delete(owner, foldKey(q))
 			}
 		}
 		hc := h
 		hc.IQNs = dedupe(h.IQNs)
 		hc.PreferredArrays = slices.Clone(h.PreferredArrays)
+		for _, q := range hc.IQNs {
+			owner[foldKey(q)] = h.Name
+		}
 		s.Hosts[h.Name] = &hc
 	}
 	for _, g := range pc.HostGroups {
@@ -218,9 +228,136 @@ func (o InstallPod) apply(s *State) error {
 	s.Connections = append(conns, pc.Connections...)
 	sortConnections(s.Connections)
 	reached, _ := s.podHosts(name)
-	for _, h := range slices.Sorted(maps.Keys(reached)) {
-		if err := s.checkLUNClashes(h); err != nil {
-			return fmt.Errorf("pod %s: %w", name, err)
+	if err := s.checkLUNClashesOf(reached); err != nil {
+		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	return nil
+}
+
+// iqnOwners returns the host of each initiator name, by foldKey.
+func (s *State) iqnOwners() map[string]string {
+	owner := map[string]string{}
+	for _, h := range s.Hosts {
+		for _, q := range h.IQNs {
+			owner[foldKey(q)] = h.Name
+		}
+	}
+	return owner
+}
+
+// foldKey returns a key equal for two strings exactly when
+// strings.EqualFold holds for them: each rune is replaced by the least
+// rune of its case-folding orbit.
+func foldKey(s string) string {
+	return strings.Map(func(r rune) rune {
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		return least
+	}, s)
+}
+
+// checkLUNClashesOf is checkLUNClashes of each of the hosts (the error
+// names the first host in name order that has a clash), in time linear in
+// the connections and in the pairs of connection sources (a host's own
+// connections, each of its host groups) that a host shares, not in the
+// LUNs each host sees: hosts reached through the same host group share
+// its LUN map.
+func (s *State) checkLUNClashesOf(hosts map[string]bool) error {
+	// A source's LUN map, and a clash within it.
+	type source struct {
+		luns  map[uint64]string
+		vols  map[string]uint64
+		clash func(host string) error
+	}
+	sources := map[string]*source{}
+	for _, c := range s.Connections {
+		key := "group:" + c.HostGroup
+		if c.Host != "" {
+			if !hosts[c.Host] {
+				continue
+			}
+			key = "host:" + c.Host
+		}
+		src := sources[key]
+		if src == nil {
+			src = &source{luns: map[uint64]string{}, vols: map[string]uint64{}}
+			sources[key] = src
+		}
+		if src.clash != nil {
+			continue
+		}
+		src.clash = lunClash(src.luns, src.vols, c.LUN, c.Volume)
+		if src.clash == nil {
+			src.luns[c.LUN], src.vols[c.Volume] = c.Volume, c.LUN
+		}
+	}
+	of := map[string][]string{}
+	for h := range hosts {
+		if sources["host:"+h] != nil {
+			of[h] = append(of[h], "host:"+h)
+		}
+	}
+	for _, g := range s.HostGroups {
+		if sources["group:"+g.Name] == nil {
+			continue
+		}
+		for _, h := range dedupe(g.Hosts) {
+			if hosts[h] {
+				of[h] = append(of[h], "group:"+g.Name)
+			}
+		}
+	}
+	// pairs caches the clash between two sources ("" when none).
+	pairs := map[[2]string]func(string) error{}
+	for _, h := range slices.Sorted(maps.Keys(hosts)) {
+		keys := of[h]
+		for i, a := range keys {
+			if c := sources[a].clash; c != nil {
+				return c(h)
+			}
+			for _, b := range keys[i+1:] {
+				pair := [2]string{min(a, b), max(a, b)}
+				clash, ok := pairs[pair]
+				if !ok {
+					clash = sourcesClash(sources[a].luns, sources[a].vols, sources[b].luns, sources[b].vols)
+					pairs[pair] = clash
+				}
+				if clash != nil {
+					return clash(h)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// lunClash returns the clash a connection of vol at lun would make with a
+// LUN map (luns, and its inverse vols), or nil.
+func lunClash(luns map[uint64]string, vols map[string]uint64, lun uint64, vol string) func(string) error {
+	if v, ok := luns[lun]; ok && v != vol {
+		return func(host string) error {
+			return fmt.Errorf("host %s would see LUN %d twice (%s and %s): %w", host, lun, v, vol, ErrConflict)
+		}
+	}
+	if l, ok := vols[vol]; ok && l != lun {
+		return func(host string) error {
+			return fmt.Errorf("host %s would see volume %s at two LUNs: %w", host, vol, ErrConflict)
+		}
+	}
+	return nil
+}
+
+// sourcesClash returns the clash between two LUN maps seen together, or
+// nil; it walks the smaller.
+func sourcesClash(aLuns map[uint64]string, aVols map[string]uint64, bLuns map[uint64]string, bVols map[string]uint64) func(string) error {
+	if len(aLuns) > len(bLuns) {
+		aLuns, aVols, bLuns, bVols = bLuns, bVols, aLuns, aVols
+	}
+	for lun, vol := range aLuns {
+		if c := lunClash(bLuns, bVols, lun, vol); c != nil {
+			return c
 		}
 	}
 	return nil
@@ -346,7 +483,7 @@ func (s *State) checkPodConfig(pc *PodConfig) error {
 		}
 		seen[key] = true
 		usedHosts[c.Host] = true
-		if g := groups[c.HostGroup]; g != nil {
+		if g := groups[c.HostGroup]; g != nil && !usedGroups[g.Name] {
 			usedGroups[g.Name] = true
 			for _, h := range g.Hosts {
 				usedHosts[h] = true
@@ -377,7 +514,7 @@ func (s *State) podHosts(pod string) (hosts, groups map[string]bool) {
 		if c.Host != "" {
 			hosts[c.Host] = true
 		}
-		if g := s.HostGroups[c.HostGroup]; g != nil {
+		if g := s.HostGroups[c.HostGroup]; g != nil && !groups[g.Name] {
 			groups[g.Name] = true
 			for _, h := range g.Hosts {
 				hosts[h] = true
@@ -387,26 +524,61 @@ func (s *State) podHosts(pod string) (hosts, groups map[string]bool) {
 	return hosts, groups
 }
 
-// InitiatorsByVolume returns, for each connected volume by name, the
-// initiator names of the hosts connected to it directly or through a host
-// group, lower-cased.
-func (s *State) InitiatorsByVolume() map[string]map[string]bool {
-	out := map[string]map[string]bool{}
-	for _, c := range s.Connections {
-		m := out[c.Volume]
-		if m == nil {
-			m = map[string]bool{}
-			out[c.Volume] = m
-		}
-		for _, h := range s.hostsOf(c.Host, c.HostGroup) {
-			if host := s.Hosts[h]; host != nil {
-				for _, q := range host.IQNs {
-					m[strings.ToLower(q)] = true
-				}
-			}
+// Access answers whether an initiator is connected to a volume, directly
+// or through a host group. It is built in time linear in the
+// configuration (not in the number of initiator and volume pairs it
+// connects, which a host group connected to many volumes multiplies)
+// and must not outlive the State it was made from.
+type Access struct {
+	// host is the host of each initiator name, by foldKey.
+	host map[string]string
+	// groups are the host groups of each host.
+	groups map[string][]string
+	// conns are the hosts and host groups each volume is connected to.
+	conns map[string]map[string]bool
+}
+
+// Access returns the connections of the state as an Access.
+func (s *State) Access() *Access {
+	a := &Access{host: map[string]string{}, groups: map[string][]string{}, conns: map[string]map[string]bool{}}
+	for _, h := range s.Hosts {
+		for _, q := range h.IQNs {
+			a.host[foldKey(q)] = h.Name
 		}
 	}
-	return out
+	for _, g := range s.HostGroups {
+		for _, h := range g.Hosts {
+			a.groups[h] = append(a.groups[h], g.Name)
+		}
+	}
+	for _, c := range s.Connections {
+		m := a.conns[c.Volume]
+		if m == nil {
+			m = map[string]bool{}
+			a.conns[c.Volume] = m
+		}
+		if c.Host != "" {
+			m["host:"+c.Host] = true
+		} else {
+			m["group:"+c.HostGroup] = true
+		}
+	}
+	return a
+}
+
+// Connected reports whether the initiator (an iSCSI name, in any case)
+// belongs to a host connected to the volume, directly or through a host
+// group.
+func (a *Access) Connected(volume, initiator string) bool {
+	h, ok := a.host[foldKey(initiator)]
+	m := a.conns[volume]
+	if !ok || m == nil {
+		return false
+	}
+	if m["host:"+h] {
+		return true
+	}
+	return slices.ContainsFunc(a.groups[h], func(g string) bool { return m["group:"+g] })
 }
 
 func sameCHAP(a, b *Host) bool {
@@ -415,7 +587,15 @@ func sameCHAP(a, b *Host) bool {
 }
 
 func sameSet(a, b []string) bool {
-	return len(dedupe(a)) == len(dedupe(b)) && !slices.ContainsFunc(a, func(x string) bool { return !slices.Contains(b, x) })
+	da, db := dedupe(a), dedupe(b)
+	if len(da) != len(db) {
+		return false
+	}
+	in := make(map[string]bool, len(db))
+	for _, x := range db {
+		in[x] = true
+	}
+	return !slices.ContainsFunc(da, func(x string) bool { return !in[x] })
 }
 
 func sameIQNs(a, b []string) bool {

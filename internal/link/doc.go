@@ -46,10 +46,13 @@
 // authenticate and send its offer within AuthTimeout. A new connection is
 // never refused for want of a slot: an older unauthenticated one is
 // dropped instead (from the new one's address when that is at its limit,
-// else from the address holding the most; one that has sent nothing
-// first, then the oldest). Idle sockets held against the port therefore
-// cannot keep the peer out: its connections send at once and
-// authenticate within a few round trips.
+// else from an address holding more than a session's two, else any;
+// one that has sent nothing first, then the oldest; never one from the
+// address the peer last authenticated from while another address holds
+// a slot). Idle sockets held against the port, or renewed from many
+// addresses as fast as they are dropped, therefore cannot keep the peer
+// out: its connections send at once and authenticate within a few round
+// trips.
 //
 // # Frames
 //
@@ -91,9 +94,12 @@
 // Request payload bytes in flight (sent, not yet answered) are limited per
 // session to MaxInFlightBytes: Call waits, first come first served, until
 // its request fits (a request larger than the limit travels alone).
-// Response bytes queued for sending are limited the same way, and at most
-// MaxConcurrentHandlers handlers run at once; beyond that the data reader
-// stops reading and TCP pushes back on the sender.
+// Response bytes queued for sending are limited the same way, and so are
+// the payload bytes of the peer's requests held from reading them to the
+// end of their handlers, whatever the peer does: the data reader reads a
+// request's payload only once it fits. At most MaxConcurrentHandlers
+// handlers run at once; beyond that, or beyond those bytes, the data
+// reader stops reading and TCP pushes back on the sender.
 //
 // # Network tuning
 //

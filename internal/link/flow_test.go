@@ -288,3 +288,42 @@ func TestPipeliningTCP(t *testing.T) {
 		t.Errorf("took %v, more than 1/8 of serial time %v: calls are not pipelined", elapsed, serial)
 	}
 }
+
+// TestRequestBytesBoundAtReceiver checks that the payload bytes of the
+// peer's requests held by a session, from reading them to the end of
+// their handlers, stay within its MaxInFlightBytes even when the peer
+// does not keep to its own bound: the reader waits. (Before, a peer's
+// requests were read as long as handlers were free: 512 of 16 MiB, 8 GiB,
+// from a peer whose requests its handlers were slow to serve.)
+func TestRequestBytesBoundAtReceiver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := testConfigs(t)
+		a.MaxInFlightBytes = 1 << 30 // the sender does not hold back
+		b.MaxInFlightBytes = 4 << 20
+		g := newGate()
+		b.Handler = g.handle
+		p := pipePair(t, a, b, time.Millisecond)
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				if _, err := p.sa.Call(context.Background(), Message{Payload: make([]byte, 1<<20)}); err != nil {
+					t.Errorf("Call: %v", err)
+				}
+			})
+		}
+		time.Sleep(10 * time.Millisecond)
+		if n := g.running.Load(); n != 4 {
+			t.Fatalf("%d requests of 1 MiB in handlers at once, want 4 (the receiver's 4 MiB)", n)
+		}
+		// Heartbeats still flow while the data reader waits.
+		time.Sleep(3 * time.Second)
+		if p.sa.Err() != nil || p.sb.Err() != nil {
+			t.Fatalf("sessions died while the reader waited: %v, %v", p.sa.Err(), p.sb.Err())
+		}
+		close(g.release)
+		wg.Wait()
+		if n, in := g.entered.Load(), p.sb.reqBudget.inUse(); n != 16 || in != 0 {
+			t.Fatalf("%d requests served, %d bytes still held", n, in)
+		}
+	})
+}

@@ -93,7 +93,10 @@ type frameReader struct {
 	r io.Reader
 	// max is the largest payload accepted.
 	max uint32
-	hdr [headerLen]byte
+	// admit, when set, is called with each checked header before its
+	// payload is allocated; its error ends the reading.
+	admit func(header) error
+	hdr   [headerLen]byte
 }
 
 // next reads one frame. The payload is freshly allocated (nil when empty)
@@ -106,6 +109,11 @@ func (fr *frameReader) next() (header, []byte, error) {
 	h, err := parseHeader(&fr.hdr, fr.max)
 	if err != nil {
 		return h, nil, err
+	}
+	if fr.admit != nil {
+		if err := fr.admit(h); err != nil {
+			return h, nil, err
+		}
 	}
 	if h.length == 0 {
 		return h, nil, nil

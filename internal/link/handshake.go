@@ -418,7 +418,8 @@ func (l *Listener) handshake(nc net.Conn, sl *slot) {
 }
 
 // serverHandshake authenticates nc (TLS with the pinned certificate), then
-// frees its slot and exchanges the hellos, moving the deadline to
+// frees its slot, records its address as the peer's (see slots) and
+// exchanges the hellos, moving the deadline to
 // deadline once the offer is in.
 func (l *Listener) serverHandshake(nc net.Conn, sl *slot, deadline time.Time) (c *conn, offer hello, authenticated bool, err error) {
 	cfg := &l.cfg
@@ -426,7 +427,10 @@ func (l *Listener) serverHandshake(nc net.Conn, sl *slot, deadline time.Time) (c
 	if err := tc.HandshakeContext(l.ctx); err != nil {
 		return nil, hello{}, false, fmt.Errorf("link: TLS handshake: %w", explainDeadline(err, "authenticate", cfg.AuthTimeout))
 	}
-	l.leave(sl)
+	l.mu.Lock()
+	l.mu.slots.leave(sl)
+	l.mu.slots.peer = sl.addr
+	l.mu.Unlock()
 	c, offer, err = l.hellos(tc, nc, deadline)
 	return c, offer, true, err
 }

@@ -100,9 +100,11 @@ type Config struct {
 	// one source IP address (default 8, at most MaxHandshakes). A new
 	// connection is never refused for want of a slot: the listener drops
 	// an older unauthenticated one (from the new connection's address
-	// when that is at its limit, else from the address holding the most;
-	// one that has sent nothing first, then the oldest), so sockets held
-	// open against the port cannot keep the peer out.
+	// when that is at its limit, else from an address holding more than
+	// a session's two, else any; one that has sent nothing first, then
+	// the oldest; the address the peer last authenticated from is
+	// spared while another holds a slot), so sockets held open against
+	// the port cannot keep the peer out.
 	MaxHandshakes           int
 	MaxHandshakesPerAddress int
 	Logger                  *slog.Logger

@@ -47,8 +47,12 @@ type Session struct {
 	// nextID numbers this side's requests.
 	nextID atomic.Uint64
 	// budget bounds request payload bytes in flight; respBudget response
-	// payload bytes queued on meta.
-	budget, respBudget *budget
+	// payload bytes queued on meta; reqBudget the payload bytes of the
+	// peer's requests held here, from reading them to the end of their
+	// handlers (a peer that keeps to its own budget never waits on it;
+	// one that does not is read no faster than its requests are
+	// handled).
+	budget, respBudget, reqBudget *budget
 
 	// work hands a request to an idle handler worker; workers counts the
 	// workers started (data reader only).
@@ -103,6 +107,7 @@ func newSession(cfg Config, peer hello, data, meta *conn) *Session {
 		meta:        meta,
 		budget:      newBudget(cfg.MaxInFlightBytes),
 		respBudget:  newBudget(cfg.MaxInFlightBytes),
+		reqBudget:   newBudget(cfg.MaxInFlightBytes),
 		work:        make(chan request),
 		done:        make(chan struct{}),
 	}
@@ -377,8 +382,15 @@ func (s *Session) now() time.Time { return s.cfg.Now() }
 // since is t relative to epoch, in nanoseconds.
 func (s *Session) since(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 
-// readLoop reads and handles c's frames until an error.
+// readLoop reads and handles c's frames until an error. A request's
+// payload is read once it fits in reqBudget.
 func (s *Session) readLoop(c *conn) error {
+	c.fr.admit = func(h header) error {
+		if h.kind != kindRequest {
+			return nil
+		}
+		return s.reqBudget.acquire(s.ctx, s.done, int(h.length))
+	}
 	for {
 		h, payload, err := c.fr.next()
 		if err != nil {
@@ -497,6 +509,7 @@ func (s *Session) serve(r request) {
 	} else {
 		resp, err = s.cfg.Handler(s.ctx, Message{Type: r.h.typ, Epoch: r.h.epoch, Payload: r.payload})
 	}
+	s.reqBudget.release(int(r.h.length))
 	if err == nil && len(resp.Payload) > MaxPayload {
 		err = fmt.Errorf("%w: response of %d bytes to request type %d, the maximum is %d", ErrTooLarge, len(resp.Payload), r.h.typ, MaxPayload)
 	}

@@ -10,14 +10,24 @@ import (
 // certificate) it holds a slot. Slots are bounded in total and per source
 // address, and a new connection is never refused for want of one: the
 // listener drops an older unauthenticated connection instead, so sockets
-// held open against the port cannot keep the peer out. The victim is taken
-// from the new connection's own address when that address is at its
-// limit, else from the address holding the most slots; within an address
-// it is the oldest connection that has sent nothing yet, else the oldest.
-// The peer's connections send their TLS hello at once and authenticate
-// within a few round trips, so an attacker must open a whole address's
-// worth of connections from the peer's own address within that time to
-// push one out.
+// held open against the port cannot keep the peer out.
+//
+// The victim is taken from the new connection's own address when that
+// address is at its limit. When all the slots are taken, it comes from
+// the address holding the most if that is more than a session's two
+// connections, else it is the oldest connection that has sent nothing
+// yet, else the oldest; within an address it is the oldest connection
+// that has sent nothing yet, else the oldest. The address the peer last
+// authenticated from is spared from the latter choices while another
+// address holds a slot: the peer's session opens its two connections at
+// once and they send their TLS hello at once, so connections from many
+// addresses, each holding one slot and renewed as fast as they are
+// dropped, cannot push them out. Someone who shares the peer's address
+// must open a whole address's worth of connections within the few round
+// trips the peer takes to authenticate to push one out.
+
+// sessionConns is how many connections a session opens at once.
+const sessionConns = 2
 
 // slot is one unauthenticated connection.
 type slot struct {
@@ -35,6 +45,9 @@ type slot struct {
 // safe for concurrent use (the Listener's mutex guards it).
 type slots struct {
 	max, perAddr int
+	// peer is the address the peer last authenticated from ("" before
+	// it first did).
+	peer string
 	// list holds the slots, oldest first.
 	list []*slot
 	// byAddr counts the slots of each address.
@@ -52,7 +65,7 @@ func (t *slots) admit(s *slot) (evicted []*slot) {
 		evicted = append(evicted, t.evict(s.addr))
 	}
 	if len(t.list) >= t.max {
-		evicted = append(evicted, t.evict(t.busiest()))
+		evicted = append(evicted, t.evictAny())
 	}
 	t.list = append(t.list, s)
 	t.byAddr[s.addr]++
@@ -81,36 +94,58 @@ func (t *slots) leave(s *slot) bool {
 // evict removes and returns the victim of addr (which holds a slot): its
 // oldest connection that has sent nothing, else its oldest.
 func (t *slots) evict(addr string) *slot {
+	victim := t.pick(func(s *slot) bool { return s.addr == addr })
+	t.leave(victim)
+	return victim
+}
+
+// pick returns the oldest of the slots matching that has sent nothing,
+// else the oldest of them, or nil.
+func (t *slots) pick(match func(*slot) bool) *slot {
 	var victim *slot
 	for _, s := range t.list {
-		if s.addr != addr {
+		if !match(s) {
 			continue
 		}
 		if !s.heard.Load() {
-			victim = s
-			break
+			return s
 		}
 		if victim == nil {
 			victim = s
 		}
 	}
+	return victim
+}
+
+// evictAny removes and returns the victim when every slot is taken (see
+// the rules above). The table must not be empty.
+func (t *slots) evictAny() *slot {
+	if a, n := t.busiest(); n > sessionConns {
+		return t.evict(a)
+	}
+	victim := t.pick(func(s *slot) bool { return s.addr != t.peer })
+	if victim == nil {
+		return t.evict(t.list[0].addr) // the peer's address holds every slot
+	}
 	t.leave(victim)
 	return victim
 }
 
-// busiest returns the address holding the most slots; of several, the
-// one holding the oldest slot. The table must not be empty.
-func (t *slots) busiest() string {
+// busiest returns the address other than the peer's holding the most
+// slots, and how many; of several, the one holding the oldest slot.
+func (t *slots) busiest() (string, int) {
 	most := 0
-	for _, n := range t.byAddr {
-		most = max(most, n)
-	}
-	for _, s := range t.list {
-		if t.byAddr[s.addr] == most {
-			return s.addr
+	for a, n := range t.byAddr {
+		if a != t.peer {
+			most = max(most, n)
 		}
 	}
-	return t.list[0].addr
+	for _, s := range t.list {
+		if s.addr != t.peer && t.byAddr[s.addr] == most {
+			return s.addr, most
+		}
+	}
+	return "", 0
 }
 
 // sourceAddr is the address a connection is counted under: the IP of its

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -71,6 +72,42 @@ func TestSlotEviction(t *testing.T) {
 			t.Fatal("the address holding one slot lost it")
 		}
 	})
+	t.Run("total: the oldest silent one when no address holds more than a session", func(t *testing.T) {
+		tb := newSlots(5, 4)
+		p1, p2 := mk("peer", true), mk("peer", true)
+		x1, y1, x2 := mk("x", true), mk("y", false), mk("x", false)
+		for _, s := range []*slot{p1, p2, x1, y1, x2} {
+			tb.admit(s)
+		}
+		if ev := tb.admit(mk("z", false)); len(ev) != 1 || ev[0] != y1 {
+			t.Fatalf("evicted %v, want the oldest silent connection", ev)
+		}
+		x2.heard.Store(true)
+		tb.admit(mk("w", true)) // evicts the newest silent one, z's
+		if ev := tb.admit(mk("v", true)); len(ev) != 1 || ev[0] != p1 {
+			t.Fatalf("evicted %v, want the oldest connection when none is silent", ev)
+		}
+	})
+	t.Run("total: the address the peer authenticated from is spared", func(t *testing.T) {
+		tb := newSlots(4, 4)
+		tb.peer = "peer"
+		p1, p2 := mk("peer", false), mk("peer", false)
+		for _, s := range []*slot{p1, p2, mk("x", true), mk("y", true)} {
+			tb.admit(s)
+		}
+		for i := range 10 {
+			if ev := tb.admit(mk(fmt.Sprintf("z%d", i), true)); len(ev) != 1 || ev[0].addr == "peer" {
+				t.Fatalf("admission %d evicted %v, want another address's", i, ev)
+			}
+		}
+		tb = newSlots(2, 2)
+		tb.peer = "peer"
+		tb.admit(p1)
+		tb.admit(p2)
+		if ev := tb.admit(mk("x", false)); len(ev) != 1 || ev[0] != p1 {
+			t.Fatalf("evicted %v, want the peer's oldest when it holds every slot", ev)
+		}
+	})
 	t.Run("leave once", func(t *testing.T) {
 		tb := newSlots(2, 2)
 		s := mk("a", false)
@@ -83,36 +120,62 @@ func TestSlotEviction(t *testing.T) {
 
 // TestSlotsRandom admits and removes connections from random addresses
 // and checks the limits after every step, and that the peer's address,
-// holding at most two slots (one session), loses one only when no other
-// address holds more.
+// holding at most two slots (one session), loses none: before the peer
+// first authenticated, only when no other address holds more than a
+// session's worth and every other connection has sent something;
+// afterwards never, while another address holds a slot.
 func TestSlotsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	const max, perAddr = 16, 4
 	tb := newSlots(max, perAddr)
 	var peer []*slot
-	var evictions, peerAdmits, peerEvicted int
+	var evictions, peerAdmits, peerEvicted, protectedAdmits int
 	admit := func(s *slot) {
 		before := maps.Clone(tb.byAddr)
+		list := slices.Clone(tb.list)
 		for _, v := range tb.admit(s) {
 			evictions++
 			if v.addr != "peer" {
 				continue
 			}
 			peerEvicted++
+			if tb.peer == "peer" {
+				t.Fatalf("the peer's connection was evicted after the peer authenticated from its address (slots by address %v)", before)
+			}
 			for a, n := range before {
-				if a != "peer" && n > before["peer"] {
+				if a != "peer" && n > sessionConns {
 					t.Fatalf("the peer's connection was evicted while %s held %d slots, the peer %d", a, n, before["peer"])
 				}
+			}
+			// The victim was the oldest silent connection, else the
+			// oldest.
+			for _, o := range list {
+				if o == v {
+					break
+				}
+				if o.addr != "peer" && (!o.heard.Load() || v.heard.Load()) {
+					t.Fatalf("the peer's connection (heard %v) was evicted while another address had an older one (heard %v)", v.heard.Load(), o.heard.Load())
+				}
+			}
+			if v.heard.Load() && slices.ContainsFunc(list, func(o *slot) bool { return o.addr != "peer" && !o.heard.Load() }) {
+				t.Fatalf("the peer's connection, which had sent its hello, was evicted while another address had a silent one")
 			}
 		}
 	}
 	for step := range 20000 {
+		if step == 10000 {
+			tb.peer = "peer" // the peer authenticated from its address
+		}
 		peer = slices.DeleteFunc(peer, func(s *slot) bool { return s.gone })
 		switch n := r.IntN(10); {
 		case n == 0 && len(peer) < 2:
 			s := &slot{addr: "peer"}
+			s.heard.Store(r.IntN(2) == 0)
 			peer = append(peer, s)
 			peerAdmits++
+			if tb.peer != "" {
+				protectedAdmits++
+			}
 			admit(s)
 		case n == 1 && len(peer) > 0:
 			tb.leave(peer[0])
@@ -143,8 +206,9 @@ func TestSlotsRandom(t *testing.T) {
 		}
 	}
 	t.Logf("%d evictions, %d peer connections, %d of them evicted", evictions, peerAdmits, peerEvicted)
-	if evictions < 1000 || peerAdmits < 100 {
-		t.Fatalf("only %d evictions and %d peer connections: the test exercised too little", evictions, peerAdmits)
+	if evictions < 1000 || peerAdmits < 100 || protectedAdmits < 50 || peerEvicted < 10 {
+		t.Fatalf("only %d evictions and %d peer connections (%d after it authenticated, %d evicted): the test exercised too little",
+			evictions, peerAdmits, protectedAdmits, peerEvicted)
 	}
 }
 
@@ -164,16 +228,8 @@ func TestPeerReconnectsPastHeldSockets(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			checkLeaks(t)
-			a, b := testConfigs(t)
-			a.dial = func(ctx context.Context, addr string) (net.Conn, error) {
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
-				return d.DialContext(ctx, "tcp", addr)
-			}
-			l := tcpListen(t, b)
+			a, l := peerAndListener(t, true)
 			addr := l.Addr().String()
-			sa, sb := connect(t, a, l, addr)
-			sa.Close() // the link drops
-			sb.Close()
 
 			const held = 200
 			holder, err := idlesock.Hold(addr, tc.from, held, tc.renew)
@@ -199,28 +255,9 @@ func TestPeerReconnectsPastHeldSockets(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 
-			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			s, attempts, took := redial(t, a, l)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			var s *Session
-			var attempts int
-			for s == nil {
-				attempts++
-				var err error
-				if s, err = Dial(ctx, a, addr); err != nil {
-					if ctx.Err() != nil {
-						t.Fatalf("the peer did not reconnect within 2s while %d sockets were held (%d attempts): %v", held, attempts, err)
-					}
-					t.Logf("attempt %d: %v", attempts, err)
-				}
-			}
-			took := time.Since(start)
-			defer s.Close()
-			sl, err := l.Accept(ctx)
-			if err != nil {
-				t.Fatalf("Accept: %v", err)
-			}
-			defer sl.Close()
 			if _, err := s.Call(ctx, Message{Type: 1, Payload: []byte("after")}); err != nil {
 				t.Fatalf("call on the new session: %v", err)
 			}
@@ -282,4 +319,129 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestPeerReconnectsPastChurningAddresses is the handshake-slot attack
+// from many source addresses, each holding one socket at a time and
+// reopening it at once when the listener drops it: the table stays full
+// and every new socket evicts one. The peer's session opens two
+// connections from one address, which a rule taking victims from the
+// address holding the most slots would pick (it did: the peer never got
+// in within 2 s, in over 200 attempts). Silent sockets are dropped
+// before the peer's, which send their TLS hello at once; sockets that
+// send a byte too are dropped before the peer's once the peer has
+// authenticated from its address.
+func TestPeerReconnectsPastChurningAddresses(t *testing.T) {
+	for name, tc := range map[string]struct {
+		speak, before bool
+	}{
+		"silent sockets, first session":                     {false, false},
+		"sockets that send a byte, after a session dropped": {true, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			checkLeaks(t)
+			a, l := peerAndListener(t, tc.before)
+			addr := l.Addr().String()
+			opened := churn(t, addr, 200, tc.speak)
+			for opened.Load() < 1000 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			_, attempts, took := redial(t, a, l)
+			if tc.before && attempts > 1 {
+				// Once it has authenticated from its address, the
+				// peer's connections are never the ones dropped for
+				// other addresses' (nor does the peer hold more
+				// than its address's limit).
+				t.Errorf("the peer needed %d attempts: its connections were dropped to make room for other addresses'", attempts)
+			}
+			l.mu.Lock()
+			evicted := l.mu.evicted
+			l.mu.Unlock()
+			t.Logf("the peer reconnected in %v (%d attempt(s)); %d attacker sockets opened, %d dropped to make room",
+				took.Round(time.Millisecond), attempts, opened.Load(), evicted)
+		})
+	}
+}
+
+// peerAndListener returns the peer's configuration, dialing from
+// 127.0.0.1, and a listener on loopback; with before, the peer had a
+// session with it, which dropped.
+func peerAndListener(t *testing.T, before bool) (Config, *Listener) {
+	t.Helper()
+	a, b := testConfigs(t)
+	a.dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	l := tcpListen(t, b)
+	if before {
+		sa, sb := connect(t, a, l, l.Addr().String())
+		sa.Close() // the link drops
+		sb.Close()
+	}
+	return a, l
+}
+
+// redial dials from a to l's address until a session is up, failing
+// the test unless it is within 2 s (the bound), and returns the
+// dialer's end (both are closed at the end of the test), the attempts
+// made and the time taken.
+func redial(t *testing.T, a Config, l *Listener) (s *Session, attempts int, took time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	for s == nil {
+		attempts++
+		var err error
+		if s, err = Dial(ctx, a, l.Addr().String()); err != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("the peer did not reconnect within 2s (%d attempts): %v", attempts, err)
+			}
+			t.Logf("attempt %d: %v", attempts, err)
+		}
+	}
+	took = time.Since(start)
+	t.Cleanup(func() { s.Close() })
+	sl, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	t.Cleanup(func() { sl.Close() })
+	return s, attempts, took
+}
+
+// churn opens a socket to addr from each of n loopback addresses other
+// than the peer's, sending a byte on each when speak, and reopens each as
+// soon as the listener drops it, until the test ends. It returns the
+// count of sockets opened.
+func churn(t *testing.T, addr string, n int, speak bool) *atomic.Int64 {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	var opened atomic.Int64
+	for i := range n {
+		from := &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+i/250), byte(1+i%250))}
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				d := net.Dialer{LocalAddr: from}
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					continue
+				}
+				opened.Add(1)
+				if speak {
+					_, _ = c.Write([]byte{0x16})
+				}
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				_, _ = c.Read(make([]byte, 1)) // until the listener drops it
+				stop()
+				c.Close()
+			}
+		})
+	}
+	return &opened
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
@@ -224,7 +225,12 @@ func (r *Replicator) refusedAnswer(req link.Message, err error) []byte {
 
 // orderable checks a change the peer asks this array to order: it
 // concerns stretched pods only through the ops stretchedPods knows, each
-// pod is stretched to the peer and ordered here, and it destroys none.
+// pod is stretched to the peer, the first (which orders the change, as
+// in Apply) is ordered here, it destroys none, and it names no host or
+// host group that a pod not shared with the peer uses here
+// (checkPeerNames). A change of a host may concern pods ordered by
+// either array: the others learn it from the configuration of the
+// first.
 func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) error {
 	peer := r.peer()
 	if len(pods) == 0 || peer == nil {
@@ -233,13 +239,15 @@ func (r *Replicator) orderable(st *catalog.State, pods []string, op catalog.Op) 
 	if _, ok := deref(op).(catalog.DestroyPod); ok {
 		return refusef("pod %s is stretched: a stretched pod is not destroyed", pods[0])
 	}
+	if st.Pods[pods[0]].Sequencer != r.cfg.Name {
+		return refusef("the change concerns pod %s, which this array does not order; try again", pods[0])
+	}
 	for _, name := range pods {
-		cp := st.Pods[name]
-		if cp.Sequencer != r.cfg.Name || !hasArray(cp, peer.ID) {
-			return refusef("the change concerns pod %s, which this array does not order for the peer; try again", name)
+		if !hasArray(st.Pods[name], peer.ID) {
+			return refusef("the change concerns pod %s, which is not stretched to array %s", name, peer.Name)
 		}
 	}
-	return nil
+	return r.checkPeerNames(st, peer, op)
 }
 
 // installPod installs a pod's configuration from the sequencer (the
@@ -387,8 +395,18 @@ func (r *Replicator) Unstretch(ctx context.Context, podName, array string) error
 	if p == nil {
 		return fmt.Errorf("pod %s: %w: not running here yet, try again", podName, catalog.ErrConflict)
 	}
+	// ioMu before cfgMu (see podRT): a write waiting while the pod is
+	// paused holds ioMu until the pod has persisted a new epoch, which
+	// takes cfgMu.
+	p.ioMu.Lock()
+	unlockIO := sync.OnceFunc(p.ioMu.Unlock)
+	defer unlockIO()
 	p.cfgMu.Lock()
 	defer p.cfgMu.Unlock()
+	// The pod may have moved while this waited.
+	if cp = r.env.Catalog().View().Pods[podName]; cp == nil || cp.Pending != nil || len(cp.Arrays) < 2 || cp.Sequencer != r.cfg.Name || r.pod(podName) != p {
+		return fmt.Errorf("pod %s: %w: it changed meanwhile; try again", podName, catalog.ErrConflict)
+	}
 	var other catalog.PodArray
 	for _, a := range cp.Arrays {
 		if a.Name != r.cfg.Name {
@@ -402,17 +420,14 @@ func (r *Replicator) Unstretch(ctx context.Context, podName, array string) error
 			return fmt.Errorf("pod %s: %w: array %s is not in sync, so the pod cannot move to it; remove %s instead or wait for the resync",
 				podName, catalog.ErrConflict, other.Name, other.Name)
 		}
-		p.ioMu.Lock()
-		defer p.ioMu.Unlock()
 		next := catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{other}, Sequencer: other.Name, Epoch: cp.Epoch + 1}
 		if err := callJSON(ctx, md.sess, msgUnstretch, md.epoch, unstretchMsg{Pod: podName, Array: array, Membership: &next}, nil); err != nil {
 			return fmt.Errorf("pod %s: hand over to %s: %w", podName, other.Name, err)
 		}
 		return r.keepPending(podName, cp.Epoch+1)
 	}
-	p.ioMu.Lock()
 	err := r.env.Catalog().Apply(catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{{Name: r.cfg.Name, ID: r.cfg.ID}}, Sequencer: r.cfg.Name, Epoch: cp.Epoch + 1})
-	p.ioMu.Unlock()
+	unlockIO()
 	if err != nil {
 		return err
 	}

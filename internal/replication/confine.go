@@ -1,12 +1,15 @@
 package replication
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
 )
@@ -20,14 +23,21 @@ import (
 //     peer, in the role and at the epoch the message implies.
 //   - A volume (by UUID) belongs to the pod the message names; an offset
 //     and length lie inside the volume and are multiples of the block
-//     size; data forwarded by this array is referred to only for a write
-//     to the volume it was sent for.
+//     size (a change ending beyond it waits, for the link's timeout at
+//     most, for the configuration that grows the volume, which the
+//     sequencer sends right after mirroring such a change); data
+//     forwarded by this array is referred to only for a write to the
+//     volume it was sent for.
 //   - A forwarded command runs as an initiator of a host connected to
-//     its volume, on a nexus of the peer's port.
+//     its volume (or is a RELEASE, which gives up only what its nexus
+//     holds), on a nexus of the peer's port.
 //   - A pod configuration (a resync, an ordered change, a stretch check)
 //     describes that pod alone, stretched between the two arrays and
 //     ordered by the peer; catalog.InstallPod keeps it from changing hosts
 //     or host groups the pod did not use here before.
+//   - A change the peer asks this array to order names no host or host
+//     group that a pod not shared with the peer uses here
+//     (checkPeerNames).
 //   - Membership moves only as the pod's protocol moves it: the peer
 //     cannot make this array stretch a pod to it, and hands a pod over or
 //     removes this array only from pods it orders.
@@ -62,10 +72,9 @@ type volRef struct {
 	name string
 	pod  string
 	size uint64
-	// initiators are the lower-cased initiator names of the hosts
-	// connected to the volume.
-	initiators map[string]bool
-	local      *store.Volume
+	// access tells the initiators connected to the volume.
+	access *catalog.Access
+	local  *store.Volume
 }
 
 // volumeOf returns the volume with the UUID if it belongs to the pod.
@@ -76,6 +85,47 @@ func (r *Replicator) volumeOf(podName, uuid string) (volRef, error) {
 		}
 	}
 	return volRef{}, refusef("pod %s has no volume %s here", podName, uuid)
+}
+
+// volumeRange returns the pod's volume with the UUID when n bytes from off
+// lie inside it, on block boundaries (checkRange), with the pod's mode,
+// which must be a follower's at epoch. A range that ends beyond the
+// volume may be a write the sequencer mirrors right after it grew the
+// volume, before this array has installed the configuration that says
+// so (the sequencer sends it next): such a range waits for the
+// configuration to change, for the link's timeout at most, before it is
+// refused; the pod is checked again after each wait.
+func (r *Replicator) volumeRange(ctx context.Context, podName string, epoch uint64, uuid string, off, n uint64) (volRef, mode, error) {
+	var timeout <-chan time.Time
+	for {
+		changed := *r.volsChanged.Load()
+		_, md, err := r.podMode(podName, epoch, pod.Follower)
+		if err != nil {
+			return volRef{}, mode{}, err
+		}
+		v, err := r.volumeOf(podName, uuid)
+		if err != nil {
+			return volRef{}, mode{}, err
+		}
+		err = checkRange(podName, v, off, n)
+		if err == nil || off%store.BlockSize != 0 || n%store.BlockSize != 0 {
+			return v, md, err
+		}
+		if timeout == nil {
+			r.log.Info("a replicated change ends beyond its volume here; waiting for the configuration that grows it",
+				"pod", podName, "volume", v.name, "offset", off, "length", n, "size", v.size, "wait", r.cfg.Timeout)
+			t := time.NewTimer(r.cfg.Timeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return volRef{}, mode{}, err
+		case <-ctx.Done():
+			return volRef{}, mode{}, err
+		}
+	}
 }
 
 // checkRange checks that n bytes from off lie inside the volume, on block
@@ -90,10 +140,18 @@ func checkRange(podName string, v volRef, off, n uint64) error {
 	return nil
 }
 
-// checkNexus checks the nexus a forwarded command runs on: an initiator
-// of a host connected to the volume, through the peer's port.
-func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus) error {
-	if n.InitiatorName == "" || !v.initiators[strings.ToLower(n.InitiatorName)] {
+// opRelease6 is RELEASE(6)'s operation code.
+const opRelease6 = 0x17
+
+// checkNexus checks the nexus a forwarded command (cdb) runs on: an
+// initiator of a host connected to the volume, through the peer's port.
+// A RELEASE(6) need not come from a connected host: it gives up only a
+// reservation its own nexus holds, and the peer sends it when such a
+// nexus ends, which may be after its host was disconnected (the
+// reservation would otherwise stay held for good).
+func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus, cdb []byte) error {
+	release := len(cdb) > 0 && cdb[0] == opRelease6
+	if n.InitiatorName == "" || (!release && !v.access.Connected(v.name, n.InitiatorName)) {
 		return refusef("pod %s: volume %s: initiator %q is not a host connected to the volume", podName, v.name, n.InitiatorName)
 	}
 	if !strings.HasPrefix(n.InitiatorPort, n.InitiatorName+",i,") {
@@ -105,6 +163,71 @@ func (r *Replicator) checkNexus(podName string, v volRef, n scsi.Nexus) error {
 		}
 	}
 	return nil
+}
+
+// checkPeerNames refuses a change from the peer that names a host or
+// host group (to connect a volume to it, or to change or delete it) that
+// connections of a pod not shared with the peer reach here: through the
+// change, the peer could otherwise give itself that pod's volumes
+// (connect a shared volume to the host, then add its own initiator and
+// CHAP secret to it). Such a host is changed on this array.
+func (r *Replicator) checkPeerNames(st *catalog.State, peer *Peer, op catalog.Op) error {
+	var hosts, groups []string
+	switch o := deref(op).(type) {
+	case catalog.Connect:
+		hosts, groups = []string{o.Host}, []string{o.HostGroup}
+	case catalog.SetHostAttr:
+		hosts = []string{o.Name}
+	case catalog.DeleteHost:
+		hosts = []string{o.Name}
+	case catalog.SetHostGroupAttr:
+		groups = []string{o.Name}
+	case catalog.DeleteHostGroup:
+		groups = []string{o.Name}
+	default:
+		return nil
+	}
+	usedHosts, usedGroups := unsharedUse(st, peer.ID)
+	for _, h := range hosts {
+		if p, ok := usedHosts[h]; ok && h != "" {
+			return refusef("host %s is also connected to pod %s on array %s, which array %s does not share: make the change on array %s", h, p, r.cfg.Name, peer.Name, r.cfg.Name)
+		}
+	}
+	for _, g := range groups {
+		if p, ok := usedGroups[g]; ok && g != "" {
+			return refusef("host group %s is also connected to pod %s on array %s, which array %s does not share: make the change on array %s", g, p, r.cfg.Name, peer.Name, r.cfg.Name)
+		}
+	}
+	return nil
+}
+
+// unsharedUse returns the hosts and host groups that connections of the
+// pods here not stretched to the peer (and not set aside) reach, each
+// with one such pod; a group's members count as reached.
+func unsharedUse(st *catalog.State, peerID string) (hosts, groups map[string]string) {
+	hosts, groups = map[string]string{}, map[string]string{}
+	for _, c := range st.Connections {
+		v := st.Volumes[c.Volume]
+		if v == nil {
+			continue
+		}
+		p := st.Pods[v.Pod]
+		if p == nil || p.Pending != nil || hasArray(p, peerID) {
+			continue
+		}
+		if c.Host != "" {
+			hosts[c.Host] = p.Name
+		}
+		if g := st.HostGroups[c.HostGroup]; g != nil {
+			if _, seen := groups[g.Name]; !seen {
+				groups[g.Name] = p.Name
+				for _, h := range g.Hosts {
+					hosts[h] = p.Name
+				}
+			}
+		}
+	}
+	return hosts, groups
 }
 
 // peer returns the paired array, or nil.

@@ -84,11 +84,13 @@ func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, 
 // configuration change), so the write path does one map lookup.
 func (r *Replicator) indexVolumes(st *catalog.State) {
 	m := make(map[string]volRef, len(st.Volumes))
-	inits := st.InitiatorsByVolume()
+	access := st.Access()
 	for _, v := range st.Volumes {
-		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, initiators: inits[v.Name], local: r.env.Store().Volume(v.DataID)}
+		m[v.UUID] = volRef{name: v.Name, pod: v.Pod, size: v.Size, access: access, local: r.env.Store().Volume(v.DataID)}
 	}
 	r.vols.Store(&m)
+	next := make(chan struct{})
+	close(*r.volsChanged.Swap(&next))
 }
 
 func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
@@ -96,16 +98,16 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
-	p, md, err := r.podMode(m.Pod, req.Epoch, pod.Follower)
+	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
-	v, err := r.volumeOf(m.Pod, m.Volume)
-	if err != nil {
+	if _, err := r.volumeOf(m.Pod, m.Volume); err != nil {
 		return err
 	}
 	if req.Type == msgUnmap {
-		if err := checkRange(m.Pod, v, m.Off, m.Length); err != nil {
+		v, _, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, m.Length)
+		if err != nil {
 			return err
 		}
 		return v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
@@ -129,7 +131,10 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	} else if uint64(len(data)) != m.Length {
 		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
 	}
-	if err := checkRange(m.Pod, v, m.Off, uint64(len(data))); err != nil {
+	// The mode as of the range check: a wait there may have seen the
+	// grant.
+	v, md, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, uint64(len(data)))
+	if err != nil {
 		return err
 	}
 	if req.Type == msgBaseline {
@@ -185,7 +190,7 @@ func (r *Replicator) handleForward(ctx context.Context, req link.Message) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	if err := r.checkNexus(m.Pod, v, m.Cmd.Nexus); err != nil {
+	if err := r.checkNexus(m.Pod, v, m.Cmd.Nexus, m.Cmd.CDB); err != nil {
 		return nil, err
 	}
 	lu, err := r.podLU(m.Pod, m.Volume)

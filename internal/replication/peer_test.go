@@ -168,8 +168,7 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 	)
 	one := uint64(1)
 	mustApply(t, cat, catalog.Connect{Volume: "pod2::vol2", Host: "h2", LUN: &one},
-		catalog.CreatePod{Name: "pod4", ID: "pod-4", Created: now, Array: b},
-		catalog.SetPodMembership{Name: "pod4", Arrays: []catalog.PodArray{b, a}, Sequencer: nameB, Epoch: 3})
+		catalog.CreatePod{Name: "pod4", ID: "pod-4", Created: now, Array: b})
 
 	certA, err := link.NewCertificate(nameA)
 	if err != nil {
@@ -193,16 +192,22 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 	r.SetPeer(&Peer{Name: nameA, ID: idA, Cert: certA.Certificate[0]})
 
 	// What Run does before its link loop: pods' runtimes and the
-	// volume index follow the catalog. pod2 starts alone (just
-	// stretched), so its writes need no follower.
+	// volume index follow the catalog. pod2 and pod4 start alone (just
+	// stretched), so pod2's writes need no follower, and neither moves
+	// on its own during a test (a paused pod would take a new epoch once
+	// its follower's lease ran out).
 	ctx, cancel := context.WithCancel(context.Background())
 	r.ctx = ctx
-	r.mu.fresh = "pod2" // pod4 stays paused: it is never written
+	r.mu.fresh = "pod2"
 	cat.Watch(func(st *catalog.State) {
 		env.configChanged(st)
 		r.indexVolumes(st)
 		r.syncPods()
 	})
+	r.mu.Lock()
+	r.mu.fresh = "pod4"
+	r.mu.Unlock()
+	mustApply(t, cat, catalog.SetPodMembership{Name: "pod4", Arrays: []catalog.PodArray{b, a}, Sequencer: nameB, Epoch: 3})
 	r.mu.Lock()
 	r.mu.fresh = ""
 	r.mu.Unlock()

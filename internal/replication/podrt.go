@@ -33,7 +33,9 @@ type podRT struct {
 	// them.
 	hostWrites atomic.Int32
 	// ioMu is held shared by every replicated operation and exclusively
-	// by membership changes, which thus see no operation half done.
+	// by membership changes, which thus see no operation half done. It
+	// is taken before cfgMu: an operation waiting while the pod is paused
+	// holds it until the pod has persisted a new epoch, under cfgMu.
 	ioMu sync.RWMutex
 
 	mu struct {

@@ -128,11 +128,16 @@ type Replicator struct {
 		// fresh names a pod being stretched now: its follower has never
 		// served, so its sequencer needs no fence.
 		fresh string
+		// stopped is set when Run ends: no pod runtime starts after it
+		// (nothing would stop it).
+		stopped bool
 	}
 	// podsView is a copy of mu.pods for lock-free lookups.
 	podsView atomic.Pointer[map[string]*podRT]
 	// vols indexes the volumes by UUID.
 	vols atomic.Pointer[map[string]volRef]
+	// volsChanged is closed (and replaced) whenever vols is.
+	volsChanged atomic.Pointer[chan struct{}]
 	// kick wakes the session loop (peer changed).
 	kick chan struct{}
 	wg   sync.WaitGroup
@@ -154,6 +159,8 @@ func New(cfg Config) *Replicator {
 		cfg.Heartbeat = 100 * time.Millisecond
 	}
 	r := &Replicator{cfg: cfg, env: cfg.Env, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1)}
+	changed := make(chan struct{})
+	r.volsChanged.Store(&changed)
 	r.mu.pods = map[string]*podRT{}
 	return r
 }
@@ -238,6 +245,7 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		r.mu.Lock()
 		pods := r.mu.pods
 		r.mu.pods = map[string]*podRT{}
+		r.mu.stopped = true
 		r.publishPods()
 		s := r.mu.sess
 		r.mu.Unlock()
@@ -392,6 +400,10 @@ func (r *Replicator) syncPods() {
 	}
 	st := r.env.Catalog().View()
 	r.mu.Lock()
+	if r.mu.stopped {
+		r.mu.Unlock()
+		return
+	}
 	sess := r.mu.sess
 	var started []*podRT
 	var stopped []*podRT
