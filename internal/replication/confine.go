@@ -41,6 +41,16 @@ import (
 //   - Membership moves only as the pod's protocol moves it: the peer
 //     cannot make this array stretch a pod to it, and hands a pod over or
 //     removes this array only from pods it orders.
+//
+// The boundary this draws around hosts: a host (or host group) is one
+// identity on both arrays, kept identical for every pod that shares it
+// (DESIGN.md, "host"), so a host that a stretched pod uses is the peer's
+// to change as much as this array's, through that pod's ordered
+// configuration, and the change holds wherever the host is connected
+// here, local pods included. That is what an administrator means by
+// changing a host's initiators or CHAP on either array. An administrator
+// who wants a local pod out of a paired array's reach connects it to a
+// host that no stretched pod uses.
 
 // errRefused is wrapped by the errors of requests the checks refuse.
 var errRefused = errors.New("refused")
