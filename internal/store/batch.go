@@ -27,6 +27,7 @@ const (
 	opWrite opKind = iota
 	opUnmap
 	opCompareWrite
+	opDamage // MarkDamaged (salvage.go)
 )
 
 // dataOp is one data operation of a batch, applied at commit under the chunk
@@ -321,6 +322,9 @@ func (p *plan) apply(op *dataOp) error {
 			st.bad &^= blocksIn(lo, hi)
 		}
 		return nil
+	}
+	if op.kind == opDamage {
+		return p.applyDamage(op, c0, c1)
 	}
 	if op.kind == opCompareWrite {
 		if err := p.compare(op, c0, c1); err != nil {
