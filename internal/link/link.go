@@ -14,8 +14,9 @@ import (
 )
 
 // ProtocolVersion is the version of the link protocol this package speaks.
-// Both arrays of a pair must speak the same one.
-const ProtocolVersion = 2
+// Both arrays of a pair must speak the same one. Version 3: a copied
+// piece lists the blocks that are damaged on the sender.
+const ProtocolVersion = 3
 
 // MaxPayload is the largest payload of one message: 16 MiB of data plus
 // room for an upper layer's header. A larger request is refused by Call; a

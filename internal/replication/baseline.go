@@ -2,6 +2,8 @@ package replication
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,8 +28,10 @@ type piece struct {
 	lu    *scsi.LogicalUnit
 	local *store.Volume
 	uuid  string
-	off   int64
-	n     int64
+	// name is the volume's name, for the log.
+	name string
+	off  int64
+	n    int64
 }
 
 // position is a place in a copy: volume (UUID) and offset, or the end.
@@ -44,9 +48,10 @@ const checkpointEvery = 64 << 20
 // on, in pieces of at most baselineChunk, to pieces (counting each in
 // inflight); it paces them to the configured rate, and every
 // checkpointEvery bytes it waits for the pieces in flight and records a
-// checkpoint at the follower.
+// checkpoint at the follower. It returns an error when it stopped before
+// listing everything: ctx ended, a piece failed, or it could not go on.
 func (p *podRT) listPieces(ctx context.Context, epoch uint64, vols []*catalog.Volume, from position, start time.Time,
-	done *atomic.Int64, inflight *sync.WaitGroup, failed *atomic.Bool, pieces chan<- piece) {
+	done *atomic.Int64, inflight *sync.WaitGroup, failed *atomic.Bool, pieces chan<- piece) error {
 	r := p.r
 	if from.volume != "" && !slices.ContainsFunc(vols, func(v *catalog.Volume) bool { return v.UUID == from.volume }) {
 		from = position{} // the volume is gone: from the start
@@ -72,23 +77,22 @@ func (p *podRT) listPieces(ctx context.Context, epoch uint64, vols []*catalog.Vo
 		ref := (*m)[v.UUID]
 		local := ref.local
 		for off := first; off < int64(lu.Size()); {
-			if ctx.Err() != nil {
-				return
+			if err := ctx.Err(); err != nil {
+				return err
 			}
 			if sinceCheckpoint >= checkpointEvery {
 				inflight.Wait()
 				if failed.Load() {
-					return
+					return errPieceFailed
 				}
 				if err := p.checkpoint(ctx, epoch, v.UUID, off); err != nil {
-					return
+					return fmt.Errorf("checkpoint: %w", err)
 				}
 				sinceCheckpoint = 0
 			}
 			mapped, run, err := local.Mapped(ctx, off, int64(lu.Size())-off)
 			if err != nil {
-				r.log.Warn("baseline: allocation map", "pod", p.name, "err", err)
-				return
+				return fmt.Errorf("allocation map of volume %s: %w", ref.name, err)
 			}
 			if run <= 0 {
 				break
@@ -105,7 +109,7 @@ func (p *podRT) listPieces(ctx context.Context, epoch uint64, vols []*catalog.Vo
 					select {
 					case <-time.After(d):
 					case <-ctx.Done():
-						return
+						return ctx.Err()
 					}
 				}
 			}
@@ -114,32 +118,118 @@ func (p *podRT) listPieces(ctx context.Context, epoch uint64, vols []*catalog.Vo
 			case pieces <- pieceOf(lu, ref, v.UUID, off, n):
 			case <-ctx.Done():
 				inflight.Done()
-				return
+				return ctx.Err()
 			}
 			off += n
 			sinceCheckpoint += n
 		}
 	}
+	return nil
 }
+
+// errPieceFailed stops the listing of a copy after a piece failed (the
+// piece's error was handled where it happened).
+var errPieceFailed = errors.New("a piece of the copy failed")
 
 // pieceOf names a piece of a volume.
 func pieceOf(lu *scsi.LogicalUnit, ref volRef, uuid string, off, n int64) piece {
-	return piece{lu: lu, local: ref.local, uuid: uuid, off: off, n: n}
+	return piece{lu: lu, local: ref.local, uuid: uuid, name: ref.name, off: off, n: n}
 }
 
-// copyPiece reads one piece and sends it.
+// copyPiece reads one piece and sends it, retrying (copyRetry) while
+// this array's disk fails to read it.
 func (p *podRT) copyPiece(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
-	p.yieldToHosts(ctx)
-	sess, unlock, err := p.lockCopy(ctx, epoch, pc)
-	if err != nil {
-		return err
+	return p.copyRetry(ctx, pc, func() error {
+		p.yieldToHosts(ctx)
+		sess, unlock, err := p.lockCopy(ctx, epoch, pc)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		damaged, err := p.readCopy(ctx, pc, buf, pc.off)
+		if err != nil {
+			return err
+		}
+		m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(pc.off), Length: uint64(pc.n), Data: buf, Damaged: damaged}
+		return p.sendCopy(ctx, sess, msgBaseline, epoch, m)
+	})
+}
+
+// readError is a copy's failure to read this array's own blocks: the
+// disk failed the read (not proven damage, which readCopy carries over).
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// readCopy reads len(buf) bytes of the piece's volume at off for a copy.
+// Damage does not stop a copy, nor is it hidden: the blocks proven
+// damaged here read as zeros, are returned as extents for the follower
+// to record as damaged too (so a host reading them there gets MEDIUM
+// ERROR, as here, never zeros), and are logged at error level. Any other
+// failure to read is a *readError.
+func (p *podRT) readCopy(ctx context.Context, pc piece, buf []byte, off int64) ([]extent, error) {
+	err := pc.local.ReadAt(ctx, buf, off)
+	if errors.Is(err, store.ErrCorrupt) {
+		var bad []store.DamagedBlocks
+		if bad, err = pc.local.ReadSalvage(ctx, buf, off); err == nil {
+			return p.carryDamage(pc, bad), nil
+		}
 	}
-	defer unlock()
-	if err := pc.local.ReadAt(ctx, buf, pc.off); err != nil {
-		return err
+	if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
+		return nil, &readError{err}
 	}
-	m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(pc.off), Length: uint64(pc.n), Data: buf}
-	return p.sendCopy(ctx, sess, msgBaseline, epoch, m)
+	return nil, err
+}
+
+// carryDamage logs damaged blocks a copy carries to the follower and
+// returns them as extents.
+func (p *podRT) carryDamage(pc piece, bad []store.DamagedBlocks) []extent {
+	out := make([]extent, 0, len(bad))
+	for _, d := range bad {
+		out = append(out, extent{Off: uint64(d.Offset), Length: uint64(d.Length)})
+		p.r.log.Error("damaged blocks on this array, copied to the peer as damaged: both copies answer MEDIUM ERROR for them; rewrite them from a backup or let the host rewrite them",
+			"pod", p.name, "volume", pc.name, "lba", d.Offset/store.BlockSize, "blocks", d.Length/store.BlockSize,
+			"last_lba", (d.Offset+d.Length)/store.BlockSize-1, "err", d.Err)
+	}
+	return out
+}
+
+// Retries of a copy whose blocks this array's disk fails to read: the
+// first after copyRetryMin, doubling up to copyRetryMax.
+const (
+	copyRetryMin = 100 * time.Millisecond
+	copyRetryMax = 30 * time.Second
+)
+
+// copyRetry runs one step of a copy (a piece or a region) until it
+// succeeds or fails for another reason than a read error here: each
+// read error is logged, shown as the pod's error, and retried after a
+// backoff, with the unit's range unlocked meanwhile (a host may rewrite
+// the blocks). The copy goes on once the disk reads them again.
+func (p *podRT) copyRetry(ctx context.Context, pc piece, step func() error) error {
+	wait := copyRetryMin
+	for failures := 0; ; failures++ {
+		err := step()
+		var re *readError
+		if !errors.As(err, &re) {
+			if failures > 0 && err == nil {
+				p.setErr("")
+				p.r.log.Info("copy: the blocks read again; the copy goes on", "pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize)
+			}
+			return err
+		}
+		p.r.log.Error("copy: this array's disk cannot read blocks of the volume; retrying (the pod stays resyncing meanwhile)",
+			"pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize, "blocks", pc.n/store.BlockSize,
+			"failures", failures+1, "retry_in", wait, "err", re.err)
+		p.setErr(fmt.Sprintf("copy: cannot read volume %s at LBA %d: %v", pc.name, pc.off/store.BlockSize, re.err))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wait = min(2*wait, copyRetryMax)
+	}
 }
 
 // lockCopy checks that the copy at epoch still runs and takes the piece's
@@ -279,6 +369,7 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	}
 	if dirty != nil {
 		if err := p.copyDirty(ctx, epoch, dirty, make([]byte, regionSize)); err != nil {
+			p.copyStopped(ctx, epoch, err)
 			return
 		}
 		progress(int64(dirty.count()) * regionSize)
@@ -308,15 +399,29 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 				}
 			}()
 		}
-		p.listPieces(ctx, epoch, vols, from, start, &done, &inflight, &failed, pieces)
+		lerr := p.listPieces(ctx, epoch, vols, from, start, &done, &inflight, &failed, pieces)
 		close(pieces)
 		wg.Wait()
-		if failed.Load() || ctx.Err() != nil {
+		if !errors.Is(lerr, errPieceFailed) {
+			p.copyStopped(ctx, epoch, lerr)
+		}
+		if lerr != nil || failed.Load() || ctx.Err() != nil {
 			return
 		}
 	}
 	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done.Load(), "took", r.now().Sub(start).Round(time.Millisecond))
 	p.event(func(m *pod.Machine) []pod.Action { return m.BaselineDone(epoch) })
+}
+
+// copyStopped logs why a copy stopped before its end, unless it was
+// cancelled or the pod left the state the copy runs in (the pod machine
+// then starts what follows), or err is nil.
+func (p *podRT) copyStopped(ctx context.Context, epoch uint64, err error) {
+	if err == nil || ctx.Err() != nil || errors.Is(err, errNotServing) {
+		return
+	}
+	p.r.log.Error("copy stopped", "pod", p.name, "epoch", epoch, "err", err)
+	p.setErr(fmt.Sprintf("copy stopped: %v", err))
 }
 
 // yieldToHosts holds a copy back, for a few milliseconds at most, while

@@ -9,6 +9,7 @@ import (
 	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
+	"github.com/metro-storage/metro/internal/store"
 )
 
 // handle serves the peer's requests.
@@ -131,6 +132,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	} else if uint64(len(data)) != m.Length {
 		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
 	}
+	if err := checkDamaged(m, req.Type, uint64(len(data))); err != nil {
+		return err
+	}
 	// The mode as of the range check: a wait there may have seen the
 	// grant.
 	v, md, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, uint64(len(data)))
@@ -139,6 +143,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	}
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
+	}
+	if len(m.Damaged) > 0 {
+		return r.writeDamaged(ctx, m, v, md.state != pod.Receiving)
 	}
 	if md.state == pod.Receiving {
 		// This copy serves nothing until the grant, which syncs the
@@ -152,6 +159,47 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		fw.add(&fw.applied, int64(len(data)))
 	}
 	return nil
+}
+
+// checkDamaged checks the damaged blocks a message of type typ with n
+// bytes of data lists: only a copied piece (msgBaseline, data carried in
+// the message) has any, each a run of whole blocks inside the piece.
+func checkDamaged(m *writeMsg, typ uint16, n uint64) error {
+	if len(m.Damaged) == 0 {
+		return nil
+	}
+	if typ != msgBaseline || m.Ref != 0 {
+		return refusef("pod %s: only a copied piece may list damaged blocks", m.Pod)
+	}
+	for _, x := range m.Damaged {
+		if x.Length == 0 || x.Off%store.BlockSize != 0 || x.Length%store.BlockSize != 0 ||
+			x.Off < m.Off || x.Off-m.Off > n || x.Length > n-(x.Off-m.Off) {
+			return refusef("pod %s: damaged blocks %d+%d are not whole blocks of the copied piece %d+%d", m.Pod, x.Off, x.Length, m.Off, n)
+		}
+	}
+	return nil
+}
+
+// writeDamaged writes a copied piece whose damaged blocks on the
+// sequencer are recorded damaged here too, in the same batch as its good
+// blocks (durably when sync): reads of them answer MEDIUM ERROR on this
+// array as on the sequencer, until a host rewrites them.
+func (r *Replicator) writeDamaged(ctx context.Context, m *writeMsg, v volRef, sync bool) error {
+	b := r.env.Store().NewBatch()
+	if err := b.WriteAt(v.local, m.Data, int64(m.Off)); err != nil {
+		return err
+	}
+	for _, x := range m.Damaged {
+		if err := b.MarkDamaged(v.local, int64(x.Off), int64(x.Length)); err != nil {
+			return err
+		}
+		r.log.Error("the peer's copy of these blocks is damaged; they are recorded damaged here too (MEDIUM ERROR on both arrays): rewrite them from a backup or let the host rewrite them",
+			"pod", m.Pod, "volume", v.name, "lba", x.Off/store.BlockSize, "blocks", x.Length/store.BlockSize, "last_lba", (x.Off+x.Length)/store.BlockSize-1)
+	}
+	if sync {
+		return b.Commit()
+	}
+	return b.CommitNoSync(ctx)
 }
 
 // handleWritten counts bytes of a forwarded write the sequencer's copy

@@ -31,7 +31,8 @@ const (
 	// msgResync (sequencer → follower): receive a fresh copy of the pod
 	// at the message's epoch; carries the pod's configuration.
 	msgResync
-	// msgBaseline (sequencer → follower): copied blocks.
+	// msgBaseline (sequencer → follower): copied blocks, and which of
+	// them are damaged on the sequencer (writeMsg.Damaged).
 	msgBaseline
 	// msgGrant (sequencer → follower): the copy is complete; serve.
 	msgGrant
@@ -146,10 +147,22 @@ type writeMsg struct {
 	Ref    uint64
 	RefOff uint64
 	Data   []byte
+	// Damaged lists the blocks of a copy (msgBaseline) that are damaged
+	// on the sender: their bytes in Data are zeros, and the receiver
+	// records them as damaged (protocol version 3).
+	Damaged []extent
 }
 
+// extent is a byte range of a volume.
+type extent struct {
+	Off, Length uint64
+}
+
+// extentLen is the encoded size of an extent.
+const extentLen = 16
+
 func (m *writeMsg) encode() []byte {
-	e := enc{b: make([]byte, 0, 64+len(m.Pod)+len(m.Data))}
+	e := enc{b: make([]byte, 0, 68+len(m.Pod)+len(m.Data)+extentLen*len(m.Damaged))}
 	e.str(m.Pod)
 	e.str(m.Volume)
 	e.u64(m.Off)
@@ -157,12 +170,27 @@ func (m *writeMsg) encode() []byte {
 	e.u64(m.Ref)
 	e.u64(m.RefOff)
 	e.bytes(m.Data)
+	e.u32(uint32(len(m.Damaged)))
+	for _, x := range m.Damaged {
+		e.u64(x.Off)
+		e.u64(x.Length)
+	}
 	return e.b
 }
 
 func decodeWrite(p []byte) (*writeMsg, error) {
 	d := dec{b: p}
 	m := &writeMsg{Pod: d.str(), Volume: d.str(), Off: d.u64(), Length: d.u64(), Ref: d.u64(), RefOff: d.u64(), Data: d.bytes()}
+	n := d.u32()
+	if d.err == nil && uint64(n)*extentLen > uint64(len(d.b)) {
+		d.err = errShort
+	}
+	if d.err == nil && n > 0 {
+		m.Damaged = make([]extent, n)
+		for i := range m.Damaged {
+			m.Damaged[i] = extent{Off: d.u64(), Length: d.u64()}
+		}
+	}
 	if d.err != nil {
 		return nil, fmt.Errorf("write message: %w", d.err)
 	}

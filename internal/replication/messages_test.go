@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/metro-storage/metro/internal/scsi"
@@ -10,9 +11,23 @@ import (
 func TestMessagesRoundTrip(t *testing.T) {
 	w := &writeMsg{Pod: "pod1", Volume: "00112233445566778899aabbccddeeff", Off: 4096, Length: 512, Ref: 7, RefOff: 1024, Data: []byte("data")}
 	got, err := decodeWrite(w.encode())
-	if err != nil || got.Pod != w.Pod || got.Volume != w.Volume || got.Off != w.Off || got.Length != w.Length ||
-		got.Ref != w.Ref || got.RefOff != w.RefOff || !bytes.Equal(got.Data, w.Data) {
+	if err != nil || !sameWrite(got, w) || got.Damaged != nil {
 		t.Fatalf("write: %+v %v", got, err)
+	}
+	cp := &writeMsg{Pod: "pod1", Volume: "v", Off: 1 << 20, Length: 8192, Data: make([]byte, 8192),
+		Damaged: []extent{{Off: 1<<20 + 512, Length: 1024}, {Off: 1<<20 + 4096, Length: 4096}}}
+	if got, err := decodeWrite(cp.encode()); err != nil || !sameWrite(got, cp) {
+		t.Fatalf("copied piece with damage: %+v %v", got, err)
+	}
+	// A count of extents beyond the message is refused before anything
+	// is allocated for them.
+	huge := (&writeMsg{Pod: "p"}).encode()
+	huge = append(huge[:len(huge)-4], 0xff, 0xff, 0xff, 0xff)
+	if _, err := decodeWrite(huge); err == nil {
+		t.Fatal("a write message claiming 2^32-1 damaged extents decoded")
+	}
+	if _, err := decodeWrite(cp.encode()[:len(cp.encode())-1]); err == nil {
+		t.Fatal("a write message with a truncated extent decoded")
 	}
 	f := &forwardMsg{Pod: "p", Volume: "v", ID: 9, Cmd: scsi.Command{
 		Nexus: scsi.Nexus{InitiatorName: "iqn.x", InitiatorPort: "iqn.x,i,0x1", TargetPort: "iqn.t,t,0x2", RelativePortID: 33},
@@ -37,6 +52,12 @@ func TestMessagesRoundTrip(t *testing.T) {
 	if _, err := decodeWritten(wr.encode()[:12]); err == nil {
 		t.Fatal("a truncated written message decoded")
 	}
+}
+
+// sameWrite reports whether two write messages say the same.
+func sameWrite(a, b *writeMsg) bool {
+	return a.Pod == b.Pod && a.Volume == b.Volume && a.Off == b.Off && a.Length == b.Length &&
+		a.Ref == b.Ref && a.RefOff == b.RefOff && bytes.Equal(a.Data, b.Data) && slices.Equal(a.Damaged, b.Damaged)
 }
 
 // TestForwardedCompletes checks when a forwarded plain write may complete
@@ -89,14 +110,24 @@ func TestForwardedCompletes(t *testing.T) {
 // fail cleanly, never panic, and what they decode encodes back the same.
 func FuzzMessages(f *testing.F) {
 	f.Add((&writeMsg{Pod: "pod1", Volume: "v", Off: 1, Length: 2, Data: []byte("x")}).encode())
+	f.Add((&writeMsg{Pod: "pod1", Volume: "v", Off: 512, Length: 1024, Data: make([]byte, 1024), Damaged: []extent{{Off: 1024, Length: 512}}}).encode())
 	f.Add((&forwardMsg{Pod: "p", Volume: "v", ID: 1, Cmd: scsi.Command{CDB: []byte{0}}}).encode())
 	f.Add(encodeResult(&scsi.Result{Status: 2, Sense: []byte{1}}))
 	f.Add((&writtenMsg{Pod: "p", Ref: 3, Length: 512}).encode())
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, p []byte) {
 		if m, err := decodeWrite(p); err == nil {
-			if _, err := decodeWrite(m.encode()); err != nil {
-				t.Fatalf("write re-encode: %v", err)
+			if g, err := decodeWrite(m.encode()); err != nil || !sameWrite(g, m) {
+				t.Fatalf("write re-encode: %+v %v", g, err)
+			}
+			// What a follower accepts of a copied piece's damage lies
+			// inside the piece, on block boundaries.
+			if checkDamaged(m, msgBaseline, uint64(len(m.Data))) == nil {
+				for _, x := range m.Damaged {
+					if x.Off < m.Off || x.Off+x.Length > m.Off+uint64(len(m.Data)) || x.Off%512 != 0 || x.Length%512 != 0 || x.Length == 0 {
+						t.Fatalf("damaged extent %+v accepted for a piece of %d bytes at %d", x, len(m.Data), m.Off)
+					}
+				}
 			}
 		}
 		if m, err := decodeForward(p); err == nil {

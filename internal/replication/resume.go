@@ -192,6 +192,11 @@ func (p *podRT) checkpoint(ctx context.Context, epoch uint64, volume string, off
 		p.mu.Lock()
 		p.mu.track.recent.merge(snap)
 		p.mu.Unlock()
+		if ctx.Err() == nil {
+			// As for a copied piece the follower failed: the pod goes
+			// through the link-lost path and the copy starts again.
+			p.peerFailed(md.sess, err)
+		}
 		return err
 	}
 	return nil
@@ -235,9 +240,15 @@ func (p *podRT) copyDirty(ctx context.Context, epoch uint64, dirty regions, buf 
 	return nil
 }
 
-// copyRegion sends one region as it is here: written runs as data,
-// unwritten runs as unmaps.
+// copyRegion sends one region as it is here: written runs as data (with
+// the blocks damaged here marked so, see readCopy), unwritten runs as
+// unmaps. It is retried while this array's disk fails to read it
+// (copyRetry).
 func (p *podRT) copyRegion(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
+	return p.copyRetry(ctx, pc, func() error { return p.copyRegionOnce(ctx, epoch, pc, buf) })
+}
+
+func (p *podRT) copyRegionOnce(ctx context.Context, epoch uint64, pc piece, buf []byte) error {
 	sess, unlock, err := p.lockCopy(ctx, epoch, pc)
 	if err != nil {
 		return err
@@ -254,10 +265,11 @@ func (p *podRT) copyRegion(ctx context.Context, epoch uint64, pc piece, buf []by
 		m := &writeMsg{Pod: p.name, Volume: pc.uuid, Off: uint64(off), Length: uint64(run)}
 		typ := msgUnmap
 		if mapped {
-			if err := pc.local.ReadAt(ctx, buf[:run], off); err != nil {
+			damaged, err := p.readCopy(ctx, pc, buf[:run], off)
+			if err != nil {
 				return err
 			}
-			m.Data, typ = buf[:run], msgBaseline
+			m.Data, m.Damaged, typ = buf[:run], damaged, msgBaseline
 		}
 		if err := p.sendCopy(ctx, sess, typ, epoch, m); err != nil {
 			return err

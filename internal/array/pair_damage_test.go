@@ -1,0 +1,166 @@
+package array
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// Damaged blocks and the pod's copies: a baseline or resync that meets
+// blocks the sequencer's store knows damaged must complete, carry the
+// damage over (the follower's copy of those blocks answers MEDIUM ERROR
+// too, never zeros or stale data) and say so in the log.
+
+// damage records blocks [lba, lba+blocks) of the pod's volume on array i
+// as damaged, the store's representation of blocks that fail their
+// checksums (what a partial write over a damaged chunk leaves).
+func (h *pairHarness) damage(i int, lba, blocks uint64) {
+	h.t.Helper()
+	a := h.arrays[i]
+	vol := a.cat.View().Volumes[pairVolume]
+	b := a.store.NewBatch()
+	if err := b.MarkDamaged(a.store.Volume(vol.DataID), int64(lba*512), int64(blocks*512)); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		h.t.Fatalf("%s: damage LBA %d+%d: %v", a.cfg.Name, lba, blocks, err)
+	}
+}
+
+// salvage reads blocks [from, to) of the pod's volume from array i's
+// store, past the SCSI layer: the good data (zeros for damaged blocks)
+// and the damaged runs as "lba+blocks".
+func (h *pairHarness) salvage(i int, from, to uint64) ([]byte, []string) {
+	h.t.Helper()
+	a := h.arrays[i]
+	vol := a.cat.View().Volumes[pairVolume]
+	buf := make([]byte, (to-from)*512)
+	bad, err := a.store.Volume(vol.DataID).ReadSalvage(context.Background(), buf, int64(from*512))
+	if err != nil {
+		h.t.Fatalf("%s: read the store: %v", a.cfg.Name, err)
+	}
+	var runs []string
+	for _, d := range bad {
+		runs = append(runs, fmt.Sprintf("%d+%d", d.Offset/512, d.Length/512))
+	}
+	return buf, runs
+}
+
+// checkDamageCopied checks that blocks [from, to) are the same on both
+// arrays' stores, damaged ones included (want lists them as
+// "lba+blocks"), that every damaged block reads as MEDIUM ERROR with its
+// LBA through either array, and that the log has an error line naming
+// the pod, the volume and the first LBA of each damaged run.
+func (h *pairHarness) checkDamageCopied(from, to uint64, want []string) {
+	t := h.t
+	t.Helper()
+	da, badA := h.salvage(0, from, to)
+	db, badB := h.salvage(1, from, to)
+	if fmt.Sprint(badA) != fmt.Sprint(want) {
+		t.Fatalf("%s: damaged blocks %v, the test damaged %v", h.arrays[0].cfg.Name, badA, want)
+	}
+	if fmt.Sprint(badB) != fmt.Sprint(want) {
+		t.Fatalf("%s (the copy): damaged blocks %v, want %v as on %s", h.arrays[1].cfg.Name, badB, want, h.arrays[0].cfg.Name)
+	}
+	if !bytes.Equal(da, db) {
+		t.Fatal("the good blocks of the copies differ")
+	}
+	for i, a := range h.arrays {
+		in := newInitiator(a, pairIQN, 0x700+uint64(i))
+		h.ready(in)
+		for _, run := range want {
+			var lba, n uint64
+			fmt.Sscanf(run, "%d+%d", &lba, &n)
+			for _, at := range []uint64{lba, lba + n - 1} {
+				r := in.do(read16(at, 1), nil, 512)
+				s, ok := senseOf(r)
+				if !ok || s.Key != scsi.KeyMediumError || !s.InfoValid || uint64(s.Info) != at {
+					t.Fatalf("read of damaged LBA %d through %s: %s, want MEDIUM ERROR at that LBA", at, a.cfg.Name, describe(r))
+				}
+			}
+		}
+	}
+	logs := h.logs.String()
+	for _, run := range want {
+		lba := run[:strings.IndexByte(run, '+')]
+		found := false
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, "level=ERROR") && strings.Contains(line, "array=array-a") &&
+				strings.Contains(line, "pod="+pairPod) && strings.Contains(line, "volume="+pairVolume) &&
+				strings.Contains(line, " lba="+lba+" ") && strings.Contains(line, "rewrite them") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no error line on the sequencer naming pod %s, volume %s and LBA %s", pairPod, pairVolume, lba)
+		}
+	}
+}
+
+// TestPairBaselineCarriesDamage stretches a pod whose volume has damaged
+// blocks on its array: the baseline copy must complete (before, it
+// stopped at the first piece it could not read and the pod stayed
+// resyncing for good) and leave the same blocks damaged on the new copy.
+func TestPairBaselineCarriesDamage(t *testing.T) {
+	h := newPairUnstretched(t)
+	a := h.arrays[0]
+	in := newInitiator(a, pairIQN, 0x100)
+	h.ready(in)
+	const blocks = 6 << 20 / 512 // several 1 MiB pieces
+	d := make([]byte, 0, blocks*512)
+	for lba := uint64(0); lba < blocks; lba += 8 {
+		d = append(d, unitData(lba, 1)...)
+	}
+	for lba := uint64(0); lba < blocks; lba += 4096 { // 2 MiB a command
+		if r, _ := in.doPastUA(write16(lba, d[lba*512:(lba+4096)*512]), d[lba*512:(lba+4096)*512], 0); r.Status != scsi.StatusGood {
+			t.Fatalf("write: %s", describe(r))
+		}
+	}
+	// One block inside a chunk, two whole chunks, a run across a piece
+	// boundary (1 MiB), and the last block written.
+	h.damage(0, 9, 1)
+	h.damage(0, 1024, 16)
+	h.damage(0, 2046, 4)
+	h.damage(0, blocks-1, 1)
+	want := []string{"9+1", "1024+16", "2046+4", fmt.Sprintf("%d+1", blocks-1)}
+	if err := a.StretchPod(h.ctx, pairPod, h.arrays[1].cfg.Name); err != nil {
+		t.Fatalf("stretch: %v", err)
+	}
+	h.waitInSync(30 * time.Second)
+	h.checkDamageCopied(0, blocks, want)
+}
+
+// TestPairResyncCarriesDamage damages blocks the sequencer wrote while it
+// served alone: the resync (which copies the changed regions) must
+// complete and carry the damage over. Blocks damaged on the follower that
+// the resync rewrites are mended.
+func TestPairResyncCarriesDamage(t *testing.T) {
+	h := newPair(t)
+	a := h.arrays[0]
+	in := newInitiator(a, pairIQN, 0x100)
+	h.ready(in)
+	h.split()
+	const base, blocks = 8192, 4096 // 2 MiB from 4 MiB on: two regions
+	d := make([]byte, 0, blocks*512)
+	for lba := uint64(base); lba < base+blocks; lba += 8 {
+		d = append(d, unitData(lba, 2)...)
+	}
+	if r, _ := in.doPastUA(write16(base, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write while alone: %s", describe(r))
+	}
+	h.damage(0, base+3, 2)
+	h.damage(0, base+2048, 8)
+	// The follower's own damage in a region the resync copies.
+	h.damage(1, base+100, 4)
+	h.proxy.Partition(false)
+	h.waitInSync(30 * time.Second)
+	h.checkDamageCopied(base, base+blocks, []string{fmt.Sprint(base+3, "+2"), fmt.Sprint(base+2048, "+8")})
+	if !strings.Contains(h.logs.String(), "copy resumed") {
+		t.Error("the resync was not a resumed copy of the changed regions: the test did not exercise it")
+	}
+}
