@@ -1,0 +1,77 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/metro-storage/metro/internal/logtest"
+	"github.com/metro-storage/metro/internal/store"
+)
+
+// TestCopyRetriesReadErrors runs a copy step whose reads the disk fails a
+// few times (not proven damage): the step is retried with a growing
+// backoff, each failure is logged at error level and shown as the pod's
+// error, and once the read succeeds the copy goes on and the error is
+// cleared. Any other error ends the step at once.
+func TestCopyRetriesReadErrors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs logtest.Buffer
+		p := &podRT{r: &Replicator{log: logs.Logger()}, name: "pod1"}
+		pc := piece{name: "pod1::vol1", off: 1 << 20, n: 1 << 20}
+		const failing = 4
+		var calls []time.Time
+		err := p.copyRetry(context.Background(), pc, func() error {
+			calls = append(calls, time.Now())
+			if len(calls) <= failing {
+				if got := p.status(); len(calls) > 1 && got == "" {
+					t.Errorf("attempt %d: the pod shows no error while the copy retries", len(calls))
+				}
+				return &readError{errors.New("input/output error")}
+			}
+			return nil
+		})
+		if err != nil || len(calls) != failing+1 {
+			t.Fatalf("copyRetry: %v after %d attempts, want success after %d", err, len(calls), failing+1)
+		}
+		// The waits double from copyRetryMin (fake time: exact).
+		wait := copyRetryMin
+		for i := 1; i < len(calls); i++ {
+			if d := calls[i].Sub(calls[i-1]); d != wait {
+				t.Errorf("wait before attempt %d: %v, want %v", i+1, d, wait)
+			}
+			wait *= 2
+		}
+		if n := logs.Count("level=ERROR"); n != failing {
+			t.Errorf("%d error lines for %d failed reads:\n%s", n, failing, logs.String())
+		}
+		if logs.Count("lba=2048") < failing || logs.Count("volume=pod1::vol1") < failing {
+			t.Errorf("the error lines do not name the volume and LBA:\n%s", logs.String())
+		}
+		if got := p.status(); got != "" {
+			t.Errorf("pod error after the copy went on: %q", got)
+		}
+
+		// Another error (the peer's, or the pod changed) is not retried.
+		calls = nil
+		other := errors.New("the peer refused")
+		if err := p.copyRetry(context.Background(), pc, func() error { calls = append(calls, time.Now()); return other }); err != other || len(calls) != 1 {
+			t.Fatalf("copyRetry of another error: %v after %d attempts, want it at once", err, len(calls))
+		}
+		// A cancelled copy stops waiting.
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { time.Sleep(time.Hour); cancel() }()
+		if err := p.copyRetry(ctx, pc, func() error { return &readError{store.ErrCorrupt} }); !errors.Is(err, context.Canceled) {
+			t.Fatalf("copyRetry after cancel: %v", err)
+		}
+	})
+}
+
+// status returns the pod's error as the API shows it.
+func (p *podRT) status() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.lastErr
+}
