@@ -17,6 +17,9 @@ type Batch struct {
 	s   *Store
 	pb  *pebble.Batch // metadata operations, then the data operations at commit
 	ops []dataOp
+	// res is the space reserved for the batch (Volume.WriteAtReserved),
+	// or nil.
+	res *Reservation
 	// done is set by Commit.
 	done bool
 }
@@ -182,7 +185,7 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 	// (even an overwrite: the WAL, then a new value until compaction);
 	// deletions and metadata go on, as they free space, and so do unmaps,
 	// which store at most the two chunks their ends fall in.
-	if p.stores > 0 && s.space != nil {
+	if p.stores > 0 && s.space != nil && b.res == nil {
 		unmaps := !slices.ContainsFunc(b.ops, func(op dataOp) bool { return op.kind != opUnmap })
 		if err := s.space.admit(int64(b.pb.Len()), unmaps); err != nil {
 			return err
@@ -195,11 +198,16 @@ func (b *Batch) commitOpts(ctx context.Context, wo *pebble.WriteOptions) error {
 		return err
 	}
 
-	if total > 0 {
-		if ok, used, capacity := s.reserve(total); !ok {
+	// What the batch reserved beforehand is drawn on first.
+	held := b.res.take()
+	if extra := total - held; extra > 0 {
+		if ok, used, capacity := s.reserve(extra); !ok {
+			s.unreserve(held)
 			return fmt.Errorf("store: write needs %d more bytes, %d of %d used: %w",
 				total, used, capacity, ErrNoSpace)
 		}
+	} else {
+		s.unreserve(min(held, -extra))
 	}
 	if err := ctxErr(ctx, "commit"); err != nil {
 		s.unreserve(total)
