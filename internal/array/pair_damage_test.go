@@ -164,3 +164,100 @@ func TestPairResyncCarriesDamage(t *testing.T) {
 		t.Error("the resync was not a resumed copy of the changed regions: the test did not exercise it")
 	}
 }
+
+// A full disk and the pod's copies: a write that one array cannot store
+// for lack of space must leave the copies identical and say so to the
+// host, and the array that is full is the one that pays.
+
+// isSpaceAllocFailed reports whether r is SPACE ALLOCATION FAILED.
+func isSpaceAllocFailed(r *scsi.Result) bool {
+	s, ok := senseOf(r)
+	want := scsi.SenseSpaceAllocFailed()
+	return ok && s.Key == want.Key && s.ASC == want.ASC && s.ASCQ == want.ASCQ
+}
+
+// fill sets array i's capacity to what it uses now (0 is unlimited: at
+// least a byte): a write that needs a new chunk fails there with
+// ErrNoSpace.
+func (h *pairHarness) fill(i int) {
+	used, _ := h.arrays[i].store.Usage()
+	h.arrays[i].store.SetCapacity(max(used, 1))
+}
+
+// TestPairSequencerFullFailsBeforeMirror fills the sequencer's disk and
+// writes new blocks through either array: the host gets SPACE
+// ALLOCATION FAILED, and the follower must not hold the write either
+// (before, the sequencer mirrored it first, the follower stored it, and
+// the sequencer then suspended the follower for the sequencer's own full
+// disk). Overwrites go on, and so does the pod, in sync.
+func TestPairSequencerFullFailsBeforeMirror(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	h.ready(inA, inB)
+	const old = 0
+	if r, _ := inA.doPastUA(write16(old, unitData(old, 1)), unitData(old, 1), 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	h.fill(0)
+	for i, in := range []*initiator{inA, inB} {
+		lba := uint64(4096 + 8*i)
+		d := unitData(lba, 2)
+		if r, _ := in.doPastUA(write16(lba, d), d, 0); !isSpaceAllocFailed(r) {
+			t.Fatalf("write of new blocks through %s with the sequencer full: %s, want SPACE ALLOCATION FAILED", in.arr.cfg.Name, describe(r))
+		}
+		for j := range h.arrays {
+			if v := h.localUnit(j, lba); v != 0 {
+				t.Fatalf("write through %s refused for lack of space on %s, yet %s holds it (value %#x)", in.arr.cfg.Name, a.cfg.Name, h.arrays[j].cfg.Name, v)
+			}
+		}
+	}
+	if strings.Contains(h.logs.String(), "local write failed after the peer's succeeded") {
+		t.Fatal("the sequencer suspended the follower for its own full disk")
+	}
+	for _, in := range []*initiator{inA, inB} {
+		d := unitData(old, 3)
+		if r, _ := in.doPastUA(write16(old, d), d, 0); r.Status != scsi.StatusGood {
+			t.Fatalf("overwrite through %s with the sequencer full: %s", in.arr.cfg.Name, describe(r))
+		}
+	}
+	if ok, why := h.inSync(); !ok {
+		t.Fatalf("the pod left sync: %s", why)
+	}
+	a.store.SetCapacity(0)
+	d := unitData(4096, 4)
+	if r, _ := inB.doPastUA(write16(4096, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write after space came back: %s", describe(r))
+	}
+	compareCopies(t, inA, inB, 0, 8192)
+}
+
+// TestPairFollowerFullIsSuspended fills the follower's disk and writes
+// new blocks through the sequencer: DESIGN.md wants a write acknowledged
+// only when it is durable on every array serving the pod, and a follower
+// that cannot take writes suspended and resynced. So the host gets GOOD
+// (from the sequencer serving alone), the follower stops serving (a read
+// there gets NOT READY, never the old data), and once it has room again
+// the pod returns to sync with identical copies.
+func TestPairFollowerFullIsSuspended(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	h.ready(inA, inB)
+	h.fill(1)
+	const lba = 4096
+	d := unitData(lba, 5)
+	if r, _ := inA.doPastUA(write16(lba, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write through %s with the follower full: %s, want GOOD from the sequencer alone", a.cfg.Name, describe(r))
+	}
+	if v := h.localUnit(0, lba); v != 5 {
+		t.Fatalf("%s holds value %#x, want the acknowledged 5", a.cfg.Name, v)
+	}
+	r, _ := inB.doPastUA(read16(lba, 8), nil, 4096)
+	if s, ok := senseOf(r); !ok || s.Key != scsi.KeyNotReady {
+		t.Fatalf("read through the full follower after the write was acknowledged: %s, want NOT READY", describe(r))
+	}
+	b.store.SetCapacity(0)
+	h.waitInSync(30 * time.Second)
+	compareCopies(t, inA, inB, 0, 8192)
+}

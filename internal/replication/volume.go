@@ -106,6 +106,16 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if rt == nil || rt.role != pod.Sequencer {
 		return v.local.WriteAt(ctx, p, off)
 	}
+	// The space this write needs here is set aside before the peer is
+	// asked to store it: a write this array cannot take for lack of
+	// space fails before it is mirrored (forwarded writes too), so the
+	// copies never differ and the peer is never suspended for this
+	// array's full disk.
+	res, err := v.local.Reserve(off, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	defer res.Release()
 	m := &writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(len(p))}
 	o, _ := ctx.Value(originKey{}).(*origin)
 	var done *writtenMsg
@@ -117,7 +127,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	}
 	v.r.traffic.mirror.Add(int64(len(m.Data)))
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p))},
-		func(ctx context.Context) error { return v.local.WriteAt(ctx, p, off) },
+		func(ctx context.Context) error { return v.local.WriteAtReserved(ctx, p, off, res) },
 		msgWrite, m.encode(), done)
 }
 
