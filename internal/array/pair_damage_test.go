@@ -238,7 +238,11 @@ func TestPairSequencerFullFailsBeforeMirror(t *testing.T) {
 // that cannot take writes suspended and resynced. So the host gets GOOD
 // (from the sequencer serving alone), the follower stops serving (a read
 // there gets NOT READY, never the old data), and once it has room again
-// the pod returns to sync with identical copies.
+// the pod returns to sync with identical copies. Meanwhile the resync
+// waits for room, with an error in the log and the pod's status, keeping
+// the link and the epoch (before, the follower refused each copied piece,
+// so the sequencer ended the link session and started a resync at a new
+// epoch again and again: some 60 a second).
 func TestPairFollowerFullIsSuspended(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
@@ -256,6 +260,21 @@ func TestPairFollowerFullIsSuspended(t *testing.T) {
 	r, _ := inB.doPastUA(read16(lba, 8), nil, 4096)
 	if s, ok := senseOf(r); !ok || s.Key != scsi.KeyNotReady {
 		t.Fatalf("read through the full follower after the write was acknowledged: %s, want NOT READY", describe(r))
+	}
+	const waiting = "the peer has no room for the copy"
+	h.waitFor("the resync to wait for room on the follower", 30*time.Second, func() (bool, string) {
+		return strings.Count(h.logs.String(), waiting) >= 1, h.podStatus(0)
+	})
+	sessions := func() int { return strings.Count(h.logs.String(), `msg="link session established" array=array-a`) }
+	s0, e0 := sessions(), a.cat.View().Pods[pairPod].Epoch
+	h.waitFor("the resync to try again", 30*time.Second, func() (bool, string) {
+		return strings.Count(h.logs.String(), waiting) >= 4, h.podStatus(0)
+	})
+	if s, e := sessions(), a.cat.View().Pods[pairPod].Epoch; s != s0 || e != e0 {
+		t.Fatalf("while the resync waited for room: %d new link sessions, epoch %d to %d", s-s0, e0, e)
+	}
+	if st := a.repl.Status(a.cat.View().Pods[pairPod]); st == nil || !strings.Contains(st.Error, "no room") {
+		t.Fatalf("the pod's status does not say why the resync waits: %+v", st)
 	}
 	b.store.SetCapacity(0)
 	h.waitInSync(30 * time.Second)

@@ -203,26 +203,33 @@ const (
 )
 
 // copyRetry runs one step of a copy (a piece or a region) until it
-// succeeds or fails for another reason than a read error here: each
-// read error is logged, shown as the pod's error, and retried after a
-// backoff, with the unit's range unlocked meanwhile (a host may rewrite
-// the blocks). The copy goes on once the disk reads them again.
+// succeeds or fails for another reason than a read error here or no room
+// on the follower: each of those is logged, shown as the pod's error, and
+// retried after a backoff, with the unit's range unlocked meanwhile (a
+// host may rewrite the blocks). The copy goes on once the disk reads them
+// again, or the follower has room again.
 func (p *podRT) copyRetry(ctx context.Context, pc piece, step func() error) error {
 	wait := copyRetryMin
 	for failures := 0; ; failures++ {
 		err := step()
 		var re *readError
-		if !errors.As(err, &re) {
+		var pf *peerFullError
+		var msg string
+		switch {
+		case errors.As(err, &re):
+			msg = "copy: this array's disk cannot read blocks of the volume; retrying (the pod stays resyncing meanwhile)"
+		case errors.As(err, &pf):
+			msg = "copy: the peer has no room for the copy; free space there (unmap or delete volumes, or raise its capacity); retrying (the pod stays resyncing meanwhile)"
+		default:
 			if failures > 0 && err == nil {
 				p.setErr("")
-				p.r.log.Info("copy: the blocks read again; the copy goes on", "pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize)
+				p.r.log.Info("copy: the blocks were copied after all; the copy goes on", "pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize)
 			}
 			return err
 		}
-		p.r.log.Error("copy: this array's disk cannot read blocks of the volume; retrying (the pod stays resyncing meanwhile)",
-			"pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize, "blocks", pc.n/store.BlockSize,
-			"failures", failures+1, "retry_in", wait, "err", re.err)
-		p.setErr(fmt.Sprintf("copy: cannot read volume %s at LBA %d: %v", pc.name, pc.off/store.BlockSize, re.err))
+		p.r.log.Error(msg, "pod", p.name, "volume", pc.name, "lba", pc.off/store.BlockSize, "blocks", pc.n/store.BlockSize,
+			"failures", failures+1, "retry_in", wait, "err", err)
+		p.setErr(fmt.Sprintf("copy of volume %s at LBA %d: %v", pc.name, pc.off/store.BlockSize, err))
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -248,16 +255,27 @@ func (p *podRT) lockCopy(ctx context.Context, epoch uint64, pc piece) (*link.Ses
 }
 
 // sendCopy sends copied blocks (or an unmap); when the follower fails
-// them, not this copy's cancellation, it is suspended.
+// them, not this copy's cancellation, it is suspended. Copied blocks the
+// follower has no room for are a *peerFullError (copyRetry).
 func (p *podRT) sendCopy(ctx context.Context, s *link.Session, typ uint16, epoch uint64, m *writeMsg) error {
-	if _, err := call(ctx, s, typ, epoch, m.encode()); err != nil {
+	ans, err := call(ctx, s, typ, epoch, m.encode())
+	if err != nil {
 		if ctx.Err() == nil {
 			p.peerFailed(s, err)
 		}
 		return err
 	}
+	if typ == msgBaseline && len(ans) > 0 && ans[0] == copyNoSpace {
+		return &peerFullError{string(ans[1:])}
+	}
 	return nil
 }
+
+// peerFullError is the follower's answer to copied blocks it has no room
+// for.
+type peerFullError struct{ msg string }
+
+func (e *peerFullError) Error() string { return "the peer has no room for the copy: " + e.msg }
 
 // Progress is a copy's progress (baseline or resync).
 type Progress struct {

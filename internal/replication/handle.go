@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/metro-storage/metro/internal/catalog"
@@ -17,8 +18,10 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 	var out []byte
 	var err error
 	switch req.Type {
-	case msgWrite, msgUnmap, msgBaseline:
+	case msgWrite, msgUnmap:
 		err = r.handleWrite(ctx, req)
+	case msgBaseline:
+		out, err = r.handleCopy(ctx, req)
 	case msgForward:
 		out, err = r.handleForward(ctx, req)
 	case msgReservations:
@@ -141,24 +144,49 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	if err != nil {
 		return err
 	}
+	switch {
+	case len(m.Damaged) > 0:
+		err = r.writeDamaged(ctx, m, v, md.state != pod.Receiving)
+	case md.state == pod.Receiving:
+		// This copy serves nothing until the grant, which syncs the
+		// store first; a crash before it means a fresh copy anyway.
+		err = v.local.WriteAtNoSync(ctx, data, int64(m.Off))
+	default:
+		err = v.local.WriteAt(ctx, data, int64(m.Off))
+	}
+	if err != nil {
+		return err
+	}
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
-	if len(m.Damaged) > 0 {
-		return r.writeDamaged(ctx, m, v, md.state != pod.Receiving)
-	}
-	if md.state == pod.Receiving {
-		// This copy serves nothing until the grant, which syncs the
-		// store first; a crash before it means a fresh copy anyway.
-		return v.local.WriteAtNoSync(ctx, data, int64(m.Off))
-	}
-	if err := v.local.WriteAt(ctx, data, int64(m.Off)); err != nil {
-		return err
-	}
-	if fw != nil {
+	if fw != nil && md.state != pod.Receiving {
 		fw.add(&fw.applied, int64(len(data)))
 	}
 	return nil
+}
+
+// copyNoSpace opens the answer to a copied piece (msgBaseline) that this
+// array has no room for; the reason follows. An empty answer: stored.
+const copyNoSpace byte = 1
+
+// handleCopy applies a copied piece. One this array has no room for is
+// answered, not refused: the sequencer's copy then waits and tries again
+// while this array, which serves nothing of the pod until the copy is
+// complete, frees space; a refusal would end the link session, for every
+// pod, at every try.
+func (r *Replicator) handleCopy(ctx context.Context, req link.Message) ([]byte, error) {
+	err := r.handleWrite(ctx, req)
+	if !errors.Is(err, store.ErrNoSpace) {
+		return nil, err
+	}
+	podName := ""
+	if m, derr := decodeWrite(req.Payload); derr == nil {
+		podName = m.Pod
+	}
+	r.log.Error("no room on this array for the pod's copy: the copy waits until space is freed here (unmap or delete volumes, or raise the capacity)",
+		"pod", podName, "err", err)
+	return append([]byte{copyNoSpace}, err.Error()...), nil
 }
 
 // checkDamaged checks the damaged blocks a message of type typ with n
