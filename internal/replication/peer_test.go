@@ -512,6 +512,11 @@ func TestPeerWriteBounds(t *testing.T) {
 		{"an unaligned write", msgWrite, w(msgWrite, 100, store.BlockSize, block), "not whole"},
 		{"a length that is not the data's", msgWrite, w(msgWrite, 0, 2*store.BlockSize, block), "carries"},
 		{"another pod's volume", msgWrite, (&writeMsg{Pod: "pod1", Volume: uuidSecret, Length: store.BlockSize, Data: block}).encode(), "pod pod1 has no volume"},
+		{"damage in a host write", msgWrite, damaged(0, block, extent{0, store.BlockSize}), "only a copied piece"},
+		{"damage beyond the piece", msgBaseline, damaged(0, block, extent{store.BlockSize, store.BlockSize}), "not whole blocks of the copied piece"},
+		{"damage before the piece", msgBaseline, damaged(store.BlockSize, block, extent{0, store.BlockSize}), "not whole blocks of the copied piece"},
+		{"damage in part of a block", msgBaseline, damaged(0, block, extent{0, 100}), "not whole blocks of the copied piece"},
+		{"damage of no blocks", msgBaseline, damaged(0, block, extent{0, 0}), "not whole blocks of the copied piece"},
 	} {
 		h.refused(tc.name, tc.typ, epoch1, tc.payload, tc.want)
 	}
@@ -535,6 +540,18 @@ func TestPeerWriteBounds(t *testing.T) {
 	if err := vol.ReadAt(context.Background(), got, volSize-store.BlockSize); err != nil || !bytes.Equal(got, block) {
 		t.Fatalf("the last block reads %x, %v", got[:8], err)
 	}
+	// A copied piece with a damaged block: recorded damaged here.
+	two := append(bytes.Clone(block), make([]byte, store.BlockSize)...)
+	h.accepted("a copied piece with a damaged block", msgBaseline, epoch1, damaged(0, two, extent{store.BlockSize, store.BlockSize}))
+	var ce *store.CorruptError
+	if err := vol.ReadAt(context.Background(), make([]byte, 2*store.BlockSize), 0); !errors.As(err, &ce) || ce.Offset != store.BlockSize {
+		t.Fatalf("read of the copied piece: %v, want a CorruptError at its second block", err)
+	}
+}
+
+// damaged encodes a write message of pod1::vol1 listing damaged blocks.
+func damaged(off uint64, data []byte, x ...extent) []byte {
+	return (&writeMsg{Pod: "pod1", Volume: uuidVol1, Off: off, Length: uint64(len(data)), Data: data, Damaged: x}).encode()
 }
 
 // TestPeerCannotPullAPod checks that the peer cannot have this array
