@@ -69,7 +69,11 @@
 // disk failed to read (an I/O error, not proven damage: the data may come
 // back) is not touched by a partial write, which fails; writing the whole
 // 4 KiB chunk (the physical block size hosts are told) or unmapping it
-// replaces it. Check lists every damaged block.
+// replaces it. Check lists every damaged block. A copy of a volume (a
+// pod's baseline or resync) reads with ReadSalvage, which returns the good
+// blocks and lists the damaged ones, and the receiving store records those
+// damaged with Batch.MarkDamaged (salvage.go); IsDamage tells proven
+// damage from a read the disk failed.
 //
 // A bitmap page is only ever written with Pebble merge operands, in the same
 // batch as the chunk changes it records; the merge operator

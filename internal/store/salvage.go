@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -14,6 +15,14 @@ import (
 // the representation a partial write gives the damaged blocks it does not
 // cover), so they read there as a medium error too until a host rewrites
 // them.
+
+// IsDamage reports whether err is a *CorruptError for proven damage (a
+// checksum failed, the store's or Pebble's) rather than a read the disk
+// failed, which proves nothing.
+func IsDamage(err error) bool {
+	var ce *CorruptError
+	return errors.As(err, &ce) && errors.Is(ce.Err, ErrCorrupt)
+}
 
 // ReadSalvage fills p from byte offset off (both multiples of BlockSize)
 // like ReadAt, except that blocks proven damaged (they fail their

@@ -42,8 +42,11 @@ func TestSalvageCopiesDamage(t *testing.T) {
 	wantBad := []DamagedBlocks{{Volume: 4, Offset: 3 * BlockSize, Length: BlockSize}, {Volume: 4, Offset: ChunkSize, Length: ChunkSize + 2*BlockSize}}
 
 	var ce *CorruptError
-	if err := sv.ReadAt(ctx, make([]byte, n), 0); !errors.As(err, &ce) || ce.Offset != 3*BlockSize {
-		t.Fatalf("plain read: %v, want a CorruptError at byte %d", err, 3*BlockSize)
+	if err := sv.ReadAt(ctx, make([]byte, n), 0); !errors.As(err, &ce) || ce.Offset != 3*BlockSize || !IsDamage(err) {
+		t.Fatalf("plain read: %v, want a CorruptError for damage at byte %d", err, 3*BlockSize)
+	}
+	if IsDamage(&CorruptError{Err: errors.New("input/output error")}) {
+		t.Fatal("a read the disk failed counts as proven damage")
 	}
 	// Salvage from an offset inside chunk 0, and the whole volume.
 	part := make([]byte, n-BlockSize)
