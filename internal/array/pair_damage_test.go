@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,10 +114,7 @@ func TestPairBaselineCarriesDamage(t *testing.T) {
 	in := newInitiator(a, pairIQN, 0x100)
 	h.ready(in)
 	const blocks = 6 << 20 / 512 // several 1 MiB pieces
-	d := make([]byte, 0, blocks*512)
-	for lba := uint64(0); lba < blocks; lba += 8 {
-		d = append(d, unitData(lba, 1)...)
-	}
+	d := unitRun(0, blocks, 1)
 	for lba := uint64(0); lba < blocks; lba += 4096 { // 2 MiB a command
 		if r, _ := in.doPastUA(write16(lba, d[lba*512:(lba+4096)*512]), d[lba*512:(lba+4096)*512], 0); r.Status != scsi.StatusGood {
 			t.Fatalf("write: %s", describe(r))
@@ -146,10 +145,7 @@ func TestPairResyncCarriesDamage(t *testing.T) {
 	h.ready(in)
 	h.split()
 	const base, blocks = 8192, 4096 // 2 MiB from 4 MiB on: two regions
-	d := make([]byte, 0, blocks*512)
-	for lba := uint64(base); lba < base+blocks; lba += 8 {
-		d = append(d, unitData(lba, 2)...)
-	}
+	d := unitRun(base, base+blocks, 2)
 	if r, _ := in.doPastUA(write16(base, d), d, 0); r.Status != scsi.StatusGood {
 		t.Fatalf("write while alone: %s", describe(r))
 	}
@@ -168,6 +164,24 @@ func TestPairResyncCarriesDamage(t *testing.T) {
 // A full disk and the pod's copies: a write that one array cannot store
 // for lack of space must leave the copies identical and say so to the
 // host, and the array that is full is the one that pays.
+
+// newPairHosts is newPair with a host ready on each array.
+func newPairHosts(t *testing.T) (h *pairHarness, inA, inB *initiator) {
+	h = newPair(t)
+	inA, inB = newInitiator(h.arrays[0], pairIQN, 0x100), newInitiator(h.arrays[1], pairIQN, 0x200)
+	h.ready(inA, inB)
+	return h, inA, inB
+}
+
+// unitRun returns the data of the 4 KiB units of blocks [from, to), each
+// holding value v (unitData).
+func unitRun(from, to, v uint64) []byte {
+	d := make([]byte, 0, (to-from)*512)
+	for lba := from; lba < to; lba += 8 {
+		d = append(d, unitData(lba, v)...)
+	}
+	return d
+}
 
 // isSpaceAllocFailed reports whether r is SPACE ALLOCATION FAILED.
 func isSpaceAllocFailed(r *scsi.Result) bool {
@@ -191,10 +205,8 @@ func (h *pairHarness) fill(i int) {
 // the sequencer then suspended the follower for the sequencer's own full
 // disk). Overwrites go on, and so does the pod, in sync.
 func TestPairSequencerFullFailsBeforeMirror(t *testing.T) {
-	h := newPair(t)
-	a, b := h.arrays[0], h.arrays[1]
-	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
-	h.ready(inA, inB)
+	h, inA, inB := newPairHosts(t)
+	a := h.arrays[0]
 	const old = 0
 	if r, _ := inA.doPastUA(write16(old, unitData(old, 1)), unitData(old, 1), 0); r.Status != scsi.StatusGood {
 		t.Fatalf("write: %s", describe(r))
@@ -244,10 +256,8 @@ func TestPairSequencerFullFailsBeforeMirror(t *testing.T) {
 // so the sequencer ended the link session and started a resync at a new
 // epoch again and again: some 60 a second).
 func TestPairFollowerFullIsSuspended(t *testing.T) {
-	h := newPair(t)
+	h, inA, inB := newPairHosts(t)
 	a, b := h.arrays[0], h.arrays[1]
-	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
-	h.ready(inA, inB)
 	h.fill(1)
 	const lba = 4096
 	d := unitData(lba, 5)
@@ -279,4 +289,132 @@ func TestPairFollowerFullIsSuspended(t *testing.T) {
 	b.store.SetCapacity(0)
 	h.waitInSync(30 * time.Second)
 	compareCopies(t, inA, inB, 0, 8192)
+}
+
+// TestPairRepairFromPeer damages blocks on one array of an in-sync pod:
+// a host read through that array gets the other array's good copy, not
+// MEDIUM ERROR, and the damaged copy is rewritten with it through the
+// ordered write path (at once for the follower, in the background for
+// the sequencer). Blocks damaged on both arrays stay a MEDIUM ERROR.
+func TestPairRepairFromPeer(t *testing.T) {
+	h, inA, inB := newPairHosts(t)
+	b := h.arrays[1]
+	const blocks = 64
+	d := unitRun(0, blocks, 7)
+	if r, _ := inA.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	readBack := func(in *initiator, lba uint64) {
+		t.Helper()
+		r, _ := in.doPastUA(read16(lba, 8), nil, 4096)
+		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, d[lba*512:(lba+8)*512]) {
+			t.Fatalf("read of LBA %d+8 through %s with blocks damaged there: %s", lba, in.arr.cfg.Name, describe(r))
+		}
+	}
+	// Damaged on the follower: repaired before the read is answered.
+	h.damage(1, 17, 2)
+	readBack(inB, 16)
+	if _, bad := h.salvage(1, 0, blocks); len(bad) != 0 {
+		t.Fatalf("%s still has damaged blocks %v after the read repaired them", b.cfg.Name, bad)
+	}
+	// Damaged on the sequencer: answered from the follower's copy,
+	// repaired in the background.
+	h.damage(0, 9, 3)
+	readBack(inA, 8)
+	h.waitFor("the sequencer's copy to be repaired", 30*time.Second, func() (bool, string) {
+		_, bad := h.salvage(0, 0, blocks)
+		return len(bad) == 0, fmt.Sprintf("damaged: %v", bad)
+	})
+	compareCopies(t, inA, inB, 0, 2048)
+	if n := strings.Count(h.logs.String(), "damaged blocks repaired from the other array's copy"); n != 2 {
+		t.Errorf("%d repairs logged, want 2", n)
+	}
+	// Damaged on both: a MEDIUM ERROR through either array.
+	h.damage(0, 33, 1)
+	h.damage(1, 33, 1)
+	for _, in := range []*initiator{inA, inB} {
+		r, _ := in.doPastUA(read16(32, 8), nil, 4096)
+		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyMediumError || uint64(s.Info) != 33 {
+			t.Fatalf("read of a block damaged on both arrays through %s: %s, want MEDIUM ERROR at LBA 33", in.arr.cfg.Name, describe(r))
+		}
+	}
+}
+
+// TestPairRepairRacesWrites damages one array's copy of a unit again and
+// again while a host writes new values to it and another reads it through
+// both arrays: every read is GOOD and returns a value no older than the
+// last write acknowledged before it began (a repair never writes back an
+// old value over a newer write), and the copies end identical.
+func TestPairRepairRacesWrites(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	w := [2]*initiator{newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)}
+	rd := [2]*initiator{newInitiator(a, pairIQN, 0x300), newInitiator(b, pairIQN, 0x400)}
+	h.ready(w[0], w[1], rd[0], rd[1])
+	const unit = 64
+	var acked, started atomic.Uint64
+	write := func(v uint64) {
+		started.Store(v)
+		d := unitData(unit, v)
+		if r, _ := w[v%2].doPastUA(write16(unit, d), d, 0); r.Status != scsi.StatusGood {
+			t.Errorf("write of value %d through %s: %s", v, w[v%2].arr.cfg.Name, describe(r))
+		}
+		acked.Store(v)
+	}
+	write(1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var writes, reads atomic.Int64
+	wg.Go(func() {
+		for v := uint64(2); ; v++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			write(v)
+			writes.Add(1)
+		}
+	})
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			low := acked.Load()
+			r, _ := rd[i%2].doPastUA(read16(unit, 8), nil, 4096)
+			high := started.Load()
+			if r.Status != scsi.StatusGood {
+				t.Errorf("read through %s: %s", rd[i%2].arr.cfg.Name, describe(r))
+				return
+			}
+			if v := unitValue(unit, r.Data); v == tornValue || v < low || v > high {
+				t.Errorf("read through %s returned value %#x, want one in [%d, %d]", rd[i%2].arr.cfg.Name, v, low, high)
+				return
+			}
+			reads.Add(1)
+		}
+	})
+	// Damage one copy at a time: the next damage waits until a read or
+	// a write has mended the last.
+	const rounds = 40
+	for i := 0; i < rounds && !t.Failed(); i++ {
+		arr := i % 2
+		first := uint64(i % 8)
+		h.damage(arr, unit+first, min(1+uint64(i%3), 8-first))
+		h.waitFor("the damage to be mended", 30*time.Second, func() (bool, string) {
+			_, bad := h.salvage(arr, unit, unit+8)
+			return len(bad) == 0, fmt.Sprintf("%s: damaged %v", h.arrays[arr].cfg.Name, bad)
+		})
+	}
+	close(stop)
+	wg.Wait()
+	repaired := strings.Count(h.logs.String(), "damaged blocks repaired from the other array's copy")
+	t.Logf("%d damage rounds, %d writes, %d reads, %d repairs", rounds, writes.Load(), reads.Load(), repaired)
+	if writes.Load() < rounds || reads.Load() < rounds || repaired < rounds/8 {
+		t.Fatalf("too little to test anything: %d writes, %d reads, %d repairs over %d damage rounds", writes.Load(), reads.Load(), repaired, rounds)
+	}
+	compareCopies(t, w[0], w[1], 0, 2048)
 }

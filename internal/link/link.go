@@ -15,7 +15,8 @@ import (
 
 // ProtocolVersion is the version of the link protocol this package speaks.
 // Both arrays of a pair must speak the same one. Version 3: a copied
-// piece lists the blocks that are damaged on the sender.
+// piece lists the blocks that are damaged on the sender, and damaged
+// blocks are repaired from the other array's copy.
 const ProtocolVersion = 3
 
 // MaxPayload is the largest payload of one message: 16 MiB of data plus

@@ -67,7 +67,7 @@ var msgNames = map[uint16]string{
 	msgBaseline: "baseline", msgGrant: "grant", msgConfig: "config",
 	msgApplyConfig: "apply-config", msgCheckStretch: "check-stretch",
 	msgUnstretch: "unstretch", msgStretch: "stretch", msgCheckpoint: "checkpoint",
-	msgWritten: "written",
+	msgWritten: "written", msgRepair: "repair", msgPeerRead: "peer-read",
 }
 
 func msgName(typ uint16) string {

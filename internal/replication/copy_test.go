@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -74,4 +75,46 @@ func (p *podRT) status() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.mu.lastErr
+}
+
+// TestPeerRepairConfined checks the repair messages from the peer: a
+// range read (msgPeerRead) only of a pod this array follows in sync,
+// inside a volume of that pod and at most maxRepair bytes; a repair
+// (msgRepair) only of a pod this array orders, in sync. An accepted read
+// answers with this array's copy.
+func TestPeerRepairConfined(t *testing.T) {
+	h := newHostilePeer(t)
+	r := func(podName, uuid string, off, n uint64) []byte {
+		return (&writeMsg{Pod: podName, Volume: uuid, Off: off, Length: n}).encode()
+	}
+	// pod1 is followed here but not in sync yet; pod2 is ordered here.
+	h.refused("a read of a pod not in sync", msgPeerRead, epoch1, r("pod1", uuidVol1, 0, store.BlockSize), "not in sync")
+	h.refused("a repair of a pod this array follows", msgRepair, epoch1, r("pod1", uuidVol1, 0, store.BlockSize), "this array is the follower")
+	h.refused("a repair of a pod not in sync", msgRepair, epoch2, r("pod2", uuidVol2, 0, store.BlockSize), "not in sync")
+	block := bytes.Repeat([]byte{0x5a}, store.BlockSize)
+	p := h.env.r.pod("pod1")
+	p.mu.Lock()
+	p.mu.m = newInSyncFollower(t, h, epoch1)
+	p.mu.sess = h.env.r.session()
+	p.mu.Unlock()
+	for _, tc := range []struct {
+		name, want string
+		payload    []byte
+	}{
+		{"a read of another pod's volume", "pod pod1 has no volume", r("pod1", uuidSecret, 0, store.BlockSize)},
+		{"a read past the end", "end beyond the volume's", r("pod1", uuidVol1, volSize, store.BlockSize)},
+		{"an unaligned read", "not whole", r("pod1", uuidVol1, 100, store.BlockSize)},
+		{"an empty read", "at most", r("pod1", uuidVol1, 0, 0)},
+		{"a read carrying data", "no data", (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: block}).encode()},
+	} {
+		h.refused(tc.name, msgPeerRead, epoch1, tc.payload, tc.want)
+	}
+	vol := h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID)
+	if err := vol.WriteAt(context.Background(), block, store.BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	got := h.accepted("a read of the pod's volume", msgPeerRead, epoch1, r("pod1", uuidVol1, 0, 2*store.BlockSize))
+	if !bytes.Equal(got, append(make([]byte, store.BlockSize), block...)) {
+		t.Fatalf("the read answered %d bytes %x…", len(got), got[:min(len(got), 8)])
+	}
 }

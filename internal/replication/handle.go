@@ -34,6 +34,10 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 		err = r.handleCheckpoint(req)
 	case msgWritten:
 		err = r.handleWritten(req)
+	case msgRepair:
+		out, err = r.handleRepair(ctx, req)
+	case msgPeerRead:
+		out, err = r.handlePeerRead(ctx, req)
 	case msgGrant:
 		err = r.handleGrant(req)
 	case msgConfig:

@@ -56,6 +56,14 @@ const (
 	// msgWritten (sequencer → follower): the sequencer's copy holds a
 	// write of data the follower forwarded (writtenMsg).
 	msgWritten
+	// msgRepair (follower → sequencer): the follower's copy of a range
+	// (writeMsg without data) is damaged: rewrite it from the
+	// sequencer's through the order and answer with the data.
+	msgRepair
+	// msgPeerRead (sequencer → follower): answer with the follower's
+	// copy of a range (writeMsg without data), which the sequencer's
+	// copy has damaged.
+	msgPeerRead
 )
 
 // errShort is returned for a truncated binary message.

@@ -32,6 +32,9 @@ type podRT struct {
 	// hostWrites counts host writes being replicated; a copy yields to
 	// them.
 	hostWrites atomic.Int32
+	// repairs counts the repairs of damaged blocks running in the
+	// background (repair.go).
+	repairs atomic.Int32
 	// ioMu is held shared by every replicated operation and exclusively
 	// by membership changes, which thus see no operation half done. It
 	// is taken before cfgMu: an operation waiting while the pod is paused

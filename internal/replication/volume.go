@@ -39,9 +39,14 @@ func (r *Replicator) Volume(podName, uuid string, local *store.Volume) *Volume {
 // rt returns the pod's runtime when the pod is stretched.
 func (v *Volume) rt() *podRT { return v.r.pod(v.pod) }
 
-// ReadAt implements scsi.Backend.
+// ReadAt implements scsi.Backend. Blocks damaged here are read from the
+// other array's copy when the pod is in sync, and rewritten (repair.go).
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return v.local.ReadAt(ctx, p, off)
+	err := v.local.ReadAt(ctx, p, off)
+	if store.IsDamage(err) {
+		return v.repairRead(ctx, p, off, err)
+	}
+	return err
 }
 
 // Mapped implements scsi.Backend.
