@@ -2,7 +2,6 @@ package replication
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/scsi"
 )
 
 // podRT runs one stretched pod on this array: it owns the pod's state
@@ -385,8 +385,9 @@ func (p *podRT) setErr(s string) {
 }
 
 // errNotServing is returned by the replicated paths when the pod stopped
-// being served on this array meanwhile.
-var errNotServing = errors.New("pod not served on this array")
+// being served on this array meanwhile; the host gets NOT READY
+// (transitioning) and retries.
+var errNotServing = fmt.Errorf("pod not served on this array: %w", scsi.ErrTransitioning)
 
 // mirror performs a replicated change at the sequencer: local (may be nil)
 // here and the request typ with payload on the follower, and returns once

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/metro-storage/metro/internal/link"
@@ -49,7 +50,12 @@ func (v *Volume) repairRead(ctx context.Context, p []byte, off int64, err error)
 		return err
 	}
 	md := rt.mode()
-	if md.sess == nil || (rt.role == pod.Sequencer && md.state != pod.InSync) || (rt.role == pod.Follower && !md.serving) {
+	if rt.role == pod.Follower && (md.sess == nil || !md.serving) {
+		// The follower stopped serving the pod while the read ran: the
+		// good copy is the sequencer's, and the host is to retry.
+		return errNotServing
+	}
+	if md.sess == nil || (rt.role == pod.Sequencer && md.state != pod.InSync) {
 		return err
 	}
 	req := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(len(p))}).encode()
@@ -57,6 +63,12 @@ func (v *Volume) repairRead(ctx context.Context, p []byte, off int64, err error)
 		data, rerr := call(ctx, md.sess, msgRepair, md.epoch, req)
 		if rerr != nil || len(data) != len(p) {
 			v.r.log.Warn("damaged blocks could not be repaired from the sequencer's copy", "pod", v.pod, "volume", v.name(), "lba", off/store.BlockSize, "blocks", len(p)/store.BlockSize, "err", rerr)
+			var re *link.RemoteError
+			if rerr != nil && !errors.As(rerr, &re) {
+				// The link failed, not the repair: the follower
+				// stops serving the pod, the host retries.
+				return errNotServing
+			}
 			return err
 		}
 		copy(p, data)

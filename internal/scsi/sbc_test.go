@@ -537,6 +537,7 @@ func TestBackendErrors(t *testing.T) {
 	}{
 		{fmt.Errorf("volume 3: %w", store.ErrNoSpace), SenseSpaceAllocFailed()},
 		{fmt.Errorf("chunk 9: %w", store.ErrCorrupt), SenseMediumError()},
+		{fmt.Errorf("pod p: %w", ErrTransitioning), SenseNotReadyTransitioning()},
 		{errors.New("disk on fire"), SenseHardwareError()},
 	}
 	for _, tc := range tests {

@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"context"
+	"errors"
 )
 
 // Status is a SCSI status byte (SAM-5).
@@ -115,7 +116,8 @@ const (
 // and multiples of the 512-byte logical block. A write returns only when
 // it is durable and visible to reads. Errors the store classifies (no
 // space, checksum mismatch) are matched with errors.Is against the store
-// package's sentinels and become the matching sense.
+// package's sentinels and become the matching sense; ErrTransitioning
+// becomes NOT READY, ASYMMETRIC ACCESS STATE TRANSITION.
 type Backend interface {
 	ReadAt(ctx context.Context, p []byte, off int64) error
 	WriteAt(ctx context.Context, p []byte, off int64) error
@@ -125,6 +127,13 @@ type Backend interface {
 	// bytes from off (at most length) share that state.
 	Mapped(ctx context.Context, off, length int64) (mapped bool, run int64, err error)
 }
+
+// ErrTransitioning is wrapped by a Backend error that means the unit
+// stopped being served through this port while the command ran (a
+// replicated volume whose pod was suspended here): the command did
+// nothing the host must know of and is worth retrying, on another path if
+// this one stays unavailable.
+var ErrTransitioning = errors.New("scsi: access state changed while the command ran")
 
 // AccessState is an ALUA asymmetric access state (SPC-4 6.37).
 type AccessState uint8

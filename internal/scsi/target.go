@@ -432,7 +432,8 @@ func (lu *LogicalUnit) raiseNexus(n Nexus, s Sense) {
 }
 
 // backendError turns a Backend error into sense data: out of space is
-// SPACE ALLOCATION FAILED, data that cannot be read back (damaged, or a
+// SPACE ALLOCATION FAILED, a unit no longer served here NOT READY
+// (transitioning), data that cannot be read back (damaged, or a
 // read the disk failed) an unrecovered read error with the LBA of the first
 // bad block, anything else an internal target failure (logged).
 func (x *exec) backendError(op string, err error) *Result {
@@ -440,6 +441,8 @@ func (x *exec) backendError(op string, err error) *Result {
 	switch {
 	case errors.Is(err, store.ErrNoSpace):
 		return checkCondition(SenseSpaceAllocFailed())
+	case errors.Is(err, ErrTransitioning):
+		return checkCondition(SenseNotReadyTransitioning())
 	case errors.As(err, &ce):
 		x.t.log.Warn("medium error", "lu", x.lu.serial, "op", op, "lba", ce.Offset/BlockSize, "err", err)
 		return checkCondition(SenseMediumErrorAt(uint64(ce.Offset / BlockSize)))
