@@ -1,16 +1,3 @@
-// Package pod holds the protocol core of a stretched pod on one array: a
-// state machine without I/O that takes events (link up or lost, timer,
-// durable write done, baseline done, peer's answers) and returns the
-// actions the array must perform. One goroutine per pod drives it (the
-// replication package), so every interleaving can be tested without
-// sockets or sleeps.
-//
-// Until the mediator exists the machine implements the fixed bias of
-// DESIGN.md: when the link is lost the pod stays online on its sequencer
-// only, and the other array suspends. The sequencer waits until the
-// follower's read lease has surely expired (the fence time) and has
-// durably moved to a new epoch before it completes, alone, the writes that
-// were waiting on the follower.
 package pod
 
 import (

@@ -1,0 +1,208 @@
+// Package pod holds the protocol core of a stretched pod on one array: a
+// state machine without I/O (Machine) that takes events (the link came up
+// or went, the clock, a record became durable, the mediator answered, the
+// peer asked or answered) and returns the actions the array must perform
+// (persist a record, ask the mediator, send to the peer, copy, wake the
+// writes that wait). Every rule of who serves a pod, at which epoch and
+// under which lease lives here; package replication only performs the
+// actions and feeds back what happened, on one goroutine per pod, so every
+// interleaving can be tested without sockets or sleeps (transcripts in
+// testdata/, and the randomized pair simulation with a mediator).
+//
+// # Roles are symmetric
+//
+// Both arrays run the same machine. The sequencer is whichever array owns
+// the pod's current epoch; a failover or a handover moves the role, at a
+// new epoch. Nothing in the machine depends on which array created the
+// pod.
+//
+// # The durable record
+//
+// Each array keeps, per stretched pod, a Record, written durably before
+// anything that depends on it happens (before it is acted upon, before it
+// is acknowledged to the peer):
+//
+//	Epoch      the pod's term on this array
+//	Sequencer  the array that owns Epoch (the one that orders writes)
+//	Synced     the latest epoch at which this array's copy was complete
+//	           and current; Synced < Epoch: the copy is behind
+//	Alone      the owner knows the peer's copy is behind, so it serves
+//	           alone with nothing to fence (set when it wins, cleared
+//	           durably before it grants the peer in-sync)
+//	Pre        the pre-elected array ("" none)
+//	Left       this array gave the pod up (handover or removal)
+//
+// # Epochs are terms with one grantor
+//
+// Every epoch has exactly one owner, and the owner of a new epoch E+1 is
+// given by one grantor only:
+//
+//   - the mediator: elect(pod, E, me) is won by the first caller at E and
+//     stores E+1 for it; an array races only at the epoch it is current
+//     at, so two arrays racing race for the same E;
+//   - a completed pre-election: the pre-elected array may take E+1 when the
+//     link is lost, because the other array has durably promised not to
+//     race (see below);
+//   - an agreement with the peer: the peer durably accepts E+1 with that
+//     owner before the owner uses it (a resync request, a planned
+//     handover, a removal), and an array that has accepted an epoch never
+//     races at an older one;
+//   - the owner itself, only while the peer is known to be behind (Alone):
+//     the peer then neither serves nor races.
+//
+// A mediator grant the winner never heard of (its answer lost) is never
+// used: the machine acts only on answers to the race it is in, and an
+// array that has accepted a later epoch never asks again at the old one.
+//
+// # The per-pod barrier
+//
+// Every message of a pod carries the sender's epoch. A message is applied
+// only at the receiver's current epoch, and the check and the apply are
+// one step (the driver holds the pod's apply lock shared across both, and
+// exclusively across every change of epoch or state), so a message of an
+// older epoch is never applied once a newer epoch is accepted, and
+// nothing from a peer changes state here before its epoch is accepted:
+// the machine decides on a request first, its record is persisted, and
+// only then does the driver install configuration, clear a copy or
+// answer.
+//
+// # Leases on both sides
+//
+// While a pod is in sync both arrays serve it, each only under its lease:
+// the send time of its latest heartbeat the peer answered plus the link's
+// Timeout, less a fifth of Timeout for clock rates (link.Session.Lease).
+// The peer declares this array dead only after Timeout without a frame,
+// so once the link is lost the lease this array may still hold ends no
+// later than the peer's last hearing of it plus Timeout: the fence. After
+// a link loss, whichever array wins serves alone only from the fence on,
+// so the loser has stopped serving reads before the winner's first write.
+// A lease belongs to the link, not to one pod: to revoke one pod's lease
+// without the link going down, the peer must acknowledge that it stopped
+// serving that pod (a removal); if it does not, the link is ended and the
+// pod goes through the race.
+//
+// # States
+//
+// Per pod and array (Serving says whether host I/O is served):
+//
+//	           ┌──────────── link lost, peer never granted ─────────────┐
+//	           ▼                                                        │
+//	alone ──▶ syncing ──(grant accepted)──▶ in-sync ──(link lost)──▶ paused
+//	  ▲  (resync agreed)                      ▲                         │
+//	  │                                       │ granted           won / pre-elected
+//	  │        suspended ──(resync)──▶ receiving                        │
+//	  │            ▲                                                    │
+//	  └────────────┼────────────────────────────────────────────────────┤
+//	               └──────────── lost / no mediator / peer pre-elected ─┘
+//
+//	alone      owns the epoch, serves alone, records every region it
+//	           changes; starts a resync of the peer when the link is up
+//	           (unless auto-recover is off)
+//	syncing    owns the epoch, serves, mirrors every write to the peer,
+//	           which receives its copy (baseline, or the changed regions)
+//	in-sync    both serve, under their leases; the sequencer orders
+//	paused     the link was lost in sync: writes wait, reads are served
+//	           while this array's lease lasts; the race is under way
+//	receiving  this array's copy is being made; serves nothing
+//	suspended  serves nothing: lost the race, could not reach the
+//	           mediator, the peer is pre-elected, or the copy is behind
+//	left       this array gave the pod up (handover, removal); its copy
+//	           is kept pending eradication
+//
+// # The race
+//
+// When the link is lost (heartbeat silence, or a mirrored write that did
+// not complete within Timeout, which the driver treats as a link loss)
+// while the pod was in sync, both arrays pause and decide:
+//
+//   - Pre = this array: it takes E+1 once the peer's lease has surely
+//     expired (the fence), without the mediator.
+//   - Pre = the peer: it suspends and does not race until it has resynced.
+//   - No pre-election: it asks the mediator, elect(pod, E, me), at once if
+//     the pod's failover preference is this array or none, after the head
+//     start if it is the peer. Won (epoch E+1): it persists E+1 and serves
+//     alone from the fence on. Lost: it persists the winner's epoch with
+//     its copy behind, and suspends. The mediator unreachable (or rolled
+//     back, or not configured): it suspends.
+//
+// An array that restarts with a current copy is as after a link loss with
+// the peer last heard at the restart (it was dead meanwhile, and the peer
+// may still hold a lease only until then plus Timeout); one that restarts
+// behind is suspended; an owner that knows the peer is behind (Alone)
+// serves alone again at once.
+//
+// # Pre-election
+//
+// When both arrays see the mediator unavailable (unreachable, rolled back
+// or not configured) while the link is up and the pod is in sync, the
+// sequencer makes one array pre-elected: the failover preference, else
+// itself. No mediator configured therefore means the pod is permanently
+// pre-elected, which replaces the fixed bias of earlier releases. When
+// either array reaches the mediator again, pre-election disengages.
+//
+// An array may hold Pre = itself only while the peer durably holds Pre =
+// this array, so every change is ordered: the array that loses the right
+// to serve alone persists first, the one that gains it last. Engaging
+// for the peer, the sequencer persists Pre = peer and then asks the peer;
+// engaging for itself, it asks the peer (which persists Pre = sequencer)
+// and persists only on the answer; disengaging reverses the order. A
+// link lost half-way leaves at worst one array holding Pre = the other
+// and the other none: the first suspends, the second races through the
+// mediator, whose grant then names the same owner. Link and mediator lost
+// at the same moment, before a pre-election completed: the pod suspends
+// on both arrays and comes back when either returns. The in-sync grant
+// carries the pre-election, so a pod resynced while the mediator is away
+// is pre-elected from its first in-sync instant.
+//
+// # Copies and recovery
+//
+// An array whose copy is incomplete (baseline, resync) has Synced below
+// its epoch, durably: it never races and never serves until the copy is
+// complete. A resync is agreed: the owner asks the peer to receive at
+// max(its epoch, the peer's)+1, the peer persists that epoch with its copy
+// behind before it answers (and only if it is neither serving nor racing),
+// then the owner persists the same epoch and mirrors from then on. The
+// copy sends the regions the owner changed since the copies last agreed
+// and the regions the peer wrote that were never acknowledged (or
+// everything, when either side has lost track), then the owner persists
+// Alone = false (and the pre-election the grant carries) and grants; the
+// peer syncs its store, persists Synced = epoch, serves, and answers.
+// Change tracking is cleared only for data the peer has durably confirmed:
+// a write the peer applied while receiving is covered by the grant's sync,
+// because the grant takes the apply lock exclusively and so follows every
+// write applied before it, and every write applied after it is synced.
+//
+// # Membership changes are fenced
+//
+//   - Handover (removing the sequencer): with writes held, the sequencer
+//     persists Left with the peer as owner of E+1, stops serving, then
+//     tells the peer, which persists E+1 as sole owner and serves. If the
+//     answer is lost, the old sequencer has already given the pod up and
+//     says so again at every link start until the peer takes it; if the
+//     peer never does, the pod is served by nobody until the link returns,
+//     and the peer may win it through the mediator meanwhile (the old
+//     sequencer no longer races): exactly one sequencer, or none.
+//   - Removing the other array: if its copy is behind it serves nothing,
+//     and the owner goes on alone at once. Otherwise the owner asks it to
+//     give the pod up; it persists Left, stops serving and answers; then
+//     the owner persists E+1 alone. If it does not answer, the owner ends
+//     the link and the pod goes through the race: removal completes on the
+//     winner's side only if the winner is the owner.
+//   - A pod the peer gave up or no longer has while the link was down is
+//     learnt from the peer's hello.
+//
+// # Timing
+//
+// With the link's Timeout T (default 1 s), a heartbeat every 100 ms and
+// the failover preference's head start H (default 1 s): the link is cut at
+// t0, the peer was last heard at t0 - 100 ms at worst, the loss is
+// detected at t0 + T, the preferred array (or either, with no preference)
+// asks the mediator at once (one round trip, a few ms to a third site),
+// and the winner serves alone from its fence, last heard + T <= t0 + T:
+// a host writing through it pauses for about T + one mediator round trip,
+// about 1.1 s at the defaults, under the 2 s goal. If the preferred array
+// is gone, the other asks after H: about T + H, 2.1 s, still far inside
+// host I/O timeouts (30 s and more). A mirrored write waits at most T for
+// the peer before the link is treated as lost. A pre-elected array does
+// not ask the mediator: it serves at its fence, about T.
+package pod
