@@ -1,11 +1,14 @@
 package pod
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
-// Role is an array's part in a stretched pod.
+// Role is an array's part in a stretched pod: the sequencer owns the
+// pod's current epoch.
 type Role uint8
 
 // Roles.
@@ -23,165 +26,362 @@ func (r Role) String() string {
 	return "follower"
 }
 
-// State is a stretched pod's state on one array.
+// State is a stretched pod's state on one array (see the package doc).
 type State string
 
 // States.
 const (
-	// Syncing: sequencer, serving; the follower is receiving its copy
-	// (baseline or resync) and every write is mirrored to it.
-	Syncing State = "syncing"
-	// InSync: both arrays serve; every write is on both before GOOD.
-	InSync State = "in-sync"
-	// Paused: sequencer, the link was lost while the follower was in
-	// sync; writes wait until the follower is fenced.
-	Paused State = "paused"
-	// Alone: sequencer, serving without the follower.
-	Alone State = "alone"
-	// Receiving: follower, receiving its copy; not serving.
+	Syncing   State = "syncing"
+	InSync    State = "in-sync"
+	Paused    State = "paused"
+	Alone     State = "alone"
 	Receiving State = "receiving"
-	// Suspended: follower, not serving.
 	Suspended State = "suspended"
+	Left      State = "left"
 )
+
+// Record is what an array keeps durably of a stretched pod's protocol
+// (see the package doc).
+type Record struct {
+	Epoch     uint64 `json:"epoch"`
+	Sequencer string `json:"sequencer"`
+	Synced    uint64 `json:"synced"`
+	Alone     bool   `json:"alone,omitempty"`
+	Pre       string `json:"pre,omitempty"`
+	Left      bool   `json:"left,omitempty"`
+}
+
+// Current reports whether the copy is complete and current at the
+// record's epoch (and not given up).
+func (r Record) Current() bool { return r.Synced == r.Epoch && !r.Left }
+
+func (r Record) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "epoch=%d seq=%s synced=%d", r.Epoch, r.Sequencer, r.Synced)
+	if r.Alone {
+		b.WriteString(" alone")
+	}
+	if r.Pre != "" {
+		b.WriteString(" pre=" + r.Pre)
+	}
+	if r.Left {
+		b.WriteString(" left")
+	}
+	return b.String()
+}
+
+// Config is what a machine needs besides its record.
+type Config struct {
+	// Self and Peer are the ids of this array and the other.
+	Self, Peer string
+	// Timeout is the link's dead-peer timeout, which bounds the peer's
+	// lease after it was last heard from.
+	Timeout time.Duration
+	// HeadStart is how long an array that is not the pod's preferred one
+	// waits before it asks the mediator.
+	HeadStart time.Duration
+	// RetryAfter is how long after a failed persist or a refused resync
+	// the machine tries again (default Timeout).
+	RetryAfter time.Duration
+	// Preference is the pod's failover preference when the machine
+	// starts (an array id, "" none); SetPreference changes it.
+	Preference string
+}
 
 // ActionKind names what the driver must do.
 type ActionKind uint8
 
 // Actions.
 const (
-	// PersistEpoch: durably record Epoch as the pod's epoch, then feed
-	// Persisted.
-	PersistEpoch ActionKind = iota + 1
-	// StartResync: ask the follower to receive a fresh copy at Epoch
-	// (it clears its copy and installs the pod's configuration), then
-	// feed ResyncStarted (or LinkDown).
+	// Persist: durably write Record (first making every block this array
+	// received durable, when SyncData), then feed Persisted(ID), or
+	// PersistFailed(ID) if it could not. Reason says why a record that
+	// makes this array the owner of an epoch may do so.
+	Persist ActionKind = iota + 1
+	// Elect: ask the mediator elect(pod, Epoch, self), then feed Elected
+	// or ElectFailed.
+	Elect
+	// StartResync: ask the peer to receive a copy at Epoch (the request
+	// carries the pod's configuration and what the copy resumes from),
+	// then feed ResyncStarted or ResyncFailed.
 	StartResync
-	// CopyBaseline: copy every written block to the follower, then feed
+	// CopyBaseline: copy to the peer what it lacks, then feed
 	// BaselineDone.
 	CopyBaseline
-	// GrantInSync: tell the follower its copy is complete at Epoch, then
-	// feed PeerInSync.
+	// GrantInSync: tell the peer its copy is complete at Epoch with the
+	// pre-election Pre, then feed PeerInSync (or GrantFailed).
 	GrantInSync
-	// ClearCopy: follower, discard this array's copy of the pod's volumes
-	// before receiving a new one, then answer the sequencer.
+	// SendPreElect: tell the peer the pod's pre-elected array is Pre
+	// (at Epoch), then feed PeerPreElected.
+	SendPreElect
+	// SendHandover: tell the peer it owns the pod alone from Epoch (this
+	// array left it); no answer is needed.
+	SendHandover
+	// AskRemove: ask the peer to give the pod up (at Epoch), then feed
+	// PeerLeft or RemoveFailed.
+	AskRemove
+	// Unstretched: the pod is this array's alone from Epoch: make it a
+	// local pod (and tell the peer, which may still think otherwise).
+	Unstretched
+	// GaveUp: this array left the pod: keep its copy pending
+	// eradication.
+	GaveUp
+	// ClearCopy: this array receives a new copy: discard the old one (or
+	// keep it where the copy resumes).
 	ClearCopy
+	// ClearTracking: the peer durably holds everything this array
+	// recorded it might lack.
+	ClearTracking
+	// EndLink: end the link session (the peer's lease on this pod can be
+	// revoked no other way); the pod then goes through link loss.
+	EndLink
 	// ReleaseWrites: wake writes waiting for the pod's state to change.
 	ReleaseWrites
 	// AccessChanged: the pod's ALUA states changed on this array.
 	AccessChanged
 )
 
+var actionNames = map[ActionKind]string{
+	Persist: "persist", Elect: "elect", StartResync: "start-resync", CopyBaseline: "copy-baseline",
+	GrantInSync: "grant-in-sync", SendPreElect: "send-pre-elect", SendHandover: "send-handover",
+	AskRemove: "ask-remove", Unstretched: "unstretched", GaveUp: "gave-up", ClearCopy: "clear-copy",
+	ClearTracking: "clear-tracking", EndLink: "end-link", ReleaseWrites: "release-writes",
+	AccessChanged: "access-changed",
+}
+
 func (k ActionKind) String() string {
-	switch k {
-	case PersistEpoch:
-		return "persist-epoch"
-	case StartResync:
-		return "start-resync"
-	case CopyBaseline:
-		return "copy-baseline"
-	case GrantInSync:
-		return "grant-in-sync"
-	case ClearCopy:
-		return "clear-copy"
-	case ReleaseWrites:
-		return "release-writes"
-	case AccessChanged:
-		return "access-changed"
+	if n, ok := actionNames[k]; ok {
+		return n
 	}
 	return fmt.Sprintf("action(%d)", uint8(k))
 }
 
 // Action is one thing to do.
 type Action struct {
-	Kind  ActionKind
-	Epoch uint64
+	Kind   ActionKind
+	Epoch  uint64
+	Record Record // Persist
+	ID     uint64 // Persist
+	// SyncData: Persist after syncing the received data.
+	SyncData bool
+	// Reason: Persist of a record making this array an epoch's owner:
+	// "mediator", "pre-elected", "agreed", "alone" or "handover".
+	Reason string
+	// Pre: GrantInSync, SendPreElect.
+	Pre string
 }
 
 func (a Action) String() string {
 	switch a.Kind {
-	case ReleaseWrites, AccessChanged, ClearCopy:
+	case Persist:
+		s := fmt.Sprintf("persist#%d {%s}", a.ID, a.Record)
+		if a.SyncData {
+			s += " sync-data"
+		}
+		if a.Reason != "" {
+			s += " (" + a.Reason + ")"
+		}
+		return s
+	case GrantInSync, SendPreElect:
+		return fmt.Sprintf("%s %d pre=%q", a.Kind, a.Epoch, a.Pre)
+	case ReleaseWrites, AccessChanged, ClearCopy, GaveUp, EndLink:
 		return a.Kind.String()
 	}
 	return fmt.Sprintf("%s %d", a.Kind, a.Epoch)
 }
 
-// Machine is the state of one stretched pod on one array.
-type Machine struct {
-	role    Role
-	state   State
-	epoch   uint64
-	link    bool
-	timeout time.Duration
-	// fenceAt is when the follower's read lease has surely expired
-	// (Paused only).
-	fenceAt time.Time
-	// pending is the epoch of a PersistEpoch in flight (0: none).
-	pending uint64
-	// resyncing is set from StartResync until the follower answers.
-	resyncing bool
-	// granted is set once GrantInSync went out (Syncing).
-	granted bool
-	// started is the epoch of the StartResync in flight (0: none).
-	started uint64
+// ElectResult is the mediator's answer to elect.
+type ElectResult struct {
+	Won    bool
+	Epoch  uint64
+	Winner string
 }
 
-// New returns the machine of a pod after the array (re)started: a
-// sequencer is paused until the follower, which may still serve reads
-// under its lease, is surely fenced; a follower is suspended until the
-// sequencer gives it a fresh copy. timeout is the link's dead-peer
-// timeout, which bounds the follower's lease.
-func New(role Role, epoch uint64, now time.Time, timeout time.Duration) *Machine {
-	m := &Machine{role: role, epoch: epoch, timeout: timeout}
-	if role == Sequencer {
-		m.state = Paused
-		m.fenceAt = now.Add(timeout)
-	} else {
+// purpose is what a persist is for: what happens once it is durable.
+type purpose uint8
+
+const (
+	pTake          purpose = iota + 1 // paused: serve alone at the new epoch
+	pLost                             // adopt the winner's epoch, behind
+	pResync                           // owner: the peer receives at the epoch
+	pGrant                            // owner: Alone cleared, then grant
+	pPre                              // owner: a step of the pre-election
+	pHandover                         // owner: left, the peer owns the next epoch
+	pSingle                           // owner: the pod is this array's alone
+	pAcceptResync                     // peer's resync accepted
+	pAcceptGrant                      // peer's grant accepted
+	pAcceptPre                        // peer's pre-election accepted
+	pAcceptLeave                      // peer's removal accepted
+	pTakeHandover                     // peer's handover accepted
+)
+
+// request purposes answer the peer: a failure is the peer's to retry.
+func (p purpose) request() bool { return p >= pAcceptResync }
+
+// retried reports whether a failed persist is tried again: not one that
+// answers the peer (the peer tries again), nor a handover (the
+// administrator is told it failed).
+func (p purpose) retried() bool { return !p.request() && p != pHandover }
+
+type persist struct {
+	id     uint64
+	rec    Record
+	why    purpose
+	sync   bool
+	reason string
+}
+
+// Machine is the protocol state of one stretched pod on one array. It
+// does no I/O and reads no clock: every method is an event, with the
+// time where it matters, and returns the actions to perform, in order.
+type Machine struct {
+	cfg   Config
+	rec   Record
+	state State
+	link  bool
+
+	pref        string // failover preference (array id), "" none
+	autoRecover bool
+	medUp       bool // this array reaches the mediator
+	// peerMed is the peer's view of the mediator: 0 unknown, 1 up, 2 down.
+	peerMed uint8
+
+	nextID  uint64
+	pending *persist
+	// failed is a persist to try again from retryAt.
+	failed  *persist
+	retryAt time.Time
+
+	// Paused: the peer's lease has surely ended at fenceAt; raceAt is
+	// when to ask the mediator (zero: not to); electing the epoch of the
+	// elect in flight; win the epoch to take at the fence.
+	fenceAt  time.Time
+	pausedAt time.Time
+	raceAt   time.Time
+	electing uint64
+	win      uint64
+	winWhy   string
+
+	// Owner: the epoch of the StartResync in flight; when to propose one
+	// again; the highest epoch the peer is known at; the peer's
+	// pre-election as this array knows it (valid in sync); a step of the
+	// pre-election in flight; a removal asked of the peer.
+	resyncing     uint64
+	resyncAt      time.Time
+	peerKnown     bool
+	peerEpoch     uint64
+	peerPre       string
+	grantPre      string
+	preInFlight   bool
+	removing      bool
+	unstretchDone bool
+}
+
+// New returns the machine of a pod after the array (re)started with
+// the durable record rec: an array that gave the pod up stays so; one
+// whose copy is behind is suspended; an owner whose peer is behind serves
+// alone; any other is as after a link loss at now (the peer may hold a
+// lease until now plus Timeout), and decides (see the package doc).
+func New(cfg Config, rec Record, now time.Time) *Machine {
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = cfg.Timeout
+	}
+	m := &Machine{cfg: cfg, rec: rec, autoRecover: true, pref: cfg.Preference}
+	switch {
+	case rec.Left:
+		m.state = Left
+	case !rec.Current():
 		m.state = Suspended
+	case rec.Sequencer == cfg.Self && rec.Alone:
+		m.state = Alone
+	default:
+		m.state = Paused
+		m.fenceAt = now.Add(cfg.Timeout)
+		if !m.decide(now) {
+			m.state = Suspended
+		}
 	}
 	return m
 }
 
-// NewStretched returns the sequencer's machine of a pod that was just
-// stretched: its follower has never served, so there is nothing to
-// fence and the sequencer starts alone (a resync starts once the link is
-// up).
-func NewStretched(epoch uint64, timeout time.Duration) *Machine {
-	return &Machine{role: Sequencer, epoch: epoch, timeout: timeout, state: Alone}
+// Stretched returns the record of a pod that this array just stretched
+// to the peer at epoch: it owns the epoch and the peer has no copy yet.
+func Stretched(self string, epoch uint64) Record {
+	return Record{Epoch: epoch, Sequencer: self, Synced: epoch, Alone: true}
 }
 
-// Role returns the array's role.
-func (m *Machine) Role() Role { return m.role }
+// Role returns the array's role: sequencer when it owns the epoch.
+func (m *Machine) Role() Role {
+	if m.rec.Sequencer == m.cfg.Self {
+		return Sequencer
+	}
+	return Follower
+}
 
 // State returns the pod's state on this array.
 func (m *Machine) State() State { return m.state }
 
+// Record returns the durable record.
+func (m *Machine) Record() Record { return m.rec }
+
 // Epoch returns the pod's durable epoch on this array.
-func (m *Machine) Epoch() uint64 { return m.epoch }
+func (m *Machine) Epoch() uint64 { return m.rec.Epoch }
 
 // Link reports whether the link to the peer is up.
 func (m *Machine) Link() bool { return m.link }
 
-// FenceAt returns when a paused sequencer may fence the follower.
+// FenceAt returns when a paused array may take the pod alone.
 func (m *Machine) FenceAt() time.Time { return m.fenceAt }
 
-// Serving reports whether this array serves host I/O for the pod.
-// A paused sequencer serves reads; its writes wait.
+// PreElected returns the pre-elected array ("" none), as recorded here.
+func (m *Machine) PreElected() string { return m.rec.Pre }
+
+// Pending reports whether a persist is in flight.
+func (m *Machine) Pending() bool { return m.pending != nil }
+
+// leased reports whether the state serves only under this array's lease:
+// the peer serves too, or may win.
+func (m *Machine) leased() bool {
+	return m.state == InSync || m.state == Paused || (m.state == Syncing && !m.rec.Alone)
+}
+
+// Serves reports whether this array serves reads of the pod at now,
+// given its lease (the send time of its latest heartbeat the peer
+// answered plus the peer's Timeout, less the margin for clock rates). A
+// paused array serves reads while the lease lasts; its writes wait.
+func (m *Machine) Serves(now, lease time.Time) bool {
+	switch m.state {
+	case Alone:
+		return true
+	case Syncing, InSync, Paused:
+		return !m.leased() || now.Before(lease)
+	}
+	return false
+}
+
+// Serving reports whether the state serves I/O at all (leases aside).
 func (m *Machine) Serving() bool {
 	switch m.state {
-	case Syncing, InSync, Paused, Alone:
+	case Alone, Syncing, InSync, Paused:
 		return true
 	}
 	return false
 }
 
-// Mirroring reports whether writes must reach the follower too.
+// Holds reports whether writes wait for the state to change (paused).
+func (m *Machine) Holds() bool { return m.state == Paused }
+
+// Mirroring reports whether the sequencer's writes must reach the peer.
 func (m *Machine) Mirroring() bool {
-	return m.role == Sequencer && (m.state == Syncing || m.state == InSync)
+	return m.Role() == Sequencer && (m.state == Syncing || m.state == InSync)
 }
 
-// set changes state. Every change may change the ALUA states some array
-// reports (this array's group, or its view of the peer's), so each
-// raises the asymmetric-access-state-changed unit attention.
+// AcceptsEpoch reports whether a message of epoch is applied here: only
+// at the current epoch (the per-pod barrier).
+func (m *Machine) AcceptsEpoch(epoch uint64) bool { return epoch == m.rec.Epoch }
+
+// set changes state: every change may change the ALUA states an array
+// reports, so it raises the unit attention, and wakes waiting writes.
 func (m *Machine) set(s State, acts []Action) []Action {
 	was := m.state
 	m.state = s
@@ -191,153 +391,621 @@ func (m *Machine) set(s State, acts []Action) []Action {
 	return append(acts, Action{Kind: ReleaseWrites})
 }
 
-// LinkUp: a session with the peer is established.
+// persist starts a durable write of rec for why.
+func (m *Machine) persist(rec Record, why purpose, reason string, sync bool, acts []Action) []Action {
+	m.nextID++
+	p := &persist{id: m.nextID, rec: rec, why: why, reason: reason, sync: sync}
+	m.pending = p
+	m.failed = nil
+	return append(acts, Action{Kind: Persist, Record: rec, ID: p.id, SyncData: sync, Reason: reason})
+}
+
+// SetPreference sets the pod's failover preference (an array id, "" for
+// none): it decides which array races at once and which pre-election
+// the pair engages.
+func (m *Machine) SetPreference(arrayID string) []Action {
+	m.pref = arrayID
+	if !m.raceAt.IsZero() {
+		// Not asked yet: the head start counts from the pause.
+		m.raceAt = m.pausedAt
+		if m.pref == m.cfg.Peer {
+			m.raceAt = m.pausedAt.Add(m.cfg.HeadStart)
+		}
+	}
+	return m.maybePre(nil)
+}
+
+// SetAutoRecover sets whether the owner resyncs the peer by itself when
+// the link returns (on by default).
+func (m *Machine) SetAutoRecover(on bool, now time.Time) []Action {
+	m.autoRecover = on
+	return m.maybeResync(now, nil)
+}
+
+// MediatorUp: this array reaches the mediator (or no longer does). A
+// suspended array whose copy is current and that may race races again
+// when the mediator returns while the link is still down.
+func (m *Machine) MediatorUp(up bool, now time.Time) []Action {
+	m.medUp = up
+	var acts []Action
+	if up && !m.link && m.state == Suspended && m.rec.Current() && m.rec.Pre != m.cfg.Peer && m.pending == nil && m.decide(now) {
+		acts = m.set(Paused, nil)
+		acts = append(acts, m.Tick(now)...)
+	}
+	return m.maybePre(acts)
+}
+
+// PeerMediatorUp: the peer reports over the link whether it reaches the
+// mediator.
+func (m *Machine) PeerMediatorUp(up bool) []Action {
+	if !m.link {
+		return nil
+	}
+	m.peerMed = 2
+	if up {
+		m.peerMed = 1
+	}
+	return m.maybePre(nil)
+}
+
+// PeerRecord: the peer's hello says its record of the pod (ok false: it
+// has no copy of the pod at all).
+func (m *Machine) PeerRecord(rec Record, ok bool, now time.Time) []Action {
+	if !m.link {
+		return nil
+	}
+	m.peerKnown = true
+	if ok {
+		m.peerEpoch = max(m.peerEpoch, rec.Epoch)
+	}
+	if m.pending != nil || m.state == Left {
+		return nil
+	}
+	self := m.cfg.Self
+	switch {
+	case !ok:
+		if m.rec.Sequencer != self {
+			// The owner removed this array while the link was down.
+			return m.leave()
+		}
+		// The peer never had a copy (a fresh stretch) or eradicated it:
+		// the resync installs one.
+	case rec.Left && rec.Sequencer == self && rec.Epoch == m.rec.Epoch+1:
+		// The peer handed the pod over and never heard back.
+		acts, _ := m.HandoverRequested(rec.Epoch)
+		return acts
+	case rec.Left && m.rec.Sequencer == self && m.rec.Current():
+		// The peer gave the pod up (a removal whose answer was lost): it
+		// serves nothing, so the pod is this array's alone.
+		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: self, Synced: m.rec.Epoch + 1, Alone: true}
+		return m.persist(next, pSingle, "agreed", false, m.set(Alone, nil))
+	case !rec.Left && rec.Sequencer == self && rec.Epoch > m.rec.Epoch && m.rec.Current() &&
+		(m.state == Suspended || m.state == Paused):
+		// The peer durably holds this array as the owner of a later
+		// epoch (it lost a race this array won without hearing the
+		// answer): take it; the peer's copy is behind.
+		m.raceAt, m.electing, m.win = time.Time{}, 0, 0
+		next := Record{Epoch: rec.Epoch, Sequencer: self, Synced: rec.Epoch, Alone: true}
+		return m.persist(next, pTake, "agreed", false, nil)
+	}
+	return m.maybeResync(now, nil)
+}
+
+// leave gives the pod up here.
+func (m *Machine) leave() []Action {
+	next := m.rec
+	next.Left = true
+	return m.persist(next, pAcceptLeave, "", false, nil)
+}
+
+// LinkUp: a session with the peer is established. Nothing is proposed
+// to the peer before its hello tells its record (PeerRecord).
 func (m *Machine) LinkUp(now time.Time) []Action {
 	m.link = true
-	return m.maybeResync(nil)
+	m.peerMed = 0
+	m.peerKnown = false
+	return nil
 }
 
 // LinkDown: the session with the peer is gone. lastHeard is when the
 // peer was last heard from: its lease ends no later than lastHeard plus
-// the timeout.
+// Timeout.
 func (m *Machine) LinkDown(now, lastHeard time.Time) []Action {
 	m.link = false
-	m.resyncing = false
-	if m.role == Follower {
-		if m.state == Receiving || m.state == InSync {
-			return m.set(Suspended, nil)
-		}
-		return nil
-	}
+	m.peerMed = 0
+	m.resyncing = 0
+	m.preInFlight = false
+	m.removing = false
 	switch m.state {
 	case InSync:
-		m.fenceAt = lastHeard.Add(m.timeout)
-		acts := m.set(Paused, nil)
-		return append(acts, m.Tick(now)...)
+		return m.pause(now, lastHeard)
 	case Syncing:
-		if m.granted {
-			m.granted = false
-			m.fenceAt = lastHeard.Add(m.timeout)
-			acts := m.set(Paused, nil)
-			return append(acts, m.Tick(now)...)
+		if !m.rec.Alone {
+			// Granted: the peer may serve, and may race.
+			return m.pause(now, lastHeard)
 		}
-		// The follower was not serving: nothing to fence.
 		return m.set(Alone, nil)
 	case Receiving:
 		return m.set(Suspended, nil)
+	case Paused:
+		if f := lastHeard.Add(m.cfg.Timeout); f.After(m.fenceAt) {
+			m.fenceAt = f
+		}
 	}
 	return nil
+}
+
+func (m *Machine) pause(now, lastHeard time.Time) []Action {
+	m.fenceAt = lastHeard.Add(m.cfg.Timeout)
+	if !m.decide(now) {
+		return m.set(Suspended, nil)
+	}
+	acts := m.set(Paused, nil)
+	return append(acts, m.Tick(now)...)
+}
+
+// decide picks how a paused array goes on (see the package doc); false:
+// it suspends (the peer is pre-elected).
+func (m *Machine) decide(now time.Time) bool {
+	m.raceAt, m.electing, m.win, m.winWhy = time.Time{}, 0, 0, ""
+	m.pausedAt = now
+	switch m.rec.Pre {
+	case m.cfg.Self:
+		m.win, m.winWhy = m.rec.Epoch+1, "pre-elected"
+	case m.cfg.Peer:
+		return false
+	default:
+		m.raceAt = now
+		if m.pref == m.cfg.Peer {
+			m.raceAt = now.Add(m.cfg.HeadStart)
+		}
+	}
+	return true
 }
 
 // Tick: the clock reads now.
 func (m *Machine) Tick(now time.Time) []Action {
-	if m.state == Paused && m.pending == 0 && !now.Before(m.fenceAt) {
-		m.pending = m.epoch + 1
-		return []Action{{Kind: PersistEpoch, Epoch: m.pending}}
+	var acts []Action
+	if m.failed != nil && m.pending == nil && !now.Before(m.retryAt) {
+		p := m.failed
+		m.failed = nil
+		m.pending = p
+		acts = append(acts, Action{Kind: Persist, Record: p.rec, ID: p.id, SyncData: p.sync, Reason: p.reason})
 	}
-	return nil
+	if m.state == Paused {
+		if !m.raceAt.IsZero() && !now.Before(m.raceAt) && m.electing == 0 && m.win == 0 {
+			m.raceAt = time.Time{}
+			m.electing = m.rec.Epoch
+			acts = append(acts, Action{Kind: Elect, Epoch: m.electing})
+		}
+		if m.win != 0 && m.pending == nil && m.failed == nil && !now.Before(m.fenceAt) {
+			next := Record{Epoch: m.win, Sequencer: m.cfg.Self, Synced: m.win, Alone: true}
+			acts = m.persist(next, pTake, m.winWhy, false, acts)
+		}
+	}
+	return m.maybeResync(now, acts)
 }
 
-// LeaseExpired: follower, the read lease granted by the sequencer's
-// heartbeats ran out.
+// LeaseExpired: this array's lease ran out while the link seems up: the
+// link must end so that the pod goes through link loss.
 func (m *Machine) LeaseExpired() []Action {
-	if m.role == Follower && m.state == InSync {
-		return m.set(Suspended, nil)
+	if m.link && m.leased() && m.state != Paused {
+		return []Action{{Kind: EndLink}}
 	}
 	return nil
 }
 
-// Persisted: the epoch of a PersistEpoch action is durable.
-func (m *Machine) Persisted(epoch uint64) []Action {
-	if m.pending == 0 || epoch != m.pending {
+// Elected: the mediator answered the elect at epoch.
+func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action {
+	if m.state != Paused || m.electing == 0 || epoch != m.electing {
 		return nil
 	}
-	m.pending = 0
-	m.epoch = epoch
-	var acts []Action
-	if m.state == Paused {
-		acts = m.set(Alone, acts)
+	m.electing = 0
+	if res.Won && res.Winner == m.cfg.Self && res.Epoch == epoch+1 {
+		m.win, m.winWhy = res.Epoch, "mediator"
+		return m.Tick(now)
 	}
-	if m.resyncing && m.link {
-		m.started = epoch
-		return append(acts, Action{Kind: StartResync, Epoch: epoch})
+	acts := m.set(Suspended, nil)
+	if res.Winner == m.cfg.Peer && res.Epoch > m.rec.Epoch && m.pending == nil {
+		// The peer owns the new epoch: adopt it, behind, so that this
+		// array never races at the old one again.
+		next := Record{Epoch: res.Epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
+		acts = m.persist(next, pLost, "", false, acts)
 	}
-	m.resyncing = false
-	return m.maybeResync(acts)
+	return acts
 }
 
-// maybeResync starts a resync when a sequencer serving alone has the
-// link: first a new epoch, then StartResync.
-func (m *Machine) maybeResync(acts []Action) []Action {
-	if m.role != Sequencer || m.state != Alone || !m.link || m.resyncing || m.pending != 0 {
+// ElectFailed: the mediator could not be asked (unreachable, rolled
+// back, not configured) or did not answer.
+func (m *Machine) ElectFailed(epoch uint64) []Action {
+	if m.state != Paused || m.electing == 0 || epoch != m.electing {
+		return nil
+	}
+	m.electing = 0
+	return m.set(Suspended, nil)
+}
+
+// Persisted: the persist with id is durable.
+func (m *Machine) Persisted(id uint64, now time.Time) []Action {
+	p := m.pending
+	if p == nil || p.id != id {
+		return nil
+	}
+	m.pending = nil
+	m.rec = p.rec
+	var acts []Action
+	switch p.why {
+	case pTake:
+		if m.state == Paused || m.state == Suspended {
+			m.win = 0
+			acts = m.set(Alone, acts)
+		}
+	case pLost:
+	case pResync:
+		m.resyncing = 0
+		switch {
+		case m.state != Alone && m.state != Suspended:
+		case m.link:
+			acts = m.set(Syncing, acts)
+			acts = append(acts, Action{Kind: CopyBaseline, Epoch: m.rec.Epoch})
+		default:
+			acts = m.set(Alone, acts)
+		}
+	case pGrant:
+		if m.state == Syncing && m.link {
+			acts = append(acts, Action{Kind: GrantInSync, Epoch: m.rec.Epoch, Pre: m.grantPre})
+		} else if m.state == Syncing {
+			// The link went before the grant: the peer never served,
+			// but the record says it may; pause to be safe.
+			acts = m.pause(now, now)
+		}
+	case pPre:
+		m.preInFlight = false
+	case pHandover:
+		acts = m.set(Left, acts)
+		acts = append(acts, Action{Kind: SendHandover, Epoch: m.rec.Epoch}, Action{Kind: GaveUp})
+		return acts
+	case pSingle:
+		m.removing = false
+		m.unstretchDone = true
+		acts = m.set(Alone, acts)
+		return append(acts, Action{Kind: Unstretched, Epoch: m.rec.Epoch})
+	case pAcceptResync:
+		acts = m.set(Receiving, []Action{{Kind: ClearCopy}})
+		return acts
+	case pAcceptGrant:
+		return m.set(InSync, acts)
+	case pAcceptPre:
+		return nil
+	case pAcceptLeave:
+		acts = m.set(Left, acts)
+		return append(acts, Action{Kind: GaveUp})
+	case pTakeHandover:
+		m.unstretchDone = true
+		acts = m.set(Alone, acts)
+		return append(acts, Action{Kind: Unstretched, Epoch: m.rec.Epoch})
+	}
+	acts = m.maybePre(acts)
+	return m.maybeResync(now, append(acts, m.Tick(now)...))
+}
+
+// PersistFailed: the persist with id could not be made durable. Nothing
+// that depended on it happened; the machine tries again after
+// RetryAfter, unless it answered the peer, which then tries again.
+func (m *Machine) PersistFailed(id uint64, now time.Time) []Action {
+	p := m.pending
+	if p == nil || p.id != id {
+		return nil
+	}
+	m.pending = nil
+	switch {
+	case !p.why.retried():
+	case p.why == pResync:
+		m.resyncing = 0
+		m.resyncAt = now.Add(m.cfg.RetryAfter)
+	case p.why == pPre:
+		m.preInFlight = false
+		m.failed, m.retryAt = p, now.Add(m.cfg.RetryAfter)
+	default:
+		m.failed, m.retryAt = p, now.Add(m.cfg.RetryAfter)
+	}
+	return nil
+}
+
+// maybeResync proposes a resync when this array owns the pod with a
+// current copy, serves alone (or is suspended with the peer too, after a
+// race nobody won), the link is up and auto-recover is on.
+func (m *Machine) maybeResync(now time.Time, acts []Action) []Action {
+	if !m.link || !m.peerKnown || !m.autoRecover || m.resyncing != 0 || m.pending != nil || m.failed != nil ||
+		m.rec.Sequencer != m.cfg.Self || !m.rec.Current() || m.unstretchDone || m.removing ||
+		(m.state != Alone && m.state != Suspended) || now.Before(m.resyncAt) {
 		return acts
 	}
-	m.resyncing = true
-	m.pending = m.epoch + 1
-	return append(acts, Action{Kind: PersistEpoch, Epoch: m.pending})
+	m.resyncing = max(m.rec.Epoch, m.peerEpoch) + 1
+	return append(acts, Action{Kind: StartResync, Epoch: m.resyncing})
 }
 
-// ResyncStarted: the follower has cleared its copy and receives at epoch.
-func (m *Machine) ResyncStarted(epoch uint64) []Action {
-	if m.state != Alone || !m.resyncing || epoch != m.epoch || !m.link || m.started != epoch || m.pending != 0 {
+// ResyncStarted: the peer durably accepted to receive at epoch.
+func (m *Machine) ResyncStarted(epoch uint64, now time.Time) []Action {
+	if m.unstretchDone || m.resyncing == 0 || epoch != m.resyncing || m.pending != nil || (m.state != Alone && m.state != Suspended) {
 		return nil
 	}
-	m.resyncing = false
-	acts := m.set(Syncing, nil)
-	return append(acts, Action{Kind: CopyBaseline, Epoch: epoch})
+	m.peerEpoch = max(m.peerEpoch, epoch)
+	next := Record{Epoch: epoch, Sequencer: m.cfg.Self, Synced: epoch, Alone: true}
+	return m.persist(next, pResync, "agreed", false, nil)
 }
 
-// ResyncFailed: the follower refused or could not start the resync; it
-// is tried again when the link next comes up.
-func (m *Machine) ResyncFailed(epoch uint64) []Action {
-	if epoch == m.epoch {
-		m.resyncing = false
+// ResyncFailed: the peer refused the resync at epoch (it is at
+// peerEpoch) or did not answer; it is proposed again after RetryAfter.
+func (m *Machine) ResyncFailed(epoch, peerEpoch uint64, now time.Time) []Action {
+	m.peerEpoch = max(m.peerEpoch, peerEpoch)
+	if epoch != m.resyncing {
+		return nil
 	}
+	m.resyncing = 0
+	m.resyncAt = now.Add(m.cfg.RetryAfter)
 	return nil
 }
 
-// BaselineDone: every block written before the copy started is on the
-// follower (later ones were mirrored).
+// preTarget is the pre-election the pair should hold now: none while
+// either array reaches the mediator (or the peer's view is unknown), else
+// the preference, else the sequencer.
+func (m *Machine) preTarget() string {
+	if m.medUp || m.peerMed != 2 {
+		return ""
+	}
+	if m.pref == m.cfg.Self || m.pref == m.cfg.Peer {
+		return m.pref
+	}
+	return m.cfg.Self
+}
+
+// BaselineDone: every block the peer lacked is on it (later ones were
+// mirrored): clear Alone (and set the pre-election the grant carries)
+// durably, then grant.
 func (m *Machine) BaselineDone(epoch uint64) []Action {
-	if m.state != Syncing || epoch != m.epoch {
+	if m.state != Syncing || epoch != m.rec.Epoch || !m.rec.Alone || m.pending != nil {
 		return nil
 	}
-	m.granted = true
-	return []Action{{Kind: GrantInSync, Epoch: epoch}}
+	m.grantPre = m.preTarget()
+	next := m.rec
+	next.Alone = false
+	// This array drops the right to serve alone, and holds the peer's
+	// pre-election before the peer does (the peer persists it with the
+	// grant); its own is persisted once the peer holds it.
+	next.Pre = ""
+	if m.grantPre == m.cfg.Peer {
+		next.Pre = m.cfg.Peer
+	}
+	return m.persist(next, pGrant, "", false, nil)
 }
 
-// PeerInSync: the follower has accepted its in-sync grant at epoch.
-func (m *Machine) PeerInSync(epoch uint64) []Action {
-	if m.state != Syncing || epoch != m.epoch || !m.granted {
+// PeerInSync: the peer accepted the grant at epoch: its copy is
+// complete and durable.
+func (m *Machine) PeerInSync(epoch uint64, now time.Time) []Action {
+	if m.state != Syncing || epoch != m.rec.Epoch || m.rec.Alone {
 		return nil
 	}
-	m.granted = false
-	return m.set(InSync, nil)
+	m.peerPre = m.grantPre
+	acts := m.set(InSync, []Action{{Kind: ClearTracking, Epoch: epoch}})
+	return m.maybePre(acts)
 }
 
-// ResyncRequested: follower, the sequencer starts a fresh copy at epoch.
-// The driver clears the copy (ClearCopy) and then answers.
+// GrantFailed: the grant at epoch was not answered: the peer may or may
+// not serve, so the link ends and the pod goes through link loss.
+func (m *Machine) GrantFailed(epoch uint64) []Action {
+	if m.state != Syncing || epoch != m.rec.Epoch || m.rec.Alone || !m.link {
+		return nil
+	}
+	return []Action{{Kind: EndLink}}
+}
+
+// maybePre takes one step of the pre-election towards its target, in the
+// order of the package doc: an array drops the right to serve alone
+// before the other changes, holds the other's before the other does,
+// and holds its own only once the other holds it.
+func (m *Machine) maybePre(acts []Action) []Action {
+	if m.state != InSync || !m.link || m.Role() != Sequencer || m.pending != nil || m.failed != nil || m.preInFlight {
+		return acts
+	}
+	want, s, f := m.preTarget(), m.rec.Pre, m.peerPre
+	self, peer := m.cfg.Self, m.cfg.Peer
+	step := func(rec string) []Action {
+		next := m.rec
+		next.Pre = rec
+		m.preInFlight = true
+		return m.persist(next, pPre, "", false, acts)
+	}
+	ask := func(pre string) []Action {
+		m.preInFlight = true
+		return append(acts, Action{Kind: SendPreElect, Epoch: m.rec.Epoch, Pre: pre})
+	}
+	switch {
+	case s == self && want != self:
+		return step(want)
+	case f == peer && want != peer:
+		return ask(want)
+	case want == peer && s != peer:
+		return step(peer)
+	case want == peer && f != peer:
+		return ask(peer)
+	case want == self && f != self:
+		return ask(self)
+	case want == self && s != self:
+		return step(self)
+	case want == "" && f != "":
+		return ask("")
+	case want == "" && s != "":
+		return step("")
+	}
+	return acts
+}
+
+// PeerPreElected: the peer durably holds pre (at epoch).
+func (m *Machine) PeerPreElected(epoch uint64, pre string) []Action {
+	if !m.preInFlight || epoch != m.rec.Epoch || m.state != InSync {
+		return nil
+	}
+	m.preInFlight = false
+	m.peerPre = pre
+	return m.maybePre(nil)
+}
+
+// PreElectFailed: the peer did not take the pre-election step; its
+// state is unknown, so the link ends (the next grant sets it again).
+func (m *Machine) PreElectFailed(epoch uint64) []Action {
+	if !m.preInFlight || epoch != m.rec.Epoch || m.state != InSync {
+		return nil
+	}
+	m.preInFlight = false
+	return []Action{{Kind: EndLink}}
+}
+
+// Errors of requests the machine refuses.
+var (
+	// ErrRefused: the request does not fit the pod's state here.
+	ErrRefused = errors.New("refused")
+	// ErrBusy: a change of the pod's record is under way; try again.
+	ErrBusy = errors.New("busy")
+)
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
+}
+
+// ResyncRequested: the peer asks this array to receive a copy at epoch.
+// It is accepted only from a state that neither serves nor races, at a
+// later epoch than this array's; the record moves to epoch with the copy
+// behind, durably, before the answer.
 func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
-	if m.role != Follower {
-		return nil, fmt.Errorf("resync requested of the sequencer")
+	switch {
+	case m.pending != nil:
+		return nil, ErrBusy
+	case m.state != Suspended && m.state != Receiving && m.state != Left:
+		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
+	case epoch <= m.rec.Epoch:
+		return nil, refuse("resync at epoch %d, already at %d", epoch, m.rec.Epoch)
 	}
-	if epoch <= m.epoch {
-		return nil, fmt.Errorf("resync at epoch %d, already at %d", epoch, m.epoch)
-	}
-	m.epoch = epoch
-	acts := []Action{{Kind: ClearCopy}}
-	return m.set(Receiving, acts), nil
+	next := Record{Epoch: epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
+	return m.persist(next, pAcceptResync, "", false, nil), nil
 }
 
-// GrantedInSync: follower, the sequencer says the copy is complete.
-func (m *Machine) GrantedInSync(epoch uint64) ([]Action, error) {
-	if m.role != Follower || m.state != Receiving || epoch != m.epoch {
-		return nil, fmt.Errorf("in-sync grant at epoch %d refused in state %s at epoch %d", epoch, m.state, m.epoch)
+// GrantRequested: the peer says this array's copy is complete at epoch,
+// with the pre-election pre. The received data is synced and Synced
+// recorded before this array serves.
+func (m *Machine) GrantRequested(epoch uint64, pre string) ([]Action, error) {
+	switch {
+	case m.pending != nil:
+		return nil, ErrBusy
+	case m.state != Receiving || epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer:
+		return nil, refuse("in-sync grant at epoch %d in state %s at epoch %d", epoch, m.state, m.rec.Epoch)
+	case pre != "" && pre != m.cfg.Self && pre != m.cfg.Peer:
+		return nil, refuse("pre-election of array %s, not one of the pod's", pre)
 	}
-	return m.set(InSync, nil), nil
+	next := m.rec
+	next.Synced = epoch
+	next.Pre = pre
+	return m.persist(next, pAcceptGrant, "", true, nil), nil
 }
 
-// AcceptsEpoch reports whether a replicated message of epoch belongs to
-// the pod's current epoch (DESIGN.md: a message of another epoch is
-// refused).
-func (m *Machine) AcceptsEpoch(epoch uint64) bool { return epoch == m.epoch }
+// PreElectRequested: the sequencer asks this array to hold the
+// pre-election pre (it has ordered the steps).
+func (m *Machine) PreElectRequested(epoch uint64, pre string) ([]Action, error) {
+	switch {
+	case m.pending != nil:
+		return nil, ErrBusy
+	case m.state != InSync || epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer:
+		return nil, refuse("pre-election at epoch %d in state %s at epoch %d", epoch, m.state, m.rec.Epoch)
+	case pre != "" && pre != m.cfg.Self && pre != m.cfg.Peer:
+		return nil, refuse("pre-election of array %s, not one of the pod's", pre)
+	}
+	next := m.rec
+	next.Pre = pre
+	return m.persist(next, pAcceptPre, "", false, nil), nil
+}
+
+// HandoverRequested: the sequencer left the pod at epoch, owned by this
+// array from then on. Taken only by a copy current at the epoch before.
+func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
+	switch {
+	case m.pending != nil:
+		return nil, ErrBusy
+	case m.rec.Sequencer != m.cfg.Peer || !m.rec.Current() || epoch != m.rec.Epoch+1 ||
+		(m.state != InSync && m.state != Paused && m.state != Suspended):
+		return nil, refuse("handover at epoch %d in state %s (%s)", epoch, m.state, m.rec)
+	}
+	m.raceAt, m.electing, m.win = time.Time{}, 0, 0
+	next := Record{Epoch: epoch, Sequencer: m.cfg.Self, Synced: epoch, Alone: true}
+	return m.persist(next, pTakeHandover, "handover", false, nil), nil
+}
+
+// RemoveRequested: the sequencer asks this array to give the pod up (at
+// epoch). It stops serving once that is durable, and answers.
+func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
+	switch {
+	case m.pending != nil:
+		return nil, ErrBusy
+	case m.rec.Sequencer != m.cfg.Peer || epoch != m.rec.Epoch:
+		return nil, refuse("removal at epoch %d (%s)", epoch, m.rec)
+	}
+	return m.leave(), nil
+}
+
+// Handover: the administrator removes this array, the sequencer, from
+// the pod: with its writes held by the driver, it durably gives the pod
+// up to the peer at the next epoch, stops serving, then tells the peer.
+func (m *Machine) Handover() ([]Action, error) {
+	switch {
+	case m.pending != nil || m.preInFlight:
+		return nil, ErrBusy
+	case m.Role() != Sequencer || m.state != InSync || !m.link:
+		return nil, refuse("the pod is %s here; only an in-sync sequencer hands it over", m.state)
+	}
+	next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Peer, Synced: m.rec.Synced, Left: true}
+	return m.persist(next, pHandover, "", false, nil), nil
+}
+
+// RemovePeer: the administrator removes the peer from the pod. A peer
+// whose copy is behind serves nothing: the pod becomes this array's at
+// once. One that may serve is asked to give the pod up first.
+func (m *Machine) RemovePeer() ([]Action, error) {
+	switch {
+	case m.pending != nil || m.preInFlight || m.removing:
+		return nil, ErrBusy
+	case m.Role() != Sequencer:
+		return nil, refuse("this array does not order the pod")
+	}
+	switch {
+	case m.state == Alone || (m.state == Syncing && m.rec.Alone):
+		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}
+		acts := m.set(Alone, nil)
+		return m.persist(next, pSingle, "alone", false, acts), nil
+	case (m.state == InSync || m.state == Syncing) && m.link:
+		m.removing = true
+		return []Action{{Kind: AskRemove, Epoch: m.rec.Epoch}}, nil
+	}
+	return nil, refuse("the pod is %s here; try again once it is online", m.state)
+}
+
+// PeerLeft: the peer durably gave the pod up at epoch.
+func (m *Machine) PeerLeft(epoch uint64) []Action {
+	if !m.removing || epoch != m.rec.Epoch || m.pending != nil {
+		return nil
+	}
+	next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}
+	acts := m.set(Alone, nil)
+	return m.persist(next, pSingle, "agreed", false, acts)
+}
+
+// RemoveFailed: the peer did not answer the removal: it may still serve
+// under its lease, so the link ends and the pod goes through the race.
+func (m *Machine) RemoveFailed(epoch uint64) []Action {
+	if !m.removing || epoch != m.rec.Epoch {
+		return nil
+	}
+	m.removing = false
+	if m.link {
+		return []Action{{Kind: EndLink}}
+	}
+	return nil
+}

@@ -14,21 +14,31 @@ import (
 var start = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // TestTranscripts runs the scripts in testdata/. Each directive is one
-// event fed to one machine; its output is the actions returned, in order,
-// then the machine's observable state. Rewrite with -rewrite.
+// event fed to the machine of array a (its peer is b); its output is the
+// actions returned, in order, then what a driver can observe of the
+// machine. Rewrite with -rewrite, then review the diff: the outputs are
+// the contract.
 //
 // Directives (t=D moves the fake clock to start+D first; it never goes
 // back):
 //
-//	new role=sequencer|follower epoch=N [fenced=B] [timeout=D] [t=D]
-//	link-up | link-down [heard=D] | tick | lease-expired
-//	persisted | resync-started | resync-failed | baseline-done |
-//	peer-in-sync | resync-requested | granted | accepts   (all epoch=N)
-//
-// fenced=true says the follower is known to hold no lease (a fresh
-// stretch: it never had a copy). New has no way to say so; the driver
-// back-dates the fence instead, New(role, epoch, now-timeout, timeout), so
-// the fence is at now.
+//	new epoch=N seq=a|b synced=N [alone] [pre=a|b] [left] [pref=a|b] [timeout=D] [headstart=D]
+//	    a machine restarted with that record and failover preference
+//	    (timeout 1s, head start 1s)
+//	link-up [hello=none|(N,a|b,N[,left])] | link-down [heard=D] | tick | lease-expired
+//	    hello: the peer's record follows the link up (none: it has no copy)
+//	mediator up=B | peer-mediator up=B | preference array=a|b|none | auto-recover on=B
+//	peer-record epoch=N seq=a|b synced=N [left] | peer-record none
+//	persisted | persist-failed          the persist in flight
+//	elected epoch=N won=B new=N winner=a|b | elect-failed epoch=N
+//	resync-started epoch=N | resync-failed epoch=N peer=N | baseline-done epoch=N
+//	peer-in-sync epoch=N | grant-failed epoch=N
+//	pre-elected epoch=N pre=a|b|none | pre-elect-failed epoch=N
+//	handover | remove-peer | peer-left epoch=N | remove-failed epoch=N
+//	resync-requested epoch=N | grant-requested epoch=N pre=a|b|none
+//	pre-elect-requested epoch=N pre=a|b|none | handover-requested epoch=N | remove-requested epoch=N
+//	serves lease=D       whether reads are served at now with that lease
+//	accepts epoch=N      whether a message of that epoch is applied
 func TestTranscripts(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		h := &transcript{now: start}
@@ -37,18 +47,17 @@ func TestTranscripts(t *testing.T) {
 }
 
 type transcript struct {
-	m       *Machine
-	now     time.Time
-	timeout time.Duration
+	m   *Machine
+	now time.Time
+	// pending is the id of the persist in flight.
+	pending uint64
 }
 
 func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 	if d.HasArg("t") {
-		var off time.Duration
-		h.scanDuration(t, d, "t", &off)
-		at := start.Add(off)
+		at := start.Add(h.duration(t, d, "t"))
 		if at.Before(h.now) {
-			d.Fatalf(t, "t=%s goes back in time (now %s)", off, h.now.Sub(start))
+			d.Fatalf(t, "t=%s goes back in time (now %s)", at.Sub(start), h.now.Sub(start))
 		}
 		h.now = at
 	}
@@ -58,46 +67,101 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 	if h.m == nil {
 		d.Fatalf(t, "%s before new", d.Cmd)
 	}
-	epoch := func() uint64 {
+	m, now := h.m, h.now
+	epoch := func(key string) uint64 {
 		var e uint64
-		d.ScanArgs(t, "epoch", &e)
+		d.ScanArgs(t, key, &e)
 		return e
+	}
+	flag := func(key string) bool {
+		var b bool
+		d.ScanArgs(t, key, &b)
+		return b
 	}
 	var acts []Action
 	var err error
 	switch d.Cmd {
 	case "link-up":
-		acts = h.m.LinkUp(h.now)
-	case "link-down":
-		heard := h.now
-		if d.HasArg("heard") {
-			var off time.Duration
-			h.scanDuration(t, d, "heard", &off)
-			heard = start.Add(off)
+		acts = m.LinkUp(now)
+		if d.HasArg("hello") {
+			acts = append(acts, h.hello(t, d)...)
 		}
-		acts = h.m.LinkDown(h.now, heard)
+	case "link-down":
+		heard := now
+		if d.HasArg("heard") {
+			heard = start.Add(h.duration(t, d, "heard"))
+		}
+		acts = m.LinkDown(now, heard)
 	case "tick":
-		acts = h.m.Tick(h.now)
+		acts = m.Tick(now)
 	case "lease-expired":
-		acts = h.m.LeaseExpired()
+		acts = m.LeaseExpired()
+	case "mediator":
+		acts = m.MediatorUp(flag("up"), now)
+	case "peer-mediator":
+		acts = m.PeerMediatorUp(flag("up"))
+	case "preference":
+		acts = m.SetPreference(array(t, d, "array"))
+	case "auto-recover":
+		acts = m.SetAutoRecover(flag("on"), now)
+	case "peer-record":
+		if d.HasArg("none") {
+			acts = m.PeerRecord(Record{}, false, now)
+		} else {
+			acts = m.PeerRecord(h.record(t, d), true, now)
+		}
 	case "persisted":
-		acts = h.m.Persisted(epoch())
+		acts = m.Persisted(h.pending, now)
+	case "persist-failed":
+		acts = m.PersistFailed(h.pending, now)
+	case "elected":
+		acts = m.Elected(epoch("epoch"), ElectResult{Won: flag("won"), Epoch: epoch("new"), Winner: array(t, d, "winner")}, now)
+	case "elect-failed":
+		acts = m.ElectFailed(epoch("epoch"))
 	case "resync-started":
-		acts = h.m.ResyncStarted(epoch())
+		acts = m.ResyncStarted(epoch("epoch"), now)
 	case "resync-failed":
-		acts = h.m.ResyncFailed(epoch())
+		acts = m.ResyncFailed(epoch("epoch"), epoch("peer"), now)
 	case "baseline-done":
-		acts = h.m.BaselineDone(epoch())
+		acts = m.BaselineDone(epoch("epoch"))
 	case "peer-in-sync":
-		acts = h.m.PeerInSync(epoch())
+		acts = m.PeerInSync(epoch("epoch"), now)
+	case "grant-failed":
+		acts = m.GrantFailed(epoch("epoch"))
+	case "pre-elected":
+		acts = m.PeerPreElected(epoch("epoch"), array(t, d, "pre"))
+	case "pre-elect-failed":
+		acts = m.PreElectFailed(epoch("epoch"))
+	case "handover":
+		acts, err = m.Handover()
+	case "remove-peer":
+		acts, err = m.RemovePeer()
+	case "peer-left":
+		acts = m.PeerLeft(epoch("epoch"))
+	case "remove-failed":
+		acts = m.RemoveFailed(epoch("epoch"))
 	case "resync-requested":
-		acts, err = h.m.ResyncRequested(epoch())
-	case "granted":
-		acts, err = h.m.GrantedInSync(epoch())
+		acts, err = m.ResyncRequested(epoch("epoch"))
+	case "grant-requested":
+		acts, err = m.GrantRequested(epoch("epoch"), array(t, d, "pre"))
+	case "pre-elect-requested":
+		acts, err = m.PreElectRequested(epoch("epoch"), array(t, d, "pre"))
+	case "handover-requested":
+		acts, err = m.HandoverRequested(epoch("epoch"))
+	case "remove-requested":
+		acts, err = m.RemoveRequested(epoch("epoch"))
 	case "accepts":
-		return fmt.Sprintf("accepts=%t\n%s", h.m.AcceptsEpoch(epoch()), h.state())
+		return fmt.Sprintf("accepts=%t\n", m.AcceptsEpoch(epoch("epoch")))
+	case "serves":
+		lease := start.Add(h.duration(t, d, "lease"))
+		return fmt.Sprintf("serves=%t\n", m.Serves(now, lease))
 	default:
 		d.Fatalf(t, "unknown directive %q", d.Cmd)
+	}
+	for _, a := range acts {
+		if a.Kind == Persist {
+			h.pending = a.ID
+		}
 	}
 	var b strings.Builder
 	if err != nil {
@@ -110,54 +174,96 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 	return b.String()
 }
 
+// hello feeds the peer's record given as hello=none or
+// hello=(epoch,seq,synced[,left]).
+func (h *transcript) hello(t *testing.T, d *datadriven.TestData) []Action {
+	for _, a := range d.CmdArgs {
+		if a.Key != "hello" {
+			continue
+		}
+		if len(a.Vals) == 1 && a.Vals[0] == "none" {
+			return h.m.PeerRecord(Record{}, false, h.now)
+		}
+		if len(a.Vals) < 3 {
+			d.Fatalf(t, "hello=%v: want none or (epoch,seq,synced[,left])", a.Vals)
+		}
+		var r Record
+		if _, err := fmt.Sscan(a.Vals[0], &r.Epoch); err != nil {
+			d.Fatalf(t, "hello epoch: %v", err)
+		}
+		r.Sequencer = a.Vals[1]
+		if _, err := fmt.Sscan(a.Vals[2], &r.Synced); err != nil {
+			d.Fatalf(t, "hello synced: %v", err)
+		}
+		r.Left = len(a.Vals) > 3 && a.Vals[3] == "left"
+		return h.m.PeerRecord(r, true, h.now)
+	}
+	return nil
+}
+
+// array reads an array name (a, b or none) as the machine's id.
+func array(t *testing.T, d *datadriven.TestData, key string) string {
+	var s string
+	d.ScanArgs(t, key, &s)
+	switch s {
+	case "a", "b":
+		return s
+	case "none":
+		return ""
+	}
+	d.Fatalf(t, "%s=%s: want a, b or none", key, s)
+	return ""
+}
+
+func (h *transcript) record(t *testing.T, d *datadriven.TestData) Record {
+	var r Record
+	d.ScanArgs(t, "epoch", &r.Epoch)
+	r.Sequencer = array(t, d, "seq")
+	d.ScanArgs(t, "synced", &r.Synced)
+	r.Alone = d.HasArg("alone")
+	r.Left = d.HasArg("left")
+	if d.HasArg("pre") {
+		r.Pre = array(t, d, "pre")
+	}
+	return r
+}
+
 func (h *transcript) create(t *testing.T, d *datadriven.TestData) string {
-	var role string
-	var epoch uint64
-	d.ScanArgs(t, "role", &role)
-	d.ScanArgs(t, "epoch", &epoch)
-	h.timeout = 2 * time.Second
+	cfg := Config{Self: "a", Peer: "b", Timeout: time.Second, HeadStart: time.Second}
 	if d.HasArg("timeout") {
-		h.scanDuration(t, d, "timeout", &h.timeout)
+		cfg.Timeout = h.duration(t, d, "timeout")
 	}
-	var fenced bool
-	d.MaybeScanArgs(t, "fenced", &fenced)
-	var r Role
-	switch role {
-	case "sequencer":
-		r = Sequencer
-	case "follower":
-		r = Follower
-	default:
-		d.Fatalf(t, "unknown role %q", role)
+	if d.HasArg("headstart") {
+		cfg.HeadStart = h.duration(t, d, "headstart")
 	}
-	now := h.now
-	if fenced {
-		now = now.Add(-h.timeout)
+	if d.HasArg("pref") {
+		cfg.Preference = array(t, d, "pref")
 	}
-	h.m = New(r, epoch, now, h.timeout)
-	if h.m.Role() != r {
-		d.Fatalf(t, "New(%s) has role %s", r, h.m.Role())
-	}
+	h.m = New(cfg, h.record(t, d), h.now)
+	h.pending = 0
 	return h.state()
 }
 
-func (h *transcript) scanDuration(t *testing.T, d *datadriven.TestData, key string, dst *time.Duration) {
+func (h *transcript) duration(t *testing.T, d *datadriven.TestData, key string) time.Duration {
 	var s string
 	d.ScanArgs(t, key, &s)
 	v, err := time.ParseDuration(s)
 	if err != nil {
 		d.Fatalf(t, "%s=%s: %v", key, s, err)
 	}
-	*dst = v
+	return v
 }
 
 // state prints everything a driver can observe of the machine.
 func (h *transcript) state() string {
 	m := h.m
-	s := fmt.Sprintf("state=%s epoch=%d serving=%t mirroring=%t link=%t",
-		m.State(), m.Epoch(), m.Serving(), m.Mirroring(), m.Link())
+	s := fmt.Sprintf("%s %s {%s} serving=%t mirroring=%t link=%t",
+		m.State(), m.Role(), m.Record(), m.Serving(), m.Mirroring(), m.Link())
 	if m.State() == Paused {
 		s += " fence-at=" + m.FenceAt().Sub(start).String()
+	}
+	if m.Pending() {
+		s += " persisting"
 	}
 	return s + "\n"
 }
@@ -172,24 +278,3 @@ func formatActions(acts []Action) string {
 	}
 	return strings.Join(s, ", ")
 }
-
-// The randomised test drives a sequencer and a follower together, as the
-// replication package would, through random schedules of link loss and
-// return, clock ticks, durable writes completing, baselines completing,
-// heartbeats, host writes, lease expiry and restarts, with the messages
-// between the arrays delivered, lost or (in the stale modes) delayed,
-// reordered and duplicated across link sessions. After every step it
-// checks what must hold whatever the schedule; at the end it heals the
-// link and checks that the pod gets back in sync.
-//
-// The model of the world around the machines:
-//   - The follower's read lease comes only from the sequencer in sync
-//     (its heartbeats) or from the in-sync grant; it ends at the send time
-//     plus the timeout, and the sequencer passes the last such send time
-//     as lastHeard. The follower's timer feeds LeaseExpired the moment the
-//     lease ends.
-//   - Host writes go through the sequencer: acknowledged when the machine
-//     does not hold them (not paused), and on the follower's copy only if
-//     the sequencer mirrors and the follower accepts the epoch.
-//   - The follower's copy is cleared by ClearCopy and filled by a baseline
-//     that targeted that copy; it is stale once a write misses it.
