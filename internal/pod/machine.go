@@ -201,18 +201,18 @@ type ElectResult struct {
 type purpose uint8
 
 const (
-	pTake          purpose = iota + 1 // paused: serve alone at the new epoch
-	pLost                             // adopt the winner's epoch, behind
-	pResync                           // owner: the peer receives at the epoch
-	pGrant                            // owner: Alone cleared, then grant
-	pPre                              // owner: a step of the pre-election
-	pHandover                         // owner: left, the peer owns the next epoch
-	pSingle                           // owner: the pod is this array's alone
-	pAcceptResync                     // peer's resync accepted
-	pAcceptGrant                      // peer's grant accepted
-	pAcceptPre                        // peer's pre-election accepted
-	pAcceptLeave                      // peer's removal accepted
-	pTakeHandover                     // peer's handover accepted
+	pTake         purpose = iota + 1 // paused: serve alone at the new epoch
+	pLost                            // adopt the winner's epoch, behind
+	pResync                          // owner: the peer receives at the epoch
+	pGrant                           // owner: Alone cleared, then grant
+	pPre                             // owner: a step of the pre-election
+	pHandover                        // owner: left, the peer owns the next epoch
+	pSingle                          // owner: the pod is this array's alone
+	pAcceptResync                    // peer's resync accepted
+	pAcceptGrant                     // peer's grant accepted
+	pAcceptPre                       // peer's pre-election accepted
+	pAcceptLeave                     // peer's removal accepted
+	pTakeHandover                    // peer's handover accepted
 )
 
 // request purposes answer the peer: a failure is the peer's to retry.
