@@ -86,6 +86,14 @@ type Config struct {
 	// Preference is the pod's failover preference when the machine
 	// starts (an array id, "" none); SetPreference changes it.
 	Preference string
+
+	// plant names a bug planted on purpose, for the simulation to show
+	// that it catches it (pair_sim_test.go): "skip-fence" takes a won
+	// epoch before the peer's lease has surely ended, "stale-race" asks
+	// the mediator with the epoch before the current one, "early-clear"
+	// clears the change tracking when the grant is sent rather than once
+	// the peer accepted it. Never set outside the package's tests.
+	plant string
 }
 
 // ActionKind names what the driver must do.
@@ -213,10 +221,11 @@ const (
 	pAcceptPre                       // peer's pre-election accepted
 	pAcceptLeave                     // peer's removal accepted
 	pTakeHandover                    // peer's handover accepted
+	pNote                            // a record that changes nothing more
 )
 
 // request purposes answer the peer: a failure is the peer's to retry.
-func (p purpose) request() bool { return p >= pAcceptResync }
+func (p purpose) request() bool { return p >= pAcceptResync && p <= pTakeHandover }
 
 // retried reports whether a failed persist is tried again: not one that
 // answers the peer (the peer tries again), nor a handover (the
@@ -255,20 +264,27 @@ type Machine struct {
 	// Paused: the peer's lease has surely ended at fenceAt; raceAt is
 	// when to ask the mediator (zero: not to); electing the epoch of the
 	// elect in flight; win the epoch to take at the fence.
-	fenceAt  time.Time
-	pausedAt time.Time
-	raceAt   time.Time
-	electing uint64
-	win      uint64
-	winWhy   string
+	fenceAt time.Time
+	// pauseLease is this array's lease on the session that was lost: a
+	// paused array serves reads until then, never under a later session.
+	pauseLease time.Time
+	pausedAt   time.Time
+	raceAt     time.Time
+	electing   uint64
+	win        uint64
+	winWhy     string
 
 	// Owner: the epoch of the StartResync in flight; when to propose one
 	// again; the highest epoch the peer is known at; the peer's
 	// pre-election as this array knows it (valid in sync); a step of the
 	// pre-election in flight; a removal asked of the peer.
-	resyncing     uint64
-	resyncAt      time.Time
-	peerKnown     bool
+	resyncing uint64
+	resyncAt  time.Time
+	peerKnown bool
+	// peerRec is the peer's record as its latest hello said (valid when
+	// peerHas).
+	peerRec       Record
+	peerHas       bool
 	peerEpoch     uint64
 	peerPre       string
 	grantPre      string
@@ -339,6 +355,10 @@ func (m *Machine) PreElected() string { return m.rec.Pre }
 // Pending reports whether a persist is in flight.
 func (m *Machine) Pending() bool { return m.pending != nil }
 
+// busy reports whether a persist is in flight or waits to be tried
+// again: no other may start meanwhile.
+func (m *Machine) busy() bool { return m.pending != nil || m.failed != nil }
+
 // leased reports whether the state serves only under this array's lease:
 // the peer serves too, or may win.
 func (m *Machine) leased() bool {
@@ -353,7 +373,9 @@ func (m *Machine) Serves(now, lease time.Time) bool {
 	switch m.state {
 	case Alone:
 		return true
-	case Syncing, InSync, Paused:
+	case Paused:
+		return now.Before(m.pauseLease)
+	case Syncing, InSync:
 		return !m.leased() || now.Before(lease)
 	}
 	return false
@@ -428,7 +450,7 @@ func (m *Machine) SetAutoRecover(on bool, now time.Time) []Action {
 func (m *Machine) MediatorUp(up bool, now time.Time) []Action {
 	m.medUp = up
 	var acts []Action
-	if up && !m.link && m.state == Suspended && m.rec.Current() && m.rec.Pre != m.cfg.Peer && m.pending == nil && m.decide(now) {
+	if up && !m.link && m.state == Suspended && m.rec.Current() && m.rec.Pre != m.cfg.Peer && !m.busy() && m.decide(now) {
 		acts = m.set(Paused, nil)
 		acts = append(acts, m.Tick(now)...)
 	}
@@ -455,31 +477,36 @@ func (m *Machine) PeerRecord(rec Record, ok bool, now time.Time) []Action {
 		return nil
 	}
 	m.peerKnown = true
+	m.peerRec, m.peerHas = rec, ok
 	if ok {
 		m.peerEpoch = max(m.peerEpoch, rec.Epoch)
 	}
-	if m.pending != nil || m.state == Left {
+	if m.busy() || m.state == Left {
 		return nil
 	}
 	self := m.cfg.Self
 	switch {
 	case !ok:
-		if m.rec.Sequencer != self {
-			// The owner removed this array while the link was down.
+		if m.state != Alone && m.state != Syncing {
+			// The owner removed this array while the link was down
+			// (or, owning an epoch it never served, it lost the pod
+			// to the peer, which then removed it).
 			return m.leave()
 		}
-		// The peer never had a copy (a fresh stretch) or eradicated it:
-		// the resync installs one.
+		// Serving alone: the peer has no copy yet (a fresh stretch) or
+		// eradicated it: the resync installs one.
 	case rec.Left && rec.Sequencer == self && rec.Epoch == m.rec.Epoch+1:
 		// The peer handed the pod over and never heard back.
 		acts, _ := m.HandoverRequested(rec.Epoch)
 		return acts
-	case rec.Left && m.rec.Sequencer == self && m.rec.Current():
-		// The peer gave the pod up (a removal whose answer was lost): it
-		// serves nothing, so the pod is this array's alone.
+	case rec.Left && rec.Epoch == m.rec.Epoch && m.rec.Sequencer == self && m.rec.Current():
+		// The peer gave the pod up at this epoch (a removal whose answer
+		// was lost): it serves nothing, so the pod is this array's
+		// alone. (A copy it gave up at an older epoch is restretched by
+		// the resync.)
 		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: self, Synced: m.rec.Epoch + 1, Alone: true}
 		return m.persist(next, pSingle, "agreed", false, m.set(Alone, nil))
-	case !rec.Left && rec.Sequencer == self && rec.Epoch > m.rec.Epoch && m.rec.Current() &&
+	case !rec.Left && rec.Sequencer == self && rec.Epoch > m.rec.Epoch && m.rec.Current() && m.resyncing == 0 &&
 		(m.state == Suspended || m.state == Paused):
 		// The peer durably holds this array as the owner of a later
 		// epoch (it lost a race this array won without hearing the
@@ -509,8 +536,9 @@ func (m *Machine) LinkUp(now time.Time) []Action {
 
 // LinkDown: the session with the peer is gone. lastHeard is when the
 // peer was last heard from: its lease ends no later than lastHeard plus
-// Timeout.
-func (m *Machine) LinkDown(now, lastHeard time.Time) []Action {
+// Timeout. lease is this array's own lease on that session: a paused
+// array serves reads until then.
+func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	m.link = false
 	m.peerMed = 0
 	m.resyncing = 0
@@ -518,10 +546,12 @@ func (m *Machine) LinkDown(now, lastHeard time.Time) []Action {
 	m.removing = false
 	switch m.state {
 	case InSync:
+		m.pauseLease = lease
 		return m.pause(now, lastHeard)
 	case Syncing:
 		if !m.rec.Alone {
 			// Granted: the peer may serve, and may race.
+			m.pauseLease = lease
 			return m.pause(now, lastHeard)
 		}
 		return m.set(Alone, nil)
@@ -573,12 +603,15 @@ func (m *Machine) Tick(now time.Time) []Action {
 		acts = append(acts, Action{Kind: Persist, Record: p.rec, ID: p.id, SyncData: p.sync, Reason: p.reason})
 	}
 	if m.state == Paused {
-		if !m.raceAt.IsZero() && !now.Before(m.raceAt) && m.electing == 0 && m.win == 0 {
+		if !m.raceAt.IsZero() && !now.Before(m.raceAt) && m.electing == 0 && m.win == 0 && m.rec.Current() {
 			m.raceAt = time.Time{}
 			m.electing = m.rec.Epoch
+			if m.cfg.plant == "stale-race" && m.electing > 1 {
+				m.electing--
+			}
 			acts = append(acts, Action{Kind: Elect, Epoch: m.electing})
 		}
-		if m.win != 0 && m.pending == nil && m.failed == nil && !now.Before(m.fenceAt) {
+		if m.win != 0 && m.pending == nil && m.failed == nil && (!now.Before(m.fenceAt) || m.cfg.plant == "skip-fence") {
 			next := Record{Epoch: m.win, Sequencer: m.cfg.Self, Synced: m.win, Alone: true}
 			acts = m.persist(next, pTake, m.winWhy, false, acts)
 		}
@@ -606,7 +639,7 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 		return m.Tick(now)
 	}
 	acts := m.set(Suspended, nil)
-	if res.Winner == m.cfg.Peer && res.Epoch > m.rec.Epoch && m.pending == nil {
+	if res.Winner == m.cfg.Peer && res.Epoch > m.rec.Epoch && !m.busy() {
 		// The peer owns the new epoch: adopt it, behind, so that this
 		// array never races at the old one again.
 		next := Record{Epoch: res.Epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
@@ -634,6 +667,18 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 	m.pending = nil
 	m.rec = p.rec
 	var acts []Action
+	switch {
+	case m.state == Paused && !m.rec.Current():
+		// Behind now (a lost race's epoch, adopted late): never race.
+		m.raceAt, m.electing, m.win = time.Time{}, 0, 0
+		acts = m.set(Suspended, acts)
+	case m.state == Paused && m.winWhy == "pre-elected" && m.rec.Pre != m.cfg.Self && m.electing == 0:
+		// The pre-election was dropped while the link went: decide
+		// again on the record as it now is.
+		if !m.decide(now) {
+			acts = m.set(Suspended, acts)
+		}
+	}
 	switch p.why {
 	case pTake:
 		if m.state == Paused || m.state == Suspended {
@@ -653,12 +698,18 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 		}
 	case pGrant:
 		if m.state == Syncing && m.link {
+			if m.cfg.plant == "early-clear" {
+				acts = append(acts, Action{Kind: ClearTracking, Epoch: m.rec.Epoch})
+			}
 			acts = append(acts, Action{Kind: GrantInSync, Epoch: m.rec.Epoch, Pre: m.grantPre})
-		} else if m.state == Syncing {
-			// The link went before the grant: the peer never served,
-			// but the record says it may; pause to be safe.
-			acts = m.pause(now, now)
+			break
 		}
+		// The link went before the grant did: the peer is behind, as
+		// the record says again.
+		next := m.rec
+		next.Alone, next.Pre = true, ""
+		return m.persist(next, pNote, "", false, acts)
+	case pNote:
 	case pPre:
 		m.preInFlight = false
 	case pHandover:
@@ -712,13 +763,22 @@ func (m *Machine) PersistFailed(id uint64, now time.Time) []Action {
 	return nil
 }
 
-// maybeResync proposes a resync when this array owns the pod with a
-// current copy, serves alone (or is suspended with the peer too, after a
-// race nobody won), the link is up and auto-recover is on.
+// maybeResync proposes a resync when the link is up, auto-recover is on
+// and this array is the one to give the peer its copy: it owns the pod
+// with a current copy and serves alone (or is suspended with the peer
+// too, after a race nobody won); or both copies are behind, which means
+// neither array served since the later of their Synced epochs, and this
+// one's copy is the more current (the smaller id on a tie).
 func (m *Machine) maybeResync(now time.Time, acts []Action) []Action {
 	if !m.link || !m.peerKnown || !m.autoRecover || m.resyncing != 0 || m.pending != nil || m.failed != nil ||
-		m.rec.Sequencer != m.cfg.Self || !m.rec.Current() || m.unstretchDone || m.removing ||
-		(m.state != Alone && m.state != Suspended) || now.Before(m.resyncAt) {
+		m.unstretchDone || m.removing || (m.state != Alone && m.state != Suspended) || now.Before(m.resyncAt) {
+		return acts
+	}
+	owner := m.rec.Sequencer == m.cfg.Self && m.rec.Current()
+	pr := m.peerRec
+	bothBehind := m.state == Suspended && !m.rec.Current() && !m.rec.Left && m.peerHas && !pr.Current() && !pr.Left &&
+		(m.rec.Synced > pr.Synced || (m.rec.Synced == pr.Synced && m.cfg.Self < m.cfg.Peer))
+	if !owner && !bothBehind {
 		return acts
 	}
 	m.resyncing = max(m.rec.Epoch, m.peerEpoch) + 1
@@ -727,7 +787,14 @@ func (m *Machine) maybeResync(now time.Time, acts []Action) []Action {
 
 // ResyncStarted: the peer durably accepted to receive at epoch.
 func (m *Machine) ResyncStarted(epoch uint64, now time.Time) []Action {
-	if m.unstretchDone || m.resyncing == 0 || epoch != m.resyncing || m.pending != nil || (m.state != Alone && m.state != Suspended) {
+	if m.unstretchDone || m.resyncing == 0 || epoch != m.resyncing {
+		return nil
+	}
+	if m.busy() || (m.state != Alone && m.state != Suspended) {
+		// Something else moved first: propose again later (the peer,
+		// which accepted, is behind and serves nothing meanwhile).
+		m.resyncing = 0
+		m.resyncAt = now.Add(m.cfg.RetryAfter)
 		return nil
 	}
 	m.peerEpoch = max(m.peerEpoch, epoch)
@@ -764,7 +831,7 @@ func (m *Machine) preTarget() string {
 // mirrored): clear Alone (and set the pre-election the grant carries)
 // durably, then grant.
 func (m *Machine) BaselineDone(epoch uint64) []Action {
-	if m.state != Syncing || epoch != m.rec.Epoch || !m.rec.Alone || m.pending != nil {
+	if m.state != Syncing || epoch != m.rec.Epoch || !m.rec.Alone || m.busy() {
 		return nil
 	}
 	m.grantPre = m.preTarget()
@@ -879,7 +946,7 @@ func refuse(format string, args ...any) error {
 // behind, durably, before the answer.
 func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	switch {
-	case m.pending != nil:
+	case m.busy():
 		return nil, ErrBusy
 	case m.state != Suspended && m.state != Receiving && m.state != Left:
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
@@ -895,7 +962,7 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 // recorded before this array serves.
 func (m *Machine) GrantRequested(epoch uint64, pre string) ([]Action, error) {
 	switch {
-	case m.pending != nil:
+	case m.busy():
 		return nil, ErrBusy
 	case m.state != Receiving || epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer:
 		return nil, refuse("in-sync grant at epoch %d in state %s at epoch %d", epoch, m.state, m.rec.Epoch)
@@ -912,7 +979,7 @@ func (m *Machine) GrantRequested(epoch uint64, pre string) ([]Action, error) {
 // pre-election pre (it has ordered the steps).
 func (m *Machine) PreElectRequested(epoch uint64, pre string) ([]Action, error) {
 	switch {
-	case m.pending != nil:
+	case m.busy():
 		return nil, ErrBusy
 	case m.state != InSync || epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer:
 		return nil, refuse("pre-election at epoch %d in state %s at epoch %d", epoch, m.state, m.rec.Epoch)
@@ -928,7 +995,7 @@ func (m *Machine) PreElectRequested(epoch uint64, pre string) ([]Action, error) 
 // array from then on. Taken only by a copy current at the epoch before.
 func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
 	switch {
-	case m.pending != nil:
+	case m.busy():
 		return nil, ErrBusy
 	case m.rec.Sequencer != m.cfg.Peer || !m.rec.Current() || epoch != m.rec.Epoch+1 ||
 		(m.state != InSync && m.state != Paused && m.state != Suspended):
@@ -943,7 +1010,7 @@ func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
 // epoch). It stops serving once that is durable, and answers.
 func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 	switch {
-	case m.pending != nil:
+	case m.busy():
 		return nil, ErrBusy
 	case m.rec.Sequencer != m.cfg.Peer || epoch != m.rec.Epoch:
 		return nil, refuse("removal at epoch %d (%s)", epoch, m.rec)
@@ -956,7 +1023,7 @@ func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 // up to the peer at the next epoch, stops serving, then tells the peer.
 func (m *Machine) Handover() ([]Action, error) {
 	switch {
-	case m.pending != nil || m.preInFlight:
+	case m.busy() || m.preInFlight:
 		return nil, ErrBusy
 	case m.Role() != Sequencer || m.state != InSync || !m.link:
 		return nil, refuse("the pod is %s here; only an in-sync sequencer hands it over", m.state)
@@ -970,13 +1037,13 @@ func (m *Machine) Handover() ([]Action, error) {
 // once. One that may serve is asked to give the pod up first.
 func (m *Machine) RemovePeer() ([]Action, error) {
 	switch {
-	case m.pending != nil || m.preInFlight || m.removing:
+	case m.busy() || m.preInFlight || m.removing:
 		return nil, ErrBusy
 	case m.Role() != Sequencer:
 		return nil, refuse("this array does not order the pod")
 	}
 	switch {
-	case m.state == Alone || (m.state == Syncing && m.rec.Alone):
+	case (m.state == Alone || m.state == Syncing) && m.rec.Alone:
 		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}
 		acts := m.set(Alone, nil)
 		return m.persist(next, pSingle, "alone", false, acts), nil
@@ -989,7 +1056,7 @@ func (m *Machine) RemovePeer() ([]Action, error) {
 
 // PeerLeft: the peer durably gave the pod up at epoch.
 func (m *Machine) PeerLeft(epoch uint64) []Action {
-	if !m.removing || epoch != m.rec.Epoch || m.pending != nil {
+	if !m.removing || epoch != m.rec.Epoch || m.busy() {
 		return nil
 	}
 	next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}

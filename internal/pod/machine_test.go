@@ -25,8 +25,10 @@ var start = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 //	new epoch=N seq=a|b synced=N [alone] [pre=a|b] [left] [pref=a|b] [timeout=D] [headstart=D]
 //	    a machine restarted with that record and failover preference
 //	    (timeout 1s, head start 1s)
-//	link-up [hello=none|(N,a|b,N[,left])] | link-down [heard=D] | tick | lease-expired
-//	    hello: the peer's record follows the link up (none: it has no copy)
+//	link-up [hello=none|(N,a|b,N[,left])] | link-down [heard=D] [lease=D] | tick | lease-expired
+//	    hello: the peer's record follows the link up (none: it has no copy);
+//	    lease: this array's lease on the lost session (default heard plus
+//	    four fifths of the timeout)
 //	mediator up=B | peer-mediator up=B | preference array=a|b|none | auto-recover on=B
 //	peer-record epoch=N seq=a|b synced=N [left] | peer-record none
 //	persisted | persist-failed          the persist in flight
@@ -91,7 +93,11 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 		if d.HasArg("heard") {
 			heard = start.Add(h.duration(t, d, "heard"))
 		}
-		acts = m.LinkDown(now, heard)
+		lease := heard.Add(m.cfg.Timeout - m.cfg.Timeout/5)
+		if d.HasArg("lease") {
+			lease = start.Add(h.duration(t, d, "lease"))
+		}
+		acts = m.LinkDown(now, heard, lease)
 	case "tick":
 		acts = m.Tick(now)
 	case "lease-expired":
