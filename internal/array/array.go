@@ -78,6 +78,9 @@ type Array struct {
 
 	repl     *replication.Replicator
 	linkCert tls.Certificate
+	// mediator is the replicator's mediator (nil: none configured; the
+	// mediator's client is wired here once it exists).
+	mediator replication.Mediator
 	linkLn   net.Listener
 	fsIsReal bool
 

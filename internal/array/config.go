@@ -13,6 +13,7 @@ import (
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/iscsi"
 	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/store"
 	"github.com/metro-storage/metro/internal/units"
 )
@@ -57,11 +58,24 @@ import (
 //	replication:
 //	  listen: 127.0.0.1:7443      # the link to the peer array
 //	  advertise: ""               # address the peer dials; default: listen
-//	  timeout: 4s                 # no heartbeat for this long: the peer is lost
+//	  timeout: 1s                 # no heartbeat for this long: the peer is lost (see below)
+//	  head_start: 1s              # a pod's non-preferred array waits this long before it races
 //	  baseline_rate: ""           # limit baseline copies, e.g. 100M (per second)
 //	  auth_timeout: 2s            # a link connection must authenticate within this
 //	  max_handshakes: 64          # unauthenticated link connections held at once ...
 //	  max_handshakes_per_address: 8 # ... and from one source address (the oldest are dropped beyond)
+//
+// Failover timing (replication.timeout T, replication.head_start H; the
+// arithmetic is in package pod's documentation): the link is declared
+// lost T after the peer was last heard from (heartbeats every 100 ms),
+// a mirrored write waits at most T for the peer, a lost peer's read
+// lease has surely ended T after it was last heard from, and the
+// preferred array (or either, with no preference) races at once: a host
+// writing through the winner pauses for about T plus one round trip to
+// the mediator, about 1.1 s at the defaults. When the preferred array is
+// gone, the other races after H: about T + H, 2.1 s. Both are far inside
+// host I/O timeouts (30 s and more); a shorter T is detected faster but
+// declares a slow link lost sooner.
 //
 // With the iscsi limits at their defaults a connection still logging in
 // holds about 20 KiB (4 KiB buffers, at most 8 KiB of login text, as it
@@ -119,6 +133,7 @@ type Config struct {
 		Listen       string   `yaml:"listen"`
 		Advertise    string   `yaml:"advertise"`
 		Timeout      Duration `yaml:"timeout"`
+		HeadStart    Duration `yaml:"head_start"`
 		BaselineRate string   `yaml:"baseline_rate"`
 		// AuthTimeout, MaxHandshakes and MaxHandshakesPerAddress bound
 		// the link listener's connections that have not authenticated
@@ -304,7 +319,14 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	if c.Replication.Timeout.Duration == 0 {
-		c.Replication.Timeout.Duration = 4 * time.Second
+		c.Replication.Timeout.Duration = replication.DefaultTimeout
+	}
+	if c.Replication.HeadStart.Duration == 0 {
+		c.Replication.HeadStart.Duration = replication.DefaultHeadStart
+	}
+	if c.Replication.Timeout.Duration < 0 || c.Replication.HeadStart.Duration < 0 {
+		return fmt.Errorf("replication: timeout and head_start must be positive durations such as 1s (none: the defaults, %s and %s)",
+			replication.DefaultTimeout, replication.DefaultHeadStart)
 	}
 	if c.Replication.AuthTimeout.Duration == 0 {
 		c.Replication.AuthTimeout.Duration = link.DefaultAuthTimeout

@@ -67,6 +67,8 @@ func (a *Array) setupReplication() error {
 		Logger:       a.log.With("component", "replication"),
 		Now:          a.now,
 		Timeout:      a.cfg.Replication.Timeout.Duration,
+		HeadStart:    a.cfg.Replication.HeadStart.Duration,
+		Mediator:     a.mediator,
 		BaselineRate: int64(a.cfg.baselineRate()),
 	})
 	data, ok, err := a.store.GetMeta(peerKey)

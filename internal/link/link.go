@@ -16,8 +16,10 @@ import (
 // ProtocolVersion is the version of the link protocol this package speaks.
 // Both arrays of a pair must speak the same one. Version 3: a copied
 // piece lists the blocks that are damaged on the sender, and damaged
-// blocks are repaired from the other array's copy.
-const ProtocolVersion = 3
+// blocks are repaired from the other array's copy. Version 4: the pod
+// protocol with symmetric roles (records, the race, pre-election, agreed
+// resyncs, fenced handover and removal).
+const ProtocolVersion = 4
 
 // MaxPayload is the largest payload of one message: 16 MiB of data plus
 // room for an upper layer's header. A larger request is refused by Call; a

@@ -948,6 +948,11 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	switch {
 	case m.busy():
 		return nil, ErrBusy
+	case epoch == m.rec.Epoch && m.rec.Sequencer == m.cfg.Peer && !m.rec.Current() && !m.rec.Left &&
+		(m.state == Suspended || m.state == Receiving):
+		// The proposal this array accepted already (durably): the
+		// driver asks again once the pod's runtime runs.
+		return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
 	case m.state != Suspended && m.state != Receiving && m.state != Left:
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:

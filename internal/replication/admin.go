@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"slices"
 	"sort"
-	"sync"
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/link"
@@ -183,10 +182,10 @@ func (r *Replicator) order(ctx context.Context, pods []string, op catalog.Op) er
 // receiving or in sync (otherwise it gets it with the next resync).
 // p.cfgMu must be held.
 func (p *podRT) pushConfig(ctx context.Context) {
-	if p.role != pod.Sequencer {
+	md := p.mode()
+	if md.role != pod.Sequencer {
 		return
 	}
-	md := p.mode()
 	if md.sess == nil || (md.state != pod.Syncing && md.state != pod.InSync) {
 		return
 	}
@@ -261,14 +260,15 @@ func (r *Replicator) handleApplyConfig(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &pc); err != nil {
 		return err
 	}
-	p, err := r.podAt(pc.Pod.Name, req.Epoch, pod.Follower)
+	p, _, done, err := r.applying(pc.Pod.Name, req.Epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
+	defer done()
 	if pc.Pod.ID != p.id {
 		return refusef("pod %s: the configuration is of another pod of that name (%s, here %s)", pc.Pod.Name, pc.Pod.ID, p.id)
 	}
-	if err := r.checkPeerConfig(&pc, true); err != nil {
+	if err := r.checkPeerConfig(&pc, true, true); err != nil {
 		return err
 	}
 	// The epoch moves with the pod's protocol, never with its
@@ -305,292 +305,10 @@ func (r *Replicator) handleCheckStretch(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	if err := r.checkPeerConfig(&m.Config, false); err != nil {
+	if err := r.checkPeerConfig(&m.Config, false, true); err != nil {
 		return err
 	}
 	return r.checkStretch(&m.Config, m.Used)
-}
-
-// Stretch adds the peer array to a pod of this array (metro pod add). The
-// pod's configuration appears there and a baseline copy starts.
-func (r *Replicator) Stretch(ctx context.Context, podName, array string) error {
-	r.mu.Lock()
-	peer := r.mu.peer
-	r.mu.Unlock()
-	if peer == nil {
-		return fmt.Errorf("%w", ErrNoPeer)
-	}
-	if array == r.cfg.Name {
-		return fmt.Errorf("pod %s: %w: it is already on array %s", podName, catalog.ErrConflict, array)
-	}
-	if array != peer.Name {
-		return fmt.Errorf("array %s: %w: this array is connected to %s only", array, catalog.ErrNotFound, peer.Name)
-	}
-	s := r.session()
-	if s == nil {
-		return fmt.Errorf("pod %s: %w to %s; check 'metro array list'", podName, ErrLinkDown, peer.Name)
-	}
-	st := r.env.Catalog().View()
-	cp, ok := st.Pods[podName]
-	if !ok || cp.Pending != nil {
-		return fmt.Errorf("pod %s: %w", podName, catalog.ErrNotFound)
-	}
-	if len(cp.Arrays) > 1 {
-		return fmt.Errorf("pod %s: %w: already stretched to %s", podName, catalog.ErrConflict, cp.Arrays[1].Name)
-	}
-	pc := st.PodConfig(podName)
-	var used uint64
-	for _, v := range st.PodVolumes(podName) {
-		used += r.env.Store().Volume(v.DataID).Used()
-	}
-	if err := callJSON(ctx, s, msgCheckStretch, 0, checkStretchMsg{Config: *pc, Used: used}, nil); err != nil {
-		var re *link.RemoteError
-		if errors.As(err, &re) {
-			return fmt.Errorf("pod %s cannot be stretched: %s: %w", podName, re.Msg, catalog.ErrConflict)
-		}
-		return fmt.Errorf("pod %s: check array %s: %w", podName, array, err)
-	}
-	arrays := []catalog.PodArray{cp.Arrays[0], {Name: peer.Name, ID: peer.ID}}
-	r.mu.Lock()
-	r.mu.fresh = podName
-	r.mu.Unlock()
-	err := r.env.Catalog().Apply(catalog.SetPodMembership{Name: podName, Arrays: arrays, Sequencer: r.cfg.Name, Epoch: cp.Epoch + 1})
-	r.mu.Lock()
-	r.mu.fresh = ""
-	r.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	r.log.Info("pod stretched", "pod", podName, "to", array)
-	return nil
-}
-
-// Unstretch removes an array from a stretched pod (metro pod remove). The
-// removed array keeps its copy, pending eradication. Removing the
-// sequencer hands the pod to the other array first (it must be in sync).
-func (r *Replicator) Unstretch(ctx context.Context, podName, array string) error {
-	st := r.env.Catalog().View()
-	cp, ok := st.Pods[podName]
-	if !ok || cp.Pending != nil {
-		return fmt.Errorf("pod %s: %w", podName, catalog.ErrNotFound)
-	}
-	if !slices.ContainsFunc(cp.Arrays, func(a catalog.PodArray) bool { return a.Name == array }) {
-		return fmt.Errorf("pod %s is not on array %s: %w", podName, array, catalog.ErrNotFound)
-	}
-	if len(cp.Arrays) < 2 {
-		return fmt.Errorf("pod %s lives only on %s: %w: destroy it instead", podName, array, catalog.ErrConflict)
-	}
-	if cp.Sequencer != r.cfg.Name {
-		s := r.session()
-		if s == nil {
-			return fmt.Errorf("pod %s is ordered by array %s, which this array cannot reach: %w", podName, cp.Sequencer, ErrLinkDown)
-		}
-		var ans answer
-		if err := callJSON(ctx, s, msgUnstretch, 0, unstretchMsg{Pod: podName, Array: array, Request: true}, &ans); err != nil {
-			return fmt.Errorf("ask array %s: %w", cp.Sequencer, err)
-		}
-		return ans.err()
-	}
-	p := r.pod(podName)
-	if p == nil {
-		return fmt.Errorf("pod %s: %w: not running here yet, try again", podName, catalog.ErrConflict)
-	}
-	// ioMu before cfgMu (see podRT): a write waiting while the pod is
-	// paused holds ioMu until the pod has persisted a new epoch, which
-	// takes cfgMu.
-	p.ioMu.Lock()
-	unlockIO := sync.OnceFunc(p.ioMu.Unlock)
-	defer unlockIO()
-	p.cfgMu.Lock()
-	defer p.cfgMu.Unlock()
-	// The pod may have moved while this waited.
-	if cp = r.env.Catalog().View().Pods[podName]; cp == nil || cp.Pending != nil || len(cp.Arrays) < 2 || cp.Sequencer != r.cfg.Name || r.pod(podName) != p {
-		return fmt.Errorf("pod %s: %w: it changed meanwhile; try again", podName, catalog.ErrConflict)
-	}
-	var other catalog.PodArray
-	for _, a := range cp.Arrays {
-		if a.Name != r.cfg.Name {
-			other = a
-		}
-	}
-	md := p.mode()
-	if array == r.cfg.Name {
-		// Hand the pod to the follower, which must have all of it.
-		if md.state != pod.InSync || md.sess == nil {
-			return fmt.Errorf("pod %s: %w: array %s is not in sync, so the pod cannot move to it; remove %s instead or wait for the resync",
-				podName, catalog.ErrConflict, other.Name, other.Name)
-		}
-		next := catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{other}, Sequencer: other.Name, Epoch: cp.Epoch + 1}
-		if err := callJSON(ctx, md.sess, msgUnstretch, md.epoch, unstretchMsg{Pod: podName, Array: array, Membership: &next}, nil); err != nil {
-			return fmt.Errorf("pod %s: hand over to %s: %w", podName, other.Name, err)
-		}
-		return r.keepPending(podName, cp.Epoch+1)
-	}
-	err := r.env.Catalog().Apply(catalog.SetPodMembership{Name: podName, Arrays: []catalog.PodArray{{Name: r.cfg.Name, ID: r.cfg.ID}}, Sequencer: r.cfg.Name, Epoch: cp.Epoch + 1})
-	unlockIO()
-	if err != nil {
-		return err
-	}
-	if md.sess != nil {
-		if err := callJSON(ctx, md.sess, msgUnstretch, 0, unstretchMsg{Pod: podName, Array: array}, nil); err != nil {
-			r.log.Warn("the removed array will learn of it later", "pod", podName, "array", array, "err", err)
-		}
-	}
-	r.log.Info("pod unstretched", "pod", podName, "removed", array)
-	return nil
-}
-
-type unstretchMsg struct {
-	Pod   string `json:"pod"`
-	Array string `json:"array"`
-	// Request: the sender asks the sequencer to remove Array.
-	Request bool `json:"request,omitempty"`
-	// Membership: the sequencer hands the pod to the receiver with it.
-	Membership *catalog.SetPodMembership `json:"membership,omitempty"`
-}
-
-// keepPending marks this array's copy of a pod pending eradication.
-func (r *Replicator) keepPending(podName string, epoch uint64) error {
-	return r.env.Catalog().Apply(catalog.SetPodPending{Name: podName, At: r.now(), Epoch: epoch})
-}
-
-func (r *Replicator) handleUnstretch(req link.Message) ([]byte, error) {
-	var m unstretchMsg
-	if err := json.Unmarshal(req.Payload, &m); err != nil {
-		return nil, err
-	}
-	peer := r.peer()
-	if peer == nil {
-		return nil, fmt.Errorf("%w", ErrNoPeer)
-	}
-	cp := r.env.Catalog().View().Pods[m.Pod]
-	switch {
-	case m.Request:
-		// The peer's administrator asks to remove an array; this array
-		// orders the pod.
-		if cp == nil || cp.Pending != nil || cp.Sequencer != r.cfg.Name || !hasArray(cp, peer.ID) {
-			return r.refusedAnswer(req, refusef("pod %s is not a pod this array orders for the peer; try again", m.Pod)), nil
-		}
-		return mustJSON(answerOf(r.Unstretch(context.Background(), m.Pod, m.Array))), nil
-	case m.Membership != nil:
-		// The sequencer hands the pod over and keeps its copy aside.
-		p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
-		if err != nil {
-			return nil, err
-		}
-		if md := p.mode(); md.state != pod.InSync {
-			return nil, fmt.Errorf("pod %s is not in sync here", m.Pod)
-		}
-		mb := *m.Membership
-		me := catalog.PodArray{Name: r.cfg.Name, ID: r.cfg.ID}
-		if cp == nil || mb.Name != m.Pod || len(mb.Arrays) != 1 || mb.Arrays[0] != me || mb.Sequencer != me.Name || mb.Epoch <= cp.Epoch {
-			return nil, refusef("pod %s: a handover must leave the pod to this array alone at a later epoch, not %+v", m.Pod, mb)
-		}
-		return nil, r.env.Catalog().Apply(mb)
-	default:
-		// The sequencer removed this array.
-		if cp == nil || cp.Pending != nil {
-			return nil, nil // gone or set aside already
-		}
-		if m.Array != r.cfg.Name || !r.peerOrders(cp, peer) {
-			return nil, refusef("pod %s: array %s cannot remove array %s from a pod it does not order", m.Pod, peer.Name, m.Array)
-		}
-		return nil, r.keepPending(m.Pod, cp.Epoch)
-	}
-}
-
-// handleStretch refuses the retired msgStretch: the peer cannot take a
-// pod of this array; only an administrator of the array that holds a
-// pod stretches it (metro pod add), and that array then sends it.
-func (r *Replicator) handleStretch() error {
-	return refusef("array %s stretches a pod only when its administrator asks (metro pod add --array PEER POD on %s)", r.cfg.Name, r.cfg.Name)
-}
-
-// ArrayStatus is one array's status in a pod, as this array sees it.
-type ArrayStatus struct {
-	Name   string `json:"name"`
-	ID     string `json:"id"`
-	Status string `json:"status"`
-}
-
-// PodStatus is a pod's replication status as this array sees it.
-type PodStatus struct {
-	Arrays    []ArrayStatus `json:"arrays"`
-	Sequencer string        `json:"sequencer"`
-	Epoch     uint64        `json:"epoch"`
-	Progress  *Progress     `json:"progress,omitempty"`
-	Error     string        `json:"error,omitempty"`
-}
-
-// Status returns a pod's status (nil when the pod is not stretched).
-func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
-	p := r.pod(cp.Name)
-	if p == nil {
-		return nil
-	}
-	p.mu.Lock()
-	m := p.mu.m
-	state, epoch, link := m.State(), m.Epoch(), p.mu.sess != nil
-	var prog *Progress
-	if p.mu.progress != nil && (state == pod.Syncing || state == pod.Receiving) {
-		c := *p.mu.progress
-		prog = &c
-	}
-	lastErr := p.mu.lastErr
-	p.mu.Unlock()
-	if p.role == pod.Follower && state == pod.InSync && !p.mode().serving {
-		state = pod.Suspended
-	}
-	self := map[pod.State]string{
-		pod.Syncing: catalog.StatusOnline, pod.InSync: catalog.StatusOnline, pod.Alone: catalog.StatusOnline,
-		pod.Paused: catalog.StatusPaused, pod.Receiving: catalog.StatusResyncing, pod.Suspended: catalog.StatusOffline,
-	}[state]
-	peer := catalog.StatusUnknown
-	if link {
-		switch state {
-		case pod.Syncing:
-			peer = catalog.StatusResyncing
-		case pod.InSync:
-			peer = catalog.StatusOnline
-		case pod.Alone:
-			peer = catalog.StatusOffline
-		case pod.Receiving, pod.Suspended:
-			peer = catalog.StatusOnline
-		}
-	}
-	ps := &PodStatus{Sequencer: cp.Sequencer, Epoch: epoch, Progress: prog, Error: lastErr}
-	for _, a := range cp.Arrays {
-		s := peer
-		if a.Name == r.cfg.Name {
-			s = self
-		}
-		ps.Arrays = append(ps.Arrays, ArrayStatus{Name: a.Name, ID: a.ID, Status: s})
-	}
-	return ps
-}
-
-// Serving reports whether this array serves I/O for the pod now, and
-// whether the pod is stretched.
-func (r *Replicator) Serving(podName string) (serving, stretched bool) {
-	p := r.pod(podName)
-	if p == nil {
-		return true, false
-	}
-	return p.mode().serving, true
-}
-
-// PeerServing reports whether the peer serves I/O for the pod as far as
-// this array knows.
-func (r *Replicator) PeerServing(podName string) bool {
-	p := r.pod(podName)
-	if p == nil {
-		return false
-	}
-	md := p.mode()
-	if p.role == pod.Sequencer {
-		return md.state == pod.InSync && md.sess != nil
-	}
-	return md.sess != nil || md.state == pod.Suspended
 }
 
 // Traffic returns the bytes sent over the link for baselines, mirrored

@@ -68,6 +68,7 @@ var msgNames = map[uint16]string{
 	msgApplyConfig: "apply-config", msgCheckStretch: "check-stretch",
 	msgUnstretch: "unstretch", msgStretch: "stretch", msgCheckpoint: "checkpoint",
 	msgWritten: "written", msgRepair: "repair", msgPeerRead: "peer-read",
+	msgPodState: "pod-state", msgPreElect: "pre-elect", msgHandover: "handover", msgStatus: "status",
 }
 
 func msgName(typ uint16) string {
@@ -256,10 +257,11 @@ func (r *Replicator) peerOrders(cp *catalog.Pod, peer *Peer) bool {
 
 // checkPeerConfig checks the membership a pod configuration from the peer
 // states: the pod is ordered by the peer and lives on the peer and, once
-// stretched (stretched), on this array; a pod of that id here is either
-// set aside (pending) or stretched to the peer and ordered by it. The
+// stretched (stretched), on this array; with ordered, a pod of that id
+// here is either set aside (pending) or stretched to the peer and
+// ordered by it (a resync's proposal is the pod machine's to judge). The
 // rest is InstallPod's to check.
-func (r *Replicator) checkPeerConfig(pc *catalog.PodConfig, stretched bool) error {
+func (r *Replicator) checkPeerConfig(pc *catalog.PodConfig, stretched, ordered bool) error {
 	peer := r.peer()
 	if peer == nil {
 		return fmt.Errorf("%w", ErrNoPeer)
@@ -278,7 +280,7 @@ func (r *Replicator) checkPeerConfig(pc *catalog.PodConfig, stretched bool) erro
 	case stretched && (len(p.Arrays) != 2 || !slices.Contains(p.Arrays, me)):
 		return refusef("pod %s: the configuration does not stretch the pod to array %s", p.Name, r.cfg.Name)
 	}
-	if cp, ok := r.env.Catalog().View().Pods[p.Name]; ok && cp.ID == p.ID && cp.Pending == nil && !r.peerOrders(cp, peer) {
+	if cp, ok := r.env.Catalog().View().Pods[p.Name]; ordered && ok && cp.ID == p.ID && cp.Pending == nil && !r.peerOrders(cp, peer) {
 		return refusef("pod %s is not ordered by array %s here", p.Name, peer.Name)
 	}
 	return nil

@@ -55,6 +55,7 @@ func TestPeerReleaseFromAnyInitiator(t *testing.T) {
 // grows it here. It waits for that configuration and is applied.
 func TestPeerWriteWaitsForGrowth(t *testing.T) {
 	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
 	block := bytes.Repeat([]byte{0x5a}, store.BlockSize)
 	write := (&writeMsg{Pod: "pod1", Volume: uuidVol1, Off: volSize, Length: store.BlockSize, Data: block}).encode()
 	answer := make(chan error, 1)
@@ -111,17 +112,21 @@ func TestNoPodStartsAfterRun(t *testing.T) {
 // TestRemoveFollowerWhileWritesWait: the link has just dropped and a
 // host write waits for its pod, paused until the follower's lease has
 // surely ended; meanwhile the administrator removes the unreachable
-// follower. The removal waited for the write (membership changes see no
-// write half done) while holding the lock the pod needs to persist its
-// new epoch and stop waiting: the write and the removal never completed,
-// and every later write of the pod queued behind them. Both complete.
-// (The bound only detects that deadlock: the pause lasts a second.)
+// follower. The removal once waited for the write (membership changes
+// see no write half done) while holding the lock the pod needed to
+// persist its new epoch and stop waiting: the write and the removal
+// never completed, and every later write of the pod queued behind them.
+// Both complete once the pre-elected sequencer serves alone. (The bound
+// only detects a deadlock.)
 func TestRemoveFollowerWhileWritesWait(t *testing.T) {
 	h := newHostilePeer(t)
 	r := h.env.r
 	p := r.pod("pod2")
+	now := time.Now()
 	p.mu.Lock()
-	p.mu.m = pod.New(pod.Sequencer, epoch2, time.Now(), time.Second) // paused, as after a link drop
+	// Paused, as after a link drop, pre-elected (no mediator): it
+	// serves alone once the follower's lease has surely ended.
+	p.mu.m = pod.New(pod.Config{Self: idB, Peer: idA, Timeout: time.Second}, pod.Record{Epoch: epoch2, Sequencer: idB, Synced: epoch2, Pre: idB}, now)
 	p.mu.sess = nil
 	p.mu.Unlock()
 	vol := r.Volume("pod2", uuidVol2, h.env.st.Volume(h.env.cat.View().Volumes["pod2::vol2"].DataID))
@@ -142,8 +147,14 @@ func TestRemoveFollowerWhileWritesWait(t *testing.T) {
 			t.Fatalf("%s did not complete (the pod is %s): deadlock", what, p.mode().state)
 		}
 	}
-	if cp := h.env.cat.View().Pods["pod2"]; len(cp.Arrays) != 1 || cp.Epoch <= epoch2+1 {
-		t.Fatalf("pod2 after the removal: %+v, want it alone here at an epoch after the one the pause took", cp)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		cp := h.env.cat.View().Pods["pod2"]
+		if len(cp.Arrays) == 1 && cp.Epoch > epoch2+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod2 after the removal: %+v, want it alone here at an epoch after the one the pause took", cp)
+		}
 	}
 }
 

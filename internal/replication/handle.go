@@ -19,7 +19,7 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 	var err error
 	switch req.Type {
 	case msgWrite, msgUnmap:
-		err = r.handleWrite(ctx, req)
+		out, err = r.handleWrite(ctx, req)
 	case msgBaseline:
 		out, err = r.handleCopy(ctx, req)
 	case msgForward:
@@ -49,6 +49,14 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 	case msgUnstretch:
 		out, err = r.handleUnstretch(req)
 
+	case msgPodState:
+		out, err = r.handlePodState(req)
+	case msgPreElect:
+		err = r.handlePreElect(req)
+	case msgHandover:
+		err = r.handleHandover(req)
+	case msgStatus:
+		err = r.handleStatus(req)
 	case msgStretch:
 		err = r.handleStretch()
 	case msgHello:
@@ -78,14 +86,32 @@ func (r *Replicator) podMode(name string, epoch uint64, role pod.Role) (*podRT, 
 	if err != nil {
 		return nil, mode{}, err
 	}
-	if p.role != role {
-		return nil, mode{}, refusef("pod %s: this array is the %s", name, p.role)
-	}
 	md := p.mode()
+	if md.role != role {
+		return nil, mode{}, refusef("pod %s: this array is the %s", name, md.role)
+	}
 	if md.epoch != epoch {
 		return nil, mode{}, errEpoch(name, epoch, md.epoch)
 	}
 	return p, md, nil
+}
+
+// applying checks a message of the peer for a pod at epoch (this array in
+// role) and holds the pod's barrier shared until done is called: the
+// check and the apply are one step, so no message of an older epoch is
+// applied once a newer one is accepted (package pod).
+func (r *Replicator) applying(name string, epoch uint64, role pod.Role) (*podRT, mode, func(), error) {
+	p, err := r.stretched(name)
+	if err != nil {
+		return nil, mode{}, nil, err
+	}
+	p.applyMu.RLock()
+	_, md, err := r.podMode(name, epoch, role)
+	if err != nil {
+		p.applyMu.RUnlock()
+		return nil, mode{}, nil, err
+	}
+	return p, md, p.applyMu.RUnlock, nil
 }
 
 // indexVolumes rebuilds the UUID index of the volumes (after every
@@ -101,57 +127,76 @@ func (r *Replicator) indexVolumes(st *catalog.State) {
 	close(*r.volsChanged.Swap(&next))
 }
 
-func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
+// handleWrite applies a mirrored write, unmap or copied piece at the
+// follower and answers writeDurable when it made it durable (the pod is
+// served here), nothing when it wrote without syncing (a copy being
+// received, synced at the next checkpoint or the grant).
+func (r *Replicator) handleWrite(ctx context.Context, req link.Message) ([]byte, error) {
 	m, err := decodeWrite(req.Payload)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
-	if err != nil {
-		return err
+	if _, err := r.podAt(m.Pod, req.Epoch, pod.Follower); err != nil {
+		return nil, err
 	}
 	if _, err := r.volumeOf(m.Pod, m.Volume); err != nil {
-		return err
-	}
-	if req.Type == msgUnmap {
-		v, _, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, m.Length)
-		if err != nil {
-			return err
-		}
-		return v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
+		return nil, err
 	}
 	data := m.Data
 	var fw *forwarded
-	if m.Ref != 0 {
+	if req.Type != msgUnmap && m.Ref != 0 {
 		f, ok := r.refs.Load(m.Ref)
 		if !ok {
-			return fmt.Errorf("pod %s: write refers to unknown request %d", m.Pod, m.Ref)
+			return nil, fmt.Errorf("pod %s: write refers to unknown request %d", m.Pod, m.Ref)
 		}
 		fw = f.(*forwarded)
 		if fw.pod != m.Pod || fw.uuid != m.Volume {
-			return refusef("pod %s: a write to volume %s refers to request %d, sent for volume %s of pod %s", m.Pod, m.Volume, m.Ref, fw.uuid, fw.pod)
+			return nil, refusef("pod %s: a write to volume %s refers to request %d, sent for volume %s of pod %s", m.Pod, m.Volume, m.Ref, fw.uuid, fw.pod)
 		}
 		d := fw.data
 		if m.RefOff > uint64(len(d)) || m.Length > uint64(len(d))-m.RefOff {
-			return refusef("pod %s: write reference out of range", m.Pod)
+			return nil, refusef("pod %s: write reference out of range", m.Pod)
 		}
 		data = d[m.RefOff : m.RefOff+m.Length]
-	} else if uint64(len(data)) != m.Length {
-		return refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
+	} else if req.Type != msgUnmap && uint64(len(data)) != m.Length {
+		return nil, refusef("pod %s: a write of %d bytes carries %d", m.Pod, m.Length, len(data))
 	}
 	if err := checkDamaged(m, req.Type, uint64(len(data))); err != nil {
-		return err
+		return nil, err
 	}
-	// The mode as of the range check: a wait there may have seen the
-	// grant.
-	v, md, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, uint64(len(data)))
+	n := m.Length
+	if req.Type != msgUnmap {
+		n = uint64(len(data))
+	}
+	// A range beyond the volume may wait for the configuration that
+	// grows it; then the message is checked again and applied under the
+	// pod's barrier, at the state and epoch of that check.
+	if _, _, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, n); err != nil {
+		return nil, err
+	}
+	p, md, done, err := r.applying(m.Pod, req.Epoch, pod.Follower)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	defer done()
+	v, err := r.volumeOf(m.Pod, m.Volume)
+	if err == nil {
+		err = checkRange(m.Pod, v, m.Off, n)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if md.state != pod.Receiving && md.state != pod.InSync {
+		return nil, refusef("pod %s: a write in state %s", m.Pod, md.state)
+	}
+	durable := md.state != pod.Receiving
 	switch {
+	case req.Type == msgUnmap:
+		err = v.local.Unmap(ctx, int64(m.Off), int64(m.Length)) // always synced
+		durable = true
 	case len(m.Damaged) > 0:
-		err = r.writeDamaged(ctx, m, v, md.state != pod.Receiving)
-	case md.state == pod.Receiving:
+		err = r.writeDamaged(ctx, m, v, durable)
+	case !durable:
 		// This copy serves nothing until the grant, which syncs the
 		// store first; a crash before it means a fresh copy anyway.
 		err = v.local.WriteAtNoSync(ctx, data, int64(m.Off))
@@ -159,15 +204,18 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		err = v.local.WriteAt(ctx, data, int64(m.Off))
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
-	if fw != nil && md.state != pod.Receiving {
+	if fw != nil && durable {
 		fw.add(&fw.applied, int64(len(data)))
 	}
-	return nil
+	if durable {
+		return []byte{writeDurable}, nil
+	}
+	return nil, nil
 }
 
 // copyNoSpace opens the answer to a copied piece (msgBaseline) that this
@@ -180,7 +228,7 @@ const copyNoSpace byte = 1
 // complete, frees space; a refusal would end the link session, for every
 // pod, at every try.
 func (r *Replicator) handleCopy(ctx context.Context, req link.Message) ([]byte, error) {
-	err := r.handleWrite(ctx, req)
+	_, err := r.handleWrite(ctx, req)
 	if !errors.Is(err, store.ErrNoSpace) {
 		return nil, err
 	}
@@ -308,9 +356,11 @@ func (r *Replicator) handleReservations(ctx context.Context, req link.Message) e
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	if _, err := r.podAt(m.Pod, req.Epoch, pod.Follower); err != nil {
+	_, _, done, err := r.applying(m.Pod, req.Epoch, pod.Follower)
+	if err != nil {
 		return err
 	}
+	defer done()
 	lu, err := r.podLU(m.Pod, m.Volume)
 	if err != nil {
 		return err
@@ -338,63 +388,123 @@ func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {
 	return nil
 }
 
-// handleResync installs the pod's configuration, clears this array's
-// copy and starts receiving (follower).
+// handleResync accepts the peer's proposal to give this array a copy of
+// a pod at the message's epoch: the machine decides first (only from a
+// state that neither serves nor races, at a later epoch), the record is
+// persisted, and only then is the pod's configuration installed and the
+// copy cleared or kept to resume (package pod: nothing from a peer
+// changes state before its epoch is accepted). A refusal is an answer
+// that says why and this array's epoch.
 func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte, error) {
 	var m resyncMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return nil, err
 	}
-	name := m.Config.Pod.Name
-	if err := r.checkPeerConfig(&m.Config, true); err != nil {
+	name, id := m.Config.Pod.Name, m.Config.Pod.ID
+	if err := r.checkPeerConfig(&m.Config, true, false); err != nil {
 		return nil, err
 	}
+	peer := r.peer()
 	cat := r.env.Catalog()
-	before := cat.View()
-	// Refuse a resync the machine would refuse before anything changes.
-	if p := r.pod(name); p != nil && p.id == m.Config.Pod.ID {
-		if p.role != pod.Follower {
-			return nil, refusef("pod %s: resync requested of its sequencer", name)
-		}
-		if md := p.mode(); req.Epoch <= md.epoch {
-			return nil, refusef("pod %s: resync at epoch %d, already at %d", name, req.Epoch, md.epoch)
-		}
-	} else if cur, ok := before.Pods[name]; ok && cur.ID == m.Config.Pod.ID && req.Epoch <= cur.Epoch {
-		return nil, refusef("pod %s: resync at epoch %d, already at %d", name, req.Epoch, cur.Epoch)
+	refuse := func(err error, epoch uint64) ([]byte, error) {
+		return nil, fmt.Errorf("pod %s (at epoch %d here): %w", name, epoch, err)
 	}
-	// The pod's epoch here moves to the resync's only once the machine
-	// has accepted it.
+	if cur := cat.View().Pods[name]; cur != nil && cur.ID == id && cur.Pending == nil && !hasArray(cur, peer.ID) {
+		return nil, refusef("pod %s is not ordered by array %s here", name, peer.Name)
+	}
 	cfg := m.Config
-	cfg.Pod.Epoch = 0
-	if cur, ok := before.Pods[name]; ok && cur.ID == cfg.Pod.ID {
-		cfg.Pod.Epoch = cur.Epoch
+	cfg.Pod.Epoch = req.Epoch
+	// Everything but who orders the pod is checked before anything
+	// changes; who orders it is the machine's to accept (its record
+	// then moves the catalog's sequencer to the peer).
+	check := cfg
+	if cur := cat.View().Pods[name]; cur != nil && cur.ID == id && cur.Pending == nil {
+		check.Pod.Sequencer = cur.Sequencer
 	}
-	if err := cat.Apply(catalog.InstallPod{Config: cfg}); err != nil {
+	if err := cat.View().CheckInstall(&check); err != nil {
 		return nil, fmt.Errorf("pod %s cannot be stretched to array %s: %w", name, r.cfg.Name, err)
 	}
-	after := cat.View()
 	p := r.pod(name)
-	if p == nil {
-		return nil, fmt.Errorf("pod %s: not stretched here after install", name)
+	if p != nil && p.id != id {
+		return nil, refusef("pod %s: this array has another pod of that name", name)
 	}
-	var acts []pod.Action
-	var rerr error
-	p.mu.Lock()
-	acts, rerr = p.mu.m.ResyncRequested(req.Epoch)
-	p.mu.Unlock()
-	if rerr != nil {
-		return nil, fmt.Errorf("pod %s: %w", name, rerr)
+	var prior pod.Record
+	if p == nil {
+		// The pod is new here, or a copy set aside: decide on its stored
+		// record (none: no copy), and persist the acceptance before the
+		// configuration makes the pod's runtime start.
+		rec, ok := r.loadRecord(id)
+		if cur := cat.View().Pods[name]; !ok && cur != nil && cur.ID == id {
+			rec, ok = r.recordOf(cur), true
+		}
+		if !ok {
+			rec = pod.Record{Sequencer: peer.ID, Left: true}
+		}
+		prior = rec
+		tmp := pod.New(pod.Config{Self: r.cfg.ID, Peer: peer.ID, Timeout: r.cfg.Timeout}, rec, r.now())
+		acts, err := tmp.ResyncRequested(req.Epoch)
+		if err != nil {
+			return refuse(err, rec.Epoch)
+		}
+		for _, a := range acts {
+			if a.Kind == pod.Persist {
+				if err := r.saveRecord(name, id, a.Record, false); err != nil {
+					return nil, fmt.Errorf("pod %s: %w", name, err)
+				}
+			}
+		}
+		if err := cat.Apply(catalog.InstallPod{Config: cfg}); err != nil {
+			return nil, fmt.Errorf("pod %s cannot be stretched to array %s: %w", name, r.cfg.Name, err)
+		}
+		if p = r.pod(name); p == nil {
+			return nil, fmt.Errorf("pod %s: not stretched here after install", name)
+		}
+		p.applyMu.Lock()
+		defer p.applyMu.Unlock()
+		// The runtime started behind at the accepted epoch: receiving.
+		if err := p.request(func(mm *pod.Machine) ([]pod.Action, error) { return mm.ResyncRequested(req.Epoch) }); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", name, err)
+		}
+	} else {
+		p.applyMu.Lock()
+		defer p.applyMu.Unlock()
+		p.mu.Lock()
+		prior = p.mu.m.Record()
+		p.mu.Unlock()
+		if err := p.request(func(mm *pod.Machine) ([]pod.Action, error) { return mm.ResyncRequested(req.Epoch) }); err != nil {
+			return refuse(err, prior.Epoch)
+		}
+		if err := cat.Apply(catalog.InstallPod{Config: cfg}); err != nil {
+			return nil, fmt.Errorf("pod %s: install the configuration: %w", name, err)
+		}
 	}
 	// Resume when this array's copy is the one the sequencer tracked
-	// changes against; otherwise discard it before the first block of
-	// the new one may arrive (the sequencer sends none before this
-	// answer).
+	// changes against: complete and identical at that epoch (it was in
+	// sync then), or a copy under way whose cursor is of that epoch; and
+	// this array's own record of what it wrote that the sequencer may
+	// lack holds from then. Otherwise discard the copy before the first
+	// block of the new one may arrive (the sequencer sends none before
+	// this answer).
 	ans := resumeAnswer{}
-	if c, ok := r.loadCursor(p.id); ok && m.ResumeFrom != 0 && c.Epoch == m.ResumeFrom {
+	p.mu.Lock()
+	own := p.mu.track
+	p.mu.Unlock()
+	ownOK := own.from == m.ResumeFrom
+	c, hasCursor := r.loadCursor(id)
+	switch {
+	case m.ResumeFrom == 0 || !ownOK:
+	case prior.Synced == m.ResumeFrom:
+		ans = resumeAnswer{Resume: true, Cursor: cursor{Epoch: m.ResumeFrom, Complete: true}}
+	case hasCursor && c.Epoch == m.ResumeFrom:
 		ans = resumeAnswer{Resume: true, Cursor: c}
 	}
-	if !ans.Resume {
-		for _, v := range after.PodVolumes(name) {
+	if ans.Resume {
+		mine := regions{}
+		mine.merge(own.dirty)
+		mine.merge(own.recent)
+		ans.Volumes, ans.Regions = listRegions(mine)
+	} else {
+		for _, v := range cat.View().PodVolumes(name) {
 			if err := r.env.Store().DeleteVolume(v.DataID); err != nil {
 				return nil, fmt.Errorf("pod %s: clear %s: %w", name, v.Name, err)
 			}
@@ -405,70 +515,92 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 		next = ans.Cursor
 		next.Epoch = req.Epoch
 	}
-	if err := r.saveCursor(p.id, next); err != nil {
-		return nil, err
-	}
-	cp := cat.View().Pods[name]
-	if err := cat.Apply(catalog.SetPodMembership{Name: name, Arrays: cp.Arrays, Sequencer: cp.Sequencer, Epoch: req.Epoch}); err != nil {
+	if err := r.saveCursor(id, next); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
 	p.mu.progress = &Progress{}
+	p.mu.track = noTracking()
 	p.mu.Unlock()
-	p.queue(acts)
 	if ans.Resume {
-		r.log.Info("resuming the copy", "pod", name, "epoch", req.Epoch, "from_epoch", m.ResumeFrom, "volume", ans.Cursor.Volume, "offset", ans.Cursor.Off, "complete", ans.Cursor.Complete)
+		r.log.Info("resuming the copy", "pod", name, "epoch", req.Epoch, "from_epoch", m.ResumeFrom, "volume", ans.Cursor.Volume,
+			"offset", ans.Cursor.Off, "complete", ans.Cursor.Complete, "own_regions", len(ans.Regions))
 	} else {
 		r.log.Info("receiving a fresh copy", "pod", name, "epoch", req.Epoch)
 	}
 	return mustJSON(ans), nil
 }
 
+// handleGrant accepts the peer's grant: this array's copy is complete at
+// the message's epoch. Under the pod's barrier (every write applied
+// before it is covered by the sync, every one after it is synced), the
+// machine accepts, the received data is synced and the record (and the
+// cursor) made durable, and only then does this array serve and answer.
 func (r *Replicator) handleGrant(req link.Message) error {
 	var m grantMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	p, md, err := r.podMode(m.Pod, req.Epoch, pod.Follower)
+	pre := m.Pre // the machine refuses an array not of the pod
+	p, unlock, err := r.podRequest(m.Pod, func(mm *pod.Machine) ([]pod.Action, error) { return mm.GrantRequested(req.Epoch, pre) })
 	if err != nil {
 		return err
 	}
-	if md.state != pod.Receiving {
-		return refusef("pod %s: in-sync grant in state %s", m.Pod, md.state)
-	}
-	// Everything received while the copy was made is made durable
-	// before this array may serve it, and the copy is recorded complete.
+	defer unlock()
 	if err := r.saveCursor(p.id, cursor{Epoch: req.Epoch, Complete: true}); err != nil {
-		return fmt.Errorf("pod %s: %w", m.Pod, err)
+		r.log.Warn("record the copy complete", "pod", m.Pod, "err", err)
 	}
 	p.mu.Lock()
-	acts, err := p.mu.m.GrantedInSync(req.Epoch)
+	p.mu.track = noTracking()
+	p.mu.track.from = req.Epoch
 	p.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("pod %s: %w", m.Pod, err)
-	}
-	p.queue(acts)
-	r.log.Info("pod in sync", "pod", m.Pod, "epoch", req.Epoch)
+	r.log.Info("pod in sync", "pod", m.Pod, "epoch", req.Epoch, "pre_elected", r.arrayName(pre))
 	return nil
 }
 
-// hello tells the peer which pods this array has stretched with it.
-func (r *Replicator) hello(s *link.Session) {
-	st := r.env.Catalog().View()
-	m := helloMsg{Name: r.cfg.Name, ID: r.cfg.ID}
-	for _, p := range st.SortedPods() {
-		if len(p.Arrays) > 1 && p.Pending == nil {
-			m.Pods = append(m.Pods, helloPod{Pod: p.Name, ID: p.ID, Epoch: p.Epoch, Sequencer: p.Sequencer})
-		}
+// handlePreElect holds the pre-election the sequencer asks for.
+func (r *Replicator) handlePreElect(req link.Message) error {
+	var m grantMsg
+	if err := json.Unmarshal(req.Payload, &m); err != nil {
+		return err
 	}
+	pre := m.Pre
+	_, unlock, err := r.podRequest(m.Pod, func(mm *pod.Machine) ([]pod.Action, error) { return mm.PreElectRequested(req.Epoch, pre) })
+	if err != nil {
+		return err
+	}
+	unlock()
+	r.log.Info("pre-election", "pod", m.Pod, "epoch", req.Epoch, "pre_elected", r.arrayName(pre))
+	return nil
+}
+
+// podRequest feeds a request of the peer to the machine of a pod
+// stretched to it, under the pod's barrier, which it leaves held for the
+// caller to release with unlock once it has finished what the request
+// does; the records it made are durable when it returns.
+func (r *Replicator) podRequest(name string, f func(*pod.Machine) ([]pod.Action, error)) (p *podRT, unlock func(), err error) {
+	p, err = r.stretched(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.applyMu.Lock()
+	if err := p.request(f); err != nil {
+		p.applyMu.Unlock()
+		return nil, nil, fmt.Errorf("pod %s: %w", name, err)
+	}
+	return p, p.applyMu.Unlock, nil
+}
+
+// hello tells the peer who this array is (the pods' records are asked
+// per pod, msgPodState).
+func (r *Replicator) hello(s *link.Session) {
+	m := helloMsg{Name: r.cfg.Name, ID: r.cfg.ID}
 	if err := callJSON(context.Background(), s, msgHello, 0, m, nil); err != nil {
 		r.log.Warn("hello to the peer", "err", err)
 	}
 }
 
-// handleHello sets aside this array's copy of every pod whose sequencer
-// is the peer and which the peer no longer has stretched here (it was
-// unstretched while the arrays could not talk).
+// handleHello checks that the peer is the paired array.
 func (r *Replicator) handleHello(req link.Message) error {
 	var m helloMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
@@ -477,24 +609,6 @@ func (r *Replicator) handleHello(req link.Message) error {
 	peer := r.peer()
 	if peer == nil || m.ID != peer.ID {
 		return refusef("hello from array %s (%s), this array is paired with another", m.Name, m.ID)
-	}
-	st := r.env.Catalog().View()
-	for _, p := range st.SortedPods() {
-		if !r.peerOrders(p, peer) {
-			continue
-		}
-		found := false
-		for _, ps := range m.Pods {
-			if ps.ID == p.ID {
-				found = true
-			}
-		}
-		if !found {
-			r.log.Warn("the pod was unstretched from this array while the link was down; keeping the copy pending eradication", "pod", p.Name)
-			if err := r.keepPending(p.Name, p.Epoch); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
 }

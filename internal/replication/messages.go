@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -64,6 +65,18 @@ const (
 	// copy of a range (writeMsg without data), which the sequencer's
 	// copy has damaged.
 	msgPeerRead
+	// msgPodState (either way): the receiver's record of a pod
+	// (podStateMsg), asked when a pod's runtime has a new session.
+	msgPodState
+	// msgPreElect (sequencer → follower): hold this pre-election
+	// (grantMsg's Pre), durably, at the message's epoch.
+	msgPreElect
+	// msgHandover (old sequencer → the other array): the sender gave the
+	// pod up; the receiver owns it alone from the message's epoch.
+	msgHandover
+	// msgStatus (either way): the sender's view of the mediator
+	// (statusMsg).
+	msgStatus
 )
 
 // errShort is returned for a truncated binary message.
@@ -342,8 +355,30 @@ type resyncMsg struct {
 	ResumeFrom uint64 `json:"resume_from,omitempty"`
 }
 
+// grantMsg is a msgGrant or a msgPreElect: Pre is the pod's pre-elected
+// array ("" none).
 type grantMsg struct {
 	Pod string `json:"pod"`
+	Pre string `json:"pre,omitempty"`
+}
+
+// podStateMsg asks for (Pod, ID) or answers with the sender's record of
+// a pod: Has is false when it has no copy of it at all, or has made it
+// local.
+type podStateMsg struct {
+	Pod    string     `json:"pod"`
+	ID     string     `json:"id"`
+	Has    bool       `json:"has,omitempty"`
+	Record pod.Record `json:"record"`
+	// Mediator is the sender's view of the mediator (an answer), so the
+	// asker knows it before it proposes a copy whose grant carries the
+	// pre-election.
+	Mediator bool `json:"mediator,omitempty"`
+}
+
+// statusMsg is a msgStatus.
+type statusMsg struct {
+	Mediator bool `json:"mediator"`
 }
 
 type configMsg struct {

@@ -198,19 +198,20 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 	// its follower's lease ran out).
 	ctx, cancel := context.WithCancel(context.Background())
 	r.ctx = ctx
-	r.mu.fresh = "pod2"
+	for _, pr := range []struct {
+		name, id string
+		epoch    uint64
+	}{{"pod2", "pod-2", epoch2}, {"pod4", "pod-4", 3}} {
+		if err := r.saveRecord(pr.name, pr.id, pod.Stretched(idB, pr.epoch), false); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cat.Watch(func(st *catalog.State) {
 		env.configChanged(st)
 		r.indexVolumes(st)
 		r.syncPods()
 	})
-	r.mu.Lock()
-	r.mu.fresh = "pod4"
-	r.mu.Unlock()
 	mustApply(t, cat, catalog.SetPodMembership{Name: "pod4", Arrays: []catalog.PodArray{b, a}, Sequencer: nameB, Epoch: 3})
-	r.mu.Lock()
-	r.mu.fresh = ""
-	r.mu.Unlock()
 
 	// The fake array-a dials array-b's link listener.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -239,7 +240,11 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 	}
 	r.mu.Lock()
 	r.mu.sess = sb
+	pods := r.podList()
 	r.mu.Unlock()
+	for _, p := range pods {
+		p.linkUp(sb)
+	}
 	h.peer = sa
 	t.Cleanup(func() {
 		sa.Close()
@@ -396,7 +401,7 @@ func TestPeerPodConfigConfined(t *testing.T) {
 	h.refused("resync of this array's local pod", msgResync, 9, mustJSON(resyncMsg{Config: *pc}), "pod local is not ordered by array array-a here")
 	pc = st.PodConfig("pod2")
 	pc.Pod.Sequencer = nameA
-	h.refused("resync of a pod this array orders", msgResync, 9, mustJSON(resyncMsg{Config: *pc}), "pod pod2 is not ordered by array array-a here")
+	h.refused("resync of a pod this array orders", msgResync, 9, mustJSON(resyncMsg{Config: *pc}), "resync at epoch 9 while alone")
 
 	// What an ordered change of pod1 may do: change the hosts pod1's
 	// connections used before (h2's CHAP), and bring in new ones.
@@ -494,6 +499,7 @@ func TestPeerForwardConfined(t *testing.T) {
 // forwarded data of their volume.
 func TestPeerWriteBounds(t *testing.T) {
 	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
 	block := bytes.Repeat([]byte{0xee}, store.BlockSize)
 	w := func(typ uint16, off uint64, length uint64, data []byte) []byte {
 		return (&writeMsg{Pod: "pod1", Volume: uuidVol1, Off: off, Length: length, Data: data}).encode()
@@ -571,20 +577,25 @@ func TestPeerCannotPullAPod(t *testing.T) {
 func TestPeerMembershipConfined(t *testing.T) {
 	h := newHostilePeer(t)
 	h.refused("removal of this array from a pod it orders", msgUnstretch, 0,
-		mustJSON(unstretchMsg{Pod: "pod2", Array: nameB}), "cannot remove array")
+		mustJSON(unstretchMsg{Pod: "pod2", Array: nameB}), "removal at epoch 0")
 	h.refused("removal of this array from its local pod", msgUnstretch, 0,
-		mustJSON(unstretchMsg{Pod: "local", Array: nameB}), "cannot remove array")
-	// A hello listing no pod sets aside the pods the peer orders, and
-	// only those, whatever name it claims.
-	h.accepted("hello", msgHello, 0, mustJSON(helloMsg{Name: nameB, ID: idA}))
+		mustJSON(unstretchMsg{Pod: "local", Array: nameB}), "not stretched to the peer")
+	// A notice that the peer made a pod its own sets aside the pods this
+	// array does not serve alone (pod1, which it follows), and only
+	// those, whatever the peer says of the others.
+	for _, name := range []string{"local", "pod1", "pod2", "pod4"} {
+		h.accepted("notice of "+name, msgUnstretch, 0, mustJSON(unstretchMsg{Pod: name, Notice: true}))
+	}
+	for deadline := time.Now().Add(10 * time.Second); h.env.cat.View().Pods["pod1"].Pending == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("pod1, which the peer orders and made its own, was not set aside")
+		}
+	}
 	st := h.env.cat.View()
 	for _, name := range []string{"local", "pod2", "pod4"} {
 		if st.Pods[name].Pending != nil {
 			t.Fatalf("pod %s was set aside by the peer", name)
 		}
-	}
-	if st.Pods["pod1"].Pending == nil {
-		t.Fatal("pod1, which the peer orders and no longer lists, was not set aside")
 	}
 	h.refused("hello of another array", msgHello, 0, mustJSON(helloMsg{Name: nameA, ID: "id-array-c"}), "paired with another")
 
@@ -604,7 +615,7 @@ func TestPeerMembershipConfined(t *testing.T) {
 }
 
 // TestPeerHandoverConfined checks a handover: the peer may leave the pod
-// to this array alone, at a later epoch, and nothing else.
+// to this array alone, at the next epoch, and nothing else.
 func TestPeerHandoverConfined(t *testing.T) {
 	h := newHostilePeer(t)
 	p := h.env.r.pod("pod1")
@@ -612,22 +623,43 @@ func TestPeerHandoverConfined(t *testing.T) {
 	p.mu.m = newInSyncFollower(t, h, epoch1)
 	p.mu.sess = h.env.r.session()
 	p.mu.Unlock()
-	b := catalog.PodArray{Name: nameB, ID: idB}
 	for _, tc := range []struct {
-		name string
-		mb   catalog.SetPodMembership
+		name  string
+		pod   string
+		epoch uint64
 	}{
-		{"of another pod", catalog.SetPodMembership{Name: "local", Arrays: []catalog.PodArray{{Name: nameA, ID: idA}}, Sequencer: nameA, Epoch: 9}},
-		{"to the peer", catalog.SetPodMembership{Name: "pod1", Arrays: []catalog.PodArray{{Name: nameA, ID: idA}}, Sequencer: nameA, Epoch: 9}},
-		{"at the same epoch", catalog.SetPodMembership{Name: "pod1", Arrays: []catalog.PodArray{b}, Sequencer: nameB, Epoch: epoch1}},
+		{"of a local pod", "local", epoch1 + 1},
+		{"at the same epoch", "pod1", epoch1},
+		{"two epochs on", "pod1", epoch1 + 2},
 	} {
-		h.refused("handover "+tc.name, msgUnstretch, epoch1, mustJSON(unstretchMsg{Pod: "pod1", Array: nameA, Membership: &tc.mb}), "a handover must leave the pod to this array alone")
+		id := "pod-1"
+		if tc.pod == "local" {
+			id = "pod-local"
+		}
+		h.refused("handover "+tc.name, msgHandover, tc.epoch, mustJSON(podStateMsg{Pod: tc.pod, ID: id}), "")
 	}
-	mb := catalog.SetPodMembership{Name: "pod1", Arrays: []catalog.PodArray{b}, Sequencer: nameB, Epoch: epoch1 + 1}
-	h.accepted("handover", msgUnstretch, epoch1, mustJSON(unstretchMsg{Pod: "pod1", Array: nameA, Membership: &mb}))
-	if cp := h.env.cat.View().Pods["pod1"]; cp.Sequencer != nameB || len(cp.Arrays) != 1 {
-		t.Fatalf("pod1 after the handover: %+v", cp)
+	h.accepted("handover", msgHandover, epoch1+1, mustJSON(podStateMsg{Pod: "pod1", ID: "pod-1"}))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		cp := h.env.cat.View().Pods["pod1"]
+		if cp.Sequencer == nameB && len(cp.Arrays) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod1 after the handover: %+v, want array-b's alone", cp)
+		}
 	}
+}
+
+// followInSync makes this array's runtime of the pod an in-sync follower
+// of the fake peer at epoch (the pod receives its mirrored writes).
+func (h *hostilePeer) followInSync(name string, epoch uint64) {
+	h.t.Helper()
+	p := h.env.r.pod(name)
+	m := newInSyncFollower(h.t, h, epoch)
+	p.mu.Lock()
+	p.mu.m = m
+	p.mu.sess = h.env.r.session()
+	p.mu.Unlock()
 }
 
 // newInSyncFollower returns the machine of a follower in sync at epoch,
@@ -642,12 +674,24 @@ func newInSyncFollower(t *testing.T, h *hostilePeer, epoch uint64) *pod.Machine 
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	m := pod.New(pod.Follower, epoch-1, time.Now(), time.Second)
-	if _, err := m.ResyncRequested(epoch); err != nil {
-		t.Fatal(err)
+	now := time.Now()
+	m := pod.New(pod.Config{Self: idB, Peer: idA, Timeout: time.Second}, pod.Record{Epoch: epoch - 1, Sequencer: idA}, now)
+	m.LinkUp(now)
+	step := func(acts []pod.Action, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range acts {
+			if a.Kind == pod.Persist {
+				m.Persisted(a.ID, now)
+			}
+		}
 	}
-	if _, err := m.GrantedInSync(epoch); err != nil {
-		t.Fatal(err)
+	step(m.ResyncRequested(epoch))
+	step(m.GrantRequested(epoch, ""))
+	if m.State() != pod.InSync {
+		t.Fatalf("the follower's machine is %s, want in sync", m.State())
 	}
 	return m
 }

@@ -13,20 +13,25 @@ import (
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
-// podRT runs one stretched pod on this array: it owns the pod's state
-// machine, performs its actions on the pod's goroutine, and gives the I/O
-// paths a consistent view (mode).
+// podRT runs one stretched pod on this array: it owns the pod's machine
+// (package pod), performs its actions and feeds it what happened, and
+// gives the I/O paths a consistent view (mode). It decides nothing of its
+// own: who serves, at which epoch and under which lease is the machine's.
 type podRT struct {
 	r    *Replicator
 	name string
 	id   string
-	role pod.Role
 	// peer is the id of the pod's other array.
 	peer string
 
-	actions chan []pod.Action
-	quit    chan struct{}
-	done    chan struct{}
+	// actions wakes the pod's goroutine for the actions in q.
+	actions chan struct{}
+	q       struct {
+		sync.Mutex
+		acts []pod.Action
+	}
+	quit chan struct{}
+	done chan struct{}
 	// cfgMu orders configuration changes of the pod (sequencer).
 	cfgMu sync.Mutex
 	// hostWrites counts host writes being replicated; a copy yields to
@@ -37,9 +42,16 @@ type podRT struct {
 	repairs atomic.Int32
 	// ioMu is held shared by every replicated operation and exclusively
 	// by membership changes, which thus see no operation half done. It
-	// is taken before cfgMu: an operation waiting while the pod is paused
-	// holds it until the pod has persisted a new epoch, under cfgMu.
+	// is taken before cfgMu.
 	ioMu sync.RWMutex
+	// applyMu is the per-pod barrier for the peer's messages (package
+	// pod): held shared from a message's epoch check to the end of its
+	// apply, and exclusively across every change of the pod's epoch or
+	// state a peer's request makes (resync, grant, pre-election,
+	// handover, removal), so no message of an older epoch is applied
+	// once a newer one is accepted, and a write the grant did not sync is
+	// applied synced.
+	applyMu sync.RWMutex
 
 	mu struct {
 		sync.Mutex
@@ -48,71 +60,121 @@ type podRT struct {
 		sess *link.Session
 		// changed is closed (and replaced) whenever the state changes.
 		changed chan struct{}
-		// progress of the copy under way (sequencer).
+		// progress of the copy under way (sending or receiving).
 		progress *Progress
 		lastErr  string
-		// track is what the follower may lack (sequencer).
+		// track is what the peer's durable copy may lack (resume.go).
 		track tracking
-		// copyEpoch is the epoch of the follower's latest copy
-		// (sequencer), and resume the follower's answer for the copy
-		// being started.
+		// copyEpoch is the epoch of the copy being made (sequencer), and
+		// resume the peer's answer for it.
 		copyEpoch uint64
 		resume    *resumeAnswer
+		// pref and autoRecover are the configuration last fed to the
+		// machine.
+		pref        string
+		autoRecover bool
 	}
+	// handedOver, when set, gets the outcome of the handover message
+	// (the administrator's call waits for it).
+	handedOver chan error
 	// baseline copy cancel.
 	copyCancel context.CancelFunc
 	copyWG     sync.WaitGroup
 }
 
-func newPodRT(r *Replicator, cp *catalog.Pod, fenced bool) *podRT {
-	p := &podRT{r: r, name: cp.Name, id: cp.ID, role: roleOf(cp, r.cfg.Name),
-		actions: make(chan []pod.Action, 64), quit: make(chan struct{}), done: make(chan struct{})}
+func newPodRT(r *Replicator, cp *catalog.Pod, rec pod.Record) *podRT {
+	p := &podRT{r: r, name: cp.Name, id: cp.ID,
+		actions: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	for _, a := range cp.Arrays {
 		if a.ID != r.cfg.ID {
 			p.peer = a.ID
 		}
 	}
-	// A pod that was just stretched (its follower never served) needs no
-	// fence; one that existed before may have a serving follower, whose
-	// lease must run out first.
-	if fenced && p.role == pod.Sequencer {
-		p.mu.m = pod.NewStretched(cp.Epoch, r.cfg.Timeout)
-	} else {
-		p.mu.m = pod.New(p.role, cp.Epoch, r.now(), r.cfg.Timeout)
-	}
+	now := r.now()
+	pref := r.preferenceOf(cp)
+	p.mu.m = pod.New(pod.Config{Self: r.cfg.ID, Peer: p.peer, Timeout: r.cfg.Timeout, HeadStart: r.cfg.HeadStart,
+		Preference: pref}, rec, now)
+	p.mu.pref, p.mu.autoRecover = pref, autoRecoverOf(cp)
+	p.mu.m.SetAutoRecover(p.mu.autoRecover, now)
 	p.mu.changed = make(chan struct{})
 	p.mu.track = noTracking()
+	if rec.Sequencer != r.cfg.ID {
+		// A copy that never ordered writes has none of its own the
+		// peer lacks: its tracking holds from its last in-sync epoch.
+		p.mu.track.from = rec.Synced
+	}
 	return p
 }
 
 // mode is what the I/O paths need to know of the pod at one instant.
 type mode struct {
 	state   pod.State
+	role    pod.Role
 	epoch   uint64
 	sess    *link.Session
 	changed <-chan struct{}
+	// serving: reads are served now (the machine's rule, with this
+	// array's lease); holds: writes wait for the state to change;
+	// active: the paths are active (serving, or paused deciding, or in
+	// sync with a lease that ran out while the link ends: I/O waits).
 	serving bool
+	holds   bool
+	active  bool
 }
+
+// waits reports whether I/O that cannot be served now waits for the
+// pod's state to change rather than fail.
+func (md mode) waits() bool { return md.active && !md.serving }
 
 func (p *podRT) mode() mode {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.mu.m
-	md := mode{state: m.State(), epoch: m.Epoch(), sess: p.mu.sess, changed: p.mu.changed, serving: m.Serving()}
-	if p.role == pod.Follower && md.serving {
-		// The follower serves only under the sequencer's lease (with a
-		// margin for clock rates).
-		if md.sess == nil || !p.r.now().Before(leaseEnd(md.sess, p.r.cfg.Timeout)) {
-			md.serving = false
-		}
-	}
-	return md
+	return mode{state: m.State(), role: m.Role(), epoch: m.Epoch(), sess: p.mu.sess, changed: p.mu.changed,
+		serving: m.Serves(p.r.now(), leaseEnd(p.mu.sess, p.r.cfg.Timeout)), holds: m.Holds(), active: m.Serving()}
 }
 
-// leaseEnd is when the follower's read lease ends: the link's lease less
-// a fifth of the timeout.
+// waitReadable returns once reads may be served here, or errNotServing
+// when the pod is not served here: while it is paused past this array's
+// lease (or its lease ran out with the link still ending), reads wait for
+// the machine to decide.
+func (p *podRT) waitReadable(ctx context.Context) error {
+	for {
+		md := p.mode()
+		switch {
+		case md.serving:
+			return nil
+		case !md.waits():
+			return errNotServing
+		}
+		select {
+		case <-md.changed:
+		case <-ctx.Done():
+			return errNotServing
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// role returns the array's role in the pod now.
+func (p *podRT) role() pod.Role {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.m.Role()
+}
+
+// leaseEnd is when this array's read lease on the session ends: the
+// link's lease less a fifth of the timeout, for clock rates (zero
+// without a session).
 func leaseEnd(s *link.Session, timeout time.Duration) time.Time {
-	return s.Lease().Add(-timeout / 5)
+	if s == nil {
+		return time.Time{}
+	}
+	l := s.Lease()
+	if l.IsZero() {
+		return l
+	}
+	return l.Add(-timeout / 5)
 }
 
 func (p *podRT) start(sess *link.Session) {
@@ -121,6 +183,7 @@ func (p *podRT) start(sess *link.Session) {
 		defer p.r.wg.Done()
 		p.loop()
 	}()
+	p.mediatorChanged(p.r.mediatorUp())
 	if sess != nil {
 		p.linkUp(sess)
 	}
@@ -136,33 +199,145 @@ func (p *podRT) stop() {
 	<-p.done
 }
 
-// event applies f to the machine under the lock and queues the actions.
+// event applies f to the machine under the lock and queues the actions
+// to the pod's goroutine, which performs them in order (a record first
+// made durable, then what follows from it). Events come from any
+// goroutine, catalog watchers included, so this never blocks.
 func (p *podRT) event(f func(m *pod.Machine) []pod.Action) {
-	p.mu.Lock()
-	was := p.mu.m.State()
-	acts := f(p.mu.m)
-	now, epoch := p.mu.m.State(), p.mu.m.Epoch()
-	p.mu.Unlock()
-	if now != was {
-		p.r.log.Info("pod state", "pod", p.name, "role", p.role, "from", was, "to", now, "epoch", epoch)
-	}
-	p.queue(acts)
+	p.queue(p.apply(f))
 }
 
+// request is event for a request of the peer: the machine may refuse it
+// (err); the records it makes are persisted at once, in the handler's
+// goroutine, which answers only once they are durable (and gets the
+// first error otherwise); the rest is queued.
+func (p *podRT) request(f func(m *pod.Machine) ([]pod.Action, error)) error {
+	var err error
+	acts := p.apply(func(m *pod.Machine) []pod.Action {
+		var acts []pod.Action
+		acts, err = f(m)
+		return acts
+	})
+	if err != nil {
+		return err
+	}
+	return p.persistInline(acts)
+}
+
+// apply runs f on the machine, logging state changes.
+func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []pod.Action {
+	p.mu.Lock()
+	m := p.mu.m
+	was, wasRole := m.State(), m.Role()
+	acts := f(m)
+	now, role, epoch := m.State(), m.Role(), m.Epoch()
+	p.mu.Unlock()
+	if now != was || role != wasRole {
+		p.r.log.Info("pod state", "pod", p.name, "from", was, "to", now, "role", role, "epoch", epoch)
+	}
+	return acts
+}
+
+// persistInline persists the records among acts at once, and makes the
+// membership changes that follow (the answer then implies them), and
+// queues the rest; it returns the first persist error.
+func (p *podRT) persistInline(acts []pod.Action) error {
+	var queue []pod.Action
+	var first error
+	for _, a := range acts {
+		switch a.Kind {
+		case pod.Unstretched, pod.GaveUp, pod.SendHandover:
+			p.queue(queue)
+			queue = nil
+			p.do(a)
+			continue
+		case pod.Persist:
+		default:
+			queue = append(queue, a)
+			continue
+		}
+		p.queue(queue)
+		queue = nil
+		more, err := p.persist(a)
+		if err != nil && first == nil {
+			first = err
+		}
+		if err := p.persistInline(more); err != nil && first == nil {
+			first = err
+		}
+	}
+	p.queue(queue)
+	return first
+}
+
+// persist makes a record durable and tells the machine, returning what
+// follows.
+func (p *podRT) persist(a pod.Action) ([]pod.Action, error) {
+	err := p.r.saveRecord(p.name, p.id, a.Record, a.SyncData)
+	if err != nil {
+		p.r.log.Error("persist the pod's record: the pod waits, and it is tried again", "pod", p.name, "record", a.Record.String(), "err", err)
+		p.setErr(fmt.Sprintf("persist the pod's record: %v", err))
+	} else {
+		p.r.log.Debug("pod record persisted", "pod", p.name, "record", a.Record.String(), "reason", a.Reason)
+	}
+	id, now := a.ID, p.r.now()
+	return p.apply(func(m *pod.Machine) []pod.Action {
+		if err != nil {
+			return m.PersistFailed(id, now)
+		}
+		return m.Persisted(id, now)
+	}), err
+}
+
+// queue hands actions to the pod's goroutine, without blocking.
 func (p *podRT) queue(acts []pod.Action) {
 	if len(acts) == 0 {
 		return
 	}
+	p.q.Lock()
+	p.q.acts = append(p.q.acts, acts...)
+	p.q.Unlock()
 	select {
-	case p.actions <- acts:
-	case <-p.quit:
+	case p.actions <- struct{}{}:
+	default:
 	}
+}
+
+// take returns the queued actions.
+func (p *podRT) take() []pod.Action {
+	p.q.Lock()
+	defer p.q.Unlock()
+	acts := p.q.acts
+	p.q.acts = nil
+	return acts
 }
 
 func (p *podRT) linkUp(s *link.Session) {
 	p.event(func(m *pod.Machine) []pod.Action {
 		p.mu.sess = s
 		return m.LinkUp(p.r.now())
+	})
+	if up, ok := p.r.peerMediator(s); ok {
+		p.event(func(m *pod.Machine) []pod.Action { return m.PeerMediatorUp(up) })
+	}
+	// The peer's record of the pod, before anything is proposed to it.
+	p.goCall(func() { p.askPeerRecord(s) })
+}
+
+// askPeerRecord asks the peer its record of the pod and feeds it to the
+// machine.
+func (p *podRT) askPeerRecord(s *link.Session) {
+	var ans podStateMsg
+	if err := callJSON(context.Background(), s, msgPodState, 0, podStateMsg{Pod: p.name, ID: p.id}, &ans); err != nil {
+		p.r.log.Debug("ask the peer's record", "pod", p.name, "err", err)
+		return
+	}
+	p.event(func(m *pod.Machine) []pod.Action {
+		if p.mu.sess != s {
+			return nil
+		}
+		acts := m.PeerMediatorUp(ans.Mediator)
+		return append(acts, m.PeerRecord(ans.Record, ans.Has, p.r.now())...)
 	})
 }
 
@@ -172,10 +347,31 @@ func (p *podRT) linkDown(s *link.Session) {
 			return nil
 		}
 		p.mu.sess = nil
-		if p.role == pod.Sequencer {
-			p.copyInterruptedLocked(m.State())
+		p.copyInterruptedLocked(m.State())
+		return m.LinkDown(p.r.now(), s.LastHeard(), leaseEnd(s, p.r.cfg.Timeout))
+	})
+}
+
+// mediatorChanged feeds the machine this array's view of the mediator.
+func (p *podRT) mediatorChanged(up bool) {
+	p.event(func(m *pod.Machine) []pod.Action { return m.MediatorUp(up, p.r.now()) })
+}
+
+// configChanged feeds the machine the pod's failover preference and
+// auto-recover setting when they changed.
+func (p *podRT) configChanged(cp *catalog.Pod) {
+	pref, auto := p.r.preferenceOf(cp), autoRecoverOf(cp)
+	p.event(func(m *pod.Machine) []pod.Action {
+		var acts []pod.Action
+		if pref != p.mu.pref {
+			p.mu.pref = pref
+			acts = append(acts, m.SetPreference(pref)...)
 		}
-		return m.LinkDown(p.r.now(), s.LastHeard())
+		if auto != p.mu.autoRecover {
+			p.mu.autoRecover = auto
+			acts = append(acts, m.SetAutoRecover(auto, p.r.now())...)
+		}
+		return acts
 	})
 }
 
@@ -212,44 +408,36 @@ func (p *podRT) loop() {
 		select {
 		case <-p.quit:
 			return
-		case acts := <-p.actions:
-			for _, a := range acts {
+		case <-p.actions:
+			for _, a := range p.take() {
 				p.do(a)
 			}
 		case <-tick.C:
 			now := p.r.now()
-			var expired *link.Session
 			p.event(func(m *pod.Machine) []pod.Action {
 				acts := m.Tick(now)
-				if p.role == pod.Follower && m.State() == pod.InSync &&
-					(p.mu.sess == nil || !now.Before(leaseEnd(p.mu.sess, p.r.cfg.Timeout))) {
+				if !m.Serves(now, leaseEnd(p.mu.sess, p.r.cfg.Timeout)) && (m.State() == pod.InSync || m.State() == pod.Syncing) {
+					// This array's lease ran out with the link up (a
+					// one-way cut): the machine ends the link.
 					acts = append(acts, m.LeaseExpired()...)
-					expired = p.mu.sess
 				}
 				return acts
 			})
-			if expired != nil {
-				// The sequencer must learn that this copy no longer
-				// serves: ending the session sends the pod through the
-				// link-lost path, then a resync.
-				p.peerFailed(expired, fmt.Errorf("read lease expired (last renewed %v ago)", now.Sub(expired.Lease())))
-			}
 		}
 	}
 }
 
-// do performs one action on the pod's goroutine.
+// do performs one action on the pod's goroutine. Calls to the peer run
+// in goroutines of their own, whose outcome is fed back as an event.
 func (p *podRT) do(a pod.Action) {
 	switch a.Kind {
-	case pod.PersistEpoch:
-		err := p.persistEpoch(a.Epoch)
-		if err != nil {
-			p.r.log.Error("persist pod epoch", "pod", p.name, "err", err)
-			return
-		}
-		p.event(func(m *pod.Machine) []pod.Action { return m.Persisted(a.Epoch) })
+	case pod.Persist:
+		more, _ := p.persist(a)
+		p.queue(more)
+	case pod.Elect:
+		p.elect(a.Epoch)
 	case pod.StartResync:
-		p.startResync(a.Epoch)
+		p.goCall(func() { p.startResync(a.Epoch) })
 	case pod.CopyBaseline:
 		ctx, cancel := context.WithCancel(context.Background())
 		if p.copyCancel != nil {
@@ -262,24 +450,28 @@ func (p *podRT) do(a pod.Action) {
 			p.copyBaseline(ctx, a.Epoch)
 		}()
 	case pod.GrantInSync:
-		s := p.mode().sess
-		if s == nil {
-			return
+		p.goCall(func() { p.grant(a.Epoch, a.Pre) })
+	case pod.SendPreElect:
+		p.goCall(func() { p.sendPreElect(a.Epoch, a.Pre) })
+	case pod.SendHandover:
+		p.goCall(func() { p.sendHandover(a.Epoch) })
+	case pod.AskRemove:
+		p.goCall(func() { p.askRemove(a.Epoch) })
+	case pod.Unstretched:
+		p.unstretched(a.Epoch)
+	case pod.GaveUp:
+		if err := p.r.keepPending(p.name, p.mode().epoch); err != nil {
+			p.r.log.Error("keep the copy given up pending eradication", "pod", p.name, "err", err)
 		}
-		if err := callJSON(context.Background(), s, msgGrant, a.Epoch, grantMsg{Pod: p.name}, nil); err != nil {
-			p.r.log.Warn("grant in-sync", "pod", p.name, "err", err)
-			p.peerFailed(s, err)
-			return
+	case pod.ClearTracking:
+		p.mu.Lock()
+		p.mu.track = noTracking()
+		p.mu.track.from = a.Epoch
+		p.mu.Unlock()
+	case pod.EndLink:
+		if s := p.mode().sess; s != nil {
+			p.peerFailed(s, fmt.Errorf("pod %s: the protocol ends the link", p.name))
 		}
-		p.r.log.Info("pod in sync", "pod", p.name, "epoch", a.Epoch)
-		p.event(func(m *pod.Machine) []pod.Action {
-			acts := m.PeerInSync(a.Epoch)
-			if m.State() == pod.InSync {
-				// The follower has everything, durably.
-				p.mu.track = noTracking()
-			}
-			return acts
-		})
 	case pod.ReleaseWrites:
 		p.release()
 	case pod.AccessChanged:
@@ -287,6 +479,30 @@ func (p *podRT) do(a pod.Action) {
 	case pod.ClearCopy:
 		// Done by the resync handler before it answers.
 	}
+}
+
+// podCtx returns a context that ends when the pod's runtime stops (or
+// cancel is called).
+func (p *podRT) podCtx(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-p.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// goCall runs f (a call to the peer) in a goroutine the replicator waits
+// for.
+func (p *podRT) goCall(f func()) {
+	p.r.wg.Add(1)
+	go func() {
+		defer p.r.wg.Done()
+		f()
+	}()
 }
 
 // release wakes everything waiting for a state change.
@@ -307,75 +523,153 @@ func (p *podRT) accessChanged() {
 	}
 }
 
-// persistEpoch durably records the pod's epoch (sequencer).
-func (p *podRT) persistEpoch(epoch uint64) error {
-	p.cfgMu.Lock()
-	defer p.cfgMu.Unlock()
-	cp := p.r.env.Catalog().View().Pods[p.name]
-	if cp == nil {
-		return fmt.Errorf("pod %s is gone", p.name)
-	}
-	if cp.Epoch >= epoch {
-		return nil
-	}
-	return p.r.env.Catalog().Apply(catalog.SetPodMembership{Name: p.name, Arrays: cp.Arrays, Sequencer: cp.Sequencer, Epoch: epoch})
-}
-
-// startResync asks the follower to receive a fresh copy at epoch.
+// startResync asks the peer to receive a copy at epoch; the machine
+// takes the epoch once the peer durably accepted it.
 func (p *podRT) startResync(epoch uint64) {
 	s := p.mode().sess
+	failed := func(peerEpoch uint64) {
+		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch, peerEpoch, p.r.now()) })
+	}
 	if s == nil {
-		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch) })
+		failed(0)
 		return
 	}
+	// cfgMu stays held until the pod is syncing, so no configuration
+	// change falls between the copy's configuration and the mirroring.
 	p.cfgMu.Lock()
-	st := p.r.env.Catalog().View()
-	pc := st.PodConfig(p.name)
-	// The reservations follow when the copy starts (copyBaseline).
-	var msg resyncMsg
+	defer p.cfgMu.Unlock()
+	pc := p.r.env.Catalog().View().PodConfig(p.name)
+	if pc == nil {
+		failed(0)
+		return
+	}
+	msg := resyncMsg{Config: *pc}
 	p.mu.Lock()
 	msg.ResumeFrom = p.mu.track.from
 	p.mu.Unlock()
-	if pc != nil {
-		msg.Config = *pc
-	}
 	var ans resumeAnswer
-	err := callJSON(context.Background(), s, msgResync, epoch, msg, &ans)
-	// cfgMu stays held until the pod is syncing, so no configuration
-	// change falls between the copy's configuration and the mirroring.
-	defer p.cfgMu.Unlock()
-	if err == nil {
-		p.mu.Lock()
-		p.mu.resume = &ans
-		p.mu.copyEpoch = epoch
-		if !ans.Resume {
-			// The follower starts from nothing: what it lacked is moot.
-			p.mu.track = noTracking()
-		}
-		p.mu.Unlock()
-	}
-	if err != nil || pc == nil {
-		p.r.log.Warn("resync refused by the peer", "pod", p.name, "err", err)
+	if err := callJSON(context.Background(), s, msgResync, epoch, msg, &ans); err != nil {
+		p.r.log.Warn("resync refused by the peer; proposed again later", "pod", p.name, "epoch", epoch, "err", err)
 		p.setErr(fmt.Sprint(err))
-		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch) })
-		// Try again later while the link stays up.
-		p.r.wg.Add(1)
-		go func() {
-			defer p.r.wg.Done()
-			select {
-			case <-time.After(2 * time.Second):
-			case <-p.quit:
-				return
-			}
-			if cur := p.mode().sess; cur == s {
-				p.linkUp(s)
-			}
-		}()
+		// Its record may have moved: ask it again before the next
+		// proposal.
+		p.askPeerRecord(s)
+		failed(0)
 		return
 	}
+	if len(ans.Regions) > maxPeerRegions || len(ans.Volumes) != len(ans.Regions) {
+		ans.Resume, ans.Regions, ans.Volumes = false, nil, nil
+	}
+	p.mu.Lock()
+	p.mu.resume = &ans
+	p.mu.copyEpoch = epoch
+	if !ans.Resume {
+		// The peer starts from nothing: what it lacked is moot.
+		p.mu.track = noTracking()
+	} else {
+		p.mu.track.dirty.merge(ans.dirtyRegions())
+	}
+	p.mu.track.from = epoch
+	p.mu.Unlock()
 	p.setErr("")
-	p.r.log.Info("resync started", "pod", p.name, "epoch", epoch)
-	p.event(func(m *pod.Machine) []pod.Action { return m.ResyncStarted(epoch) })
+	p.r.log.Info("resync started", "pod", p.name, "epoch", epoch, "resume", ans.Resume)
+	p.event(func(m *pod.Machine) []pod.Action { return m.ResyncStarted(epoch, p.r.now()) })
+}
+
+// grant tells the peer its copy is complete at epoch, with the
+// pre-election pre.
+func (p *podRT) grant(epoch uint64, pre string) {
+	p.callThen("grant in-sync", msgGrant, epoch, grantMsg{Pod: p.name, Pre: pre},
+		func(m *pod.Machine) []pod.Action { return m.GrantFailed(epoch) },
+		func(m *pod.Machine) []pod.Action {
+			p.r.log.Info("pod in sync", "pod", p.name, "epoch", epoch, "pre_elected", p.r.arrayName(pre))
+			return m.PeerInSync(epoch, p.r.now())
+		})
+}
+
+// sendPreElect asks the peer to hold the pre-election pre.
+func (p *podRT) sendPreElect(epoch uint64, pre string) {
+	p.callThen("pre-election step", msgPreElect, epoch, grantMsg{Pod: p.name, Pre: pre},
+		func(m *pod.Machine) []pod.Action { return m.PreElectFailed(epoch) },
+		func(m *pod.Machine) []pod.Action {
+			p.r.log.Info("pre-election", "pod", p.name, "epoch", epoch, "pre_elected", p.r.arrayName(pre))
+			return m.PeerPreElected(epoch, pre)
+		})
+}
+
+// callThen sends a control message of the pod and feeds the machine the
+// outcome: failed when the peer refused it or did not answer, ok when it
+// took it.
+func (p *podRT) callThen(what string, typ uint16, epoch uint64, in any, failed, ok func(m *pod.Machine) []pod.Action) {
+	if err := p.callPeer(typ, epoch, in); err != nil {
+		p.r.log.Warn(what+": the peer did not take it", "pod", p.name, "epoch", epoch, "err", err)
+		p.event(failed)
+		return
+	}
+	p.event(ok)
+}
+
+// callPeer sends a control message of the pod on its session and waits
+// for the answer.
+func (p *podRT) callPeer(typ uint16, epoch uint64, in any) error {
+	s := p.mode().sess
+	if s == nil {
+		return ErrLinkDown
+	}
+	return callJSON(context.Background(), s, typ, epoch, in, nil)
+}
+
+// sendHandover tells the peer it owns the pod alone from epoch; this
+// array already gave it up. Its answer changes nothing here: if it is
+// lost, the peer learns from its next question of this array's record.
+func (p *podRT) sendHandover(epoch uint64) {
+	err := ErrLinkDown
+	if s := p.r.session(); s != nil {
+		err = callJSON(context.Background(), s, msgHandover, epoch, podStateMsg{Pod: p.name, ID: p.id}, nil)
+	}
+	if err != nil {
+		p.r.log.Warn("the peer did not confirm the handover; it takes the pod when it next asks", "pod", p.name, "epoch", epoch, "err", err)
+	}
+	p.mu.Lock()
+	done := p.handedOver
+	p.mu.Unlock()
+	if done != nil {
+		done <- err
+	}
+}
+
+// askRemove asks the peer to give the pod up.
+func (p *podRT) askRemove(epoch uint64) {
+	peer := p.r.arrayName(p.peer)
+	p.callThen("removal of the peer (the link ends and the pod goes through the race)", msgUnstretch, epoch, unstretchMsg{Pod: p.name, Array: peer},
+		func(m *pod.Machine) []pod.Action {
+			p.mu.lastErr = fmt.Sprintf("removal of array %s not confirmed", peer)
+			return m.RemoveFailed(epoch)
+		},
+		func(m *pod.Machine) []pod.Action { return m.PeerLeft(epoch) })
+}
+
+// unstretched makes the pod this array's alone (a local pod) from epoch,
+// and tells the peer.
+func (p *podRT) unstretched(epoch uint64) {
+	r := p.r
+	cp := r.env.Catalog().View().Pods[p.name]
+	if cp == nil || cp.ID != p.id {
+		return
+	}
+	me := catalog.PodArray{Name: r.cfg.Name, ID: r.cfg.ID}
+	if err := r.env.Catalog().Apply(catalog.SetPodMembership{Name: p.name, Arrays: []catalog.PodArray{me}, Sequencer: me.Name, Epoch: epoch}); err != nil {
+		r.log.Error("make the pod local", "pod", p.name, "err", err)
+		return
+	}
+	r.log.Info("the pod is this array's alone now", "pod", p.name, "epoch", epoch)
+	if s := r.session(); s != nil {
+		p.goCall(func() {
+			if err := callJSON(context.Background(), s, msgUnstretch, 0, unstretchMsg{Pod: p.name, Notice: true}, nil); err != nil {
+				r.log.Debug("tell the peer the pod is unstretched", "pod", p.name, "err", err)
+			}
+		})
+	}
 }
 
 func (p *podRT) setErr(s string) {
@@ -394,9 +688,11 @@ var errNotServing = fmt.Errorf("pod not served on this array: %w", scsi.ErrTrans
 // the change is on every array that serves the pod. The request is sent
 // first and local runs while it travels. Neither part is cancelled by ctx
 // once started (an aborted command may have changed either copy; both
-// must match): ctx only stops waiting for a paused pod. For a write of
-// data the follower forwarded, done tells the follower, as soon as the
-// local write succeeded, that this copy has it (see forwarded).
+// must match): ctx only stops waiting for a paused pod. A follower that
+// does not answer within the link's timeout is treated as lost (the link
+// ends), like a silent one. For a write of data the follower forwarded,
+// done tells the follower, as soon as the local write succeeded, that
+// this copy has it (see forwarded).
 func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte, done *writtenMsg) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
@@ -409,10 +705,13 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 	for {
 		md := p.mode()
 		switch {
-		case md.state == pod.Syncing || md.state == pod.InSync:
-			if md.sess == nil {
-				break
-			}
+		case md.holds:
+			// Paused: wait for the machine below.
+		case md.role != pod.Sequencer:
+			return errNotServing
+		case md.sess != nil && (md.state == pod.Syncing || md.state == pod.InSync):
+			// Mirrored: a write is on both copies once the peer
+			// answered, whatever the leases (they guard reads).
 			remote := goCall(bg, md.sess, typ, md.epoch, payload)
 			var lerr error
 			if !localDone {
@@ -423,10 +722,10 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 				// Not awaited: the answer says nothing this write needs.
 				goCall(bg, md.sess, msgWritten, md.epoch, done.encode())
 			}
-			_, rerr := remote.Wait()
-			// A change the follower may lack, or has and this array
-			// has not, must be copied again on a resume.
-			p.noteWrite(rg, rerr == nil && lerr == nil, md.state)
+			ans, rerr := p.awaitPeer(remote)
+			// A change the follower may lack, or has but has not made
+			// durable, must be copied again on a resume.
+			p.noteWrite(rg, rerr == nil && lerr == nil, rerr == nil && len(ans) > 0 && ans[0] == writeDurable)
 			if lerr != nil {
 				if rerr == nil {
 					// The follower has what this array could not
@@ -441,12 +740,12 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 			}
 			p.peerFailed(md.sess, rerr)
 		case md.state == pod.Alone:
-			p.noteWrite(rg, false, md.state)
+			p.noteWrite(rg, false, false)
 			if !localDone {
 				return local(bg)
 			}
 			return nil
-		case !md.serving:
+		default:
 			return errNotServing
 		}
 		// Paused (or between states): wait for the machine.
@@ -456,5 +755,20 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 			return ctx.Err()
 		case <-time.After(p.r.cfg.Timeout):
 		}
+	}
+}
+
+// awaitPeer waits for the peer's answer to a mirrored change, at most the
+// link's timeout (a follower whose store stalls keeps answering pings,
+// and must not hold the sequencer's writes for ever).
+func (p *podRT) awaitPeer(pend *link.Pending) ([]byte, error) {
+	t := time.NewTimer(p.r.cfg.Timeout)
+	defer t.Stop()
+	select {
+	case <-pend.Done():
+		resp, err := pend.Wait()
+		return resp.Payload, err
+	case <-t.C:
+		return nil, fmt.Errorf("the peer did not apply a mirrored write within %v", p.r.cfg.Timeout)
 	}
 }

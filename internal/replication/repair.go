@@ -50,16 +50,16 @@ func (v *Volume) repairRead(ctx context.Context, p []byte, off int64, err error)
 		return err
 	}
 	md := rt.mode()
-	if rt.role == pod.Follower && (md.sess == nil || !md.serving) {
+	if md.role == pod.Follower && (md.sess == nil || !md.serving) {
 		// The follower stopped serving the pod while the read ran: the
 		// good copy is the sequencer's, and the host is to retry.
 		return errNotServing
 	}
-	if md.sess == nil || (rt.role == pod.Sequencer && md.state != pod.InSync) {
+	if md.sess == nil || (md.role == pod.Sequencer && md.state != pod.InSync) {
 		return err
 	}
 	req := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(len(p))}).encode()
-	if rt.role == pod.Follower {
+	if md.role == pod.Follower {
 		data, rerr := call(ctx, md.sess, msgRepair, md.epoch, req)
 		if rerr != nil || len(data) != len(p) {
 			v.r.log.Warn("damaged blocks could not be repaired from the sequencer's copy", "pod", v.pod, "volume", v.name(), "lba", off/store.BlockSize, "blocks", len(p)/store.BlockSize, "err", rerr)
@@ -95,15 +95,8 @@ func (p *podRT) repairLater(v *Volume, off, n int64) {
 	go func() {
 		defer p.r.wg.Done()
 		defer p.repairs.Add(-1)
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := p.podCtx(context.Background())
 		defer cancel()
-		go func() {
-			select {
-			case <-p.quit:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		if _, err := p.repair(ctx, v, off, n, false); err != nil {
 			p.r.log.Warn("damaged blocks not repaired", "pod", p.name, "volume", v.name(), "lba", off/store.BlockSize, "blocks", n/store.BlockSize, "err", err)
 		}

@@ -22,9 +22,12 @@
 // follow the follower's acknowledgement. Every other command waits for
 // that answer.
 //
-// When the link fails, the sequencer suspends the follower and serves
-// alone (the fixed bias, until the mediator decides); what the follower
-// may lack is tracked for the resync.
+// The pod's protocol (who serves, at which epoch, under which lease,
+// the race through the mediator, pre-election, copies, handover and
+// removal) is package pod's machine; this package performs its actions
+// (persist, elect, send, copy, mirror) and feeds it events. When the
+// link fails both arrays pause the pod and the machine decides which one
+// keeps it; what the other may lack is tracked for the resync.
 //
 // # The peer
 //
@@ -84,8 +87,17 @@ type Config struct {
 	Link   link.Config
 	Logger *slog.Logger
 	Now    func() time.Time
-	// Timeout is the link's dead-peer timeout (default 4s).
+	// Timeout is the link's dead-peer timeout (default 1s). It bounds a
+	// lost peer's read lease, so that a winner serves alone at most
+	// Timeout after the peer was last heard from, and how long a
+	// mirrored write waits for the peer.
 	Timeout time.Duration
+	// HeadStart is how long an array that is not a pod's failover
+	// preference waits before it races for the pod (default 1s).
+	HeadStart time.Duration
+	// Mediator is the mediator client (nil: none configured, and every
+	// pod is pre-elected: its preference, else its sequencer).
+	Mediator Mediator
 	// Heartbeat is the link's heartbeat interval (default 100ms).
 	Heartbeat time.Duration
 	// BaselineRate limits baseline copy bytes per second (0: unlimited).
@@ -116,6 +128,9 @@ type Replicator struct {
 	// panics counts the panics recovered in link sessions (handlers
 	// included).
 	panics atomic.Int64
+	// persistHook, when set (tests), is called before a pod's record is
+	// written, and fails the write with its error.
+	persistHook func(pod string, rec pod.Record) error
 	// peerView is mu.peer, for lock-free reads.
 	peerView atomic.Pointer[Peer]
 
@@ -125,9 +140,9 @@ type Replicator struct {
 		sess *link.Session
 		// pods are the runtimes of stretched pods, by name.
 		pods map[string]*podRT
-		// fresh names a pod being stretched now: its follower has never
-		// served, so its sequencer needs no fence.
-		fresh string
+		// peerMed is the peer's view of the mediator on sess, once it
+		// said (peerMedKnown).
+		peerMed, peerMedKnown bool
 		// stopped is set when Run ends: no pod runtime starts after it
 		// (nothing would stop it).
 		stopped bool
@@ -153,7 +168,10 @@ func New(cfg Config) *Replicator {
 		cfg.Now = time.Now
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 4 * time.Second
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.HeadStart == 0 {
+		cfg.HeadStart = DefaultHeadStart
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 100 * time.Millisecond
@@ -164,6 +182,12 @@ func New(cfg Config) *Replicator {
 	r.mu.pods = map[string]*podRT{}
 	return r
 }
+
+// Defaults of Config (see the timing arithmetic in package pod).
+const (
+	DefaultTimeout   = time.Second
+	DefaultHeadStart = time.Second
+)
 
 // Errors.
 var (
@@ -234,6 +258,11 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		r.syncPods()
 	})
 	r.syncPods()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.watchMediator(ctx)
+	}()
 	var lis *link.Listener
 	var lisPeer *Peer
 	defer func() {
@@ -342,19 +371,45 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 func (r *Replicator) sessionUp(s *link.Session) {
 	r.mu.Lock()
 	r.mu.sess = s
+	r.mu.peerMedKnown = false
 	pods := r.podList()
 	r.mu.Unlock()
 	r.log.Info("link up", "peer", s.PeerID())
 	r.hello(s)
+	r.sendStatus(s)
 	for _, p := range pods {
 		p.linkUp(s)
 	}
+}
+
+// sendStatus tells the peer this array's view of the mediator.
+func (r *Replicator) sendStatus(s *link.Session) {
+	up := r.mediatorUp()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := callJSON(context.Background(), s, msgStatus, 0, statusMsg{Mediator: up}, nil); err != nil {
+			r.log.Debug("tell the peer the mediator's status", "err", err)
+		}
+	}()
+}
+
+// peerMediator returns the peer's view of the mediator on session s, if
+// it said.
+func (r *Replicator) peerMediator(s *link.Session) (up, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.sess != s || !r.mu.peerMedKnown {
+		return false, false
+	}
+	return r.mu.peerMed, true
 }
 
 func (r *Replicator) sessionDown(s *link.Session) {
 	r.mu.Lock()
 	if r.mu.sess == s {
 		r.mu.sess = nil
+		r.mu.peerMedKnown = false
 	}
 	pods := r.podList()
 	r.mu.Unlock()
@@ -392,8 +447,9 @@ func (r *Replicator) publishPods() {
 	r.podsView.Store(&m)
 }
 
-// syncPods starts a runtime for every stretched pod this array holds and
-// stops those of pods no longer stretched.
+// syncPods starts a runtime for every stretched pod this array holds,
+// stops those of pods no longer stretched, and feeds the others their
+// configuration.
 func (r *Replicator) syncPods() {
 	if r.ctx == nil {
 		return
@@ -405,13 +461,14 @@ func (r *Replicator) syncPods() {
 		return
 	}
 	sess := r.mu.sess
-	var started []*podRT
-	var stopped []*podRT
+	var started, stopped, kept []*podRT
 	for name, p := range r.mu.pods {
 		cp, ok := st.Pods[name]
-		if !ok || len(cp.Arrays) < 2 || cp.ID != p.id || p.role != roleOf(cp, r.cfg.Name) || cp.Pending != nil {
+		if !ok || len(cp.Arrays) < 2 || cp.ID != p.id || cp.Pending != nil {
 			delete(r.mu.pods, name)
 			stopped = append(stopped, p)
+		} else {
+			kept = append(kept, p)
 		}
 	}
 	for name, cp := range st.Pods {
@@ -421,7 +478,7 @@ func (r *Replicator) syncPods() {
 		if _, ok := r.mu.pods[name]; ok {
 			continue
 		}
-		p := newPodRT(r, cp, r.mu.fresh == name)
+		p := newPodRT(r, cp, r.recordOf(cp))
 		r.mu.pods[name] = p
 		started = append(started, p)
 	}
@@ -440,14 +497,28 @@ func (r *Replicator) syncPods() {
 	for _, p := range started {
 		p.start(sess)
 	}
+	for _, p := range kept {
+		if cp := st.Pods[p.name]; cp != nil {
+			p.configChanged(cp)
+		}
+	}
 }
 
-func roleOf(p *catalog.Pod, me string) pod.Role {
-	if p.Sequencer == me {
-		return pod.Sequencer
+// preferenceOf returns the id of the pod's preferred array for failover
+// ("" none).
+func (r *Replicator) preferenceOf(cp *catalog.Pod) string {
+	for _, name := range cp.FailoverPreference {
+		if id := r.arrayID(cp, name); id != "" && hasArray(cp, id) {
+			return id
+		}
 	}
-	return pod.Follower
+	return ""
 }
+
+// autoRecoverOf reports whether the pod's owner resyncs the other array
+// by itself when the link returns (on until the pod's auto_recover
+// attribute exists and says otherwise).
+func autoRecoverOf(*catalog.Pod) bool { return true }
 
 // call sends a pod message over the session at epoch and waits for the
 // answer.

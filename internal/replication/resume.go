@@ -84,10 +84,12 @@ type tracking struct {
 func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}} }
 
 // noteWrite records a change the follower does not have (mirrored is
-// false) or has without having synced it.
-// An in-sync write records nothing, and takes no lock.
-func (p *podRT) noteWrite(r region, mirrored bool, state pod.State) {
-	if r.uuid == "" || (mirrored && state != pod.Syncing) {
+// false) or has without having made it durable (durable is false: it
+// receives a copy and syncs at its next checkpoint or the grant). A
+// mirrored write the follower made durable records nothing, and takes no
+// lock.
+func (p *podRT) noteWrite(r region, mirrored, durable bool) {
+	if r.uuid == "" || (mirrored && durable) {
 		return
 	}
 	p.mu.Lock()
@@ -99,8 +101,9 @@ func (p *podRT) noteWrite(r region, mirrored bool, state pod.State) {
 	}
 }
 
-// copyInterruptedLocked is called when the link is lost while the follower had
-// (part of) a copy: what it may lack becomes dirty. p.mu must be held.
+// copyInterruptedLocked is called when the link is lost while the peer
+// had (part of) a copy: what it may lack becomes dirty. p.mu must be
+// held.
 func (p *podRT) copyInterruptedLocked(was pod.State) {
 	t := &p.mu.track
 	if was != pod.Syncing && was != pod.InSync {
@@ -108,7 +111,6 @@ func (p *podRT) copyInterruptedLocked(was pod.State) {
 	}
 	t.dirty.merge(t.recent)
 	t.recent = regions{}
-	t.from = p.mu.copyEpoch
 }
 
 // cursor is the follower's durable position in a copy.
@@ -144,11 +146,46 @@ func (r *Replicator) saveCursor(podID string, c cursor) error {
 	return b.Commit()
 }
 
-// resumeAnswer is the follower's answer to a resync request.
+// resumeAnswer is the follower's answer to a resync request it
+// accepted: resuming from Cursor with the Regions it wrote that the
+// sequencer may lack (as the loser of a race), or from nothing.
 type resumeAnswer struct {
-	Resume bool   `json:"resume"`
-	Cursor cursor `json:"cursor"`
+	Resume  bool     `json:"resume"`
+	Cursor  cursor   `json:"cursor"`
+	Regions []extent `json:"regions,omitempty"`
+	Volumes []string `json:"volumes,omitempty"`
 }
+
+// maxPeerRegions bounds the regions a resync answer may list (1 TiB of
+// 1 MiB regions); more, and the copy is complete instead.
+const maxPeerRegions = 1 << 20
+
+// dirtyRegions returns the regions the answer lists.
+func (a *resumeAnswer) dirtyRegions() regions {
+	rs := regions{}
+	for i, x := range a.Regions {
+		if i < len(a.Volumes) {
+			rs.add(region{uuid: a.Volumes[i], off: int64(x.Off), n: int64(x.Length)})
+		}
+	}
+	return rs
+}
+
+// listRegions lists a set of regions as the answer carries them.
+func listRegions(rs regions) (vols []string, exts []extent) {
+	for u, m := range rs {
+		for off := range m {
+			vols = append(vols, u)
+			exts = append(exts, extent{Off: uint64(off), Length: regionSize})
+		}
+	}
+	return vols, exts
+}
+
+// writeDurable opens the answer to a mirrored write the follower made
+// durable (it serves the pod); otherwise it wrote it without syncing (it
+// receives a copy).
+const writeDurable byte = 1
 
 type checkpointMsg struct {
 	Pod    string `json:"pod"`
@@ -161,10 +198,11 @@ func (r *Replicator) handleCheckpoint(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
 	}
-	p, err := r.podAt(m.Pod, req.Epoch, pod.Follower)
+	p, _, done, err := r.applying(m.Pod, req.Epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
+	defer done()
 	if m.Volume != "" {
 		v, err := r.volumeOf(m.Pod, m.Volume)
 		if err != nil {

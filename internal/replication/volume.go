@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/metro-storage/metro/internal/link"
@@ -42,6 +43,11 @@ func (v *Volume) rt() *podRT { return v.r.pod(v.pod) }
 // ReadAt implements scsi.Backend. Blocks damaged here are read from the
 // other array's copy when the pod is in sync, and rewritten (repair.go).
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if rt := v.rt(); rt != nil {
+		if err := rt.waitReadable(ctx); err != nil {
+			return err
+		}
+	}
 	err := v.local.ReadAt(ctx, p, off)
 	if store.IsDamage(err) {
 		return v.repairRead(ctx, p, off, err)
@@ -108,7 +114,7 @@ func (o *origin) within(p []byte) int64 {
 // WriteAt implements scsi.Backend.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	rt := v.rt()
-	if rt == nil || rt.role != pod.Sequencer {
+	if rt == nil || rt.role() != pod.Sequencer {
 		return v.local.WriteAt(ctx, p, off)
 	}
 	// The space this write needs here is set aside before the peer is
@@ -139,7 +145,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 // Unmap implements scsi.Backend.
 func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 	rt := v.rt()
-	if rt == nil || rt.role != pod.Sequencer {
+	if rt == nil || rt.role() != pod.Sequencer {
 		return v.local.Unmap(ctx, off, length)
 	}
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
@@ -153,12 +159,28 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 // sequencer's answer, for writes that refer to it.
 func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, bool) {
 	rt := v.rt()
-	if rt == nil || rt.role != pod.Follower {
+	if rt == nil {
 		return nil, false
 	}
-	md := rt.mode()
-	if !md.serving || md.sess == nil {
-		return notReady(scsi.SenseNotReadyUnavailable()), true
+	var md mode
+	for {
+		md = rt.mode()
+		if md.role != pod.Follower {
+			return nil, false // this array orders the pod (it may just have won it)
+		}
+		if md.serving && md.sess != nil && md.state == pod.InSync {
+			break
+		}
+		if !md.waits() {
+			return notReady(scsi.SenseNotReadyUnavailable()), true
+		}
+		// Paused: wait for the machine to decide.
+		select {
+		case <-md.changed:
+		case <-ctx.Done():
+			return notReady(scsi.SenseNotReadyTransitioning()), true
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	id := v.r.nextRef.Add(1)
 	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut}
@@ -208,7 +230,7 @@ func notReady(s scsi.Sense) *scsi.Result {
 // Ordering implements scsi.Replica.
 func (v *Volume) Ordering() bool {
 	rt := v.rt()
-	if rt == nil || rt.role != pod.Sequencer {
+	if rt == nil || rt.role() != pod.Sequencer {
 		return false
 	}
 	// From Syncing on: the follower starts serving when it accepts the
@@ -220,7 +242,7 @@ func (v *Volume) Ordering() bool {
 // ShareReservations implements scsi.Replica.
 func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate) error {
 	rt := v.rt()
-	if rt == nil || rt.role != pod.Sequencer {
+	if rt == nil || rt.role() != pod.Sequencer {
 		return nil
 	}
 	payload := mustJSON(reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u})
@@ -234,7 +256,7 @@ func (v *Volume) Reset(ctx context.Context, lunReset bool) {
 		return
 	}
 	md := rt.mode()
-	if md.sess == nil || (rt.role == pod.Sequencer && md.state != pod.InSync && md.state != pod.Syncing) {
+	if md.sess == nil || (md.role == pod.Sequencer && md.state != pod.InSync && md.state != pod.Syncing) {
 		return
 	}
 	payload := mustJSON(resetMsg{Pod: v.pod, Volume: v.uuid, LUNReset: lunReset})
