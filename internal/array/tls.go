@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/metro-storage/metro/internal/fileperm"
 )
 
 // loadOrMakeCert returns the API certificate: the configured one, or a
@@ -80,29 +82,9 @@ func makeSelfSigned(cfg *Config, certFile, keyFile string, now time.Time) error 
 	return writeFileSync(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), fileMode)
 }
 
-// writeFileSync writes a file atomically (temp file, fsync, rename) with
-// permissions perm, also when a temporary file of a crashed write was
+// writeFileSync writes a file atomically and durably (fileperm.WriteFile)
+// with permissions perm, also when a temporary file of a crashed write was
 // left with others. Files of the data directory are fileMode (0600).
 func writeFileSync(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fileperm.WriteFile(path, data, perm)
 }
