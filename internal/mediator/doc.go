@@ -16,7 +16,8 @@
 //	POST /v1/heartbeat {"array":"<array id>"}
 //	  200 {"mediator":"<mediator id>","generation":G}
 //	POST /v1/elect {"pod":"<pod id>","epoch":E,"array":"<array id>"}
-//	  200 {"won":true|false,"epoch":E2,"winner":"<array id>","generation":G}
+//	  200 {"won":true|false,"epoch":E2,"winner":"<array id>","generation":G,
+//	       "mediator":"<mediator id>"}
 //	GET  /v1/status
 //	  200 {"mediator":..., "generation":G, "pods":N, "arrays":[...]}
 //	errors: 400 bad input, 401 missing or wrong key, 405, 503 (the

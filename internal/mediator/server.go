@@ -55,6 +55,7 @@ type Server struct {
 	fatal    sync.Once
 	onFatal  func(error)
 	started  time.Time
+	id       string // the mediator's id
 	reset    uint64 // the backend's reset generation, fixed while it is open
 	keys     atomic.Pointer[keySet]
 	refused  refusals
@@ -86,7 +87,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reset, s.started = info.ResetGeneration, s.now()
+	s.id, s.reset, s.started = info.ID, info.ResetGeneration, s.now()
 	s.mu.arrays = map[string]ArraySeen{}
 	return s, nil
 }
@@ -185,7 +186,7 @@ func (s *Server) elect(ctx context.Context, r *http.Request, body []byte) (any, 
 	}
 	s.log.Info("elect", "pod", req.Pod, "epoch", req.Epoch, "array", req.Array, "won", res.Won,
 		"pod_epoch", res.Epoch, "winner", res.Winner, "generation", gen)
-	return ElectResponse{Won: res.Won, Epoch: res.Epoch, Winner: res.Winner, Generation: gen, ResetGeneration: s.reset}, nil
+	return ElectResponse{Mediator: s.id, Won: res.Won, Epoch: res.Epoch, Winner: res.Winner, Generation: gen, ResetGeneration: s.reset}, nil
 }
 
 func (s *Server) status(ctx context.Context, r *http.Request, body []byte) (any, error) {

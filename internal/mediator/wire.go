@@ -53,8 +53,10 @@ type ElectRequest struct {
 	Array string `json:"array"`
 }
 
-// ElectResponse answers an elect.
+// ElectResponse answers an elect. Mediator is the mediator's id, as in a
+// heartbeat's answer.
 type ElectResponse struct {
+	Mediator        string `json:"mediator"`
 	Won             bool   `json:"won"`
 	Epoch           uint64 `json:"epoch"`
 	Winner          string `json:"winner"`
