@@ -516,19 +516,42 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return fmt.Sprintf("%d: %s", e.Code, e.Message) }
 
-// post sends one request to the mediator of cn within its timeout and
+// QueryStatus asks the mediator of cfg for its status (GET /v1/status)
+// and returns it with the round trip.
+func QueryStatus(ctx context.Context, cfg ClientConfig) (StatusResponse, time.Duration, error) {
+	var out StatusResponse
+	cn, err := (&Client{}).newConn(cfg)
+	if err != nil {
+		return out, 0, err
+	}
+	if cn == nil {
+		return out, 0, errors.New("no mediator URL given")
+	}
+	rtt, err := cn.do(ctx, http.MethodGet, PathStatus, nil, &out)
+	return out, rtt, err
+}
+
+// post sends one request to the mediator of cn (see conn.do).
+func (c *Client) post(ctx context.Context, cn *conn, path string, body, out any) (time.Duration, error) {
+	return cn.do(ctx, http.MethodPost, path, body, out)
+}
+
+// do sends one request to the mediator within the configured timeout and
 // decodes the answer into out; it returns the round trip, from the
 // request written to the answer's first byte.
-func (c *Client) post(ctx context.Context, cn *conn, path string, body, out any) (time.Duration, error) {
+func (cn *conn) do(ctx context.Context, method, path string, body, out any) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, cn.cfg.Timeout)
 	defer cancel()
-	data, _ := json.Marshal(body)
+	var data []byte
+	if body != nil {
+		data, _ = json.Marshal(body)
+	}
 	var wrote, first time.Time
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest:         func(httptrace.WroteRequestInfo) { wrote = time.Now() },
 		GotFirstResponseByte: func() { first = time.Now() },
 	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cn.cfg.URL+path, bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, method, cn.cfg.URL+path, bytes.NewReader(data))
 	if err != nil {
 		return 0, err
 	}
@@ -543,8 +566,8 @@ func (c *Client) post(ctx context.Context, cn *conn, path string, body, out any)
 		var uerr x509.UnknownAuthorityError
 		var herr x509.HostnameError
 		if errors.As(err, &uerr) || errors.As(err, &herr) {
-			return 0, fmt.Errorf("mediator %s: its certificate is not trusted: %w (give this array the mediator's certificate: "+
-				"metro array setattr --mediator-ca FILE)", cn.cfg.URL, err)
+			return 0, fmt.Errorf("mediator %s: its certificate is not trusted: %w (give the mediator's certificate, its mediator.crt: "+
+				"metro array setattr --mediator-ca FILE for an array)", cn.cfg.URL, err)
 		}
 		return 0, fmt.Errorf("cannot reach the mediator at %s: %w", cn.cfg.URL, err)
 	}
