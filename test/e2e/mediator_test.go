@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/mediator"
+)
+
+// mediatorProc is a `metro mediator run` process.
+type mediatorProc struct {
+	t       *testing.T
+	dir     string // data directory
+	listen  string
+	logFile string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+// startMediatorProc starts a mediator on a free loopback port with its
+// state in dir, and waits until it answers.
+func startMediatorProc(t *testing.T, dir string) *mediatorProc {
+	t.Helper()
+	m := &mediatorProc{t: t, dir: dir, listen: fmt.Sprintf("127.0.0.1:%d", freePort(t)), logFile: filepath.Join(t.TempDir(), "mediator.log")}
+	m.start()
+	t.Cleanup(func() {
+		m.kill()
+		if t.Failed() {
+			log, _ := os.ReadFile(m.logFile)
+			t.Logf("mediator log (tail):\n%s", tailString(string(log), 3000))
+		}
+	})
+	return m
+}
+
+func (m *mediatorProc) url() string { return "https://" + m.listen }
+
+// start starts the process on the data directory and waits until it
+// answers a heartbeat with its key.
+func (m *mediatorProc) start() {
+	m.t.Helper()
+	log, err := os.OpenFile(m.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer log.Close()
+	m.cmd = exec.Command(metroBin, "mediator", "run", "--listen", m.listen, "--data-dir", m.dir)
+	m.cmd.Stdout, m.cmd.Stderr = log, log
+	if err := m.cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	m.exited = make(chan struct{})
+	cmd, exited := m.cmd, m.exited
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(m.dir, "authkey")); err == nil {
+			c := m.client(m.t, "probe", "")
+			if c.Heartbeat(context.Background()).State == mediator.StateOnline {
+				return
+			}
+		}
+		select {
+		case <-exited:
+			m.t.Fatalf("the mediator exited at start")
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatal("the mediator did not answer within 30s")
+		}
+	}
+}
+
+// kill kills the process with SIGKILL and waits for it.
+func (m *mediatorProc) kill() {
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Signal(syscall.SIGKILL)
+	<-m.exited
+	m.cmd = nil
+}
+
+// stop stops the process with SIGTERM and waits for it.
+func (m *mediatorProc) stop() {
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	<-m.exited
+	m.cmd = nil
+}
+
+// client returns a client of array for this mediator, remembering in
+// seenDir ("" in memory).
+func (m *mediatorProc) client(t *testing.T, array, seenDir string) *mediator.Client {
+	t.Helper()
+	key, err := mediator.ReadKeyFile(filepath.Join(m.dir, "authkey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(m.dir, mediator.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := ""
+	if seenDir != "" {
+		seen = filepath.Join(seenDir, "mediator-seen.json")
+	}
+	c, err := mediator.NewClient(mediator.ClientOptions{ArrayID: array, SeenFile: seen},
+		mediator.ClientConfig{URL: m.url(), AuthKey: key, CA: ca, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestMediatorKill9 kills the mediator with SIGKILL while elections are
+// in flight, as soon as some have been answered: after a restart every
+// answered race is still recorded (the other array loses it, the winner's
+// retry wins), and the generation is above every answer's.
+func TestMediatorKill9(t *testing.T) {
+	m := startMediatorProc(t, t.TempDir())
+	a := m.client(t, "array-a", t.TempDir())
+	b := m.client(t, "array-b", t.TempDir())
+	const rounds, perRound, killAfter = 5, 40, 10
+	for round := range rounds {
+		type answer struct {
+			pod string
+			res mediator.ElectResult
+		}
+		answers := make(chan answer, perRound)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var wg sync.WaitGroup
+		for i := range perRound {
+			wg.Go(func() {
+				pod := fmt.Sprintf("r%d-pod%d", round, i)
+				if res, err := a.Elect(ctx, pod, 1); err == nil {
+					answers <- answer{pod, res}
+				}
+			})
+		}
+		// Kill as soon as killAfter answers are in.
+		var got []answer
+		for len(got) < killAfter {
+			got = append(got, <-answers)
+		}
+		m.kill()
+		cancel()
+		wg.Wait()
+		close(answers)
+		for an := range answers {
+			got = append(got, an)
+		}
+		m.start()
+		for _, an := range got {
+			if !an.res.Won || an.res.Epoch != 2 {
+				t.Fatalf("round %d: %s: %+v", round, an.pod, an.res)
+			}
+			if r, err := b.Elect(context.Background(), an.pod, 1); err != nil || r.Won || r.Winner != "array-a" {
+				t.Fatalf("round %d: %s won by array-a before the kill, after it array-b: %+v %v", round, an.pod, r, err)
+			}
+			if r, err := a.Elect(context.Background(), an.pod, 1); err != nil || !r.Won {
+				t.Fatalf("round %d: %s: array-a's retry after the kill: %+v %v", round, an.pod, r, err)
+			}
+		}
+		t.Logf("round %d: %d of %d elections answered before the kill -9, all recorded", round, len(got), perRound)
+	}
+	if st := a.Heartbeat(context.Background()); st.State != mediator.StateOnline {
+		t.Fatalf("array-a after the restarts: %+v", st)
+	}
+}
+
+// TestMediatorRestoredCopy starts the mediator from an older copy of its
+// data directory: both arrays that used it report it rolled back and do
+// not race through it, also after they restart; `metro mediator
+// reset-generation` is refused while it runs and, once it is stopped,
+// makes the arrays accept it again.
+func TestMediatorRestoredCopy(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "mediator")
+	m := startMediatorProc(t, dir)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := m.client(t, "array-a", dirA), m.client(t, "array-b", dirB)
+	for _, c := range []*mediator.Client{a, b} {
+		if _, err := c.Elect(context.Background(), "pod1", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.stop()
+	backup := filepath.Join(root, "backup")
+	if out, err := exec.Command("cp", "-a", dir, backup).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	m.start()
+	if r, err := a.Elect(context.Background(), "pod1", 2); err != nil || !r.Won {
+		t.Fatalf("%+v %v", r, err)
+	}
+	seenA, seenB := a.Heartbeat(context.Background()).Generation, b.Heartbeat(context.Background()).Generation
+	m.kill()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(backup, dir); err != nil {
+		t.Fatal(err)
+	}
+	m.start()
+	for name, c := range map[string]*mediator.Client{"array-a": a, "array-b": b} {
+		st := c.Heartbeat(context.Background())
+		if st.State != mediator.StateRolledBack || !strings.Contains(st.Err, "reset-generation") {
+			t.Fatalf("%s: %+v", name, st)
+		}
+		if _, err := c.Elect(context.Background(), "pod1", 2); !errors.Is(err, mediator.ErrRolledBack) {
+			t.Fatalf("%s raced through the restored copy: %v", name, err)
+		}
+	}
+	// The arrays restart: they still know.
+	a, b = m.client(t, "array-a", dirA), m.client(t, "array-b", dirB)
+	if st := a.Heartbeat(context.Background()); st.State != mediator.StateRolledBack {
+		t.Fatalf("array-a after its restart: %+v", st)
+	}
+	above := fmt.Sprint(max(seenA, seenB))
+	out, err := exec.Command(metroBin, "mediator", "reset-generation", "--data-dir", dir, "--above", above).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "stop it first") {
+		t.Fatalf("reset-generation of a running mediator: %v: %s", err, out)
+	}
+	m.stop()
+	if out, err := exec.Command(metroBin, "mediator", "reset-generation", "--data-dir", dir, "--above", above).CombinedOutput(); err != nil {
+		t.Fatalf("reset-generation: %v: %s", err, out)
+	}
+	m.start()
+	for name, c := range map[string]*mediator.Client{"array-a": a, "array-b": b} {
+		if st := c.Heartbeat(context.Background()); st.State != mediator.StateOnline {
+			t.Fatalf("%s after the reset: %+v", name, st)
+		}
+	}
+}
+
+// TestMediatorBadFlags: the binary says what is wrong and exits non-zero.
+func TestMediatorBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mediator", "run"}, "--data-dir is required"},
+		{[]string{"mediator", "run", "--data-dir", t.TempDir(), "--listen", "nope"}, "give HOST:PORT"},
+		{[]string{"mediator", "run", "--data-dir", t.TempDir(), "--wat"}, "unknown flag"},
+		{[]string{"mediator", "reset-generation", "--data-dir", t.TempDir()}, "--above is required"},
+	} {
+		out, err := exec.Command(metroBin, tc.args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("metro %s: %v: %s", strings.Join(tc.args, " "), err, out)
+		}
+	}
+}
