@@ -258,12 +258,11 @@ func newMediatorStatusCmd(g *globals) *cobra.Command {
 			if !ok {
 				return fmt.Errorf("%s: the mediator's auth key is required: --authkey-file FILE%s", verb(cmd), usageHint(cmd))
 			}
-			cfg := mediator.ClientConfig{URL: url, AuthKey: k, Timeout: 10 * time.Second}
-			if ca != "" {
-				if cfg.CA, err = os.ReadFile(ca); err != nil {
-					return fmt.Errorf("--ca: %w", err)
-				}
+			pem, err := readFileFlag("ca", ca)
+			if err != nil {
+				return err
 			}
+			cfg := mediator.ClientConfig{URL: url, AuthKey: k, CA: []byte(pem), Timeout: 10 * time.Second}
 			st, rtt, err := mediator.QueryStatus(cmd.Context(), cfg)
 			if err != nil {
 				return err
