@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metro-storage/metro/internal/api"
+	"github.com/metro-storage/metro/internal/lab"
 	"github.com/metro-storage/metro/internal/mediator"
 )
 
@@ -261,5 +264,96 @@ func TestMediatorBadFlags(t *testing.T) {
 		if !errors.As(err, &ee) || ee.ExitCode() == 0 || !strings.Contains(string(out), tc.want) {
 			t.Errorf("metro %s: %v: %s", strings.Join(tc.args, " "), err, out)
 		}
+	}
+}
+
+// mediatorSeenBy returns the mediator as array a reports itself seeing
+// it (metro array list --json).
+func mediatorSeenBy(t *testing.T, l *lab.Lab, i int) api.MediatorInfo {
+	t.Helper()
+	a := l.Info.Arrays[i]
+	var arrays []api.ArrayInfo
+	if err := json.Unmarshal([]byte(cliOn(t, l, i, "array", "list", "--json")), &arrays); err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range arrays {
+		if ai.Name == a.Name && ai.Mediator != nil {
+			return *ai.Mediator
+		}
+	}
+	t.Fatalf("array list on %s does not show its mediator", a.Name)
+	return api.MediatorInfo{}
+}
+
+// waitMediatorSeen waits (the arrays heartbeat every 5 s) until every
+// array of the lab sees its mediator as ok says.
+func waitMediatorSeen(t *testing.T, l *lab.Lab, what string, ok func(api.MediatorInfo) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for i, a := range l.Info.Arrays {
+		for {
+			m := mediatorSeenBy(t, l, i)
+			if ok(m) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not see the mediator %s after 30s: %+v", a.Name, what, m)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// TestMediatorArrays configures both arrays of a pair with a mediator
+// through `metro array setattr`, and follows what `metro array list`
+// shows on each: online with its round trip; unreachable when the
+// mediator is stopped; rolled back (with what to do) when it comes back
+// from an older copy of its data directory.
+func TestMediatorArrays(t *testing.T) {
+	l := startLab(t, lab.Options{Initiators: []string{testInitiator}, Size: 16 << 20})
+	root := t.TempDir()
+	dir := filepath.Join(root, "mediator")
+	m := startMediatorProc(t, dir)
+	key, ca := filepath.Join(dir, "authkey"), filepath.Join(dir, mediator.CertFile)
+	for i, a := range l.Info.Arrays {
+		out := cliOn(t, l, i, "array", "setattr", "--mediator", m.url(), "--mediator-authkey-file", key, "--mediator-ca", ca)
+		if k, _ := mediator.ReadKeyFile(key); strings.Contains(out, k) {
+			t.Fatal("setattr printed the key")
+		}
+		if m := mediatorSeenBy(t, l, i); m.Status != mediator.StateOnline || m.RTTMillis <= 0 {
+			t.Fatalf("%s after setattr: %+v", a.Name, m)
+		}
+		if table := cliOn(t, l, i, "array", "list"); !strings.Contains(table, "Mediator RTT") || !strings.Contains(table, "online") {
+			t.Fatalf("array list on %s:\n%s", a.Name, table)
+		}
+	}
+	m.stop()
+	waitMediatorSeen(t, l, "unreachable", func(mi api.MediatorInfo) bool { return mi.Status == mediator.StateUnreachable })
+	backup := filepath.Join(root, "backup")
+	if out, err := exec.Command("cp", "-a", dir, backup).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	m.start()
+	// A race recorded after the copy; both arrays see its generation.
+	if _, err := m.client(t, "array-x", "").Elect(context.Background(), "pod-x", 1); err != nil {
+		t.Fatal(err)
+	}
+	gen := m.client(t, "array-x", "").Heartbeat(context.Background()).Generation
+	waitMediatorSeen(t, l, fmt.Sprintf("online at generation %d", gen), func(mi api.MediatorInfo) bool {
+		return mi.Status == mediator.StateOnline && mi.Generation >= gen
+	})
+	m.kill()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(backup, dir); err != nil {
+		t.Fatal(err)
+	}
+	m.start()
+	waitMediatorSeen(t, l, "rolled back", func(mi api.MediatorInfo) bool {
+		return mi.Status == mediator.StateRolledBack && strings.Contains(mi.Error, "reset-generation")
+	})
+	if table := cliOn(t, l, 0, "array", "list"); !strings.Contains(table, "rolled back") || !strings.Contains(table, "reset-generation") {
+		t.Fatalf("array list:\n%s", table)
 	}
 }
