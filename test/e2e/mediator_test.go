@@ -103,6 +103,29 @@ func (m *mediatorProc) stop() {
 	m.cmd = nil
 }
 
+// backup copies the data directory of the stopped mediator to dir.
+func (m *mediatorProc) backup(dir string) string {
+	m.t.Helper()
+	if out, err := exec.Command("cp", "-a", m.dir, dir).CombinedOutput(); err != nil {
+		m.t.Fatalf("cp: %v %s", err, out)
+	}
+	return dir
+}
+
+// restartFrom kills the mediator, replaces its data directory with the
+// copy in backup and starts it again.
+func (m *mediatorProc) restartFrom(backup string) {
+	m.t.Helper()
+	m.kill()
+	if err := os.RemoveAll(m.dir); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := os.Rename(backup, m.dir); err != nil {
+		m.t.Fatal(err)
+	}
+	m.start()
+}
+
 // client returns a client of array for this mediator, remembering in
 // seenDir ("" in memory).
 func (m *mediatorProc) client(t *testing.T, array, seenDir string) *mediator.Client {
@@ -200,23 +223,13 @@ func TestMediatorRestoredCopy(t *testing.T) {
 		}
 	}
 	m.stop()
-	backup := filepath.Join(root, "backup")
-	if out, err := exec.Command("cp", "-a", dir, backup).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
+	backup := m.backup(filepath.Join(root, "backup"))
 	m.start()
 	if r, err := a.Elect(context.Background(), "pod1", 2); err != nil || !r.Won {
 		t.Fatalf("%+v %v", r, err)
 	}
 	seenA, seenB := a.Heartbeat(context.Background()).Generation, b.Heartbeat(context.Background()).Generation
-	m.kill()
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(backup, dir); err != nil {
-		t.Fatal(err)
-	}
-	m.start()
+	m.restartFrom(backup)
 	for name, c := range map[string]*mediator.Client{"array-a": a, "array-b": b} {
 		st := c.Heartbeat(context.Background())
 		if st.State != mediator.StateRolledBack || !strings.Contains(st.Err, "reset-generation") {
@@ -329,10 +342,7 @@ func TestMediatorArrays(t *testing.T) {
 	}
 	m.stop()
 	waitMediatorSeen(t, l, "unreachable", func(mi api.MediatorInfo) bool { return mi.Status == mediator.StateUnreachable })
-	backup := filepath.Join(root, "backup")
-	if out, err := exec.Command("cp", "-a", dir, backup).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
+	backup := m.backup(filepath.Join(root, "backup"))
 	m.start()
 	// A race recorded after the copy; both arrays see its generation.
 	if _, err := m.client(t, "array-x", "").Elect(context.Background(), "pod-x", 1); err != nil {
@@ -342,14 +352,7 @@ func TestMediatorArrays(t *testing.T) {
 	waitMediatorSeen(t, l, fmt.Sprintf("online at generation %d", gen), func(mi api.MediatorInfo) bool {
 		return mi.Status == mediator.StateOnline && mi.Generation >= gen
 	})
-	m.kill()
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(backup, dir); err != nil {
-		t.Fatal(err)
-	}
-	m.start()
+	m.restartFrom(backup)
 	waitMediatorSeen(t, l, "rolled back", func(mi api.MediatorInfo) bool {
 		return mi.Status == mediator.StateRolledBack && strings.Contains(mi.Error, "reset-generation")
 	})
