@@ -26,14 +26,14 @@ import (
 // can be "restarted" on another copy of its data directory: the listener
 // and certificate stay, the backend and server are replaced.
 type testMediator struct {
-	t       *testing.T
+	t       testing.TB
 	url, ca string
 	log     *logtest.Buffer
 	h       atomic.Pointer[mediator.Server]
 	b       *mediator.FileBackend
 }
 
-func startMediator(t *testing.T, dir string) *testMediator {
+func startMediator(t testing.TB, dir string) *testMediator {
 	t.Helper()
 	m := &testMediator{t: t}
 	m.start(dir)
@@ -435,4 +435,82 @@ func TestClientHeartbeatLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// raceAll has every array of every pair race for each of the pair's pods
+// at epoch, all at once, and checks that exactly one array of the pair
+// wins each pod.
+func raceAll(t testing.TB, pairs [][2]*mediator.Client, pods int, epoch uint64) {
+	var wg sync.WaitGroup
+	results := make([][][2]mediator.ElectResult, len(pairs))
+	errs := make(chan error, len(pairs)*pods*2)
+	for p, pair := range pairs {
+		results[p] = make([][2]mediator.ElectResult, pods)
+		for i := range pods {
+			for side, c := range pair {
+				wg.Go(func() {
+					r, err := c.Elect(context.Background(), fmt.Sprintf("pair%d-pod%d", p, i), epoch)
+					if err != nil {
+						errs <- err
+					}
+					results[p][i][side] = r
+				})
+			}
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for p, rs := range results {
+		for i, r := range rs {
+			if r[0].Won == r[1].Won || r[0].Winner != r[1].Winner || r[0].Epoch != epoch+1 {
+				t.Fatalf("pair %d pod %d: %+v", p, i, r)
+			}
+		}
+	}
+}
+
+func newPairs(t testing.TB, m *testMediator, n int) [][2]*mediator.Client {
+	pairs := make([][2]*mediator.Client, n)
+	for p := range pairs {
+		for side := range 2 {
+			ca, _ := os.ReadFile(m.ca)
+			c, err := mediator.NewClient(mediator.ClientOptions{ArrayID: fmt.Sprintf("pair%d-array%d", p, side)},
+				mediator.ClientConfig{URL: m.url, AuthKey: key1, CA: ca, Timeout: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pairs[p][side] = c
+		}
+	}
+	return pairs
+}
+
+// TestManyPairs: one mediator serves 20 array pairs racing for 50 pods
+// each, all at once (2000 elections over TLS, with the file backend):
+// one winner per pod, every record kept.
+func TestManyPairs(t *testing.T) {
+	m := startMediator(t, t.TempDir())
+	const npairs, pods = 20, 50
+	pairs := newPairs(t, m, npairs)
+	start := time.Now()
+	raceAll(t, pairs, pods, 1)
+	t.Logf("%d pairs raced for %d pods each (%d elections) in %v", npairs, pods, npairs*pods*2, time.Since(start))
+	if info, _ := m.b.Info(context.Background()); info.Pods != npairs*pods {
+		t.Fatalf("%d pods recorded, want %d", info.Pods, npairs*pods)
+	}
+}
+
+// BenchmarkRace1000: one operation is a race of two arrays for 1000 pods
+// at once (2000 elections over TLS, the file backend syncing its state).
+func BenchmarkRace1000(b *testing.B) {
+	m := startMediator(b, b.TempDir())
+	pairs := newPairs(b, m, 1)
+	epoch := uint64(1)
+	for b.Loop() {
+		raceAll(b, pairs, 1000, epoch)
+		epoch++
+	}
 }

@@ -18,7 +18,7 @@ import (
 
 // serveTLS serves h over TLS on loopback with a self-signed certificate
 // made in dir; it returns the URL and the certificate's PEM file.
-func serveTLS(t *testing.T, dir string, h http.Handler, lim mediator.Limits) (url, ca string) {
+func serveTLS(t testing.TB, dir string, h http.Handler, lim mediator.Limits) (url, ca string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
