@@ -127,11 +127,13 @@ func runMediator(ctx context.Context, log *slog.Logger, o mediatorRun) error {
 		}
 		return keys, nil
 	}
-	keys, err := loadKeys()
+	// The certificate first: whoever waits for the auth key file to give
+	// it to the arrays finds the certificate there too.
+	cert, caFile, err := mediator.LoadOrMakeCert(o.dataDir, o.certFile, o.keyFile, o.listen, time.Now())
 	if err != nil {
 		return err
 	}
-	cert, caFile, err := mediator.LoadOrMakeCert(o.dataDir, o.certFile, o.keyFile, o.listen, time.Now())
+	keys, err := loadKeys()
 	if err != nil {
 		return err
 	}

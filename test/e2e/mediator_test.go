@@ -69,7 +69,11 @@ func (m *mediatorProc) start() {
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := os.Stat(filepath.Join(m.dir, "authkey")); err == nil {
+		// Both files there (each written whole, by a rename): the
+		// mediator is about to listen.
+		_, kerr := os.Stat(filepath.Join(m.dir, "authkey"))
+		_, cerr := os.Stat(filepath.Join(m.dir, mediator.CertFile))
+		if kerr == nil && cerr == nil {
 			c := m.client(m.t, "probe", "")
 			if c.Heartbeat(context.Background()).State == mediator.StateOnline {
 				return
