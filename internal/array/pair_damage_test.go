@@ -332,10 +332,68 @@ func TestPairRepairFromPeer(t *testing.T) {
 	// Damaged on both: a MEDIUM ERROR through either array.
 	h.damage(0, 33, 1)
 	h.damage(1, 33, 1)
-	for _, in := range []*initiator{inA, inB} {
-		r, _ := in.doPastUA(read16(32, 8), nil, 4096)
-		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyMediumError || uint64(s.Info) != 33 {
-			t.Fatalf("read of a block damaged on both arrays through %s: %s, want MEDIUM ERROR at LBA 33", in.arr.cfg.Name, describe(r))
+	readsMediumError(t, []*initiator{inA, inB}, 32, 33)
+}
+
+// TestPairRepairDamageOnEach damages different blocks of one range on
+// each array: every block still has a good copy, so a read of the range
+// through either array is GOOD with the data written (before, the
+// sequencer gave up as soon as its own copy had a damaged block, and the
+// follower's copy any: MEDIUM ERROR through both arrays), and both
+// copies end mended. A block damaged on both arrays stays a MEDIUM ERROR
+// at its own LBA, while the other blocks of its range are repaired.
+func TestPairRepairDamageOnEach(t *testing.T) {
+	h, inA, inB := newPairHosts(t)
+	const blocks = 64
+	d := unitRun(0, blocks, 9)
+	if r, _ := inA.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	// damagedLeft waits until the arrays' damaged blocks are want (the
+	// sequencer's, then the follower's).
+	damagedLeft := func(what, want string) {
+		t.Helper()
+		h.waitFor(what, 30*time.Second, func() (bool, string) {
+			_, badA := h.salvage(0, 0, blocks)
+			_, badB := h.salvage(1, 0, blocks)
+			return fmt.Sprint(badA, badB) == want, fmt.Sprintf("damaged: %v on %s, %v on %s", badA, h.arrays[0].cfg.Name, badB, h.arrays[1].cfg.Name)
+		})
+	}
+	for _, in := range []*initiator{inB, inA} {
+		// One unit: block 1 on the sequencer, block 5 on the follower;
+		// the next: its first half on one, its second on the other.
+		h.damage(0, 1, 1)
+		h.damage(1, 5, 1)
+		h.damage(0, 8, 4)
+		h.damage(1, 12, 4)
+		r, _ := in.doPastUA(read16(0, 16), nil, 16*512)
+		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, d[:16*512]) {
+			t.Fatalf("read through %s of blocks damaged on one array or the other: %s", in.arr.cfg.Name, describe(r))
+		}
+		damagedLeft("both copies to be mended after a read through "+in.arr.cfg.Name, "[] []")
+	}
+	compareCopies(t, inA, inB, 0, 2048)
+
+	// Block 17 on both, block 19 on the sequencer, block 21 on the
+	// follower: the read fails at LBA 17 through either array, and
+	// blocks 19 and 21 are mended all the same.
+	h.damage(0, 17, 1)
+	h.damage(1, 17, 1)
+	h.damage(0, 19, 1)
+	h.damage(1, 21, 1)
+	readsMediumError(t, []*initiator{inB, inA}, 16, 17)
+	damagedLeft("blocks 19 and 21 to be mended", "[17+1] [17+1]")
+}
+
+// readsMediumError checks that a read of the unit at lba, whose block at
+// is damaged on both arrays, is a MEDIUM ERROR at that LBA through each
+// of ins.
+func readsMediumError(t *testing.T, ins []*initiator, lba, at uint64) {
+	t.Helper()
+	for _, in := range ins {
+		r, _ := in.doPastUA(read16(lba, 8), nil, 4096)
+		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyMediumError || uint64(s.Info) != at {
+			t.Fatalf("read of LBA %d+8 through %s, with LBA %d damaged on both arrays: %s, want MEDIUM ERROR at LBA %d", lba, in.arr.cfg.Name, at, describe(r), at)
 		}
 	}
 }

@@ -185,14 +185,12 @@ func (p *podRT) readCopy(ctx context.Context, pc piece, buf []byte, off int64) (
 // carryDamage logs damaged blocks a copy carries to the follower and
 // returns them as extents.
 func (p *podRT) carryDamage(pc piece, bad []store.DamagedBlocks) []extent {
-	out := make([]extent, 0, len(bad))
 	for _, d := range bad {
-		out = append(out, extent{Off: uint64(d.Offset), Length: uint64(d.Length)})
 		p.r.log.Error("damaged blocks on this array, copied to the peer as damaged: both copies answer MEDIUM ERROR for them; rewrite them from a backup or let the host rewrite them",
 			"pod", p.name, "volume", pc.name, "lba", d.Offset/store.BlockSize, "blocks", d.Length/store.BlockSize,
 			"last_lba", (d.Offset+d.Length)/store.BlockSize-1, "err", d.Err)
 	}
-	return out
+	return extentsOf(bad)
 }
 
 // Retries of a copy whose blocks this array's disk fails to read: the

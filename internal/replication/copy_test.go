@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -110,11 +112,26 @@ func TestPeerRepairConfined(t *testing.T) {
 		h.refused(tc.name, msgPeerRead, epoch1, tc.payload, tc.want)
 	}
 	vol := h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID)
-	if err := vol.WriteAt(context.Background(), block, store.BlockSize); err != nil {
+	if err := vol.WriteAt(context.Background(), bytes.Repeat(block, 3), store.BlockSize); err != nil {
 		t.Fatal(err)
 	}
-	got := h.accepted("a read of the pod's volume", msgPeerRead, epoch1, r("pod1", uuidVol1, 0, 2*store.BlockSize))
-	if !bytes.Equal(got, append(make([]byte, store.BlockSize), block...)) {
-		t.Fatalf("the read answered %d bytes %x…", len(got), got[:min(len(got), 8)])
+	// The answer is the range, its damaged blocks listed (zeros).
+	b := h.env.st.NewBatch()
+	if err := b.MarkDamaged(vol, 2*store.BlockSize, store.BlockSize); err != nil {
+		t.Fatal(err)
 	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	req := &writeMsg{Pod: "pod1", Volume: uuidVol1, Off: 0, Length: 4 * store.BlockSize}
+	ans, err := decodeCopy(h.accepted("a read of the pod's volume", msgPeerRead, epoch1, req.encode()), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Concat(make([]byte, store.BlockSize), block, make([]byte, store.BlockSize), block)
+	if !bytes.Equal(ans.Data, want) || fmt.Sprint(ans.Damaged) != fmt.Sprint([]extent{{2 * store.BlockSize, store.BlockSize}}) {
+		t.Fatalf("the read answered %d bytes, damaged %v", len(ans.Data), ans.Damaged)
+	}
+	h.refused("a read listing damaged blocks", msgPeerRead, epoch1,
+		(&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Damaged: []extent{{0, store.BlockSize}}}).encode(), "only a repair lists damaged blocks")
 }

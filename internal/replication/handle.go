@@ -203,6 +203,12 @@ func checkDamaged(m *writeMsg, typ uint16, n uint64) error {
 	if typ != msgBaseline || m.Ref != 0 {
 		return refusef("pod %s: only a copied piece may list damaged blocks", m.Pod)
 	}
+	return checkExtents(m, n)
+}
+
+// checkExtents checks that the damaged blocks m lists are runs of whole
+// blocks inside its n bytes from m.Off.
+func checkExtents(m *writeMsg, n uint64) error {
 	for _, x := range m.Damaged {
 		if x.Length == 0 || x.Off%store.BlockSize != 0 || x.Length%store.BlockSize != 0 ||
 			x.Off < m.Off || x.Off-m.Off > n || x.Length > n-(x.Off-m.Off) {
