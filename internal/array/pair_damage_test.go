@@ -340,12 +340,13 @@ func TestPairRepairFromPeer(t *testing.T) {
 // through either array is GOOD with the data written (before, the
 // sequencer gave up as soon as its own copy had a damaged block, and the
 // follower's copy any: MEDIUM ERROR through both arrays), and both
-// copies end mended. A block damaged on both arrays stays a MEDIUM ERROR
+// copies end mended; so too for a read of several repair pieces. A
+// block damaged on both arrays stays a MEDIUM ERROR
 // at its own LBA, while the other blocks of its range are repaired.
 func TestPairRepairDamageOnEach(t *testing.T) {
 	h, inA, inB := newPairHosts(t)
-	const blocks = 64
-	d := unitRun(0, blocks, 9)
+	const blocks = 4096
+	d := unitRun(0, 64, 9)
 	if r, _ := inA.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
 		t.Fatalf("write: %s", describe(r))
 	}
@@ -372,7 +373,24 @@ func TestPairRepairDamageOnEach(t *testing.T) {
 		}
 		damagedLeft("both copies to be mended after a read through "+in.arr.cfg.Name, "[] []")
 	}
-	compareCopies(t, inA, inB, 0, 2048)
+	// A read of several repair pieces (128 KiB each), damage across the
+	// boundary of two.
+	const big, bigN = 1024, 1024
+	db := unitRun(big, big+bigN, 10)
+	if r, _ := inB.doPastUA(write16(big, db), db, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	h.damage(1, big+255, 3)
+	h.damage(0, big+600, 1)
+	h.damage(0, big+bigN-1, 1)
+	for _, in := range []*initiator{inB, inA} {
+		r, _ := in.doPastUA(read16(big, bigN), nil, bigN*512)
+		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, db) {
+			t.Fatalf("read of %d blocks through %s with blocks damaged in three pieces: %s", bigN, in.arr.cfg.Name, describe(r))
+		}
+	}
+	damagedLeft("both copies to be mended after a long read through each array", "[] []")
+	compareCopies(t, inA, inB, 0, 4096)
 
 	// Block 17 on both, block 19 on the sequencer, block 21 on the
 	// follower: the read fails at LBA 17 through either array, and

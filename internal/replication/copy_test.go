@@ -82,6 +82,22 @@ func (p *podRT) status() string {
 	return p.mu.lastErr
 }
 
+// TestRepairPieces checks the pieces a damaged read is repaired by: the
+// maxRepair-aligned windows of the read holding damaged blocks, each
+// once, and what a peer's repair requests can make an array hold: no
+// more than the link lets its requests hold.
+func TestRepairPieces(t *testing.T) {
+	const w, bs = maxRepair, store.BlockSize
+	got := damagedPieces(w/2, 3*w, []extent{{w / 2, bs}, {w - bs, 2 * bs}, {3*w - bs, w}})
+	want := []extent{{w / 2, w / 2}, {w, w}, {2 * w, w}, {3 * w, w / 2}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("pieces %v, want %v", got, want)
+	}
+	if held := maxRepair * link.DefaultMaxConcurrentHandlers; held > link.DefaultMaxInFlightBytes {
+		t.Errorf("the peer's repair requests can make an array hold %d MiB of answers, beyond the link's %d MiB", held>>20, link.DefaultMaxInFlightBytes>>20)
+	}
+}
+
 // TestPeerRepairConfined checks the repair messages from the peer: a
 // range read (msgPeerRead) only of a pod this array follows in sync,
 // inside a volume of that pod and at most maxRepair bytes; a repair
@@ -111,6 +127,7 @@ func TestPeerRepairConfined(t *testing.T) {
 		{"an unaligned read", "not whole", r("pod1", uuidVol1, 100, store.BlockSize)},
 		{"an empty read", "at most", r("pod1", uuidVol1, 0, 0)},
 		{"a read carrying data", "no data", (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: block}).encode()},
+		{"a read of more than a repair's piece", "at most", r("pod1", uuidVol1, 0, 256<<10)},
 	} {
 		h.refused(tc.name, msgPeerRead, epoch1, tc.payload, tc.want)
 	}

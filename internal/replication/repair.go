@@ -43,9 +43,14 @@ import (
 // copy is not hidden behind a MEDIUM ERROR.
 
 // maxRepair is the most bytes one repair message covers, and the size of
-// the aligned windows a damaged read is repaired by (a host's read is at
-// most 4 MiB, see scsi's maximum transfer length).
-const maxRepair = 8 << 20
+// the aligned windows a damaged read is repaired by. It bounds what the
+// peer can make this array hold with requests of a few bytes each: at
+// most one answer of maxRepair for each of the link's concurrent
+// handlers, and as much again briefly while each is encoded
+// (link.Config.MaxConcurrentHandlers: 512 × 128 KiB = 64 MiB by
+// default, as much as the link lets the peer's requests hold; with
+// 8 MiB answers, 512 requests of 60 bytes could hold 4 GiB).
+const maxRepair = 128 << 10
 
 // maxBackgroundRepairs bounds the sequencer's repairs running at once;
 // a read that finds them all busy is answered all the same, and a later
