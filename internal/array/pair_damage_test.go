@@ -416,11 +416,30 @@ func readsMediumError(t *testing.T, ins []*initiator, lba, at uint64) {
 	}
 }
 
+// doPastNotReady runs a command as a host does through a path that may
+// be transitioning: again after unit attentions, and again after NOT
+// READY for up to 10 seconds (a follower whose read lease lapsed under
+// load stops serving for a moment, and says so), counting the retries.
+// Any other result, MEDIUM ERROR included, is returned at once.
+func doPastNotReady(in *initiator, cdb, out []byte, dataIn uint32, retries *atomic.Int64) *scsi.Result {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, _ := in.doPastUA(cdb, out, dataIn)
+		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyNotReady || time.Now().After(deadline) {
+			return r
+		}
+		retries.Add(1)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestPairRepairRacesWrites damages one array's copy of a unit again and
 // again while a host writes new values to it and another reads it through
 // both arrays: every read is GOOD and returns a value no older than the
 // last write acknowledged before it began (a repair never writes back an
-// old value over a newer write), and the copies end identical.
+// old value over a newer write), and the copies end identical. A host
+// retries a command that gets NOT READY (doPastNotReady): a follower
+// stops serving for a moment when its lease lapses under load.
 func TestPairRepairRacesWrites(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
@@ -429,10 +448,11 @@ func TestPairRepairRacesWrites(t *testing.T) {
 	h.ready(w[0], w[1], rd[0], rd[1])
 	const unit = 64
 	var acked, started atomic.Uint64
+	var retries atomic.Int64
 	write := func(v uint64) {
 		started.Store(v)
 		d := unitData(unit, v)
-		if r, _ := w[v%2].doPastUA(write16(unit, d), d, 0); r.Status != scsi.StatusGood {
+		if r := doPastNotReady(w[v%2], write16(unit, d), d, 0, &retries); r.Status != scsi.StatusGood {
 			t.Errorf("write of value %d through %s: %s", v, w[v%2].arr.cfg.Name, describe(r))
 		}
 		acked.Store(v)
@@ -460,7 +480,7 @@ func TestPairRepairRacesWrites(t *testing.T) {
 			default:
 			}
 			low := acked.Load()
-			r, _ := rd[i%2].doPastUA(read16(unit, 8), nil, 4096)
+			r := doPastNotReady(rd[i%2], read16(unit, 8), nil, 4096, &retries)
 			high := started.Load()
 			if r.Status != scsi.StatusGood {
 				t.Errorf("read through %s: %s", rd[i%2].arr.cfg.Name, describe(r))
@@ -488,7 +508,7 @@ func TestPairRepairRacesWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	repaired := strings.Count(h.logs.String(), "damaged blocks repaired from the other array's copy")
-	t.Logf("%d damage rounds, %d writes, %d reads, %d repairs", rounds, writes.Load(), reads.Load(), repaired)
+	t.Logf("%d damage rounds, %d writes, %d reads, %d repairs, %d commands retried after NOT READY", rounds, writes.Load(), reads.Load(), repaired, retries.Load())
 	if writes.Load() < rounds || reads.Load() < rounds || repaired < rounds/8 {
 		t.Fatalf("too little to test anything: %d writes, %d reads, %d repairs over %d damage rounds", writes.Load(), reads.Load(), repaired, rounds)
 	}
