@@ -291,6 +291,48 @@ func TestPairFollowerFullIsSuspended(t *testing.T) {
 	compareCopies(t, inA, inB, 0, 8192)
 }
 
+// TestPairFollowerFullHostWrites is TestPairFollowerFullIsSuspended
+// with a host writing new blocks through the sequencer while the
+// follower's resync waits for room: every write is GOOD (the follower,
+// receiving a copy, serves nothing), and the link and the epoch stay
+// (before, the follower refused each mirrored write it had no room for,
+// and the sequencer ended the link session, for every pod, and began a
+// resync at a new epoch: 2 new sessions for these 50 writes, 15 when
+// they came 20 ms apart). Once the follower has room the pod returns to
+// sync and the copies are identical: the writes the follower could not
+// store are copied again before the grant.
+func TestPairFollowerFullHostWrites(t *testing.T) {
+	h, inA, inB := newPairHosts(t)
+	a, b := h.arrays[0], h.arrays[1]
+	h.fill(1)
+	d := unitData(4096, 5)
+	if r, _ := inA.doPastUA(write16(4096, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write through %s with the follower full: %s", a.cfg.Name, describe(r))
+	}
+	h.waitFor("the resync to wait for room on the follower", 30*time.Second, func() (bool, string) {
+		return strings.Contains(h.logs.String(), "the peer has no room for the copy"), h.podStatus(0)
+	})
+	sessions := func() int { return strings.Count(h.logs.String(), `msg="link session established" array=array-a`) }
+	s0, e0 := sessions(), a.cat.View().Pods[pairPod].Epoch
+	const writes = 50
+	for i := range uint64(writes) {
+		lba := 8192 + 8*i
+		d := unitData(lba, 6)
+		if r, _ := inA.doPastUA(write16(lba, d), d, 0); r.Status != scsi.StatusGood {
+			t.Fatalf("write %d through %s while the follower waits for room: %s", i, a.cfg.Name, describe(r))
+		}
+	}
+	if s, e := sessions(), a.cat.View().Pods[pairPod].Epoch; s != s0 || e != e0 {
+		t.Fatalf("%d writes while the resync waited for room: %d new link sessions, epoch %d to %d", writes, s-s0, e0, e)
+	}
+	b.store.SetCapacity(0)
+	h.waitInSync(30 * time.Second)
+	compareCopies(t, inA, inB, 0, 8192+8*writes)
+	if !strings.Contains(h.logs.String(), "sending again the writes the peer had no room for") {
+		t.Error("the copy did not send the writes the follower had no room for: the test did not exercise it")
+	}
+}
+
 // TestPairRepairFromPeer damages blocks on one array of an in-sync pod:
 // a host read through that array gets the other array's good copy, not
 // MEDIUM ERROR, and the damaged copy is rewritten with it through the
