@@ -38,13 +38,9 @@ func (o SetPodMembership) apply(s *State) error {
 	p.Arrays = slices.Clone(o.Arrays)
 	p.Sequencer = o.Sequencer
 	p.Epoch = o.Epoch
-	var pref []string
-	for _, a := range p.FailoverPreference {
-		if slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
-			pref = append(pref, a)
-		}
+	if !p.HasArray(p.FailoverPreference) {
+		p.FailoverPreference = ""
 	}
-	p.FailoverPreference = pref
 	return nil
 }
 
@@ -69,7 +65,6 @@ func (s *State) PodConfig(name string) *PodConfig {
 	}
 	pc := &PodConfig{Pod: *p}
 	pc.Pod.Arrays = slices.Clone(p.Arrays)
-	pc.Pod.FailoverPreference = slices.Clone(p.FailoverPreference)
 	hosts, groups := map[string]bool{}, map[string]bool{}
 	for _, v := range s.PodVolumes(name) {
 		vc := *v
@@ -200,7 +195,6 @@ func (o InstallPod) apply(s *State) error {
 	}
 	p := pc.Pod
 	p.Arrays = slices.Clone(pc.Pod.Arrays)
-	p.FailoverPreference = slices.Clone(pc.Pod.FailoverPreference)
 	s.Pods[name] = &p
 	keep := map[string]bool{}
 	for _, v := range pc.Volumes {
@@ -385,10 +379,8 @@ func (s *State) checkPodConfig(pc *PodConfig) error {
 	case !slices.ContainsFunc(p.Arrays, func(a PodArray) bool { return a.Name == p.Sequencer }):
 		return bad("sequencer %q is not one of the pod's arrays", p.Sequencer)
 	}
-	for _, a := range p.FailoverPreference {
-		if !slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
-			return bad("failover preference %q is not one of the pod's arrays", a)
-		}
+	if p.FailoverPreference != "" && !p.HasArray(p.FailoverPreference) {
+		return bad("failover preference %q is not one of the pod's arrays", p.FailoverPreference)
 	}
 	vols := map[string]*Volume{}
 	uuids := map[string]bool{}
