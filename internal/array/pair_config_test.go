@@ -87,6 +87,7 @@ func TestPairHostChangesReachBoth(t *testing.T) {
 	const (
 		iqn2 = "iqn.2026-11.io.metro:pair-host-second"
 		iqn3 = "iqn.2026-11.io.metro:pair-host-third"
+		iqn4 = "iqn.2026-11.io.metro:pair-host-fourth"
 	)
 	// g1 comes to the follower with its connection; h3, local to the
 	// array a step runs on, joins it there.
@@ -127,6 +128,13 @@ func TestPairHostChangesReachBoth(t *testing.T) {
 			check: func(pc *catalog.PodConfig) error {
 				return want(hostOf(pc, "h3") == nil && len(groupOf(pc, "g1").Hosts) == 0, "h3 out of the pod's configuration")
 			}},
+		{what: "connect a volume to a host of the array's own", setup: []catalog.Op{catalog.CreateHost{Host: catalog.Host{Name: "h4", IQNs: []string{iqn4}}}},
+			op:    catalog.Connect{Volume: pairVolume, Host: "h4", LUN: lun(9)},
+			check: func(pc *catalog.PodConfig) error { return wantIQNs(pc, "h4", iqn4) }},
+		{what: "disconnect it", op: catalog.Disconnect{Volume: pairVolume, Host: "h4"},
+			check: func(pc *catalog.PodConfig) error {
+				return want(hostOf(pc, "h4") == nil, "h4 out of the pod's configuration")
+			}},
 	}
 	for _, origin := range []*Array{a, b} {
 		for _, s := range steps {
@@ -142,9 +150,10 @@ func TestPairHostChangesReachBoth(t *testing.T) {
 			}
 			h.checkSteady(steady, what)
 		}
-		// h3 left the pod: each array's copy is its own again.
-		h.apply(a, catalog.DeleteHost{Name: "h3"})
-		h.apply(b, catalog.DeleteHost{Name: "h3"})
+		// h3 and h4 left the pod: each array's copy is its own again.
+		for _, x := range []*Array{a, b} {
+			h.apply(x, catalog.DeleteHost{Name: "h3"}, catalog.DeleteHost{Name: "h4"})
+		}
 	}
 }
 
@@ -246,6 +255,7 @@ func TestPairHostChangeRefusedByFollower(t *testing.T) {
 			if err == nil {
 				t.Fatalf("%s: the change was accepted; want it refused", what)
 			}
+			t.Logf("%s: refused: %v", what, err)
 			if !errors.Is(err, catalog.ErrConflict) {
 				t.Errorf("%s: %v is not a conflict", what, err)
 			}
@@ -291,6 +301,7 @@ func TestPairHostChangeNeedsFollower(t *testing.T) {
 	if err == nil {
 		t.Fatal("an initiator added to the pod's host while the follower is unreachable: accepted; want refused")
 	}
+	t.Logf("refused: %v", err)
 	for _, s := range []string{"array-b", "link", "metro pod remove --array array-b pod1"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("the refusal does not say %q: %v", s, err)

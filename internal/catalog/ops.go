@@ -653,4 +653,5 @@ var opKinds = map[string]func() Op{
 	"install_pod":         func() Op { return &InstallPod{} },
 	"set_pod_pending":     func() Op { return &SetPodPending{} },
 	"eradicate_pod":       func() Op { return &EradicatePod{} },
+	"with_hosts":          func() Op { return &WithHosts{} },
 }

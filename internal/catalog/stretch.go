@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -101,6 +102,111 @@ func (s *State) PodConfig(name string) *PodConfig {
 		}
 	}
 	return pc
+}
+
+// After returns a copy of the state with op applied (or op's error),
+// leaving s as it is.
+func (s *State) After(op Op) (*State, error) {
+	next, err := s.Clone()
+	if err != nil {
+		return nil, err
+	}
+	if err := op.apply(next); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// AddsTo reports whether pc, a pod's configuration after a change, has a
+// host, an initiator name, a host group, a group member or a connection
+// that before, the configuration before the change, has not. Only such
+// additions can keep another array that holds before from installing pc
+// (InstallPod: an initiator or a name that is another host's there, a
+// LUN a host already sees there); removals, and changes of CHAP
+// credentials, preferred arrays, volumes or the pod's attributes cannot.
+func (pc *PodConfig) AddsTo(before *PodConfig) bool {
+	if before == nil {
+		return true
+	}
+	iqns := map[string][]string{}
+	for _, h := range before.Hosts {
+		iqns[h.Name] = h.IQNs
+	}
+	for _, h := range pc.Hosts {
+		old, ok := iqns[h.Name]
+		if !ok || !subsetFold(h.IQNs, old) {
+			return true
+		}
+	}
+	members := map[string][]string{}
+	for _, g := range before.HostGroups {
+		members[g.Name] = g.Hosts
+	}
+	for _, g := range pc.HostGroups {
+		old, ok := members[g.Name]
+		if !ok || slices.ContainsFunc(g.Hosts, func(h string) bool { return !slices.Contains(old, h) }) {
+			return true
+		}
+	}
+	return slices.ContainsFunc(pc.Connections, func(c Connection) bool { return !slices.Contains(before.Connections, c) })
+}
+
+// subsetFold reports whether every name of a is in b, in any case.
+func subsetFold(a, b []string) bool {
+	return !slices.ContainsFunc(a, func(x string) bool {
+		return !slices.ContainsFunc(b, func(y string) bool { return strings.EqualFold(x, y) })
+	})
+}
+
+// WithHosts applies Op after creating those of Hosts this array lacks,
+// as one change: the hosts a change made on the other array of a
+// stretched pod names (a host connected to one of its volumes, or added
+// to a host group it uses) come with the change from there. A host this
+// array has already stays as it is.
+type WithHosts struct {
+	Hosts []Host
+	Op    Op
+}
+
+func (WithHosts) Kind() string { return "with_hosts" }
+
+func (o WithHosts) apply(s *State) error {
+	for _, h := range o.Hosts {
+		if _, ok := s.Hosts[h.Name]; ok {
+			continue
+		}
+		if err := (CreateHost{Host: h}).apply(s); err != nil {
+			return err
+		}
+	}
+	return o.Op.apply(s)
+}
+
+// withHostsJSON is WithHosts serialised, its op in MarshalOp's form.
+type withHostsJSON struct {
+	Hosts []Host          `json:"hosts"`
+	Op    json.RawMessage `json:"op"`
+}
+
+func (o WithHosts) MarshalJSON() ([]byte, error) {
+	op, err := MarshalOp(o.Op)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(withHostsJSON{Hosts: o.Hosts, Op: op})
+}
+
+func (o *WithHosts) UnmarshalJSON(data []byte) error {
+	var w withHostsJSON
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	op, err := UnmarshalOp(w.Op)
+	if err != nil {
+		return err
+	}
+	o.Hosts, o.Op = w.Hosts, op
+	return nil
 }
 
 // CheckInstall reports why InstallPod of pc would fail here, or nil.
@@ -591,15 +697,7 @@ func sameSet(a, b []string) bool {
 }
 
 func sameIQNs(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		if !slices.ContainsFunc(b, func(y string) bool { return strings.EqualFold(x, y) }) {
-			return false
-		}
-	}
-	return true
+	return len(a) == len(b) && subsetFold(a, b)
 }
 
 // SetPodPending sets this array's copy of a pod aside after the array was

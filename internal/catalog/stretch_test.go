@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"testing"
@@ -171,4 +172,98 @@ func TestInstallPodOrderedHostChange(t *testing.T) {
 		t.Fatalf("h2 after the ordered change: %+v", h)
 	}
 	checkInstalled(t, st, after, "pod1")
+}
+
+// podWithHost returns a catalog with pod1 on array a, its volume
+// pod1::v and host h1, and when it made them.
+func podWithHost(t *testing.T) (*Catalog, time.Time) {
+	t.Helper()
+	c, err := Open(&memPersist{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	mustApply(t, c,
+		CreatePod{Name: "pod1", ID: "p1", Created: now, Array: PodArray{Name: "a", ID: "ida"}},
+		CreateVolume{Name: "pod1::v", UUID: uuid1, Size: 1 << 20, Created: now},
+		CreateHost{Host: Host{Name: "h1", IQNs: []string{"iqn.2020-01.org.example:h1"}}})
+	return c, now
+}
+
+// TestAddsTo: the changes that add to a pod's hosts, initiators, host
+// groups, members or connections are those another array may be unable
+// to take; removals and changes of CHAP or preferred arrays are not.
+func TestAddsTo(t *testing.T) {
+	c, now := podWithHost(t)
+	mustApply(t, c,
+		CreateVolume{Name: "pod1::w", UUID: uuid2, Size: 1 << 20, Created: now},
+		CreateHost{Host: Host{Name: "h2", IQNs: []string{"iqn.2020-01.org.example:h2"}}},
+		CreateHost{Host: Host{Name: "h3", IQNs: []string{"iqn.2020-01.org.example:h3"}}},
+		CreateHostGroup{Name: "g", Hosts: []string{"h3"}},
+		Connect{Volume: "pod1::v", Host: "h1"},
+		Connect{Volume: "pod1::v", HostGroup: "g", LUN: lun(4)},
+	)
+	secret, prefs := "a-chap-secret-1", []string{"a"}
+	for _, c1 := range []struct {
+		op   Op
+		adds bool
+	}{
+		{SetHostAttr{Name: "h1", AddIQNs: []string{"iqn.2020-01.org.example:h1b"}}, true},
+		{SetHostAttr{Name: "h1", AddIQNs: []string{"iqn.2020-01.org.example:H1"}, RemoveIQNs: []string{"iqn.2020-01.org.example:h1"}}, false},
+		{SetHostAttr{Name: "h1", CHAPUser: &secret, CHAPSecret: &secret}, false},
+		{SetHostAttr{Name: "h1", PreferredArrays: &prefs}, false},
+		{SetHostGroupAttr{Name: "g", AddHosts: []string{"h2"}}, true},
+		{SetHostGroupAttr{Name: "g", RemoveHosts: []string{"h3"}}, false},
+		{Connect{Volume: "pod1::w", Host: "h1"}, true},
+		{Connect{Volume: "pod1::w", Host: "h2"}, true},
+		{Disconnect{Volume: "pod1::v", Host: "h1"}, false},
+		{CreateVolume{Name: "pod1::x", UUID: "00112233445566778899aabbccddeeff", Size: 1 << 20, Created: now}, false},
+		{DestroyVolume{Name: "pod1::v", At: now, Force: true}, false},
+	} {
+		st := c.View()
+		next, err := st.After(c1.op)
+		if err != nil {
+			t.Fatalf("%s %+v: %v", c1.op.Kind(), c1.op, err)
+		}
+		if got := next.PodConfig("pod1").AddsTo(st.PodConfig("pod1")); got != c1.adds {
+			t.Errorf("%s %+v: AddsTo %v, want %v", c1.op.Kind(), c1.op, got, c1.adds)
+		}
+	}
+	if _, err := c.View().After(Connect{Volume: "pod1::v", Host: "nobody"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("After a change that fails: %v", err)
+	}
+}
+
+// TestWithHosts: the hosts a change brings are created with it when this
+// array lacks them, one this array has stays as it is, and a change that
+// fails creates none. The op travels (MarshalOp) whole.
+func TestWithHosts(t *testing.T) {
+	c, _ := podWithHost(t)
+	mustApply(t, c, CreateHostGroup{Name: "g"})
+	newHost := Host{Name: "h2", IQNs: []string{"iqn.2020-01.org.example:h2"}}
+	otherH1 := Host{Name: "h1", IQNs: []string{"iqn.2020-01.org.example:other"}}
+	op := WithHosts{Hosts: []Host{newHost, otherH1}, Op: SetHostGroupAttr{Name: "g", AddHosts: []string{"h1", "h2"}}}
+	data, err := MarshalOp(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalOp(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyErr(t, c, WithHosts{Hosts: []Host{newHost}, Op: Connect{Volume: "pod1::nope", Host: "h2"}}, ErrNotFound)
+	if c.View().Hosts["h2"] != nil {
+		t.Fatal("a failed change left the host it brought")
+	}
+	mustApply(t, c, back)
+	st := c.View()
+	if h := st.Hosts["h2"]; h == nil || h.IQNs[0] != newHost.IQNs[0] {
+		t.Fatalf("h2 after the change: %+v", h)
+	}
+	if h := st.Hosts["h1"]; h.IQNs[0] != "iqn.2020-01.org.example:h1" {
+		t.Fatalf("h1 was replaced by the one the change brought: %+v", h)
+	}
+	if g := st.HostGroups["g"]; len(g.Hosts) != 2 {
+		t.Fatalf("g after the change: %+v", g)
+	}
 }
