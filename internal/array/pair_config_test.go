@@ -326,3 +326,41 @@ func TestPairHostChangeNeedsFollower(t *testing.T) {
 }
 
 func lun(n uint64) *uint64 { return &n }
+
+// TestPairPodAttributesReachBoth: a stretched pod's failover preference
+// and auto-recover setting are part of its ordered configuration: set
+// through either array they reach both, without touching the link; a
+// preference for an array the pod is not on is refused on both, with the
+// pod's arrays.
+func TestPairPodAttributesReachBoth(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	steady := h.steadyLink()
+	str := func(s string) *string { return &s }
+	off, on := false, true
+	for _, s := range []struct {
+		origin *Array
+		op     catalog.SetPodAttr
+		pref   string
+		auto   bool
+	}{
+		{b, catalog.SetPodAttr{Name: pairPod, FailoverPreference: str("array-b")}, "array-b", true},
+		{a, catalog.SetPodAttr{Name: pairPod, AutoRecover: &off}, "array-b", false},
+		{b, catalog.SetPodAttr{Name: pairPod, FailoverPreference: str("array-a"), AutoRecover: &on}, "array-a", true},
+		{a, catalog.SetPodAttr{Name: pairPod, FailoverPreference: str("")}, "", true},
+	} {
+		what := fmt.Sprintf("%+v through %s", s.op, s.origin.cfg.Name)
+		h.apply(s.origin, s.op)
+		if pc := h.samePodConfig(what); pc.Pod.FailoverPreference != s.pref || pc.Pod.AutoRecover != s.auto {
+			t.Fatalf("%s: preference %q, auto recover %v; want %q, %v", what, pc.Pod.FailoverPreference, pc.Pod.AutoRecover, s.pref, s.auto)
+		}
+		h.checkSteady(steady, what)
+	}
+	for _, origin := range []*Array{a, b} {
+		err := origin.Apply(h.ctx, catalog.SetPodAttr{Name: pairPod, FailoverPreference: str("array-z")})
+		if !errors.Is(err, catalog.ErrInvalid) || !strings.Contains(err.Error(), "(array-a, array-b)") {
+			t.Fatalf("preference array-z through %s: %v, want invalid, listing the pod's arrays", origin.cfg.Name, err)
+		}
+	}
+	h.checkSteady(steady, "refused preferences")
+}
