@@ -364,3 +364,46 @@ func TestPairPodAttributesReachBoth(t *testing.T) {
 	}
 	h.checkSteady(steady, "refused preferences")
 }
+
+// TestPairHostDeletedOnBoth: a host a stretched pod uses through a host
+// group is deleted on both arrays, through either; the other array keeps
+// its copy only while something of its own uses it (a host group of its
+// own). Before, the other array kept its copy: deleted through the
+// follower, the host was gone from the sequencer only.
+func TestPairHostDeletedOnBoth(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	const iqn5 = "iqn.2026-11.io.metro:h5"
+	h.apply(a, catalog.CreateHostGroup{Name: "g1"}, catalog.Connect{Volume: pairVolume, HostGroup: "g1", LUN: lun(7)})
+	steady := h.steadyLink()
+	for _, c := range []struct {
+		origin, other *Array
+		keep          bool // the other array has h5 in a group of its own
+	}{{a, b, false}, {b, a, false}, {a, b, true}, {b, a, true}} {
+		what := fmt.Sprintf("h5 deleted through %s", c.origin.cfg.Name)
+		h.apply(c.origin, catalog.CreateHost{Host: catalog.Host{Name: "h5", IQNs: []string{iqn5}}},
+			catalog.SetHostGroupAttr{Name: "g1", AddHosts: []string{"h5"}})
+		if pc := h.samePodConfig(what); hostOf(pc, "h5") == nil {
+			t.Fatalf("%s: h5 did not join the pod's configuration", what)
+		}
+		if c.keep {
+			what += ", in a group of " + c.other.cfg.Name + "'s own"
+			h.apply(c.other, catalog.CreateHostGroup{Name: "own", Hosts: []string{"h5"}})
+		}
+		h.apply(c.origin, catalog.DeleteHost{Name: "h5"})
+		pc := h.samePodConfig(what)
+		if hostOf(pc, "h5") != nil || len(groupOf(pc, "g1").Hosts) != 0 {
+			t.Fatalf("%s: h5 is still in the pod's configuration", what)
+		}
+		if c.origin.cat.View().Hosts["h5"] != nil {
+			t.Fatalf("%s: %s still has h5", what, c.origin.cfg.Name)
+		}
+		if kept := c.other.cat.View().Hosts["h5"] != nil; kept != c.keep {
+			t.Fatalf("%s: %s has h5: %v, want %v", what, c.other.cfg.Name, kept, c.keep)
+		}
+		if c.keep {
+			h.apply(c.other, catalog.DeleteHostGroup{Name: "own"}, catalog.DeleteHost{Name: "h5"})
+		}
+		h.checkSteady(steady, what)
+	}
+}
