@@ -55,6 +55,10 @@ type PodConfig struct {
 	Connections []Connection `json:"connections"`
 	Hosts       []Host       `json:"hosts"`
 	HostGroups  []HostGroup  `json:"host_groups"`
+	// DeletedHosts are hosts the pod used (through a host group) that
+	// the change this configuration follows deleted: InstallPod deletes
+	// them too, unless something else uses them there.
+	DeletedHosts []string `json:"deleted_hosts,omitempty"`
 }
 
 // PodConfig returns the replicated configuration of a pod (nil if there
@@ -221,7 +225,8 @@ func (s *State) CheckInstall(pc *PodConfig) error {
 // InstallPod makes a pod's configuration on this array equal to the
 // sequencer's: the pod, its volumes (keeping this array's data of a
 // volume it already has), connections, and the hosts and host groups
-// those use.
+// those use. A host the pod used here that the sequencer deleted
+// (DeletedHosts) is deleted here too once nothing else here uses it.
 //
 // The configuration comes from the peer array, so it is checked before
 // anything changes: it must describe the pod only (its volumes, their
@@ -319,9 +324,11 @@ func (o InstallPod) apply(s *State) error {
 			delete(s.Volumes, n)
 		}
 	}
+	// The pod's connections are replaced, those of its volumes that left
+	// it too (a volume name starts with its pod's).
 	var conns []Connection
 	for _, c := range s.Connections {
-		if v := s.Volumes[c.Volume]; v == nil || v.Pod != name {
+		if pod, _, _ := SplitVolumeName(c.Volume); pod != name {
 			conns = append(conns, c)
 		}
 	}
@@ -330,6 +337,11 @@ func (o InstallPod) apply(s *State) error {
 	reached, _ := s.podHosts(name)
 	if err := s.checkLUNClashesOf(reached); err != nil {
 		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	for _, h := range pc.DeletedHosts {
+		if usedHosts[h] && !s.hasConnections(h, "") && len(s.HostGroupsOf(h)) == 0 {
+			delete(s.Hosts, h)
+		}
 	}
 	return nil
 }
@@ -536,6 +548,11 @@ func (s *State) checkPodConfig(pc *PodConfig) error {
 			return fmt.Errorf("host %s: %w: a host group has that name on this array", h.Name, ErrConflict)
 		}
 		hosts[h.Name] = h
+	}
+	for _, h := range pc.DeletedHosts {
+		if hosts[h] != nil {
+			return bad("host %s is deleted and among the pod's hosts", h)
+		}
 	}
 	groups := map[string]*HostGroup{}
 	for i := range pc.HostGroups {

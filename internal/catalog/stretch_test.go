@@ -69,6 +69,10 @@ func FuzzInstallPod(f *testing.F) {
 		pc.Hosts[0].CHAPUser, pc.Hosts[0].CHAPSecret = "h2", "h2-secret-12345"
 		pc.Volumes = append(pc.Volumes, Volume{Name: "pod1::v2", Pod: "pod1", UUID: "fedcba98765432100123456789abcdef", Size: 1 << 20})
 	}))
+	f.Add(add(func(pc *PodConfig) {
+		pc.Hosts, pc.Connections = nil, nil
+		pc.DeletedHosts = []string{"h2", "h1"}
+	}))
 	f.Add([]byte(`{"pod":{"name":"pod9","id":"p9","arrays":[{"name":"a"}],"sequencer":"a"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var pc PodConfig
@@ -115,6 +119,9 @@ func checkInstalled(t *testing.T, before, after *State, name string) {
 	usedHosts, usedGroups := before.podHosts(name)
 	for n, h := range before.Hosts {
 		a := after.Hosts[n]
+		if a == nil && (!usedHosts[n] || after.hasConnections(n, "") || len(after.HostGroupsOf(n)) > 0) {
+			t.Fatalf("host %s deleted, though pod %s did not use it before or something else uses it", n, name)
+		}
 		if !usedHosts[n] && (!sameIQNs(h.IQNs, a.IQNs) || !sameCHAP(h, a)) {
 			t.Fatalf("host %s, unused by pod %s before, changed: %+v → %+v", n, name, h, a)
 		}
@@ -153,6 +160,32 @@ func equalJSON(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
+}
+
+// TestInstallPodDeletedHosts: a host the sequencer deleted is deleted
+// here once the pod no longer uses it, if the pod used it here and
+// nothing else here does; a deletion of any other host changes nothing.
+func TestInstallPodDeletedHosts(t *testing.T) {
+	st := peerBase(t)
+	pc := st.PodConfig("pod1")
+	pc.Hosts, pc.Connections = nil, nil
+	pc.DeletedHosts = []string{"h2", "h1", "nobody"}
+	after, _ := st.Clone()
+	if err := (InstallPod{Config: *pc}).apply(after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Hosts["h2"] != nil {
+		t.Fatal("h2, which pod1 used and nothing else does, was kept")
+	}
+	if after.Hosts["h1"] == nil {
+		t.Fatal("h1, which pod1 did not use (the local pod does), was deleted")
+	}
+	checkInstalled(t, st, after, "pod1")
+	pc = st.PodConfig("pod1")
+	pc.DeletedHosts = []string{"h2"}
+	if err := st.CheckInstall(pc); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a deleted host among the pod's hosts: %v, want invalid", err)
+	}
 }
 
 // TestInstallPodOrderedHostChange checks that hosts the pod's connections

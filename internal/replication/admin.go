@@ -208,8 +208,12 @@ func (r *Replicator) order(ctx context.Context, pods []string, op catalog.Op) er
 	if err := r.env.Catalog().Apply(op); err != nil {
 		return err
 	}
+	var deleted []string
+	if o, ok := deref(op).(catalog.DeleteHost); ok {
+		deleted = []string{o.Name}
+	}
 	for _, p := range rts {
-		p.pushConfig(ctx)
+		p.pushConfig(ctx, deleted)
 	}
 	return nil
 }
@@ -288,9 +292,9 @@ func (r *Replicator) checkFollower(ctx context.Context, cp *catalog.Pod, pc *cat
 }
 
 // pushConfig installs the pod's configuration on the follower when it is
-// receiving or in sync (otherwise it gets it with the next resync).
-// p.cfgMu must be held.
-func (p *podRT) pushConfig(ctx context.Context) {
+// receiving or in sync (otherwise it gets it with the next resync), with
+// the hosts the change deleted. p.cfgMu must be held.
+func (p *podRT) pushConfig(ctx context.Context, deleted []string) {
 	if p.role != pod.Sequencer {
 		return
 	}
@@ -302,6 +306,7 @@ func (p *podRT) pushConfig(ctx context.Context) {
 	if pc == nil {
 		return
 	}
+	pc.DeletedHosts = deleted
 	if err := callJSON(context.WithoutCancel(ctx), md.sess, msgApplyConfig, md.epoch, pc, nil); err != nil {
 		p.peerFailed(md.sess, fmt.Errorf("install configuration: %w", err))
 	}
