@@ -75,6 +75,7 @@ func (s *Server) routes() {
 	}
 	h("GET "+Version+"/openapi.json", s.openAPI)
 	h("GET "+Version+"/array", s.getArray)
+	h("PATCH "+Version+"/array", s.updateArray)
 	h("GET "+Version+"/arrays", s.listArrays)
 	h("GET "+Version+"/pods", s.listPods)
 	h("POST "+Version+"/pods", s.createPod)
@@ -104,6 +105,8 @@ func (s *Server) routes() {
 	h("GET "+Version+"/sessions", s.listSessions)
 	h("POST "+Version+"/array/connect", s.connectPeer)
 	h("POST "+Version+"/array/pair", s.pair)
+	h("POST "+Version+"/array/check", s.startCheck)
+	h("GET "+Version+"/array/check", s.getCheck)
 	h("POST "+Version+"/pods/{name}/arrays", s.stretchPod)
 	h("DELETE "+Version+"/pods/{name}/arrays/{array}", s.unstretchPod)
 	h("POST "+Version+"/pods/{name}/eradicate", s.eradicatePod)
@@ -224,7 +227,7 @@ func (s *Server) listArrays(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) podInfo(st *catalog.State, p *catalog.Pod) Pod {
 	out := Pod{Name: p.Name, ID: p.ID, Created: p.Created, Arrays: s.b.PodArrays(p),
-		Sequencer: p.Sequencer, Epoch: p.Epoch, FailoverPreference: nonNil(p.FailoverPreference)}
+		Sequencer: p.Sequencer, Epoch: p.Epoch, FailoverPreference: p.FailoverPreference, AutoRecover: p.AutoRecover}
 	out.Pending = p.Pending
 	if rep, ok := s.b.(Replication); ok {
 		out.Replication = rep.PodReplication(p)
@@ -293,8 +296,11 @@ func (s *Server) updatePod(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(r, &req); err != nil {
 		return err
 	}
+	if req.FailoverPreference == nil && req.AutoRecover == nil {
+		return badRequest("nothing to change: give failover_preference or auto_recover")
+	}
 	name := r.PathValue("name")
-	if err := s.apply(r, catalog.SetPodAttr{Name: name, FailoverPreference: req.FailoverPreference}); err != nil {
+	if err := s.apply(r, catalog.SetPodAttr{Name: name, FailoverPreference: req.FailoverPreference, AutoRecover: req.AutoRecover}); err != nil {
 		return err
 	}
 	st := s.b.State()

@@ -390,6 +390,13 @@ func (m *Machine) Serving() bool {
 	return false
 }
 
+// Granting reports whether a syncing owner has begun its grant (the
+// copy is done and Alone is being cleared, or cleared): from then on the
+// peer may serve, so every write must reach it.
+func (m *Machine) Granting() bool {
+	return m.state == Syncing && (!m.rec.Alone || (m.pending != nil && m.pending.why == pGrant))
+}
+
 // Holds reports whether writes wait for the state to change (paused).
 func (m *Machine) Holds() bool { return m.state == Paused }
 

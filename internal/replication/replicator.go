@@ -507,7 +507,7 @@ func (r *Replicator) syncPods() {
 // preferenceOf returns the id of the pod's preferred array for failover
 // ("" none).
 func (r *Replicator) preferenceOf(cp *catalog.Pod) string {
-	for _, name := range cp.FailoverPreference {
+	if name := cp.FailoverPreference; name != "" {
 		if id := r.arrayID(cp, name); id != "" && hasArray(cp, id) {
 			return id
 		}
@@ -516,9 +516,8 @@ func (r *Replicator) preferenceOf(cp *catalog.Pod) string {
 }
 
 // autoRecoverOf reports whether the pod's owner resyncs the other array
-// by itself when the link returns (on until the pod's auto_recover
-// attribute exists and says otherwise).
-func autoRecoverOf(*catalog.Pod) bool { return true }
+// by itself when the link returns (the pod's auto_recover attribute).
+func autoRecoverOf(cp *catalog.Pod) bool { return cp.AutoRecover }
 
 // call sends a pod message over the session at epoch and waits for the
 // answer.

@@ -78,10 +78,14 @@ type tracking struct {
 	// recent are regions mirrored during a copy since the follower's
 	// last checkpoint.
 	recent regions
+	// lacking are regions of writes mirrored during a copy that the
+	// follower had no room for: the copy sends them again before the
+	// grant (they are in dirty too, for a resume).
+	lacking regions
 }
 
 // noTracking is a record of nothing the follower lacks.
-func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}} }
+func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}, lacking: regions{}} }
 
 // noteWrite records a change the follower does not have (mirrored is
 // false) or has without having made it durable (durable is false: it
@@ -185,7 +189,8 @@ func listRegions(rs regions) (vols []string, exts []extent) {
 // writeDurable opens the answer to a mirrored write the follower made
 // durable (it serves the pod); otherwise it wrote it without syncing (it
 // receives a copy).
-const writeDurable byte = 1
+// (2: copyNoSpace is 1).
+const writeDurable byte = 2
 
 type checkpointMsg struct {
 	Pod    string `json:"pod"`
