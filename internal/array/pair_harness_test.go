@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/netproxy"
 	"github.com/metro-storage/metro/internal/scsi"
@@ -82,6 +84,20 @@ func newPair(t *testing.T) *pairHarness {
 // and connection exist on the first array only.
 func newPairUnstretched(t *testing.T) *pairHarness {
 	t.Helper()
+	return newPairWith(t, pairOptions{})
+}
+
+// pairOptions changes the pair a test starts.
+type pairOptions struct {
+	// fs is each array's store filesystem (nil: the disk).
+	fs [2]vfs.FS
+	// maxDiskStall, when set, is each array's max_disk_stall.
+	maxDiskStall time.Duration
+}
+
+// newPairWith is newPairUnstretched with options.
+func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
+	t.Helper()
 	before := runtime.NumGoroutine()
 	h := &pairHarness{t: t, logs: newLogTail(4 << 20)}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -100,13 +116,14 @@ func newPairUnstretched(t *testing.T) *pairHarness {
 		c.Replication.Listen = reservePort(t)
 		c.Replication.Advertise = proxyAddr
 		c.Replication.Timeout.Duration = pairTimeout
+		c.MaxDiskStall.Duration = opts.maxDiskStall
 		if err := c.setDefaults(); err != nil {
 			t.Fatal(err)
 		}
 		cfgs[i] = c
 	}
 	for i := range h.arrays {
-		a, err := Open(Options{Config: cfgs[i], Logger: log.With("array", names[i])})
+		a, err := Open(Options{Config: cfgs[i], Logger: log.With("array", names[i]), FS: opts.fs[i]})
 		if err != nil {
 			for _, o := range h.arrays[:i] {
 				o.Close()

@@ -1,0 +1,251 @@
+package array
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/netproxy"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// Regression tests of the pod protocol's defects (issue 9, part 1) on the
+// pair harness: each failed on the code before the protocol was rebuilt
+// (package pod), and says how.
+
+// writeValue writes value v to the 4 KiB unit at lba through in,
+// retrying past unit attentions; it reports whether the write was
+// acknowledged.
+func writeValue(in *initiator, lba, v uint64) (*scsi.Result, bool) {
+	r, _ := in.doPastUA(write16(lba, unitData(lba, v)), unitData(lba, v), 0)
+	return r, r.Status == scsi.StatusGood
+}
+
+// readValue reads the 4 KiB unit at lba through in.
+func readValue(in *initiator, lba uint64) (uint64, *scsi.Result) {
+	r, _ := in.doPastUA(read16(lba, 8), nil, 4096)
+	if r.Status != scsi.StatusGood {
+		return 0, r
+	}
+	return unitValue(lba, r.Data), r
+}
+
+// TestPairInterruptedHandover (defect 1): the administrator removes the
+// sequencer (a handover to the other array) over a slow link, and gives
+// up waiting before the answer. Before, the old sequencer kept its
+// two-array configuration, paused, moved on alone and served while the
+// other array served too: writes to one block were acknowledged through
+// both. Now the old sequencer gives the pod up durably before it asks the
+// other to take it: at most one array acknowledges writes, and the pod
+// ends on the other array with every acknowledged write.
+func TestPairInterruptedHandover(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	for _, in := range []*initiator{inA, inB} {
+		in.drainUAs()
+	}
+	const lba = 40
+	if _, ok := writeValue(inA, lba, 1); !ok {
+		t.Fatal("a write before the handover failed")
+	}
+	// 250 ms each way: the handover's answer takes 500 ms; the caller
+	// waits 400.
+	h.proxy.Set(netproxy.Settings{RTT: 500 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	err := a.UnstretchPod(ctx, pairPod, a.cfg.Name)
+	cancel()
+	t.Logf("the handover ended with: %v", err)
+	// Writes through both arrays, alternately, for longer than a link
+	// timeout and a fence: before, both acknowledged some.
+	acked := map[string]uint64{}
+	v := uint64(10)
+	for deadline := time.Now().Add(4 * pairTimeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, in := range []*initiator{inA, inB} {
+			v++
+			if _, ok := writeValue(in, lba, v); ok {
+				acked[in.arr.cfg.Name] = v
+			}
+		}
+	}
+	if acked[a.cfg.Name] != 0 && acked[b.cfg.Name] != 0 {
+		t.Fatalf("after the interrupted handover both arrays acknowledged writes to the same block (last through %s: %d, through %s: %d): two arrays served the pod apart",
+			a.cfg.Name, acked[a.cfg.Name], b.cfg.Name, acked[b.cfg.Name])
+	}
+	h.proxy.Set(netproxy.Settings{})
+	h.waitFor("the pod to be array-b's alone and array-a's copy set aside", 30*time.Second, func() (bool, string) {
+		pa, pb := a.cat.View().Pods[pairPod], b.cat.View().Pods[pairPod]
+		ok := pa != nil && pa.Pending != nil && pb != nil && pb.Pending == nil && len(pb.Arrays) == 1 && pb.Sequencer == b.cfg.Name
+		return ok, fmt.Sprintf("a: %+v, b: %+v", pa, pb)
+	})
+	last := acked[b.cfg.Name]
+	if last == 0 {
+		last = 1
+	}
+	in := newInitiator(b, pairIQN, 0x201)
+	in.drainUAs()
+	if got, r := readValue(in, lba); r.Status != scsi.StatusGood || got != last {
+		t.Fatalf("after the handover array-b reads %d (%s), want the last acknowledged write, %d", got, describe(r), last)
+	}
+}
+
+// TestPairRemovalFencesFollower (defect 2): the sequencer removes the
+// follower over a slow link. Before, the sequencer went single-array and
+// acknowledged writes at once while the follower, whose read lease the
+// link's heartbeats kept renewing, still served reads until the removal
+// reached it: a read through it returned data older than a write already
+// acknowledged. Now the sequencer is alone only once the follower has
+// durably given the pod up.
+func TestPairRemovalFencesFollower(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
+	for _, in := range []*initiator{inA, inB} {
+		in.drainUAs()
+	}
+	const lba = 48
+	if _, ok := writeValue(inA, lba, 1); !ok {
+		t.Fatal("a write before the removal failed")
+	}
+	if got, r := readValue(inB, lba); got != 1 {
+		t.Fatalf("read through the follower before the removal: %d (%s)", got, describe(r))
+	}
+	h.proxy.Set(netproxy.Settings{RTT: 600 * time.Millisecond})
+	removed := make(chan error, 1)
+	go func() { removed <- a.UnstretchPod(context.Background(), pairPod, b.cfg.Name) }()
+	h.waitFor("array-a to have the pod alone", 30*time.Second, func() (bool, string) {
+		p := a.cat.View().Pods[pairPod]
+		return len(p.Arrays) == 1, fmt.Sprintf("%+v", p)
+	})
+	if _, ok := writeValue(inA, lba, 2); !ok {
+		t.Fatal("a write through the array that kept the pod failed")
+	}
+	if got, r := readValue(inB, lba); r.Status == scsi.StatusGood && got != 2 {
+		t.Fatalf("a read through the removed follower returned %d after array-a acknowledged 2: a stale read", got)
+	}
+	if err := <-removed; err != nil {
+		t.Fatalf("the removal: %v", err)
+	}
+}
+
+// TestPairFollowerDiskStall (defect 5): the follower's disk stops
+// answering syncs while it keeps answering pings. Before, every write
+// through the sequencer waited for the follower for ever (here until the
+// follower's store gave up, a minute later). Now a mirrored write that
+// does not complete within the link's timeout ends the link, and the
+// pod's pre-elected sequencer goes on alone.
+func TestPairFollowerDiskStall(t *testing.T) {
+	stall := newStallFS(vfs.Default)
+	defer stall.release()
+	h := newPairWith(t, pairOptions{fs: [2]vfs.FS{nil, stall}, maxDiskStall: time.Minute})
+	h.stretch()
+	inA := newInitiator(h.arrays[0], pairIQN, 0x100)
+	inA.drainUAs()
+	const lba = 56
+	if _, ok := writeValue(inA, lba, 1); !ok {
+		t.Fatal("a write before the stall failed")
+	}
+	stall.stall()
+	h.log.Info("the follower's disk stalls")
+	bounded(t, "a write through the sequencer while the follower's disk stalls", 15*time.Second, func() {
+		if r, ok := writeValue(inA, lba, 2); !ok {
+			t.Errorf("the write through the sequencer: %s", describe(r))
+		}
+	})
+	stall.release()
+	h.log.Info("the follower's disk answers again")
+	h.waitInSync(60 * time.Second)
+	for _, arr := range h.arrays {
+		in := newInitiator(arr, pairIQN, 0x300)
+		in.drainUAs()
+		if got, r := readValue(in, lba); got != 2 {
+			t.Fatalf("%s reads %d (%s) after the resync, want 2", arr.cfg.Name, got, describe(r))
+		}
+	}
+	_ = catalog.StatusOnline
+}
+
+// stallFS is a filesystem whose files' syncs block while it is stalled
+// (a disk that stops answering).
+type stallFS struct {
+	vfs.FS
+	mu      sync.Mutex
+	stalled chan struct{} // closed when not stalled
+}
+
+func newStallFS(fs vfs.FS) *stallFS {
+	s := &stallFS{FS: fs, stalled: make(chan struct{})}
+	close(s.stalled)
+	return s
+}
+
+func (s *stallFS) stall() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stalled:
+		s.stalled = make(chan struct{})
+	default:
+	}
+}
+
+func (s *stallFS) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stalled:
+	default:
+		close(s.stalled)
+	}
+}
+
+func (s *stallFS) wait() {
+	s.mu.Lock()
+	ch := s.stalled
+	s.mu.Unlock()
+	<-ch
+}
+
+func (s *stallFS) wrap(f vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &stallFile{File: f, fs: s}, nil
+}
+
+func (s *stallFS) Create(name string, cat vfs.DiskWriteCategory) (vfs.File, error) {
+	return s.wrap(s.FS.Create(name, cat))
+}
+
+func (s *stallFS) ReuseForWrite(oldname, newname string, cat vfs.DiskWriteCategory) (vfs.File, error) {
+	return s.wrap(s.FS.ReuseForWrite(oldname, newname, cat))
+}
+
+func (s *stallFS) OpenReadWrite(name string, cat vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	return s.wrap(s.FS.OpenReadWrite(name, cat, opts...))
+}
+
+type stallFile struct {
+	vfs.File
+	fs *stallFS
+}
+
+func (f *stallFile) Sync() error {
+	f.fs.wait()
+	return f.File.Sync()
+}
+
+func (f *stallFile) SyncData() error {
+	f.fs.wait()
+	return f.File.SyncData()
+}
+
+func (f *stallFile) SyncTo(length int64) (bool, error) {
+	f.fs.wait()
+	return f.File.SyncTo(length)
+}
