@@ -187,6 +187,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) ([]byte,
 	if md.state != pod.Receiving && md.state != pod.InSync {
 		return nil, refusef("pod %s: a write in state %s", m.Pod, md.state)
 	}
+	if r.applyHook != nil {
+		r.applyHook(m)
+	}
 	receiving := md.state == pod.Receiving
 	durable := !receiving
 	switch {

@@ -131,6 +131,10 @@ type Replicator struct {
 	// persistHook, when set (tests), is called before a pod's record is
 	// written, and fails the write with its error.
 	persistHook func(pod string, rec pod.Record) error
+	// applyHook, when set (tests), is called by a mirrored write or
+	// copied piece of the peer once it is checked, just before it is
+	// applied.
+	applyHook func(m *writeMsg)
 	// peerView is mu.peer, for lock-free reads.
 	peerView atomic.Pointer[Peer]
 

@@ -1,0 +1,191 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/store"
+)
+
+// Regression tests of the pod protocol's defects (issue 9, part 1) that
+// need a peer driven message by message: array-b is the array under test,
+// the fake array-a (the hostile-peer harness) the sequencer of pod1.
+
+// blockWrite makes the next mirrored write or copied piece of pod1 at off
+// wait, once checked, until release is closed; checked is closed when it
+// waits.
+func (h *hostilePeer) blockWrite(off uint64) (checked, release chan struct{}) {
+	checked, release = make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	h.env.r.applyHook = func(m *writeMsg) {
+		if m.Pod == "pod1" && m.Off == off && once.CompareAndSwap(false, true) {
+			close(checked)
+			<-release
+		}
+	}
+	return checked, release
+}
+
+// sendAsync sends a request in the background; the channel gets its
+// error.
+func (h *hostilePeer) sendAsync(typ uint16, epoch uint64, payload []byte) chan error {
+	c := make(chan error, 1)
+	go func() {
+		_, err := h.send(typ, epoch, payload)
+		c <- err
+	}()
+	return c
+}
+
+// TestGrantCoversWritesBeingApplied (defect 3): a mirrored write checked
+// while this array received a copy (so written without a sync) was still
+// being applied when the grant arrived. Before, the grant synced the
+// store, was accepted and answered while the write went on: the write
+// was then applied unsynced after the grant's sync, and the sequencer,
+// hearing both, cleared the write's region from its tracking; a crash of
+// this array lost an acknowledged write. Now the grant takes the pod's
+// barrier and waits for every write already checked.
+func TestGrantCoversWritesBeingApplied(t *testing.T) {
+	h := newHostilePeer(t)
+	const e = epoch1 + 1
+	h.accepted("resync", msgResync, e, mustJSON(resyncMsg{Config: *h.pod1Config(func(*catalog.PodConfig) {})}))
+	checked, release := h.blockWrite(0)
+	block := bytes.Repeat([]byte{0x3c}, store.BlockSize)
+	wrote := h.sendAsync(msgWrite, e, (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: block}).encode())
+	<-checked
+	granted := h.sendAsync(msgGrant, e, mustJSON(grantMsg{Pod: "pod1"}))
+	select {
+	case err := <-granted:
+		close(release)
+		t.Fatalf("the grant was answered (%v) while a write checked as received without sync was still being applied: that write is applied after the grant's sync, unsynced", err)
+	case <-time.After(time.Second):
+		// Waiting, as it must: the write goes on, then the grant.
+	}
+	close(release)
+	if err := <-wrote; err != nil {
+		t.Fatalf("the write: %v", err)
+	}
+	if err := <-granted; err != nil {
+		t.Fatalf("the grant: %v", err)
+	}
+}
+
+// TestOldEpochWriteNotAppliedAfterResync (defect 7): a mirrored write of
+// epoch E, checked at E, was still being applied when the sequencer
+// started a new copy at E+1 and sent the same block anew. Before, the
+// epoch was checked only at the handler's entry: the old write landed
+// after the new copy's block and the copy kept the old data. Now the new
+// epoch is accepted only once the writes checked at the old one are
+// applied, so the new copy's block comes last.
+func TestOldEpochWriteNotAppliedAfterResync(t *testing.T) {
+	h := newHostilePeer(t)
+	const e = epoch1 + 1
+	h.accepted("resync", msgResync, e, mustJSON(resyncMsg{Config: *h.pod1Config(func(*catalog.PodConfig) {})}))
+	checked, release := h.blockWrite(0)
+	old := bytes.Repeat([]byte{0x01}, store.BlockSize)
+	fresh := bytes.Repeat([]byte{0x02}, store.BlockSize)
+	wrote := h.sendAsync(msgWrite, e, (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: old}).encode())
+	<-checked
+	resynced := h.sendAsync(msgResync, e+1, mustJSON(resyncMsg{Config: *h.pod1Config(func(*catalog.PodConfig) {})}))
+	copyPiece := (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: fresh}).encode()
+	select {
+	case err := <-resynced:
+		// Accepted while the old write waits: the new copy's block
+		// goes first, then the old write lands (the defect).
+		if err != nil {
+			t.Fatalf("the resync at %d: %v", e+1, err)
+		}
+		h.accepted("the new copy's block", msgBaseline, e+1, copyPiece)
+		close(release)
+		<-wrote
+	case <-time.After(time.Second):
+		// Waiting, as it must, for the old write.
+		close(release)
+		if err := <-wrote; err != nil {
+			t.Fatalf("the old write: %v", err)
+		}
+		if err := <-resynced; err != nil {
+			t.Fatalf("the resync at %d: %v", e+1, err)
+		}
+		h.accepted("the new copy's block", msgBaseline, e+1, copyPiece)
+	}
+	got := make([]byte, store.BlockSize)
+	vol := h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID)
+	if err := vol.ReadAt(context.Background(), got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, fresh) {
+		t.Fatalf("the block holds %x after the copy at epoch %d sent %x: a write of epoch %d was applied after the newer epoch was accepted", got[:4], e+1, fresh[:4], e)
+	}
+}
+
+// TestResyncRefusedChangesNothing (defect 4): a resync the protocol
+// refuses (here: this array serves the pod in sync) changes nothing.
+// Before, it installed the sender's configuration (a volume appeared)
+// and erased this array's copy before (or without) the epoch check.
+func TestResyncRefusedChangesNothing(t *testing.T) {
+	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
+	block := bytes.Repeat([]byte{0x5e}, store.BlockSize)
+	h.accepted("a mirrored write", msgWrite, epoch1, (&writeMsg{Pod: "pod1", Volume: uuidVol1, Length: store.BlockSize, Data: block}).encode())
+	pc := h.pod1Config(func(pc *catalog.PodConfig) {
+		pc.Volumes = append(pc.Volumes, catalog.Volume{Name: "pod1::vol9", Pod: "pod1", UUID: "99999999999999999999999999999999", Size: volSize})
+	})
+	h.refused("a resync while in sync", msgResync, epoch1+1, mustJSON(resyncMsg{Config: *pc}), "while in-sync")
+	st := h.env.cat.View()
+	if st.Volumes["pod1::vol9"] != nil {
+		t.Fatal("the refused resync installed its configuration")
+	}
+	got := make([]byte, store.BlockSize)
+	if err := h.env.st.Volume(st.Volumes["pod1::vol1"].DataID).ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, block) {
+		t.Fatalf("the refused resync changed this array's copy: %x, %v", got[:4], err)
+	}
+	if p := h.env.r.pod("pod1"); p.mode().state != pod.InSync || p.mode().epoch != epoch1 {
+		t.Fatalf("pod1 after the refused resync: %s at epoch %d", p.mode().state, p.mode().epoch)
+	}
+}
+
+// TestFailedPersistRetried (defect 6): the record that lets a paused,
+// pre-elected array serve alone fails to persist. Before, the driver
+// only logged it and the pod stayed paused for good, its writes waiting.
+// Now the machine tries again after its timeout, and the write completes.
+func TestFailedPersistRetried(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	var failures atomic.Int32
+	r.persistHook = func(podName string, rec pod.Record) error {
+		if podName == "pod2" && failures.Load() < 2 {
+			failures.Add(1)
+			return errors.New("injected: the record could not be written")
+		}
+		return nil
+	}
+	p := r.pod("pod2")
+	p.mu.Lock()
+	p.mu.m = pod.New(pod.Config{Self: idB, Peer: idA, Timeout: time.Second}, pod.Record{Epoch: epoch2, Sequencer: idB, Synced: epoch2, Pre: idB}, time.Now())
+	p.mu.sess = nil
+	p.mu.Unlock()
+	vol := r.Volume("pod2", uuidVol2, h.env.st.Volume(h.env.cat.View().Volumes["pod2::vol2"].DataID))
+	wrote := make(chan error, 1)
+	go func() { wrote <- vol.WriteAt(context.Background(), bytes.Repeat([]byte{7}, store.BlockSize), 0) }()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("the write: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the write waits for good: the pod is %s after %d failed persists", p.mode().state, failures.Load())
+	}
+	if failures.Load() == 0 {
+		t.Fatal("no persist failed: the test tested nothing")
+	}
+	if md := p.mode(); md.state != pod.Alone || md.epoch != epoch2+1 {
+		t.Fatalf("pod2: %s at epoch %d, want alone at %d", md.state, md.epoch, epoch2+1)
+	}
+}
