@@ -3,6 +3,7 @@ package array
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/netproxy"
+	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -24,6 +27,15 @@ import (
 func writeValue(in *initiator, lba, v uint64) (*scsi.Result, bool) {
 	r, _ := in.doPastUA(write16(lba, unitData(lba, v)), unitData(lba, v), 0)
 	return r, r.Status == scsi.StatusGood
+}
+
+// hostPorts returns a host port on each array, past their unit
+// attentions.
+func (h *pairHarness) hostPorts() (inA, inB *initiator) {
+	inA, inB = newInitiator(h.arrays[0], pairIQN, 0x100), newInitiator(h.arrays[1], pairIQN, 0x200)
+	inA.drainUAs()
+	inB.drainUAs()
+	return inA, inB
 }
 
 // readValue reads the 4 KiB unit at lba through in.
@@ -46,10 +58,7 @@ func readValue(in *initiator, lba uint64) (uint64, *scsi.Result) {
 func TestPairInterruptedHandover(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
-	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
-	for _, in := range []*initiator{inA, inB} {
-		in.drainUAs()
-	}
+	inA, inB := h.hostPorts()
 	const lba = 40
 	if _, ok := writeValue(inA, lba, 1); !ok {
 		t.Fatal("a write before the handover failed")
@@ -104,10 +113,7 @@ func TestPairInterruptedHandover(t *testing.T) {
 func TestPairRemovalFencesFollower(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
-	inA, inB := newInitiator(a, pairIQN, 0x100), newInitiator(b, pairIQN, 0x200)
-	for _, in := range []*initiator{inA, inB} {
-		in.drainUAs()
-	}
+	inA, inB := h.hostPorts()
 	const lba = 48
 	if _, ok := writeValue(inA, lba, 1); !ok {
 		t.Fatal("a write before the removal failed")
@@ -167,7 +173,6 @@ func TestPairFollowerDiskStall(t *testing.T) {
 			t.Fatalf("%s reads %d (%s) after the resync, want 2", arr.cfg.Name, got, describe(r))
 		}
 	}
-	_ = catalog.StatusOnline
 }
 
 // stallFS is a filesystem whose files' syncs block while it is stalled
@@ -248,4 +253,196 @@ func (f *stallFile) SyncData() error {
 func (f *stallFile) SyncTo(length int64) (bool, error) {
 	f.fs.wait()
 	return f.File.SyncTo(length)
+}
+
+// Failover through the mediator (issue 9, part 2), on the pair harness
+// with a mediator each array reaches through a proxy of its own.
+
+// podView returns array i's view of the pod's replication.
+func (h *pairHarness) podView(i int) *replication.PodStatus {
+	a := h.arrays[i]
+	p := a.cat.View().Pods[pairPod]
+	if p == nil {
+		return nil
+	}
+	return a.repl.Status(p)
+}
+
+// describeViews renders both arrays' views of the pod.
+func (h *pairHarness) describeViews() string {
+	var parts []string
+	for i := range h.arrays {
+		v := h.podView(i)
+		if v == nil {
+			parts = append(parts, h.arrays[i].cfg.Name+": no pod")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s epoch %d seq %s pre %q", h.arrays[i].cfg.Name, v.State, v.Epoch, v.Sequencer, v.PreElected))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// waitMediator waits until both arrays see the mediator so.
+func (h *pairHarness) waitMediator(state string) {
+	h.t.Helper()
+	h.waitFor("the mediator "+state+" on both arrays", 30*time.Second, func() (bool, string) {
+		sa, sb := h.arrays[0].med.Status().State, h.arrays[1].med.Status().State
+		return sa == state && sb == state, sa + ", " + sb
+	})
+}
+
+// setPreference sets the pod's failover preference through array i.
+func (h *pairHarness) setPreference(i int, name string) {
+	h.t.Helper()
+	if err := h.arrays[i].Apply(context.Background(), catalog.SetPodAttr{Name: pairPod, FailoverPreference: &name}); err != nil {
+		h.t.Fatalf("set the failover preference to %q: %v", name, err)
+	}
+}
+
+// newMediatedPair starts a pair with a mediator, stretches the pod, waits
+// until both arrays reach the mediator, and sets the pod's failover
+// preference to array pref (-1: none).
+func newMediatedPair(t *testing.T, pref int) *pairHarness {
+	t.Helper()
+	h := newPairWith(t, pairOptions{mediator: true})
+	h.stretch()
+	h.waitMediator(replication.MediatorOnline)
+	if pref >= 0 {
+		h.setPreference(0, h.arrays[pref].cfg.Name)
+	}
+	return h
+}
+
+// waitWinner waits until array i serves the pod alone and the other has
+// suspended it.
+func (h *pairHarness) waitWinner(i int, what string) {
+	h.t.Helper()
+	h.waitFor(what, 30*time.Second, func() (bool, string) {
+		w, l := h.podView(i), h.podView(1-i)
+		return w.State == string(pod.Alone) && w.Sequencer == h.arrays[i].cfg.Name && l.State == string(pod.Suspended), h.describeViews()
+	})
+}
+
+// TestPairFailoverToPreferred: with a mediator, the link is cut and the
+// pod's preferred array, the follower, wins the race (the sequencer waits
+// its head start): it serves alone while the old sequencer answers NOT
+// READY; when the link returns the loser resyncs from the winner by
+// itself and every acknowledged write reads back through both.
+func TestPairFailoverToPreferred(t *testing.T) {
+	h := newMediatedPair(t, 1)
+	a, b := h.arrays[0], h.arrays[1]
+	inA, inB := h.hostPorts()
+	const lba = 64
+	if _, ok := writeValue(inA, lba, 1); !ok {
+		t.Fatal("a write before the cut failed")
+	}
+	h.proxy.Partition(true)
+	h.log.Info("link cut")
+	h.waitWinner(1, "array-b to win and serve alone, array-a to suspend")
+	if r, ok := writeValue(inB, lba, 2); !ok {
+		t.Fatalf("a write through the winner: %s", describe(r))
+	}
+	if r, ok := writeValue(inA, lba, 3); ok {
+		t.Fatal("the loser acknowledged a write")
+	} else if s, _ := senseOf(r); s.Key != scsi.KeyNotReady {
+		t.Fatalf("a write through the loser: %s, want NOT READY", describe(r))
+	}
+	h.proxy.Partition(false)
+	h.log.Info("link healed")
+	h.waitInSync(60 * time.Second)
+	for _, in := range []*initiator{newInitiator(a, pairIQN, 0x101), newInitiator(b, pairIQN, 0x201)} {
+		in.drainUAs()
+		if got, r := readValue(in, lba); got != 2 {
+			t.Fatalf("%s reads %d (%s) after the recovery, want 2", in.arr.cfg.Name, got, describe(r))
+		}
+	}
+	if v := h.podView(0); v.Sequencer != b.cfg.Name {
+		t.Fatalf("after the recovery the sequencer is %s, want the winner %s", v.Sequencer, b.cfg.Name)
+	}
+}
+
+// TestPairIsolatedSequencer: the sequencer loses the link and the
+// mediator at once (isolated); the follower reaches the mediator, wins
+// and serves, whatever the preference (the sequencer's here).
+func TestPairIsolatedSequencer(t *testing.T) {
+	h := newMediatedPair(t, 0)
+	_, inB := h.hostPorts()
+	h.medProxy[0].Partition(true)
+	h.proxy.Partition(true)
+	h.log.Info("array-a isolated")
+	h.waitWinner(1, "array-b to win")
+	if r, ok := writeValue(inB, 72, 5); !ok {
+		t.Fatalf("a write through the winner: %s", describe(r))
+	}
+	h.medProxy[0].Partition(false)
+	h.proxy.Partition(false)
+	h.waitInSync(60 * time.Second)
+}
+
+// TestPairPreElection: both arrays lose the mediator with the link up:
+// they pre-elect the preferred array (the follower here); then the link
+// is cut: the pre-elected array serves alone without the mediator, the
+// other suspends (and does not race).
+func TestPairPreElection(t *testing.T) {
+	h := newMediatedPair(t, 1)
+	b := h.arrays[1]
+	for _, px := range h.medProxy {
+		px.Partition(true)
+	}
+	h.waitMediator(replication.MediatorUnreachable)
+	h.waitFor("both arrays to show array-b pre-elected", 30*time.Second, func() (bool, string) {
+		va, vb := h.podView(0), h.podView(1)
+		return va.PreElected == b.cfg.Name && vb.PreElected == b.cfg.Name, h.describeViews()
+	})
+	h.proxy.Partition(true)
+	h.log.Info("link cut with the pre-election engaged")
+	h.waitWinner(1, "the pre-elected array-b to serve alone, array-a to suspend")
+	_, inB := h.hostPorts()
+	if r, ok := writeValue(inB, 80, 7); !ok {
+		t.Fatalf("a write through the pre-elected array: %s", describe(r))
+	}
+	h.proxy.Partition(false)
+	h.waitInSync(60 * time.Second)
+	// With the mediator back, the pre-election disengages.
+	for _, px := range h.medProxy {
+		px.Partition(false)
+	}
+	h.waitFor("the pre-election to disengage", 30*time.Second, func() (bool, string) {
+		va, vb := h.podView(0), h.podView(1)
+		return va.PreElected == "" && vb.PreElected == "", h.describeViews()
+	})
+}
+
+// TestPairLinkAndMediatorLostTogether: the link and both arrays' routes
+// to the mediator are cut at once, before a pre-election could engage:
+// the pod suspends on both arrays (never served by both); when the
+// mediator returns, the race is run again and one array serves.
+func TestPairLinkAndMediatorLostTogether(t *testing.T) {
+	h := newMediatedPair(t, -1)
+	h.proxy.Partition(true)
+	for _, px := range h.medProxy {
+		px.Partition(true)
+	}
+	h.waitFor("the pod to suspend on both arrays", 30*time.Second, func() (bool, string) {
+		va, vb := h.podView(0), h.podView(1)
+		return va.State == string(pod.Suspended) && vb.State == string(pod.Suspended), h.describeViews()
+	})
+	for _, px := range h.medProxy {
+		px.Partition(false)
+	}
+	h.waitFor("one array to win once the mediator returns", 30*time.Second, func() (bool, string) {
+		va, vb := h.podView(0), h.podView(1)
+		alone := 0
+		for _, v := range []*replication.PodStatus{va, vb} {
+			if v.State == string(pod.Alone) {
+				alone++
+			}
+		}
+		if alone > 1 {
+			t.Fatalf("both arrays serve the pod alone: %s", h.describeViews())
+		}
+		return alone == 1, h.describeViews()
+	})
+	h.proxy.Partition(false)
+	h.waitInSync(60 * time.Second)
 }

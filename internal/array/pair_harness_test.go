@@ -54,6 +54,8 @@ type pairHarness struct {
 	// accepter is the index of the array that accepts the link (the
 	// proxy is in front of its listener).
 	accepter int
+	// medProxy[i] is array i's route to the mediator (pairOptions).
+	medProxy [2]*netproxy.Proxy
 }
 
 // reservePort returns a loopback address whose port was free a moment
@@ -93,18 +95,41 @@ type pairOptions struct {
 	fs [2]vfs.FS
 	// maxDiskStall, when set, is each array's max_disk_stall.
 	maxDiskStall time.Duration
+	// mediator: a mediator serves the pair, each array reaching it
+	// through a proxy of its own (pairHarness.medProxy), heartbeating
+	// every 100 ms.
+	mediator bool
 }
 
 // newPairWith is newPairUnstretched with options.
 func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 	t.Helper()
-	before := runtime.NumGoroutine()
 	h := &pairHarness{t: t, logs: newLogTail(4 << 20)}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	h.log = log.With("component", "test")
 	dir := t.TempDir()
 	proxyAddr := reservePort(t)
 	names := [2]string{"array-a", "array-b"}
+	// The mediator and its proxies outlive the arrays: their goroutines
+	// are counted before the arrays start.
+	var med testMediator
+	var keyFile string
+	if opts.mediator {
+		med = serveMediator(t)
+		keyFile = filepath.Join(dir, "mediator-key")
+		if err := os.WriteFile(keyFile, []byte(med.key+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		target := strings.TrimPrefix(med.url, "https://")
+		for i := range h.medProxy {
+			px, err := netproxy.New(reservePort(t), target, netproxy.Settings{}, log.With("component", "mediator-proxy", "array", names[i]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.medProxy[i] = px
+		}
+	}
+	before := runtime.NumGoroutine()
 	var cfgs [2]*Config
 	for i := range cfgs {
 		c := &Config{Name: names[i], DataDir: filepath.Join(dir, names[i])}
@@ -117,6 +142,12 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 		c.Replication.Advertise = proxyAddr
 		c.Replication.Timeout.Duration = pairTimeout
 		c.MaxDiskStall.Duration = opts.maxDiskStall
+		if opts.mediator {
+			c.Mediator.URL = "https://" + h.medProxy[i].Addr()
+			c.Mediator.AuthKeyFile, c.Mediator.CAFile = keyFile, med.caFile
+			c.Mediator.Heartbeat.Duration = 100 * time.Millisecond
+			c.Mediator.Timeout.Duration = 300 * time.Millisecond
+		}
 		if err := c.setDefaults(); err != nil {
 			t.Fatal(err)
 		}
@@ -217,6 +248,13 @@ func (h *pairHarness) stop(before int) {
 	}
 	if err := h.proxy.Close(); err != nil {
 		t.Errorf("proxy: %v", err)
+	}
+	// The mediator's routes go too: the connections the arrays' clients
+	// kept alive through them end with them.
+	for _, px := range h.medProxy {
+		if px != nil {
+			px.Close()
+		}
 	}
 	if t.Failed() || os.Getenv("METRO_PAIR_LOG") != "" {
 		h.dumpLogs()
