@@ -163,7 +163,11 @@ func podTable(pods []api.Pod) *table {
 		}
 		arrays := make([]string, 0, len(p.Arrays))
 		for _, a := range p.Arrays {
-			arrays = append(arrays, fmt.Sprintf("%s:%s", a.Name, a.Status))
+			s := fmt.Sprintf("%s:%s", a.Name, a.Status)
+			if a.PreElected {
+				s += " (pre-elected)"
+			}
+			arrays = append(arrays, s)
 		}
 		t.row(p.Name, strings.Join(arrays, ", "), p.Sequencer, strconv.FormatUint(p.Epoch, 10), fmtCopy(p.Replication),
 			pref, strconv.FormatBool(p.AutoRecover), strconv.Itoa(p.Volumes), fmtSize(p.Provisioned), fmtSize(p.Used))

@@ -61,6 +61,17 @@ type PodArray struct {
 	Name   string `json:"name"`
 	ID     string `json:"id"`
 	Status string `json:"status"`
+	// For a stretched pod, that array's view of the pod's protocol as
+	// the array answering knows it (its own; the peer's as it last
+	// said): its epoch, its sequencer, whether it holds itself
+	// pre-elected, and its view of the mediator (online, unreachable,
+	// rolled back, not configured). Empty when unknown.
+	Epoch      uint64 `json:"epoch,omitempty"`
+	Sequencer  string `json:"sequencer,omitempty"`
+	PreElected bool   `json:"pre_elected"`
+	Mediator   string `json:"mediator,omitempty"`
+	// FailoverPreference is the pod's, as that array holds it.
+	FailoverPreference string `json:"failover_preference,omitempty"`
 }
 
 // Pod describes a pod. FailoverPreference is the array that keeps the

@@ -79,7 +79,16 @@ func (a *Array) PodArrays(p *catalog.Pod) []api.PodArray {
 	}
 	if ps := a.repl.Status(p); ps != nil {
 		for _, as := range ps.Arrays {
-			out = append(out, api.PodArray{Name: as.Name, ID: as.ID, Status: as.Status})
+			pa := api.PodArray{Name: as.Name, ID: as.ID, Status: as.Status, FailoverPreference: p.FailoverPreference}
+			switch {
+			case as.Name == a.cfg.Name:
+				pa.Epoch, pa.Sequencer, pa.Mediator = ps.Epoch, ps.Sequencer, ps.Mediator.State
+				pa.PreElected = ps.PreElected == a.cfg.Name
+			case ps.Peer != nil:
+				pa.Epoch, pa.Sequencer, pa.Mediator = ps.Peer.Epoch, ps.Peer.Sequencer, ps.Peer.Mediator
+				pa.PreElected = ps.Peer.PreElected == as.Name
+			}
+			out = append(out, pa)
 		}
 		return out
 	}

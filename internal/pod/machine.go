@@ -352,6 +352,13 @@ func (m *Machine) FenceAt() time.Time { return m.fenceAt }
 // PreElected returns the pre-elected array ("" none), as recorded here.
 func (m *Machine) PreElected() string { return m.rec.Pre }
 
+// Peer returns the peer's record as its latest answer said (ok false:
+// not known on this link, or the peer has no copy) and its view of the
+// mediator (known false: not said on this link).
+func (m *Machine) Peer() (rec Record, ok, mediatorUp, known bool) {
+	return m.peerRec, m.link && m.peerKnown && m.peerHas, m.peerMed == 1, m.link && m.peerMed != 0
+}
+
 // Pending reports whether a persist is in flight.
 func (m *Machine) Pending() bool { return m.pending != nil }
 

@@ -274,6 +274,14 @@ func (r *Replicator) handlePodState(req link.Message) ([]byte, error) {
 	if peer == nil {
 		return nil, fmt.Errorf("%w", ErrNoPeer)
 	}
+	if m.Notice {
+		if p := r.pod(m.Pod); p != nil && p.id == m.ID {
+			p.mu.Lock()
+			p.mu.peerView = &m
+			p.mu.Unlock()
+		}
+		return nil, nil
+	}
 	ans := podStateMsg{Pod: m.Pod, ID: m.ID, Mediator: r.mediatorUp()}
 	cp := r.env.Catalog().View().Pods[m.Pod]
 	if cp != nil && cp.ID == m.ID && hasArray(cp, peer.ID) && (len(cp.Arrays) == 2 || cp.Pending != nil) {
@@ -332,6 +340,19 @@ type PodStatus struct {
 	Mediator MediatorStatus `json:"-"`
 	Progress *Progress      `json:"progress,omitempty"`
 	Error    string         `json:"error,omitempty"`
+	// Peer is the peer's view of the pod as it last told this array
+	// (nil: not known).
+	Peer *PeerView `json:"peer,omitempty"`
+}
+
+// PeerView is the peer's view of a pod as it last told this array.
+type PeerView struct {
+	Epoch      uint64
+	Sequencer  string
+	PreElected string
+	// Mediator is the peer's view of the mediator: online or
+	// unreachable ("" unknown).
+	Mediator string
 }
 
 // Status returns a pod's status (nil when the pod is not stretched).
@@ -341,6 +362,7 @@ func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
 		return nil
 	}
 	md := p.mode()
+	link := md.sess != nil
 	p.mu.Lock()
 	m := p.mu.m
 	rec := m.Record()
@@ -350,8 +372,13 @@ func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
 		prog = &c
 	}
 	lastErr := p.mu.lastErr
+	prec, pok, pmed, pmedKnown := m.Peer()
+	if v := p.mu.peerView; v != nil && link {
+		// Its latest notice; the mediator's view comes with its status
+		// messages, which the machine has.
+		prec, pok = v.Record, v.Has
+	}
 	p.mu.Unlock()
-	link := md.sess != nil
 	state := md.state
 	if (state == pod.InSync || state == pod.Syncing) && !md.serving {
 		state = pod.Suspended // the lease ran out; the link is ending
@@ -380,6 +407,18 @@ func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
 		PreElected: r.arrayName(rec.Pre), Mediator: r.mediatorStatus()}
 	if rec.Pre == "" {
 		ps.PreElected = ""
+	}
+	if pok {
+		ps.Peer = &PeerView{Epoch: prec.Epoch, Sequencer: r.arrayName(prec.Sequencer)}
+		if prec.Pre != "" {
+			ps.Peer.PreElected = r.arrayName(prec.Pre)
+		}
+		if pmedKnown {
+			ps.Peer.Mediator = MediatorUnreachable
+			if pmed {
+				ps.Peer.Mediator = MediatorOnline
+			}
+		}
 	}
 	for _, a := range cp.Arrays {
 		s := peer

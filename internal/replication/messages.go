@@ -374,6 +374,9 @@ type podStateMsg struct {
 	// asker knows it before it proposes a copy whose grant carries the
 	// pre-election.
 	Mediator bool `json:"mediator,omitempty"`
+	// Notice: the sender tells its record after a change, for display
+	// (metro pod list); the receiver's protocol ignores it.
+	Notice bool `json:"notice,omitempty"`
 }
 
 // statusMsg is a msgStatus.

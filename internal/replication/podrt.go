@@ -73,6 +73,9 @@ type podRT struct {
 		// machine.
 		pref        string
 		autoRecover bool
+		// peerView is the peer's record and view of the mediator as its
+		// latest notice said (for display).
+		peerView *podStateMsg
 	}
 	// handedOver, when set, gets the outcome of the handover message
 	// (the administrator's call waits for it).
@@ -279,6 +282,7 @@ func (p *podRT) persist(a pod.Action) ([]pod.Action, error) {
 		p.setErr(fmt.Sprintf("persist the pod's record: %v", err))
 	} else {
 		p.r.log.Debug("pod record persisted", "pod", p.name, "record", a.Record.String(), "reason", a.Reason)
+		p.notifyPeer(a.Record)
 	}
 	id, now := a.ID, p.r.now()
 	return p.apply(func(m *pod.Machine) []pod.Action {
@@ -324,6 +328,21 @@ func (p *podRT) linkUp(s *link.Session) {
 	p.goCall(func() { p.askPeerRecord(s) })
 }
 
+// notifyPeer tells the peer this array's new record of the pod, for
+// display; it changes nothing of the protocol there.
+func (p *podRT) notifyPeer(rec pod.Record) {
+	s := p.r.session()
+	if s == nil {
+		return
+	}
+	msg := podStateMsg{Pod: p.name, ID: p.id, Has: !rec.Left, Record: rec, Mediator: p.r.mediatorUp(), Notice: true}
+	p.goCall(func() {
+		if err := callJSON(context.Background(), s, msgPodState, 0, msg, nil); err != nil {
+			p.r.log.Debug("tell the peer the pod's record", "pod", p.name, "err", err)
+		}
+	})
+}
+
 // askPeerRecord asks the peer its record of the pod and feeds it to the
 // machine.
 func (p *podRT) askPeerRecord(s *link.Session) {
@@ -347,6 +366,7 @@ func (p *podRT) linkDown(s *link.Session) {
 			return nil
 		}
 		p.mu.sess = nil
+		p.mu.peerView = nil
 		p.copyInterruptedLocked(m.State())
 		return m.LinkDown(p.r.now(), s.LastHeard(), leaseEnd(s, p.r.cfg.Timeout))
 	})
