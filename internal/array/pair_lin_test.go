@@ -2,6 +2,7 @@ package array
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -16,7 +17,9 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/netproxy"
+	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -25,6 +28,10 @@ type linConfig struct {
 	// ioPhase is how long clients run while faults are injected.
 	ioPhase time.Duration
 	seed    uint64
+	// mediator: a mediator serves the pair, the faults include cutting
+	// an array from it and changing the pod's failover preference, and
+	// link cuts move the pod between the arrays (failovers).
+	mediator bool
 }
 
 const (
@@ -54,6 +61,9 @@ type linStats struct {
 	partitions   int
 	partitioned  time.Duration
 	slowed       int
+	// mediatorCuts counts an array's route to the mediator cut;
+	// failovers the times the pod's sequencer changed.
+	mediatorCuts, failovers int
 }
 
 func (s *linStats) count(kind, outcome string) {
@@ -308,9 +318,96 @@ func faults(px *netproxy.Proxy, rng *rand.Rand, stats *linStats, stop *atomic.Bo
 	}
 }
 
+// mediatedFaults is faults with a mediator: before each link cut the
+// pod's failover preference is set (to the array that is not the
+// sequencer two times in three, and always the first time, so that
+// failovers happen), and some cuts come with one array's route to the
+// mediator cut too (an isolated array). It counts the sequencer's
+// changes.
+func mediatedFaults(h *pairHarness, rng *rand.Rand, stats *linStats, stop *atomic.Bool, until time.Time, mark func(msg string, args ...any)) {
+	sleep := func(d time.Duration) bool {
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			if stop.Load() {
+				return false
+			}
+			time.Sleep(min(20*time.Millisecond, time.Until(end)))
+		}
+		return true
+	}
+	seq := func() string {
+		if v := h.podView(0); v != nil {
+			return v.Sequencer
+		}
+		return ""
+	}
+	last := seq()
+	for first := true; ; first = false {
+		if !sleep(500*time.Millisecond + time.Duration(rng.Int64N(int64(time.Second)))) {
+			return
+		}
+		if time.Until(until) < 3*time.Second {
+			return
+		}
+		cur := seq()
+		pref := ""
+		switch {
+		case first || rng.IntN(3) < 2:
+			for _, a := range h.arrays {
+				if a.cfg.Name != cur {
+					pref = a.cfg.Name
+				}
+			}
+		case rng.IntN(2) == 0:
+			pref = cur
+		}
+		for i := range h.arrays {
+			// Through whichever array takes the change now.
+			if err := h.arrays[i].Apply(context.Background(), catalog.SetPodAttr{Name: pairPod, FailoverPreference: &pref}); err == nil {
+				break
+			}
+		}
+		cutMed := -1
+		if !first && rng.IntN(4) == 0 {
+			cutMed = rng.IntN(2)
+			h.medProxy[cutMed].Partition(true)
+			stats.mu.Lock()
+			stats.mediatorCuts++
+			stats.mu.Unlock()
+		}
+		d := 2500*time.Millisecond + time.Duration(rng.Int64N(int64(1500*time.Millisecond)))
+		h.proxy.Partition(true)
+		mark("link cut", "for", d, "preference", pref, "mediator_cut", cutMed)
+		stats.mu.Lock()
+		stats.partitions++
+		stats.partitioned += d
+		stats.mu.Unlock()
+		ok := sleep(d)
+		h.proxy.Partition(false)
+		if cutMed >= 0 {
+			h.medProxy[cutMed].Partition(false)
+		}
+		mark("link healed")
+		if now := seq(); now != last && now != "" {
+			stats.mu.Lock()
+			stats.failovers++
+			stats.mu.Unlock()
+			mark("the pod moved", "from", last, "to", now)
+			last = now
+		}
+		if !ok {
+			return
+		}
+	}
+}
+
 func runLinearizable(t *testing.T, cfg linConfig) {
 	began := time.Now()
-	h := newPair(t)
+	h := newPairWith(t, pairOptions{mediator: cfg.mediator})
+	h.stretch()
+	if cfg.mediator {
+		h.waitMediator(replication.MediatorOnline)
+	}
 	setupTook := time.Since(began)
 	rng := rand.New(rand.NewPCG(cfg.seed, 0))
 	rec := newLinRecorder()
@@ -338,7 +435,11 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 		wg.Go(func() { c.run(&stop) })
 	}
 	until := time.Now().Add(cfg.ioPhase)
-	wg.Go(func() { faults(h.proxy, rng, stats, &stopFaults, until, mark) })
+	if cfg.mediator {
+		wg.Go(func() { mediatedFaults(h, rng, stats, &stopFaults, until, mark) })
+	} else {
+		wg.Go(func() { faults(h.proxy, rng, stats, &stopFaults, until, mark) })
+	}
 	time.Sleep(cfg.ioPhase)
 	stopFaults.Store(true)
 	stop.Store(true)
@@ -354,6 +455,11 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 	// Heal, wait for the pod to be in sync, then read everything through
 	// both arrays (recorded: the final values must agree with the model).
 	h.proxy.Set(netproxy.Settings{})
+	for _, px := range h.medProxy {
+		if px != nil {
+			px.Partition(false)
+		}
+	}
 	mark("I/O phase over; link healed")
 	healed := time.Now()
 	h.waitInSync(60 * time.Second)
@@ -431,8 +537,20 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 	sort.Strings(senses)
 	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied)",
 		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2)
-	t.Logf("faults: %d partitions (%s in all), %d link slowdowns; failures seen: %s",
-		stats.partitions, stats.partitioned.Round(time.Millisecond), stats.slowed, strings.Join(senses, " "))
+	t.Logf("faults: %d partitions (%s in all), %d link slowdowns, %d mediator cuts, %d failovers; failures seen: %s",
+		stats.partitions, stats.partitioned.Round(time.Millisecond), stats.slowed, stats.mediatorCuts, stats.failovers, strings.Join(senses, " "))
+	// Floors: a run where most commands failed, or no fault (or, with
+	// the mediator, no failover) happened, proves nothing.
+	ok := 0
+	for k, n := range stats.byKind {
+		if strings.HasSuffix(k, " ok") {
+			ok += n
+		}
+	}
+	if min := 20 * int(cfg.ioPhase/time.Second); ok < min || stats.partitions < 1 || (cfg.mediator && stats.failovers < 1) {
+		t.Errorf("below the floors: %d successful operations (at least %d), %d partitions (at least 1), %d failovers (at least 1 with the mediator)",
+			ok, min, stats.partitions, stats.failovers)
+	}
 	t.Logf("time: setup %s, I/O %s, final resync %s, check %s (%s)",
 		setupTook.Round(time.Millisecond), ioTook.Round(time.Millisecond), resyncTook.Round(time.Millisecond), checkTook.Round(time.Millisecond), res)
 	unexpected := slices.Clone(stats.unexpected)

@@ -228,6 +228,28 @@ func TestPairLinearizable(t *testing.T) {
 	runLinearizable(t, cfg)
 }
 
+// TestPairLinearizableFailover is TestPairLinearizable with a mediator:
+// link cuts move the pod between the arrays (the failover preference is
+// set to the follower before most cuts), some cut an array from the
+// mediator too, and the history must stay linearizable through the
+// failovers and the resyncs that follow (floors: successful operations,
+// partitions and at least one failover).
+func TestPairLinearizableFailover(t *testing.T) {
+	cfg := linConfig{ioPhase: 15 * time.Second, seed: uint64(time.Now().UnixNano()), mediator: true}
+	if testing.Short() {
+		cfg.ioPhase = 8 * time.Second
+	}
+	if s := os.Getenv("METRO_PAIR_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("METRO_PAIR_SEED: %v", err)
+		}
+		cfg.seed = v
+	}
+	t.Logf("seed %d (METRO_PAIR_SEED=%d replays the schedule and choices, not the interleaving)", cfg.seed, cfg.seed)
+	runLinearizable(t, cfg)
+}
+
 // TestPairModel checks the checker: the model accepts a history in which
 // an operation of unknown outcome did or did not take effect, and refuses
 // a stale read after an acknowledged write and a lost acknowledged write.
