@@ -275,16 +275,7 @@ func (c *linClient) writeOnce() bool {
 // faults cuts and heals the link at random until stop, sometimes with
 // a round trip added.
 func faults(px *netproxy.Proxy, rng *rand.Rand, stats *linStats, stop *atomic.Bool, until time.Time, mark func(msg string, args ...any)) {
-	sleep := func(d time.Duration) bool {
-		end := time.Now().Add(d)
-		for time.Now().Before(end) {
-			if stop.Load() {
-				return false
-			}
-			time.Sleep(min(20*time.Millisecond, time.Until(end)))
-		}
-		return true
-	}
+	sleep := func(d time.Duration) bool { return sleepUnless(stop, d) }
 	for {
 		if !sleep(500*time.Millisecond + time.Duration(rng.Int64N(int64(2*time.Second)))) {
 			return
@@ -318,6 +309,19 @@ func faults(px *netproxy.Proxy, rng *rand.Rand, stats *linStats, stop *atomic.Bo
 	}
 }
 
+// sleepUnless sleeps d, or less if stop is set meanwhile; it reports
+// whether it slept all of d.
+func sleepUnless(stop *atomic.Bool, d time.Duration) bool {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if stop.Load() {
+			return false
+		}
+		time.Sleep(min(20*time.Millisecond, time.Until(end)))
+	}
+	return true
+}
+
 // mediatedFaults is faults with a mediator: before each link cut the
 // pod's failover preference is set (to the array that is not the
 // sequencer two times in three, and always the first time, so that
@@ -325,16 +329,7 @@ func faults(px *netproxy.Proxy, rng *rand.Rand, stats *linStats, stop *atomic.Bo
 // mediator cut too (an isolated array). It counts the sequencer's
 // changes.
 func mediatedFaults(h *pairHarness, rng *rand.Rand, stats *linStats, stop *atomic.Bool, until time.Time, mark func(msg string, args ...any)) {
-	sleep := func(d time.Duration) bool {
-		end := time.Now().Add(d)
-		for time.Now().Before(end) {
-			if stop.Load() {
-				return false
-			}
-			time.Sleep(min(20*time.Millisecond, time.Until(end)))
-		}
-		return true
-	}
+	sleep := func(d time.Duration) bool { return sleepUnless(stop, d) }
 	seq := func() string {
 		if v := h.podView(0); v != nil {
 			return v.Sequencer

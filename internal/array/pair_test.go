@@ -210,13 +210,7 @@ func TestPairLinearizable(t *testing.T) {
 	if testing.Short() {
 		cfg.ioPhase = 6 * time.Second
 	}
-	if s := os.Getenv("METRO_PAIR_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("METRO_PAIR_SEED: %v", err)
-		}
-		cfg.seed = v
-	}
+	cfg.seed = seedFromEnv(t, cfg.seed)
 	if s := os.Getenv("METRO_PAIR_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -226,6 +220,18 @@ func TestPairLinearizable(t *testing.T) {
 	}
 	t.Logf("seed %d (METRO_PAIR_SEED=%d replays the schedule and choices, not the interleaving)", cfg.seed, cfg.seed)
 	runLinearizable(t, cfg)
+}
+
+// seedFromEnv returns METRO_PAIR_SEED's seed if set, else seed.
+func seedFromEnv(t *testing.T, seed uint64) uint64 {
+	if s := os.Getenv("METRO_PAIR_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("METRO_PAIR_SEED: %v", err)
+		}
+		return v
+	}
+	return seed
 }
 
 // TestPairLinearizableFailover is TestPairLinearizable with a mediator:
@@ -239,13 +245,7 @@ func TestPairLinearizableFailover(t *testing.T) {
 	if testing.Short() {
 		cfg.ioPhase = 8 * time.Second
 	}
-	if s := os.Getenv("METRO_PAIR_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("METRO_PAIR_SEED: %v", err)
-		}
-		cfg.seed = v
-	}
+	cfg.seed = seedFromEnv(t, cfg.seed)
 	t.Logf("seed %d (METRO_PAIR_SEED=%d replays the schedule and choices, not the interleaving)", cfg.seed, cfg.seed)
 	runLinearizable(t, cfg)
 }
