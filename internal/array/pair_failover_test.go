@@ -3,6 +3,7 @@ package array
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -455,4 +456,72 @@ func TestPairLinkAndMediatorLostTogether(t *testing.T) {
 	})
 	h.proxy.Partition(false)
 	h.waitInSync(60 * time.Second)
+}
+
+// TestPairFailoverPause measures, at the default timing (the harness's
+// link timeout is the default 1 s; the head start is the default 1 s),
+// the longest pause a host writing through the winner sees across a
+// link cut: with the preference on the surviving array, and with the
+// preferred array isolated (the other wins after its head start). It
+// logs the figures (run with -v); it asserts only that the writes go on.
+func TestPairFailoverPause(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures several failovers")
+	}
+	for _, tc := range []struct {
+		name     string
+		pref     int  // the preferred array
+		isolated bool // the preferred array is cut from the mediator too
+	}{
+		{"preferred survivor", 1, false},
+		{"preferred array gone", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var pauses []time.Duration
+			for run := 0; run < 3; run++ {
+				t.Run(fmt.Sprint(run), func(t *testing.T) { pauses = append(pauses, measurePause(t, tc.pref, tc.isolated)) })
+			}
+			slices.Sort(pauses)
+			t.Logf("%s: longest write pause through the winner, 3 runs: %v (median %v)", tc.name, pauses, pauses[1])
+		})
+	}
+}
+
+// measurePause runs one failover to array-b (see TestPairFailoverPause)
+// and returns the longest pause between writes acknowledged through it.
+func measurePause(t *testing.T, pref int, isolated bool) time.Duration {
+	h := newMediatedPair(t, pref)
+	_, inB := h.hostPorts()
+	stop := make(chan struct{})
+	longest := make(chan time.Duration, 1)
+	go func() {
+		var worst time.Duration
+		last := time.Now()
+		for v := uint64(1); ; v++ {
+			select {
+			case <-stop:
+				longest <- worst
+				return
+			default:
+			}
+			if _, ok := writeValue(inB, 96, v); ok {
+				if d := time.Since(last); d > worst {
+					worst = d
+				}
+				last = time.Now()
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if isolated {
+		h.medProxy[pref].Partition(true)
+	}
+	h.proxy.Partition(true)
+	h.waitWinner(1, "array-b to win")
+	time.Sleep(500 * time.Millisecond) // writes go on through the winner
+	close(stop)
+	worst := <-longest
+	h.proxy.Partition(false)
+	h.medProxy[pref].Partition(false)
+	return worst
 }
