@@ -15,11 +15,14 @@ import (
 )
 
 func newLabCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := noun(&cobra.Command{
 		Use:   "lab",
-		Short: "Run metro arrays on this machine for trying it out and for tests",
+		Short: "Run metro arrays on this machine for trying it out and for tests, and inject faults into them",
+	})
+	cmd.AddCommand(newLabUpCmd(g), newLabMediatorCmd(g))
+	for _, lc := range labControls() {
+		cmd.AddCommand(lc.command(g))
 	}
-	cmd.AddCommand(newLabUpCmd(g))
 	return cmd
 }
 
@@ -30,6 +33,7 @@ func newLabUpCmd(g *globals) *cobra.Command {
 		initiators []string
 		rtt        time.Duration
 		bandwidth  string
+		mediator   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -60,19 +64,26 @@ func newLabUpCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(out, "Pairing the arrays and copying pod1 to the second one ...\n")
 			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: dir, Arrays: arrays, Initiators: initiators, Size: n,
-				LinkRTT: rtt, LinkBandwidth: int64(bw),
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				LinkRTT: rtt, LinkBandwidth: int64(bw), NoMediator: !mediator,
+				Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if err != nil {
 				return err
 			}
 			defer l.Stop()
 			printLab(out, l, dir)
-			select {
-			case <-cmd.Context().Done():
-				fmt.Fprintln(out, "\nStopping the lab ...")
-				return nil
-			case i := <-l.Exited():
-				return fmt.Errorf("array %s exited; see %s", l.Info.Arrays[i].Name, l.Info.Arrays[i].Log)
+			for {
+				select {
+				case <-cmd.Context().Done():
+					fmt.Fprintln(out, "\nStopping the lab ...")
+					return nil
+				case e := <-l.Exits():
+					again := "metro lab start " + e.Name
+					if e.Name == "mediator" {
+						again = "metro lab mediator start"
+					}
+					fmt.Fprintf(out, "\n%s exited on its own (%v); see %s. The lab runs on: %s%s starts it again.\n",
+						e.Name, e.Err, e.Log, again, labDirHint(dir))
+				}
 			}
 		},
 	}
@@ -83,6 +94,7 @@ func newLabUpCmd(g *globals) *cobra.Command {
 	f.StringVar(&bandwidth, "link-bandwidth", "", "bandwidth of the link, per second and direction (binary units, e.g. 100M); default unlimited")
 	f.StringArrayVar(&initiators, "initiator", nil, "initiator IQN allowed to see the volume (repeatable; default "+lab.DefaultInitiator+")")
 	f.StringVar(&size, "size", "1G", "size of the lab volume (binary units: 1G = 1 GiB)")
+	f.BoolVar(&mediator, "mediator", true, "run a mediator for the pair, each array reaching it through its own route of the lab's proxy")
 	return cmd
 }
 
@@ -101,9 +113,17 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	for _, u := range info.URLs {
 		fmt.Fprintf(w, "  iscsi-inq %s   (libiscsi URL; initiator via --initiator-name)\n", u)
 	}
+	if m := info.Mediator; m != nil {
+		fmt.Fprintf(w, "\nMediator %s (certificate %s); each array reaches it through its own route.\n", m.URL, m.CA)
+	}
 	if info.LinkProxy != "" {
-		fmt.Fprintf(w, "\nThe link between the arrays runs through a proxy: curl %s/link shows it;\n", info.LinkProxy)
-		fmt.Fprintf(w, "  curl -X PUT -d '{\"rtt\":\"5ms\"}' %s/link    changes it; POST %s/link/partition and /link/heal cut and mend it.\n", info.LinkProxy, info.LinkProxy)
+		d := labDirHint(dir)
+		fmt.Fprintf(w, "\nChange the world from another terminal (export %s=%s to leave out --dir):\n", labDirEnv, dir)
+		fmt.Fprintf(w, "  metro lab partition%s         cut the link (--one-way ARRAY, --and-mediator); metro lab heal%s mends it\n", d, d)
+		fmt.Fprintf(w, "  metro lab kill array-a%s      kill -9 an array; metro lab start array-a%s starts it again\n", d, d)
+		fmt.Fprintf(w, "  metro lab isolate array-a%s   cut an array from the link and the mediator; metro lab rejoin array-a%s\n", d, d)
+		fmt.Fprintf(w, "  metro lab mediator stop|start%s, metro lab mediator cut|restore array-a%s\n", d, d)
+		fmt.Fprintf(w, "  metro lab rtt 5ms%s           slow the link; metro lab status%s shows what runs and what is cut\n", d, d)
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n")
 }

@@ -120,6 +120,7 @@ func (l *Lab) startProxy(ctx context.Context) error {
 	if ids[0] > ids[1] {
 		listener = 0
 	}
+	l.linkTarget = listener
 	ai := l.Info.Arrays[listener]
 	ctl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -154,7 +155,9 @@ func (l *Lab) releaseProxyLn() {
 	}
 }
 
-func (l *Lab) stopProxy() {
+// stopProxies closes the link's proxy and the mediator routes.
+func (l *Lab) stopProxies() {
+	l.closeRoutes()
 	if l.proxy == nil {
 		return
 	}

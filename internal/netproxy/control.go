@@ -148,6 +148,10 @@ func parseBandwidth(v string) (int64, error) {
 	return int64(n), nil
 }
 
+// FormatBandwidth renders n bytes per second as the control API does
+// ("100M" is 100 MiB/s, "" unlimited).
+func FormatBandwidth(n int64) string { return formatBandwidth(n) }
+
 // formatBandwidth renders n bytes/s in binary units when that is exact,
 // else in bytes, so that the JSON reads back to the same value; "" is
 // unlimited.

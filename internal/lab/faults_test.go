@@ -1,0 +1,231 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// eventually polls check until it reports true, failing the test with
+// the last thing it said if that takes over timeout. It waits for an
+// effect, never measures how long one took.
+func eventually(t *testing.T, timeout time.Duration, what string, check func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, last := check()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// peerView is array i's view of its peer: the link's status and round
+// trip.
+func peerView(l *Lab, i int) (status string, rtt float64, err error) {
+	c, err := l.Client(i)
+	if err != nil {
+		return "", 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	arrays, err := c.Arrays(ctx)
+	if err != nil {
+		return "", 0, err
+	}
+	if len(arrays) < 2 {
+		return "", 0, fmt.Errorf("%s lists %d arrays", l.Info.Arrays[i].Name, len(arrays))
+	}
+	return arrays[1].Status, arrays[1].RTTMillis, nil
+}
+
+// waitLinkSeen waits until array i reports the link in state want.
+func waitLinkSeen(t *testing.T, l *Lab, i int, want string) {
+	t.Helper()
+	eventually(t, time.Minute, fmt.Sprintf("%s sees the link %s", l.Info.Arrays[i].Name, want), func() (bool, string) {
+		st, _, err := peerView(l, i)
+		return err == nil && st == want, fmt.Sprintf("%s, %v", st, err)
+	})
+}
+
+func readLabJSON(t *testing.T, dir string) Info {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info Info
+	if err := json.Unmarshal(data, &info); err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// TestFaultControls drives every fault control of the Go API against a
+// pair of real array processes and checks each has the effect it claims,
+// as the arrays see it: a cut link is reported down by the array that no
+// longer hears its peer, a mended one up; a killed array is gone and its
+// peer loses the link, a started one answers and catches up; the round
+// trip set is the one the arrays measure.
+func TestFaultControls(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second, NoMediator: true})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	defer l.Stop()
+	cut := func() []string { return l.Status().Link.Cut }
+
+	// Partition, both ways: both arrays lose the link; heal: both have it.
+	must(t, l.Partition())
+	if got := cut(); !slices.Equal(got, []string{"array-a", "array-b"}) {
+		t.Fatalf("after partition the status says %v cut", got)
+	}
+	waitLinkSeen(t, l, 0, "disconnected")
+	waitLinkSeen(t, l, 1, "disconnected")
+	must(t, l.Partition()) // idempotent
+	must(t, l.Heal())
+	if got := cut(); len(got) != 0 {
+		t.Fatalf("after heal the status says %v cut", got)
+	}
+	waitLinkSeen(t, l, 0, "connected")
+	waitLinkSeen(t, l, 1, "connected")
+
+	// One way, from each array: its peer stops hearing it and drops the
+	// link; the proxy cuts exactly that direction.
+	for i := range 2 {
+		must(t, l.PartitionFrom(i))
+		name := l.Info.Arrays[i].Name
+		if got := cut(); !slices.Equal(got, []string{name}) {
+			t.Fatalf("after partition --one-way %s the status says %v cut", name, got)
+		}
+		s := l.proxy.Settings()
+		if want := (i == l.linkTarget); s.CutBToA != want || s.CutAToB == want || s.Partitioned {
+			t.Fatalf("one-way cut of %s (the link's target: %v): proxy %+v", name, want, s)
+		}
+		waitLinkSeen(t, l, 1-i, "disconnected")
+		must(t, l.Heal())
+		waitLinkSeen(t, l, 0, "connected")
+		waitLinkSeen(t, l, 1, "connected")
+	}
+
+	// The round trip the arrays measure follows the one set.
+	must(t, l.SetRTT(40*time.Millisecond))
+	for i := range 2 {
+		eventually(t, time.Minute, "the arrays measure the 40 ms round trip", func() (bool, string) {
+			st, rtt, err := peerView(l, i)
+			return err == nil && rtt >= 38 && rtt < 400, fmt.Sprintf("%s %.2f ms, %v", st, rtt, err)
+		})
+	}
+	if got := l.Status().Link.RTT; got != "40ms" {
+		t.Errorf("status rtt %q", got)
+	}
+	must(t, l.SetRTT(0))
+	eventually(t, time.Minute, "the round trip falls back", func() (bool, string) {
+		st, rtt, err := peerView(l, 0)
+		return err == nil && rtt < 20, fmt.Sprintf("%s %.2f ms, %v", st, rtt, err)
+	})
+	if err := l.SetRTT(-time.Second); err == nil {
+		t.Error("a negative round trip was taken")
+	}
+
+	// Kill and start: the process is gone and its peer loses the link;
+	// started again it answers, lab.json has its new PID, the pod is
+	// back in sync.
+	pid := l.Info.Arrays[1].PID
+	must(t, l.Kill(1))
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("array-b (pid %d) still exists after kill: %v", pid, err)
+	}
+	if st := l.Status().Arrays[1]; st.Running || st.PID != 0 {
+		t.Fatalf("status after kill: %+v", st)
+	}
+	if info := readLabJSON(t, dir); info.Arrays[1].PID != 0 {
+		t.Errorf("lab.json still gives the killed array pid %d", info.Arrays[1].PID)
+	}
+	must(t, l.Kill(1)) // idempotent
+	waitLinkSeen(t, l, 0, "disconnected")
+	must(t, l.Start(ctx, 1))
+	must(t, l.Start(ctx, 1)) // idempotent
+	st := l.Status().Arrays[1]
+	if !st.Running || st.PID == 0 || st.PID == pid {
+		t.Fatalf("status after start: %+v (old pid %d)", st, pid)
+	}
+	if info := readLabJSON(t, dir); info.Arrays[1].PID != st.PID {
+		t.Errorf("lab.json gives pid %d, the array runs as %d", info.Arrays[1].PID, st.PID)
+	}
+	must(t, l.WaitInSync(ctx, 3*time.Minute))
+	select {
+	case e := <-l.Exits():
+		t.Errorf("a killed array was reported as ending on its own: %+v", e)
+	default:
+	}
+
+	// Isolate and rejoin (no mediator in this lab: the link).
+	must(t, l.Isolate(0))
+	if got := cut(); len(got) != 2 {
+		t.Fatalf("after isolate the status says %v cut", got)
+	}
+	waitLinkSeen(t, l, 1, "disconnected")
+	must(t, l.Rejoin(0))
+	waitLinkSeen(t, l, 1, "connected")
+	must(t, l.WaitInSync(ctx, 3*time.Minute))
+
+	// What this lab cannot do is refused, saying why.
+	if err := l.CutMediator(0); !errors.Is(err, ErrNoMediator) {
+		t.Errorf("cut the mediator path of a lab without one: %v", err)
+	}
+	if err := l.Isolate(2); err == nil {
+		t.Error("isolate of a third array of a pair worked")
+	}
+	if _, err := l.ArrayIndex("B"); err != nil {
+		t.Errorf("array B: %v", err)
+	}
+}
+
+// TestExitReported: an array that dies without the lab killing it is
+// reported on Exits; a lab of one array has no link to cut.
+func TestExitReported(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := Up(ctx, Options{Dir: t.TempDir(), Binary: metroBin, Arrays: 1, Size: 16 << 20})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	defer l.Stop()
+	if err := l.Partition(); !errors.Is(err, ErrNoLink) {
+		t.Errorf("partition of one array: %v", err)
+	}
+	if err := syscall.Kill(l.Info.Arrays[0].PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-l.Exits():
+		if e.Name != "array-a" || e.Log != l.Info.Arrays[0].Log {
+			t.Errorf("exit reported: %+v", e)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the array's death was not reported")
+	}
+	must(t, l.Start(ctx, 0))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
