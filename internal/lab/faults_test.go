@@ -11,25 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// eventually polls check until it reports true, failing the test with
-// the last thing it said if that takes over timeout. It waits for an
-// effect, never measures how long one took.
-func eventually(t *testing.T, timeout time.Duration, what string, check func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := check()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+	"github.com/metro-storage/metro/internal/testbin"
+)
 
 // peerView is array i's view of its peer: the link's status and round
 // trip.
@@ -53,7 +37,7 @@ func peerView(l *Lab, i int) (status string, rtt float64, err error) {
 // waitLinkSeen waits until array i reports the link in state want.
 func waitLinkSeen(t *testing.T, l *Lab, i int, want string) {
 	t.Helper()
-	eventually(t, time.Minute, fmt.Sprintf("%s sees the link %s", l.Info.Arrays[i].Name, want), func() (bool, string) {
+	testbin.Eventually(t, time.Minute, fmt.Sprintf("%s sees the link %s", l.Info.Arrays[i].Name, want), func() (bool, string) {
 		st, _, err := peerView(l, i)
 		return err == nil && st == want, fmt.Sprintf("%s, %v", st, err)
 	})
@@ -125,7 +109,7 @@ func TestFaultControls(t *testing.T) {
 	// The round trip the arrays measure follows the one set.
 	must(t, l.SetRTT(40*time.Millisecond))
 	for i := range 2 {
-		eventually(t, time.Minute, "the arrays measure the 40 ms round trip", func() (bool, string) {
+		testbin.Eventually(t, time.Minute, "the arrays measure the 40 ms round trip", func() (bool, string) {
 			st, rtt, err := peerView(l, i)
 			return err == nil && rtt >= 38 && rtt < 400, fmt.Sprintf("%s %.2f ms, %v", st, rtt, err)
 		})
@@ -134,7 +118,7 @@ func TestFaultControls(t *testing.T) {
 		t.Errorf("status rtt %q", got)
 	}
 	must(t, l.SetRTT(0))
-	eventually(t, time.Minute, "the round trip falls back", func() (bool, string) {
+	testbin.Eventually(t, time.Minute, "the round trip falls back", func() (bool, string) {
 		st, rtt, err := peerView(l, 0)
 		return err == nil && rtt < 20, fmt.Sprintf("%s %.2f ms, %v", st, rtt, err)
 	})
