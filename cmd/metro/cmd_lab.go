@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -117,13 +119,24 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 		fmt.Fprintf(w, "\nMediator %s (certificate %s); each array reaches it through its own route.\n", m.URL, m.CA)
 	}
 	if info.LinkProxy != "" {
-		d := labDirHint(dir)
-		fmt.Fprintf(w, "\nChange the world from another terminal (export %s=%s to leave out --dir):\n", labDirEnv, dir)
-		fmt.Fprintf(w, "  metro lab partition%s         cut the link (--one-way ARRAY, --and-mediator); metro lab heal%s mends it\n", d, d)
-		fmt.Fprintf(w, "  metro lab kill array-a%s      kill -9 an array; metro lab start array-a%s starts it again\n", d, d)
-		fmt.Fprintf(w, "  metro lab isolate array-a%s   cut an array from the link and the mediator; metro lab rejoin array-a%s\n", d, d)
-		fmt.Fprintf(w, "  metro lab mediator stop|start%s, metro lab mediator cut|restore array-a%s\n", d, d)
-		fmt.Fprintf(w, "  metro lab rtt 5ms%s           slow the link; metro lab status%s shows what runs and what is cut\n", d, d)
+		fmt.Fprintf(w, "\nBreak it on purpose, from another terminal:\n  export %s=%s\n", labDirEnv, dir)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		lines := [][2]string{
+			{"metro lab partition", "cut the link (--one-way ARRAY: one way; --and-mediator: the mediator paths too)"},
+			{"metro lab heal", "mend it"},
+			{"metro lab kill array-a", "kill -9 an array (metro lab start array-a starts it again)"},
+			{"metro lab isolate array-a", "cut it from the link and the mediator at once (metro lab rejoin array-a)"},
+			{"metro lab mediator stop", "stop the mediator (start; cut array-a and restore array-a: one array's path)"},
+			{"metro lab rtt 5ms", "slow the link (0 clears it)"},
+			{"metro lab status", "what runs and what is cut"},
+		}
+		if info.Mediator == nil {
+			lines = slices.Delete(lines, 4, 5)
+		}
+		for _, l := range lines {
+			fmt.Fprintf(tw, "  %s\t%s\n", l[0], l[1])
+		}
+		_ = tw.Flush()
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n")
 }
