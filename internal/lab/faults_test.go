@@ -5,13 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/metro-storage/metro/internal/netproxy"
 	"github.com/metro-storage/metro/internal/testbin"
 )
 
@@ -211,5 +215,83 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMediatorPaths drives the mediator path controls on a lab whose
+// mediator is a TLS server of the test (no processes): each array's route
+// is cut and mended on its own, isolate cuts the link and one route,
+// partition --and-mediator all three, and a request through a cut route
+// gets no answer while one through a whole route does.
+func TestMediatorPaths(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "mediator")
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	l := &Lab{opts: Options{Dir: t.TempDir(), Arrays: 2}}
+	l.Info.Arrays = []ArrayInfo{{Name: "array-a"}, {Name: "array-b"}}
+	l.mu.procs = make([]*proc, 2)
+	var err error
+	if l.proxy, err = netproxy.New("127.0.0.1:0", addr, netproxy.Settings{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	l.med = &mediator{addr: addr, info: MediatorInfo{URL: srv.URL}}
+	for range 2 {
+		r, err := netproxy.New("127.0.0.1:0", addr, netproxy.Settings{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.med.routes = append(l.med.routes, r)
+	}
+	defer l.Stop()
+
+	// reaches reports whether array i reaches the mediator through its
+	// route, on a new connection.
+	reaches := func(i int) bool {
+		tr := srv.Client().Transport.(*http.Transport).Clone()
+		tr.DisableKeepAlives = true
+		c := &http.Client{Transport: tr, Timeout: 500 * time.Millisecond}
+		resp, err := c.Get("https://" + l.med.routes[i].Addr() + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	check := func(step string, link []string, cut ...bool) {
+		t.Helper()
+		st := l.Status()
+		if !slices.Equal(st.Link.Cut, link) {
+			t.Errorf("%s: link cut %v; want %v", step, st.Link.Cut, link)
+		}
+		for i, want := range cut {
+			if st.Arrays[i].MediatorCut != want {
+				t.Errorf("%s: %s's mediator path cut %v; want %v", step, st.Arrays[i].Name, st.Arrays[i].MediatorCut, want)
+			}
+			if reaches(i) == want {
+				t.Errorf("%s: %s reaches the mediator: %v; want %v", step, st.Arrays[i].Name, !want, want)
+			}
+		}
+	}
+	both := []string{"array-a", "array-b"}
+	check("at the start", []string{}, false, false)
+	must(t, l.CutMediator(1))
+	must(t, l.CutMediator(1))
+	check("mediator cut array-b", []string{}, false, true)
+	must(t, l.RestoreMediator(1))
+	check("mediator restore array-b", []string{}, false, false)
+	must(t, l.Isolate(0))
+	check("isolate array-a", both, true, false)
+	must(t, l.Rejoin(0))
+	check("rejoin array-a", []string{}, false, false)
+	must(t, l.PartitionAndMediator())
+	check("partition --and-mediator", both, true, true)
+	must(t, l.Heal())
+	check("heal", []string{}, true, true)
+	must(t, l.HealAndMediator())
+	check("heal --and-mediator", []string{}, false, false)
+	if st := l.Status(); st.Mediator == nil || st.Mediator.Running || st.Mediator.URL != srv.URL {
+		t.Errorf("mediator status %+v", st.Mediator)
 	}
 }

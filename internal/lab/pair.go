@@ -161,8 +161,10 @@ func (l *Lab) stopProxies() {
 	if l.proxy == nil {
 		return
 	}
-	_ = l.proxySrv.Close()
-	<-l.proxyDone
+	if l.proxySrv != nil {
+		_ = l.proxySrv.Close()
+		<-l.proxyDone
+	}
 	_ = l.proxy.Close()
 	l.proxy = nil
 }
