@@ -269,8 +269,8 @@ func TestMediatorPaths(t *testing.T) {
 			if st.Arrays[i].MediatorCut != want {
 				t.Errorf("%s: %s's mediator path cut %v; want %v", step, st.Arrays[i].Name, st.Arrays[i].MediatorCut, want)
 			}
-			if reaches(i) == want {
-				t.Errorf("%s: %s reaches the mediator: %v; want %v", step, st.Arrays[i].Name, !want, want)
+			if got := reaches(i); got == want {
+				t.Errorf("%s: %s reaches the mediator: %v; want %v", step, st.Arrays[i].Name, got, !want)
 			}
 		}
 	}
