@@ -14,9 +14,9 @@ import (
 func newArrayCmd(g *globals) *cobra.Command {
 	cmd := noun(&cobra.Command{
 		Use:   "array",
-		Short: "Run an array, or list the arrays one knows",
+		Short: "Run an array, list the arrays one knows, pair them, check a store",
 	})
-	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd(), newArrayConnectCmd(g))
+	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd(), newArrayConnectCmd(g), newArrayCheckCmd(g))
 	return cmd
 }
 

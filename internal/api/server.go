@@ -104,6 +104,8 @@ func (s *Server) routes() {
 	h("GET "+Version+"/sessions", s.listSessions)
 	h("POST "+Version+"/array/connect", s.connectPeer)
 	h("POST "+Version+"/array/pair", s.pair)
+	h("POST "+Version+"/array/check", s.startCheck)
+	h("GET "+Version+"/array/check", s.getCheck)
 	h("POST "+Version+"/pods/{name}/arrays", s.stretchPod)
 	h("DELETE "+Version+"/pods/{name}/arrays/{array}", s.unstretchPod)
 	h("POST "+Version+"/pods/{name}/eradicate", s.eradicatePod)

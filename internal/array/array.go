@@ -85,6 +85,9 @@ type Array struct {
 	// stops Run.
 	fatal  func(error)
 	failed chan error
+
+	// check runs `metro array check` (check.go).
+	check checker
 }
 
 // Open opens the array's store and configuration and builds its logical
@@ -196,6 +199,7 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.setCheckContext(ctx)
 
 	var listeners []net.Listener
 	closeAll := func() {

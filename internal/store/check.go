@@ -104,6 +104,14 @@ func (e *CheckError) damage(vol, c uint64, bad blockMask, why error) {
 // a *CheckError listing every damaged block and the other problems, or
 // another error if it could not run (closed store, ctx done).
 func (s *Store) Check(ctx context.Context) error {
+	return s.CheckProgress(ctx, nil)
+}
+
+// CheckProgress is Check calling progress (when not nil) now and then
+// with the bytes of chunks checked so far and the bytes the store held
+// when the check began (the count may pass the total when the check
+// meets chunks written as it began).
+func (s *Store) CheckProgress(ctx context.Context, progress func(checked, total int64)) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -129,7 +137,11 @@ func (s *Store) Check(ctx context.Context) error {
 	if err != nil {
 		ce.problem(err)
 	}
-	stored, err := s.checkChunks(ctx, snap, durable, ce)
+	var tick func(int)
+	if progress != nil {
+		tick = func(chunks int) { progress(int64(chunks)*ChunkSize, memTotal) }
+	}
+	stored, err := s.checkChunks(ctx, snap, durable, ce, tick)
 	if err != nil {
 		return err
 	}
@@ -225,7 +237,7 @@ func compareBitmaps(aName string, a map[chunkRef]*[pageWords]uint64, bName strin
 // block of keys), every chunk that durable maps from there to the next key
 // it can reach is recorded as damaged.
 func (s *Store) checkChunks(ctx context.Context, snap *pebble.Snapshot, durable map[chunkRef]*[pageWords]uint64,
-	ce *CheckError) (map[chunkRef]*[pageWords]uint64, error) {
+	ce *CheckError, tick func(chunks int)) (map[chunkRef]*[pageWords]uint64, error) {
 	// After an error the scan resumes on a new iterator: a seek on the
 	// failed one may find nothing.
 	var it *pebble.Iterator
@@ -266,6 +278,9 @@ func (s *Store) checkChunks(ctx context.Context, snap *pebble.Snapshot, durable 
 		if n++; n%1024 == 0 {
 			if err := ctxErr(ctx, "check"); err != nil {
 				return nil, err
+			}
+			if tick != nil {
+				tick(n)
 			}
 		}
 		if !valid {
