@@ -18,8 +18,8 @@ import (
 )
 
 // mediator is the lab's mediator: a `metro mediator run` process whose
-// data directory, auth key, certificate and log are in <lab>/mediator,
-// and one route of the lab's proxy per array to it, so that an array can
+// data directory, with its auth key and certificate, is <lab>/mediator
+// (its log <lab>/mediator.log), and one route of the lab's proxy per array to it, so that an array can
 // be cut from the mediator alone.
 type mediator struct {
 	info MediatorInfo
@@ -56,7 +56,7 @@ func (l *Lab) startMediatorFirst(ctx context.Context) error {
 		CA:          filepath.Join(dir, mediatorCert),
 		AuthKeyFile: filepath.Join(dir, "authkey"),
 		DataDir:     dir,
-		Log:         filepath.Join(dir, "mediator.log"),
+		Log:         filepath.Join(l.opts.Dir, "mediator.log"),
 	}}
 	if err := ensureAuthKey(m.info.AuthKeyFile); err != nil {
 		return err
