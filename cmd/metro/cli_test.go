@@ -44,7 +44,8 @@ type fakeArray struct {
 	now time.Time
 	mu  struct {
 		sync.Mutex
-		nextID int // counter behind NewID
+		nextID   int                  // counter behind NewID
+		mediator *api.MediatorSetting // the last SetMediator
 	}
 }
 

@@ -16,14 +16,16 @@ func newArrayCmd(g *globals) *cobra.Command {
 		Use:   "array",
 		Short: "Run an array, list the arrays one knows, pair them, check a store",
 	})
-	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd(), newArrayConnectCmd(g), newArrayCheckCmd(g))
+	cmd.AddCommand(newArrayListCmd(g), newArrayRunCmd(), newArrayConnectCmd(g), newArrayCheckCmd(g), newArraySetattrCmd(g))
 	return cmd
 }
 
 func newArrayListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "list",
-		Short:   "List the array answering and its peers",
+		Use:   "list",
+		Short: "List the array answering and its peers",
+		Long: "List the array answering and its peers: the link's status and round trip, and the mediator's\n" +
+			"status (online, unreachable, rolled back, not configured) and round trip as each array sees it.",
 		Example: "metro array list",
 		Args:    argsN(0, ""),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -38,15 +40,24 @@ func newArrayListCmd(g *globals) *cobra.Command {
 			if arrays == nil {
 				arrays = []api.ArrayInfo{}
 			}
-			return g.newOutput(cmd).list(arrays, arrayTable(arrays))
+			o := g.newOutput(cmd)
+			if err := o.list(arrays, arrayTable(arrays)); err != nil || o.json {
+				return err
+			}
+			for _, a := range arrays {
+				if m := a.Mediator; m != nil && m.Error != "" && m.Status != "not configured" {
+					fmt.Fprintf(o.w, "\n%s: mediator %s: %s\n", a.Name, m.Status, m.Error)
+				}
+			}
+			return nil
 		},
 	}
 }
 
 // arrayTable shows arrays: name, id, status, iSCSI target and portals,
-// capacity and space used.
+// capacity and space used, the mediator's status and round trip.
 func arrayTable(arrays []api.ArrayInfo) *table {
-	t := newTable("Name", "ID", "Status", "Peer", "Link RTT", "Target", "Portals", "Capacity", "Used")
+	t := newTable("Name", "ID", "Status", "Peer", "Link RTT", "Target", "Portals", "Capacity", "Used", "Mediator", "Mediator RTT")
 	for _, a := range arrays {
 		capacity := fmtSize(a.Capacity)
 		if a.Capacity == 0 {
@@ -63,7 +74,14 @@ func arrayTable(arrays []api.ArrayInfo) *table {
 		if peer == "" {
 			peer = "-"
 		}
-		t.row(a.Name, a.ID, a.Status, peer, rtt, a.Target, joinList(a.Portals), capacity, fmtUsed(a.Used, a.Capacity))
+		med, medRTT := "-", "-"
+		if m := a.Mediator; m != nil {
+			med = m.Status
+			if m.Status == "online" {
+				medRTT = fmt.Sprintf("%.2f ms", m.RTTMillis)
+			}
+		}
+		t.row(a.Name, a.ID, a.Status, peer, rtt, a.Target, joinList(a.Portals), capacity, fmtUsed(a.Used, a.Capacity), med, medRTT)
 	}
 	return t
 }
@@ -98,12 +116,8 @@ func newArrayConnectCmd(g *globals) *cobra.Command {
 					"to be asked for it)%s", verb(cmd), usageHint(cmd))
 			}
 			req := api.ArrayConnect{PeerURL: peer, Token: tok}
-			if ca != "" {
-				data, err := os.ReadFile(ca)
-				if err != nil {
-					return fmt.Errorf("--ca: %w", err)
-				}
-				req.CA = string(data)
+			if req.CA, err = readFileFlag("ca", ca); err != nil {
+				return err
 			}
 			c, err := g.client()
 			if err != nil {
@@ -120,6 +134,19 @@ func newArrayConnectCmd(g *globals) *cobra.Command {
 	token.add(cmd.Flags())
 	cmd.Flags().StringVar(&ca, "ca", "", "PEM file of the certificate the peer's API presents")
 	return cmd
+}
+
+// readFileFlag reads the file a flag names ("" for none), for errors
+// naming the flag.
+func readFileFlag(flag, path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", flag, err)
+	}
+	return string(data), nil
 }
 
 // fmtUsed prints space used, with its share of the capacity when known.

@@ -1,7 +1,7 @@
 // Command metro is the metro binary: the array daemon (metro array run),
-// the mediator (later), the lab (metro lab up) and the administrator's CLI
-// (metro pod|vol|host|hgroup|array ...), a thin client of an array's REST
-// API.
+// the mediator (metro mediator run), the lab (metro lab up) and the
+// administrator's CLI (metro pod|vol|host|hgroup|array ...), a thin client
+// of an array's REST API.
 package main
 
 import (
@@ -65,7 +65,7 @@ func newRootOn(con *console) *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath())
 	})
-	root.AddCommand(newArrayCmd(g), newPodCmd(g), newVolCmd(g), newHostCmd(g), newHostGroupCmd(g), newLabCmd(g))
+	root.AddCommand(newArrayCmd(g), newPodCmd(g), newVolCmd(g), newHostCmd(g), newHostGroupCmd(g), newLabCmd(g), newMediatorCmd(g))
 	return root
 }
 

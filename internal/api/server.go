@@ -75,6 +75,7 @@ func (s *Server) routes() {
 	}
 	h("GET "+Version+"/openapi.json", s.openAPI)
 	h("GET "+Version+"/array", s.getArray)
+	h("PATCH "+Version+"/array", s.updateArray)
 	h("GET "+Version+"/arrays", s.listArrays)
 	h("GET "+Version+"/pods", s.listPods)
 	h("POST "+Version+"/pods", s.createPod)

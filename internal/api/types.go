@@ -41,6 +41,8 @@ type ArrayInfo struct {
 	// Link counts the bytes this array sent over the replication link
 	// since it started (the array answering, when paired).
 	Link *LinkTraffic `json:"link,omitempty"`
+	// Mediator is the mediator as this array sees it.
+	Mediator *MediatorInfo `json:"mediator,omitempty"`
 }
 
 // LinkTraffic counts replication bytes sent, by kind.

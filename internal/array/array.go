@@ -22,6 +22,7 @@ import (
 	"github.com/metro-storage/metro/internal/api"
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/iscsi"
+	"github.com/metro-storage/metro/internal/mediator"
 	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
@@ -78,6 +79,9 @@ type Array struct {
 
 	repl     *replication.Replicator
 	linkCert tls.Certificate
+	// med is the mediator client; medMu serializes changes of its setting.
+	med      *mediator.Client
+	medMu    sync.Mutex
 	linkLn   net.Listener
 	fsIsReal bool
 
@@ -127,6 +131,10 @@ func Open(opts Options) (*Array, error) {
 	a.target = scsi.NewTarget(scsi.TargetConfig{Resolver: &a.view, Logger: a.log})
 	a.view.array = a
 	if err := a.setupReplication(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := a.setupMediator(); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -262,6 +270,7 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 		defer wg.Done()
 		a.eradicator(ctx)
 	}()
+	wg.Go(func() { _ = a.med.Run(ctx) })
 	a.log.Info("array running", "name", a.cfg.Name, "id", a.id.ID, "target", a.cfg.ISCSI.Target,
 		"portals", strings.Join(a.cfg.ISCSI.Listen, ","), "api", a.cfg.API.Listen)
 	if ready != nil {

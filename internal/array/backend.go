@@ -34,6 +34,7 @@ func (a *Array) Info() api.ArrayInfo {
 		Portals: a.cfg.ISCSI.Advertise, API: scheme + "://" + a.cfg.API.Listen,
 		TPG: a.id.TargetPortGroup(), PortID: a.id.RelativePortID(),
 		Capacity: capacity, Used: used, Provision: prov, Status: "connected", Time: a.now().UTC(),
+		Mediator: mediatorInfo(a.med.Status()),
 	}
 	if p, _, _ := a.repl.PeerInfo(); p != nil {
 		info.Peer = p.Name
@@ -52,7 +53,7 @@ func (a *Array) Peers() []api.ArrayInfo {
 	}
 	id := Identity{ID: p.ID}
 	info := api.ArrayInfo{Name: p.Name, ID: p.ID, API: p.API, TPG: id.TargetPortGroup(), PortID: id.RelativePortID(),
-		Status: "disconnected", Peer: a.cfg.Name}
+		Status: "disconnected", Peer: a.cfg.Name, Mediator: a.peerMediatorInfo()}
 	if up {
 		info.Status = "connected"
 		info.RTTMillis = float64(rtt.Microseconds()) / 1000

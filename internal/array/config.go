@@ -62,6 +62,17 @@ import (
 //	  auth_timeout: 2s            # a link connection must authenticate within this
 //	  max_handshakes: 64          # unauthenticated link connections held at once ...
 //	  max_handshakes_per_address: 8 # ... and from one source address (the oldest are dropped beyond)
+//	mediator:                     # the arbiter of failover at a third site (metro mediator run)
+//	  url: ""                     # https://HOST[:9095]; empty: no mediator
+//	  authkey_file: ""            # file (0600) holding the mediator's auth key; required with url
+//	  ca_file: ""                 # PEM the mediator's certificate chains to (its mediator.crt);
+//	                              # empty: the system's roots
+//	  heartbeat: 5s               # how often the array heartbeats the mediator
+//	  timeout: 2s                 # each request to the mediator (heartbeat or elect attempt)
+//
+// A mediator set with `metro array setattr --mediator` (url, key and
+// certificate) is kept in data_dir and replaces url, authkey_file and
+// ca_file from then on; heartbeat and timeout still come from here.
 //
 // With the iscsi limits at their defaults a connection still logging in
 // holds about 20 KiB (4 KiB buffers, at most 8 KiB of login text, as it
@@ -127,6 +138,18 @@ type Config struct {
 		MaxHandshakes           int      `yaml:"max_handshakes"`
 		MaxHandshakesPerAddress int      `yaml:"max_handshakes_per_address"`
 	} `yaml:"replication"`
+	Mediator MediatorConfig `yaml:"mediator"`
+}
+
+// MediatorConfig is the mediator section of an array's configuration
+// (see Config; defaults mediator.DefaultHeartbeat and
+// mediator.DefaultTimeout).
+type MediatorConfig struct {
+	URL         string   `yaml:"url"`
+	AuthKeyFile string   `yaml:"authkey_file"`
+	CAFile      string   `yaml:"ca_file"`
+	Heartbeat   Duration `yaml:"heartbeat"`
+	Timeout     Duration `yaml:"timeout"`
 }
 
 // ISCSILimits bound what hosts may hold of the array's iSCSI target (zero
@@ -228,8 +251,10 @@ func LoadConfig(path string) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if c.DataDir != "" && !filepath.IsAbs(c.DataDir) {
-		c.DataDir = filepath.Join(filepath.Dir(path), c.DataDir)
+	for _, p := range []*string{&c.DataDir, &c.Mediator.AuthKeyFile, &c.Mediator.CAFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	if err := c.setDefaults(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -319,7 +344,7 @@ func (c *Config) setDefaults() error {
 	if r.AuthTimeout.Duration < 0 || r.MaxHandshakes < 0 || r.MaxHandshakesPerAddress < 0 || r.MaxHandshakesPerAddress > r.MaxHandshakes {
 		return fmt.Errorf("replication: auth_timeout, max_handshakes and max_handshakes_per_address must be positive, max_handshakes_per_address at most max_handshakes")
 	}
-	return nil
+	return c.Mediator.setDefaults()
 }
 
 // CapacityBytes returns the configured capacity (0: unlimited).

@@ -1,20 +1,16 @@
 package array
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/metro-storage/metro/internal/fileperm"
+	"github.com/metro-storage/metro/internal/tlscert"
 )
 
 // loadOrMakeCert returns the API certificate: the configured one, or a
@@ -39,70 +35,21 @@ func loadOrMakeCert(cfg *Config, now time.Time) (tls.Certificate, string, error)
 }
 
 func makeSelfSigned(cfg *Config, certFile, keyFile string, now time.Time) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "metro array " + cfg.Name, Organization: []string{"metro"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(10, 0, 0),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost", cfg.Name},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
+	n := tlscert.Names{CommonName: "metro array " + cfg.Name, DNSNames: []string{"localhost", cfg.Name},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
 	if host, _, err := net.SplitHostPort(cfg.API.Listen); err == nil {
 		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			n.IPs = append(n.IPs, ip)
 		} else if ip == nil && host != "" {
-			tmpl.DNSNames = append(tmpl.DNSNames, host)
+			n.DNSNames = append(n.DNSNames, host)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := writeFileSync(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), fileMode); err != nil {
-		return err
-	}
-	return writeFileSync(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), fileMode)
+	return tlscert.WriteSelfSigned(certFile, keyFile, n, now)
 }
 
-// writeFileSync writes a file atomically (temp file, fsync, rename) with
-// permissions perm, also when a temporary file of a crashed write was
+// writeFileSync writes a file atomically and durably (fileperm.WriteFile)
+// with permissions perm, also when a temporary file of a crashed write was
 // left with others. Files of the data directory are fileMode (0600).
 func writeFileSync(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fileperm.WriteFile(path, data, perm)
 }
