@@ -29,13 +29,10 @@ var ErrNoMediator = errors.New("this lab runs without a mediator")
 
 // noMediator is ErrNoMediator with why, and what to do.
 func (l *Lab) noMediator() error {
-	switch {
-	case l.opts.Arrays == 1:
+	if l.opts.Arrays == 1 {
 		return fmt.Errorf("%w: it runs one array; start a pair (metro lab up without --arrays 1)", ErrNoMediator)
-	case l.opts.NoMediator:
-		return fmt.Errorf("%w: it was started with --mediator=false; start it again without", ErrNoMediator)
 	}
-	return fmt.Errorf("%w: its metro binary (%s) has no metro mediator run; build one that has", ErrNoMediator, l.opts.Binary)
+	return fmt.Errorf("%w: it was started with --mediator=false; start it again without", ErrNoMediator)
 }
 
 // ArrayIndex finds an array of the lab by name: its full name (array-a),

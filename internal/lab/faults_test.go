@@ -47,6 +47,24 @@ func waitLinkSeen(t *testing.T, l *Lab, i int, want string) {
 	})
 }
 
+// waitMediatorSeen waits until array i sees its mediator as want.
+func waitMediatorSeen(t *testing.T, l *Lab, i int, want string) {
+	t.Helper()
+	testbin.Eventually(t, time.Minute, fmt.Sprintf("%s sees the mediator %s", l.Info.Arrays[i].Name, want), func() (bool, string) {
+		c, err := l.Client(i)
+		if err != nil {
+			return false, err.Error()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		info, err := c.Array(ctx)
+		if err != nil || info.Mediator == nil {
+			return false, fmt.Sprintf("%+v, %v", info.Mediator, err)
+		}
+		return info.Mediator.Status == want, info.Mediator.Status + ": " + info.Mediator.Error
+	})
+}
+
 func readLabJSON(t *testing.T, dir string) Info {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
@@ -61,16 +79,18 @@ func readLabJSON(t *testing.T, dir string) Info {
 }
 
 // TestFaultControls drives every fault control of the Go API against a
-// pair of real array processes and checks each has the effect it claims,
-// as the arrays see it: a cut link is reported down by the array that no
-// longer hears its peer, a mended one up; a killed array is gone and its
-// peer loses the link, a started one answers and catches up; the round
-// trip set is the one the arrays measure.
+// pair of real array processes and their mediator and checks each has the
+// effect it claims, as the arrays see it: a cut link is reported down by
+// the array that no longer hears its peer, a mended one up; a killed
+// array is gone and its peer loses the link, a started one answers and
+// catches up; the round trip set is the one the arrays measure; a stopped
+// mediator, or a cut path to it, is unreachable for the arrays it should
+// be, and online again once started or mended.
 func TestFaultControls(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second, NoMediator: true})
+	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -162,20 +182,42 @@ func TestFaultControls(t *testing.T) {
 	default:
 	}
 
-	// Isolate and rejoin (no mediator in this lab: the link).
+	// The mediator: stopped and started, one array's path cut and mended,
+	// as each array sees it.
+	mpid := l.Info.MediatorPID
+	must(t, l.StopMediator())
+	must(t, l.StopMediator()) // idempotent
+	if err := syscall.Kill(mpid, 0); !errors.Is(err, syscall.ESRCH) || l.Status().Mediator.Running {
+		t.Fatalf("the mediator (pid %d) after stop: %v, %+v", mpid, err, l.Status().Mediator)
+	}
+	waitMediatorSeen(t, l, 0, "unreachable")
+	waitMediatorSeen(t, l, 1, "unreachable")
+	must(t, l.StartMediator(ctx))
+	must(t, l.StartMediator(ctx)) // idempotent
+	if m := l.Status().Mediator; !m.Running || m.PID == mpid || readLabJSON(t, dir).MediatorPID != m.PID {
+		t.Fatalf("the mediator after start: %+v (lab.json pid %d)", m, readLabJSON(t, dir).MediatorPID)
+	}
+	waitMediatorSeen(t, l, 0, "online")
+	waitMediatorSeen(t, l, 1, "online")
+	must(t, l.CutMediator(1))
+	waitMediatorSeen(t, l, 1, "unreachable")
+	waitMediatorSeen(t, l, 0, "online")
+	must(t, l.RestoreMediator(1))
+	waitMediatorSeen(t, l, 1, "online")
+
+	// Isolate and rejoin: the link and one array's mediator path.
 	must(t, l.Isolate(0))
-	if got := cut(); len(got) != 2 {
-		t.Fatalf("after isolate the status says %v cut", got)
+	if st := l.Status(); len(st.Link.Cut) != 2 || !st.Arrays[0].MediatorCut || st.Arrays[1].MediatorCut {
+		t.Fatalf("after isolate the status says %+v %+v", st.Link, st.Arrays)
 	}
 	waitLinkSeen(t, l, 1, "disconnected")
+	waitMediatorSeen(t, l, 0, "unreachable")
 	must(t, l.Rejoin(0))
 	waitLinkSeen(t, l, 1, "connected")
+	waitMediatorSeen(t, l, 0, "online")
 	must(t, l.WaitInSync(ctx, 3*time.Minute))
 
 	// What this lab cannot do is refused, saying why.
-	if err := l.CutMediator(0); !errors.Is(err, ErrNoMediator) {
-		t.Errorf("cut the mediator path of a lab without one: %v", err)
-	}
 	if err := l.Isolate(2); err == nil {
 		t.Error("isolate of a third array of a pair worked")
 	}
@@ -185,7 +227,8 @@ func TestFaultControls(t *testing.T) {
 }
 
 // TestExitReported: an array that dies without the lab killing it is
-// reported on Exits; a lab of one array has no link to cut.
+// reported on Exits; a lab of one array has no link to cut, nor a
+// mediator.
 func TestExitReported(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -196,6 +239,9 @@ func TestExitReported(t *testing.T) {
 	defer l.Stop()
 	if err := l.Partition(); !errors.Is(err, ErrNoLink) {
 		t.Errorf("partition of one array: %v", err)
+	}
+	if err := l.CutMediator(0); !errors.Is(err, ErrNoMediator) {
+		t.Errorf("cut the mediator path of one array: %v", err)
 	}
 	if err := syscall.Kill(l.Info.Arrays[0].PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -236,7 +282,7 @@ func TestMediatorPaths(t *testing.T) {
 	if l.proxy, err = netproxy.New("127.0.0.1:0", addr, netproxy.Settings{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	l.med = &mediator{addr: addr, info: MediatorInfo{URL: srv.URL}}
+	l.med = &labMediator{addr: addr, info: MediatorInfo{URL: srv.URL}}
 	for range 2 {
 		r, err := netproxy.New("127.0.0.1:0", addr, netproxy.Settings{}, nil)
 		if err != nil {

@@ -172,7 +172,7 @@ type Lab struct {
 	linkTarget int
 
 	// med is the mediator's setup (nil without one).
-	med *mediator
+	med *labMediator
 
 	// ctlSrv serves the control socket; lock holds lab.lock, which keeps
 	// a second lab out of the directory.

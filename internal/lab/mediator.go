@@ -2,26 +2,21 @@ package lab
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
 	"fmt"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
 	"github.com/metro-storage/metro/internal/fileperm"
+	"github.com/metro-storage/metro/internal/mediator"
 	"github.com/metro-storage/metro/internal/netproxy"
 )
 
-// mediator is the lab's mediator: a `metro mediator run` process whose
+// labMediator is the lab's mediator: a `metro mediator run` process whose
 // data directory, with its auth key and certificate, is <lab>/mediator
 // (its log <lab>/mediator.log), and one route of the lab's proxy per array to it, so that an array can
 // be cut from the mediator alone.
-type mediator struct {
+type labMediator struct {
 	info MediatorInfo
 	// addr is where the process listens (127.0.0.1:port); it keeps it
 	// across a stop and start, since the routes forward to it.
@@ -34,25 +29,14 @@ type mediator struct {
 // directory at its first start.
 const mediatorCert = "mediator.crt"
 
-// hasMediator reports whether bin has a mediator (`metro mediator run`).
-func hasMediator(bin string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return exec.CommandContext(ctx, bin, "mediator", "run", "--help").Run() == nil
-}
-
 // startMediatorFirst sets up the lab's mediator and starts it, before the
 // arrays, whose configurations name it.
 func (l *Lab) startMediatorFirst(ctx context.Context) error {
-	if !hasMediator(l.opts.Binary) {
-		l.opts.Logger.Warn("this metro binary has no mediator (metro mediator run): the lab runs without one", "binary", l.opts.Binary)
-		return nil
-	}
 	dir := filepath.Join(l.opts.Dir, "mediator")
 	if err := mkdirPrivate(dir); err != nil {
 		return err
 	}
-	m := &mediator{info: MediatorInfo{
+	m := &labMediator{info: MediatorInfo{
 		CA:          filepath.Join(dir, mediatorCert),
 		AuthKeyFile: filepath.Join(dir, "authkey"),
 		DataDir:     dir,
@@ -86,17 +70,13 @@ func (l *Lab) startMediatorFirst(ctx context.Context) error {
 	return nil
 }
 
-// ensureAuthKey makes the mediator's auth key (32 random bytes, in hex)
-// unless an earlier lab in the directory made one.
+// ensureAuthKey makes the mediator's auth key (mediator.NewKey) unless an
+// earlier lab in the directory made one.
 func ensureAuthKey(path string) error {
 	if data, err := os.ReadFile(path); err == nil && len(data) > 0 {
 		return os.Chmod(path, fileperm.File)
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return err
-	}
-	return writePrivate(path, []byte(hex.EncodeToString(key)+"\n"))
+	return writePrivate(path, []byte(mediator.NewKey()+"\n"))
 }
 
 // startMediator starts the mediator process and waits until it answers
@@ -121,31 +101,19 @@ func (l *Lab) startMediator(ctx context.Context) error {
 	return err
 }
 
-// answers reports whether the mediator answers an HTTPS request, any
-// answer, verified with its certificate.
-func (m *mediator) answers(ctx context.Context) bool {
-	pem, err := os.ReadFile(m.info.CA)
+// answers reports whether the mediator answers its status request,
+// authenticated with the lab's key over TLS verified with its certificate.
+func (m *labMediator) answers(ctx context.Context) bool {
+	ca, err := os.ReadFile(m.info.CA)
 	if err != nil {
 		return false
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return false
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.info.URL+"/", nil)
+	key, err := mediator.ReadKeyFile(m.info.AuthKeyFile)
 	if err != nil {
 		return false
 	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return true
+	_, _, err = mediator.QueryStatus(ctx, mediator.ClientConfig{URL: m.info.URL, AuthKey: key, CA: ca, Timeout: 2 * time.Second})
+	return err == nil
 }
 
 // mediatorConfig is array i's configuration of the mediator ("" without

@@ -153,6 +153,20 @@ func (p *labProc) waitLink(i int, want string) {
 	})
 }
 
+// waitMediator waits until array i sees its mediator as want.
+func (p *labProc) waitMediator(i int, want string) {
+	p.t.Helper()
+	testbin.Eventually(p.t, time.Minute, fmt.Sprintf("%s sees the mediator %s", p.info.Arrays[i].Name, want), func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		info, err := p.client(i).Array(ctx)
+		if err != nil || info.Mediator == nil {
+			return false, fmt.Sprintf("%+v, %v", info.Mediator, err)
+		}
+		return info.Mediator.Status == want, fmt.Sprintf("%s (%s)", info.Mediator.Status, info.Mediator.Error)
+	})
+}
+
 // waitInSync waits until both arrays see pod1 online on both.
 func (p *labProc) waitInSync() {
 	p.t.Helper()
@@ -202,14 +216,31 @@ func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) 
 // up; kill removes the process and its peer loses the link, start brings
 // it back in sync; isolate and rejoin cut and mend the link at once; the
 // round trip set is the one the arrays measure; the mediator verbs act on
-// the mediator's process and paths. Verbs are idempotent, wrong ones say
+// the mediator's process and paths, as each array sees its mediator
+// (online, unreachable). Verbs are idempotent, wrong ones say
 // what to do, a second lab in the same directory is refused, and Ctrl-C
 // stops everything.
 func TestLabVerbs(t *testing.T) {
 	p := startLabProc(t)
 	st := p.status()
-	if len(st.Arrays) != 2 || !st.Arrays[0].Running || !st.Arrays[1].Running || st.Link == nil || len(st.Link.Cut) != 0 {
+	if len(st.Arrays) != 2 || !st.Arrays[0].Running || !st.Arrays[1].Running || st.Link == nil || len(st.Link.Cut) != 0 ||
+		st.Mediator == nil || !st.Mediator.Running {
 		t.Fatalf("status of a new lab: %+v", st)
+	}
+	// lab.json names the mediator, and each array its own route to it;
+	// both arrays use it.
+	m := p.info.Mediator
+	if m == nil || !strings.HasPrefix(m.URL, "https://127.0.0.1:") || p.info.MediatorPID != st.Mediator.PID {
+		t.Fatalf("lab.json: mediator %+v, pid %d", m, p.info.MediatorPID)
+	}
+	if _, err := os.Stat(m.CA); err != nil {
+		t.Fatalf("the mediator's certificate: %v", err)
+	}
+	for i, a := range p.info.Arrays {
+		if a.MediatorURL == "" || a.MediatorURL == m.URL || a.MediatorURL == p.info.Arrays[1-i].MediatorURL {
+			t.Fatalf("lab.json: %s reaches the mediator at %q (the mediator is at %s)", a.Name, a.MediatorURL, m.URL)
+		}
+		p.waitMediator(i, "online")
 	}
 	if out := p.must("status"); !strings.Contains(out, "array-a  running (pid") || !strings.Contains(out, "array-a -> array-b whole") {
 		t.Errorf("status for people:\n%s", out)
@@ -296,46 +327,60 @@ func TestLabVerbs(t *testing.T) {
 	// isolate / rejoin.
 	p.must("isolate", "a")
 	st = p.status()
-	if !slices.Equal(st.Link.Cut, []string{"array-a", "array-b"}) || (st.Mediator != nil && !st.Arrays[0].MediatorCut) || st.Arrays[1].MediatorCut {
+	if !slices.Equal(st.Link.Cut, []string{"array-a", "array-b"}) || !st.Arrays[0].MediatorCut || st.Arrays[1].MediatorCut {
 		t.Fatalf("after isolate a: %+v %+v", st.Link, st.Arrays)
 	}
 	p.waitLink(1, "disconnected")
+	p.waitMediator(0, "unreachable")
+	p.waitMediator(1, "online")
 	p.must("rejoin", "a")
 	if st := p.status(); len(st.Link.Cut) != 0 || st.Arrays[0].MediatorCut {
 		t.Fatalf("after rejoin a: %+v %+v", st.Link, st.Arrays)
 	}
 	p.waitLink(1, "connected")
+	p.waitMediator(0, "online")
 	p.waitInSync()
 
-	// The mediator verbs.
-	if st.Mediator == nil {
-		p.refused("without a mediator", "mediator", "stop")
-		p.refused("without a mediator", "mediator", "cut", "a")
-		p.refused("without a mediator", "partition", "--and-mediator")
-	} else {
-		mpid := st.Mediator.PID
-		p.must("mediator", "stop")
-		p.must("mediator", "stop")
-		if m := p.status().Mediator; m.Running || !gone(mpid) {
-			t.Fatalf("after mediator stop: %+v, pid %d gone: %v", m, mpid, gone(mpid))
-		}
-		p.must("mediator", "start")
-		if m := p.status().Mediator; !m.Running || gone(m.PID) {
-			t.Fatalf("after mediator start: %+v", m)
-		}
-		p.must("mediator", "cut", "array-b")
-		if a := p.status().Arrays; a[0].MediatorCut || !a[1].MediatorCut {
-			t.Fatalf("after mediator cut array-b: %+v", a)
-		}
-		p.must("mediator", "restore", "array-b")
-		p.must("partition", "--and-mediator")
-		if st := p.status(); len(st.Link.Cut) != 2 || !st.Arrays[0].MediatorCut || !st.Arrays[1].MediatorCut {
-			t.Fatalf("after partition --and-mediator: %+v %+v", st.Link, st.Arrays)
-		}
-		p.must("heal", "--and-mediator")
-		if st := p.status(); len(st.Link.Cut) != 0 || st.Arrays[0].MediatorCut || st.Arrays[1].MediatorCut {
-			t.Fatalf("after heal --and-mediator: %+v %+v", st.Link, st.Arrays)
-		}
+	// The mediator verbs: the process, and each array's path to it, as
+	// each array sees its mediator.
+	mpid := st.Mediator.PID
+	p.must("mediator", "stop")
+	p.must("mediator", "stop") // idempotent
+	if m := p.status().Mediator; m.Running || !gone(mpid) {
+		t.Fatalf("after mediator stop: %+v, pid %d gone: %v", m, mpid, gone(mpid))
+	}
+	p.waitMediator(0, "unreachable")
+	p.waitMediator(1, "unreachable")
+	p.must("mediator", "start")
+	p.must("mediator", "start") // idempotent
+	if m := p.status().Mediator; !m.Running || gone(m.PID) {
+		t.Fatalf("after mediator start: %+v", m)
+	}
+	p.waitMediator(0, "online")
+	p.waitMediator(1, "online")
+	p.must("mediator", "cut", "array-b")
+	if a := p.status().Arrays; a[0].MediatorCut || !a[1].MediatorCut {
+		t.Fatalf("after mediator cut array-b: %+v", a)
+	}
+	p.waitMediator(1, "unreachable")
+	p.waitMediator(0, "online")
+	p.must("mediator", "restore", "array-b")
+	p.waitMediator(1, "online")
+	p.must("partition", "--and-mediator")
+	if st := p.status(); len(st.Link.Cut) != 2 || !st.Arrays[0].MediatorCut || !st.Arrays[1].MediatorCut {
+		t.Fatalf("after partition --and-mediator: %+v %+v", st.Link, st.Arrays)
+	}
+	for i := range 2 {
+		p.waitLink(i, "disconnected")
+		p.waitMediator(i, "unreachable")
+	}
+	p.must("heal", "--and-mediator")
+	if st := p.status(); len(st.Link.Cut) != 0 || st.Arrays[0].MediatorCut || st.Arrays[1].MediatorCut {
+		t.Fatalf("after heal --and-mediator: %+v %+v", st.Link, st.Arrays)
+	}
+	for i := range 2 {
+		p.waitLink(i, "connected")
+		p.waitMediator(i, "online")
 	}
 
 	// Wrong requests say what to do.
