@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metro-storage/metro/internal/fileperm"
+	"github.com/metro-storage/metro/internal/mediator"
 	"github.com/metro-storage/metro/internal/netproxy"
 	"github.com/metro-storage/metro/internal/testbin"
 )
@@ -96,6 +98,20 @@ func TestFaultControls(t *testing.T) {
 	}
 	defer l.Stop()
 	cut := func() []string { return l.Status().Link.Cut }
+	// The mediator's key, certificate, state and log are private too, and
+	// so are the control socket and the lock.
+	open, err := fileperm.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range open {
+		t.Error(o)
+	}
+	for _, f := range []string{"mediator/authkey", "mediator/" + mediator.CertFile, "mediator.log", SocketName, lockName} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("the lab did not make %s: %v", f, err)
+		}
+	}
 
 	// Partition, both ways: both arrays lose the link; heal: both have it.
 	must(t, l.Partition())
