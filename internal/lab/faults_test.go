@@ -357,3 +357,32 @@ func TestMediatorPaths(t *testing.T) {
 		t.Errorf("mediator status %+v", st.Mediator)
 	}
 }
+
+// TestUpAgain stops a pair's lab and starts it again in its directory:
+// the arrays, which remember each other's addresses from when they
+// paired, link up again and the pod is in sync, with its data. Before,
+// the second lab put the link's proxy on new ports and its start failed
+// ("the link between the arrays did not come up").
+func TestUpAgain(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	opts := Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second}
+	l, err := Up(ctx, opts)
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	first := l.Info
+	l.Stop()
+	if l, err = Up(ctx, opts); err != nil {
+		t.Fatalf("lab up again in the same directory: %v", err)
+	}
+	defer l.Stop()
+	for i, a := range l.Info.Arrays {
+		if a.LinkAdvertise != first.Arrays[i].LinkAdvertise {
+			t.Logf("%s's link address moved from %s to %s (the old port was taken)", a.Name, first.Arrays[i].LinkAdvertise, a.LinkAdvertise)
+		}
+		waitLinkSeen(t, l, i, "connected")
+	}
+	must(t, l.WaitInSync(ctx, time.Minute))
+}

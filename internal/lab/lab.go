@@ -171,6 +171,10 @@ type Lab struct {
 	// (the one that accepts the link); the other array dials it.
 	linkTarget int
 
+	// prev is the lab.json of the lab that ran in the directory before
+	// (nil if none), whose ports a restarted lab takes again.
+	prev *Info
+
 	// med is the mediator's setup (nil without one).
 	med *labMediator
 
@@ -276,6 +280,7 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if l.lock, err = lockDir(opts.Dir); err != nil {
 		return nil, err
 	}
+	l.prev = readInfo(opts.Dir)
 	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
 	l.mu.procs = make([]*proc, opts.Arrays)
 	defer func() {
@@ -295,8 +300,8 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	l.Info.Arrays = make([]ArrayInfo, opts.Arrays)
 	l.proxyLn = make([]net.Listener, opts.Arrays)
 	for i := 0; i < opts.Arrays; i++ {
-		err := l.onFreePorts(arrayName(i), func() error {
-			ai, err := l.writeConfig(i)
+		err := l.onFreePorts(arrayName(i), func(attempt int) error {
+			ai, err := l.writeConfig(i, attempt == 1)
 			if err != nil {
 				return err
 			}
@@ -330,14 +335,27 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 // process a moment later, so another process (another lab, an outgoing
 // connection) can take one first: then the process stops at once
 // (errPortTaken), and is started again on fresh ports.
-func (l *Lab) onFreePorts(name string, try func() error) error {
+func (l *Lab) onFreePorts(name string, try func(attempt int) error) error {
 	for attempt := 1; ; attempt++ {
-		err := try()
+		err := try(attempt)
 		if err == nil || !errors.Is(err, errPortTaken) || attempt == 3 {
 			return err
 		}
 		l.opts.Logger.Warn("a port was taken before the process bound it; starting it on other ports", "process", name, "err", err)
 	}
+}
+
+// portAgain returns the port of addr (127.0.0.1:port) if it is free now,
+// else a free one.
+func portAgain(addr string) (int, error) {
+	if addr != "" {
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			return port, nil
+		}
+	}
+	return freePort()
 }
 
 // freePort picks a TCP port that is free on the loopback now (a variable:
@@ -353,27 +371,41 @@ var freePort = func() (int, error) {
 
 func arrayName(i int) string { return "array-" + string(rune('a'+i)) }
 
-// writeConfig writes array i's config (once; a restarted lab reuses it).
-func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
+// writeConfig writes array i's config, on the ports of the lab that ran
+// in the directory before if reuse is set and they are free, else on
+// free ones.
+func (l *Lab) writeConfig(i int, reuse bool) (ArrayInfo, error) {
 	name := arrayName(i)
 	dir := filepath.Join(l.opts.Dir, name)
 	if err := mkdirPrivate(dir); err != nil {
 		return ArrayInfo{}, err
 	}
-	apiPort, err := freePort()
+	// A lab restarted in its directory takes its arrays' ports again
+	// where it can (first attempt only): the arrays remember each other's
+	// API and link addresses from when they paired.
+	var prev ArrayInfo
+	if reuse && l.prev != nil && i < len(l.prev.Arrays) {
+		prev = l.prev.Arrays[i]
+	}
+	apiPort, err := portAgain(strings.TrimPrefix(prev.API, "https://"))
 	if err != nil {
 		return ArrayInfo{}, err
 	}
-	iscsiPort, err := freePort()
+	iscsiPort, err := portAgain(prev.Portal)
 	if err != nil {
 		return ArrayInfo{}, err
 	}
-	linkPort, err := freePort()
+	linkPort, err := portAgain(prev.LinkListen)
 	if err != nil {
 		return ArrayInfo{}, err
 	}
 	// The advertised address is the proxy's (for a pair), which this
 	// process binds now and keeps.
+	if l.proxyLn[i] == nil && prev.LinkAdvertise != "" {
+		if ln, err := net.Listen("tcp", prev.LinkAdvertise); err == nil {
+			l.proxyLn[i] = ln
+		}
+	}
 	if l.proxyLn[i] == nil {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -656,6 +688,20 @@ func (l *Lab) configure(ctx context.Context) error {
 		l.Info.URLs = append(l.Info.URLs, fmt.Sprintf("iscsi://%s/%s/%d", ai.Portal, ai.Target, lun))
 	}
 	return nil
+}
+
+// readInfo reads the lab.json in dir, nil if there is none or it cannot
+// be read.
+func readInfo(dir string) *Info {
+	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err != nil {
+		return nil
+	}
+	var info Info
+	if json.Unmarshal(data, &info) != nil {
+		return nil
+	}
+	return &info
 }
 
 // writeInfo writes lab.json atomically.

@@ -46,7 +46,7 @@ func (l *Lab) startMediatorFirst(ctx context.Context) error {
 		return err
 	}
 	l.med = m
-	err := l.onFreePorts("mediator", func() error {
+	err := l.onFreePorts("mediator", func(int) error {
 		port, err := freePort()
 		if err != nil {
 			return err
