@@ -76,6 +76,10 @@ type Options struct {
 	// NoMediator leaves the mediator out of a pair (a single array never
 	// has one).
 	NoMediator bool
+	// MediatorHeartbeat is how often the arrays heartbeat the mediator
+	// (0: the array's default, 5s); tests shorten it to see a mediator
+	// loss sooner.
+	MediatorHeartbeat time.Duration
 	Logger     *slog.Logger
 }
 

@@ -122,8 +122,12 @@ func (l *Lab) mediatorConfig(i int) string {
 	if l.med == nil {
 		return ""
 	}
-	return fmt.Sprintf("mediator:\n  url: https://%s\n  authkey_file: %s\n  ca_file: %s\n",
+	cfg := fmt.Sprintf("mediator:\n  url: https://%s\n  authkey_file: %s\n  ca_file: %s\n",
 		l.med.routes[i].Addr(), l.med.info.AuthKeyFile, l.med.info.CA)
+	if l.opts.MediatorHeartbeat > 0 {
+		cfg += "  heartbeat: " + l.opts.MediatorHeartbeat.String() + "\n"
+	}
+	return cfg
 }
 
 // closeRoutes closes the arrays' routes to the mediator.
