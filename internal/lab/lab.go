@@ -80,7 +80,7 @@ type Options struct {
 	// (0: the array's default, 5s); tests shorten it to see a mediator
 	// loss sooner.
 	MediatorHeartbeat time.Duration
-	Logger     *slog.Logger
+	Logger            *slog.Logger
 }
 
 // ArrayInfo is one array in lab.json.
