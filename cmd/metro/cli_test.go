@@ -244,17 +244,28 @@ func TestPodCreateAndList(t *testing.T) {
 func TestPodSetattr(t *testing.T) {
 	c := newCLI(t)
 	c.ok("pod", "create", "pod1")
+	var pods []api.Pod
+	c.jsonOf(&pods, "pod", "list", "pod1")
+	if p := pods[0]; p.FailoverPreference != "" || !p.AutoRecover {
+		t.Fatalf("new pod: failover preference %q, auto recover %v; want none and true", p.FailoverPreference, p.AutoRecover)
+	}
 	var p api.Pod
 	c.jsonOf(&p, "pod", "setattr", "--failover-preference", "array-a", "pod1")
-	if len(p.FailoverPreference) != 1 || p.FailoverPreference[0] != "array-a" {
-		t.Fatalf("failover preference = %v", p.FailoverPreference)
+	if p.FailoverPreference != "array-a" || !p.AutoRecover {
+		t.Fatalf("failover preference = %q, auto recover %v", p.FailoverPreference, p.AutoRecover)
 	}
-	c.jsonOf(&p, "pod", "setattr", "--failover-preference", "", "pod1")
-	if len(p.FailoverPreference) != 0 {
-		t.Fatalf("failover preference not cleared: %v", p.FailoverPreference)
+	mustContain(t, c.ok("pod", "list"), "Failover Preference", "Auto Recover", "array-a", "true")
+	c.jsonOf(&p, "pod", "setattr", "--auto-recover", "false", "pod1")
+	if p.FailoverPreference != "array-a" || p.AutoRecover {
+		t.Fatalf("after --auto-recover false: failover preference = %q, auto recover %v", p.FailoverPreference, p.AutoRecover)
 	}
-	c.fail([]string{"pod", "setattr", "pod1"}, "--failover-preference is required")
-	c.fail([]string{"pod", "setattr", "--failover-preference", "array-z", "pod1"}, "array-z")
+	c.jsonOf(&p, "pod", "setattr", "--failover-preference", "", "--auto-recover", "true", "pod1")
+	if p.FailoverPreference != "" || !p.AutoRecover {
+		t.Fatalf("not cleared: failover preference %q, auto recover %v", p.FailoverPreference, p.AutoRecover)
+	}
+	c.fail([]string{"pod", "setattr", "pod1"}, "nothing to change", "--failover-preference", "--auto-recover")
+	c.fail([]string{"pod", "setattr", "--failover-preference", "array-z", "pod1"}, "array-z", "not one of the pod's arrays (array-a)")
+	c.fail([]string{"pod", "setattr", "--auto-recover", "maybe", "pod1"}, "maybe", "true or false")
 }
 
 func TestVolumeLifecycle(t *testing.T) {

@@ -95,6 +95,9 @@ func newArrayConnectCmd(g *globals) *cobra.Command {
 		Long: "Pair the array answering with the array whose management API is at --peer, an https:// URL.\n" +
 			"The peer's API token is used once, to exchange the arrays' link certificates; the replication\n" +
 			"link then authenticates both ends with them. Either array of the pair may run it.\n" +
+			"An array pairs with one peer only. Connecting again to the array it is paired with says\n" +
+			"\"already paired\" and changes nothing (the link stays up), unless that array's pairing details\n" +
+			"(link address, certificate, API URL) changed: then they are updated and the link restarts.\n" +
 			"Here --token, --token-file and --ca are the peer's (without either token flag, metro asks for\n" +
 			"it on a terminal); the array answering is reached through METRO_API, METRO_TOKEN_FILE (or\n" +
 			"METRO_TOKEN) and METRO_CA.",
@@ -127,7 +130,13 @@ func newArrayConnectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.newOutput(cmd).one(info, arrayTable([]api.ArrayInfo{info}))
+			out := g.newOutput(cmd)
+			if info.AlreadyPaired {
+				if err := out.done("Already paired with %s; nothing changed.", info.Name); err != nil {
+					return err
+				}
+			}
+			return out.one(info, arrayTable([]api.ArrayInfo{info.ArrayInfo}))
 		},
 	}
 	cmd.Flags().StringVar(&peer, "peer", "", "the peer array's management API URL (https://)")

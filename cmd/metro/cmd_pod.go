@@ -101,45 +101,72 @@ func newPodDestroyCmd(g *globals) *cobra.Command {
 }
 
 func newPodSetattrCmd(g *globals) *cobra.Command {
-	var pref string
+	var (
+		pref, autoRecover string
+	)
 	cmd := &cobra.Command{
-		Use:   "setattr --failover-preference ARRAY[,ARRAY] POD",
-		Short: "Change a pod's attributes",
-		Long: "Change a pod's attributes. --failover-preference names the arrays that should keep\n" +
-			"the pod online when the link between its arrays fails; --failover-preference \"\" clears it.",
-		Example: "metro pod setattr --failover-preference array-a pod1\nmetro pod setattr --failover-preference \"\" pod1",
-		Args:    argsN(1, "the name of the pod to change"),
+		Use:   "setattr [--failover-preference ARRAY] [--auto-recover true|false] POD",
+		Short: "Change a pod's failover preference or auto-recover setting",
+		Long: "Change a pod's attributes; flags not given leave theirs as they are. Both are part of the\n" +
+			"pod's replicated configuration: either array of a stretched pod takes the change.\n" +
+			"--failover-preference names the array (one of the pod's) that should keep the pod online when\n" +
+			"the link between its arrays fails: it races for the pod at once, the other array only after a\n" +
+			"head start, so the preferred array wins while it is alive and the other when it is gone.\n" +
+			"--failover-preference \"\" clears it (both arrays race at once).\n" +
+			"--auto-recover (true by default): after a failover, once the link is back, the array that\n" +
+			"stopped serving resyncs from the other and returns to in sync by itself; false holds it\n" +
+			"offline until an operator sets it back to true.",
+		Example: "metro pod setattr --failover-preference array-a pod1\n" +
+			"metro pod setattr --failover-preference \"\" pod1\n" +
+			"metro pod setattr --auto-recover false pod1",
+		Args: argsN(1, "the name of the pod to change"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := requireFlag(cmd, "failover-preference", "the attribute to change"); err != nil {
-				return err
+			fl := cmd.Flags()
+			var u api.PodUpdate
+			if fl.Changed("failover-preference") {
+				u.FailoverPreference = &pref
+			}
+			if fl.Changed("auto-recover") {
+				on, err := strconv.ParseBool(autoRecover)
+				if err != nil {
+					return fmt.Errorf("%s: --auto-recover %q: say true or false%s", verb(cmd), autoRecover, usageHint(cmd))
+				}
+				u.AutoRecover = &on
+			}
+			if u.FailoverPreference == nil && u.AutoRecover == nil {
+				return fmt.Errorf("%s: nothing to change: give --failover-preference or --auto-recover%s", verb(cmd), usageHint(cmd))
 			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			arrays := splitList(pref)
-			p, err := c.UpdatePod(cmd.Context(), args[0], api.PodUpdate{FailoverPreference: &arrays})
+			p, err := c.UpdatePod(cmd.Context(), args[0], u)
 			if err != nil {
 				return err
 			}
 			return g.newOutput(cmd).one(p, podTable([]api.Pod{p}))
 		},
 	}
-	cmd.Flags().StringVar(&pref, "failover-preference", "", `arrays (comma-separated) preferred to keep the pod online when the link fails; "" clears`)
+	cmd.Flags().StringVar(&pref, "failover-preference", "", `the array preferred to keep the pod online when the link fails; "" clears`)
+	cmd.Flags().StringVar(&autoRecover, "auto-recover", "", "true: after a failover, resync and return to in sync by itself (the default); false: wait for the operator")
 	return cmd
 }
 
 // podTable shows pods: each array of the pod as name:status, the
 // sequencer, the epoch, and the volumes with their space.
 func podTable(pods []api.Pod) *table {
-	t := newTable("Name", "Arrays", "Sequencer", "Epoch", "Copy", "Failover Preference", "Volumes", "Provisioned", "Used")
+	t := newTable("Name", "Arrays", "Sequencer", "Epoch", "Copy", "Failover Preference", "Auto Recover", "Volumes", "Provisioned", "Used")
 	for _, p := range pods {
+		pref := p.FailoverPreference
+		if pref == "" {
+			pref = "-"
+		}
 		arrays := make([]string, 0, len(p.Arrays))
 		for _, a := range p.Arrays {
 			arrays = append(arrays, fmt.Sprintf("%s:%s", a.Name, a.Status))
 		}
 		t.row(p.Name, strings.Join(arrays, ", "), p.Sequencer, strconv.FormatUint(p.Epoch, 10), fmtCopy(p.Replication),
-			joinList(p.FailoverPreference), strconv.Itoa(p.Volumes), fmtSize(p.Provisioned), fmtSize(p.Used))
+			pref, strconv.FormatBool(p.AutoRecover), strconv.Itoa(p.Volumes), fmtSize(p.Provisioned), fmtSize(p.Used))
 	}
 	return t
 }

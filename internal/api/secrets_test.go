@@ -121,9 +121,9 @@ type fakeRepl struct {
 	connects atomic.Int32
 }
 
-func (f *fakeRepl) ConnectPeer(context.Context, ArrayConnect) (ArrayInfo, error) {
+func (f *fakeRepl) ConnectPeer(context.Context, ArrayConnect) (PeerConnected, error) {
 	f.connects.Add(1)
-	return ArrayInfo{Name: "array-b"}, nil
+	return PeerConnected{ArrayInfo: ArrayInfo{Name: "array-b"}}, nil
 }
 func (f *fakeRepl) Pair(context.Context, Pairing) (Pairing, error)     { return Pairing{}, nil }
 func (f *fakeRepl) StretchPod(context.Context, string, string) error   { return nil }

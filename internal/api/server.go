@@ -227,7 +227,7 @@ func (s *Server) listArrays(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) podInfo(st *catalog.State, p *catalog.Pod) Pod {
 	out := Pod{Name: p.Name, ID: p.ID, Created: p.Created, Arrays: s.b.PodArrays(p),
-		Sequencer: p.Sequencer, Epoch: p.Epoch, FailoverPreference: nonNil(p.FailoverPreference)}
+		Sequencer: p.Sequencer, Epoch: p.Epoch, FailoverPreference: p.FailoverPreference, AutoRecover: p.AutoRecover}
 	out.Pending = p.Pending
 	if rep, ok := s.b.(Replication); ok {
 		out.Replication = rep.PodReplication(p)
@@ -296,8 +296,11 @@ func (s *Server) updatePod(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(r, &req); err != nil {
 		return err
 	}
+	if req.FailoverPreference == nil && req.AutoRecover == nil {
+		return badRequest("nothing to change: give failover_preference or auto_recover")
+	}
 	name := r.PathValue("name")
-	if err := s.apply(r, catalog.SetPodAttr{Name: name, FailoverPreference: req.FailoverPreference}); err != nil {
+	if err := s.apply(r, catalog.SetPodAttr{Name: name, FailoverPreference: req.FailoverPreference, AutoRecover: req.AutoRecover}); err != nil {
 		return err
 	}
 	st := s.b.State()

@@ -12,7 +12,7 @@ import (
 // and stretch pods.
 type Replication interface {
 	// ConnectPeer pairs this array with the array whose API is given.
-	ConnectPeer(ctx context.Context, req ArrayConnect) (ArrayInfo, error)
+	ConnectPeer(ctx context.Context, req ArrayConnect) (PeerConnected, error)
 	// Pair is the peer's half of ConnectPeer: it records the peer and
 	// returns this array's pairing details.
 	Pair(ctx context.Context, req Pairing) (Pairing, error)
@@ -35,6 +35,14 @@ type ArrayConnect struct {
 	Token string `json:"token"`
 	// CA is the PEM certificate that signs the peer's API (optional).
 	CA string `json:"ca,omitempty"`
+}
+
+// PeerConnected is the answer to POST /array/connect: the peer, and
+// whether this array was already paired with it as it is (then nothing
+// changed, and the link stayed up).
+type PeerConnected struct {
+	ArrayInfo
+	AlreadyPaired bool `json:"already_paired"`
 }
 
 // Pairing is what two arrays exchange to pair (POST /array/pair).
@@ -174,8 +182,8 @@ func (s *Server) writePod(w http.ResponseWriter, name string) error {
 }
 
 // ConnectPeer pairs the array with a peer (metro array connect).
-func (c *Client) ConnectPeer(ctx context.Context, req ArrayConnect) (ArrayInfo, error) {
-	var out ArrayInfo
+func (c *Client) ConnectPeer(ctx context.Context, req ArrayConnect) (PeerConnected, error) {
+	var out PeerConnected
 	err := c.Do(ctx, http.MethodPost, "/array/connect", req, &out)
 	return out, err
 }

@@ -63,7 +63,10 @@ type PodArray struct {
 	Status string `json:"status"`
 }
 
-// Pod describes a pod.
+// Pod describes a pod. FailoverPreference is the array that keeps the
+// pod online when the link between its arrays fails ("" for none);
+// AutoRecover, whether after a failover the array that stopped serving
+// resyncs and returns to in sync by itself once the link is back.
 type Pod struct {
 	Name               string     `json:"name"`
 	ID                 string     `json:"id"`
@@ -71,7 +74,8 @@ type Pod struct {
 	Arrays             []PodArray `json:"arrays"`
 	Sequencer          string     `json:"sequencer"`
 	Epoch              uint64     `json:"epoch"`
-	FailoverPreference []string   `json:"failover_preference"`
+	FailoverPreference string     `json:"failover_preference"`
+	AutoRecover        bool       `json:"auto_recover"`
 	Volumes            int        `json:"volumes"`
 	Provisioned        uint64     `json:"provisioned"`
 	Used               uint64     `json:"used"`
@@ -89,7 +93,9 @@ type PodCreate struct {
 
 // PodUpdate is the body of PATCH /pods/{name}.
 type PodUpdate struct {
-	FailoverPreference *[]string `json:"failover_preference,omitempty"`
+	// FailoverPreference names one of the pod's arrays, or "" for none.
+	FailoverPreference *string `json:"failover_preference,omitempty"`
+	AutoRecover        *bool   `json:"auto_recover,omitempty"`
 }
 
 // VolumeConnection is one connection of a volume.

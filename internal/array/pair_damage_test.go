@@ -291,6 +291,48 @@ func TestPairFollowerFullIsSuspended(t *testing.T) {
 	compareCopies(t, inA, inB, 0, 8192)
 }
 
+// TestPairFollowerFullHostWrites is TestPairFollowerFullIsSuspended
+// with a host writing new blocks through the sequencer while the
+// follower's resync waits for room: every write is GOOD (the follower,
+// receiving a copy, serves nothing), and the link and the epoch stay
+// (before, the follower refused each mirrored write it had no room for,
+// and the sequencer ended the link session, for every pod, and began a
+// resync at a new epoch: 2 new sessions for these 50 writes, 15 when
+// they came 20 ms apart). Once the follower has room the pod returns to
+// sync and the copies are identical: the writes the follower could not
+// store are copied again before the grant.
+func TestPairFollowerFullHostWrites(t *testing.T) {
+	h, inA, inB := newPairHosts(t)
+	a, b := h.arrays[0], h.arrays[1]
+	h.fill(1)
+	d := unitData(4096, 5)
+	if r, _ := inA.doPastUA(write16(4096, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write through %s with the follower full: %s", a.cfg.Name, describe(r))
+	}
+	h.waitFor("the resync to wait for room on the follower", 30*time.Second, func() (bool, string) {
+		return strings.Contains(h.logs.String(), "the peer has no room for the copy"), h.podStatus(0)
+	})
+	sessions := func() int { return strings.Count(h.logs.String(), `msg="link session established" array=array-a`) }
+	s0, e0 := sessions(), a.cat.View().Pods[pairPod].Epoch
+	const writes = 50
+	for i := range uint64(writes) {
+		lba := 8192 + 8*i
+		d := unitData(lba, 6)
+		if r, _ := inA.doPastUA(write16(lba, d), d, 0); r.Status != scsi.StatusGood {
+			t.Fatalf("write %d through %s while the follower waits for room: %s", i, a.cfg.Name, describe(r))
+		}
+	}
+	if s, e := sessions(), a.cat.View().Pods[pairPod].Epoch; s != s0 || e != e0 {
+		t.Fatalf("%d writes while the resync waited for room: %d new link sessions, epoch %d to %d", writes, s-s0, e0, e)
+	}
+	b.store.SetCapacity(0)
+	h.waitInSync(30 * time.Second)
+	compareCopies(t, inA, inB, 0, 8192+8*writes)
+	if !strings.Contains(h.logs.String(), "sending again the writes the peer had no room for") {
+		t.Error("the copy did not send the writes the follower had no room for: the test did not exercise it")
+	}
+}
+
 // TestPairRepairFromPeer damages blocks on one array of an in-sync pod:
 // a host read through that array gets the other array's good copy, not
 // MEDIUM ERROR, and the damaged copy is rewritten with it through the
@@ -332,11 +374,104 @@ func TestPairRepairFromPeer(t *testing.T) {
 	// Damaged on both: a MEDIUM ERROR through either array.
 	h.damage(0, 33, 1)
 	h.damage(1, 33, 1)
-	for _, in := range []*initiator{inA, inB} {
-		r, _ := in.doPastUA(read16(32, 8), nil, 4096)
-		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyMediumError || uint64(s.Info) != 33 {
-			t.Fatalf("read of a block damaged on both arrays through %s: %s, want MEDIUM ERROR at LBA 33", in.arr.cfg.Name, describe(r))
+	readsMediumError(t, []*initiator{inA, inB}, 32, 33)
+}
+
+// TestPairRepairDamageOnEach damages different blocks of one range on
+// each array: every block still has a good copy, so a read of the range
+// through either array is GOOD with the data written (before, the
+// sequencer gave up as soon as its own copy had a damaged block, and the
+// follower's copy any: MEDIUM ERROR through both arrays), and both
+// copies end mended; so too for a read of several repair pieces. A
+// block damaged on both arrays stays a MEDIUM ERROR
+// at its own LBA, while the other blocks of its range are repaired.
+func TestPairRepairDamageOnEach(t *testing.T) {
+	h, inA, inB := newPairHosts(t)
+	const blocks = 4096
+	d := unitRun(0, 64, 9)
+	if r, _ := inA.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	// damagedLeft waits until the arrays' damaged blocks are want (the
+	// sequencer's, then the follower's).
+	damagedLeft := func(what, want string) {
+		t.Helper()
+		h.waitFor(what, 30*time.Second, func() (bool, string) {
+			_, badA := h.salvage(0, 0, blocks)
+			_, badB := h.salvage(1, 0, blocks)
+			return fmt.Sprint(badA, badB) == want, fmt.Sprintf("damaged: %v on %s, %v on %s", badA, h.arrays[0].cfg.Name, badB, h.arrays[1].cfg.Name)
+		})
+	}
+	for _, in := range []*initiator{inB, inA} {
+		// One unit: block 1 on the sequencer, block 5 on the follower;
+		// the next: its first half on one, its second on the other.
+		h.damage(0, 1, 1)
+		h.damage(1, 5, 1)
+		h.damage(0, 8, 4)
+		h.damage(1, 12, 4)
+		r, _ := in.doPastUA(read16(0, 16), nil, 16*512)
+		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, d[:16*512]) {
+			t.Fatalf("read through %s of blocks damaged on one array or the other: %s", in.arr.cfg.Name, describe(r))
 		}
+		damagedLeft("both copies to be mended after a read through "+in.arr.cfg.Name, "[] []")
+	}
+	// A read of several repair pieces (128 KiB each), damage across the
+	// boundary of two.
+	const big, bigN = 1024, 1024
+	db := unitRun(big, big+bigN, 10)
+	if r, _ := inB.doPastUA(write16(big, db), db, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	h.damage(1, big+255, 3)
+	h.damage(0, big+600, 1)
+	h.damage(0, big+bigN-1, 1)
+	for _, in := range []*initiator{inB, inA} {
+		r, _ := in.doPastUA(read16(big, bigN), nil, bigN*512)
+		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, db) {
+			t.Fatalf("read of %d blocks through %s with blocks damaged in three pieces: %s", bigN, in.arr.cfg.Name, describe(r))
+		}
+	}
+	damagedLeft("both copies to be mended after a long read through each array", "[] []")
+	compareCopies(t, inA, inB, 0, 4096)
+
+	// Block 17 on both, block 19 on the sequencer, block 21 on the
+	// follower: the read fails at LBA 17 through either array, and
+	// blocks 19 and 21 are mended all the same.
+	h.damage(0, 17, 1)
+	h.damage(1, 17, 1)
+	h.damage(0, 19, 1)
+	h.damage(1, 21, 1)
+	readsMediumError(t, []*initiator{inB, inA}, 16, 17)
+	damagedLeft("blocks 19 and 21 to be mended", "[17+1] [17+1]")
+}
+
+// readsMediumError checks that a read of the unit at lba, whose block at
+// is damaged on both arrays, is a MEDIUM ERROR at that LBA through each
+// of ins.
+func readsMediumError(t *testing.T, ins []*initiator, lba, at uint64) {
+	t.Helper()
+	for _, in := range ins {
+		r, _ := in.doPastUA(read16(lba, 8), nil, 4096)
+		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyMediumError || uint64(s.Info) != at {
+			t.Fatalf("read of LBA %d+8 through %s, with LBA %d damaged on both arrays: %s, want MEDIUM ERROR at LBA %d", lba, in.arr.cfg.Name, at, describe(r), at)
+		}
+	}
+}
+
+// doPastNotReady runs a command as a host does through a path that may
+// be transitioning: again after unit attentions, and again after NOT
+// READY for up to 10 seconds (a follower whose read lease lapsed under
+// load stops serving for a moment, and says so), counting the retries.
+// Any other result, MEDIUM ERROR included, is returned at once.
+func doPastNotReady(in *initiator, cdb, out []byte, dataIn uint32, retries *atomic.Int64) *scsi.Result {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, _ := in.doPastUA(cdb, out, dataIn)
+		if s, ok := senseOf(r); !ok || s.Key != scsi.KeyNotReady || time.Now().After(deadline) {
+			return r
+		}
+		retries.Add(1)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -344,7 +479,9 @@ func TestPairRepairFromPeer(t *testing.T) {
 // again while a host writes new values to it and another reads it through
 // both arrays: every read is GOOD and returns a value no older than the
 // last write acknowledged before it began (a repair never writes back an
-// old value over a newer write), and the copies end identical.
+// old value over a newer write), and the copies end identical. A host
+// retries a command that gets NOT READY (doPastNotReady): a follower
+// stops serving for a moment when its lease lapses under load.
 func TestPairRepairRacesWrites(t *testing.T) {
 	h := newPair(t)
 	a, b := h.arrays[0], h.arrays[1]
@@ -353,10 +490,11 @@ func TestPairRepairRacesWrites(t *testing.T) {
 	h.ready(w[0], w[1], rd[0], rd[1])
 	const unit = 64
 	var acked, started atomic.Uint64
+	var retries atomic.Int64
 	write := func(v uint64) {
 		started.Store(v)
 		d := unitData(unit, v)
-		if r, _ := w[v%2].doPastUA(write16(unit, d), d, 0); r.Status != scsi.StatusGood {
+		if r := doPastNotReady(w[v%2], write16(unit, d), d, 0, &retries); r.Status != scsi.StatusGood {
 			t.Errorf("write of value %d through %s: %s", v, w[v%2].arr.cfg.Name, describe(r))
 		}
 		acked.Store(v)
@@ -384,7 +522,7 @@ func TestPairRepairRacesWrites(t *testing.T) {
 			default:
 			}
 			low := acked.Load()
-			r, _ := rd[i%2].doPastUA(read16(unit, 8), nil, 4096)
+			r := doPastNotReady(rd[i%2], read16(unit, 8), nil, 4096, &retries)
 			high := started.Load()
 			if r.Status != scsi.StatusGood {
 				t.Errorf("read through %s: %s", rd[i%2].arr.cfg.Name, describe(r))
@@ -412,7 +550,7 @@ func TestPairRepairRacesWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	repaired := strings.Count(h.logs.String(), "damaged blocks repaired from the other array's copy")
-	t.Logf("%d damage rounds, %d writes, %d reads, %d repairs", rounds, writes.Load(), reads.Load(), repaired)
+	t.Logf("%d damage rounds, %d writes, %d reads, %d repairs, %d commands retried after NOT READY", rounds, writes.Load(), reads.Load(), repaired, retries.Load())
 	if writes.Load() < rounds || reads.Load() < rounds || repaired < rounds/8 {
 		t.Fatalf("too little to test anything: %d writes, %d reads, %d repairs over %d damage rounds", writes.Load(), reads.Load(), repaired, rounds)
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"github.com/metro-storage/metro/internal/api"
@@ -99,86 +100,122 @@ func (a *Array) pairing() api.Pairing {
 		LinkCert: a.linkCert.Certificate[0], LinkVersion: link.ProtocolVersion, Version: Version}
 }
 
-// savePeer records the paired array durably and starts the link.
-func (a *Array) savePeer(p api.Pairing) error {
+// savePeer records the paired array durably and starts the link. Pairing
+// again with the array this one is paired with changes nothing when its
+// details are those recorded (changed is false: the link stays up); new
+// details of it (a link address, certificate, name or API URL) replace
+// the old ones and restart the link. An array pairs with one peer only.
+func (a *Array) savePeer(p api.Pairing) (changed bool, err error) {
 	if p.Name == a.cfg.Name {
-		return fmt.Errorf("the peer is also named %s: %w: arrays of a pair need different names", p.Name, catalog.ErrConflict)
+		return false, fmt.Errorf("the peer is also named %s: %w: arrays of a pair need different names", p.Name, catalog.ErrConflict)
 	}
 	if p.ID == a.id.ID {
-		return fmt.Errorf("that is this array: %w", catalog.ErrConflict)
+		return false, fmt.Errorf("that is this array: %w", catalog.ErrConflict)
 	}
 	pid := Identity{ID: p.ID}
 	if pid.TargetPortGroup() == a.id.TargetPortGroup() || pid.RelativePortID() == a.id.RelativePortID() {
-		return fmt.Errorf("array %s's ALUA port numbers collide with this array's: %w: re-create one of them", p.Name, catalog.ErrConflict)
+		return false, fmt.Errorf("array %s's ALUA port numbers collide with this array's: %w: re-create one of them", p.Name, catalog.ErrConflict)
 	}
 	if p.LinkVersion != link.ProtocolVersion {
-		return fmt.Errorf("array %s speaks replication protocol %d and this array %d: %w: run compatible metro releases on both", p.Name, p.LinkVersion, link.ProtocolVersion, catalog.ErrConflict)
-	}
-	if cur, _, _ := a.repl.PeerInfo(); cur != nil && cur.ID != p.ID {
-		return fmt.Errorf("this array is already connected to %s: %w: a pair has two arrays", cur.Name, catalog.ErrConflict)
+		return false, fmt.Errorf("array %s speaks replication protocol %d and this array %d: %w: run compatible metro releases on both", p.Name, p.LinkVersion, link.ProtocolVersion, catalog.ErrConflict)
 	}
 	peer := &replication.Peer{Name: p.Name, ID: p.ID, LinkAddress: p.LinkAddress, Cert: p.LinkCert, API: p.API}
+	cur, _, _ := a.repl.PeerInfo()
+	if cur != nil && cur.ID != p.ID {
+		return false, a.otherPeer(cur, p.Name, p.ID)
+	}
+	if cur != nil && reflect.DeepEqual(cur, peer) {
+		return false, nil
+	}
 	data, _ := json.Marshal(peer)
 	b := a.store.NewBatch()
 	b.SetMeta(peerKey, data)
 	if err := b.Commit(); err != nil {
-		return err
+		return false, err
 	}
 	a.repl.SetPeer(peer)
-	a.log.Info("paired", "peer", p.Name, "link", p.LinkAddress)
-	return nil
+	if cur != nil {
+		a.log.Info("the peer's pairing details changed; the link restarts with the new ones", "peer", p.Name, "link", p.LinkAddress)
+	} else {
+		a.log.Info("paired", "peer", p.Name, "link", p.LinkAddress)
+	}
+	return true, nil
 }
 
-// ConnectPeer implements api.Replication.
-func (a *Array) ConnectPeer(ctx context.Context, req api.ArrayConnect) (api.ArrayInfo, error) {
+// otherPeer is the error for pairing with an array (name, id) other than
+// cur, the peer this array is paired with.
+func (a *Array) otherPeer(cur *replication.Peer, name, id string) error {
+	return fmt.Errorf("array %s is already paired with array %s (id %s, API %s), and an array pairs with one peer only: %w: "+
+		"array %s (id %s) can be paired with an array that has no peer yet; stretch pods between %s and %s ('metro pod add --array %s POD')",
+		a.cfg.Name, cur.Name, cur.ID, cur.API, catalog.ErrConflict, name, id, a.cfg.Name, cur.Name, cur.Name)
+}
+
+// ConnectPeer implements api.Replication. The array at req.PeerURL is
+// asked who it is first: if this array is paired with another one, it is
+// refused before anything is sent to it (which would pair it, alone,
+// with this array).
+func (a *Array) ConnectPeer(ctx context.Context, req api.ArrayConnect) (api.PeerConnected, error) {
 	if err := api.RequireHTTPS(req.PeerURL); err != nil {
-		return api.ArrayInfo{}, fmt.Errorf("pair: %w: %w", catalog.ErrInvalid, err)
+		return api.PeerConnected{}, fmt.Errorf("pair: %w: %w", catalog.ErrInvalid, err)
 	}
 	caFile := ""
 	if req.CA != "" {
 		f, err := os.CreateTemp("", "metro-peer-ca-*.pem")
 		if err != nil {
-			return api.ArrayInfo{}, err
+			return api.PeerConnected{}, err
 		}
 		defer os.Remove(f.Name())
 		if blk, _ := pem.Decode([]byte(req.CA)); blk == nil {
 			f.Close()
-			return api.ArrayInfo{}, fmt.Errorf("ca: %w: not a PEM certificate", catalog.ErrInvalid)
+			return api.PeerConnected{}, fmt.Errorf("ca: %w: not a PEM certificate", catalog.ErrInvalid)
 		}
 		_, err = f.WriteString(req.CA)
 		f.Close()
 		if err != nil {
-			return api.ArrayInfo{}, err
+			return api.PeerConnected{}, err
 		}
 		caFile = f.Name()
 	}
 	c, err := api.NewClient(req.PeerURL, req.Token, caFile)
 	if err != nil {
-		return api.ArrayInfo{}, fmt.Errorf("peer %s: %w: %v", req.PeerURL, catalog.ErrInvalid, err)
+		return api.PeerConnected{}, fmt.Errorf("peer %s: %w: %v", req.PeerURL, catalog.ErrInvalid, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	theirs, err := c.Pair(ctx, a.pairing())
-	if err != nil {
+	unreachable := func(err error) error {
 		var se *api.StatusError
 		if errors.As(err, &se) {
-			return api.ArrayInfo{}, fmt.Errorf("the peer refused to pair: %s: %w", se.Message, catalog.ErrConflict)
+			return fmt.Errorf("the peer refused to pair: %s: %w", se.Message, catalog.ErrConflict)
 		}
-		return api.ArrayInfo{}, fmt.Errorf("cannot reach the peer's API at %s: %v: %w", req.PeerURL, err, catalog.ErrInvalid)
+		return fmt.Errorf("cannot reach the peer's API at %s: %v: %w", req.PeerURL, err, catalog.ErrInvalid)
 	}
-	if err := a.savePeer(theirs); err != nil {
-		return api.ArrayInfo{}, err
+	if cur, _, _ := a.repl.PeerInfo(); cur != nil {
+		them, err := c.Array(ctx)
+		if err != nil {
+			return api.PeerConnected{}, unreachable(err)
+		}
+		if them.ID != cur.ID {
+			return api.PeerConnected{}, a.otherPeer(cur, them.Name, them.ID)
+		}
+	}
+	theirs, err := c.Pair(ctx, a.pairing())
+	if err != nil {
+		return api.PeerConnected{}, unreachable(err)
+	}
+	changed, err := a.savePeer(theirs)
+	if err != nil {
+		return api.PeerConnected{}, err
 	}
 	peers := a.Peers()
 	if len(peers) == 0 {
-		return api.ArrayInfo{}, fmt.Errorf("paired, but the peer is not listed")
+		return api.PeerConnected{}, fmt.Errorf("paired, but the peer is not listed")
 	}
-	return peers[0], nil
+	return api.PeerConnected{ArrayInfo: peers[0], AlreadyPaired: !changed}, nil
 }
 
 // Pair implements api.Replication.
 func (a *Array) Pair(ctx context.Context, req api.Pairing) (api.Pairing, error) {
-	if err := a.savePeer(req); err != nil {
+	if _, err := a.savePeer(req); err != nil {
 		return api.Pairing{}, err
 	}
 	return a.pairing(), nil

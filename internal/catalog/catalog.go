@@ -12,6 +12,7 @@
 package catalog
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -54,7 +55,10 @@ type State struct {
 }
 
 // FormatVersion is the version of the State document this code writes.
-const FormatVersion = 1
+// Version 2: a pod's failover_preference is one array name (a list in
+// version 1, whose first name is read as the preference) and it has
+// auto_recover (absent in version 1, read as true).
+const FormatVersion = 2
 
 // PodArray is one array of a pod.
 type PodArray struct {
@@ -73,12 +77,47 @@ type Pod struct {
 	Sequencer string `json:"sequencer"`
 	// Epoch is bumped whenever leadership or membership changes.
 	Epoch uint64 `json:"epoch"`
-	// FailoverPreference names arrays that should keep the pod online
-	// when the link fails (used from the mediator issue on).
-	FailoverPreference []string `json:"failover_preference,omitempty"`
+	// FailoverPreference names the array that should keep the pod
+	// online when the link between its arrays fails ("" for none): it
+	// races for the pod at once, the other after a head start. It is
+	// always one of Arrays.
+	FailoverPreference string `json:"failover_preference,omitempty"`
+	// AutoRecover: once the link is back after a failover, the array that
+	// stopped serving resyncs and returns to in sync by itself (true, the
+	// default); false holds it until an operator sets it back to true.
+	AutoRecover bool `json:"auto_recover"`
 	// Pending is set on an array that was removed from the pod (or handed
 	// it over): its copy is kept, serving nothing, until it is eradicated.
 	Pending *time.Time `json:"pending,omitempty"`
+}
+
+// UnmarshalJSON reads a pod of either format version: a version 1
+// failover_preference (a list of names) becomes its first name, and a
+// missing auto_recover reads as true.
+func (p *Pod) UnmarshalJSON(data []byte) error {
+	type plain Pod
+	aux := struct {
+		*plain
+		FailoverPreference json.RawMessage `json:"failover_preference"`
+		AutoRecover        *bool           `json:"auto_recover"`
+	}{plain: (*plain)(p)}
+	if err := json.Unmarshal(data, &aux); err != nil {
+		return err
+	}
+	p.FailoverPreference = ""
+	if raw := aux.FailoverPreference; len(raw) > 0 && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &p.FailoverPreference); err != nil {
+			var list []string
+			if json.Unmarshal(raw, &list) != nil {
+				return fmt.Errorf("pod %s: failover_preference: %w", p.Name, err)
+			}
+			if len(list) > 0 {
+				p.FailoverPreference = list[0]
+			}
+		}
+	}
+	p.AutoRecover = aux.AutoRecover == nil || *aux.AutoRecover
+	return nil
 }
 
 // Volume is a block volume "pod::name".

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -31,10 +32,12 @@ type DestroyPod struct {
 	Name string `json:"name"`
 }
 
-// SetPodAttr changes pod attributes.
+// SetPodAttr changes pod attributes; nil fields are left alone.
 type SetPodAttr struct {
-	Name               string    `json:"name"`
-	FailoverPreference *[]string `json:"failover_preference,omitempty"`
+	Name string `json:"name"`
+	// FailoverPreference is one of the pod's arrays, or "" for none.
+	FailoverPreference *string `json:"failover_preference,omitempty"`
+	AutoRecover        *bool   `json:"auto_recover,omitempty"`
 }
 
 // CreateVolume makes a thin volume "pod::name".
@@ -155,7 +158,7 @@ func (o CreatePod) apply(s *State) error {
 		return fmt.Errorf("pod %s: %w", o.Name, ErrExists)
 	}
 	s.Pods[o.Name] = &Pod{Name: o.Name, ID: o.ID, Created: o.Created.UTC(),
-		Arrays: []PodArray{o.Array}, Sequencer: o.Array.Name, Epoch: 1}
+		Arrays: []PodArray{o.Array}, Sequencer: o.Array.Name, Epoch: 1, AutoRecover: true}
 	return nil
 }
 
@@ -176,14 +179,25 @@ func (o SetPodAttr) apply(s *State) error {
 		return fmt.Errorf("pod %s: %w", o.Name, ErrNotFound)
 	}
 	if o.FailoverPreference != nil {
-		for _, a := range *o.FailoverPreference {
-			if !slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
-				return fmt.Errorf("pod %s: failover preference %s: %w: the pod is not on that array", o.Name, a, ErrInvalid)
+		if a := *o.FailoverPreference; a != "" && !p.HasArray(a) {
+			names := make([]string, len(p.Arrays))
+			for i, pa := range p.Arrays {
+				names[i] = pa.Name
 			}
+			return fmt.Errorf("pod %s: failover preference %q: %w: it is not one of the pod's arrays (%s); name one of them, or \"\" for none",
+				o.Name, a, ErrInvalid, strings.Join(names, ", "))
 		}
-		p.FailoverPreference = slices.Clone(*o.FailoverPreference)
+		p.FailoverPreference = *o.FailoverPreference
+	}
+	if o.AutoRecover != nil {
+		p.AutoRecover = *o.AutoRecover
 	}
 	return nil
+}
+
+// HasArray reports whether the pod lives on the array with the name.
+func (p *Pod) HasArray(name string) bool {
+	return slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == name })
 }
 
 func checkSize(size uint64) error {
@@ -639,4 +653,5 @@ var opKinds = map[string]func() Op{
 	"install_pod":         func() Op { return &InstallPod{} },
 	"set_pod_pending":     func() Op { return &SetPodPending{} },
 	"eradicate_pod":       func() Op { return &EradicatePod{} },
+	"with_hosts":          func() Op { return &WithHosts{} },
 }

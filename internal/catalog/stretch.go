@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -38,13 +39,9 @@ func (o SetPodMembership) apply(s *State) error {
 	p.Arrays = slices.Clone(o.Arrays)
 	p.Sequencer = o.Sequencer
 	p.Epoch = o.Epoch
-	var pref []string
-	for _, a := range p.FailoverPreference {
-		if slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
-			pref = append(pref, a)
-		}
+	if !p.HasArray(p.FailoverPreference) {
+		p.FailoverPreference = ""
 	}
-	p.FailoverPreference = pref
 	return nil
 }
 
@@ -58,6 +55,10 @@ type PodConfig struct {
 	Connections []Connection `json:"connections"`
 	Hosts       []Host       `json:"hosts"`
 	HostGroups  []HostGroup  `json:"host_groups"`
+	// DeletedHosts are hosts the pod used (through a host group) that
+	// the change this configuration follows deleted: InstallPod deletes
+	// them too, unless something else uses them there.
+	DeletedHosts []string `json:"deleted_hosts,omitempty"`
 }
 
 // PodConfig returns the replicated configuration of a pod (nil if there
@@ -69,7 +70,6 @@ func (s *State) PodConfig(name string) *PodConfig {
 	}
 	pc := &PodConfig{Pod: *p}
 	pc.Pod.Arrays = slices.Clone(p.Arrays)
-	pc.Pod.FailoverPreference = slices.Clone(p.FailoverPreference)
 	hosts, groups := map[string]bool{}, map[string]bool{}
 	for _, v := range s.PodVolumes(name) {
 		vc := *v
@@ -108,6 +108,111 @@ func (s *State) PodConfig(name string) *PodConfig {
 	return pc
 }
 
+// After returns a copy of the state with op applied (or op's error),
+// leaving s as it is.
+func (s *State) After(op Op) (*State, error) {
+	next, err := s.Clone()
+	if err != nil {
+		return nil, err
+	}
+	if err := op.apply(next); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// AddsTo reports whether pc, a pod's configuration after a change, has a
+// host, an initiator name, a host group, a group member or a connection
+// that before, the configuration before the change, has not. Only such
+// additions can keep another array that holds before from installing pc
+// (InstallPod: an initiator or a name that is another host's there, a
+// LUN a host already sees there); removals, and changes of CHAP
+// credentials, preferred arrays, volumes or the pod's attributes cannot.
+func (pc *PodConfig) AddsTo(before *PodConfig) bool {
+	if before == nil {
+		return true
+	}
+	iqns := map[string][]string{}
+	for _, h := range before.Hosts {
+		iqns[h.Name] = h.IQNs
+	}
+	for _, h := range pc.Hosts {
+		old, ok := iqns[h.Name]
+		if !ok || !subsetFold(h.IQNs, old) {
+			return true
+		}
+	}
+	members := map[string][]string{}
+	for _, g := range before.HostGroups {
+		members[g.Name] = g.Hosts
+	}
+	for _, g := range pc.HostGroups {
+		old, ok := members[g.Name]
+		if !ok || slices.ContainsFunc(g.Hosts, func(h string) bool { return !slices.Contains(old, h) }) {
+			return true
+		}
+	}
+	return slices.ContainsFunc(pc.Connections, func(c Connection) bool { return !slices.Contains(before.Connections, c) })
+}
+
+// subsetFold reports whether every name of a is in b, in any case.
+func subsetFold(a, b []string) bool {
+	return !slices.ContainsFunc(a, func(x string) bool {
+		return !slices.ContainsFunc(b, func(y string) bool { return strings.EqualFold(x, y) })
+	})
+}
+
+// WithHosts applies Op after creating those of Hosts this array lacks,
+// as one change: the hosts a change made on the other array of a
+// stretched pod names (a host connected to one of its volumes, or added
+// to a host group it uses) come with the change from there. A host this
+// array has already stays as it is.
+type WithHosts struct {
+	Hosts []Host
+	Op    Op
+}
+
+func (WithHosts) Kind() string { return "with_hosts" }
+
+func (o WithHosts) apply(s *State) error {
+	for _, h := range o.Hosts {
+		if _, ok := s.Hosts[h.Name]; ok {
+			continue
+		}
+		if err := (CreateHost{Host: h}).apply(s); err != nil {
+			return err
+		}
+	}
+	return o.Op.apply(s)
+}
+
+// withHostsJSON is WithHosts serialised, its op in MarshalOp's form.
+type withHostsJSON struct {
+	Hosts []Host          `json:"hosts"`
+	Op    json.RawMessage `json:"op"`
+}
+
+func (o WithHosts) MarshalJSON() ([]byte, error) {
+	op, err := MarshalOp(o.Op)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(withHostsJSON{Hosts: o.Hosts, Op: op})
+}
+
+func (o *WithHosts) UnmarshalJSON(data []byte) error {
+	var w withHostsJSON
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	op, err := UnmarshalOp(w.Op)
+	if err != nil {
+		return err
+	}
+	o.Hosts, o.Op = w.Hosts, op
+	return nil
+}
+
 // CheckInstall reports why InstallPod of pc would fail here, or nil.
 func (s *State) CheckInstall(pc *PodConfig) error {
 	c, err := s.Clone()
@@ -120,7 +225,8 @@ func (s *State) CheckInstall(pc *PodConfig) error {
 // InstallPod makes a pod's configuration on this array equal to the
 // sequencer's: the pod, its volumes (keeping this array's data of a
 // volume it already has), connections, and the hosts and host groups
-// those use.
+// those use. A host the pod used here that the sequencer deleted
+// (DeletedHosts) is deleted here too once nothing else here uses it.
 //
 // The configuration comes from the peer array, so it is checked before
 // anything changes: it must describe the pod only (its volumes, their
@@ -200,7 +306,6 @@ func (o InstallPod) apply(s *State) error {
 	}
 	p := pc.Pod
 	p.Arrays = slices.Clone(pc.Pod.Arrays)
-	p.FailoverPreference = slices.Clone(pc.Pod.FailoverPreference)
 	s.Pods[name] = &p
 	keep := map[string]bool{}
 	for _, v := range pc.Volumes {
@@ -219,9 +324,11 @@ func (o InstallPod) apply(s *State) error {
 			delete(s.Volumes, n)
 		}
 	}
+	// The pod's connections are replaced, those of its volumes that left
+	// it too (a volume name starts with its pod's).
 	var conns []Connection
 	for _, c := range s.Connections {
-		if v := s.Volumes[c.Volume]; v == nil || v.Pod != name {
+		if pod, _, _ := SplitVolumeName(c.Volume); pod != name {
 			conns = append(conns, c)
 		}
 	}
@@ -230,6 +337,11 @@ func (o InstallPod) apply(s *State) error {
 	reached, _ := s.podHosts(name)
 	if err := s.checkLUNClashesOf(reached); err != nil {
 		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	for _, h := range pc.DeletedHosts {
+		if usedHosts[h] && !s.hasConnections(h, "") && len(s.HostGroupsOf(h)) == 0 {
+			delete(s.Hosts, h)
+		}
 	}
 	return nil
 }
@@ -385,10 +497,8 @@ func (s *State) checkPodConfig(pc *PodConfig) error {
 	case !slices.ContainsFunc(p.Arrays, func(a PodArray) bool { return a.Name == p.Sequencer }):
 		return bad("sequencer %q is not one of the pod's arrays", p.Sequencer)
 	}
-	for _, a := range p.FailoverPreference {
-		if !slices.ContainsFunc(p.Arrays, func(pa PodArray) bool { return pa.Name == a }) {
-			return bad("failover preference %q is not one of the pod's arrays", a)
-		}
+	if p.FailoverPreference != "" && !p.HasArray(p.FailoverPreference) {
+		return bad("failover preference %q is not one of the pod's arrays", p.FailoverPreference)
 	}
 	vols := map[string]*Volume{}
 	uuids := map[string]bool{}
@@ -438,6 +548,11 @@ func (s *State) checkPodConfig(pc *PodConfig) error {
 			return fmt.Errorf("host %s: %w: a host group has that name on this array", h.Name, ErrConflict)
 		}
 		hosts[h.Name] = h
+	}
+	for _, h := range pc.DeletedHosts {
+		if hosts[h] != nil {
+			return bad("host %s is deleted and among the pod's hosts", h)
+		}
 	}
 	groups := map[string]*HostGroup{}
 	for i := range pc.HostGroups {
@@ -599,15 +714,7 @@ func sameSet(a, b []string) bool {
 }
 
 func sameIQNs(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		if !slices.ContainsFunc(b, func(y string) bool { return strings.EqualFold(x, y) }) {
-			return false
-		}
-	}
-	return true
+	return len(a) == len(b) && subsetFold(a, b)
 }
 
 // SetPodPending sets this array's copy of a pod aside after the array was

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"testing"
@@ -68,6 +69,10 @@ func FuzzInstallPod(f *testing.F) {
 		pc.Hosts[0].CHAPUser, pc.Hosts[0].CHAPSecret = "h2", "h2-secret-12345"
 		pc.Volumes = append(pc.Volumes, Volume{Name: "pod1::v2", Pod: "pod1", UUID: "fedcba98765432100123456789abcdef", Size: 1 << 20})
 	}))
+	f.Add(add(func(pc *PodConfig) {
+		pc.Hosts, pc.Connections = nil, nil
+		pc.DeletedHosts = []string{"h2", "h1"}
+	}))
 	f.Add([]byte(`{"pod":{"name":"pod9","id":"p9","arrays":[{"name":"a"}],"sequencer":"a"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var pc PodConfig
@@ -114,6 +119,9 @@ func checkInstalled(t *testing.T, before, after *State, name string) {
 	usedHosts, usedGroups := before.podHosts(name)
 	for n, h := range before.Hosts {
 		a := after.Hosts[n]
+		if a == nil && (!usedHosts[n] || after.hasConnections(n, "") || len(after.HostGroupsOf(n)) > 0) {
+			t.Fatalf("host %s deleted, though pod %s did not use it before or something else uses it", n, name)
+		}
 		if !usedHosts[n] && (!sameIQNs(h.IQNs, a.IQNs) || !sameCHAP(h, a)) {
 			t.Fatalf("host %s, unused by pod %s before, changed: %+v → %+v", n, name, h, a)
 		}
@@ -154,6 +162,32 @@ func equalJSON(a, b any) bool {
 	return string(x) == string(y)
 }
 
+// TestInstallPodDeletedHosts: a host the sequencer deleted is deleted
+// here once the pod no longer uses it, if the pod used it here and
+// nothing else here does; a deletion of any other host changes nothing.
+func TestInstallPodDeletedHosts(t *testing.T) {
+	st := peerBase(t)
+	pc := st.PodConfig("pod1")
+	pc.Hosts, pc.Connections = nil, nil
+	pc.DeletedHosts = []string{"h2", "h1", "nobody"}
+	after, _ := st.Clone()
+	if err := (InstallPod{Config: *pc}).apply(after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Hosts["h2"] != nil {
+		t.Fatal("h2, which pod1 used and nothing else does, was kept")
+	}
+	if after.Hosts["h1"] == nil {
+		t.Fatal("h1, which pod1 did not use (the local pod does), was deleted")
+	}
+	checkInstalled(t, st, after, "pod1")
+	pc = st.PodConfig("pod1")
+	pc.DeletedHosts = []string{"h2"}
+	if err := st.CheckInstall(pc); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a deleted host among the pod's hosts: %v, want invalid", err)
+	}
+}
+
 // TestInstallPodOrderedHostChange checks that hosts the pod's connections
 // used before follow the sequencer (an ordered change of the pod): new
 // CHAP settings and initiators are installed, and a group's member removed
@@ -171,4 +205,98 @@ func TestInstallPodOrderedHostChange(t *testing.T) {
 		t.Fatalf("h2 after the ordered change: %+v", h)
 	}
 	checkInstalled(t, st, after, "pod1")
+}
+
+// podWithHost returns a catalog with pod1 on array a, its volume
+// pod1::v and host h1, and when it made them.
+func podWithHost(t *testing.T) (*Catalog, time.Time) {
+	t.Helper()
+	c, err := Open(&memPersist{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	mustApply(t, c,
+		CreatePod{Name: "pod1", ID: "p1", Created: now, Array: PodArray{Name: "a", ID: "ida"}},
+		CreateVolume{Name: "pod1::v", UUID: uuid1, Size: 1 << 20, Created: now},
+		CreateHost{Host: Host{Name: "h1", IQNs: []string{"iqn.2020-01.org.example:h1"}}})
+	return c, now
+}
+
+// TestAddsTo: the changes that add to a pod's hosts, initiators, host
+// groups, members or connections are those another array may be unable
+// to take; removals and changes of CHAP or preferred arrays are not.
+func TestAddsTo(t *testing.T) {
+	c, now := podWithHost(t)
+	mustApply(t, c,
+		CreateVolume{Name: "pod1::w", UUID: uuid2, Size: 1 << 20, Created: now},
+		CreateHost{Host: Host{Name: "h2", IQNs: []string{"iqn.2020-01.org.example:h2"}}},
+		CreateHost{Host: Host{Name: "h3", IQNs: []string{"iqn.2020-01.org.example:h3"}}},
+		CreateHostGroup{Name: "g", Hosts: []string{"h3"}},
+		Connect{Volume: "pod1::v", Host: "h1"},
+		Connect{Volume: "pod1::v", HostGroup: "g", LUN: lun(4)},
+	)
+	secret, prefs := "a-chap-secret-1", []string{"a"}
+	for _, c1 := range []struct {
+		op   Op
+		adds bool
+	}{
+		{SetHostAttr{Name: "h1", AddIQNs: []string{"iqn.2020-01.org.example:h1b"}}, true},
+		{SetHostAttr{Name: "h1", AddIQNs: []string{"iqn.2020-01.org.example:H1"}, RemoveIQNs: []string{"iqn.2020-01.org.example:h1"}}, false},
+		{SetHostAttr{Name: "h1", CHAPUser: &secret, CHAPSecret: &secret}, false},
+		{SetHostAttr{Name: "h1", PreferredArrays: &prefs}, false},
+		{SetHostGroupAttr{Name: "g", AddHosts: []string{"h2"}}, true},
+		{SetHostGroupAttr{Name: "g", RemoveHosts: []string{"h3"}}, false},
+		{Connect{Volume: "pod1::w", Host: "h1"}, true},
+		{Connect{Volume: "pod1::w", Host: "h2"}, true},
+		{Disconnect{Volume: "pod1::v", Host: "h1"}, false},
+		{CreateVolume{Name: "pod1::x", UUID: "00112233445566778899aabbccddeeff", Size: 1 << 20, Created: now}, false},
+		{DestroyVolume{Name: "pod1::v", At: now, Force: true}, false},
+	} {
+		st := c.View()
+		next, err := st.After(c1.op)
+		if err != nil {
+			t.Fatalf("%s %+v: %v", c1.op.Kind(), c1.op, err)
+		}
+		if got := next.PodConfig("pod1").AddsTo(st.PodConfig("pod1")); got != c1.adds {
+			t.Errorf("%s %+v: AddsTo %v, want %v", c1.op.Kind(), c1.op, got, c1.adds)
+		}
+	}
+	if _, err := c.View().After(Connect{Volume: "pod1::v", Host: "nobody"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("After a change that fails: %v", err)
+	}
+}
+
+// TestWithHosts: the hosts a change brings are created with it when this
+// array lacks them, one this array has stays as it is, and a change that
+// fails creates none. The op travels (MarshalOp) whole.
+func TestWithHosts(t *testing.T) {
+	c, _ := podWithHost(t)
+	mustApply(t, c, CreateHostGroup{Name: "g"})
+	newHost := Host{Name: "h2", IQNs: []string{"iqn.2020-01.org.example:h2"}}
+	otherH1 := Host{Name: "h1", IQNs: []string{"iqn.2020-01.org.example:other"}}
+	op := WithHosts{Hosts: []Host{newHost, otherH1}, Op: SetHostGroupAttr{Name: "g", AddHosts: []string{"h1", "h2"}}}
+	data, err := MarshalOp(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalOp(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyErr(t, c, WithHosts{Hosts: []Host{newHost}, Op: Connect{Volume: "pod1::nope", Host: "h2"}}, ErrNotFound)
+	if c.View().Hosts["h2"] != nil {
+		t.Fatal("a failed change left the host it brought")
+	}
+	mustApply(t, c, back)
+	st := c.View()
+	if h := st.Hosts["h2"]; h == nil || h.IQNs[0] != newHost.IQNs[0] {
+		t.Fatalf("h2 after the change: %+v", h)
+	}
+	if h := st.Hosts["h1"]; h.IQNs[0] != "iqn.2020-01.org.example:h1" {
+		t.Fatalf("h1 was replaced by the one the change brought: %+v", h)
+	}
+	if g := st.HostGroups["g"]; len(g.Hosts) != 2 {
+		t.Fatalf("g after the change: %+v", g)
+	}
 }

@@ -174,6 +174,11 @@ func (m *Machine) Epoch() uint64 { return m.epoch }
 // Link reports whether the link to the peer is up.
 func (m *Machine) Link() bool { return m.link }
 
+// Granted reports whether a syncing sequencer has sent the in-sync grant:
+// the follower may serve from its acceptance on, so from then on every
+// write must reach it.
+func (m *Machine) Granted() bool { return m.granted }
+
 // FenceAt returns when a paused sequencer may fence the follower.
 func (m *Machine) FenceAt() time.Time { return m.fenceAt }
 

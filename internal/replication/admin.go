@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/metro-storage/metro/internal/catalog"
@@ -16,7 +17,8 @@ import (
 )
 
 // remoteError is an error the peer returned for a configuration change,
-// keeping the sentinel the API maps to an HTTP status.
+// or one that tells of the peer's answer, keeping the sentinel the API
+// maps to an HTTP status.
 type remoteError struct {
 	msg  string
 	kind error
@@ -152,15 +154,45 @@ func (r *Replicator) Apply(ctx context.Context, op catalog.Op) error {
 	if err != nil {
 		return err
 	}
+	m := configMsg{Op: data}
+	for _, h := range hostsNamed(op) {
+		if hc := st.Hosts[h]; hc != nil {
+			m.Hosts = append(m.Hosts, *hc)
+		}
+	}
 	var ans answer
-	if err := callJSON(ctx, s, msgConfig, 0, configMsg{Op: data}, &ans); err != nil {
+	if err := callJSON(ctx, s, msgConfig, 0, m, &ans); err != nil {
 		return fmt.Errorf("send the change to array %s: %w", seq, err)
 	}
-	return ans.err()
+	if err := ans.err(); errors.Is(err, catalog.ErrNotFound) {
+		return fmt.Errorf("array %s, which orders pod %s: %w: create it there too, or make the change there", seq, pods[0], err)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// hostsNamed lists the hosts a change gives a connection to: the host a
+// volume is connected to, the hosts added to a host group.
+func hostsNamed(op catalog.Op) []string {
+	switch o := deref(op).(type) {
+	case catalog.Connect:
+		if o.Host != "" {
+			return []string{o.Host}
+		}
+	case catalog.SetHostGroupAttr:
+		return o.AddHosts
+	}
+	return nil
 }
 
 // order applies op here, at the sequencer of pods, then installs the
-// pods' new configuration on the follower.
+// pods' new configuration on the follower. A change the follower might
+// not be able to install is first checked there (checkFollowers): if it
+// cannot take it, or cannot be asked, the change is made on neither
+// array. A concurrent change of the follower's own hosts can still make
+// the install fail after the check; that ends the link session as
+// before, and the resync says why.
 func (r *Replicator) order(ctx context.Context, pods []string, op catalog.Op) error {
 	var rts []*podRT
 	for _, name := range pods {
@@ -170,19 +202,99 @@ func (r *Replicator) order(ctx context.Context, pods []string, op catalog.Op) er
 			rts = append(rts, p)
 		}
 	}
+	if err := r.checkFollowers(ctx, pods, op); err != nil {
+		return err
+	}
 	if err := r.env.Catalog().Apply(op); err != nil {
 		return err
 	}
+	var deleted []string
+	if o, ok := deref(op).(catalog.DeleteHost); ok {
+		deleted = []string{o.Name}
+	}
 	for _, p := range rts {
-		p.pushConfig(ctx)
+		p.pushConfig(ctx, deleted)
 	}
 	return nil
 }
 
+// checkFollowers asks the follower of each pod ordered here whether it
+// can install the pod's configuration as op would make it, when op adds
+// to the hosts, host groups or connections the pod uses
+// (catalog.PodConfig.AddsTo): those may clash with the follower's own
+// hosts and connections. The pods' cfgMu must be held.
+func (r *Replicator) checkFollowers(ctx context.Context, pods []string, op catalog.Op) error {
+	st := r.env.Catalog().View()
+	var next *catalog.State
+	for _, name := range pods {
+		cp := st.Pods[name]
+		if cp == nil || cp.Sequencer != r.cfg.Name {
+			continue // its sequencer installs the change on this array
+		}
+		if next == nil {
+			n, err := st.After(op)
+			if err != nil {
+				return err
+			}
+			next = n
+		}
+		if after := next.PodConfig(name); after != nil && after.AddsTo(st.PodConfig(name)) {
+			if err := r.checkFollower(ctx, cp, after); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkFollower asks the follower of a pod ordered here whether it can
+// install pc, the pod's configuration after a change.
+func (r *Replicator) checkFollower(ctx context.Context, cp *catalog.Pod, pc *catalog.PodConfig) error {
+	var follower string
+	for _, a := range cp.Arrays {
+		if a.Name != r.cfg.Name {
+			follower = a.Name
+		}
+	}
+	p := r.pod(cp.Name)
+	var md mode
+	var why string
+	switch {
+	case p == nil || p.role != pod.Sequencer:
+		why = "the pod is not running on this array yet"
+	default:
+		if md = p.mode(); md.sess == nil {
+			why = "the link to it is down"
+		} else if md.state != pod.Syncing && md.state != pod.InSync {
+			why = fmt.Sprintf("the pod is not in sync there (%s here)", md.state)
+		}
+	}
+	if why != "" {
+		return fmt.Errorf("pod %s: array %s must first check this change, which adds to the hosts, host groups or connections the pod uses there, "+
+			"and cannot now (%s): %w: make it once 'metro pod list' shows %s online on both arrays, "+
+			"or remove %s from the pod first ('metro pod remove --array %s %s')",
+			cp.Name, follower, why, catalog.ErrConflict, cp.Name, follower, follower, cp.Name)
+	}
+	err := callJSON(ctx, md.sess, msgCheckStretch, md.epoch, checkStretchMsg{Config: *pc, Ordered: true}, nil)
+	var re *link.RemoteError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		// The follower's words, without the name of the message.
+		why := strings.TrimPrefix(re.Msg, fmt.Sprintf("array %s: %s: ", follower, msgName(msgCheckStretch)))
+		return &remoteError{kind: catalog.ErrConflict, msg: fmt.Sprintf("pod %s: array %s cannot take this change, so neither array made it; "+
+			"on %s: %s; fix that there, then make the change again", cp.Name, follower, follower, why)}
+	default:
+		return &remoteError{kind: catalog.ErrConflict, msg: fmt.Sprintf("pod %s: array %s could not check this change, so neither array made it: %v; try again",
+			cp.Name, follower, err)}
+	}
+}
+
 // pushConfig installs the pod's configuration on the follower when it is
-// receiving or in sync (otherwise it gets it with the next resync).
-// p.cfgMu must be held.
-func (p *podRT) pushConfig(ctx context.Context) {
+// receiving or in sync (otherwise it gets it with the next resync), with
+// the hosts the change deleted. p.cfgMu must be held.
+func (p *podRT) pushConfig(ctx context.Context, deleted []string) {
 	if p.role != pod.Sequencer {
 		return
 	}
@@ -194,6 +306,7 @@ func (p *podRT) pushConfig(ctx context.Context) {
 	if pc == nil {
 		return
 	}
+	pc.DeletedHosts = deleted
 	if err := callJSON(context.WithoutCancel(ctx), md.sess, msgApplyConfig, md.epoch, pc, nil); err != nil {
 		p.peerFailed(md.sess, fmt.Errorf("install configuration: %w", err))
 	}
@@ -212,6 +325,14 @@ func (r *Replicator) handleConfig(ctx context.Context, req link.Message) ([]byte
 	pods := stretchedPods(st, op)
 	if err := r.orderable(st, pods, op); err != nil {
 		return r.refusedAnswer(req, err), nil
+	}
+	if len(m.Hosts) > 0 {
+		for _, h := range m.Hosts {
+			if !slices.Contains(hostsNamed(op), h.Name) {
+				return r.refusedAnswer(req, refusef("host %s comes with a %s change that does not name it", h.Name, op.Kind())), nil
+			}
+		}
+		op = catalog.WithHosts{Hosts: m.Hosts, Op: op}
 	}
 	return mustJSON(answerOf(r.order(ctx, pods, op))), nil
 }
@@ -261,22 +382,33 @@ func (r *Replicator) handleApplyConfig(req link.Message) error {
 	if err := json.Unmarshal(req.Payload, &pc); err != nil {
 		return err
 	}
-	p, err := r.podAt(pc.Pod.Name, req.Epoch, pod.Follower)
+	if err := r.checkOrdered(req.Epoch, &pc); err != nil {
+		return err
+	}
+	return r.installPod(&pc)
+}
+
+// checkOrdered checks an ordered configuration of a pod stretched to the
+// peer, which its sequencer sent at epoch, before it is checked or
+// installed: this array is the pod's follower at that epoch, and the
+// configuration is of the same pod, ordered by the peer. It sets pc's
+// epoch to this array's: the epoch moves with the pod's protocol, never
+// with its configuration.
+func (r *Replicator) checkOrdered(epoch uint64, pc *catalog.PodConfig) error {
+	p, err := r.podAt(pc.Pod.Name, epoch, pod.Follower)
 	if err != nil {
 		return err
 	}
 	if pc.Pod.ID != p.id {
 		return refusef("pod %s: the configuration is of another pod of that name (%s, here %s)", pc.Pod.Name, pc.Pod.ID, p.id)
 	}
-	if err := r.checkPeerConfig(&pc, true); err != nil {
+	if err := r.checkPeerConfig(pc, true); err != nil {
 		return err
 	}
-	// The epoch moves with the pod's protocol, never with its
-	// configuration.
 	if cur := r.env.Catalog().View().Pods[pc.Pod.Name]; cur != nil {
 		pc.Pod.Epoch = cur.Epoch
 	}
-	return r.installPod(&pc)
+	return nil
 }
 
 // checkStretch says why the pod could not be stretched to this array.
@@ -295,15 +427,26 @@ func (r *Replicator) checkStretch(pc *catalog.PodConfig, used uint64) error {
 	return nil
 }
 
+// checkStretchMsg asks the follower whether it could install a pod's
+// configuration: for a stretch (the pod, of Used bytes, is not on the
+// follower yet), or (Ordered) after a change of a pod stretched to it,
+// which the sequencer has not made yet.
 type checkStretchMsg struct {
-	Config catalog.PodConfig `json:"config"`
-	Used   uint64            `json:"used"`
+	Config  catalog.PodConfig `json:"config"`
+	Used    uint64            `json:"used"`
+	Ordered bool              `json:"ordered,omitempty"`
 }
 
 func (r *Replicator) handleCheckStretch(req link.Message) error {
 	var m checkStretchMsg
 	if err := json.Unmarshal(req.Payload, &m); err != nil {
 		return err
+	}
+	if m.Ordered {
+		if err := r.checkOrdered(req.Epoch, &m.Config); err != nil {
+			return err
+		}
+		return r.env.Catalog().View().CheckInstall(&m.Config)
 	}
 	if err := r.checkPeerConfig(&m.Config, false); err != nil {
 		return err
@@ -568,6 +711,10 @@ func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
 	}
 	return ps
 }
+
+// LinkSession returns the link session in use (one lives from the link
+// coming up to its going down), or nil while the link is down.
+func (r *Replicator) LinkSession() *link.Session { return r.session() }
 
 // Serving reports whether this array serves I/O for the pod now, and
 // whether the pod is stretched.

@@ -185,14 +185,12 @@ func (p *podRT) readCopy(ctx context.Context, pc piece, buf []byte, off int64) (
 // carryDamage logs damaged blocks a copy carries to the follower and
 // returns them as extents.
 func (p *podRT) carryDamage(pc piece, bad []store.DamagedBlocks) []extent {
-	out := make([]extent, 0, len(bad))
 	for _, d := range bad {
-		out = append(out, extent{Off: uint64(d.Offset), Length: uint64(d.Length)})
 		p.r.log.Error("damaged blocks on this array, copied to the peer as damaged: both copies answer MEDIUM ERROR for them; rewrite them from a backup or let the host rewrite them",
 			"pod", p.name, "volume", pc.name, "lba", d.Offset/store.BlockSize, "blocks", d.Length/store.BlockSize,
 			"last_lba", (d.Offset+d.Length)/store.BlockSize-1, "err", d.Err)
 	}
-	return out
+	return extentsOf(bad)
 }
 
 // Retries of a copy whose blocks this array's disk fails to read: the
@@ -427,8 +425,40 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 			return
 		}
 	}
+	if err := p.copyLacking(ctx, epoch); err != nil {
+		p.copyStopped(ctx, epoch, err)
+		return
+	}
 	r.log.Info("baseline copy done", "pod", p.name, "epoch", epoch, "bytes", done.Load(), "took", r.now().Sub(start).Round(time.Millisecond))
-	p.event(func(m *pod.Machine) []pod.Action { return m.BaselineDone(epoch) })
+}
+
+// copyLacking sends again the regions of the writes mirrored during the
+// copy that the follower had no room for (lacks), until none is left,
+// and then ends the copy (BaselineDone) under the lock they are recorded
+// under: a write the follower lacks is either copied or, once the grant
+// is out, refused there (the follower is then suspended).
+func (p *podRT) copyLacking(ctx context.Context, epoch uint64) error {
+	var buf []byte
+	for {
+		var lacking regions
+		p.event(func(m *pod.Machine) []pod.Action {
+			if p.mu.track.lacking.count() > 0 {
+				lacking, p.mu.track.lacking = p.mu.track.lacking, regions{}
+				return nil
+			}
+			return m.BaselineDone(epoch)
+		})
+		if lacking == nil {
+			return nil
+		}
+		p.r.log.Info("copy: sending again the writes the peer had no room for", "pod", p.name, "epoch", epoch, "regions", lacking.count())
+		if buf == nil {
+			buf = make([]byte, regionSize)
+		}
+		if err := p.copyDirty(ctx, epoch, lacking, buf); err != nil {
+			return err
+		}
+	}
 }
 
 // copyStopped logs why a copy stopped before its end, unless it was

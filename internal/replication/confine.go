@@ -37,7 +37,10 @@ import (
 //     or host groups the pod did not use here before.
 //   - A change the peer asks this array to order names no host or host
 //     group that a pod not shared with the peer uses here
-//     (checkPeerNames).
+//     (checkPeerNames). It may bring the peer's definitions of the hosts
+//     it connects (hostsNamed) and of no other: this array creates those
+//     it lacks with the change (catalog.WithHosts), as the peer would
+//     install them from this array, and keeps those it has as they are.
 //   - Membership moves only as the pod's protocol moves it: the peer
 //     cannot make this array stretch a pod to it, and hands a pod over or
 //     removes this array only from pods it orders.
@@ -65,7 +68,7 @@ var msgNames = map[uint16]string{
 	msgHello: "hello", msgWrite: "write", msgUnmap: "unmap", msgForward: "forward",
 	msgReservations: "reservations", msgReset: "reset", msgResync: "resync",
 	msgBaseline: "baseline", msgGrant: "grant", msgConfig: "config",
-	msgApplyConfig: "apply-config", msgCheckStretch: "check-stretch",
+	msgApplyConfig: "apply-config", msgCheckStretch: "check-config",
 	msgUnstretch: "unstretch", msgStretch: "stretch", msgCheckpoint: "checkpoint",
 	msgWritten: "written", msgRepair: "repair", msgPeerRead: "peer-read",
 }

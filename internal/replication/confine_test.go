@@ -202,3 +202,40 @@ func TestPeerCannotTakeALocalHost(t *testing.T) {
 		t.Fatalf("a change of h7, used by a shared pod only: %+v", ans)
 	}
 }
+
+// TestPeerHostsOnlyWithTheirChange: a change the peer asks this array to
+// order may bring the definitions of the hosts it connects (a host of
+// the peer's own, which this array creates with the change), and no
+// other host: one the change does not name is refused, and nothing
+// changes here.
+func TestPeerHostsOnlyWithTheirChange(t *testing.T) {
+	h := newHostilePeer(t)
+	evil := catalog.Host{Name: "h8", IQNs: []string{iqnEvil}}
+	send := func(op catalog.Op, hosts ...catalog.Host) answer {
+		t.Helper()
+		data, err := catalog.MarshalOp(op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ans answer
+		if err := json.Unmarshal(h.accepted("config "+op.Kind(), msgConfig, 0, mustJSON(configMsg{Op: data, Hosts: hosts})), &ans); err != nil {
+			t.Fatal(err)
+		}
+		return ans
+	}
+	mustApply(t, h.env.cat, catalog.CreateHost{Host: catalog.Host{Name: "h7", IQNs: []string{"iqn.2026-01.test:h7"}}},
+		catalog.Connect{Volume: "pod2::vol2", Host: "h7"})
+	before := h.env.cat.View()
+	prefs := []string{nameA}
+	for _, op := range []catalog.Op{
+		catalog.SetHostAttr{Name: "h7", PreferredArrays: &prefs},
+		catalog.Connect{Volume: "pod2::vol2", Host: "h9"},
+	} {
+		if ans := send(op, evil); ans.Kind != "conflict" || !strings.Contains(ans.Error, "host h8 comes with a "+op.Kind()+" change that does not name it") {
+			t.Errorf("%s with host h8: %+v, want refused", op.Kind(), ans)
+		}
+	}
+	if after := h.env.cat.View(); after != before || after.Hosts["h8"] != nil {
+		t.Fatal("a refused change with a host the change does not name changed the configuration")
+	}
+}

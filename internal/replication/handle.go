@@ -18,9 +18,7 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 	var out []byte
 	var err error
 	switch req.Type {
-	case msgWrite, msgUnmap:
-		err = r.handleWrite(ctx, req)
-	case msgBaseline:
+	case msgWrite, msgUnmap, msgBaseline:
 		out, err = r.handleCopy(ctx, req)
 	case msgForward:
 		out, err = r.handleForward(ctx, req)
@@ -114,11 +112,15 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		return err
 	}
 	if req.Type == msgUnmap {
-		v, _, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, m.Length)
+		v, md, err := r.volumeRange(ctx, m.Pod, req.Epoch, m.Volume, m.Off, m.Length)
 		if err != nil {
 			return err
 		}
-		return v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
+		err = v.local.Unmap(ctx, int64(m.Off), int64(m.Length))
+		if md.state == pod.Receiving && errors.Is(err, store.ErrNoSpace) {
+			err = fmt.Errorf("%w: %w", errReceivingNoRoom, err)
+		}
+		return err
 	}
 	data := m.Data
 	var fw *forwarded
@@ -159,6 +161,9 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 		err = v.local.WriteAt(ctx, data, int64(m.Off))
 	}
 	if err != nil {
+		if md.state == pod.Receiving && errors.Is(err, store.ErrNoSpace) {
+			err = fmt.Errorf("%w: %w", errReceivingNoRoom, err)
+		}
 		return err
 	}
 	if req.Type == msgBaseline {
@@ -170,17 +175,31 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) error {
 	return nil
 }
 
-// copyNoSpace opens the answer to a copied piece (msgBaseline) that this
+// copyNoSpace opens the answer to a copied piece (msgBaseline), or to a
+// write or unmap mirrored while this array receives a copy, that this
 // array has no room for; the reason follows. An empty answer: stored.
 const copyNoSpace byte = 1
 
-// handleCopy applies a copied piece. One this array has no room for is
-// answered, not refused: the sequencer's copy then waits and tries again
-// while this array, which serves nothing of the pod until the copy is
-// complete, frees space; a refusal would end the link session, for every
-// pod, at every try.
+// errReceivingNoRoom marks a mirrored write or unmap that this array,
+// receiving a copy, has no room for.
+var errReceivingNoRoom = errors.New("no room while receiving a copy")
+
+// handleCopy applies a copied piece, or a mirrored write or unmap. A
+// piece this array has no room for, or a write or unmap while it
+// receives a copy, is answered, not refused: the sequencer's copy then
+// waits and tries again (the write's blocks among them) while this array,
+// which serves nothing of the pod until the copy is complete, frees
+// space; a refusal would end the link session, for every pod, at every
+// try (and at every host write).
 func (r *Replicator) handleCopy(ctx context.Context, req link.Message) ([]byte, error) {
 	err := r.handleWrite(ctx, req)
+	if req.Type != msgBaseline {
+		if errors.Is(err, errReceivingNoRoom) {
+			// The copy's own retries say why, at their pace.
+			return append([]byte{copyNoSpace}, err.Error()...), nil
+		}
+		return nil, err
+	}
 	if !errors.Is(err, store.ErrNoSpace) {
 		return nil, err
 	}
@@ -203,6 +222,12 @@ func checkDamaged(m *writeMsg, typ uint16, n uint64) error {
 	if typ != msgBaseline || m.Ref != 0 {
 		return refusef("pod %s: only a copied piece may list damaged blocks", m.Pod)
 	}
+	return checkExtents(m, n)
+}
+
+// checkExtents checks that the damaged blocks m lists are runs of whole
+// blocks inside its n bytes from m.Off.
+func checkExtents(m *writeMsg, n uint64) error {
 	for _, x := range m.Damaged {
 		if x.Length == 0 || x.Off%store.BlockSize != 0 || x.Length%store.BlockSize != 0 ||
 			x.Off < m.Off || x.Off-m.Off > n || x.Length > n-(x.Off-m.Off) {

@@ -349,6 +349,9 @@ type grantMsg struct {
 type configMsg struct {
 	Pod string          `json:"pod,omitempty"`
 	Op  json.RawMessage `json:"op"`
+	// Hosts are the sender's hosts the change names (hostsNamed), which
+	// the sequencer creates with the change if it lacks them.
+	Hosts []catalog.Host `json:"hosts,omitempty"`
 }
 
 func mustJSON(v any) []byte {

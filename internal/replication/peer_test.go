@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,6 +126,9 @@ type hostilePeer struct {
 	peer *link.Session
 	// logs is array-b's log.
 	logs *logtest.Buffer
+	// serve, when set, answers array-b's requests to the fake peer
+	// (otherwise it serves only stretch checks).
+	serve atomic.Pointer[func(req link.Message) (link.Message, error)]
 }
 
 func mustApply(t *testing.T, c *catalog.Catalog, ops ...catalog.Op) {
@@ -224,6 +228,9 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 	// stays valid through a test.
 	cfgA := link.Config{LocalID: idA, PeerID: idB, Cert: certA, PeerCert: certB.Certificate[0], Timeout: time.Minute,
 		Handler: func(_ context.Context, req link.Message) (link.Message, error) {
+			if f := h.serve.Load(); f != nil {
+				return (*f)(req)
+			}
 			if req.Type == msgCheckStretch {
 				return link.Message{Type: req.Type}, nil // "yes, stretch it to me"
 			}

@@ -384,6 +384,23 @@ func (p *podRT) setErr(s string) {
 	p.mu.Unlock()
 }
 
+// lacks records that the follower had no room for a change of rg that
+// this array mirrored at epoch, and reports whether the change may be
+// acknowledged all the same: only while the follower receives a copy
+// and serves nothing (syncing, before the grant), for the copy then
+// sends rg again before it grants (copyBaseline). Otherwise the follower
+// must be suspended.
+func (p *podRT) lacks(rg region, epoch uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.mu.m
+	if rg.uuid == "" || m.State() != pod.Syncing || m.Granted() || m.Epoch() != epoch {
+		return false
+	}
+	p.mu.track.lacking.add(rg)
+	return true
+}
+
 // errNotServing is returned by the replicated paths when the pod stopped
 // being served on this array meanwhile; the host gets NOT READY
 // (transitioning) and retries.
@@ -423,12 +440,16 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 				// Not awaited: the answer says nothing this write needs.
 				goCall(bg, md.sess, msgWritten, md.epoch, done.encode())
 			}
-			_, rerr := remote.Wait()
+			resp, rerr := remote.Wait()
+			lacked := rerr == nil && len(resp.Payload) > 0 && resp.Payload[0] == copyNoSpace
+			if lacked && !p.lacks(rg, md.epoch) {
+				rerr = &peerFullError{string(resp.Payload[1:])}
+			}
 			// A change the follower may lack, or has and this array
 			// has not, must be copied again on a resume.
-			p.noteWrite(rg, rerr == nil && lerr == nil, md.state)
+			p.noteWrite(rg, rerr == nil && lerr == nil && !lacked, md.state)
 			if lerr != nil {
-				if rerr == nil {
+				if rerr == nil && !lacked {
 					// The follower has what this array could not
 					// write: the copies differ. Suspend the follower;
 					// it gets a fresh copy.

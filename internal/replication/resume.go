@@ -78,10 +78,14 @@ type tracking struct {
 	// recent are regions mirrored during a copy since the follower's
 	// last checkpoint.
 	recent regions
+	// lacking are regions of writes mirrored during a copy that the
+	// follower had no room for: the copy sends them again before the
+	// grant (they are in dirty too, for a resume).
+	lacking regions
 }
 
 // noTracking is a record of nothing the follower lacks.
-func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}} }
+func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}, lacking: regions{}} }
 
 // noteWrite records a change the follower does not have (mirrored is
 // false) or has without having synced it.

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -365,14 +364,11 @@ func TestBaselineWhileWriting(t *testing.T) {
 // cliOn runs the metro CLI against array i of the lab.
 func cliOn(t *testing.T, l *lab.Lab, i int, args ...string) string {
 	t.Helper()
-	a := l.Info.Arrays[i]
-	cmd := exec.Command(metroBin, args...)
-	cmd.Env = append(os.Environ(), "METRO_API="+a.API, "METRO_TOKEN="+a.Token, "METRO_CA="+a.CA)
-	out, err := cmd.CombinedOutput()
+	out, err := cliTry(t, l, i, args...)
 	if err != nil {
-		t.Fatalf("metro %s on %s: %v\n%s", strings.Join(args, " "), a.Name, err, out)
+		t.Fatalf("metro %s on %s: %v\n%s", strings.Join(args, " "), l.Info.Arrays[i].Name, err, out)
 	}
-	return string(out)
+	return out
 }
 
 // podView is what `metro pod list --json` shows of a pod.
