@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,11 +17,14 @@ import (
 )
 
 func newLabCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := noun(&cobra.Command{
 		Use:   "lab",
-		Short: "Run metro arrays on this machine for trying it out and for tests",
+		Short: "Run metro arrays on this machine for trying it out and for tests, and inject faults into them",
+	})
+	cmd.AddCommand(newLabUpCmd(g), newLabMediatorCmd(g))
+	for _, lc := range labControls() {
+		cmd.AddCommand(lc.command(g))
 	}
-	cmd.AddCommand(newLabUpCmd(g))
 	return cmd
 }
 
@@ -30,6 +35,7 @@ func newLabUpCmd(g *globals) *cobra.Command {
 		initiators []string
 		rtt        time.Duration
 		bandwidth  string
+		mediator   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -60,19 +66,26 @@ func newLabUpCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(out, "Pairing the arrays and copying pod1 to the second one ...\n")
 			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: dir, Arrays: arrays, Initiators: initiators, Size: n,
-				LinkRTT: rtt, LinkBandwidth: int64(bw),
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				LinkRTT: rtt, LinkBandwidth: int64(bw), NoMediator: !mediator,
+				Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if err != nil {
 				return err
 			}
 			defer l.Stop()
 			printLab(out, l, dir)
-			select {
-			case <-cmd.Context().Done():
-				fmt.Fprintln(out, "\nStopping the lab ...")
-				return nil
-			case i := <-l.Exited():
-				return fmt.Errorf("array %s exited; see %s", l.Info.Arrays[i].Name, l.Info.Arrays[i].Log)
+			for {
+				select {
+				case <-cmd.Context().Done():
+					fmt.Fprintln(out, "\nStopping the lab ...")
+					return nil
+				case e := <-l.Exits():
+					again := "metro lab start " + e.Name
+					if e.Name == "mediator" {
+						again = "metro lab mediator start"
+					}
+					fmt.Fprintf(out, "\n%s exited on its own (%v); see %s. The lab runs on: %s%s starts it again.\n",
+						e.Name, e.Err, e.Log, again, labDirHint(dir))
+				}
 			}
 		},
 	}
@@ -83,6 +96,7 @@ func newLabUpCmd(g *globals) *cobra.Command {
 	f.StringVar(&bandwidth, "link-bandwidth", "", "bandwidth of the link, per second and direction (binary units, e.g. 100M); default unlimited")
 	f.StringArrayVar(&initiators, "initiator", nil, "initiator IQN allowed to see the volume (repeatable; default "+lab.DefaultInitiator+")")
 	f.StringVar(&size, "size", "1G", "size of the lab volume (binary units: 1G = 1 GiB)")
+	f.BoolVar(&mediator, "mediator", true, "run a mediator for the pair, each array reaching it through its own route of the lab's proxy")
 	return cmd
 }
 
@@ -101,9 +115,28 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	for _, u := range info.URLs {
 		fmt.Fprintf(w, "  iscsi-inq %s   (libiscsi URL; initiator via --initiator-name)\n", u)
 	}
+	if m := info.Mediator; m != nil {
+		fmt.Fprintf(w, "\nMediator %s (certificate %s); each array reaches it through its own route.\n", m.URL, m.CA)
+	}
 	if info.LinkProxy != "" {
-		fmt.Fprintf(w, "\nThe link between the arrays runs through a proxy: curl %s/link shows it;\n", info.LinkProxy)
-		fmt.Fprintf(w, "  curl -X PUT -d '{\"rtt\":\"5ms\"}' %s/link    changes it; POST %s/link/partition and /link/heal cut and mend it.\n", info.LinkProxy, info.LinkProxy)
+		fmt.Fprintf(w, "\nBreak it on purpose, from another terminal:\n  export %s=%s\n", labDirEnv, dir)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		lines := [][2]string{
+			{"metro lab partition", "cut the link (--one-way ARRAY: one way; --and-mediator: the mediator paths too)"},
+			{"metro lab heal", "mend it"},
+			{"metro lab kill array-a", "kill -9 an array (metro lab start array-a starts it again)"},
+			{"metro lab isolate array-a", "cut it from the link and the mediator at once (metro lab rejoin array-a)"},
+			{"metro lab mediator stop", "stop the mediator (start; cut array-a and restore array-a: one array's path)"},
+			{"metro lab rtt 5ms", "slow the link (0 clears it)"},
+			{"metro lab status", "what runs and what is cut"},
+		}
+		if info.Mediator == nil {
+			lines = slices.Delete(lines, 4, 5)
+		}
+		for _, l := range lines {
+			fmt.Fprintf(tw, "  %s\t%s\n", l[0], l[1])
+		}
+		_ = tw.Flush()
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n")
 }

@@ -141,9 +141,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		src := sourceAddr(nc.RemoteAddr())
 		c, v, victim := s.admitConn(src, func() *conn { return newConn(s, nc, src) })
 		if v == admitRefused {
-			// Over a limit: closed before anything is allocated for it.
-			_ = nc.Close()
+			// Over a limit: closed before anything is allocated for it
+			// (counted first, so whoever sees the close sees the count).
 			s.noteRefused(src)
+			_ = nc.Close()
 			continue
 		}
 		if v == admitClosed {

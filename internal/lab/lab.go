@@ -3,6 +3,15 @@
 // and described in lab.json for initiators and tests. `metro lab up` is the
 // demo; the end-to-end tests drive the same code, so the demo and the tests
 // run the same cluster.
+//
+// A pair's link runs through a proxy (internal/netproxy), and so does each
+// array's path to the lab's mediator, a `metro mediator run` process of
+// its own. While a lab runs, its fault controls change that world: cut
+// and heal the link (both ways or one way), cut an array's path to the
+// mediator, kill and start arrays and the mediator, slow the link. They
+// are methods of Lab for tests in the same process, and requests on the
+// lab's control socket (lab.sock in its directory) for `metro lab <verb>`
+// from another one (see control.go).
 package lab
 
 import (
@@ -20,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,7 +73,14 @@ type Options struct {
 	// BaselineRate limits the arrays' baseline copies (bytes per second,
 	// 0: unlimited).
 	BaselineRate int64
-	Logger       *slog.Logger
+	// NoMediator leaves the mediator out of a pair (a single array never
+	// has one).
+	NoMediator bool
+	// MediatorHeartbeat is how often the arrays heartbeat the mediator
+	// (0: the array's default, 5s); tests shorten it to see a mediator
+	// loss sooner.
+	MediatorHeartbeat time.Duration
+	Logger            *slog.Logger
 }
 
 // ArrayInfo is one array in lab.json.
@@ -85,6 +102,9 @@ type ArrayInfo struct {
 	// LinkAdvertise what it tells its peer to dial (the proxy).
 	LinkListen    string `json:"link_listen,omitempty"`
 	LinkAdvertise string `json:"link_advertise,omitempty"`
+	// MediatorURL is the array's own route to the mediator, through the
+	// lab's proxy, so that it can be cut from the mediator alone.
+	MediatorURL string `json:"mediator_url,omitempty"`
 }
 
 // Info is lab.json.
@@ -100,17 +120,50 @@ type Info struct {
 	// LinkProxy is the control address of the proxy on the link between
 	// the arrays (http://HOST:PORT, API at /link).
 	LinkProxy string `json:"link_proxy,omitempty"`
+	// Mediator is the lab's mediator (nil without one), and MediatorPID
+	// its process while it runs.
+	Mediator    *MediatorInfo `json:"mediator,omitempty"`
+	MediatorPID int           `json:"mediator_pid,omitempty"`
+	// Control is the lab's control socket, where `metro lab <verb>`
+	// asks the running lab for a change.
+	Control string `json:"control"`
+}
+
+// MediatorInfo is the mediator in lab.json.
+type MediatorInfo struct {
+	// URL is where the mediator listens (the arrays reach it through
+	// their own routes, ArrayInfo.MediatorURL).
+	URL string `json:"url"`
+	// CA is the mediator's certificate, which clients verify it with.
+	CA string `json:"ca"`
+	// AuthKeyFile holds the key the arrays authenticate with.
+	AuthKeyFile string `json:"authkey_file"`
+	DataDir     string `json:"data_dir"`
+	Log         string `json:"log"`
 }
 
 // Lab is a running lab.
 type Lab struct {
 	opts Options
+	// Info is lab.json. The fault controls change its PIDs: read them
+	// between controls, not during one.
 	Info Info
 
+	// ctl serializes the fault controls, called in this process or
+	// asked on the control socket: one change at a time.
+	ctl sync.Mutex
+
+	// mu guards the processes and Info's PIDs.
 	mu struct {
 		sync.Mutex
-		procs []*proc
+		// procs are the arrays' processes by index (nil before the
+		// first start); mediator is the mediator's (nil without one).
+		procs    []*proc
+		mediator *proc
 	}
+	// exits reports processes that ended without being told to.
+	exits chan Exit
+
 	proxy     *netproxy.Proxy
 	proxySrv  *http.Server
 	proxyDone chan struct{}
@@ -118,13 +171,78 @@ type Lab struct {
 	// from the moment it is written in the config until the proxy serves
 	// one of them, so that nothing else takes the port meanwhile.
 	proxyLn []net.Listener
+	// linkTarget is the index of the array the link proxy forwards to
+	// (the one that accepts the link); the other array dials it.
+	linkTarget int
+
+	// prev is the lab.json of the lab that ran in the directory before
+	// (nil if none), whose ports a restarted lab takes again.
+	prev *Info
+
+	// med is the mediator's setup (nil without one).
+	med *labMediator
+
+	// ctlSrv serves the control socket; lock holds lab.lock, which keeps
+	// a second lab out of the directory.
+	ctlSrv *controlServer
+	lock   *os.File
 }
 
-// proc is one array process.
+// proc is one process of the lab: an array or the mediator.
 type proc struct {
+	name string
 	cmd  *exec.Cmd
+	// done is closed when the process has ended, err then says how.
 	done chan struct{}
 	err  error
+	// log is its log file, of which this run wrote from offset logFrom.
+	log     string
+	logFrom int64
+	// up is set once the process answered after its start; told before
+	// the lab signals it. An end is reported as unexpected (Lab.Exits)
+	// only when up and not told.
+	up, told atomic.Bool
+}
+
+// logOfRun reads what this run of p wrote to its log.
+func (p *proc) logOfRun() []byte {
+	log, _ := os.ReadFile(p.log)
+	if int64(len(log)) >= p.logFrom {
+		log = log[p.logFrom:]
+	}
+	return log
+}
+
+// running reports whether p has not ended.
+func (p *proc) running() bool {
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill sends SIGKILL to p and waits for it to end.
+func (p *proc) kill() {
+	if p == nil {
+		return
+	}
+	p.told.Store(true)
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Exit is a process of the lab that ended on its own (a crash, a failed
+// disk), not by a fault control or Stop.
+type Exit struct {
+	Name string
+	Err  error
+	// Log is the process's log file.
+	Log string
 }
 
 // Names of the lab's objects.
@@ -134,8 +252,9 @@ const (
 	HostName = "lab-host"
 )
 
-// Up starts the arrays, configures them and writes lab.json. On error
-// everything started is stopped again.
+// Up starts the arrays (and, for a pair, the mediator), configures them,
+// opens the control socket and writes lab.json. On error everything
+// started is stopped again. A directory holds one running lab at a time.
 func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if opts.Arrays == 0 {
 		opts.Arrays = 2
@@ -160,36 +279,41 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if err := os.MkdirAll(opts.Dir, fileperm.Dir); err != nil {
 		return nil, err
 	}
-	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
-	lab := &Lab{opts: opts}
+	lab := &Lab{opts: opts, exits: make(chan Exit, 16)}
 	l = lab
+	if l.lock, err = lockDir(opts.Dir); err != nil {
+		return nil, err
+	}
+	l.prev = readInfo(opts.Dir)
+	_ = os.Remove(filepath.Join(opts.Dir, "lab.json"))
 	l.mu.procs = make([]*proc, opts.Arrays)
 	defer func() {
 		if err != nil {
 			lab.Stop()
 		}
 	}()
+	if l.ctlSrv, err = l.listenControl(); err != nil {
+		return nil, err
+	}
+	l.Info.Control = l.ctlSrv.path
+	if opts.Arrays == 2 && !opts.NoMediator {
+		if err := l.startMediatorFirst(ctx); err != nil {
+			return nil, err
+		}
+	}
 	l.Info.Arrays = make([]ArrayInfo, opts.Arrays)
 	l.proxyLn = make([]net.Listener, opts.Arrays)
 	for i := 0; i < opts.Arrays; i++ {
-		// The ports are picked free but bound by the array a moment
-		// later, so another process (another lab, an outgoing
-		// connection) can take one first: then the array stops at once,
-		// and is started again on fresh ports.
-		for attempt := 1; ; attempt++ {
-			ai, err := l.writeConfig(i)
+		err := l.onFreePorts(arrayName(i), func(attempt int) error {
+			ai, err := l.writeConfig(i, attempt == 1)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			l.Info.Arrays[i] = ai
-			err = l.Start(ctx, i)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, errPortTaken) || attempt == 3 {
-				return nil, err
-			}
-			l.opts.Logger.Warn("a port of the array was taken before it bound it; starting it on other ports", "array", ai.Name, "err", err)
+			return l.start(ctx, i)
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	if opts.Arrays == 1 {
@@ -206,7 +330,36 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if err := l.writeInfo(); err != nil {
 		return nil, err
 	}
+	l.ctlSrv.ready.Store(true)
 	return l, nil
+}
+
+// onFreePorts runs try, which picks free ports and starts a process on
+// them, up to three times. The ports are picked free but bound by the
+// process a moment later, so another process (another lab, an outgoing
+// connection) can take one first: then the process stops at once
+// (errPortTaken), and is started again on fresh ports.
+func (l *Lab) onFreePorts(name string, try func(attempt int) error) error {
+	for attempt := 1; ; attempt++ {
+		err := try(attempt)
+		if err == nil || !errors.Is(err, errPortTaken) || attempt == 3 {
+			return err
+		}
+		l.opts.Logger.Warn("a port was taken before the process bound it; starting it on other ports", "process", name, "err", err)
+	}
+}
+
+// portAgain returns the port of addr (127.0.0.1:port) if it is free now,
+// else a free one.
+func portAgain(addr string) (int, error) {
+	if addr != "" {
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			return port, nil
+		}
+	}
+	return freePort()
 }
 
 // freePort picks a TCP port that is free on the loopback now (a variable:
@@ -222,27 +375,41 @@ var freePort = func() (int, error) {
 
 func arrayName(i int) string { return "array-" + string(rune('a'+i)) }
 
-// writeConfig writes array i's config (once; a restarted lab reuses it).
-func (l *Lab) writeConfig(i int) (ArrayInfo, error) {
+// writeConfig writes array i's config, on the ports of the lab that ran
+// in the directory before if reuse is set and they are free, else on
+// free ones.
+func (l *Lab) writeConfig(i int, reuse bool) (ArrayInfo, error) {
 	name := arrayName(i)
 	dir := filepath.Join(l.opts.Dir, name)
 	if err := mkdirPrivate(dir); err != nil {
 		return ArrayInfo{}, err
 	}
-	apiPort, err := freePort()
+	// A lab restarted in its directory takes its arrays' ports again
+	// where it can (first attempt only): the arrays remember each other's
+	// API and link addresses from when they paired.
+	var prev ArrayInfo
+	if reuse && l.prev != nil && i < len(l.prev.Arrays) {
+		prev = l.prev.Arrays[i]
+	}
+	apiPort, err := portAgain(strings.TrimPrefix(prev.API, "https://"))
 	if err != nil {
 		return ArrayInfo{}, err
 	}
-	iscsiPort, err := freePort()
+	iscsiPort, err := portAgain(prev.Portal)
 	if err != nil {
 		return ArrayInfo{}, err
 	}
-	linkPort, err := freePort()
+	linkPort, err := portAgain(prev.LinkListen)
 	if err != nil {
 		return ArrayInfo{}, err
 	}
 	// The advertised address is the proxy's (for a pair), which this
 	// process binds now and keeps.
+	if l.proxyLn[i] == nil && prev.LinkAdvertise != "" {
+		if ln, err := net.Listen("tcp", prev.LinkAdvertise); err == nil {
+			l.proxyLn[i] = ln
+		}
+	}
 	if l.proxyLn[i] == nil {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -291,6 +458,10 @@ replication:
 	if l.opts.EradicationWindow > 0 {
 		cfg += "eradication_window: " + l.opts.EradicationWindow.String() + "\n"
 	}
+	if l.med != nil {
+		ai.MediatorURL = "https://" + l.med.routes[i].Addr()
+		cfg += l.mediatorConfig(i)
+	}
 	return ai, writePrivate(ai.Config, []byte(cfg))
 }
 
@@ -326,50 +497,125 @@ func writePrivate(path string, data []byte) error {
 	return nil
 }
 
-// Start starts array i's process and waits until its API answers.
+// Start starts array i again, with the same configuration and data, and
+// waits until its API answers. It does nothing if the array runs.
 func (l *Lab) Start(ctx context.Context, i int) error {
+	if err := l.checkArray(i); err != nil {
+		return err
+	}
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	if l.arrayRunning(i) {
+		return nil
+	}
+	if err := l.start(ctx, i); err != nil {
+		return err
+	}
+	return l.writeInfo()
+}
+
+// arrayRunning reports whether array i's process runs.
+func (l *Lab) arrayRunning(i int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.procs[i].running()
+}
+
+// start starts array i's process and waits until its API answers; if it
+// does not, the process is killed.
+func (l *Lab) start(ctx context.Context, i int) error {
 	ai := l.Info.Arrays[i]
-	logf, err := os.OpenFile(ai.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, fileperm.File)
+	p, err := l.spawn(ai.Name, ai.Log, "array", "run", "--config", ai.Config)
 	if err != nil {
 		return err
 	}
-	if err := logf.Chmod(fileperm.File); err != nil {
-		logf.Close()
-		return err
+	l.mu.Lock()
+	l.mu.procs[i] = p
+	l.Info.Arrays[i].PID = p.cmd.Process.Pid
+	l.mu.Unlock()
+	err = l.waitUp(ctx, p, ai.API, func() bool {
+		// The array writes its token before its certificate.
+		if _, err := os.Stat(ai.CA); err != nil || l.readToken(i) != nil {
+			return false
+		}
+		c, err := l.Client(i)
+		if err != nil {
+			return false
+		}
+		_, err = c.Array(ctx)
+		return err == nil
+	})
+	if err != nil {
+		l.stopped(i, p)
 	}
-	cmd := exec.Command(l.opts.Binary, "array", "run", "--config", ai.Config)
+	return err
+}
+
+// stopped kills array i's process p and forgets its PID.
+func (l *Lab) stopped(i int, p *proc) {
+	p.kill()
+	l.mu.Lock()
+	if l.mu.procs[i] == p {
+		l.Info.Arrays[i].PID = 0
+	}
+	l.mu.Unlock()
+}
+
+// spawn starts a process of the lab (metro with args), its output
+// appended to logPath (0600).
+func (l *Lab) spawn(name, logPath string, args ...string) (*proc, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, fileperm.File)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := logf.Stat()
+	if err == nil {
+		err = logf.Chmod(fileperm.File)
+	}
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	cmd := exec.Command(l.opts.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("start %s: %w", ai.Name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath, logFrom: fi.Size()}
 	go func() {
 		p.err = cmd.Wait()
 		logf.Close()
+		if p.up.Load() && !p.told.Load() {
+			select {
+			case l.exits <- Exit{Name: name, Err: p.err, Log: logPath}:
+			default:
+			}
+		}
 		close(p.done)
 	}()
-	l.mu.Lock()
-	l.mu.procs[i] = p
-	l.Info.Arrays[i].PID = cmd.Process.Pid
-	l.mu.Unlock()
-	return l.waitReady(ctx, i, p)
+	return p, nil
 }
 
-// errPortTaken marks an array that stopped during its start because an
-// address of its configuration was in use.
-var errPortTaken = errors.New("an address of the array is in use")
+// startTimeout bounds how long a process of the lab may take to answer
+// after it started.
+const startTimeout = 60 * time.Second
 
-// waitReady polls the array's API until it answers.
-func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
-	ai := l.Info.Arrays[i]
-	deadline := time.Now().Add(60 * time.Second)
+// errPortTaken marks a process that stopped during its start because an
+// address of its configuration was in use.
+var errPortTaken = errors.New("an address of the process is in use")
+
+// waitUp polls ready until it reports true, then marks p up. It fails if
+// p ends first (errPortTaken if its log of this run says an address was
+// in use), or after startTimeout; addr names what it should answer on.
+func (l *Lab) waitUp(ctx context.Context, p *proc, addr string, ready func() bool) error {
+	deadline := time.Now().Add(startTimeout)
 	for {
 		select {
 		case <-p.done:
-			log, _ := os.ReadFile(ai.Log)
-			err := fmt.Errorf("%s exited during start (%v); its log:\n%s", ai.Name, p.err, tail(log, 2000))
+			log := p.logOfRun()
+			err := fmt.Errorf("%s exited during start (%v); its log:\n%s", p.name, p.err, tail(log, 2000))
 			if bytes.Contains(log, []byte("address already in use")) {
 				err = fmt.Errorf("%w: %w", errPortTaken, err)
 			}
@@ -378,17 +624,12 @@ func (l *Lab) waitReady(ctx context.Context, i int, p *proc) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		// The array writes its token before its certificate.
-		if _, err := os.Stat(ai.CA); err == nil && l.readToken(i) == nil {
-			c, err := l.Client(i)
-			if err == nil {
-				if _, err = c.Array(ctx); err == nil {
-					return nil
-				}
-			}
+		if ready() {
+			p.up.Store(true)
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not answer on %s within 60s; see %s", ai.Name, ai.API, ai.Log)
+			return fmt.Errorf("%s did not answer on %s within %v; see %s", p.name, addr, startTimeout, p.log)
 		}
 	}
 }
@@ -453,48 +694,85 @@ func (l *Lab) configure(ctx context.Context) error {
 	return nil
 }
 
+// readInfo reads the lab.json in dir, nil if there is none or it cannot
+// be read.
+func readInfo(dir string) *Info {
+	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err != nil {
+		return nil
+	}
+	var info Info
+	if json.Unmarshal(data, &info) != nil {
+		return nil
+	}
+	return &info
+}
+
 // writeInfo writes lab.json atomically.
 func (l *Lab) writeInfo() error {
+	l.mu.Lock()
 	data, err := json.MarshalIndent(l.Info, "", "  ")
+	l.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	return writePrivate(filepath.Join(l.opts.Dir, "lab.json"), append(data, '\n'))
 }
 
-// Kill sends SIGKILL to array i and waits for it to die.
+// Kill kills array i (kill -9) and waits until it has died. It does
+// nothing if the array is not running.
 func (l *Lab) Kill(i int) error {
+	if err := l.checkArray(i); err != nil {
+		return err
+	}
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	return l.kill(i)
+}
+
+func (l *Lab) kill(i int) error {
 	l.mu.Lock()
 	p := l.mu.procs[i]
 	l.mu.Unlock()
-	if p == nil {
+	if !p.running() {
 		return nil
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-	return nil
+	l.stopped(i, p)
+	return l.writeInfo()
 }
 
 // Restart kills array i (kill -9) and starts it again.
 func (l *Lab) Restart(ctx context.Context, i int) error {
-	if err := l.Kill(i); err != nil {
+	if err := l.checkArray(i); err != nil {
 		return err
 	}
-	if err := l.Start(ctx, i); err != nil {
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	if err := l.kill(i); err != nil {
+		return err
+	}
+	if err := l.start(ctx, i); err != nil {
 		return err
 	}
 	return l.writeInfo()
 }
 
-// Stop stops every array (SIGTERM, then SIGKILL after 10 s) and waits.
+// Stop closes the control socket, stops every process (SIGTERM, then
+// SIGKILL after 10 s), waits for them and closes the proxies. It may be
+// called again.
 func (l *Lab) Stop() {
-	defer l.stopProxy()
+	l.closeControl()
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	defer l.unlockDir()
+	defer l.stopProxies()
 	defer l.releaseProxyLn()
 	l.mu.Lock()
-	procs := append([]*proc(nil), l.mu.procs...)
+	procs := append([]*proc{l.mu.mediator}, l.mu.procs...)
 	l.mu.Unlock()
 	for _, p := range procs {
-		if p != nil {
+		if p.running() {
+			p.told.Store(true)
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
@@ -505,26 +783,11 @@ func (l *Lab) Stop() {
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Signal(syscall.SIGKILL)
-			<-p.done
+			p.kill()
 		}
 	}
 }
 
-// Exited returns a channel closed when any array process exits.
-func (l *Lab) Exited() <-chan int {
-	ch := make(chan int, 1)
-	l.mu.Lock()
-	procs := append([]*proc(nil), l.mu.procs...)
-	l.mu.Unlock()
-	for i, p := range procs {
-		go func() {
-			<-p.done
-			select {
-			case ch <- i:
-			default:
-			}
-		}()
-	}
-	return ch
-}
+// Exits reports each process of the lab that ends on its own, not by a
+// fault control or Stop (reports beyond 16 unread are dropped).
+func (l *Lab) Exits() <-chan Exit { return l.exits }

@@ -120,6 +120,7 @@ func (l *Lab) startProxy(ctx context.Context) error {
 	if ids[0] > ids[1] {
 		listener = 0
 	}
+	l.linkTarget = listener
 	ai := l.Info.Arrays[listener]
 	ctl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -154,12 +155,16 @@ func (l *Lab) releaseProxyLn() {
 	}
 }
 
-func (l *Lab) stopProxy() {
+// stopProxies closes the link's proxy and the mediator routes.
+func (l *Lab) stopProxies() {
+	l.closeRoutes()
 	if l.proxy == nil {
 		return
 	}
-	_ = l.proxySrv.Close()
-	<-l.proxyDone
+	if l.proxySrv != nil {
+		_ = l.proxySrv.Close()
+		<-l.proxyDone
+	}
 	_ = l.proxy.Close()
 	l.proxy = nil
 }

@@ -21,8 +21,8 @@ type conn struct {
 	// done is closed by shut; every goroutine of the connection watches it.
 	done     chan struct{}
 	shutOnce sync.Once
-	// broken is guarded by p.mu: bytes were lost to a partition.
-	broken bool
+	// broken is guarded by p.mu: bytes were lost to a cut, by direction.
+	broken [2]bool
 }
 
 func newConn(p *Proxy, a, b net.Conn) *conn {
@@ -150,11 +150,11 @@ func (c *conn) read(d *direction) {
 		}
 		n, err := d.src.Read(buf)
 		now := time.Now()
-		if n > 0 && !c.p.lose(c, n) && !c.through(d, buf[:n]) {
+		if n > 0 && !c.p.lose(c, d.i, n) && !c.through(d, buf[:n]) {
 			d.push(chunk{data: bytes.Clone(buf[:n]), at: now})
 		}
 		if err != nil {
-			if !c.p.lose(c, 0) {
+			if !c.p.lose(c, d.i, 0) {
 				d.push(chunk{at: now, err: err})
 			}
 			return
@@ -249,7 +249,7 @@ func (c *conn) deliver(t *time.Timer, d *direction, ch chunk) bool {
 	if ch.err == nil {
 		return true
 	}
-	if c.p.lose(c, 0) {
+	if c.p.lose(c, d.i, 0) {
 		return false
 	}
 	if errors.Is(ch.err, io.EOF) {
@@ -302,7 +302,7 @@ func (c *conn) wait(t *time.Timer, ready func(s Settings, now time.Time) time.Du
 // without waiting, and lost is true.
 func (c *conn) pace(t *time.Timer, dir, want int) (n int, lost bool) {
 	ok := c.wait(t, func(s Settings, now time.Time) time.Duration {
-		if lost = c.p.loseLocked(c, want); lost || s.Bandwidth <= 0 {
+		if lost = c.p.loseLocked(c, dir, want); lost || s.Bandwidth <= 0 {
 			n = want
 			return 0
 		}

@@ -20,14 +20,18 @@ type settingsJSON struct {
 	RTT         string `json:"rtt"`
 	Bandwidth   string `json:"bandwidth"`
 	Partitioned bool   `json:"partitioned"`
+	CutAToB     bool   `json:"cut_a_to_b"`
+	CutBToA     bool   `json:"cut_b_to_a"`
 }
 
 func (s Settings) toJSON() settingsJSON {
-	return settingsJSON{RTT: s.RTT.String(), Bandwidth: formatBandwidth(s.Bandwidth), Partitioned: s.Partitioned}
+	return settingsJSON{RTT: s.RTT.String(), Bandwidth: formatBandwidth(s.Bandwidth), Partitioned: s.Partitioned,
+		CutAToB: s.CutAToB, CutBToA: s.CutBToA}
 }
 
 // MarshalJSON renders s as {"rtt":"20ms","bandwidth":"100M",
-// "partitioned":false}; an unlimited bandwidth is "".
+// "partitioned":false,"cut_a_to_b":false,"cut_b_to_a":false}; an
+// unlimited bandwidth is "".
 func (s Settings) MarshalJSON() ([]byte, error) { return json.Marshal(s.toJSON()) }
 
 // UnmarshalJSON sets the fields present in data and keeps the others, so a
@@ -47,6 +51,8 @@ type change struct {
 	RTT         *string    `json:"rtt"`
 	Bandwidth   *bandwidth `json:"bandwidth"`
 	Partitioned *bool      `json:"partitioned"`
+	CutAToB     *bool      `json:"cut_a_to_b"`
+	CutBToA     *bool      `json:"cut_b_to_a"`
 
 	// The read-only counters of a GET are accepted and ignored, so that a
 	// GET's answer can be edited and sent back.
@@ -72,6 +78,12 @@ func (c *change) apply(s *Settings) error {
 	}
 	if c.Partitioned != nil {
 		next.Partitioned = *c.Partitioned
+	}
+	if c.CutAToB != nil {
+		next.CutAToB = *c.CutAToB
+	}
+	if c.CutBToA != nil {
+		next.CutBToA = *c.CutBToA
 	}
 	*s = next
 	return nil
@@ -136,6 +148,10 @@ func parseBandwidth(v string) (int64, error) {
 	return int64(n), nil
 }
 
+// FormatBandwidth renders n bytes per second as the control API does
+// ("100M" is 100 MiB/s, "" unlimited).
+func FormatBandwidth(n int64) string { return formatBandwidth(n) }
+
 // formatBandwidth renders n bytes/s in binary units when that is exact,
 // else in bytes, so that the JSON reads back to the same value; "" is
 // unlimited.
@@ -170,8 +186,8 @@ const maxBody = 64 << 10
 //
 //	GET /link              the settings and counters, as JSON
 //	PUT or POST /link      change the fields given, e.g. {"rtt":"20ms"}
-//	POST /link/partition   cut the link
-//	POST /link/heal        heal it
+//	POST /link/partition   cut the link both ways
+//	POST /link/heal        heal it, one-way cuts too
 //
 // Every call answers with the state after it; bad input is a 400 with
 // {"error": "..."} and changes nothing.
@@ -200,7 +216,7 @@ func (p *Proxy) Handler() http.Handler {
 		p.writeStatus(w, s)
 	})
 	mux.HandleFunc("POST /link/heal", func(w http.ResponseWriter, r *http.Request) {
-		s, _ := p.update(func(s *Settings) error { s.Partitioned = false; return nil })
+		s, _ := p.update(func(s *Settings) error { s.Heal(); return nil })
 		p.writeStatus(w, s)
 	})
 	return mux

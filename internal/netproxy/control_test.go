@@ -29,7 +29,7 @@ func TestControlAPI(t *testing.T) {
 	h := p.Handler()
 
 	code, m := call(t, h, "GET", "/link", "")
-	want := map[string]any{"rtt": "1ms", "bandwidth": "", "partitioned": false,
+	want := map[string]any{"rtt": "1ms", "bandwidth": "", "partitioned": false, "cut_a_to_b": false, "cut_b_to_a": false,
 		"connections": 0.0, "accepted": 0.0, "bytes_a_to_b": 0.0, "bytes_b_to_a": 0.0, "bytes_dropped": 0.0}
 	if code != 200 || len(m) != len(want) {
 		t.Fatalf("GET /link: %d %v; want 200 %v", code, m, want)
@@ -53,6 +53,8 @@ func TestControlAPI(t *testing.T) {
 		// A GET's answer can be edited and sent back: counters are ignored.
 		{"PUT", `{"rtt":"1.5ms","bandwidth":"512K/s","partitioned":false,"connections":3,"bytes_a_to_b":9}`,
 			Settings{RTT: 1500 * time.Microsecond, Bandwidth: 512 << 10}},
+		{"PUT", `{"cut_b_to_a":true}`, Settings{RTT: 1500 * time.Microsecond, Bandwidth: 512 << 10, CutBToA: true}},
+		{"PUT", `{"cut_a_to_b":true,"cut_b_to_a":false}`, Settings{RTT: 1500 * time.Microsecond, Bandwidth: 512 << 10, CutAToB: true}},
 	}
 	for _, st := range steps {
 		code, m := call(t, h, st.method, "/link", st.body)
@@ -62,7 +64,8 @@ func TestControlAPI(t *testing.T) {
 		if got := p.Settings(); got != st.want {
 			t.Errorf("%s /link %s: settings %+v; want %+v", st.method, st.body, got, st.want)
 		}
-		if m["rtt"] != st.want.RTT.String() || m["bandwidth"] != formatBandwidth(st.want.Bandwidth) || m["partitioned"] != st.want.Partitioned {
+		if m["rtt"] != st.want.RTT.String() || m["bandwidth"] != formatBandwidth(st.want.Bandwidth) || m["partitioned"] != st.want.Partitioned ||
+			m["cut_a_to_b"] != st.want.CutAToB || m["cut_b_to_a"] != st.want.CutBToA {
 			t.Errorf("%s /link %s: answered %v", st.method, st.body, m)
 		}
 	}
@@ -72,7 +75,7 @@ func TestControlAPI(t *testing.T) {
 	for _, body := range []string{
 		``, `{`, `[]`, `{"rtt":"fast"}`, `{"rtt":"-1ms"}`, `{"rtt":5}`, `{"bandwidth":"lots"}`,
 		`{"bandwidth":-1}`, `{"bandwidth":1.5}`, `{"bandwidth":true}`, `{"bandwidth":"99999999P"}`,
-		`{"partitioned":"yes"}`, `{"latency":"1ms"}`, `{"rtt":"1ms"} {"rtt":"2ms"}`,
+		`{"partitioned":"yes"}`, `{"cut_a_to_b":1}`, `{"latency":"1ms"}`, `{"rtt":"1ms"} {"rtt":"2ms"}`,
 		`{"rtt":"2ms","bandwidth":"lots"}`,
 	} {
 		code, m := call(t, h, "PUT", "/link", body)
@@ -88,7 +91,7 @@ func TestControlAPI(t *testing.T) {
 	if code, m := call(t, h, "POST", "/link/partition", ""); code != 200 || m["partitioned"] != true || !p.Settings().Partitioned {
 		t.Errorf("POST /link/partition: %d %v", code, m)
 	}
-	if code, m := call(t, h, "POST", "/link/heal", ""); code != 200 || m["partitioned"] != false || p.Settings().Partitioned {
+	if code, m := call(t, h, "POST", "/link/heal", ""); code != 200 || m["partitioned"] != false || m["cut_a_to_b"] != false || p.Settings().anyCut() {
 		t.Errorf("POST /link/heal: %d %v", code, m)
 	}
 	if got := p.Settings(); got.RTT != before.RTT || got.Bandwidth != before.Bandwidth {
@@ -105,6 +108,8 @@ func TestSettingsJSON(t *testing.T) {
 		{RTT: 20 * time.Millisecond, Bandwidth: 100 << 20},
 		{RTT: 1234567 * time.Nanosecond, Bandwidth: 1e6, Partitioned: true},
 		{Bandwidth: 3 << 39},
+		{CutAToB: true},
+		{RTT: time.Millisecond, CutBToA: true},
 	} {
 		b, err := json.Marshal(s)
 		if err != nil {
@@ -115,7 +120,7 @@ func TestSettingsJSON(t *testing.T) {
 			t.Errorf("%+v → %s → %+v, %v", s, b, back, err)
 		}
 	}
-	if b, _ := json.Marshal(Settings{RTT: time.Millisecond, Bandwidth: 100 << 20}); string(b) != `{"rtt":"1ms","bandwidth":"100M","partitioned":false}` {
+	if b, _ := json.Marshal(Settings{RTT: time.Millisecond, Bandwidth: 100 << 20}); string(b) != `{"rtt":"1ms","bandwidth":"100M","partitioned":false,"cut_a_to_b":false,"cut_b_to_a":false}` {
 		t.Errorf("JSON form %s", b)
 	}
 	s := Settings{RTT: time.Second, Bandwidth: 5}
@@ -128,7 +133,7 @@ func TestSettingsJSON(t *testing.T) {
 // panics, and whatever it accepts reads back the same.
 func FuzzSettingsJSON(f *testing.F) {
 	for _, seed := range []string{
-		`{"rtt":"20ms","bandwidth":"100M","partitioned":true}`, `{"bandwidth":1e6}`,
+		`{"rtt":"20ms","bandwidth":"100M","partitioned":true}`, `{"bandwidth":1e6}`, `{"cut_a_to_b":true}`,
 		`{"bandwidth":"1.5G/s"}`, `{"rtt":"-1s"}`, `{"bandwidth":9.3e18}`, `{}`, `null`, ``,
 	} {
 		f.Add([]byte(seed))

@@ -18,15 +18,23 @@
 // resets the client). The endpoints must notice by their own heartbeats
 // and timeouts. When the link heals, every connection that lost bytes (its
 // byte stream now has a hole) is reset, so the endpoints reconnect;
-// connections that lost nothing carry on.
+// connections that lost nothing carry on. A one-way cut discards the bytes
+// of one direction only: the other keeps flowing, so one endpoint still
+// hears the other while its own words are lost; once a direction is whole
+// again, the connections that lost bytes in it are reset.
+//
+// Apply changes several proxies in one instant, so that a test can cut a
+// link and the paths to a third party at the same moment.
 package netproxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,12 +48,33 @@ type Settings struct {
 	// Bandwidth is bytes per second in each direction, shared by all
 	// connections; 0 (or negative) is unlimited.
 	Bandwidth int64 `json:"-"`
-	// Partitioned cuts the link (see the package comment).
+	// Partitioned cuts the link both ways (see the package comment).
 	Partitioned bool `json:"partitioned"`
+	// CutAToB and CutBToA cut one direction only: the bytes from the
+	// connecting side (a) to the target (b), or those back, are lost as
+	// in a partition while the other direction flows. Partitioned cuts
+	// both whatever these say.
+	CutAToB bool `json:"cut_a_to_b"`
+	CutBToA bool `json:"cut_b_to_a"`
 }
 
+// cut reports whether direction d (aToB or bToA) is cut.
+func (s Settings) cut(d int) bool {
+	if d == aToB {
+		return s.Partitioned || s.CutAToB
+	}
+	return s.Partitioned || s.CutBToA
+}
+
+// anyCut reports whether some direction is cut.
+func (s Settings) anyCut() bool { return s.cut(aToB) || s.cut(bToA) }
+
+// Heal clears every cut of s, both ways and one way.
+func (s *Settings) Heal() { s.Partitioned, s.CutAToB, s.CutBToA = false, false, false }
+
 // The JSON form of Settings is {"rtt":"20ms","bandwidth":"100M",
-// "partitioned":false}; see MarshalJSON in control.go.
+// "partitioned":false,"cut_a_to_b":false,"cut_b_to_a":false}; see
+// MarshalJSON in control.go.
 
 func (s Settings) normalize() Settings {
 	s.RTT = max(s.RTT, 0)
@@ -84,6 +113,8 @@ const (
 // Proxy forwards connections from its listener to a target through an
 // emulated link. It is safe for concurrent use.
 type Proxy struct {
+	// id orders proxies for Apply, which locks several at once.
+	id uint64
 	// precise: finish short delays with a kernel sleep (real sockets;
 	// the in-memory tests run on a fake clock instead).
 	precise bool
@@ -118,6 +149,10 @@ type Proxy struct {
 	}
 }
 
+// proxyIDs numbers the proxies of the process, so that Apply always
+// locks them in the same order.
+var proxyIDs atomic.Uint64
+
 // New listens on listenAddr (e.g. "127.0.0.1:0") and forwards each accepted
 // connection to target over a link with settings s. A nil logger discards.
 func New(listenAddr, target string, s Settings, logger *slog.Logger) (*Proxy, error) {
@@ -147,7 +182,7 @@ func newProxy(ln net.Listener, dial func(context.Context) (net.Conn, error), s S
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{ln: ln, dial: dial, log: logger, maxQueued: defaultMaxQueued}
+	p := &Proxy{id: proxyIDs.Add(1), ln: ln, dial: dial, log: logger, maxQueued: defaultMaxQueued}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.mu.s = s.normalize()
 	p.mu.changed = make(chan struct{})
@@ -172,9 +207,17 @@ func (p *Proxy) Set(s Settings) {
 	_, _ = p.update(func(cur *Settings) error { *cur = s; return nil })
 }
 
-// Partition cuts the link (on) or heals it (off).
+// Partition cuts the link both ways (on) or heals it (off): healing clears
+// one-way cuts too.
 func (p *Proxy) Partition(on bool) {
-	_, _ = p.update(func(cur *Settings) error { cur.Partitioned = on; return nil })
+	_, _ = p.update(func(cur *Settings) error {
+		if on {
+			cur.Partitioned = true
+		} else {
+			cur.Heal()
+		}
+		return nil
+	})
 }
 
 // update changes the settings with fn atomically and returns the result. If
@@ -187,33 +230,99 @@ func (p *Proxy) update(fn func(*Settings) error) (Settings, error) {
 		p.mu.Unlock()
 		return old, err
 	}
-	s = s.normalize()
-	if s == old {
+	ch := p.setLocked(s)
+	p.mu.Unlock()
+	ch.finish()
+	return ch.s, nil
+}
+
+// Change is one proxy's part of Apply: Set edits its settings.
+type Change struct {
+	Proxy *Proxy
+	Set   func(*Settings)
+}
+
+// Apply makes several proxies' changes in one instant: it holds every
+// proxy's lock while it sets them all, and each proxy decides under its
+// lock whether a byte is lost, so no byte crosses one of them under the
+// old settings once any byte has crossed one under the new. Changes to
+// the same proxy apply in order.
+func Apply(changes ...Change) {
+	byID := make(map[uint64][]Change)
+	var ps []*Proxy
+	for _, c := range changes {
+		if _, ok := byID[c.Proxy.id]; !ok {
+			ps = append(ps, c.Proxy)
+		}
+		byID[c.Proxy.id] = append(byID[c.Proxy.id], c)
+	}
+	slices.SortFunc(ps, func(a, b *Proxy) int { return cmp.Compare(a.id, b.id) })
+	for _, p := range ps {
+		p.mu.Lock()
+	}
+	done := make([]applied, 0, len(ps))
+	for _, p := range ps {
+		s := p.mu.s
+		for _, c := range byID[p.id] {
+			c.Set(&s)
+		}
+		done = append(done, p.setLocked(s))
+	}
+	for _, p := range slices.Backward(ps) {
 		p.mu.Unlock()
-		return s, nil
+	}
+	for _, ch := range done {
+		ch.finish()
+	}
+}
+
+// applied is a settings change made under p.mu, with what remains to do
+// once the lock is released.
+type applied struct {
+	p       *Proxy
+	s       Settings
+	changed bool
+	// broken are the connections to reset: they lost bytes in a
+	// direction that is no longer cut.
+	broken []*conn
+}
+
+// setLocked installs s, with p.mu held.
+func (p *Proxy) setLocked(s Settings) applied {
+	s = s.normalize()
+	if s == p.mu.s {
+		return applied{p: p, s: s}
 	}
 	p.mu.s = s
 	close(p.mu.changed)
 	p.mu.changed = make(chan struct{})
 	var broken []*conn
-	if old.Partitioned && !s.Partitioned {
-		for c := range p.mu.conns {
-			if c.broken {
+	for c := range p.mu.conns {
+		for d := range c.broken {
+			if c.broken[d] && !s.cut(d) {
 				broken = append(broken, c)
+				break
 			}
 		}
 	}
-	p.mu.Unlock()
+	return applied{p: p, s: s, changed: true, broken: broken}
+}
 
-	p.log.Info("link proxy: settings changed", "addr", p.Addr(), "rtt", s.RTT,
-		"bandwidth", formatBandwidth(s.Bandwidth), "partitioned", s.Partitioned)
-	if len(broken) > 0 {
-		p.log.Info("link proxy: healed; resetting connections that lost bytes", "connections", len(broken))
+// finish logs a change and resets the connections it healed.
+func (a applied) finish() {
+	if !a.changed {
+		return
 	}
-	for _, c := range broken {
+	p, s := a.p, a.s
+	p.log.Info("link proxy: settings changed", "addr", p.Addr(), "rtt", s.RTT,
+		"bandwidth", formatBandwidth(s.Bandwidth), "partitioned", s.Partitioned,
+		"cut_a_to_b", s.CutAToB, "cut_b_to_a", s.CutBToA)
+	if len(a.broken) > 0 {
+		p.log.Info("link proxy: healed; resetting connections that lost bytes", "connections", len(a.broken))
+	}
+	for _, c := range a.broken {
 		c.shut(true)
 	}
-	return s, nil
 }
 
 // Stats returns the proxy's counters.
@@ -321,17 +430,17 @@ func (p *Proxy) handle(id int64, a net.Conn) {
 }
 
 // hold keeps a, whose target could not be reached, open and silent while
-// the link is cut: across a cut the client cannot learn that the target is
-// down, not even from a reset. Its bytes are lost and the heal resets it.
-// It reports false, doing nothing, if the link is not cut.
+// the link is cut, either way: across a cut the client cannot learn that
+// the target is down, not even from a reset. Its bytes are lost and the
+// heal resets it. It reports false, doing nothing, if the link is not cut.
 func (p *Proxy) hold(a net.Conn) bool {
 	c := &conn{p: p, a: a, done: make(chan struct{})}
 	p.mu.Lock()
-	if p.mu.closed || !p.mu.s.Partitioned {
+	if p.mu.closed || !p.mu.s.anyCut() {
 		p.mu.Unlock()
 		return false
 	}
-	c.broken = true
+	c.broken = [2]bool{p.mu.s.cut(aToB), p.mu.s.cut(bToA)}
 	p.mu.conns[c] = struct{}{}
 	p.mu.Unlock()
 	defer p.remove(c)
@@ -364,23 +473,24 @@ func (p *Proxy) remove(c *conn) {
 	delete(p.mu.conns, c)
 }
 
-// lose reports whether n bytes of c (0 for a FIN or a reset) are lost: if
-// the link is cut, or c already lost bytes. A loss marks c broken so that
-// the heal resets it, and a broken c delivers nothing more, not even in the
-// moment between the heal and its reset: its peer never sees bytes after a
-// hole. Deciding under p.mu means no loss can slip past a heal.
-func (p *Proxy) lose(c *conn, n int) bool {
+// lose reports whether n bytes of c in direction d (0 for a FIN or a
+// reset) are lost: if that direction is cut, or c already lost bytes in
+// it. A loss marks the direction broken so that the heal resets c, and a
+// broken direction delivers nothing more, not even in the moment between
+// the heal and the reset: its receiver never sees bytes after a hole.
+// Deciding under p.mu means no loss can slip past a heal.
+func (p *Proxy) lose(c *conn, d, n int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.loseLocked(c, n)
+	return p.loseLocked(c, d, n)
 }
 
 // loseLocked is lose with p.mu held.
-func (p *Proxy) loseLocked(c *conn, n int) bool {
-	if !p.mu.s.Partitioned && !c.broken {
+func (p *Proxy) loseLocked(c *conn, d, n int) bool {
+	if !p.mu.s.cut(d) && !c.broken[d] {
 		return false
 	}
-	c.broken = true
+	c.broken[d] = true
 	p.dropped.Add(int64(n))
 	return true
 }

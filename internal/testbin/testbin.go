@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // Run sets *bin to a metro binary (METRO_BIN, or cmd/metro built into a
@@ -32,4 +33,23 @@ func Run(m *testing.M, bin *string) int {
 		}
 	}
 	return m.Run()
+}
+
+// Eventually polls check until it reports true, failing the test with
+// the last thing check said if that takes longer than timeout. It is for
+// waiting on an effect in another process (a link that goes down, a
+// process that answers), never for measuring how long one took.
+func Eventually(t testing.TB, timeout time.Duration, what string, check func() (ok bool, last string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, last := check()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -48,7 +48,6 @@ func startPairWithHosts(t *testing.T) (l *lab.Lab, a, b *initiator.Conn) {
 func TestWALSyncFailureStopsArray(t *testing.T) {
 	t.Setenv("METRO_TEST_STORE_FAULTS", walFaultTrigger)
 	l, a, _ := startPairWithHosts(t)
-	exited := l.Exited()
 
 	trigger := filepath.Join(l.Info.Arrays[1].DataDir, walFaultTrigger)
 	if err := os.WriteFile(trigger, nil, 0o600); err != nil {
@@ -64,9 +63,9 @@ func TestWALSyncFailureStopsArray(t *testing.T) {
 		t.Fatalf("a configuration change on array-b succeeded although its WAL cannot be synced:\n%s", out)
 	}
 	select {
-	case i := <-exited:
-		if i != 1 {
-			t.Fatalf("array %d exited, want array-b", i)
+	case e := <-l.Exits():
+		if e.Name != "array-b" {
+			t.Fatalf("%s exited, want array-b", e.Name)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("array-b is still running 30 s after its WAL failed")

@@ -89,7 +89,7 @@ func TestFilesystemFills(t *testing.T) {
 	data := filepath.Join(dir, "array-a", "data")
 	mountTmpfs(t, data, 96<<20)
 	l := startLab(t, lab.Options{Dir: dir, Arrays: 1, Initiators: []string{crashInitiator}, Size: 256 << 20})
-	exited := l.Exited()
+	exited := l.Exits()
 
 	const writers, piece = 4, 128 // blocks: 64 KiB writes
 	const span = (256 << 20) / 512 / writers
