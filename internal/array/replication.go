@@ -247,6 +247,9 @@ func (a *Array) EradicatePod(ctx context.Context, name string) error {
 	if err := a.cat.Apply(catalog.EradicatePod{Name: name}); err != nil {
 		return err
 	}
+	if err := a.repl.ForgetPod(p.ID); err != nil {
+		a.log.Warn("forget the eradicated pod's protocol record", "pod", name, "err", err)
+	}
 	a.log.Info("pod copy eradicated", "pod", name)
 	return nil
 }

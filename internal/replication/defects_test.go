@@ -189,3 +189,25 @@ func TestFailedPersistRetried(t *testing.T) {
 		t.Fatalf("pod2: %s at epoch %d, want alone at %d", md.state, md.epoch, epoch2+1)
 	}
 }
+
+// TestForgetPod: the record and cursor of an eradicated copy go with it
+// (a pod stretched again later starts from none).
+func TestForgetPod(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	if _, ok := r.loadRecord("pod-2"); !ok {
+		t.Fatal("pod2 has no record to forget")
+	}
+	if err := r.saveCursor("pod-2", cursor{Epoch: 3, Complete: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ForgetPod("pod-2"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok := r.loadRecord("pod-2"); ok {
+		t.Fatalf("pod2's record %s outlived ForgetPod", rec)
+	}
+	if c, ok := r.loadCursor("pod-2"); ok {
+		t.Fatalf("pod2's cursor %+v outlived ForgetPod", c)
+	}
+}

@@ -115,3 +115,12 @@ func (r *Replicator) followRecord(podName, podID string, rec pod.Record) error {
 	}
 	return r.env.Catalog().Apply(catalog.SetPodMembership{Name: podName, Arrays: cp.Arrays, Sequencer: seq, Epoch: rec.Epoch})
 }
+
+// ForgetPod deletes what this array kept of a pod's protocol (its record
+// and the cursor of a copy), once its copy is eradicated.
+func (r *Replicator) ForgetPod(podID string) error {
+	b := r.env.Store().NewBatch()
+	b.DeleteMeta(recordKey(podID))
+	b.DeleteMeta(cursorKey(podID))
+	return b.Commit()
+}
