@@ -10,6 +10,7 @@ import (
 
 	"github.com/metro-storage/metro/internal/catalog"
 	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
 )
 
@@ -209,5 +210,24 @@ func TestForgetPod(t *testing.T) {
 	}
 	if c, ok := r.loadCursor("pod-2"); ok {
 		t.Fatalf("pod2's cursor %+v outlived ForgetPod", c)
+	}
+}
+
+// TestFollowerNeverWritesAlone: a write that reaches the backend of an
+// array that does not order the pod (it lost the pod between the
+// command's routing and its write) is refused (the host retries), never
+// written to this copy alone: the array that won would not have it.
+func TestFollowerNeverWritesAlone(t *testing.T) {
+	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
+	local := h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID)
+	vol := h.env.r.Volume("pod1", uuidVol1, local)
+	err := vol.WriteAt(context.Background(), bytes.Repeat([]byte{9}, store.BlockSize), 0)
+	if !errors.Is(err, scsi.ErrTransitioning) {
+		t.Fatalf("a write through the follower's backend: %v, want NOT READY (transitioning)", err)
+	}
+	got := make([]byte, store.BlockSize)
+	if err := local.ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, make([]byte, store.BlockSize)) {
+		t.Fatalf("the follower's copy changed: %x, %v", got[:4], err)
 	}
 }

@@ -111,10 +111,13 @@ func (o *origin) within(p []byte) int64 {
 	return int64(at - base)
 }
 
-// WriteAt implements scsi.Backend.
+// WriteAt implements scsi.Backend. A write of a stretched pod goes
+// through the pod's order (mirror), which refuses it unless this array is
+// the pod's sequencer now: one that lost the pod between the command's
+// routing and its write must not write its copy alone.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 	rt := v.rt()
-	if rt == nil || rt.role() != pod.Sequencer {
+	if rt == nil {
 		return v.local.WriteAt(ctx, p, off)
 	}
 	// The space this write needs here is set aside before the peer is
@@ -145,7 +148,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 // Unmap implements scsi.Backend.
 func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 	rt := v.rt()
-	if rt == nil || rt.role() != pod.Sequencer {
+	if rt == nil {
 		return v.local.Unmap(ctx, off, length)
 	}
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
