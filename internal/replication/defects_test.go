@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/scsi"
 	"github.com/metro-storage/metro/internal/store"
@@ -230,4 +231,31 @@ func TestFollowerNeverWritesAlone(t *testing.T) {
 	if err := local.ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, make([]byte, store.BlockSize)) {
 		t.Fatalf("the follower's copy changed: %x, %v", got[:4], err)
 	}
+}
+
+// FuzzPodRequests feeds arbitrary payloads and epochs, as a hostile or
+// broken peer could send them, to the pod protocol's requests (pod
+// state, pre-election, grant, handover, removal, resync, status): each is
+// answered or refused, never a panic, and a refusal changes nothing.
+func FuzzPodRequests(f *testing.F) {
+	types := []uint16{msgPodState, msgPreElect, msgGrant, msgHandover, msgUnstretch, msgResync, msgStatus}
+	f.Add(uint8(0), uint64(0), []byte(`{"pod":"pod1","id":"pod-1"}`))
+	f.Add(uint8(0), uint64(0), []byte(`{"pod":"pod1","id":"pod-1","notice":true,"has":true,"record":{"epoch":99,"sequencer":"x","left":true}}`))
+	f.Add(uint8(1), uint64(epoch1), []byte(`{"pod":"pod1","pre":"id-array-b"}`))
+	f.Add(uint8(2), uint64(epoch1), []byte(`{"pod":"pod1","pre":"id-array-c"}`))
+	f.Add(uint8(3), uint64(epoch1+1), []byte(`{"pod":"pod1","id":"pod-1"}`))
+	f.Add(uint8(4), uint64(epoch1), []byte(`{"pod":"pod1","array":"array-b"}`))
+	f.Add(uint8(4), uint64(0), []byte(`{"pod":"pod2","notice":true}`))
+	f.Add(uint8(5), uint64(epoch1+1), []byte(`{"config":{"pod":{"name":"pod1"}},"resume_from":5}`))
+	f.Add(uint8(6), uint64(0), []byte(`{"mediator":true}`))
+	f.Add(uint8(5), uint64(1<<63), []byte(`null`))
+	f.Fuzz(func(t *testing.T, which uint8, epoch uint64, payload []byte) {
+		h := newHostilePeer(t)
+		typ := types[int(which)%len(types)]
+		before := h.env.cat.View().Generation
+		_, err := h.env.r.handle(context.Background(), link.Message{Type: typ, Epoch: epoch, Payload: payload})
+		if err != nil && errors.Is(err, errRefused) && h.env.cat.View().Generation != before {
+			t.Fatalf("%s refused (%v) and the configuration changed", msgName(typ), err)
+		}
+	})
 }
