@@ -122,7 +122,7 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 		}
 		target := strings.TrimPrefix(med.url, "https://")
 		for i := range h.medProxy {
-			px, err := netproxy.New(reservePort(t), target, netproxy.Settings{}, log.With("component", "mediator-proxy", "array", names[i]))
+			px, err := netproxy.New("127.0.0.1:0", target, netproxy.Settings{}, log.With("component", "mediator-proxy", "array", names[i]))
 			if err != nil {
 				t.Fatal(err)
 			}
