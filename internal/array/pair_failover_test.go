@@ -395,16 +395,19 @@ func TestPairPreElection(t *testing.T) {
 		va, vb := h.podView(0), h.podView(1)
 		return va.PreElected == b.cfg.Name && vb.PreElected == b.cfg.Name, h.describeViews()
 	})
-	// What 'metro pod list --json' shows of each array, as each sees it.
-	for i, x := range h.arrays {
-		for _, pa := range x.PodArrays(x.cat.View().Pods[pairPod]) {
-			if pa.PreElected != (pa.Name == b.cfg.Name) || pa.Sequencer != h.arrays[0].cfg.Name || pa.Epoch == 0 ||
-				pa.Mediator != replication.MediatorUnreachable || pa.FailoverPreference != b.cfg.Name {
-				t.Errorf("%s shows %s as %+v, want pre-elected %t, sequencer %s, an epoch, the mediator unreachable, the preference %s",
-					h.arrays[i].cfg.Name, pa.Name, pa, pa.Name == b.cfg.Name, h.arrays[0].cfg.Name, b.cfg.Name)
+	// What 'metro pod list --json' shows of each array, as each sees it
+	// (the peer's part as it last told: a moment later).
+	h.waitFor("both arrays to show each array's view of the pod", 30*time.Second, func() (bool, string) {
+		for _, x := range h.arrays {
+			for _, pa := range x.PodArrays(x.cat.View().Pods[pairPod]) {
+				if pa.PreElected != (pa.Name == b.cfg.Name) || pa.Sequencer != h.arrays[0].cfg.Name || pa.Epoch == 0 ||
+					pa.Mediator != replication.MediatorUnreachable || pa.FailoverPreference != b.cfg.Name {
+					return false, fmt.Sprintf("%s shows %s as %+v", x.cfg.Name, pa.Name, pa)
+				}
 			}
 		}
-	}
+		return true, ""
+	})
 	h.proxy.Partition(true)
 	h.log.Info("link cut with the pre-election engaged")
 	h.waitWinner(1, "the pre-elected array-b to serve alone, array-a to suspend")
