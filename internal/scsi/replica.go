@@ -1,8 +1,8 @@
 package scsi
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 )
 
