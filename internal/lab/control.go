@@ -478,14 +478,18 @@ func (l *Lab) do(ctx context.Context, req Request) (string, error) {
 			return "", err
 		}
 		name, array := siteName(s), l.Info.Arrays[s].Name
+		down, up := l.siteState(s)
 		if req.Verb == VerbSiteDown {
-			if l.siteIsDown(s) {
+			if down {
 				return "Site " + name + " was down already.", nil
 			}
 			return fmt.Sprintf("Site %s is down: %s cut in one instant, then %s killed (kill -9).", name, l.siteCablesText(s), array), l.SiteDown(s)
 		}
 		if err := l.SiteUp(ctx, s); err != nil {
 			return "", err
+		}
+		if up {
+			return "Site " + name + " was up already.", nil
 		}
 		return fmt.Sprintf("Site %s is up: %s whole again, and %s runs and answers.", name, l.siteCablesText(s), array), nil
 	}

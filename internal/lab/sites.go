@@ -287,23 +287,30 @@ func (l *Lab) setSite(ctx context.Context, s int, down bool) error {
 	return l.writeInfo()
 }
 
-// siteIsDown reports whether everything SiteDown does to site s is so.
-func (l *Lab) siteIsDown(s int) bool {
-	if l.arrayRunning(s) {
-		return false
+// siteState reports whether everything SiteDown does to site s is so
+// (down), and whether none of it is (up: the array runs, and no cut of
+// the link or of the site's other cables remains).
+func (l *Lab) siteState(s int) (down, up bool) {
+	running := l.arrayRunning(s)
+	down, up = !running, running
+	if l.proxy != nil {
+		ls := l.proxy.Settings()
+		down = down && ls.Partitioned
+		up = up && !ls.Partitioned && !ls.CutAToB && !ls.CutBToA
 	}
-	if l.proxy != nil && !l.proxy.Settings().Partitioned {
-		return false
-	}
-	if l.med != nil && !l.med.routes[s].Settings().Partitioned {
-		return false
+	var routes []*netproxy.Proxy
+	if l.med != nil {
+		routes = append(routes, l.med.routes[s])
 	}
 	for _, p := range l.sitePaths(s) {
-		if !l.hostPaths[p.Site][p.Array].Settings().Partitioned {
-			return false
-		}
+		routes = append(routes, l.hostPaths[p.Site][p.Array])
 	}
-	return true
+	for _, r := range routes {
+		cut := r.Settings().Partitioned
+		down = down && cut
+		up = up && !cut
+	}
+	return down, up
 }
 
 // cutPaths lists the host paths that are cut now.

@@ -235,6 +235,9 @@ func TestHostPathCables(t *testing.T) {
 		t.Errorf("site down A again: %q, %v", resp.Message, err)
 	}
 	check(Request{Verb: VerbSiteDown, Site: "array-b"}, true, [2]bool{true, true}, a0, a1, b0, b1)
+	if resp, err := ask(t, dir, Request{Verb: VerbSiteDown, Site: "b"}); err != nil || resp.Message != "Site B was down already." {
+		t.Errorf("site down B again: %q, %v", resp.Message, err)
+	}
 
 	// The Go API names the same paths.
 	for _, tc := range []struct {
