@@ -123,39 +123,32 @@ func (h *hostSessions) expect(step string, io bool, round int, cut ...HostPath) 
 	h.t.Helper()
 	st := h.l.Status()
 	var wg sync.WaitGroup
-	for s := range 2 {
-		for a := range 2 {
-			p := HostPath{Site: s, Array: a}
-			want := false
-			for _, c := range cut {
-				want = want || c == p
-			}
-			if got := st.Sites[s].HostPaths[a].Cut; got != want {
-				h.t.Errorf("%s: the status says %s cut: %v; want %v", step, h.l.hostPathName(p), got, want)
-			}
-			c := h.c[s][a]
-			wg.Go(func() {
-				if want {
-					var ne net.Error
-					if err := inquiry(c); !errors.As(err, &ne) || !ne.Timeout() {
-						h.t.Errorf("%s: the session through the cut %s: %v; want it to lose its bytes (a timeout)", step, h.l.hostPathName(p), err)
-					}
-					if c, err := h.dial(p, deadLogin); err == nil {
-						c.Close()
-						h.t.Errorf("%s: a login through the cut %s worked", step, h.l.hostPathName(p))
-					}
-					return
-				}
-				err := inquiry(c)
-				if err == nil && io {
-					err = writeRead(c, p, round)
-				}
-				if err != nil {
-					h.t.Errorf("%s: the session through the whole %s: %v", step, h.l.hostPathName(p), err)
-				}
-			})
+	forEachPath(cut, func(p HostPath, want bool) {
+		if got := st.Sites[p.Site].HostPaths[p.Array].Cut; got != want {
+			h.t.Errorf("%s: the status says %s cut: %v; want %v", step, h.l.hostPathName(p), got, want)
 		}
-	}
+		c := h.c[p.Site][p.Array]
+		wg.Go(func() {
+			if want {
+				var ne net.Error
+				if err := inquiry(c); !errors.As(err, &ne) || !ne.Timeout() {
+					h.t.Errorf("%s: the session through the cut %s: %v; want it to lose its bytes (a timeout)", step, h.l.hostPathName(p), err)
+				}
+				if c, err := h.dial(p, deadLogin); err == nil {
+					c.Close()
+					h.t.Errorf("%s: a login through the cut %s worked", step, h.l.hostPathName(p))
+				}
+				return
+			}
+			err := inquiry(c)
+			if err == nil && io {
+				err = writeRead(c, p, round)
+			}
+			if err != nil {
+				h.t.Errorf("%s: the session through the whole %s: %v", step, h.l.hostPathName(p), err)
+			}
+		})
+	})
 	wg.Wait()
 	if h.t.Failed() {
 		h.t.FailNow()
@@ -173,14 +166,7 @@ func (h *hostSessions) expect(step string, io bool, round int, cut ...HostPath) 
 // mediator as array-b keeps it; bringing the site back starts array-a and
 // the pod returns to sync.
 func TestSites(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second, MediatorHeartbeat: time.Second})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	defer l.Stop()
+	l, dir, ctx := upPair(t)
 	info := readLabJSON(t, dir)
 	for a, ai := range info.Arrays {
 		if len(ai.HostPortals) != 2 || ai.Portal == "" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -86,6 +87,17 @@ func cablesOnly(t *testing.T) *Lab {
 	return l
 }
 
+// forEachPath calls fn with each host path of a pair's lab and whether
+// it is one of cut.
+func forEachPath(cut []HostPath, fn func(p HostPath, cut bool)) {
+	for s := range 2 {
+		for a := range 2 {
+			p := HostPath{Site: s, Array: a}
+			fn(p, slices.Contains(cut, p))
+		}
+	}
+}
+
 // echoes reports whether conn echoes a message within a second: a cut
 // route loses it (a timeout); a route mended after a cut has reset the
 // connection (an error at once).
@@ -127,13 +139,13 @@ func TestHostPathCables(t *testing.T) {
 	// conns[s][a] is a connection of a host of site s through its path to
 	// array a, opened before the step checked.
 	var conns [2][2]net.Conn
-	open := func(s, a int) net.Conn {
+	var err error
+	open := func(s, a int) (net.Conn, error) {
 		c, err := net.Dial("tcp", l.Info.Arrays[a].HostPortals[s].Portal)
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
 		}
-		t.Cleanup(func() { c.Close() })
-		return c
+		return c, err
 	}
 	for s := range 2 {
 		for a := range 2 {
@@ -141,7 +153,9 @@ func TestHostPathCables(t *testing.T) {
 			if hp.Site != siteName(s) || hp.Portal == info.Arrays[a].Portal {
 				t.Fatalf("%s's host portal for site %s: %+v (its own portal %s)", info.Arrays[a].Name, siteName(s), hp, info.Arrays[a].Portal)
 			}
-			conns[s][a] = open(s, a)
+			if conns[s][a], err = open(s, a); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	// check runs req, then checks that exactly the paths in cut are cut,
@@ -164,43 +178,44 @@ func TestHostPathCables(t *testing.T) {
 			}
 		}
 		var wg sync.WaitGroup
-		for s := range 2 {
-			for a := range 2 {
-				p := HostPath{Site: s, Array: a}
-				want := false
-				for _, c := range cut {
-					want = want || c == p
+		forEachPath(cut, func(p HostPath, want bool) {
+			s, a := p.Site, p.Array
+			if got := st.Sites[s].HostPaths[a]; got.Cut != want || got.Array != l.Info.Arrays[a].Name ||
+				got.Portal != l.Info.Arrays[a].HostPortals[s].Portal {
+				t.Errorf("%s: status of %s: %+v; want cut %v", step, l.hostPathName(p), got, want)
+			}
+			wg.Go(func() {
+				err := echoes(conns[s][a])
+				if want {
+					if !timedOut(err) {
+						t.Errorf("%s: a connection through the cut %s: %v; want its bytes lost (a timeout)", step, l.hostPathName(p), err)
+					}
+					c, err := open(s, a)
+					if err == nil {
+						err = echoes(c)
+					}
+					if !timedOut(err) {
+						t.Errorf("%s: a new connection through the cut %s: %v; want its bytes lost", step, l.hostPathName(p), err)
+					}
+					return
 				}
-				if got := st.Sites[s].HostPaths[a]; got.Cut != want || got.Array != l.Info.Arrays[a].Name ||
-					got.Portal != l.Info.Arrays[a].HostPortals[s].Portal {
-					t.Errorf("%s: status of %s: %+v; want cut %v", step, l.hostPathName(p), got, want)
-				}
-				wg.Go(func() {
-					err := echoes(conns[s][a])
-					if want {
-						if !timedOut(err) {
-							t.Errorf("%s: a connection through the cut %s: %v; want its bytes lost (a timeout)", step, l.hostPathName(p), err)
-						}
-						if err := echoes(open(s, a)); !timedOut(err) {
-							t.Errorf("%s: a new connection through the cut %s: %v; want its bytes lost", step, l.hostPathName(p), err)
-						}
+				if err != nil {
+					// It lost bytes before: reset by the mend.
+					if timedOut(err) {
+						t.Errorf("%s: a connection through the whole %s: %v", step, l.hostPathName(p), err)
+					}
+					conns[s][a].Close()
+					if conns[s][a], err = open(s, a); err != nil {
+						t.Errorf("%s: connect through %s: %v", step, l.hostPathName(p), err)
 						return
 					}
-					if err != nil {
-						// It lost bytes before: reset by the mend.
-						if timedOut(err) {
-							t.Errorf("%s: a connection through the whole %s: %v", step, l.hostPathName(p), err)
-						}
-						conns[s][a].Close()
-						conns[s][a] = open(s, a)
-						err = echoes(conns[s][a])
-					}
-					if err != nil {
-						t.Errorf("%s: %s is whole but a connection through it: %v", step, l.hostPathName(p), err)
-					}
-				})
-			}
-		}
+					err = echoes(conns[s][a])
+				}
+				if err != nil {
+					t.Errorf("%s: %s is whole but a connection through it: %v", step, l.hostPathName(p), err)
+				}
+			})
+		})
 		wg.Wait()
 	}
 	a0, a1, b0, b1 := HostPath{0, 0}, HostPath{0, 1}, HostPath{1, 0}, HostPath{1, 1}
