@@ -100,7 +100,7 @@ func labPartition() labControl {
 		},
 		build: func(*cobra.Command, []string) (lab.Request, error) {
 			if oneWay != "" && (andMediator || sites) {
-				return lab.Request{}, fmt.Errorf("lab partition: --one-way goes alone: a one-way cut is of the link only (cut a mediator path with metro lab mediator cut ARRAY, host paths with metro lab hostpath cut)")
+				return lab.Request{}, fmt.Errorf("lab partition: --one-way and --and-mediator or --sites do not go together: a one-way cut is of the link only (cut a mediator path with metro lab mediator cut ARRAY, host paths with metro lab hostpath cut)")
 			}
 			return lab.Request{Verb: lab.VerbPartition, Array: oneWay, AndMediator: andMediator, Sites: sites}, nil
 		},

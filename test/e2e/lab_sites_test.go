@@ -160,5 +160,5 @@ func TestLabSites(t *testing.T) {
 	p.refused(`no array "array-c"`, "hostpath", "restore", "array-c")
 	p.refused(`no site "C" in this lab: name one of A, B`, "site", "down", "C")
 	p.refused("missing a site", "site", "up")
-	p.refused("--one-way goes alone", "partition", "--sites", "--one-way", "a")
+	p.refused("--one-way and --and-mediator or --sites do not go together", "partition", "--sites", "--one-way", "a")
 }
