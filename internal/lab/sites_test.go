@@ -98,12 +98,20 @@ func forEachPath(cut []HostPath, fn func(p HostPath, cut bool)) {
 	}
 }
 
-// echoes reports whether conn echoes a message within a second: a cut
+// Deadlines of an echo: short through a route that must lose it (any
+// wait shows that), long through one that must carry it (a loaded
+// machine may be slow).
+const (
+	lostEcho = time.Second
+	echoed   = 30 * time.Second
+)
+
+// echoes reports whether conn echoes a message within timeout: a cut
 // route loses it (a timeout); a route mended after a cut has reset the
 // connection (an error at once).
-func echoes(c net.Conn) error {
+func echoes(c net.Conn, timeout time.Duration) error {
 	msg := []byte("ping\n")
-	_ = c.SetDeadline(time.Now().Add(time.Second))
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(msg); err != nil {
 		return err
 	}
@@ -185,20 +193,21 @@ func TestHostPathCables(t *testing.T) {
 				t.Errorf("%s: status of %s: %+v; want cut %v", step, l.hostPathName(p), got, want)
 			}
 			wg.Go(func() {
-				err := echoes(conns[s][a])
 				if want {
+					err := echoes(conns[s][a], lostEcho)
 					if !timedOut(err) {
 						t.Errorf("%s: a connection through the cut %s: %v; want its bytes lost (a timeout)", step, l.hostPathName(p), err)
 					}
 					c, err := open(s, a)
 					if err == nil {
-						err = echoes(c)
+						err = echoes(c, lostEcho)
 					}
 					if !timedOut(err) {
 						t.Errorf("%s: a new connection through the cut %s: %v; want its bytes lost", step, l.hostPathName(p), err)
 					}
 					return
 				}
+				err := echoes(conns[s][a], echoed)
 				if err != nil {
 					// It lost bytes before: reset by the mend.
 					if timedOut(err) {
@@ -209,7 +218,7 @@ func TestHostPathCables(t *testing.T) {
 						t.Errorf("%s: connect through %s: %v", step, l.hostPathName(p), err)
 						return
 					}
-					err = echoes(conns[s][a])
+					err = echoes(conns[s][a], echoed)
 				}
 				if err != nil {
 					t.Errorf("%s: %s is whole but a connection through it: %v", step, l.hostPathName(p), err)
