@@ -308,7 +308,8 @@ func TestPairReadKeysDuringRegistration(t *testing.T) {
 // resync starts and the baseline copy reads the allocation map. Once the
 // pod is in sync, both copies must be identical.
 func TestPairWritesAtResyncStart(t *testing.T) {
-	h := newPair(t)
+	h := newPairWith(t, pairOptions{timeout: 3 * time.Second}) // the writes are large
+	h.stretch()
 	a, b := h.arrays[0], h.arrays[1]
 	const (
 		writers = 4
@@ -357,7 +358,7 @@ func TestPairWritesAtResyncStart(t *testing.T) {
 // is (the baseline copy must not miss a write that lands after it read
 // the allocation map).
 func TestPairStretchWhileWriting(t *testing.T) {
-	h := newPairUnstretched(t)
+	h := newPairWith(t, pairOptions{timeout: 5 * time.Second}) // the writes are large
 	a, b := h.arrays[0], h.arrays[1]
 	const (
 		writers = 8

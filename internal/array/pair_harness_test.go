@@ -99,6 +99,11 @@ type pairOptions struct {
 	// through a proxy of its own (pairHarness.medProxy), heartbeating
 	// every 100 ms.
 	mediator bool
+	// timeout, when set, is the link's timeout instead of pairTimeout:
+	// a mirrored write the follower has not applied within it ends the
+	// link (defect 5), which large writes under -race on a small machine
+	// can take.
+	timeout time.Duration
 }
 
 // newPairWith is newPairUnstretched with options.
@@ -148,6 +153,9 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 		c.Replication.Listen = reservePort(t)
 		c.Replication.Advertise = proxyAddr
 		c.Replication.Timeout.Duration = pairTimeout
+		if opts.timeout > 0 {
+			c.Replication.Timeout.Duration = opts.timeout
+		}
 		c.MaxDiskStall.Duration = opts.maxDiskStall
 		if opts.mediator {
 			c.Mediator.URL = "https://" + h.medProxy[i].Addr()
