@@ -1,0 +1,133 @@
+package pod
+
+import (
+	"strings"
+	"testing"
+)
+
+// Adversarial schedules of the pair simulation, written out step by step
+// (each names the array it acts on: a is index 0, b index 1).
+
+// reviewSim returns a simulation whose pod is in sync, ordered by a,
+// with both arrays reaching the mediator.
+func reviewSim(t *testing.T) *sim {
+	t.Helper()
+	s := newSim(modeSessions, "", false)
+	s.connect(0)
+	s.heal()
+	if s.err != nil {
+		t.Fatalf("setting up: %s: %s\n  %s", s.err.key, s.err.detail, strings.Join(s.trace, "\n  "))
+	}
+	if a, b := s.arr[0].m, s.arr[1].m; a.State() != InSync || b.State() != InSync || a.Role() != Sequencer {
+		t.Fatalf("setting up: a %s, b %s", s.describe(0), s.describe(1))
+	}
+	return s
+}
+
+// steps runs ops as runSim does (settle and check after each), failing
+// the test with the trace on a violation.
+func (s *sim) steps(t *testing.T, ops ...op) {
+	t.Helper()
+	for n, o := range ops {
+		s.logf("step %d: %s %d", n, opNames[o.kind], o.a)
+		s.step(o)
+		s.settle()
+		s.check()
+		if s.err != nil {
+			break
+		}
+	}
+	s.failed(t)
+}
+
+// runReview runs ops, then heals everything and checks that the pod
+// recovers.
+func (s *sim) runReview(t *testing.T, ops ...op) {
+	t.Helper()
+	s.steps(t, ops...)
+	s.heal()
+	s.failed(t)
+}
+
+func (s *sim) failed(t *testing.T) {
+	t.Helper()
+	if s.err != nil {
+		t.Fatalf("%s: %s\ntrace:\n  %s", s.err.key, s.err.detail, strings.Join(s.trace, "\n  "))
+	}
+}
+
+// Ops on array a (index 0) or b (index 1). The parameter's other bits
+// select as the sim's step does: opCut with a/2%3 == 0 cuts both
+// directions; opAdvance with a/2%6 == 4 moves the clock by the link's
+// Timeout; opPersist with a/2%9 != 0 succeeds; opElectReq/opElectAns
+// with a = 0 take the oldest request or answer.
+var (
+	cutBoth       = op{kind: opCut, a: 0}
+	advanceTO     = op{kind: opAdvance, a: 8}
+	electOldest   = op{kind: opElectReq, a: 0}
+	answerOldest  = op{kind: opElectAns, a: 0}
+	persistA      = op{kind: opPersist, a: 2}
+	persistB      = op{kind: opPersist, a: 3}
+	handoverA     = op{kind: opHandover, a: 0}
+	removeFromA   = op{kind: opRemove, a: 0}
+	deliverAtoB   = op{kind: opDeliver, a: 2}
+	deliverBtoA   = op{kind: opDeliver, a: 3}
+	heartbeatBoth = []op{{kind: opHeartbeat, a: 0}, {kind: opHeartbeat, a: 1}}
+)
+
+// TestReviewHandoverPersistRacesLinkLoss: a, the in-sync sequencer, is
+// handing the pod over to b (its record "left, b owns E+1" is being
+// persisted) when the link is lost. Its machine, still in sync, pauses
+// and asks the mediator for the pod at E, and wins E+1 (it raced first);
+// b loses and durably adopts E+1 as a's. Then a's handover record lands:
+// a has left, naming b the owner of E+1; b holds a as that owner, behind.
+// Neither serves, and neither recognises the other's record when the
+// link returns: the pod stays offline on both arrays for good, with the
+// link and the mediator up (an interrupted handover must end with one
+// sequencer, or none only until the mediator or an operator decides).
+// The array that is giving the pod up must not race for it.
+func TestReviewHandoverPersistRacesLinkLoss(t *testing.T) {
+	s := reviewSim(t)
+	s.runReview(t,
+		handoverA,   // a's persist {E+1 seq=b left} in flight
+		cutBoth,     // the link is lost
+		advanceTO,   // both detect it: both pause and race at E
+		electOldest, // a's elect reaches the mediator first: a wins E+1
+		electOldest, // b's loses
+		answerOldest,
+		answerOldest, // b adopts E+1 as a's, behind
+		persistB,
+		persistA, // a's handover record: left
+	)
+}
+
+// TestReviewRemovalPersistRacesLinkLoss: the same with a removal. a asks
+// b to give the pod up; while b's record "left" is being persisted, the
+// link is lost. b, still in sync, pauses and races, and wins E+1 at the
+// mediator; a loses and adopts E+1 as b's. Then b's record lands: b has
+// left at E. a is behind with b as its owner, b has given the pod up:
+// the pod is served by nobody, for good.
+func TestReviewRemovalPersistRacesLinkLoss(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, removeFromA) // a asks b to give the pod up
+	// b's driver handles the request: its machine decides, and its
+	// record {E left} is being persisted (the sim's own driver does it
+	// inline; here it stays in flight, as it does while the replication
+	// package's handler writes it).
+	s.feed(1, "remove-requested (persist in flight)", func(m *Machine) []Action {
+		acts, err := m.RemoveRequested(m.Epoch())
+		if err != nil {
+			t.Fatalf("remove-requested: %v", err)
+		}
+		return acts
+	})
+	s.q[0] = nil // the request itself is not delivered again
+	s.runReview(t,
+		cutBoth, advanceTO, // both pause and race at E
+		op{kind: opElectReq, a: 1}, // b's elect reaches the mediator first: b wins E+1
+		electOldest,                // a's loses
+		answerOldest, answerOldest, // a adopts E+1 as b's, behind
+		persistA,
+		persistB, // b's record: left at E
+	)
+}
