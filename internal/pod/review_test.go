@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -130,4 +131,33 @@ func TestReviewRemovalPersistRacesLinkLoss(t *testing.T) {
 		persistA,
 		persistB, // b's record: left at E
 	)
+}
+
+// TestReviewLostElectAnswerStaysSuspended: the link is lost; a asks the
+// mediator, which grants it E+1, but the answer does not reach a in
+// time (the driver's race deadline, one Timeout, ends first: a slow
+// mediator disk, a lost packet), so the driver feeds elect-failed,
+// while the mediator stays reachable (its heartbeats go on). b asks
+// too, loses to a and adopts E+1 as a's. Then nothing asks again: the
+// machine races again only when the mediator's reachability changes
+// (MediatorUp) or the link returns, so with the link down for longer
+// the pod is served by nobody although a holds the mediator's grant
+// and reaches the mediator. A retried elect (idempotent at the mediator)
+// would win.
+func TestReviewLostElectAnswerStaysSuspended(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, cutBoth, advanceTO, electOldest)
+	// a's answer is lost on the way back; the mediator is still online.
+	a := s.answers[0]
+	s.answers = s.answers[1:]
+	s.feed(0, fmt.Sprintf("elect-failed %d (answer lost, mediator online)", a.epoch), func(m *Machine) []Action { return m.ElectFailed(a.epoch) })
+	s.steps(t, electOldest, answerOldest, persistB)
+	for range 50 {
+		s.steps(t, op{kind: opAdvance, a: 2}) // 200 ms
+		if s.servesWrites(0) || s.servesWrites(1) {
+			return
+		}
+	}
+	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
+		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
