@@ -161,3 +161,32 @@ func TestReviewLostElectAnswerStaysSuspended(t *testing.T) {
 	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
 		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
+
+// TestReviewRemovalCrashBeforeUnstretch: a removes b from the pod; b
+// gives it up (left) and answers; a persists its record "the pod is
+// mine alone from E+1" and is killed before it makes the pod local (the
+// Unstretched action: the catalog edit). At restart, that record reads
+// exactly as a race won alone (alone, peer behind): a serves alone and
+// resyncs b, which, having left, accepts: the removal the administrator
+// asked for and b confirmed is silently undone, and b serves the pod
+// again. (The same holds for the handover's receiving side, whose
+// record is also an "alone" one.) A record that makes the pod single
+// must say so, so that a restart finishes the unstretch.
+func TestReviewRemovalCrashBeforeUnstretch(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, removeFromA, deliverAtoB, deliverBtoA)
+	a := s.arr[0]
+	if len(a.persists) != 1 || !a.persists[0].Record.Alone {
+		t.Fatalf("a's machine after b left: persists %v, a %s", a.persists, s.describe(0))
+	}
+	// Killed once the record is durable, before the driver performs
+	// Unstretched (kill with an even parameter makes the persist in
+	// flight durable without reporting it).
+	s.steps(t, op{kind: opKill, a: 0}, op{kind: opRestart, a: 0})
+	s.heal()
+	s.failed(t)
+	if b := s.arr[1]; b.m.State() != Left || !a.single {
+		t.Fatalf("after a restart between the removal's record and its effect, the removed array serves the pod again: a %s, b %s\ntrace:\n  %s",
+			s.describe(0), s.describe(1), strings.Join(s.trace, "\n  "))
+	}
+}
