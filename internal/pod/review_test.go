@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Adversarial schedules of the pair simulation, written out step by step
@@ -188,5 +189,78 @@ func TestReviewRemovalCrashBeforeUnstretch(t *testing.T) {
 	if b := s.arr[1]; b.m.State() != Left || !a.single {
 		t.Fatalf("after a restart between the removal's record and its effect, the removed array serves the pod again: a %s, b %s\ntrace:\n  %s",
 			s.describe(0), s.describe(1), strings.Join(s.trace, "\n  "))
+	}
+}
+
+// TestReviewRestartWithShorterTimeout: the administrator lowers a's link
+// timeout from 5 s to 1 s (replication.timeout, read at start) and
+// restarts a, the pod's sequencer and preferred array. b, in sync, last
+// renewed its read lease from a with a's old timeout (the session's
+// lease is a ping's send time plus the peer's advertised timeout): when
+// a's restart ends the session, b pauses and serves reads until then,
+// 5 s less its margin. a restarts 300 ms later and, per its new
+// timeout, takes the pod alone 1 s after its restart, having won the
+// race (b, not preferred, asks only after its head start, 2 s here).
+// From then on a acknowledges writes alone while b still serves reads:
+// a stale read. A restarted array's fence must cover the timeout the
+// peer last knew of it, not only its new one.
+func TestReviewRestartWithShorterTimeout(t *testing.T) {
+	const oldT, newT, headStart = 5 * time.Second, time.Second, 2 * time.Second
+	t0 := start
+	persist := func(m *Machine, acts []Action, now time.Time) []Action {
+		var rest []Action
+		for _, a := range acts {
+			if a.Kind == Persist {
+				rest = append(rest, m.Persisted(a.ID, now)...)
+			} else {
+				rest = append(rest, a)
+			}
+		}
+		return rest
+	}
+	// b: an in-sync follower of a at epoch 3 (its own timeout is still
+	// 5 s: the change is rolled out one array at a time).
+	b := New(Config{Self: "b", Peer: "a", Timeout: oldT, HeadStart: headStart, Preference: "a"}, Record{Epoch: 2, Sequencer: "a"}, t0)
+	b.LinkUp(t0)
+	acts, err := b.ResyncRequested(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	persist(b, acts, t0)
+	acts, err = b.GrantRequested(3, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	persist(b, acts, t0)
+	b.MediatorUp(true, t0)
+	// a's restart ends the session at t0; b's last ping a answered was
+	// sent 50 ms before, with a's timeout then 5 s.
+	lease := t0.Add(-50*time.Millisecond + oldT - oldT/5)
+	b.LinkDown(t0, t0, lease)
+	if b.State() != Paused {
+		t.Fatalf("b after the link loss: %s", b.State())
+	}
+	// a restarts 300 ms later with the shorter timeout, races at once
+	// (preferred) and wins.
+	now := t0.Add(300 * time.Millisecond)
+	a := New(Config{Self: "a", Peer: "b", Timeout: newT, HeadStart: headStart, Preference: "a"}, Record{Epoch: 3, Sequencer: "a", Synced: 3}, now)
+	a.MediatorUp(true, now)
+	for _, act := range a.Tick(now) {
+		if act.Kind == Elect {
+			a.Elected(act.Epoch, ElectResult{Won: true, Epoch: act.Epoch + 1, Winner: "a"}, now)
+		}
+	}
+	for step := 0; step < 40 && a.State() != Alone; step++ {
+		now = now.Add(50 * time.Millisecond)
+		persist(a, a.Tick(now), now)
+		b.Tick(now)
+	}
+	if a.State() != Alone {
+		t.Fatalf("a did not take the pod: %s {%s}", a.State(), a.Record())
+	}
+	if b.Serves(now, time.Time{}) {
+		t.Fatalf("at t0+%s a serves the pod alone (epoch %d) while b, paused, still serves reads under the lease a's old timeout gave it (until t0+%s): "+
+			"a's fence after its restart (its new timeout, %s) is shorter than the lease b holds",
+			now.Sub(t0), a.Epoch(), lease.Sub(t0), newT)
 	}
 }
