@@ -2,11 +2,17 @@ package array
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/metro-storage/metro/internal/mediator"
+	"github.com/metro-storage/metro/internal/pod"
 	"github.com/metro-storage/metro/internal/replication"
 )
 
@@ -68,4 +74,71 @@ func TestReviewPairLostElectAnswer(t *testing.T) {
 	h.waitWinner(0, "array-a, which the mediator granted the pod, to serve it alone")
 	h.proxy.Partition(false)
 	h.waitInSync(60 * time.Second)
+}
+
+// gateFS is a stallFS whose blocked is closed when the first sync
+// waits.
+type gateFS struct {
+	*stallFS
+	blocked chan struct{}
+}
+
+func newGateFS(fs vfs.FS) *gateFS {
+	g := &gateFS{stallFS: newStallFS(fs), blocked: make(chan struct{})}
+	var once sync.Once
+	g.onBlock = func() { once.Do(func() { close(g.blocked) }) }
+	return g
+}
+
+// TestReviewPairHandoverRacesLinkLoss: the administrator hands the pod
+// over from array-a (the sequencer, and the pod's preferred array) to
+// array-b; while a's record "left, b owns E+1" is being written (its
+// disk is slow), the link is cut. a's machine, still in sync, pauses and
+// races at E, and wins E+1 at the mediator at once (b waits its head
+// start, then loses to a and suspends, behind, holding a as the owner of
+// E+1). Then a's record lands: a has left and names b the owner of E+1.
+// When the link returns, neither array recognises the other's record:
+// the pod is served by nobody, for good, with the link and the mediator
+// up. An interrupted handover must end with one sequencer (or none only
+// until the mediator or an operator decides): the array giving the pod
+// up must not race for it.
+func TestReviewPairHandoverRacesLinkLoss(t *testing.T) {
+	gate := newGateFS(vfs.Default)
+	defer gate.release()
+	h := newPairWith(t, pairOptions{fs: [2]vfs.FS{gate, nil}, maxDiskStall: time.Minute, mediator: true})
+	h.stretch()
+	h.waitMediator(replication.MediatorOnline)
+	h.setPreference(0, h.arrays[0].cfg.Name)
+	a, b := h.arrays[0], h.arrays[1]
+	epoch := h.podView(0).Epoch
+	gate.stall()
+	handedOver := make(chan error, 1)
+	go func() { handedOver <- a.UnstretchPod(context.Background(), pairPod, a.cfg.Name) }()
+	<-gate.blocked // the handover's record is being written
+	h.proxy.Partition(true)
+	h.log.Info("link cut while array-a's handover record is being written")
+	h.waitFor("array-b to lose the race to array-a", 30*time.Second, func() (bool, string) {
+		v := h.podView(1)
+		return v.State == string(pod.Suspended) && v.Epoch == epoch+1 && v.Sequencer == a.cfg.Name, h.describeViews()
+	})
+	gate.release()
+	err := <-handedOver
+	if err != nil && strings.Contains(err.Error(), "only an in-sync sequencer") {
+		t.Fatalf("setting up: the handover came after the link loss: %v", err)
+	}
+	t.Logf("the handover ended with: %v", err)
+	h.proxy.Partition(false)
+	h.log.Info("link healed")
+	h.waitFor("one array to serve the pod", 30*time.Second, func() (bool, string) {
+		pa, pb := a.cat.View().Pods[pairPod], b.cat.View().Pods[pairPod]
+		if pb != nil && pb.Pending == nil && len(pb.Arrays) == 1 {
+			return true, ""
+		}
+		for i := range h.arrays {
+			if v := h.podView(i); v != nil && (v.State == string(pod.Alone) || v.State == string(pod.InSync)) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%s; a's pod %+v, b's %+v", h.describeViews(), pa, pb)
+	})
 }
