@@ -264,3 +264,34 @@ func TestReviewRestartWithShorterTimeout(t *testing.T) {
 			now.Sub(t0), a.Epoch(), lease.Sub(t0), newT)
 	}
 }
+
+// TestReviewHandoverTargetKeepsPodWhenGiverEradicated: a, the sequencer
+// and pre-elected array (no mediator configured: the pod is pre-elected
+// on its sequencer), hands the pod over to b at E+1; a's record "left,
+// b owns E+1" is durable and a serves nothing, but the handover message
+// is lost with the link. b, in sync at E with a pre-elected, suspends
+// and does not race. a's copy is pending eradication from the handover
+// on, and is eradicated when the eradication window (24 h by default)
+// passes with the link still down, or by its administrator, whom the
+// handover told that b takes the pod when it next reaches a. Then a
+// answers b's question for its record with "no copy". b, the only array
+// left with the pod, current at E, and the array a designated as owner,
+// must keep it (suspended until someone decides); on i9-pod it reads
+// "no copy" as "the owner removed me" and gives the pod up: the pod is
+// pending eradication on both arrays and, a window later, gone.
+func TestReviewHandoverTargetKeepsPodWhenGiverEradicated(t *testing.T) {
+	now := start
+	b := New(Config{Self: "b", Peer: "a", Timeout: time.Second, HeadStart: time.Second},
+		Record{Epoch: 5, Sequencer: "a", Synced: 5, Pre: "a"}, now)
+	if b.State() != Suspended {
+		t.Fatalf("b at start: %s", b.State())
+	}
+	now = now.Add(25 * time.Hour) // the link returns a day later
+	b.LinkUp(now)
+	acts := b.PeerRecord(Record{}, false, now)
+	for _, a := range acts {
+		if a.Kind == Persist && a.Record.Left {
+			t.Fatalf("b, holding the only copy of the pod (current at epoch 5), gives it up because a has none: [%s]", formatActions(acts))
+		}
+	}
+}
