@@ -19,6 +19,12 @@ func runPRIn(x *exec) *Result {
 		// before it is there.
 		x.lu.prMu.Lock()
 		defer x.lu.prMu.Unlock()
+		if !x.lu.replica.Ordering() {
+			// This array stopped ordering the pod while the change
+			// shared (it lost the pod to the peer): its state may hold a
+			// change the peer never got; the host asks the peer.
+			return checkCondition(SenseNotReadyTransitioning())
+		}
 	}
 	st := x.lu.Reservations()
 	var d []byte
@@ -145,8 +151,12 @@ func runPROut(x *exec) *Result {
 // runReserve6 implements RESERVE(6) (SCSI-2 reservation of the whole
 // logical unit).
 func runReserve6(x *exec) *Result {
-	if !x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus) {
+	ok, err := x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus)
+	switch {
+	case !ok:
 		return reservationConflict()
+	case err != nil:
+		return checkCondition(SenseNotReadyTransitioning())
 	}
 	return good(nil)
 }
@@ -154,6 +164,8 @@ func runReserve6(x *exec) *Result {
 // runRelease6 implements RELEASE(6): a release by a nexus that does not
 // hold the reservation does nothing and is GOOD.
 func runRelease6(x *exec) *Result {
-	x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus)
+	if err := x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus); err != nil {
+		return checkCondition(SenseNotReadyTransitioning())
+	}
 	return good(nil)
 }
