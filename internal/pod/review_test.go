@@ -64,17 +64,16 @@ func (s *sim) failed(t *testing.T) {
 // Timeout; opPersist with a/2%9 != 0 succeeds; opElectReq/opElectAns
 // with a = 0 take the oldest request or answer.
 var (
-	cutBoth       = op{kind: opCut, a: 0}
-	advanceTO     = op{kind: opAdvance, a: 8}
-	electOldest   = op{kind: opElectReq, a: 0}
-	answerOldest  = op{kind: opElectAns, a: 0}
-	persistA      = op{kind: opPersist, a: 2}
-	persistB      = op{kind: opPersist, a: 3}
-	handoverA     = op{kind: opHandover, a: 0}
-	removeFromA   = op{kind: opRemove, a: 0}
-	deliverAtoB   = op{kind: opDeliver, a: 2}
-	deliverBtoA   = op{kind: opDeliver, a: 3}
-	heartbeatBoth = []op{{kind: opHeartbeat, a: 0}, {kind: opHeartbeat, a: 1}}
+	cutBoth      = op{kind: opCut, a: 0}
+	advanceTO    = op{kind: opAdvance, a: 8}
+	electOldest  = op{kind: opElectReq, a: 0}
+	answerOldest = op{kind: opElectAns, a: 0}
+	persistA     = op{kind: opPersist, a: 2}
+	persistB     = op{kind: opPersist, a: 3}
+	handoverA    = op{kind: opHandover, a: 0}
+	removeFromA  = op{kind: opRemove, a: 0}
+	deliverAtoB  = op{kind: opDeliver, a: 2}
+	deliverBtoA  = op{kind: opDeliver, a: 3}
 )
 
 // TestReviewHandoverPersistRacesLinkLoss: a, the in-sync sequencer, is
