@@ -23,15 +23,23 @@ type testMediator struct {
 	ca               []byte
 }
 
-func serveMediator(t *testing.T) testMediator {
+func serveMediator(t *testing.T) testMediator { return serveMediatorWith(t, nil) }
+
+// serveMediatorWith is serveMediator with the mediator's state seen
+// through wrap (nil: as it is).
+func serveMediatorWith(t *testing.T, wrap func(mediator.Backend) mediator.Backend) testMediator {
 	t.Helper()
 	dir := t.TempDir()
 	b, err := mediator.OpenFile(dir, mediator.FileOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var backend mediator.Backend = b
+	if wrap != nil {
+		backend = wrap(b)
+	}
 	key := mediator.NewKey()
-	s, err := mediator.NewServer(mediator.ServerConfig{Backend: b, Keys: []string{key}})
+	s, err := mediator.NewServer(mediator.ServerConfig{Backend: backend, Keys: []string{key}})
 	if err != nil {
 		t.Fatal(err)
 	}

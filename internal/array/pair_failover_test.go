@@ -182,6 +182,8 @@ type stallFS struct {
 	vfs.FS
 	mu      sync.Mutex
 	stalled chan struct{} // closed when not stalled
+	// onBlock, when set, is called when a sync starts to wait.
+	onBlock func()
 }
 
 func newStallFS(fs vfs.FS) *stallFS {
@@ -212,8 +214,16 @@ func (s *stallFS) release() {
 
 func (s *stallFS) wait() {
 	s.mu.Lock()
-	ch := s.stalled
+	ch, onBlock := s.stalled, s.onBlock
 	s.mu.Unlock()
+	select {
+	case <-ch:
+		return
+	default:
+	}
+	if onBlock != nil {
+		onBlock()
+	}
 	<-ch
 }
 

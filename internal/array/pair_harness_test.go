@@ -18,6 +18,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/mediator"
 	"github.com/metro-storage/metro/internal/netproxy"
 	"github.com/metro-storage/metro/internal/scsi"
 )
@@ -104,6 +105,8 @@ type pairOptions struct {
 	// link (defect 5), which large writes under -race on a small machine
 	// can take.
 	timeout time.Duration
+	// mediatorBackend, when set, wraps the mediator's state.
+	mediatorBackend func(mediator.Backend) mediator.Backend
 }
 
 // newPairWith is newPairUnstretched with options.
@@ -127,7 +130,7 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 	var med testMediator
 	var keyFile string
 	if opts.mediator {
-		med = serveMediator(t)
+		med = serveMediatorWith(t, opts.mediatorBackend)
 		keyFile = filepath.Join(dir, "mediator-key")
 		if err := os.WriteFile(keyFile, []byte(med.key+"\n"), 0o600); err != nil {
 			t.Fatal(err)
