@@ -21,7 +21,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		Use:   "lab",
 		Short: "Run metro arrays on this machine for trying it out and for tests, and inject faults into them",
 	})
-	cmd.AddCommand(newLabUpCmd(g), newLabMediatorCmd(g))
+	cmd.AddCommand(newLabUpCmd(g), newLabMediatorCmd(g), newLabHostPathCmd(g), newLabSiteCmd(g))
 	for _, lc := range labControls() {
 		cmd.AddCommand(lc.command(g))
 	}
@@ -104,7 +104,11 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	info := l.Info
 	fmt.Fprintf(w, "\nThe lab is up. Everything is in %s/lab.json.\n\n", dir)
 	for _, a := range info.Arrays {
-		fmt.Fprintf(w, "Array %s\n  API     %s (token in %s, certificate %s)\n  portal  %s\n  target  %s\n", a.Name, a.API, a.TokenFile, a.CA, a.Portal, a.Target)
+		fmt.Fprintf(w, "Array %s\n  API     %s (token in %s, certificate %s)\n  portal  %s (its own, never cut)\n", a.Name, a.API, a.TokenFile, a.CA, a.Portal)
+		for _, hp := range a.HostPortals {
+			fmt.Fprintf(w, "          %s for hosts of site %s (metro lab hostpath cuts it)\n", hp.Portal, hp.Site)
+		}
+		fmt.Fprintf(w, "  target  %s\n", a.Target)
 	}
 	fmt.Fprintf(w, "\nVolume %s is LUN %d for host %s (initiators: %v).\n\n", info.Volume, info.LUN, info.Host, info.Initiators)
 	a := info.Arrays[0]
@@ -114,6 +118,12 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 	fmt.Fprintf(w, "  qemu-img info --image-opts driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%d,initiator-name=%s\n", a.Portal, a.Target, info.LUN, info.Initiators[0])
 	for _, u := range info.URLs {
 		fmt.Fprintf(w, "  iscsi-inq %s   (libiscsi URL; initiator via --initiator-name)\n", u)
+	}
+	fmt.Fprintf(w, "As a host of a site, through the host paths the lab can cut (a uniform host uses both, a non-uniform one its own site's array):\n")
+	for s, site := range info.Sites {
+		for _, a := range info.Arrays {
+			fmt.Fprintf(w, "  site %s -> %s  %s\n", site.Name, a.Name, a.HostPortals[s].URL)
+		}
 	}
 	if m := info.Mediator; m != nil {
 		fmt.Fprintf(w, "\nMediator %s (certificate %s); each array reaches it through its own route.\n", m.URL, m.CA)
@@ -127,6 +137,9 @@ func printLab(w io.Writer, l *lab.Lab, dir string) {
 			{"metro lab kill array-a", "kill -9 an array (metro lab start array-a starts it again)"},
 			{"metro lab isolate array-a", "cut it from the link and the mediator at once (metro lab rejoin array-a)"},
 			{"metro lab mediator stop", "stop the mediator (start; cut array-a and restore array-a: one array's path)"},
+			{"metro lab hostpath cut array-a", "cut the hosts' paths to an array (--site B: one site's hosts; restore mends)"},
+			{"metro lab partition --sites", "cut the link and the host paths across sites (heal --sites)"},
+			{"metro lab site down A", "lose site A: its cables, then array-a (metro lab site up A)"},
 			{"metro lab rtt 5ms", "slow the link (0 clears it)"},
 			{"metro lab status", "what runs and what is cut"},
 		}

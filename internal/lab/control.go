@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,10 @@ const (
 	VerbMediatorStart   = "mediator-start"
 	VerbMediatorCut     = "mediator-cut"
 	VerbMediatorRestore = "mediator-restore"
+	VerbHostPathCut     = "hostpath-cut"
+	VerbHostPathRestore = "hostpath-restore"
+	VerbSiteDown        = "site-down"
+	VerbSiteUp          = "site-up"
 )
 
 // Request asks a running lab for a change (or its status).
@@ -53,11 +58,19 @@ type Request struct {
 	Verb string `json:"verb"`
 	// Array names the array the verb acts on (kill, start, isolate,
 	// rejoin, mediator-cut, mediator-restore); for partition, the array
-	// whose traffic alone is cut (one way).
+	// whose traffic alone is cut (one way); for hostpath-cut and
+	// hostpath-restore, the array whose host paths change.
 	Array string `json:"array,omitempty"`
+	// Site names the site the verb acts on (site-down, site-up); for
+	// hostpath-cut and hostpath-restore, the site whose hosts' paths
+	// change (with Array: only the path to that array).
+	Site string `json:"site,omitempty"`
 	// AndMediator makes partition and heal change both arrays' paths to
 	// the mediator too, in the same instant as the link.
 	AndMediator bool `json:"and_mediator,omitempty"`
+	// Sites makes partition and heal change the host paths across sites
+	// too (a data-center partition), in the same instant as the link.
+	Sites bool `json:"sites,omitempty"`
 	// RTT is rtt's round trip, a duration such as "5ms" ("0" clears it).
 	RTT string `json:"rtt,omitempty"`
 }
@@ -340,8 +353,11 @@ func (l *Lab) do(ctx context.Context, req Request) (string, error) {
 		}
 		return i, l.Info.Arrays[i].Name, nil
 	}
-	if req.Verb != VerbPartition && req.Verb != VerbHeal && req.AndMediator {
-		return "", fmt.Errorf("%s: and_mediator goes with partition and heal only", req.Verb)
+	if req.Verb != VerbPartition && req.Verb != VerbHeal && (req.AndMediator || req.Sites) {
+		return "", fmt.Errorf("%s: and_mediator and sites go with partition and heal only", req.Verb)
+	}
+	if req.Site != "" && !slices.Contains([]string{VerbHostPathCut, VerbHostPathRestore, VerbSiteDown, VerbSiteUp}, req.Verb) {
+		return "", fmt.Errorf("%s: site goes with hostpath-cut, hostpath-restore, site-down and site-up only", req.Verb)
 	}
 	switch req.Verb {
 	case VerbStatus:
@@ -350,6 +366,9 @@ func (l *Lab) do(ctx context.Context, req Request) (string, error) {
 		if req.Array != "" {
 			if req.AndMediator {
 				return "", errors.New("partition: a one-way cut is of the link only; cut the mediator paths with metro lab mediator cut")
+			}
+			if req.Sites {
+				return "", errors.New("partition: a one-way cut is of the link only; partition --sites cuts the link both ways and the host paths across sites")
 			}
 			i, name, err := array()
 			if err != nil {
@@ -360,15 +379,33 @@ func (l *Lab) do(ctx context.Context, req Request) (string, error) {
 			}
 			return fmt.Sprintf("%s's traffic to its peer is lost (a one-way cut); its peer's still arrives.", name), nil
 		}
-		if req.AndMediator {
+		switch {
+		case req.Sites && req.AndMediator:
+			return fmt.Sprintf("The sites are cut from each other and from the mediator: the link, both ways, the host paths across sites (%s) and both arrays' paths to the mediator.",
+				l.pathNames(l.CrossSitePaths())), l.PartitionSitesAndMediator()
+		case req.Sites:
+			return fmt.Sprintf("The sites are cut from each other: the link, both ways, and the host paths across sites (%s). Each site keeps its own host paths and its path to the mediator.",
+				l.pathNames(l.CrossSitePaths())), l.PartitionSites()
+		case req.AndMediator:
 			return "The link, both ways, and both arrays' paths to the mediator are cut.", l.PartitionAndMediator()
 		}
 		return "The link is cut both ways.", l.Partition()
 	case VerbHeal:
-		if req.AndMediator {
-			return "The link and both arrays' paths to the mediator are whole again.", l.HealAndMediator()
+		msg, err := "The link is whole again.", error(nil)
+		switch {
+		case req.Sites && req.AndMediator:
+			msg, err = "The link, the host paths across sites and both arrays' paths to the mediator are whole again.", l.HealSitesAndMediator()
+		case req.Sites:
+			msg, err = "The link and the host paths across sites are whole again.", l.HealSites()
+		case req.AndMediator:
+			msg, err = "The link and both arrays' paths to the mediator are whole again.", l.HealAndMediator()
+		default:
+			err = l.Heal()
 		}
-		return "The link is whole again.", l.Heal()
+		if cut := l.cutPaths(); err == nil && len(cut) > 0 {
+			msg += fmt.Sprintf(" Host paths still cut: %s (metro lab hostpath restore mends them; heal --sites those across sites).", l.pathNames(cut))
+		}
+		return msg, err
 	case VerbKill, VerbStart:
 		i, name, err := array()
 		if err != nil {
@@ -423,8 +460,85 @@ func (l *Lab) do(ctx context.Context, req Request) (string, error) {
 			return name + "'s path to the mediator is cut.", l.CutMediator(i)
 		}
 		return name + "'s path to the mediator is whole again.", l.RestoreMediator(i)
+	case VerbHostPathCut, VerbHostPathRestore:
+		paths, err := l.requestPaths(req)
+		if err != nil {
+			return "", err
+		}
+		if req.Verb == VerbHostPathCut {
+			return fmt.Sprintf("Host paths cut: %s. Their hosts' bytes are lost silently, as at a cable cut.", l.pathNames(paths)), l.CutHostPaths(paths...)
+		}
+		return fmt.Sprintf("Host paths whole again: %s.", l.pathNames(paths)), l.RestoreHostPaths(paths...)
+	case VerbSiteDown, VerbSiteUp:
+		if req.Site == "" {
+			return "", fmt.Errorf("%s: name a site of the lab (%s)", req.Verb, l.siteNames())
+		}
+		s, err := l.SiteIndex(req.Site)
+		if err != nil {
+			return "", err
+		}
+		name, array := siteName(s), l.Info.Arrays[s].Name
+		down, up := l.siteState(s)
+		if req.Verb == VerbSiteDown {
+			if down {
+				return "Site " + name + " was down already.", nil
+			}
+			return fmt.Sprintf("Site %s is down: %s cut in one instant, then %s killed (kill -9).", name, l.siteCablesText(s), array), l.SiteDown(s)
+		}
+		if err := l.SiteUp(ctx, s); err != nil {
+			return "", err
+		}
+		if up {
+			return "Site " + name + " was up already.", nil
+		}
+		return fmt.Sprintf("Site %s is up: %s whole again, and %s runs and answers.", name, l.siteCablesText(s), array), nil
 	}
-	return "", fmt.Errorf("unknown verb %q: the lab knows partition, heal, kill, start, isolate, rejoin, rtt, mediator-stop, mediator-start, mediator-cut, mediator-restore and status", req.Verb)
+	return "", fmt.Errorf("unknown verb %q: the lab knows partition, heal, kill, start, isolate, rejoin, rtt, mediator-stop, mediator-start, mediator-cut, mediator-restore, hostpath-cut, hostpath-restore, site-down, site-up and status", req.Verb)
+}
+
+// requestPaths are the host paths a hostpath request names: every site's
+// path to its array, its site's hosts' paths to every array, or with both
+// the one path between them.
+func (l *Lab) requestPaths(req Request) ([]HostPath, error) {
+	if req.Array == "" && req.Site == "" {
+		return nil, fmt.Errorf("%s: name an array (every site's path to it: %s), a site (its hosts' paths to every array: %s), or both (the one path)",
+			req.Verb, l.arrayNames(), l.siteNames())
+	}
+	site, array := -1, -1
+	var err error
+	if req.Site != "" {
+		if site, err = l.SiteIndex(req.Site); err != nil {
+			return nil, err
+		}
+	}
+	if req.Array != "" {
+		if array, err = l.ArrayIndex(req.Array); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case site < 0:
+		return l.PathsTo(array), nil
+	case array < 0:
+		return l.PathsFrom(site), nil
+	}
+	return []HostPath{{Site: site, Array: array}}, nil
+}
+
+// siteCablesText names, for people, the cables SiteDown cuts at site s.
+func (l *Lab) siteCablesText(s int) string {
+	var parts []string
+	if l.proxy != nil {
+		parts = append(parts, "the link")
+	}
+	if l.med != nil {
+		parts = append(parts, l.Info.Arrays[s].Name+"'s path to the mediator")
+	}
+	parts = append(parts, "every host path into or out of site "+siteName(s))
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
 
 // parseRTT reads a round trip: a duration ("5ms"), or "0".

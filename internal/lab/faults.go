@@ -71,35 +71,59 @@ func (l *Lab) trafficCut(s netproxy.Settings, i int) bool {
 	return s.Partitioned || s.CutAToB
 }
 
-// change sets, in one instant, the link proxy with link (nil: unchanged)
-// and the mediator paths in med (array index: cut or not).
-func (l *Lab) change(link func(*netproxy.Settings), med map[int]bool) error {
+// cables is a change of the lab's cables, made in one instant.
+type cables struct {
+	// link edits the link proxy's settings (nil: unchanged).
+	link func(*netproxy.Settings)
+	// med cuts (true) or mends (false) the arrays' paths to the mediator,
+	// by array index.
+	med map[int]bool
+	// paths cuts or mends host paths.
+	paths map[HostPath]bool
+}
+
+// change makes c, one control at a time.
+func (l *Lab) change(c cables) error {
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	return l.changeLocked(c)
+}
+
+// changeLocked makes c with l.ctl held: every cable it names in the same
+// instant (netproxy.Apply), or none if one of them does not exist.
+func (l *Lab) changeLocked(c cables) error {
 	var cs []netproxy.Change
-	if link != nil {
+	if c.link != nil {
 		if l.proxy == nil {
 			return ErrNoLink
 		}
-		cs = append(cs, netproxy.Change{Proxy: l.proxy, Set: link})
+		cs = append(cs, netproxy.Change{Proxy: l.proxy, Set: c.link})
 	}
-	if len(med) > 0 && l.med == nil {
+	if len(c.med) > 0 && l.med == nil {
 		return l.noMediator()
 	}
-	for i, cut := range med {
+	for i, cut := range c.med {
 		if err := l.checkArray(i); err != nil {
 			return err
 		}
-		cs = append(cs, netproxy.Change{Proxy: l.med.routes[i], Set: func(s *netproxy.Settings) {
-			if cut {
-				s.Partitioned = true
-			} else {
-				s.Heal()
-			}
-		}})
+		cs = append(cs, netproxy.Change{Proxy: l.med.routes[i], Set: cutOrMend(cut)})
 	}
-	l.ctl.Lock()
-	defer l.ctl.Unlock()
+	for p, cut := range c.paths {
+		if err := l.checkHostPath(p); err != nil {
+			return err
+		}
+		cs = append(cs, netproxy.Change{Proxy: l.hostPaths[p.Site][p.Array], Set: cutOrMend(cut)})
+	}
 	netproxy.Apply(cs...)
 	return nil
+}
+
+// cutOrMend is a settings change that cuts a route both ways, or mends it.
+func cutOrMend(cut bool) func(*netproxy.Settings) {
+	if cut {
+		return partition
+	}
+	return heal
 }
 
 // both is a mediator change for both arrays of a pair.
@@ -110,7 +134,7 @@ func heal(s *netproxy.Settings)      { s.Heal() }
 
 // Partition cuts the replication link both ways: the arrays' bytes to
 // each other are lost silently, as at a cable cut, until Heal.
-func (l *Lab) Partition() error { return l.change(partition, nil) }
+func (l *Lab) Partition() error { return l.change(cables{link: partition}) }
 
 // PartitionFrom cuts the link one way: array i's traffic to its peer is
 // lost while the peer's still reaches it.
@@ -118,20 +142,20 @@ func (l *Lab) PartitionFrom(i int) error {
 	if err := l.checkArray(i); err != nil {
 		return err
 	}
-	return l.change(func(s *netproxy.Settings) { l.cutTraffic(s, i, true) }, nil)
+	return l.change(cables{link: func(s *netproxy.Settings) { l.cutTraffic(s, i, true) }})
 }
 
 // PartitionAndMediator cuts the link and both arrays' paths to the
 // mediator in the same instant.
-func (l *Lab) PartitionAndMediator() error { return l.change(partition, both(true)) }
+func (l *Lab) PartitionAndMediator() error { return l.change(cables{link: partition, med: both(true)}) }
 
 // Heal mends the link, both ways (one-way cuts too). Connections that
 // lost bytes are reset, so the arrays reconnect.
-func (l *Lab) Heal() error { return l.change(heal, nil) }
+func (l *Lab) Heal() error { return l.change(cables{link: heal}) }
 
 // HealAndMediator mends the link and both arrays' mediator paths in the
 // same instant.
-func (l *Lab) HealAndMediator() error { return l.change(heal, both(false)) }
+func (l *Lab) HealAndMediator() error { return l.change(cables{link: heal, med: both(false)}) }
 
 // Isolate cuts array i from everything at once: the link, both ways, and
 // its path to the mediator (as when its site is cut off). In a lab
@@ -140,7 +164,7 @@ func (l *Lab) Isolate(i int) error {
 	if err := l.checkArray(i); err != nil {
 		return err
 	}
-	return l.change(partition, l.mediatorPath(i, true))
+	return l.change(cables{link: partition, med: l.mediatorPath(i, true)})
 }
 
 // Rejoin undoes Isolate: the link and array i's mediator path are mended
@@ -149,7 +173,7 @@ func (l *Lab) Rejoin(i int) error {
 	if err := l.checkArray(i); err != nil {
 		return err
 	}
-	return l.change(heal, l.mediatorPath(i, false))
+	return l.change(cables{link: heal, med: l.mediatorPath(i, false)})
 }
 
 // mediatorPath is a change of array i's mediator path, none without a
@@ -163,10 +187,10 @@ func (l *Lab) mediatorPath(i int, cut bool) map[int]bool {
 
 // CutMediator cuts array i's path to the mediator; the mediator and the
 // other array's path stay up.
-func (l *Lab) CutMediator(i int) error { return l.change(nil, map[int]bool{i: true}) }
+func (l *Lab) CutMediator(i int) error { return l.change(cables{med: map[int]bool{i: true}}) }
 
 // RestoreMediator mends array i's path to the mediator.
-func (l *Lab) RestoreMediator(i int) error { return l.change(nil, map[int]bool{i: false}) }
+func (l *Lab) RestoreMediator(i int) error { return l.change(cables{med: map[int]bool{i: false}}) }
 
 // SetRTT sets the round trip the link adds (half each way), for open
 // connections too; 0 clears it.
@@ -174,7 +198,7 @@ func (l *Lab) SetRTT(d time.Duration) error {
 	if d < 0 {
 		return fmt.Errorf("round trip %v: negative; give 0 or more", d)
 	}
-	return l.change(func(s *netproxy.Settings) { s.RTT = d }, nil)
+	return l.change(cables{link: func(s *netproxy.Settings) { s.RTT = d }})
 }
 
 // StopMediator kills the mediator process (kill -9, as a lost site would
@@ -228,6 +252,8 @@ type Status struct {
 	// Link is nil in a lab of one array, Mediator in a lab without one.
 	Link     *LinkStatus     `json:"link,omitempty"`
 	Mediator *MediatorStatus `json:"mediator,omitempty"`
+	// Sites are the lab's sites, with their hosts' paths to the arrays.
+	Sites []SiteStatus `json:"sites"`
 }
 
 // ArrayStatus is one array in Status.
@@ -291,5 +317,6 @@ func (l *Lab) Status() Status {
 		}
 		st.Link = link
 	}
+	st.Sites = l.siteStatus()
 	return st
 }

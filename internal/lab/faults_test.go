@@ -67,6 +67,21 @@ func waitMediatorSeen(t *testing.T, l *Lab, i int, want string) {
 	})
 }
 
+// upPair starts a pair's lab with its mediator, which sees a lost link
+// and a lost mediator quickly, for the test; it stops with the test.
+func upPair(t *testing.T) (l *Lab, dir string, ctx context.Context) {
+	t.Helper()
+	dir = t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second, MediatorHeartbeat: time.Second})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(l.Stop)
+	return l, dir, ctx
+}
+
 func readLabJSON(t *testing.T, dir string) Info {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, "lab.json"))
@@ -89,14 +104,7 @@ func readLabJSON(t *testing.T, dir string) Info {
 // mediator, or a cut path to it, is unreachable for the arrays it should
 // be, and online again once started or mended.
 func TestFaultControls(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	l, err := Up(ctx, Options{Dir: dir, Binary: metroBin, Size: 16 << 20, LinkTimeout: 2 * time.Second, MediatorHeartbeat: time.Second})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	defer l.Stop()
+	l, dir, ctx := upPair(t)
 	cut := func() []string { return l.Status().Link.Cut }
 	// The mediator's key, certificate, state and log are private too, and
 	// so are the control socket and the lock.

@@ -6,9 +6,12 @@
 //
 // A pair's link runs through a proxy (internal/netproxy), and so does each
 // array's path to the lab's mediator, a `metro mediator run` process of
-// its own. While a lab runs, its fault controls change that world: cut
-// and heal the link (both ways or one way), cut an array's path to the
-// mediator, kill and start arrays and the mediator, slow the link. They
+// its own. Each array is at a site of its own, and hosts of each site
+// reach each array through a route of the proxy too (sites.go). While a
+// lab runs, its fault controls change that world: cut and heal the link
+// (both ways or one way), cut an array's path to the mediator, cut host
+// paths, partition the sites, lose a whole site, kill and start arrays
+// and the mediator, slow the link. They
 // are methods of Lab for tests in the same process, and requests on the
 // lab's control socket (lab.sock in its directory) for `metro lab <verb>`
 // from another one (see control.go).
@@ -98,6 +101,14 @@ type ArrayInfo struct {
 	DataDir   string `json:"data_dir"`
 	Log       string `json:"log"`
 	PID       int    `json:"pid"`
+
+	// Portal (above) is the array's own iSCSI portal, reached directly:
+	// no fault control of the lab cuts it. HostPortals are the array's
+	// portal as the hosts of each site reach it (one per site, in the
+	// order of Info.Sites): routes of the lab's proxy that metro lab
+	// hostpath, partition --sites and site down cut.
+	HostPortals []HostPortal `json:"host_portals"`
+
 	// LinkListen is where the array's replication link listens, and
 	// LinkAdvertise what it tells its peer to dial (the proxy).
 	LinkListen    string `json:"link_listen,omitempty"`
@@ -115,8 +126,13 @@ type Info struct {
 	Host       string      `json:"host"`
 	LUN        uint64      `json:"lun"`
 	Initiators []string    `json:"initiators"`
-	// URLs has one libiscsi URL per array for the volume.
+	// URLs has one libiscsi URL per array for the volume, through the
+	// arrays' own portals (never cut); each HostPortal has its own.
 	URLs []string `json:"urls"`
+	// Sites are the lab's sites, one per array: site A is array-a and the
+	// hosts beside it, whose paths to each array are the arrays'
+	// HostPortals of site A.
+	Sites []SiteInfo `json:"sites"`
 	// LinkProxy is the control address of the proxy on the link between
 	// the arrays (http://HOST:PORT, API at /link).
 	LinkProxy string `json:"link_proxy,omitempty"`
@@ -181,6 +197,9 @@ type Lab struct {
 
 	// med is the mediator's setup (nil without one).
 	med *labMediator
+	// hostPaths are the routes from each site's hosts to each array's
+	// portal, by site then array (sites.go).
+	hostPaths [][]*netproxy.Proxy
 
 	// ctlSrv serves the control socket; lock holds lab.lock, which keeps
 	// a second lab out of the directory.
@@ -319,6 +338,9 @@ func Up(ctx context.Context, opts Options) (l *Lab, err error) {
 	if opts.Arrays == 1 {
 		l.releaseProxyLn() // no link
 	}
+	if err := l.startHostPaths(); err != nil {
+		return nil, err
+	}
 	if err := l.configure(ctx); err != nil {
 		return nil, err
 	}
@@ -405,13 +427,8 @@ func (l *Lab) writeConfig(i int, reuse bool) (ArrayInfo, error) {
 	}
 	// The advertised address is the proxy's (for a pair), which this
 	// process binds now and keeps.
-	if l.proxyLn[i] == nil && prev.LinkAdvertise != "" {
-		if ln, err := net.Listen("tcp", prev.LinkAdvertise); err == nil {
-			l.proxyLn[i] = ln
-		}
-	}
 	if l.proxyLn[i] == nil {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := listenAgain(prev.LinkAdvertise)
 		if err != nil {
 			return ArrayInfo{}, err
 		}
@@ -688,8 +705,14 @@ func (l *Lab) configure(ctx context.Context) error {
 	l.Info.Pod, l.Info.Volume, l.Info.Host, l.Info.LUN = PodName, VolName, HostName, lun
 	l.Info.Initiators = l.opts.Initiators
 	l.Info.URLs = nil
-	for _, ai := range l.Info.Arrays {
-		l.Info.URLs = append(l.Info.URLs, fmt.Sprintf("iscsi://%s/%s/%d", ai.Portal, ai.Target, lun))
+	url := func(ai ArrayInfo, portal string) string {
+		return fmt.Sprintf("iscsi://%s/%s/%d", portal, ai.Target, lun)
+	}
+	for i, ai := range l.Info.Arrays {
+		l.Info.URLs = append(l.Info.URLs, url(ai, ai.Portal))
+		for s, hp := range ai.HostPortals {
+			l.Info.Arrays[i].HostPortals[s].URL = url(ai, hp.Portal)
+		}
 	}
 	return nil
 }

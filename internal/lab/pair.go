@@ -155,9 +155,11 @@ func (l *Lab) releaseProxyLn() {
 	}
 }
 
-// stopProxies closes the link's proxy and the mediator routes.
+// stopProxies closes the link's proxy, the mediator routes and the host
+// paths.
 func (l *Lab) stopProxies() {
 	l.closeRoutes()
+	l.closeHostPaths()
 	if l.proxy == nil {
 		return
 	}
