@@ -3,7 +3,9 @@ package replication
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -258,4 +260,105 @@ func FuzzPodRequests(f *testing.F) {
 			t.Fatalf("%s refused (%v) and the configuration changed", msgName(typ), err)
 		}
 	})
+}
+
+// TestLosingSequencerReportsNoUnsharedReservation: a registration made at
+// the sequencer is being shared with the follower when the link goes and
+// the follower wins the pod. A READ KEYS that waited for the share here
+// must not report the registration, which the winner never got (it would
+// be undone for the host the moment it asks the winner): it answers NOT
+// READY. Before, the loser reported it.
+func TestLosingSequencerReportsNoUnsharedReservation(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	p := r.pod("pod2")
+	now := time.Now()
+	// pod2 in sync, ordered here.
+	m := pod.New(pod.Config{Self: idB, Peer: idA, Timeout: time.Second}, pod.Stretched(idB, epoch2-1), now)
+	persisted := func(acts []pod.Action) {
+		for _, a := range acts {
+			if a.Kind == pod.Persist {
+				m.Persisted(a.ID, now)
+			}
+		}
+	}
+	m.LinkUp(now)
+	m.PeerRecord(pod.Record{}, false, now)
+	persisted(m.ResyncStarted(epoch2, now))
+	persisted(m.BaselineDone(epoch2))
+	m.PeerInSync(epoch2, now)
+	newInSyncFollower(t, h, epoch2) // waits for the session's lease
+	p.mu.Lock()
+	p.mu.m = m
+	p.mu.sess = r.session()
+	p.mu.Unlock()
+	if md := p.mode(); md.state != pod.InSync || !md.serving {
+		t.Fatalf("pod2 is %s (serving %t), want in sync", md.state, md.serving)
+	}
+	// The fake follower never answers the shared reservations.
+	shared, unblock := make(chan struct{}), make(chan struct{})
+	defer close(unblock)
+	var once atomic.Bool
+	serve := func(req link.Message) (link.Message, error) {
+		var m reservationsMsg
+		if req.Type == msgReservations && json.Unmarshal(req.Payload, &m) == nil && m.Volume == uuidVol2 &&
+			len(m.Update.State.Registrations) > 0 && once.CompareAndSwap(false, true) {
+			close(shared)
+			<-unblock
+		}
+		return link.Message{Type: req.Type, Epoch: req.Epoch}, nil
+	}
+	h.serve.Store(&serve)
+	lu := h.env.LU(uuidVol2)
+	nexus := scsi.Nexus{InitiatorName: iqnH2, InitiatorPort: iqnH2 + ",i,0x1", TargetPort: "t,0x1"}
+	cdb := []byte{0x5f, 0x06, 0, 0, 0, 0, 0, 0, 24, 0} // REGISTER AND IGNORE EXISTING KEY
+	param := make([]byte, 24)
+	param[15] = 0x42
+	registered := make(chan *scsi.Result, 1)
+	go func() {
+		registered <- h.env.target.ExecuteForwarded(context.Background(), lu, &scsi.Command{Nexus: nexus, CDB: cdb, DataOut: param})
+	}()
+	select {
+	case <-shared:
+	case res := <-registered:
+		t.Fatalf("the registration completed (%+v) without sharing", res)
+	}
+	keys := make(chan *scsi.Result, 1)
+	go func() {
+		keys <- h.env.target.ExecuteForwarded(context.Background(), lu, &scsi.Command{Nexus: nexus, CDB: []byte{0x5e, 0, 0, 0, 0, 0, 0, 4, 0, 0}, ExpectedDataIn: 1024})
+	}()
+	// The READ KEYS waits for the registration's share (it came through
+	// an active path: this harness has no ALUA gate, so it must be
+	// waiting before the pod leaves this array).
+	select {
+	case res := <-keys:
+		t.Fatalf("READ KEYS answered (%s) while the registration was being shared", describeResult(res))
+	case <-time.After(500 * time.Millisecond):
+	}
+	// The link goes and the follower wins the pod (the mediator's word).
+	p.linkDown(r.session())
+	p.event(func(mm *pod.Machine) []pod.Action {
+		return mm.Elected(epoch2, pod.ElectResult{Epoch: epoch2 + 1, Winner: idA}, time.Now())
+	})
+	var res *scsi.Result
+	select {
+	case res = <-keys:
+	case <-time.After(30 * time.Second):
+		t.Fatal("READ KEYS did not complete")
+	}
+	if res.Status == scsi.StatusGood && len(res.Data) >= 8 && res.Data[7] != 0 {
+		md := p.mode()
+		t.Fatalf("the array that lost the pod reported a registration the winner never got: %x (pod2 %s, %s, epoch %d)", res.Data[:16], md.state, md.role, md.epoch)
+	}
+}
+
+// describeResult renders a SCSI result for messages.
+func describeResult(r *scsi.Result) string {
+	if r.Status == scsi.StatusGood {
+		return "GOOD"
+	}
+	if s, err := scsi.ParseSense(r.Sense); err == nil {
+		return "CHECK CONDITION " + s.String()
+	}
+	return fmt.Sprintf("status %#x", byte(r.Status))
 }

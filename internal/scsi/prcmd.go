@@ -19,6 +19,12 @@ func runPRIn(x *exec) *Result {
 		// before it is there.
 		x.lu.prMu.Lock()
 		defer x.lu.prMu.Unlock()
+		if !x.lu.replica.Ordering() {
+			// This array stopped ordering the pod while the change
+			// shared (it lost the pod to the peer): its state may hold a
+			// change the peer never got; the host asks the peer.
+			return checkCondition(SenseNotReadyTransitioning())
+		}
 	}
 	st := x.lu.Reservations()
 	var d []byte
