@@ -580,42 +580,41 @@ type phaseResult struct {
 // the arrays' states began to hold.
 func (s *scenSuite) await(w want, start time.Time) phaseResult {
 	r := phaseResult{want: w, start: start}
-	var since time.Time
-	deadline := time.Now().Add(time.Minute)
-	for {
+	since := holds(time.Minute, func() bool {
 		r.got = s.views()
-		now := time.Now()
-		if !matches(w.arrays[0], r.got[0].self) || !matches(w.arrays[1], r.got[1].self) {
-			since = time.Time{}
-		} else if since.IsZero() {
-			since = now
-		}
-		if (!since.IsZero() && now.Sub(since) >= stableFor) || now.After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return matches(w.arrays[0], r.got[0].self) && matches(w.arrays[1], r.got[1].self)
+	})
+	r.settled = time.Since(start)
 	if !since.IsZero() {
 		r.settled = since.Sub(start)
-	} else {
-		r.settled = time.Since(start)
 	}
-	since = time.Time{}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
+	holds(30*time.Second, func() bool {
 		r.gotPaths = s.pathsNow()
+		return maps.Equal(r.gotPaths, w.paths)
+	})
+	return r
+}
+
+// holds polls ok until it has been true for stableFor on end, or for
+// timeout; it returns when ok began to hold (zero if it did not).
+func holds(timeout time.Duration, ok func() bool) time.Time {
+	var since time.Time
+	deadline := time.Now().Add(timeout)
+	for {
 		now := time.Now()
-		if !maps.Equal(r.gotPaths, w.paths) {
+		if !ok() {
 			since = time.Time{}
 		} else if since.IsZero() {
 			since = now
 		}
-		if (!since.IsZero() && now.Sub(since) >= stableFor) || now.After(deadline) {
-			break
+		if !since.IsZero() && now.Sub(since) >= stableFor {
+			return since
+		}
+		if now.After(deadline) {
+			return time.Time{}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return r
 }
 
 // stableFor is how long a state must hold to count as reached (a

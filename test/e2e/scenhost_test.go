@@ -41,8 +41,10 @@ import (
 
 const (
 	// pathTimeout is how long a host waits for an answer on a path
-	// before it fails the path (a host's command or NOP timeout).
-	pathTimeout = 5 * time.Second
+	// before it fails the path: about what open-iscsi's NOP-Out ping
+	// takes to notice a dead connection at its defaults (5 s interval,
+	// 5 s timeout).
+	pathTimeout = 10 * time.Second
 	// checkEvery is the path checker's interval; checkTimeout bounds
 	// one check, its login included.
 	checkEvery   = 300 * time.Millisecond
@@ -593,17 +595,6 @@ func (h *mpHost) run() hostRun {
 		}
 	}
 	return r
-}
-
-// longestSince is the longest write sent at or after from.
-func (r hostRun) longestSince(from time.Time) time.Duration {
-	var d time.Duration
-	for _, s := range r.samples {
-		if !s.start.Before(from) && s.took > d {
-			d = s.took
-		}
-	}
-	return d
 }
 
 // medianBetween is the median time to acknowledge writes sent in
