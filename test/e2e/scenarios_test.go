@@ -106,6 +106,10 @@ type want struct {
 	// offline or down; "online (pre-elected)" also requires the mark.
 	arrays [2]string
 	paths  map[string]string
+	// errors, when set, are the hosts that must see an I/O error begin
+	// during this phase (the others none), where a scenario's phases
+	// differ in that.
+	errors map[string]bool
 }
 
 // phase is one step of a scenario's fault.
@@ -166,18 +170,23 @@ func scenarios() []scenario {
 		fix:    func(s *scenSuite) error { s.host(localA).startWriter(); return nil },
 	}, {
 		name: "host isolation",
-		cite: "Tintri: single-host network isolation; HPE: host disconnect",
-		seeds: "A host cut from the network loses its own I/O and its cluster restarts its applications elsewhere; " +
-			"the arrays and the witness are not affected (" + seedTintri + ": single-host network isolation; " +
-			seedHPE + ": host disconnect).",
+		cite: "HPE: host disconnect; Tintri: single-host network isolation",
+		seeds: "A host that loses its paths to one array carries on through its paths to the other, RPO 0 and RTO 0 " +
+			"(" + seedHPE + ": host disconnect); a host cut from the network altogether loses its own I/O and its " +
+			"cluster restarts its applications elsewhere, the arrays and the witness unaffected (" + seedTintri +
+			": single-host network isolation).",
 		phases: []phase{{
-			what: "uniform-A's cables to both arrays are cut",
-			do:   func(s *scenSuite) error { s.host(uniformA).cable(true); return nil },
-			want: want{arrays: [2]string{stOnline, stOnline}, paths: with(pathsInSync, uniformA, "a down, b down")},
+			what: "uniform-A's cable to array-a (its optimized path) is cut",
+			do:   func(s *scenSuite) error { s.host(uniformA).cable(true, 0); return nil },
+			want: want{arrays: [2]string{stOnline, stOnline}, paths: with(pathsInSync, uniformA, "a down, b ANO"), errors: errorsOf()},
+		}, {
+			what: "then its cable to array-b too",
+			do:   func(s *scenSuite) error { s.host(uniformA).cable(true, 1); return nil },
+			want: want{arrays: [2]string{stOnline, stOnline}, paths: with(pathsInSync, uniformA, "a down, b down"), errors: errorsOf(uniformA)},
 		}},
 		errors: errorsOf(uniformA),
 		repair: "its cables are mended",
-		fix:    func(s *scenSuite) error { s.host(uniformA).cable(false); return nil },
+		fix:    func(s *scenSuite) error { s.host(uniformA).cable(false, 0, 1); return nil },
 	}, {
 		name: "replication link partition",
 		cite: "Pure: the race; Pure: failover preferences; HPE: replication link failure",
@@ -226,10 +235,11 @@ func scenarios() []scenario {
 		fix:    start(0),
 	}, {
 		name: "array reboot",
-		cite: "HPE: secondary array reboot; Pure: automatic resynchronization",
-		seeds: "When an array reboots, the other keeps serving; hosts connected to both continue through it, RPO 0 and " +
-			"RTO 0 (" + seedHPE + ": secondary array reboot/shutdown); when it is back it resynchronises by itself " +
-			"(" + seedPure + ": transparent failover with automatic resynchronization).",
+		cite: "HPE: primary array reboot/shutdown; Pure: automatic resynchronization",
+		seeds: "When an array reboots, the other keeps serving, taking over the pods the rebooting array ordered, and " +
+			"hosts connected to both continue through it, RPO 0 and RTO 0 (" + seedHPE + ": primary array " +
+			"reboot/shutdown); back, it resynchronises by itself (" + seedPure + ": transparent failover with automatic " +
+			"resynchronization).",
 		phases: []phase{{
 			what: "array-b is killed (kill -9) and started again at once",
 			do:   kill(1),
@@ -482,6 +492,20 @@ func (s *scenSuite) addHosts(ctx context.Context, defs []hostDef) error {
 	return nil
 }
 
+// sequencer says which array is pod1's sequencer, at which epoch, as
+// array-a (else array-b) reports it.
+func (s *scenSuite) sequencer() string {
+	for i, c := range s.clients {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p, err := c.Pod(ctx, lab.PodName)
+		cancel()
+		if err == nil {
+			return fmt.Sprintf("%s the sequencer at epoch %d (as %s reports)", p.Sequencer, p.Epoch, s.info.Arrays[i].Name)
+		}
+	}
+	return "the sequencer unknown"
+}
+
 // down stops the hosts and the lab.
 func (s *scenSuite) down() {
 	for _, h := range s.hosts {
@@ -495,10 +519,14 @@ func (s *scenSuite) down() {
 	}
 }
 
-// cable cuts (or mends) all of the host's own cables at once.
-func (h *mpHost) cable(cut bool) {
+// cable cuts (or mends) the host's own cables to the arrays named, at
+// once.
+func (h *mpHost) cable(cut bool, arrays ...int) {
 	var cs []netproxy.Change
 	for _, p := range h.paths {
+		if !slices.Contains(arrays, p.array) {
+			continue
+		}
 		set := func(st *netproxy.Settings) { st.Heal() }
 		if cut {
 			set = func(st *netproxy.Settings) { st.Partitioned = true }
@@ -664,8 +692,10 @@ func (s *scenSuite) healthy() error {
 // scenResult is one scenario as expected and as observed.
 type scenResult struct {
 	name, seeds, cite string
-	// start is when the fault began.
+	// start is when the fault began; before says which array was the
+	// sequencer then, at which epoch.
 	start      time.Time
+	before     string
 	phases     []phaseResult
 	failed     string
 	wantErrors map[string]bool
@@ -684,7 +714,7 @@ func (r *scenResult) problem(format string, args ...any) {
 // run runs one scenario on the suite's lab.
 func (s *scenSuite) run(sc scenario) *scenResult {
 	r := &scenResult{name: sc.name, seeds: sc.seeds, cite: sc.cite, failed: sc.failed, wantErrors: sc.errors, repair: sc.repair,
-		runs: map[string]hostRun{}}
+		runs: map[string]hostRun{}, before: s.sequencer()}
 	for _, h := range s.hosts {
 		h.startWriter()
 	}
@@ -828,7 +858,14 @@ func sameCopies(a, b *initiator.Conn) (bool, error) {
 
 // judge compares what was observed with what was expected.
 func (r *scenResult) judge() {
-	for _, ph := range r.phases {
+	for k, ph := range r.phases {
+		if ph.want.errors != nil {
+			for _, h := range hostNames {
+				if got, w := r.phaseErrors(k, h) > 0, ph.want.errors[h]; got != w && h != r.failed {
+					r.problem("%s: %s %s", ph.what, h, yesNo(got, "saw an I/O error, want none", "saw no I/O error, want one"))
+				}
+			}
+		}
 		for i, w := range ph.want.arrays {
 			if !matches(w, ph.got[i].self) {
 				r.problem("%s: %s reports itself %q, want %q", ph.what, arrayName(i), ph.got[i].self, w)
@@ -856,6 +893,16 @@ func (r *scenResult) judge() {
 			r.problem("%s acknowledged no write: its writer did not run", h)
 		}
 	}
+}
+
+// phaseErrors counts host h's outages that began during phase k (until
+// the next phase, or the end of the scenario for the last).
+func (r *scenResult) phaseErrors(k int, h string) int {
+	var to time.Time
+	if k+1 < len(r.phases) {
+		to = r.phases[k+1].start
+	}
+	return r.runs[h].errorsBetween(r.phases[k].start, to)
 }
 
 func arrayName(i int) string { return "array-" + string(rune('a'+i)) }

@@ -137,10 +137,14 @@ func errorsText(r *scenResult, observed bool) string {
 			hs = append(hs, h)
 		}
 	}
-	if len(hs) == 0 {
+	return orNone(hs)
+}
+
+func orNone(hosts []string) string {
+	if len(hosts) == 0 {
 		return "none"
 	}
-	return strings.Join(hs, ", ")
+	return strings.Join(hosts, ", ")
 }
 
 func longest(r *scenResult) (string, time.Duration) {
@@ -196,13 +200,26 @@ func renderScenario(w func(string, ...any), n int, r *scenResult) {
 	w("## %d. %s\n\n", n, r.name)
 	w("**Expected (seeds).** %s\n\n", r.seeds)
 	w("| | expected | observed |\n|---|---|---|\n")
-	for _, ph := range r.phases {
+	w("| before the fault | pod1 in sync, both arrays online | %s |\n", cell(r.before))
+	for k, ph := range r.phases {
 		w("| **%s** | | |\n", cell(ph.what))
 		w("| arrays | %s | %s |\n", arraysText(ph.want.arrays),
 			cell(fmt.Sprintf("a %s [sees b %s], b %s [sees a %s], %s after the fault", ph.got[0].self, ph.got[0].peer,
 				ph.got[1].self, ph.got[1].peer, ms(ph.settled))))
 		for _, h := range hostNames {
 			w("| %s paths | %s | %s |\n", h, ph.want.paths[h], cell(ph.gotPaths[h]))
+		}
+		if ph.want.errors != nil {
+			var want, got []string
+			for _, h := range hostNames {
+				if ph.want.errors[h] {
+					want = append(want, h)
+				}
+				if r.phaseErrors(k, h) > 0 {
+					got = append(got, h)
+				}
+			}
+			w("| I/O errors in this step | %s | %s |\n", orNone(want), orNone(got))
 		}
 	}
 	if r.repair != "" {

@@ -567,9 +567,10 @@ type hostRun struct {
 	writes int
 	// errors counts the outages (no usable path), first says why the
 	// first one happened.
-	errors  int
-	first   string
-	firstAt time.Time
+	errors   int
+	first    string
+	firstAt  time.Time
+	errorsAt []time.Time
 	// longest is the longest a write took to be acknowledged, longestAt
 	// when it was sent.
 	longest   time.Duration
@@ -580,7 +581,8 @@ type hostRun struct {
 func (h *mpHost) run() hostRun {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := hostRun{writes: len(h.mu.samples), errors: len(h.mu.errors), first: h.mu.firstErr, samples: slices.Clone(h.mu.samples)}
+	r := hostRun{writes: len(h.mu.samples), errors: len(h.mu.errors), first: h.mu.firstErr, samples: slices.Clone(h.mu.samples),
+		errorsAt: slices.Clone(h.mu.errors)}
 	if len(h.mu.errors) > 0 {
 		r.firstAt = h.mu.errors[0]
 	}
@@ -595,6 +597,18 @@ func (h *mpHost) run() hostRun {
 		}
 	}
 	return r
+}
+
+// errorsBetween counts the outages that began in [from, to) (to zero:
+// no end).
+func (r hostRun) errorsBetween(from, to time.Time) int {
+	n := 0
+	for _, at := range r.errorsAt {
+		if !at.Before(from) && (to.IsZero() || at.Before(to)) {
+			n++
+		}
+	}
+	return n
 }
 
 // medianBetween is the median time to acknowledge writes sent in
