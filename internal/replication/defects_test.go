@@ -264,10 +264,11 @@ func FuzzPodRequests(f *testing.F) {
 
 // TestLosingSequencerReportsNoUnsharedReservation: a registration made at
 // the sequencer is being shared with the follower when the link goes and
-// the follower wins the pod. A READ KEYS that waited for the share here
-// must not report the registration, which the winner never got (it would
-// be undone for the host the moment it asks the winner): it answers NOT
-// READY. Before, the loser reported it.
+// the follower wins the pod. Neither the registration nor a READ KEYS
+// that waited for its share here may report it done, for the winner never
+// got it (it would be undone for the host the moment it asks the
+// winner): both answer NOT READY. Before, the loser answered GOOD to both
+// (TestPairLinearizableFailover found each).
 func TestLosingSequencerReportsNoUnsharedReservation(t *testing.T) {
 	h := newHostilePeer(t)
 	r := h.env.r
@@ -345,6 +346,15 @@ func TestLosingSequencerReportsNoUnsharedReservation(t *testing.T) {
 	case res = <-keys:
 	case <-time.After(30 * time.Second):
 		t.Fatal("READ KEYS did not complete")
+	}
+	select {
+	case reg := <-registered:
+		// The registration itself is not reported done either.
+		if reg.Status == scsi.StatusGood {
+			t.Fatal("the array that lost the pod answered GOOD to a registration the winner never got")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the registration did not complete")
 	}
 	if res.Status == scsi.StatusGood && len(res.Data) >= 8 && res.Data[7] != 0 {
 		md := p.mode()

@@ -281,7 +281,7 @@ func (lu *LogicalUnit) nexusLost(n Nexus) {
 	if _, fwd := lu.replica.Forward(ctx, &Command{Nexus: n, CDB: []byte{opRelease6, 0, 0, 0, 0, 0}}); fwd {
 		return
 	}
-	lu.releaseSCSI2(ctx, n)
+	_ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone
 }
 
 // raiseFor queues unit attention s for every nexus of initiator (all
@@ -322,7 +322,9 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	lu.mu.res = next
 	lu.noticeLocked(out.Notices)
 	lu.mu.Unlock()
-	lu.share(ctx, out.Notices, out.Abort)
+	if err := lu.share(ctx, out.Notices, out.Abort); err != nil {
+		return prCheck(SenseNotReadyTransitioning())
+	}
 	return out
 }
 
@@ -346,8 +348,9 @@ func (lu *LogicalUnit) persist(prev, next ReservationState) error {
 	return nil
 }
 
-// reserveSCSI2 applies RESERVE(6) from n; false means conflict.
-func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) bool {
+// reserveSCSI2 applies RESERVE(6) from n; false means conflict. err is
+// share's: the peer that now serves the pod lacks the change.
+func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err error) {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
@@ -357,13 +360,13 @@ func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) bool {
 	}
 	lu.mu.Unlock()
 	if ok {
-		lu.share(ctx, nil, nil)
+		err = lu.share(ctx, nil, nil)
 	}
-	return ok
+	return ok, err
 }
 
-// releaseSCSI2 applies RELEASE(6) from n.
-func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) {
+// releaseSCSI2 applies RELEASE(6) from n; err as reserveSCSI2's.
+func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) error {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
@@ -372,8 +375,9 @@ func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) {
 	changed := prev != lu.mu.res.SCSI2
 	lu.mu.Unlock()
 	if changed {
-		lu.share(ctx, nil, nil)
+		return lu.share(ctx, nil, nil)
 	}
+	return nil
 }
 
 // resetShared performs the reset's part that the peer must know of: at the

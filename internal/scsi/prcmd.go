@@ -151,8 +151,12 @@ func runPROut(x *exec) *Result {
 // runReserve6 implements RESERVE(6) (SCSI-2 reservation of the whole
 // logical unit).
 func runReserve6(x *exec) *Result {
-	if !x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus) {
+	ok, err := x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus)
+	switch {
+	case !ok:
 		return reservationConflict()
+	case err != nil:
+		return checkCondition(SenseNotReadyTransitioning())
 	}
 	return good(nil)
 }
@@ -160,6 +164,8 @@ func runReserve6(x *exec) *Result {
 // runRelease6 implements RELEASE(6): a release by a nexus that does not
 // hold the reservation does nothing and is GOOD.
 func runRelease6(x *exec) *Result {
-	x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus)
+	if err := x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus); err != nil {
+		return checkCondition(SenseNotReadyTransitioning())
+	}
 	return good(nil)
 }

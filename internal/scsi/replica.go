@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -69,13 +70,23 @@ func (lu *LogicalUnit) updateLocked(notices []PRNotice, abort []Registration) Re
 
 // share sends the current reservation state to the peer. lu.prMu must be
 // held, so that updates reach the peer in the order they were made.
-func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Registration) {
+//
+// It returns ErrTransitioning when the change could not reach the peer
+// because this array stopped ordering the pod meanwhile (the peer took
+// it over, without the change): the command that made the change must
+// not be reported GOOD, for the array that now serves the pod lacks it.
+func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Registration) error {
 	lu.mu.Lock()
 	u := lu.updateLocked(notices, abort)
 	lu.mu.Unlock()
-	if err := lu.replica.ShareReservations(ctx, u); err != nil {
+	err := lu.replica.ShareReservations(ctx, u)
+	if err != nil {
 		lu.log.Warn("sharing reservations with the peer failed", "lu", lu.serial, "err", err)
 	}
+	if errors.Is(err, ErrTransitioning) {
+		return err
+	}
+	return nil
 }
 
 // ShareReservationsNow sends the unit's current reservation state to the
