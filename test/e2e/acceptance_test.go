@@ -451,7 +451,8 @@ func (a *acc) rolledBack(h *mpHost, aAlone map[string]string) {
 	seen = a.mediatorSeen("answering", func(st string, _ uint64, _ string) bool { return st != mediator.StateUnreachable })
 	accepted := !strings.Contains(strings.Join(seen, ";"), mediator.StateRolledBack)
 	a.t.Logf("after the newest state was put back: %s", strings.Join(seen, "; "))
-	a.items = append(a.items, accItem{step: "the mediator's newest state put back (README: restore its latest state if you can)",
+	a.items = append(a.items, accItem{step: "the mediator's newest state put back (README: restore its latest state if you can); " +
+		"recorded, not asserted: the arrays' memory of a rollback is cleared only by reset-generation",
 		want: "the arrays accept it", got: strings.Join(seen, "; "), ok: accepted})
 	if !accepted {
 		// reset-generation above the highest generation the arrays saw,

@@ -117,6 +117,10 @@ type phase struct {
 	what string
 	do   func(s *scenSuite) error
 	want want
+	// carriesOn names a host that must acknowledge a write sent after
+	// the phase began before the next step (up to a minute): the phase
+	// lasts until it noticed the fault and carried on.
+	carriesOn string
 }
 
 // scenario is one failure scenario of the design.
@@ -179,6 +183,9 @@ func scenarios() []scenario {
 			what: "uniform-A's cable to array-a (its optimized path) is cut",
 			do:   func(s *scenSuite) error { s.host(uniformA).cable(true, 0); return nil },
 			want: want{arrays: [2]string{stOnline, stOnline}, paths: with(pathsInSync, uniformA, "a down, b ANO"), errors: errorsOf()},
+			// Until uniform-A has noticed (its path timeout) and writes
+			// through array-b.
+			carriesOn: uniformA,
 		}, {
 			what: "then its cable to array-b too",
 			do:   func(s *scenSuite) error { s.host(uniformA).cable(true, 1); return nil },
@@ -732,6 +739,12 @@ func (s *scenSuite) run(sc scenario) *scenResult {
 		}
 		pr := s.await(ph.want, start)
 		pr.what = ph.what
+		if ph.carriesOn != "" {
+			h := s.host(ph.carriesOn)
+			if !h.ackedSince(start, time.Minute) {
+				r.problem("%s: %s acknowledged no write sent after it within a minute", ph.what, h.name)
+			}
+		}
 		r.phases = append(r.phases, pr)
 		if !sc.quick {
 			time.Sleep(2 * time.Second) // the hosts go on writing under the fault

@@ -562,6 +562,25 @@ func (h *mpHost) reasonsLocked() string {
 	return strings.Join(rs, "; ")
 }
 
+// ackedSince waits (up to timeout) until the host has acknowledged a
+// write it sent at or after from.
+func (h *mpHost) ackedSince(from time.Time, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		h.mu.Lock()
+		n := len(h.mu.samples)
+		ok := n > 0 && !h.mu.samples[n-1].start.Before(from)
+		h.mu.Unlock()
+		if ok {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // hostRun is what a host saw during one run of its writer.
 type hostRun struct {
 	writes int
