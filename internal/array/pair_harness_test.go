@@ -108,7 +108,14 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	h.log = log.With("component", "test")
 	dir := t.TempDir()
-	proxyAddr := reservePort(t)
+	// The link proxy's listener is opened now, for the arrays' config
+	// names its address (a port reserved and closed could be taken
+	// meanwhile by a connection's ephemeral port).
+	proxyLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyAddr := proxyLn.Addr().String()
 	names := [2]string{"array-a", "array-b"}
 	// The mediator and its proxies outlive the arrays: their goroutines
 	// are counted before the arrays start.
@@ -159,6 +166,7 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 			for _, o := range h.arrays[:i] {
 				o.Close()
 			}
+			proxyLn.Close()
 			t.Fatalf("open %s: %v", names[i], err)
 		}
 		h.arrays[i] = a
@@ -168,13 +176,7 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 	if h.arrays[0].id.ID < h.arrays[1].id.ID {
 		h.accepter = 1
 	}
-	px, err := netproxy.New(proxyAddr, cfgs[h.accepter].Replication.Listen, netproxy.Settings{}, log.With("component", "link-proxy"))
-	if err != nil {
-		h.arrays[0].Close()
-		h.arrays[1].Close()
-		t.Fatal(err)
-	}
-	h.proxy = px
+	h.proxy = netproxy.Serve(proxyLn, cfgs[h.accepter].Replication.Listen, netproxy.Settings{}, log.With("component", "link-proxy"))
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	var ready [2]chan struct{}
 	for i, a := range h.arrays {

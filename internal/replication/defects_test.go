@@ -372,3 +372,78 @@ func describeResult(r *scsi.Result) string {
 	}
 	return fmt.Sprintf("status %#x", byte(r.Status))
 }
+
+// TestPausedPastLeaseAnswersNoReservationRead: a follower whose link went
+// is paused, deciding; once its lease on the lost session has run out the
+// peer may have won the pod and changed its reservations, so a PERSISTENT
+// RESERVE IN here waits like a read of data, and answers NOT READY if the
+// pod is still undecided when the command gives up; it never reports the
+// state of its copy as current. Before, the follower answered from its
+// copy (TestPairLinearizableFailover saw a READ KEYS at a follower that
+// the mediator had just let race again miss registrations the winner had
+// acknowledged).
+func TestPausedPastLeaseAnswersNoReservationRead(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	p := r.pod("pod1")
+	newInSyncFollower(t, h, epoch1) // waits for the session's lease
+	// The follower of pod1 prefers the peer for failover, with a head
+	// start longer than the test: once paused it stays paused.
+	now := time.Now()
+	m := pod.New(pod.Config{Self: idB, Peer: idA, Timeout: time.Second, Preference: idA, HeadStart: time.Hour},
+		pod.Record{Epoch: epoch1 - 1, Sequencer: idA}, now)
+	m.LinkUp(now)
+	for _, f := range []func() ([]pod.Action, error){
+		func() ([]pod.Action, error) { return m.ResyncRequested(epoch1) },
+		func() ([]pod.Action, error) { return m.GrantRequested(epoch1, "") },
+	} {
+		acts, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range acts {
+			if a.Kind == pod.Persist {
+				m.Persisted(a.ID, now)
+			}
+		}
+	}
+	p.mu.Lock()
+	p.mu.m = m
+	p.mu.sess = r.session()
+	p.mu.Unlock()
+	lu := h.env.LU(uuidVol1)
+	nexus := scsi.Nexus{InitiatorName: iqnH2, InitiatorPort: iqnH2 + ",i,0x1", TargetPort: "t,0x1"}
+	readKeys := func(ctx context.Context) *scsi.Result {
+		return h.env.target.ExecuteForwarded(ctx, lu, &scsi.Command{Nexus: nexus, CDB: []byte{0x5e, 0, 0, 0, 0, 0, 0, 4, 0, 0}, ExpectedDataIn: 1024})
+	}
+	if res := readKeys(context.Background()); res.Status != scsi.StatusGood {
+		t.Fatalf("READ KEYS at the in-sync follower: %s, want GOOD", describeResult(res))
+	}
+	// The link goes (as linkDown, with the fake peer's long lease cut
+	// to now: this array's lease has run out).
+	p.event(func(m *pod.Machine) []pod.Action {
+		p.mu.sess = nil
+		p.mu.peerView = nil
+		now := time.Now()
+		return m.LinkDown(now, now, now)
+	})
+	if md := p.mode(); md.state != pod.Paused || md.serving {
+		t.Fatalf("pod1 is %s (serving %t) after the link went, want paused past its lease", md.state, md.serving)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res := readKeys(ctx)
+	if md := p.mode(); md.state != pod.Paused {
+		t.Fatalf("pod1 is %s, want still paused", md.state)
+	}
+	if res.Status == scsi.StatusGood {
+		t.Fatal("the paused follower answered READ KEYS from its copy past its lease (the peer may have won and changed the reservations)")
+	}
+	if s, err := scsi.ParseSense(res.Sense); err != nil || s != scsi.SenseNotReadyTransitioning() {
+		t.Fatalf("READ KEYS at the paused follower: %s, want NOT READY (transitioning)", describeResult(res))
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("READ KEYS at the paused follower answered after %s, want it to wait for the pod to be decided", waited)
+	}
+}

@@ -43,10 +43,8 @@ func (v *Volume) rt() *podRT { return v.r.pod(v.pod) }
 // ReadAt implements scsi.Backend. Blocks damaged here are read from the
 // other array's copy when the pod is in sync, and rewritten (repair.go).
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if rt := v.rt(); rt != nil {
-		if err := rt.waitReadable(ctx); err != nil {
-			return err
-		}
+	if err := v.Readable(ctx); err != nil {
+		return err
 	}
 	err := v.local.ReadAt(ctx, p, off)
 	if store.IsDamage(err) {
@@ -240,6 +238,14 @@ func (v *Volume) Ordering() bool {
 	// grant, before this array learns it did.
 	s := rt.mode().state
 	return s == pod.Syncing || s == pod.InSync || s == pod.Paused
+}
+
+// Readable implements scsi.Replica: the rule of ReadAt.
+func (v *Volume) Readable(ctx context.Context) error {
+	if rt := v.rt(); rt != nil {
+		return rt.waitReadable(ctx)
+	}
+	return nil
 }
 
 // ShareReservations implements scsi.Replica.

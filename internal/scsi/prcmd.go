@@ -14,12 +14,18 @@ const protocolISCSI = 0x5
 // runPRIn implements PERSISTENT RESERVE IN.
 func runPRIn(x *exec) *Result {
 	alloc := uint32(be16(x.cdb[7:9]))
+	// The state is reported from this array's copy only while the pod
+	// is served here under its lease (a paused array past it may have
+	// lost the pod to a peer that changed the state since).
+	if x.lu.replica.Readable(x.ctx) != nil {
+		return checkCondition(SenseNotReadyTransitioning())
+	}
 	if x.lu.replica.Ordering() {
 		// A change made here and not yet on the peer is not reported
 		// before it is there.
 		x.lu.prMu.Lock()
 		defer x.lu.prMu.Unlock()
-		if !x.lu.replica.Ordering() {
+		if !x.lu.replica.Ordering() || x.lu.replica.Readable(x.ctx) != nil {
 			// This array stopped ordering the pod while the change
 			// shared (it lost the pod to the peer): its state may hold a
 			// change the peer never got; the host asks the peer.

@@ -24,6 +24,13 @@ type Replica interface {
 	// peer that receives them. Reads then wait for overlapping writes in
 	// flight, so that no read returns data the peer does not have yet.
 	Ordering() bool
+	// Readable returns nil once this array may answer a read of the
+	// unit's shared state (its reservations) from its own copy, as it
+	// may a read of data: the pod is served here under this array's
+	// lease. While the pod is being decided it waits; it returns
+	// ErrTransitioning when the pod is not served here (or ctx ends
+	// first), for the peer may have changed the state since.
+	Readable(ctx context.Context) error
 	// ShareReservations is called at the sequencer after the reservation
 	// state changed here and before the command's status is returned; it
 	// returns once the peer has installed u (InstallReservations) or no
@@ -58,6 +65,7 @@ type localReplica struct{}
 
 func (localReplica) Forward(context.Context, *Command) (*Result, bool)          { return nil, false }
 func (localReplica) Ordering() bool                                             { return false }
+func (localReplica) Readable(context.Context) error                             { return nil }
 func (localReplica) ShareReservations(context.Context, ReservationUpdate) error { return nil }
 func (localReplica) Reset(context.Context, bool)                                {}
 
