@@ -337,7 +337,8 @@ func scenarios() []scenario {
 			"by itself, and no acknowledged write is lost (" + seedTintri + ": storage partition, replication " +
 			"reconnects and resyncs; " + seedPure + ": automatic resynchronization and recovery).",
 		phases: []phase{{
-			what: "the link flaps: 3 cuts of 0.3 s (under the link timeout) then 3 of 2.5 s, mended 1-2 s between; it ends mended",
+			what: "the link flaps: 3 cuts of 0.3 s then 3 of 2.5 s, mended 1-2 s between (each mend resets the link's connections " +
+				"that lost bytes, so even a cut shorter than the link timeout ends the link session); it ends mended",
 			do: func(s *scenSuite) error {
 				for i, cut := range []time.Duration{300, 300, 300, 2500, 2500, 2500} {
 					if err := s.l.Partition(); err != nil {
