@@ -2,7 +2,7 @@
 GO ?= go
 LAB_ARGS ?=
 
-.PHONY: lab test build deps fuzz bench
+.PHONY: lab test build deps fuzz bench scenarios
 
 build:
 	$(GO) build -o bin/metro ./cmd/metro
@@ -18,3 +18,8 @@ test: deps
 
 bench: deps build
 	bench/run.sh
+
+# The failure scenarios and the failover acceptance on the lab; rewrites
+# docs/failure-scenarios.md from the run.
+scenarios: deps
+	scripts/failure-scenarios.sh

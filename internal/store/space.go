@@ -288,7 +288,10 @@ func (g *spaceGuard) lookLocked(makeBallast bool) {
 		held = g.ballast
 	}
 	if g.storeBytes != nil {
-		room := (g.storeBytes() + avail + held - g.reserve) / 100 * g.share
+		// The store's bytes are at most 2^61 (reported beyond that they
+		// are not real) and the free space at most 2^62, so the sum
+		// cannot wrap around.
+		room := (min(g.storeBytes(), 1<<61) + avail + held - g.reserve) / 100 * g.share
 		g.capacity.Store(max(room, 1))
 	}
 	if low := avail < g.floor; low != g.mu.low {

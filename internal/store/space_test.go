@@ -709,3 +709,38 @@ func TestShareBelowStoredData(t *testing.T) {
 		t.Fatalf("the start did not warn that the stored data exceeds the effective capacity")
 	}
 }
+
+// TestStoreBytesBeyondInt64: Pebble's DiskSpaceUsage can report about
+// 2^64 bytes (its count of compaction output in progress goes below zero
+// as compactions finish, and is added as an unsigned number). Clamped to
+// the largest int64, it overflowed the sum with the free space, and the
+// effective capacity wrapped around to 1 byte: a restarted array refused
+// every new chunk of a resync ("0 of 1 used") for minutes, with tens of
+// GiB free. The failure-scenario suite found it.
+func TestStoreBytesBeyondInt64(t *testing.T) {
+	s, _ := openMem(t, Options{FS: newSmallFS(1 << 30)})
+	real := s.space.storeBytes
+	s.space.storeBytes = func() int64 { return math.MaxInt64 }
+	s.space.look()
+	if _, capacity := s.Usage(); capacity < 1<<20 {
+		t.Fatalf("effective capacity %d bytes with the store's bytes reported as %d", capacity, int64(math.MaxInt64))
+	}
+	s.space.storeBytes = real
+	mustWrite(t, s.Volume(1), pattern(1, 0, ChunkSize), 0)
+}
+
+// TestStoreFileBytes: the store's bytes leave out a count of compaction
+// output in progress below zero rather than wrap around.
+func TestStoreFileBytes(t *testing.T) {
+	var m pebble.Metrics
+	m.WAL.PhysicalSize = 10 << 20
+	m.Table.Local.LiveSize = 30 << 20
+	m.Compact.InProgressBytes = -3 << 20
+	if got := storeFileBytes(&m); got != 40<<20 {
+		t.Fatalf("store bytes %d with %d in progress, want %d", got, m.Compact.InProgressBytes, 40<<20)
+	}
+	m.Compact.InProgressBytes = 2 << 20
+	if got := storeFileBytes(&m); got != 42<<20 {
+		t.Fatalf("store bytes %d with %d in progress, want %d", got, m.Compact.InProgressBytes, 42<<20)
+	}
+}

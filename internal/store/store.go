@@ -8,7 +8,6 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -262,7 +261,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, errors.Join(err, closeDB(db), s.health.Close())
 	}
 	if s.space != nil {
-		s.space.start(func() int64 { return int64(min(db.Metrics().DiskSpaceUsage(), math.MaxInt64)) },
+		s.space.start(func() int64 { return storeFileBytes(db.Metrics()) },
 			func(ctx context.Context, vol uint64) error {
 				start, end := volumeKeys(prefixChunk, vol)
 				return db.Compact(ctx, start, end, false)
@@ -411,6 +410,19 @@ func (s *Store) diskSlow(info vfs.DiskSlowInfo, maxStall time.Duration) {
 // of the configured one and what the filesystem can hold (0: unlimited).
 func (s *Store) Usage() (used, capacity uint64) {
 	return uint64(max(s.used.Load(), 0)), s.effectiveCapacity()
+}
+
+// storeFileBytes is the bytes of the store's files by Pebble's metrics.
+// Pebble's count of compaction output in progress goes below zero as
+// compactions finish, and DiskSpaceUsage adds it as an unsigned number,
+// which wraps the total around to about 2^64: a count below zero is left
+// out. The result is at most 2^61, so that sums with it cannot overflow.
+func storeFileBytes(m *pebble.Metrics) int64 {
+	u := m.DiskSpaceUsage()
+	if in := m.Compact.InProgressBytes; in < 0 {
+		u -= uint64(in) // undoes the wrapped addition
+	}
+	return int64(min(u, 1<<61))
 }
 
 // effectiveCapacity is the lesser of the configured capacity and what the
