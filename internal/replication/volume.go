@@ -172,10 +172,17 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 		if md.serving && md.sess != nil && md.state == pod.InSync {
 			break
 		}
-		if !md.waits() {
+		if !md.waits() && !md.holds {
 			return notReady(scsi.SenseNotReadyUnavailable()), true
 		}
-		// Paused: wait for the machine to decide.
+		// Paused (writes are held while the race is decided, even with
+		// this array's read lease still running and the link gone), or
+		// past the lease with the link ending: wait for the machine. The
+		// wait is bounded by the race: the machine leaves the paused
+		// state once it wins (this array then orders the command
+		// itself), loses, or cannot reach the mediator (unavailable
+		// then), within the head start plus the mediator's deadline plus
+		// the fence; and by the command's context.
 		select {
 		case <-md.changed:
 		case <-ctx.Done():
