@@ -190,6 +190,14 @@
 //     winner's side only if the winner is the owner.
 //   - A pod the peer gave up or no longer has while the link was down is
 //     learnt from the peer's hello.
+//   - An array whose record giving the pod up (its handover, or the
+//     removal the peer asked for) is in flight when the link is lost
+//     pauses without racing: it could win an epoch its record then
+//     abandons to the peer, which would hold the winner as owner, and
+//     nobody would serve the pod. Once the record is durable it has
+//     left (the peer wins the race, or takes the handover, alone); if
+//     the record fails, it decides on its durable record as after the
+//     link loss, fenced from when the peer was last heard.
 //
 // # Timing
 //

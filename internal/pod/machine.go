@@ -273,6 +273,11 @@ type Machine struct {
 	electing   uint64
 	win        uint64
 	winWhy     string
+	// giving: paused while this array's own record giving the pod up
+	// (a handover, or a removal the peer asked for) is being persisted:
+	// it does not race; once the record is durable it has left, and if
+	// the record failed it decides on the durable state (pauseGiving).
+	giving bool
 
 	// Owner: the epoch of the StartResync in flight; when to propose one
 	// again; the highest epoch the peer is known at; the peer's
@@ -561,6 +566,9 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	switch m.state {
 	case InSync:
 		m.pauseLease = lease
+		if m.givingUp() {
+			return m.pauseGiving(now, lastHeard)
+		}
 		return m.pause(now, lastHeard)
 	case Syncing:
 		if !m.rec.Alone {
@@ -577,6 +585,26 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 		}
 	}
 	return nil
+}
+
+// givingUp reports whether the persist in flight gives the pod up here
+// (a handover, or the removal the peer asked for).
+func (m *Machine) givingUp() bool {
+	return m.pending != nil && (m.pending.why == pHandover || m.pending.why == pAcceptLeave)
+}
+
+// pauseGiving pauses an array whose record giving the pod up is in
+// flight when the link is lost: it must not race for a pod it is giving
+// up (it could win an epoch its record then abandons, and the pod would
+// be served by nobody), so it holds I/O without racing until the record
+// lands (it has left) or fails (it decides on its durable record, as
+// after the link loss).
+func (m *Machine) pauseGiving(now, lastHeard time.Time) []Action {
+	m.fenceAt = lastHeard.Add(m.cfg.Timeout)
+	m.raceAt, m.electing, m.win, m.winWhy = time.Time{}, 0, 0, ""
+	m.pausedAt = now
+	m.giving = true
+	return m.set(Paused, nil)
 }
 
 func (m *Machine) pause(now, lastHeard time.Time) []Action {
@@ -680,6 +708,7 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 	}
 	m.pending = nil
 	m.rec = p.rec
+	m.giving = false
 	var acts []Action
 	switch {
 	case m.state == Paused && !m.rec.Current():
@@ -763,6 +792,16 @@ func (m *Machine) PersistFailed(id uint64, now time.Time) []Action {
 		return nil
 	}
 	m.pending = nil
+	if m.giving {
+		// The record giving the pod up failed while the link was lost:
+		// this array still holds its durable record, in sync, and goes
+		// on as after the link loss (the fence stands).
+		m.giving = false
+		if !m.decide(now) {
+			return m.set(Suspended, nil)
+		}
+		return m.Tick(now)
+	}
 	switch {
 	case !p.why.retried():
 	case p.why == pResync:
