@@ -50,9 +50,14 @@
 //   - the owner itself, only while the peer is known to be behind (Alone):
 //     the peer then neither serves nor races.
 //
-// A mediator grant the winner never heard of (its answer lost) is never
-// used: the machine acts only on answers to the race it is in, and an
-// array that has accepted a later epoch never asks again at the old one.
+// The machine acts only on answers to the race it is in, and an array
+// that has accepted a later epoch never asks again at the old one. An
+// elect that failed (no answer within the driver's deadline) suspends
+// the array, which asks again at the same epoch every RetryAfter while
+// the link is down and it reaches the mediator: the mediator answers a
+// repeat by the winner of that epoch as a win, so a grant whose answer
+// was lost is used after all, and otherwise the answer names the
+// peer's epoch, which this array adopts.
 //
 // # The per-pod barrier
 //

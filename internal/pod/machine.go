@@ -278,6 +278,10 @@ type Machine struct {
 	// it does not race; once the record is durable it has left, and if
 	// the record failed it decides on the durable state (pauseGiving).
 	giving bool
+	// reelectAt: suspended after an elect that failed while the link is
+	// down, this array asks the mediator again (at the same epoch) from
+	// then on, while it reaches it (zero: not to).
+	reelectAt time.Time
 
 	// Owner: the epoch of the StartResync in flight; when to propose one
 	// again; the highest epoch the peer is known at; the peer's
@@ -548,6 +552,7 @@ func (m *Machine) leave() []Action {
 // to the peer before its hello tells its record (PeerRecord).
 func (m *Machine) LinkUp(now time.Time) []Action {
 	m.link = true
+	m.reelectAt = time.Time{}
 	m.peerMed = 0
 	m.peerKnown = false
 	return nil
@@ -620,6 +625,7 @@ func (m *Machine) pause(now, lastHeard time.Time) []Action {
 // it suspends (the peer is pre-elected).
 func (m *Machine) decide(now time.Time) bool {
 	m.raceAt, m.electing, m.win, m.winWhy = time.Time{}, 0, 0, ""
+	m.reelectAt = time.Time{}
 	m.pausedAt = now
 	switch m.rec.Pre {
 	case m.cfg.Self:
@@ -658,7 +664,25 @@ func (m *Machine) Tick(now time.Time) []Action {
 			acts = m.persist(next, pTake, m.winWhy, false, acts)
 		}
 	}
+	if m.mayReelect(now) {
+		m.reelectAt = time.Time{}
+		m.electing = m.rec.Epoch
+		acts = append(acts, Action{Kind: Elect, Epoch: m.electing})
+	}
 	return m.maybeResync(now, acts)
+}
+
+// mayReelect reports whether a suspended array asks the mediator again
+// now: its elect failed (the mediator did not answer in time, or its
+// answer was lost) while the link is down, RetryAfter has passed, it
+// reaches the mediator, and it may still race (its copy is current at
+// the epoch it raced at, the peer is not pre-elected). The mediator
+// answers a repeat by the winner of that epoch as a win, so a grant
+// whose answer was lost is used after all; if the peer won, the answer
+// says so and this array adopts the peer's epoch.
+func (m *Machine) mayReelect(now time.Time) bool {
+	return m.state == Suspended && !m.reelectAt.IsZero() && !now.Before(m.reelectAt) && !m.link && m.medUp &&
+		m.electing == 0 && m.rec.Current() && m.rec.Pre != m.cfg.Peer && !m.busy()
 }
 
 // LeaseExpired: this array's lease ran out while the link seems up: the
@@ -672,13 +696,19 @@ func (m *Machine) LeaseExpired() []Action {
 
 // Elected: the mediator answered the elect at epoch.
 func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action {
-	if m.state != Paused || m.electing == 0 || epoch != m.electing {
+	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
 	if res.Won && res.Winner == m.cfg.Self && res.Epoch == epoch+1 {
 		m.win, m.winWhy = res.Epoch, "mediator"
-		return m.Tick(now)
+		var acts []Action
+		if m.state == Suspended {
+			// A repeated elect won (the first answer was lost): hold
+			// I/O again until the fence, then serve alone.
+			acts = m.set(Paused, nil)
+		}
+		return append(acts, m.Tick(now)...)
 	}
 	acts := m.set(Suspended, nil)
 	if res.Winner == m.cfg.Peer && res.Epoch > m.rec.Epoch && !m.busy() {
@@ -691,12 +721,15 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 }
 
 // ElectFailed: the mediator could not be asked (unreachable, rolled
-// back, not configured) or did not answer.
-func (m *Machine) ElectFailed(epoch uint64) []Action {
-	if m.state != Paused || m.electing == 0 || epoch != m.electing {
+// back, not configured) or did not answer. The array suspends; while
+// the link stays down it asks again after RetryAfter whenever it
+// reaches the mediator (the grant may have been made, its answer lost).
+func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
+	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
+	m.reelectAt = now.Add(m.cfg.RetryAfter)
 	return m.set(Suspended, nil)
 }
 

@@ -123,7 +123,7 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 	case "elected":
 		acts = m.Elected(epoch("epoch"), ElectResult{Won: flag("won"), Epoch: epoch("new"), Winner: array(t, d, "winner")}, now)
 	case "elect-failed":
-		acts = m.ElectFailed(epoch("epoch"))
+		acts = m.ElectFailed(epoch("epoch"), now)
 	case "resync-started":
 		acts = m.ResyncStarted(epoch("epoch"), now)
 	case "resync-failed":

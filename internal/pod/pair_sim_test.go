@@ -340,7 +340,7 @@ func (s *sim) perform(i int, acts []Action) {
 			if x.reach {
 				s.reqs = append(s.reqs, electReq{from: i, epoch: a.Epoch})
 			} else {
-				s.feed(i, fmt.Sprintf("elect-failed %d (no mediator)", a.Epoch), func(m *Machine) []Action { return m.ElectFailed(a.Epoch) })
+				s.feed(i, fmt.Sprintf("elect-failed %d (no mediator)", a.Epoch), func(m *Machine) []Action { return m.ElectFailed(a.Epoch, s.now) })
 			}
 		case StartResync:
 			s.request(i, simMsg{kind: "resync", epoch: a.Epoch, from: x.from})
@@ -916,7 +916,7 @@ func (s *sim) electReq(k int) {
 	}
 	x := s.arr[r.from]
 	if !x.reach {
-		s.feed(r.from, fmt.Sprintf("elect-failed %d (unreachable)", r.epoch), func(m *Machine) []Action { return m.ElectFailed(r.epoch) })
+		s.feed(r.from, fmt.Sprintf("elect-failed %d (unreachable)", r.epoch), func(m *Machine) []Action { return m.ElectFailed(r.epoch, s.now) })
 		return
 	}
 	var res ElectResult
@@ -940,7 +940,7 @@ func (s *sim) electAns(k int) {
 		return
 	}
 	if !s.arr[an.to].reach {
-		s.feed(an.to, fmt.Sprintf("elect-failed %d (answer lost)", an.epoch), func(m *Machine) []Action { return m.ElectFailed(an.epoch) })
+		s.feed(an.to, fmt.Sprintf("elect-failed %d (answer lost)", an.epoch), func(m *Machine) []Action { return m.ElectFailed(an.epoch, s.now) })
 		return
 	}
 	s.feed(an.to, fmt.Sprintf("elected %d %+v", an.epoch, an.res), func(m *Machine) []Action { return m.Elected(an.epoch, an.res, s.now) })

@@ -150,10 +150,11 @@ func TestReviewLostElectAnswerStaysSuspended(t *testing.T) {
 	// a's answer is lost on the way back; the mediator is still online.
 	a := s.answers[0]
 	s.answers = s.answers[1:]
-	s.feed(0, fmt.Sprintf("elect-failed %d (answer lost, mediator online)", a.epoch), func(m *Machine) []Action { return m.ElectFailed(a.epoch) })
+	s.feed(0, fmt.Sprintf("elect-failed %d (answer lost, mediator online)", a.epoch), func(m *Machine) []Action { return m.ElectFailed(a.epoch, s.now) })
 	s.steps(t, electOldest, answerOldest, persistB)
 	for range 50 {
-		s.steps(t, op{kind: opAdvance, a: 2}) // 200 ms
+		// 200 ms; the mediator answers whatever is asked of it.
+		s.steps(t, op{kind: opAdvance, a: 2}, electOldest, answerOldest, persistA)
 		if s.servesWrites(0) || s.servesWrites(1) {
 			return
 		}

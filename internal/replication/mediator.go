@@ -92,7 +92,7 @@ func (p *podRT) elect(epoch uint64) {
 	st := r.mediatorStatus()
 	if med == nil || st.State == MediatorNotConfigured || st.State == MediatorRolledBack {
 		r.log.Warn("pod paused and no mediator to race through: suspended here", "pod", p.name, "epoch", epoch, "mediator", st.State, "why", st.Err)
-		p.event(func(m *pod.Machine) []pod.Action { return m.ElectFailed(epoch) })
+		p.event(func(m *pod.Machine) []pod.Action { return m.ElectFailed(epoch, r.now()) })
 		return
 	}
 	r.wg.Add(1)
@@ -106,7 +106,7 @@ func (p *podRT) elect(epoch uint64) {
 		res, err := med.Elect(ctx, p.id, epoch)
 		if err != nil {
 			r.log.Error("race to the mediator failed: the pod is suspended here until the link or the mediator returns", "pod", p.name, "epoch", epoch, "err", err)
-			p.event(func(m *pod.Machine) []pod.Action { return m.ElectFailed(epoch) })
+			p.event(func(m *pod.Machine) []pod.Action { return m.ElectFailed(epoch, r.now()) })
 			return
 		}
 		r.log.Info("race to the mediator", "pod", p.name, "epoch", epoch, "won", res.Won && res.Winner == r.cfg.ID,
