@@ -101,9 +101,15 @@ func newPodRT(r *Replicator, cp *catalog.Pod, rec pod.Record) *podRT {
 	p.mu.m.SetAutoRecover(p.mu.autoRecover, now)
 	p.mu.changed = make(chan struct{})
 	p.mu.track = noTracking()
-	if rec.Sequencer != r.cfg.ID {
-		// A copy that never ordered writes has none of its own the
-		// peer lacks: its tracking holds from its last in-sync epoch.
+	if rec.Sequencer != r.cfg.ID && rec.Current() {
+		// A follower in sync at its epoch ordered no write at that
+		// epoch (the peer owns it), and its copy was complete then: it
+		// has no write of its own the peer lacks, and its tracking
+		// holds from that epoch. Any other record cannot prove it:
+		// behind with the peer as owner, it may have ordered writes at
+		// its last in-sync epoch and lost the race with some never
+		// acknowledged, whose regions were kept only in the memory a
+		// restart lost; its next copy is then complete (from 0).
 		p.mu.track.from = rec.Synced
 	}
 	return p

@@ -23,6 +23,12 @@ import (
 //     follower's last checkpoint (the follower writes them without syncing
 //     until then). A sequencer that restarts has lost them: its next copy
 //     is complete.
+//   - Each array keeps, in memory too, the regions it wrote as the
+//     sequencer that the peer may lack (a race it lost with writes in
+//     flight); the receiver lists them when a copy resumes. An array
+//     that restarts has lost them unless its record proves there are
+//     none (a follower in sync at its epoch): otherwise its next copy is
+//     complete.
 //
 // Resuming then copies the tracked regions (their data, or unmaps where
 // the sequencer has none) and continues from the cursor. This is the seam
