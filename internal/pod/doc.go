@@ -31,6 +31,8 @@
 //	           durably before it grants the peer in-sync)
 //	Pre        the pre-elected array ("" none)
 //	Left       this array gave the pod up (handover or removal)
+//	Single     the pod is this array's alone (a removal or handover
+//	           completed): a restart finishes making it a local pod
 //
 // # Epochs are terms with one grantor
 //

@@ -49,6 +49,9 @@ type Record struct {
 	Alone     bool   `json:"alone,omitempty"`
 	Pre       string `json:"pre,omitempty"`
 	Left      bool   `json:"left,omitempty"`
+	// Single: the pod is this array's alone from Epoch (a removal or a
+	// handover completed); a restart finishes making it a local pod.
+	Single bool `json:"single,omitempty"`
 }
 
 // Current reports whether the copy is complete and current at the
@@ -66,6 +69,9 @@ func (r Record) String() string {
 	}
 	if r.Left {
 		b.WriteString(" left")
+	}
+	if r.Single {
+		b.WriteString(" single")
 	}
 	return b.String()
 }
@@ -300,6 +306,9 @@ type Machine struct {
 	preInFlight   bool
 	removing      bool
 	unstretchDone bool
+	// unstretchDue: the Unstretched of a record made single before a
+	// restart is still to be said.
+	unstretchDue bool
 }
 
 // New returns the machine of a pod after the array (re)started with
@@ -315,6 +324,11 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 	switch {
 	case rec.Left:
 		m.state = Left
+	case rec.Single && rec.Sequencer == cfg.Self:
+		// A removal or handover made durable before the pod was made
+		// local: finish it (the first Tick says Unstretched).
+		m.state = Alone
+		m.unstretchDone, m.unstretchDue = true, true
 	case !rec.Current():
 		m.state = Suspended
 	case rec.Sequencer == cfg.Self && rec.Alone:
@@ -327,6 +341,12 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 		}
 	}
 	return m
+}
+
+// single returns the record of the pod as this array's alone from
+// epoch.
+func (m *Machine) single(epoch uint64) Record {
+	return Record{Epoch: epoch, Sequencer: m.cfg.Self, Synced: epoch, Alone: true, Single: true}
 }
 
 // Stretched returns the record of a pod that this array just stretched
@@ -504,7 +524,7 @@ func (m *Machine) PeerRecord(rec Record, ok bool, now time.Time) []Action {
 	if ok {
 		m.peerEpoch = max(m.peerEpoch, rec.Epoch)
 	}
-	if m.busy() || m.state == Left {
+	if m.busy() || m.state == Left || m.unstretchDone {
 		return nil
 	}
 	self := m.cfg.Self
@@ -527,8 +547,7 @@ func (m *Machine) PeerRecord(rec Record, ok bool, now time.Time) []Action {
 		// was lost): it serves nothing, so the pod is this array's
 		// alone. (A copy it gave up at an older epoch is restretched by
 		// the resync.)
-		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: self, Synced: m.rec.Epoch + 1, Alone: true}
-		return m.persist(next, pSingle, "agreed", false, m.set(Alone, nil))
+		return m.persist(m.single(m.rec.Epoch+1), pSingle, "agreed", false, m.set(Alone, nil))
 	case !rec.Left && rec.Sequencer == self && rec.Epoch > m.rec.Epoch && m.rec.Current() && m.resyncing == 0 &&
 		(m.state == Suspended || m.state == Paused):
 		// The peer durably holds this array as the owner of a later
@@ -644,6 +663,10 @@ func (m *Machine) decide(now time.Time) bool {
 // Tick: the clock reads now.
 func (m *Machine) Tick(now time.Time) []Action {
 	var acts []Action
+	if m.unstretchDue {
+		m.unstretchDue = false
+		acts = append(acts, Action{Kind: Unstretched, Epoch: m.rec.Epoch})
+	}
 	if m.failed != nil && m.pending == nil && !now.Before(m.retryAt) {
 		p := m.failed
 		m.failed = nil
@@ -1093,8 +1116,7 @@ func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
 		return nil, refuse("handover at epoch %d in state %s (%s)", epoch, m.state, m.rec)
 	}
 	m.raceAt, m.electing, m.win = time.Time{}, 0, 0
-	next := Record{Epoch: epoch, Sequencer: m.cfg.Self, Synced: epoch, Alone: true}
-	return m.persist(next, pTakeHandover, "handover", false, nil), nil
+	return m.persist(m.single(epoch), pTakeHandover, "handover", false, nil), nil
 }
 
 // RemoveRequested: the sequencer asks this array to give the pod up (at
@@ -1135,9 +1157,8 @@ func (m *Machine) RemovePeer() ([]Action, error) {
 	}
 	switch {
 	case (m.state == Alone || m.state == Syncing) && m.rec.Alone:
-		next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}
 		acts := m.set(Alone, nil)
-		return m.persist(next, pSingle, "alone", false, acts), nil
+		return m.persist(m.single(m.rec.Epoch+1), pSingle, "alone", false, acts), nil
 	case (m.state == InSync || m.state == Syncing) && m.link:
 		m.removing = true
 		return []Action{{Kind: AskRemove, Epoch: m.rec.Epoch}}, nil
@@ -1150,9 +1171,8 @@ func (m *Machine) PeerLeft(epoch uint64) []Action {
 	if !m.removing || epoch != m.rec.Epoch || m.busy() {
 		return nil
 	}
-	next := Record{Epoch: m.rec.Epoch + 1, Sequencer: m.cfg.Self, Synced: m.rec.Epoch + 1, Alone: true}
 	acts := m.set(Alone, nil)
-	return m.persist(next, pSingle, "agreed", false, acts)
+	return m.persist(m.single(m.rec.Epoch+1), pSingle, "agreed", false, acts)
 }
 
 // RemoveFailed: the peer did not answer the removal: it may still serve
