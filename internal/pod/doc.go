@@ -134,9 +134,13 @@
 //
 // An array that restarts with a current copy is as after a link loss with
 // the peer last heard at the restart (it was dead meanwhile, and the peer
-// may still hold a lease only until then plus Timeout); one that restarts
-// behind is suspended; an owner that knows the peer is behind (Alone)
-// serves alone again at once.
+// may still hold a lease only until then plus Timeout); the Timeout is
+// the larger of the one it runs with now and the one its record kept (a
+// record keeps the timeout in effect when it was written, since the
+// peer's lease was counted with the timeout this array advertised then),
+// so lowering the timeout across a restart never shortens the fence. One
+// that restarts behind is suspended; an owner that knows the peer is
+// behind (Alone) serves alone again at once.
 //
 // # Pre-election
 //

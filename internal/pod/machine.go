@@ -52,6 +52,12 @@ type Record struct {
 	// Single: the pod is this array's alone from Epoch (a removal or a
 	// handover completed); a restart finishes making it a local pod.
 	Single bool `json:"single,omitempty"`
+	// Timeout is the link timeout this array ran with when it wrote the
+	// record (the largest it ran with since its start): the peer's lease
+	// on this array may last that long after it last heard from it, so
+	// a restart fences with the larger of it and the new timeout. Not
+	// part of String (the transcripts show its effect, fence-at).
+	Timeout time.Duration `json:"timeout,omitempty"`
 }
 
 // Current reports whether the copy is complete and current at the
@@ -309,6 +315,11 @@ type Machine struct {
 	// unstretchDue: the Unstretched of a record made single before a
 	// restart is still to be said.
 	unstretchDue bool
+	// oldTimeout is the longer link timeout this array ran with before
+	// its restart, until oldUntil (when a lease the peer held under it
+	// has surely ended); records written meanwhile keep it.
+	oldTimeout time.Duration
+	oldUntil   time.Time
 }
 
 // New returns the machine of a pod after the array (re)started with
@@ -321,6 +332,12 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 		cfg.RetryAfter = cfg.Timeout
 	}
 	m := &Machine{cfg: cfg, rec: rec, autoRecover: true, pref: cfg.Preference}
+	if rec.Timeout > cfg.Timeout {
+		// The peer may hold a lease on this array under the longer
+		// timeout it ran with before the restart, until now plus that
+		// timeout at most: fence with it, and record it, until then.
+		m.oldTimeout, m.oldUntil = rec.Timeout, now.Add(rec.Timeout)
+	}
 	switch {
 	case rec.Left:
 		m.state = Left
@@ -335,7 +352,7 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 		m.state = Alone
 	default:
 		m.state = Paused
-		m.fenceAt = now.Add(cfg.Timeout)
+		m.fenceAt = now.Add(max(cfg.Timeout, rec.Timeout))
 		if !m.decide(now) {
 			m.state = Suspended
 		}
@@ -458,6 +475,7 @@ func (m *Machine) set(s State, acts []Action) []Action {
 
 // persist starts a durable write of rec for why.
 func (m *Machine) persist(rec Record, why purpose, reason string, sync bool, acts []Action) []Action {
+	rec.Timeout = max(m.cfg.Timeout, m.oldTimeout)
 	m.nextID++
 	p := &persist{id: m.nextID, rec: rec, why: why, reason: reason, sync: sync}
 	m.pending = p
@@ -663,6 +681,9 @@ func (m *Machine) decide(now time.Time) bool {
 // Tick: the clock reads now.
 func (m *Machine) Tick(now time.Time) []Action {
 	var acts []Action
+	if m.oldTimeout != 0 && !now.Before(m.oldUntil) {
+		m.oldTimeout = 0
+	}
 	if m.unstretchDue {
 		m.unstretchDue = false
 		acts = append(acts, Action{Kind: Unstretched, Epoch: m.rec.Epoch})

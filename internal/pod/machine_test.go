@@ -22,7 +22,7 @@ var start = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 // Directives (t=D moves the fake clock to start+D first; it never goes
 // back):
 //
-//	new epoch=N seq=a|b synced=N [alone] [pre=a|b] [left] [single] [pref=a|b] [timeout=D] [headstart=D]
+//	new epoch=N seq=a|b synced=N [alone] [pre=a|b] [left] [single] [rectimeout=D] [pref=a|b] [timeout=D] [headstart=D]
 //	    a machine restarted with that record and failover preference
 //	    (timeout 1s, head start 1s)
 //	link-up [hello=none|(N,a|b,N[,left])] | link-down [heard=D] [lease=D] | tick | lease-expired
@@ -229,6 +229,9 @@ func (h *transcript) record(t *testing.T, d *datadriven.TestData) Record {
 	r.Alone = d.HasArg("alone")
 	r.Left = d.HasArg("left")
 	r.Single = d.HasArg("single")
+	if d.HasArg("rectimeout") {
+		r.Timeout = h.duration(t, d, "rectimeout")
+	}
 	if d.HasArg("pre") {
 		r.Pre = array(t, d, "pre")
 	}

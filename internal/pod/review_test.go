@@ -243,14 +243,16 @@ func TestReviewRestartWithShorterTimeout(t *testing.T) {
 	// a restarts 300 ms later with the shorter timeout, races at once
 	// (preferred) and wins.
 	now := t0.Add(300 * time.Millisecond)
-	a := New(Config{Self: "a", Peer: "b", Timeout: newT, HeadStart: headStart, Preference: "a"}, Record{Epoch: 3, Sequencer: "a", Synced: 3}, now)
+	// Its record, written while it ran with the old timeout, says so
+	// (the fix: a record keeps the timeout in effect).
+	a := New(Config{Self: "a", Peer: "b", Timeout: newT, HeadStart: headStart, Preference: "a"}, Record{Epoch: 3, Sequencer: "a", Synced: 3, Timeout: oldT}, now)
 	a.MediatorUp(true, now)
 	for _, act := range a.Tick(now) {
 		if act.Kind == Elect {
 			a.Elected(act.Epoch, ElectResult{Won: true, Epoch: act.Epoch + 1, Winner: "a"}, now)
 		}
 	}
-	for step := 0; step < 40 && a.State() != Alone; step++ {
+	for step := 0; step < 200 && a.State() != Alone; step++ {
 		now = now.Add(50 * time.Millisecond)
 		persist(a, a.Tick(now), now)
 		b.Tick(now)
