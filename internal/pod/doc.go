@@ -199,8 +199,15 @@
 //     the owner persists E+1 alone. If it does not answer, the owner ends
 //     the link and the pod goes through the race: removal completes on the
 //     winner's side only if the winner is the owner.
-//   - A pod the peer gave up or no longer has while the link was down is
-//     learnt from the peer's hello.
+//   - A pod the peer gave up or made its own alone while the link was
+//     down is learnt from the peer's hello: an array whose pod is local
+//     answers with its record marked Single, and a copy here gives up
+//     only to a peer that holds the pod alone at the epoch it owns here
+//     or a later one (or when this copy is incomplete). A peer with no
+//     copy at all (it eradicated the copy it gave up after a handover
+//     whose message was lost) removes nothing: the holder of a current
+//     copy keeps it, suspended until the mediator or an operator
+//     decides, and an incomplete copy is given up.
 //   - An array whose record giving the pod up (its handover, or the
 //     removal the peer asked for) is in flight when the link is lost
 //     pauses without racing: it could win an epoch its record then

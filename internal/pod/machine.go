@@ -547,15 +547,27 @@ func (m *Machine) PeerRecord(rec Record, ok bool, now time.Time) []Action {
 	}
 	self := m.cfg.Self
 	switch {
+	case ok && rec.Single && rec.Sequencer == m.cfg.Peer &&
+		(!m.rec.Current() || rec.Epoch > m.rec.Epoch || (rec.Epoch == m.rec.Epoch && m.rec.Sequencer == m.cfg.Peer)):
+		// The peer holds the pod as its own alone (it removed this
+		// array, or this array handed the pod over and the peer
+		// completed it): give this copy up if it is incomplete, or
+		// current at an older epoch than the peer's, or at the one the
+		// peer owns.
+		return m.leave()
 	case !ok:
-		if m.state != Alone && m.state != Syncing {
-			// The owner removed this array while the link was down
-			// (or, owning an epoch it never served, it lost the pod
-			// to the peer, which then removed it).
+		if m.state != Alone && m.state != Syncing && !m.rec.Current() {
+			// The peer has no copy at all and this one is incomplete
+			// (a copy under way when the peer's pod went away): give
+			// it up.
 			return m.leave()
 		}
-		// Serving alone: the peer has no copy yet (a fresh stretch) or
-		// eradicated it: the resync installs one.
+		// The peer has no copy: a fresh stretch (the resync installs
+		// one), or it eradicated the copy it gave up (a handover whose
+		// message was lost, then its eradication window or its
+		// administrator). "No copy" says nothing of who owns the pod:
+		// a current copy is kept, and only a peer that holds the pod
+		// alone (its record single, later) removes this array.
 	case rec.Left && rec.Sequencer == self && rec.Epoch == m.rec.Epoch+1:
 		// The peer handed the pod over and never heard back.
 		acts, _ := m.HandoverRequested(rec.Epoch)

@@ -359,8 +359,10 @@ func (s *sim) perform(i int, acts []Action) {
 		case Unstretched:
 			x.single = true
 			s.logf("%s: the pod is local here from epoch %d", x.id, a.Epoch)
-			// The driver tells the peer, which may still think otherwise.
-			s.send(i, simMsg{kind: "hello", ok: false})
+			// The driver tells the peer, which may still think
+			// otherwise: the pod is this array's alone (its record,
+			// single).
+			s.hello(i)
 		case ClearTracking:
 			x.dirty = map[int]bool{}
 			x.from, x.baseTag = a.Epoch, a.Epoch
@@ -623,10 +625,8 @@ func (s *sim) connect(order int) {
 // hello sends array i's record of the pod, as the driver's hello does.
 func (s *sim) hello(i int) {
 	x := s.arr[i]
-	if x.single {
-		s.send(i, simMsg{kind: "hello", ok: false})
-		return
-	}
+	// A local pod's record is single (the driver answers with it for
+	// as long as the pod is local there).
 	s.send(i, simMsg{kind: "hello", ok: true, rec: x.dur})
 }
 

@@ -220,9 +220,11 @@ func (r *Replicator) handleUnstretch(req link.Message) ([]byte, error) {
 		}
 		return mustJSON(answerOf(r.Unstretch(context.Background(), m.Pod, m.Array))), nil
 	case m.Notice:
-		// The peer made the pod its own: the hello's rule.
+		// The peer made the pod its own alone at the message's epoch:
+		// the hello's rule.
 		if p, err := r.stretched(m.Pod); err == nil {
-			p.event(func(mm *pod.Machine) []pod.Action { return mm.PeerRecord(pod.Record{}, false, r.now()) })
+			rec := singleRecord(peer.ID, req.Epoch)
+			p.event(func(mm *pod.Machine) []pod.Action { return mm.PeerRecord(rec, true, r.now()) })
 		}
 		return nil, nil
 	default:
@@ -284,7 +286,14 @@ func (r *Replicator) handlePodState(req link.Message) ([]byte, error) {
 	}
 	ans := podStateMsg{Pod: m.Pod, ID: m.ID, Mediator: r.mediatorUp()}
 	cp := r.env.Catalog().View().Pods[m.Pod]
-	if cp != nil && cp.ID == m.ID && hasArray(cp, peer.ID) && (len(cp.Arrays) == 2 || cp.Pending != nil) {
+	switch {
+	case cp != nil && cp.ID == m.ID && cp.Pending == nil && len(cp.Arrays) == 1 && cp.Arrays[0].ID == r.cfg.ID:
+		// The pod is this array's alone: the peer's copy, if it has
+		// one, is no longer part of it (a removal, or a handover this
+		// array took).
+		ans.Has = true
+		ans.Record = singleRecord(r.cfg.ID, cp.Epoch)
+	case cp != nil && cp.ID == m.ID && hasArray(cp, peer.ID) && (len(cp.Arrays) == 2 || cp.Pending != nil):
 		ans.Has = true
 		if p := r.pod(m.Pod); p != nil && p.id == m.ID {
 			p.mu.Lock()
@@ -295,6 +304,12 @@ func (r *Replicator) handlePodState(req link.Message) ([]byte, error) {
 		}
 	}
 	return mustJSON(ans), nil
+}
+
+// singleRecord is the record of a pod that is array id's alone from
+// epoch, as the peer is told it.
+func singleRecord(id string, epoch uint64) pod.Record {
+	return pod.Record{Epoch: epoch, Sequencer: id, Synced: epoch, Alone: true, Single: true}
 }
 
 // handleStatus takes the peer's view of the mediator.

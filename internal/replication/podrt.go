@@ -691,7 +691,7 @@ func (p *podRT) unstretched(epoch uint64) {
 	r.log.Info("the pod is this array's alone now", "pod", p.name, "epoch", epoch)
 	if s := r.session(); s != nil {
 		p.goCall(func() {
-			if err := callJSON(context.Background(), s, msgUnstretch, 0, unstretchMsg{Pod: p.name, Notice: true}, nil); err != nil {
+			if err := callJSON(context.Background(), s, msgUnstretch, epoch, unstretchMsg{Pod: p.name, Notice: true}, nil); err != nil {
 				r.log.Debug("tell the peer the pod is unstretched", "pod", p.name, "err", err)
 			}
 		})
