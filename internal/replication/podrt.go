@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -233,12 +234,23 @@ func (p *podRT) request(f func(m *pod.Machine) ([]pod.Action, error)) error {
 	return p.persistInline(acts)
 }
 
-// apply runs f on the machine, logging state changes.
+// apply runs f on the machine, logging state changes. The change
+// tracking is cleared in the same step as the event that allows it (the
+// peer's durable confirmation), not later on the pod's goroutine: a
+// write noted meanwhile as one the peer lacks would be forgotten.
 func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []pod.Action {
 	p.mu.Lock()
 	m := p.mu.m
 	was, wasRole := m.State(), m.Role()
 	acts := f(m)
+	acts = slices.DeleteFunc(acts, func(a pod.Action) bool {
+		if a.Kind != pod.ClearTracking {
+			return false
+		}
+		p.mu.track = noTracking()
+		p.mu.track.from = a.Epoch
+		return true
+	})
 	now, role, epoch := m.State(), m.Role(), m.Epoch()
 	p.mu.Unlock()
 	if now != was || role != wasRole {
@@ -490,10 +502,7 @@ func (p *podRT) do(a pod.Action) {
 			p.r.log.Error("keep the copy given up pending eradication", "pod", p.name, "err", err)
 		}
 	case pod.ClearTracking:
-		p.mu.Lock()
-		p.mu.track = noTracking()
-		p.mu.track.from = a.Epoch
-		p.mu.Unlock()
+		// Done by apply, with the event.
 	case pod.EndLink:
 		if s := p.mode().sess; s != nil {
 			p.peerFailed(s, fmt.Errorf("pod %s: the protocol ends the link", p.name))
