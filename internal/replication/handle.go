@@ -503,6 +503,12 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 			return nil, fmt.Errorf("pod %s: install the configuration: %w", name, err)
 		}
 	}
+	// This array's own replicated operations on the pod, begun while it
+	// served it, end first (they hold ioMu shared from their start to
+	// their tracking; the machine no longer lets a new one write): their
+	// regions are then tracked, or the copy is cleared after them.
+	p.ioMu.Lock()
+	defer p.ioMu.Unlock()
 	// Resume when this array's copy is the one the sequencer tracked
 	// changes against: complete and identical at that epoch (it was in
 	// sync then), or a copy under way whose cursor is of that epoch; and

@@ -1,9 +1,14 @@
 package replication
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/store"
 )
 
 // TestClearTrackingWithPeerInSync: the change tracking is cleared when
@@ -49,5 +54,69 @@ func TestClearTrackingWithPeerInSync(t *testing.T) {
 	defer p.mu.Unlock()
 	if _, ok := p.mu.track.dirty[uuidVol2][0]; !ok || p.mu.track.from != 10 {
 		t.Fatalf("a write the peer lacks, noted after it accepted the grant, is no longer tracked (tracking from %d: %v)", p.mu.track.from, p.mu.track.dirty)
+	}
+}
+
+// TestResyncWaitsForOwnWrites: a replicated write of this array that
+// started while it served the pod (here: array-b ordered pod2) is still
+// in flight when the peer's resync request arrives, b having lost the
+// race meanwhile. The resync must be answered only once that write is
+// done (its region tracked or the copy cleared after it): answered
+// before, the copy is cleared (or its own regions listed) first and the
+// write lands afterwards, a block the winner never had and the copy
+// never overwrites.
+func TestResyncWaitsForOwnWrites(t *testing.T) {
+	h := newHostilePeer(t)
+	h.restartPod("pod2", "pod-2", pod.Record{Epoch: 8, Sequencer: idA, Synced: epoch2})
+	p := h.env.r.pod("pod2")
+	pc := h.env.cat.View().PodConfig("pod2")
+	vol := h.env.st.Volume(h.env.cat.View().Volumes["pod2::vol2"].DataID)
+	// The write in flight holds the pod's I/O lock shared, as mirror
+	// does from its start to its tracking.
+	p.ioMu.RLock()
+	type result struct {
+		out []byte
+		err error
+	}
+	answered := make(chan result, 1)
+	go func() {
+		out, err := h.send(msgResync, 9, mustJSON(resyncMsg{Config: *pc}))
+		answered <- result{out, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		select {
+		case res := <-answered:
+			p.ioMu.RUnlock()
+			t.Fatalf("the resync was answered (%s, %v) while a write of this array to the pod was still in flight", res.out, res.err)
+		default:
+		}
+		if !p.ioMu.TryRLock() {
+			break // the handler waits for the write
+		}
+		p.ioMu.RUnlock()
+		if time.Now().After(deadline) {
+			p.ioMu.RUnlock()
+			t.Fatal("the resync neither answered nor waited")
+		}
+	}
+	// The write lands, and is done.
+	if err := vol.WriteAt(context.Background(), bytes.Repeat([]byte{0x7b}, store.BlockSize), 0); err != nil {
+		t.Fatal(err)
+	}
+	p.ioMu.RUnlock()
+	res := <-answered
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	var ans resumeAnswer
+	if err := json.Unmarshal(res.out, &ans); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, store.BlockSize)
+	if err := vol.ReadAt(context.Background(), buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !ans.Resume && !bytes.Equal(buf, make([]byte, store.BlockSize)) {
+		t.Fatalf("a fresh copy starts with a block written before it was cleared")
 	}
 }
