@@ -66,12 +66,24 @@
 // Every message of a pod carries the sender's epoch. A message is applied
 // only at the receiver's current epoch, and the check and the apply are
 // one step (the driver holds the pod's apply lock shared across both, and
-// exclusively across every change of epoch or state), so a message of an
-// older epoch is never applied once a newer epoch is accepted, and
-// nothing from a peer changes state here before its epoch is accepted:
-// the machine decides on a request first, its record is persisted, and
-// only then does the driver install configuration, clear a copy or
-// answer.
+// exclusively across every change of epoch or state a peer's request
+// makes and across every record of its own that changes the epoch, a
+// race won or lost included), so a message of an older epoch is never
+// applied once a newer epoch is accepted, and nothing from a peer
+// changes state here before its epoch is accepted: the machine decides
+// on a request first, its record is persisted, and only then does the
+// driver install configuration, clear a copy or answer.
+//
+// A request the machine decided may be sent on a later link session than
+// the one it was decided on (the driver's call runs when it runs), and
+// an answer may come for a proposal the machine has moved on from: the
+// machine checks each against its state when it arrives (a resync it
+// accepted already is not accepted again while its copy is under way;
+// the driver takes a resync answer's resume point only for the proposal
+// the machine accepts), and a race's answer is used only while the
+// record is still the one the race was run at. The simulation models
+// both (the driver's outbox, and writes checked and applied in two
+// steps) with a barrier invariant.
 //
 // # Leases on both sides
 //

@@ -104,7 +104,12 @@ type Config struct {
 	// epoch before the peer's lease has surely ended, "stale-race" asks
 	// the mediator with the epoch before the current one, "early-clear"
 	// clears the change tracking when the grant is sent rather than once
-	// the peer accepted it. Never set outside the package's tests.
+	// the peer accepted it, "resync-again" takes a resync proposal sent
+	// again while the copy it started is under way (clearing the copy).
+	// The simulation's own planted bug, "no-barrier", is its driver's:
+	// neither the peer's requests nor this array's own changes of epoch
+	// wait for the peer's writes being applied.
+	// Never set outside the package's tests.
 	plant string
 }
 
@@ -756,6 +761,13 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 		return nil
 	}
 	m.electing = 0
+	if m.rec.Epoch != epoch || !m.rec.Current() {
+		// The record moved while the elect was under way (a suspended
+		// array accepted the peer's resync, which makes the peer the
+		// owner of the next epoch): a grant of the old race is not
+		// used.
+		return nil
+	}
 	if res.Won && res.Winner == m.cfg.Self && res.Epoch == epoch+1 {
 		m.win, m.winWhy = res.Epoch, "mediator"
 		var acts []Action
@@ -1091,9 +1103,12 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	case m.busy():
 		return nil, ErrBusy
 	case epoch == m.rec.Epoch && m.rec.Sequencer == m.cfg.Peer && !m.rec.Current() && !m.rec.Left &&
-		(m.state == Suspended || m.state == Receiving):
+		(m.state == Suspended || (m.state == Receiving && m.cfg.plant == "resync-again")):
 		// The proposal this array accepted already (durably): the
-		// driver asks again once the pod's runtime runs.
+		// driver asks again once the pod's runtime runs. (Receiving
+		// already, it is a copy of the same proposal sent again, on a
+		// later session than the one it was decided on: the copy under
+		// way must not be cleared, so it is refused below.)
 		return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
 	case m.state != Suspended && m.state != Receiving && m.state != Left:
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)

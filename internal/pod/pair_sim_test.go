@@ -20,9 +20,17 @@ import (
 // copies and checkpoints, handovers, removals and restretches, and
 // preference changes. Messages are delivered in order within a link
 // session (or, in the stale mode, answers also after it ended and out of
-// order). After every step it checks the invariants below; at the end it
-// heals everything and checks that the pod gets back in sync (or stays
-// with one array, after a removal) with identical copies.
+// order). A request the machine decides (resync, grant, pre-election,
+// removal, handover) may wait in the driver's outbox until it sends it,
+// on whichever session is up then (a later one than it was decided on,
+// possibly). A peer's write is checked at its epoch when it arrives and
+// applied to the copy in a later step; the driver's per-pod barrier
+// holds the peer's requests that change the pod's epoch or state, and
+// the array's own records that change its epoch, until the writes
+// checked before them are applied. After every step it
+// checks the invariants below; at the end it heals everything and
+// checks that the pod gets back in sync (or stays with one array, after
+// a removal) with identical copies.
 //
 // The model of the world around the machines:
 //   - The link is two directions; a session needs both. A ping renews
@@ -60,6 +68,8 @@ import (
 //     returns data older than an acknowledged write);
 //   - tracking: the owner's tracking covers what the peer's durable copy
 //     lacks;
+//   - barrier: a peer's write is applied only at the receiver's current
+//     epoch, in a state that takes it (as when it was checked);
 //   - epochs never go back; at the end the pod heals.
 
 type simMode int
@@ -99,18 +109,21 @@ const (
 	opRestretch
 	opPreference
 	opHello
+	opFlush
+	opApply
+	opHold
 	numOps
 )
 
 var opNames = [...]string{"heartbeat", "advance", "cut", "mend", "mediator", "mediator-all", "persist",
 	"deliver", "lose", "elect-req", "elect-ans", "baseline", "checkpoint", "write", "read", "kill",
-	"restart", "handover", "remove", "restretch", "preference", "hello"}
+	"restart", "handover", "remove", "restretch", "preference", "hello", "flush", "apply", "hold"}
 
 var opWeights = [numOps]int{
 	opHeartbeat: 14, opAdvance: 8, opCut: 2, opMend: 4, opMediator: 2, opMediatorAll: 1, opPersist: 16,
 	opDeliver: 30, opLose: 1, opElectReq: 8, opElectAns: 8, opBaseline: 8, opCheckpoint: 3,
 	opWrite: 12, opRead: 6, opKill: 1, opRestart: 3, opHandover: 1, opRemove: 1, opRestretch: 2,
-	opPreference: 2, opHello: 2,
+	opPreference: 2, opHello: 2, opFlush: 6, opApply: 4, opHold: 4,
 }
 
 // op is one step; a parametrises it. A step that does not apply does
@@ -217,6 +230,19 @@ type simArray struct {
 	copied    uint64
 	single    bool
 	maxEpoch  uint64
+	// outbox: requests the machine decided that the driver has not
+	// sent yet; the driver sends each on the session that is up when
+	// it gets to it, which may be a later one than the session the
+	// machine decided on (or fails it when none is up).
+	outbox []simMsg
+	// hold: the next request decided waits in the outbox (the driver's
+	// call is slow to run) rather than being sent at once.
+	hold bool
+	// applying: the peer's writes accepted at their epoch (the check)
+	// and not yet applied to the copy (the apply); the driver's barrier
+	// holds every change of the pod's epoch or state a peer's request
+	// makes until they are applied.
+	applying []simMsg
 }
 
 type violation struct{ key, detail string }
@@ -343,19 +369,19 @@ func (s *sim) perform(i int, acts []Action) {
 				s.feed(i, fmt.Sprintf("elect-failed %d (no mediator)", a.Epoch), func(m *Machine) []Action { return m.ElectFailed(a.Epoch, s.now) })
 			}
 		case StartResync:
-			s.request(i, simMsg{kind: "resync", epoch: a.Epoch, from: x.from})
+			s.decide(i, simMsg{kind: "resync", epoch: a.Epoch, from: x.from})
 		case CopyBaseline:
 			if x.up {
 				s.jobs = append(s.jobs, electReq{from: i, epoch: a.Epoch})
 			}
 		case GrantInSync:
-			s.request(i, simMsg{kind: "grant", epoch: a.Epoch, pre: a.Pre})
+			s.decide(i, simMsg{kind: "grant", epoch: a.Epoch, pre: a.Pre})
 		case SendPreElect:
-			s.request(i, simMsg{kind: "pre", epoch: a.Epoch, pre: a.Pre})
+			s.decide(i, simMsg{kind: "pre", epoch: a.Epoch, pre: a.Pre})
 		case SendHandover:
-			s.send(i, simMsg{kind: "handover", epoch: a.Epoch})
+			s.decide(i, simMsg{kind: "handover", epoch: a.Epoch})
 		case AskRemove:
-			s.request(i, simMsg{kind: "remove", epoch: a.Epoch})
+			s.decide(i, simMsg{kind: "remove", epoch: a.Epoch})
 		case Unstretched:
 			x.single = true
 			s.logf("%s: the pod is local here from epoch %d", x.id, a.Epoch)
@@ -373,6 +399,38 @@ func (s *sim) perform(i int, acts []Action) {
 		}
 	}
 	_ = peer
+}
+
+// decide hands a request the machine decided to array i's driver, which
+// sends it at once, or (held) later from its outbox.
+func (s *sim) decide(i int, m simMsg) {
+	x := s.arr[i]
+	x.outbox = append(x.outbox, m)
+	if x.hold {
+		x.hold = false
+		s.logf("%s holds %s", x.id, m)
+		return
+	}
+	s.flush(i, len(x.outbox)-1)
+}
+
+// flush sends the request k of array i's outbox on the session up now,
+// as the driver's call does once it runs (the machine may have decided
+// it on an earlier session); with none up, the call fails.
+func (s *sim) flush(i, k int) {
+	x := s.arr[i]
+	if !x.alive {
+		return
+	}
+	m, ok := takeAt(&x.outbox, k)
+	if !ok {
+		return
+	}
+	if m.kind == "handover" {
+		s.send(i, m) // no answer: the peer learns it from the hello too
+		return
+	}
+	s.request(i, m)
 }
 
 // send queues a message from array i on its session.
@@ -693,6 +751,12 @@ func (s *sim) deliver(i int, a int) {
 		return
 	}
 	_ = x
+	if barred(m.kind) && len(y.applying) > 0 && s.plant != "no-barrier" {
+		// The barrier: the request waits (in its place) until the
+		// writes checked before it are applied.
+		s.q[i] = slices.Insert(s.q[i], k, m)
+		return
+	}
 	s.logf("deliver %s -> %s: %s", x.id, y.id, m)
 	fail := a%11 == 0
 	switch m.kind {
@@ -701,14 +765,9 @@ func (s *sim) deliver(i int, a int) {
 	case "status":
 		s.feed(j, fmt.Sprintf("peer-mediator %t", m.up), func(mm *Machine) []Action { return mm.PeerMediatorUp(m.up) })
 	case "write":
-		ok := !y.single && y.m.AcceptsEpoch(m.epoch) && (y.m.State() == Receiving || y.m.State() == InSync) && y.m.Role() == Follower
-		if ok {
-			y.data[m.block] = m.val
-			durable := y.m.State() == InSync
-			if durable {
-				y.durData[m.block] = m.val
-			}
-			s.send(j, simMsg{kind: "ack", sess: m.sess, wid: m.wid, block: m.block, durable: durable})
+		if s.takesWrite(j, m) {
+			// Checked at its epoch: applied in a later step.
+			y.applying = append(y.applying, m)
 		} else {
 			s.send(j, simMsg{kind: "nack", sess: m.sess, wid: m.wid, block: m.block})
 		}
@@ -734,8 +793,16 @@ func (s *sim) deliver(i int, a int) {
 		if y.outstanding["resync"] == m.epoch {
 			delete(y.outstanding, "resync")
 		}
-		y.peerDirty, y.full = m.dirty, !m.resume
-		s.feed(j, fmt.Sprintf("resync-started %d", m.epoch), func(mm *Machine) []Action { return mm.ResyncStarted(m.epoch, s.now) })
+		s.feed(j, fmt.Sprintf("resync-started %d", m.epoch), func(mm *Machine) []Action {
+			acts := mm.ResyncStarted(m.epoch, s.now)
+			if len(acts) > 0 {
+				// The driver takes the answer's resume point only for
+				// the resync the machine accepted (a stale answer, of
+				// another proposal, changes nothing).
+				y.peerDirty, y.full = m.dirty, !m.resume
+			}
+			return acts
+		})
 	case "resync-no":
 		if y.outstanding["resync"] == m.epoch {
 			delete(y.outstanding, "resync")
@@ -774,6 +841,57 @@ func (s *sim) deliver(i int, a int) {
 		delete(y.outstanding, "remove")
 		s.feed(j, fmt.Sprintf("remove-failed %d", m.epoch), func(mm *Machine) []Action { return mm.RemoveFailed(m.epoch) })
 	}
+}
+
+// barrierHolds reports whether array i's own record a waits for the
+// barrier: it changes the pod's epoch (a race won or lost, a handover,
+// a removal) while the peer's writes checked at the old one are still
+// being applied; the driver takes the barrier exclusively to write it.
+func (s *sim) barrierHolds(i int, a Action) bool {
+	x := s.arr[i]
+	return a.Record.Epoch != x.m.Epoch() && len(x.applying) > 0 && s.plant != "no-barrier"
+}
+
+// barred reports whether a peer's request of kind changes the pod's
+// epoch or state, so that the barrier holds it behind the writes being
+// applied.
+func barred(kind string) bool {
+	switch kind {
+	case "resync", "grant", "pre", "handover", "remove":
+		return true
+	}
+	return false
+}
+
+// takesWrite reports whether array j takes the peer's write m now: at
+// its current epoch, as a follower that receives or is in sync.
+func (s *sim) takesWrite(j int, m simMsg) bool {
+	y := s.arr[j]
+	return !y.single && y.m.AcceptsEpoch(m.epoch) && (y.m.State() == Receiving || y.m.State() == InSync) && y.m.Role() == Follower
+}
+
+// apply applies the write k checked at array j (the second half of the
+// driver's handler), and answers on the session it came on.
+func (s *sim) apply(j, k int) {
+	y := s.arr[j]
+	m, ok := takeAt(&y.applying, k)
+	if !ok || !y.alive {
+		return
+	}
+	// The link may have gone meanwhile, or the peer's hello made this
+	// array give its copy up (the state moved, not the epoch): the
+	// write still lands in the copy it was checked for.
+	if y.single || !y.m.AcceptsEpoch(m.epoch) || y.m.Role() != Follower {
+		s.fail("barrier", "%s applies a write of epoch %d (b%d=%d) in %s", y.id, m.epoch, m.block, m.val, s.describe(j))
+		return
+	}
+	y.data[m.block] = m.val
+	durable := y.m.Record().Current()
+	if durable {
+		y.durData[m.block] = m.val
+	}
+	s.logf("%s applies b%d=%d (epoch %d)", y.id, m.block, m.val, m.epoch)
+	s.send(j, simMsg{kind: "ack", sess: m.sess, wid: m.wid, block: m.block, durable: durable})
 }
 
 // serve handles a request m at array j as the driver does: the machine
@@ -963,7 +1081,7 @@ func (s *sim) kill(i, a int) {
 	if !x.alive {
 		return
 	}
-	if len(x.persists) > 0 && a%2 == 0 {
+	if len(x.persists) > 0 && a%2 == 0 && !s.barrierHolds(i, x.persists[0]) {
 		s.durable(i, x.persists[0]) // durable, never reported
 	}
 	s.logf("%s killed", x.id)
@@ -973,6 +1091,7 @@ func (s *sim) kill(i, a int) {
 	x.data = maps.Clone(x.durData)
 	x.dirty, x.inflight, x.waiting, x.vals = map[int]bool{}, map[uint64]int{}, map[uint64]int{}, map[uint64]uint64{}
 	x.from, x.copied, x.peerDirty = 0, 0, nil
+	x.outbox, x.applying, x.hold = nil, nil, false
 	s.q[i] = nil
 	s.jobs = slices.DeleteFunc(s.jobs, func(j electReq) bool { return j.from == i })
 	s.late = slices.DeleteFunc(s.late, func(j electReq) bool { return j.from == i })
@@ -1047,7 +1166,7 @@ func (s *sim) step(o op) {
 		s.setReach(0, false)
 		s.setReach(1, false)
 	case opPersist:
-		if !x.alive || len(x.persists) == 0 {
+		if !x.alive || len(x.persists) == 0 || s.barrierHolds(i, x.persists[0]) {
 			return
 		}
 		a := x.persists[0]
@@ -1117,6 +1236,12 @@ func (s *sim) step(o op) {
 		if x.alive && x.up {
 			s.hello(i)
 		}
+	case opFlush:
+		s.flush(i, o.a/2)
+	case opApply:
+		s.apply(i, o.a/2)
+	case opHold:
+		x.hold = true
 	case opPreference:
 		s.pref = []string{"", "a", "b"}[o.a/2%3]
 		s.logf("failover preference %q", s.pref)
@@ -1175,7 +1300,8 @@ func (s *sim) heal() {
 		a, b := s.arr[0], s.arr[1]
 		inSync := a.m.State() == InSync && b.m.State() == InSync && a.m.Epoch() == b.m.Epoch()
 		oneLeft := (a.single && b.m.State() == Left) || (b.single && a.m.State() == Left)
-		if (inSync || oneLeft) && len(s.q[0])+len(s.q[1]) == 0 && len(a.persists)+len(b.persists) == 0 {
+		if (inSync || oneLeft) && len(s.q[0])+len(s.q[1]) == 0 && len(a.persists)+len(b.persists) == 0 &&
+			len(a.outbox)+len(b.outbox)+len(a.applying)+len(b.applying) == 0 {
 			if inSync {
 				for blk := range simBlocks {
 					if a.data[blk] != b.data[blk] {
@@ -1194,6 +1320,7 @@ func (s *sim) heal() {
 			if !a.up {
 				s.now = s.now.Add(200 * time.Millisecond)
 			}
+		case s.drainDriver():
 		case len(a.persists) > 0:
 			s.step(op{kind: opPersist, a: 2})
 		case len(b.persists) > 0:
@@ -1222,6 +1349,24 @@ func (s *sim) heal() {
 	if s.err == nil {
 		s.fail("stuck", "not healed: a %s, b %s; a's machine %s, b's %s", s.describe(0), s.describe(1), s.arr[0].m.debug(), s.arr[1].m.debug())
 	}
+}
+
+// drainDriver performs one step the drivers have pending (a peer's
+// write being applied, a request held in the outbox) and reports
+// whether there was one.
+func (s *sim) drainDriver() bool {
+	for i, x := range s.arr {
+		switch {
+		case len(x.applying) > 0:
+			s.step(op{kind: opApply, a: i})
+		case len(x.outbox) > 0:
+			s.step(op{kind: opFlush, a: i})
+		default:
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 // run runs a schedule and returns the first violation and the trace.
@@ -1346,13 +1491,17 @@ func (st *simStats) add(trace []string, steps int) {
 	}
 }
 
+// plantSeeds is how many schedules TestSimCatchesPlantedBugs tries per
+// planted bug (the rarest is caught after about 9000).
+const plantSeeds = 30000
+
 // TestSimCatchesPlantedBugs plants each bug the simulation must catch in
 // the machine and checks that some schedule breaks an invariant (the one
 // expected): a simulation that cannot fail proves nothing.
 func TestSimCatchesPlantedBugs(t *testing.T) {
-	for _, tc := range []struct{ plant string }{{"skip-fence"}, {"stale-race"}, {"early-clear"}} {
+	for _, tc := range []struct{ plant string }{{"skip-fence"}, {"stale-race"}, {"early-clear"}, {"no-barrier"}, {"resync-again"}} {
 		t.Run(tc.plant, func(t *testing.T) {
-			for seed := int64(0); seed < 3000; seed++ {
+			for seed := int64(0); seed < plantSeeds; seed++ {
 				mode := simMode(seed % 2)
 				v, _ := runSim(mode, tc.plant, scheduleOf(seed), true)
 				if v != nil {
@@ -1360,7 +1509,7 @@ func TestSimCatchesPlantedBugs(t *testing.T) {
 					return
 				}
 			}
-			t.Errorf("no schedule of 3000 caught the planted bug %q", tc.plant)
+			t.Errorf("no schedule of %d caught the planted bug %q", plantSeeds, tc.plant)
 		})
 	}
 }

@@ -72,6 +72,7 @@ var (
 	persistB     = op{kind: opPersist, a: 3}
 	handoverA    = op{kind: opHandover, a: 0}
 	removeFromA  = op{kind: opRemove, a: 0}
+	flushA       = op{kind: opFlush, a: 0}
 	deliverAtoB  = op{kind: opDeliver, a: 2}
 	deliverBtoA  = op{kind: opDeliver, a: 3}
 )
@@ -110,7 +111,7 @@ func TestReviewHandoverPersistRacesLinkLoss(t *testing.T) {
 // the pod is served by nobody, for good.
 func TestReviewRemovalPersistRacesLinkLoss(t *testing.T) {
 	s := reviewSim(t)
-	s.steps(t, removeFromA) // a asks b to give the pod up
+	s.steps(t, removeFromA, flushA) // a asks b to give the pod up
 	// b's driver handles the request: its machine decides, and its
 	// record {E left} is being persisted (the sim's own driver does it
 	// inline; here it stays in flight, as it does while the replication
@@ -175,7 +176,7 @@ func TestReviewLostElectAnswerStaysSuspended(t *testing.T) {
 // must say so, so that a restart finishes the unstretch.
 func TestReviewRemovalCrashBeforeUnstretch(t *testing.T) {
 	s := reviewSim(t)
-	s.steps(t, removeFromA, deliverAtoB, deliverBtoA)
+	s.steps(t, removeFromA, flushA, deliverAtoB, deliverBtoA)
 	a := s.arr[0]
 	if len(a.persists) != 1 || !a.persists[0].Record.Alone {
 		t.Fatalf("a's machine after b left: persists %v, a %s", a.persists, s.describe(0))
@@ -294,6 +295,46 @@ func TestReviewHandoverTargetKeepsPodWhenGiverEradicated(t *testing.T) {
 	for _, a := range acts {
 		if a.Kind == Persist && a.Record.Left {
 			t.Fatalf("b, holding the only copy of the pod (current at epoch 5), gives it up because a has none: [%s]", formatActions(acts))
+		}
+	}
+}
+
+// TestSimBarrierHoldsRaceWin: b, the in-sync follower, has checked a
+// write of a at epoch E and is applying it when the link is lost; b
+// wins the race (E+1). Its record taking E+1 waits for the write being
+// applied (the driver takes the pod's barrier exclusively to write a
+// record that changes the epoch): written first, b would serve alone at
+// E+1 while a write of E lands in its copy afterwards, over a block it
+// may have acknowledged since. With the barrier planted away, the same
+// schedule breaks the barrier invariant: the simulation models it.
+func TestSimBarrierHoldsRaceWin(t *testing.T) {
+	schedule := []op{
+		cutBoth, advanceTO,
+		{kind: opElectReq, a: 1}, electOldest, answerOldest, answerOldest, // b wins E+1
+		persistA, persistB, // b's record taking E+1 (held while the write is applied)
+		{kind: opApply, a: 1}, persistB,
+	}
+	for _, plant := range []string{"", "no-barrier"} {
+		s := reviewSim(t)
+		s.plant = plant
+		s.write(0, 1)
+		s.steps(t, deliverAtoB) // checked at b, being applied
+		if len(s.arr[1].applying) != 1 {
+			t.Fatalf("setting up: b applies %d writes", len(s.arr[1].applying))
+		}
+		for n, o := range schedule {
+			s.logf("step %d: %s %d", n, opNames[o.kind], o.a)
+			s.step(o)
+			s.settle()
+			s.check()
+		}
+		switch {
+		case plant == "" && s.err != nil:
+			t.Fatalf("%s: %s\ntrace:\n  %s", s.err.key, s.err.detail, strings.Join(s.trace, "\n  "))
+		case plant == "" && (s.arr[1].m.State() != Alone || s.arr[1].data[1] != 1):
+			t.Fatalf("b after the race: %s, b1=%d", s.describe(1), s.arr[1].data[1])
+		case plant != "" && (s.err == nil || s.err.key != "barrier"):
+			t.Fatalf("without the barrier, the schedule breaks no barrier invariant (%v):\n  %s", s.err, strings.Join(s.trace, "\n  "))
 		}
 	}
 }

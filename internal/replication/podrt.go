@@ -470,6 +470,13 @@ func (p *podRT) loop() {
 func (p *podRT) do(a pod.Action) {
 	switch a.Kind {
 	case pod.Persist:
+		if a.Record.Epoch != p.mode().epoch {
+			// A record that changes the epoch (a race won or lost, a
+			// handover) waits for the peer's messages being applied at
+			// the old one: the barrier, exclusively (package pod).
+			p.applyMu.Lock()
+			defer p.applyMu.Unlock()
+		}
 		more, _ := p.persist(a)
 		p.queue(more)
 	case pod.Elect:
@@ -595,20 +602,28 @@ func (p *podRT) startResync(epoch uint64) {
 	if len(ans.Regions) > maxPeerRegions || len(ans.Volumes) != len(ans.Regions) {
 		ans.Resume, ans.Regions, ans.Volumes = false, nil, nil
 	}
-	p.mu.Lock()
-	p.mu.resume = &ans
-	p.mu.copyEpoch = epoch
-	if !ans.Resume {
-		// The peer starts from nothing: what it lacked is moot.
-		p.mu.track = noTracking()
-	} else {
-		p.mu.track.dirty.merge(ans.dirtyRegions())
-	}
-	p.mu.track.from = epoch
-	p.mu.Unlock()
 	p.setErr("")
-	p.r.log.Info("resync started", "pod", p.name, "epoch", epoch, "resume", ans.Resume)
-	p.event(func(m *pod.Machine) []pod.Action { return m.ResyncStarted(epoch, p.r.now()) })
+	p.event(func(m *pod.Machine) []pod.Action {
+		acts := m.ResyncStarted(epoch, p.r.now())
+		if len(acts) == 0 {
+			// Not the resync the machine proposes now (an answer to a
+			// proposal it has moved on from, or sent again on a later
+			// session): its resume point is not this copy's.
+			return nil
+		}
+		// p.mu is held (apply).
+		p.mu.resume = &ans
+		p.mu.copyEpoch = epoch
+		if !ans.Resume {
+			// The peer starts from nothing: what it lacked is moot.
+			p.mu.track = noTracking()
+		} else {
+			p.mu.track.dirty.merge(ans.dirtyRegions())
+		}
+		p.mu.track.from = epoch
+		p.r.log.Info("resync started", "pod", p.name, "epoch", epoch, "resume", ans.Resume)
+		return acts
+	})
 }
 
 // grant tells the peer its copy is complete at epoch, with the

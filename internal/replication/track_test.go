@@ -120,3 +120,61 @@ func TestResyncWaitsForOwnWrites(t *testing.T) {
 		t.Fatalf("a fresh copy starts with a block written before it was cleared")
 	}
 }
+
+// TestEpochChangeWaitsForPeerWrites: array-b, an in-sync follower, is
+// applying a write of the old sequencer when the link is lost, and wins
+// the race. Its record taking the next epoch is written only once that
+// write is applied (the pod's barrier, taken exclusively): written
+// first, b would serve alone at the new epoch while a write of the old
+// one lands in its copy afterwards, over a block it may have
+// acknowledged since (the pod simulation's TestSimBarrierHoldsRaceWin).
+// The pod's goroutine is not running here; the test performs the
+// persist as it would.
+func TestEpochChangeWaitsForPeerWrites(t *testing.T) {
+	h := newHostilePeer(t)
+	r := h.env.r
+	p := newPodRT(r, h.env.cat.View().Pods["pod1"], pod.Record{Epoch: epoch1, Sequencer: idA, Synced: epoch1})
+	now := r.now()
+	p.apply(func(m *pod.Machine) []pod.Action { return m.MediatorUp(true, now) })
+	p.apply(func(m *pod.Machine) []pod.Action { return m.Tick(now) }) // elect
+	p.apply(func(m *pod.Machine) []pod.Action {
+		return m.Elected(epoch1, pod.ElectResult{Won: true, Epoch: epoch1 + 1, Winner: idB}, now)
+	})
+	later := now.Add(2 * r.cfg.Timeout) // past the fence
+	var take *pod.Action
+	for _, a := range p.apply(func(m *pod.Machine) []pod.Action { return m.Tick(later) }) {
+		if a.Kind == pod.Persist {
+			take = &a
+		}
+	}
+	if take == nil || take.Record.Epoch != epoch1+1 {
+		t.Fatalf("setting up: no record taking epoch %d: %v", epoch1+1, take)
+	}
+	p.applyMu.RLock() // a write of the old sequencer being applied
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.do(*take)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		select {
+		case <-done:
+			p.applyMu.RUnlock()
+			t.Fatalf("the record taking epoch %d was written while a write of epoch %d was being applied", epoch1+1, epoch1)
+		default:
+		}
+		if !p.applyMu.TryRLock() {
+			break // it waits for the write
+		}
+		p.applyMu.RUnlock()
+		if time.Now().After(deadline) {
+			p.applyMu.RUnlock()
+			t.Fatal("the record neither waited nor was written")
+		}
+	}
+	p.applyMu.RUnlock()
+	<-done
+	if md := p.mode(); md.state != pod.Alone || md.epoch != epoch1+1 {
+		t.Fatalf("after the write: %s at %d", md.state, md.epoch)
+	}
+}
