@@ -177,6 +177,19 @@
 // carries the pre-election, so a pod resynced while the mediator is away
 // is pre-elected from its first in-sync instant.
 //
+// The pre-election is recorded at the pod's current epoch, not at a new
+// one, deliberately. It grants no epoch when it engages: it is the
+// grantor of the next one, E+1, which the pre-elected array takes when
+// the link is lost (after the fence, as a race's winner does), and the
+// other array, holding Pre = the peer durably, never races for E+1; so
+// E+1 still has one grantor and one owner, and the simulation checks it
+// (grantor, unique-owner). A new epoch at engagement would add nothing
+// to that, and it would cost what passive mediation promises not to: a
+// new epoch is accepted by both arrays only with the pod's writes
+// drained (the barrier refuses a write of the old epoch, which ends the
+// link), so every loss and return of the mediator would pause host I/O
+// on every stretched pod.
+//
 // # Copies and recovery
 //
 // An array whose copy is incomplete (baseline, resync) has Synced below
