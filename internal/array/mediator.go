@@ -204,22 +204,17 @@ func mediatorInfo(st mediator.Status) *api.MediatorInfo {
 	return out
 }
 
-// peerMediatorSource is what the replication link can tell of the
-// mediator as the peer array sees it (the peers exchange it for
-// pre-election); until the link carries it, a peer's mediator is
-// "unknown".
-type peerMediatorSource interface {
-	PeerMediator() (mediator.Status, bool)
-}
-
-// peerMediatorInfo returns the peer's view of its mediator.
+// peerMediatorInfo returns the peer's view of its mediator, as the peer
+// last told it over the link; "unknown" while the link is down.
 func (a *Array) peerMediatorInfo() *api.MediatorInfo {
-	if src, ok := any(a.repl).(peerMediatorSource); ok {
-		if st, ok := src.PeerMediator(); ok {
-			return mediatorInfo(st)
-		}
+	if a.repl == nil {
+		return &api.MediatorInfo{Status: catalog.StatusUnknown}
 	}
-	return &api.MediatorInfo{Status: catalog.StatusUnknown}
+	st, ok := a.repl.PeerMediator()
+	if !ok {
+		return &api.MediatorInfo{Status: catalog.StatusUnknown}
+	}
+	return mediatorInfo(mediator.Status{State: st.State, RTT: st.RTT, Generation: st.Generation, Err: st.Err})
 }
 
 // arrayMediator is the array's mediator client as the replicator uses it

@@ -123,8 +123,8 @@ func (st *seenState) judge(url, id string, gen, reset uint64, floors map[string]
 
 func rolledBackMessage(url, id string, reported, seen uint64) string {
 	return fmt.Sprintf("the mediator at %s (id %s) reports generation %d, lower than generation %d this array saw from it: "+
-		"it was started from an older copy of its state and may have lost records of races it decided, so this array "+
-		"will not race through it. Restore its latest state if you can; otherwise, once every stretched pod is in sync "+
-		"on both arrays, stop it, run `metro mediator reset-generation --data-dir DIR --above N` with N the highest "+
+		"it was started from an older copy of its state and may have lost records of races it decided (and, while it "+
+		"ran so, decided races again for arrays that had not seen more), so this array will not race through it, "+
+		"also if its newest state is put back. Once every stretched pod is in sync on both arrays, stop it, run `metro mediator reset-generation --data-dir DIR --above N` with N the highest "+
 		"generation the arrays report (%d here), and start it again", url, id, reported, seen, seen)
 }

@@ -76,10 +76,36 @@ func (r *Replicator) watchMediator(ctx context.Context) {
 		if s != nil {
 			r.sendStatus(s)
 		}
+		if !r.waitMediatorChange(ctx, ch) {
+			return
+		}
+	}
+}
+
+// statusInterval is how often an array tells the peer its view of the
+// mediator when nothing changed, so that the round trip the peer shows
+// (metro array list) stays current.
+const statusInterval = 10 * time.Second
+
+// waitMediatorChange waits for the mediator's state to change (ch), and
+// meanwhile tells the peer the current view every statusInterval; false
+// when ctx ends.
+func (r *Replicator) waitMediatorChange(ctx context.Context, ch <-chan struct{}) bool {
+	t := time.NewTicker(statusInterval)
+	defer t.Stop()
+	for {
 		select {
 		case <-ch:
+			return true
 		case <-ctx.Done():
-			return
+			return false
+		case <-t.C:
+			r.mu.Lock()
+			s := r.mu.sess
+			r.mu.Unlock()
+			if s != nil {
+				r.sendStatus(s)
+			}
 		}
 	}
 }

@@ -320,6 +320,7 @@ func (r *Replicator) handleStatus(req link.Message) error {
 	}
 	r.mu.Lock()
 	r.mu.peerMed, r.mu.peerMedKnown = m.Mediator, true
+	r.mu.peerMedStatus = peerMediatorStatus(m)
 	pods := r.podList()
 	r.mu.Unlock()
 	for _, p := range pods {

@@ -382,6 +382,13 @@ type podStateMsg struct {
 // statusMsg is a msgStatus.
 type statusMsg struct {
 	Mediator bool `json:"mediator"`
+	// State, RTTMicros, Generation and Err are the sender's view of the
+	// mediator in full, for display (metro array list); an older peer
+	// sends Mediator only.
+	State      string `json:"state,omitempty"`
+	RTTMicros  int64  `json:"rtt_us,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	Err        string `json:"err,omitempty"`
 }
 
 type configMsg struct {

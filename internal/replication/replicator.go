@@ -147,6 +147,8 @@ type Replicator struct {
 		// peerMed is the peer's view of the mediator on sess, once it
 		// said (peerMedKnown).
 		peerMed, peerMedKnown bool
+		// peerMedStatus is the peer's whole view, for display.
+		peerMedStatus MediatorStatus
 		// stopped is set when Run ends: no pod runtime starts after it
 		// (nothing would stop it).
 		stopped bool
@@ -388,14 +390,41 @@ func (r *Replicator) sessionUp(s *link.Session) {
 
 // sendStatus tells the peer this array's view of the mediator.
 func (r *Replicator) sendStatus(s *link.Session) {
-	up := r.mediatorUp()
+	st := r.mediatorStatus()
+	msg := statusMsg{Mediator: st.State == MediatorOnline, State: st.State, RTTMicros: st.RTT.Microseconds(),
+		Generation: st.Generation, Err: st.Err}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		if err := callJSON(context.Background(), s, msgStatus, 0, statusMsg{Mediator: up}, nil); err != nil {
+		if err := callJSON(context.Background(), s, msgStatus, 0, msg, nil); err != nil {
 			r.log.Debug("tell the peer the mediator's status", "err", err)
 		}
 	}()
+}
+
+// PeerMediator returns the peer array's view of its mediator, as it last
+// said over the link (on every change of state, and every
+// statusInterval for the round trip); false while the link is down or
+// before the peer said.
+func (r *Replicator) PeerMediator() (MediatorStatus, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.sess == nil || !r.mu.peerMedKnown {
+		return MediatorStatus{}, false
+	}
+	return r.mu.peerMedStatus, true
+}
+
+// peerMediatorStatus is the view a statusMsg tells.
+func peerMediatorStatus(m statusMsg) MediatorStatus {
+	st := MediatorStatus{State: m.State, RTT: time.Duration(m.RTTMicros) * time.Microsecond, Generation: m.Generation, Err: m.Err}
+	if st.State == "" { // a peer that tells only whether it reaches it
+		st.State = MediatorUnreachable
+		if m.Mediator {
+			st.State = MediatorOnline
+		}
+	}
+	return st
 }
 
 // peerMediator returns the peer's view of the mediator on session s, if
