@@ -60,6 +60,12 @@
 //     lock on its blocks, so the read-compare-write of COMPARE AND WRITE is
 //     atomic against every other write of the logical unit; reads take no
 //     lock.
+//   - RESERVE(6) and RELEASE(6) follow SPC-4's exceptions to SPC-2
+//     behavior (CRH is reported): while persistent reservation
+//     registrations exist they complete GOOD without effect from the
+//     persistent reservation holder, or from a registered nexus under a
+//     registrants only or all registrants reservation, and end in
+//     RESERVATION CONFLICT from every other nexus.
 //   - Persistent reservation state lives in ReservationState, a plain value
 //     with pure methods (Apply, Allows) so that a later sequencer can order
 //     and replicate it; the logical unit only stores it, persists it through

@@ -281,7 +281,7 @@ func (lu *LogicalUnit) nexusLost(n Nexus) {
 	if _, fwd := lu.replica.Forward(ctx, &Command{Nexus: n, CDB: []byte{opRelease6, 0, 0, 0, 0, 0}}); fwd {
 		return
 	}
-	_ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone
+	_, _ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone, and held it
 }
 
 // raiseFor queues unit attention s for every nexus of initiator (all
@@ -365,19 +365,20 @@ func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err 
 	return ok, err
 }
 
-// releaseSCSI2 applies RELEASE(6) from n; err as reserveSCSI2's.
-func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) error {
+// releaseSCSI2 applies RELEASE(6) from n (or the loss of nexus n); false
+// means conflict, err is as reserveSCSI2's.
+func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) (ok bool, err error) {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
 	prev := lu.mu.res.SCSI2
-	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+	lu.mu.res, ok = lu.mu.res.ReleaseSCSI2(NexusID(n))
 	changed := prev != lu.mu.res.SCSI2
 	lu.mu.Unlock()
 	if changed {
-		return lu.share(ctx, nil, nil)
+		return ok, lu.share(ctx, nil, nil)
 	}
-	return nil
+	return ok, nil
 }
 
 // resetShared performs the reset's part that the peer must know of: at the
