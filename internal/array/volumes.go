@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -177,6 +178,12 @@ func (a *Array) configChanged(st *catalog.State) {
 		}
 	}
 	a.view.table.Store(t)
+	if old != nil {
+		// The hosts whose LUNs changed rescan on this unit attention.
+		for _, iqn := range lunsChanged(old, t) {
+			a.target.LUNsChanged(iqn)
+		}
+	}
 	a.dropEradicated(st)
 	if changedPref {
 		// A preferred array changed: the paths' ALUA states may have.
@@ -184,6 +191,23 @@ func (a *Array) configChanged(st *catalog.State) {
 			lu.AccessChanged()
 		}
 	}
+}
+
+// lunsChanged returns the initiators whose LUNs (numbers and units)
+// differ between two tables.
+func lunsChanged(old, cur *luTable) []string {
+	var out []string
+	for iqn, m := range cur.byInitiator {
+		if !maps.Equal(m, old.byInitiator[iqn]) {
+			out = append(out, iqn)
+		}
+	}
+	for iqn, m := range old.byInitiator {
+		if _, ok := cur.byInitiator[iqn]; !ok && len(m) > 0 {
+			out = append(out, iqn)
+		}
+	}
+	return out
 }
 
 func prKey(uuid string) string { return "pr/" + uuid }

@@ -190,6 +190,13 @@ func (r *StaticResolver) SetGroups(g []PortGroup) {
 	r.mu.groups = g
 }
 
+// SetLUNs replaces the LUNs every (visible) initiator sees.
+func (r *StaticResolver) SetLUNs(luns map[uint64]*LogicalUnit) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mu.luns = luns
+}
+
 // Restrict limits the LUNs to the listed initiators.
 func (r *StaticResolver) Restrict(initiators ...string) {
 	r.mu.Lock()

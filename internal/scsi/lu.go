@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -284,13 +285,13 @@ func (lu *LogicalUnit) nexusLost(n Nexus) {
 	_, _ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone, and held it
 }
 
-// raiseFor queues unit attention s for every nexus of initiator (all
-// nexuses when initiator is empty).
+// raiseFor queues unit attention s for every nexus of initiator, named
+// case-insensitively (all nexuses when initiator is empty).
 func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	for _, ns := range lu.mu.nexus {
-		if initiator == "" || ns.nexus.InitiatorName == initiator {
+		if initiator == "" || strings.EqualFold(ns.nexus.InitiatorName, initiator) {
 			ns.raise(s)
 		}
 	}

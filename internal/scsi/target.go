@@ -407,11 +407,20 @@ func (t *Target) NexusLost(n Nexus) {
 	}
 }
 
-// LUNsChanged raises REPORTED LUNS DATA HAS CHANGED on every nexus of the
-// initiator (every nexus when initiator is empty), for the array to call
-// when LUN masking changes.
+// LUNsChanged raises REPORTED LUNS DATA HAS CHANGED on every I_T nexus of
+// the initiator (named case-insensitively, as iSCSI names compare), for
+// the array to call when the LUNs the initiator sees changed: a volume
+// mapped or unmapped, a LUN renumbered. Each nexus hears of it through
+// every logical unit the initiator sees now and the nexus has used (a
+// unit attention is reported through a logical unit); a nexus that has
+// used none gets POWER ON, RESET on its first command anyway. An empty
+// initiator means every nexus of every unit.
 func (t *Target) LUNsChanged(initiator string) {
-	for _, lu := range t.knownLUs() {
+	lus := t.knownLUs()
+	if initiator != "" {
+		lus = t.visibleLUs(Nexus{InitiatorName: initiator})
+	}
+	for _, lu := range lus {
 		lu.raiseFor(initiator, SenseLUNsChanged())
 	}
 }

@@ -1,0 +1,110 @@
+package array
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// TestPairLUNInventoryChanged: a change of the LUNs a host sees (a volume
+// connected to it or disconnected, directly or through a host group, a
+// host's initiators changing) raises REPORTED LUNS DATA HAS CHANGED
+// (06/3f/0e) on that host's I_T nexuses on every array that serves the
+// volume, the stretched pod's other array included (the change reaches
+// it through the pod's ordered configuration), whichever array the
+// change is made through; and on no other nexus: another host's, or the
+// host's nexuses on an array whose LUNs for it did not change (a local
+// pod's volume is served by one array only). Linux and ESXi rescan on
+// it; before, nothing raised it and a new LUN went unseen.
+func TestPairLUNInventoryChanged(t *testing.T) {
+	h := newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	const (
+		iqn2 = "iqn.2026-11.io.metro:luns-h2"
+		iqn3 = "iqn.2026-11.io.metro:luns-h3"
+		vol2 = "pod1::vol2"
+	)
+	now := time.Now()
+	h.apply(a,
+		catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{iqn2}}},
+		catalog.Connect{Volume: pairVolume, Host: "h2"},
+		catalog.CreateHost{Host: catalog.Host{Name: "h3", IQNs: []string{iqn3}}},
+		catalog.Connect{Volume: pairVolume, Host: "h3"},
+		catalog.CreateVolume{Name: vol2, UUID: newID(), Size: pairVolSize, Created: now},
+		catalog.CreatePod{Name: "local", ID: newID(), Created: now, Array: catalog.PodArray{Name: a.cfg.Name, ID: a.id.ID}},
+		catalog.CreateVolume{Name: "local::v", UUID: newID(), Size: pairVolSize, Created: now},
+	)
+	for _, iqn := range []string{iqn2, iqn3} {
+		for _, arr := range []*Array{a, b} {
+			h.waitLUN(arr, iqn, 0)
+		}
+	}
+	// One nexus per host and array, each having used LUN 0 (vol1).
+	type port struct {
+		name string
+		in   *initiator
+	}
+	var ports []port
+	for _, iqn := range []string{pairIQN, iqn2, iqn3} {
+		for _, arr := range []*Array{a, b} {
+			name := fmt.Sprintf("%s through %s", strings.TrimPrefix(iqn, "iqn.2026-11.io.metro:"), arr.cfg.Name)
+			ports = append(ports, port{name, newInitiator(arr, iqn, 0x500+uint64(len(ports)))})
+		}
+	}
+	for _, p := range ports {
+		h.ready(p.in)
+	}
+	lunsChanged := func(p port) bool {
+		uas, _ := p.in.drainUAs()
+		return slices.ContainsFunc(uas, func(s scsi.Sense) bool { return s.Is(scsi.SenseLUNsChanged()) })
+	}
+	// step makes a change through arr and checks that exactly the named
+	// ports hear of it.
+	step := func(what string, arr *Array, want []string, ops ...catalog.Op) {
+		t.Helper()
+		h.apply(arr, ops...)
+		heard := map[string]bool{}
+		for _, p := range ports {
+			if !slices.Contains(want, p.name) {
+				continue
+			}
+			h.waitFor(fmt.Sprintf("%s: 06/3f/0e on %s", what, p.name), 10*time.Second, func() (bool, string) {
+				heard[p.name] = heard[p.name] || lunsChanged(p)
+				return heard[p.name], "not reported"
+			})
+		}
+		for _, p := range ports {
+			if !slices.Contains(want, p.name) && lunsChanged(p) {
+				t.Errorf("%s: %s got REPORTED LUNS DATA HAS CHANGED; only %v should", what, p.name, want)
+			}
+		}
+	}
+	h1 := []string{"pair-host through array-a", "pair-host through array-b"}
+	h2 := []string{"luns-h2 through array-a", "luns-h2 through array-b"}
+	h3 := []string{"luns-h3 through array-a", "luns-h3 through array-b"}
+
+	step("vol2 connected to h1 through the follower", b, h1, catalog.Connect{Volume: vol2, Host: pairHost})
+	step("vol2 disconnected from h1 through the sequencer", a, h1, catalog.Disconnect{Volume: vol2, Host: pairHost})
+	step("host group g of h2 made", a, nil, catalog.CreateHostGroup{Name: "g", Hosts: []string{"h2"}})
+	step("vol2 connected to group g through the sequencer", a, h2, catalog.Connect{Volume: vol2, HostGroup: "g"})
+	step("h1 added to group g through the follower", b, h1, catalog.SetHostGroupAttr{Name: "g", AddHosts: []string{pairHost}})
+	step("h2 removed from group g", a, h2, catalog.SetHostGroupAttr{Name: "g", RemoveHosts: []string{"h2"}})
+	// h3's initiator moves to h1: it sees vol2 besides vol1 at LUN 0.
+	step("h3's initiator given to h1", a, h3,
+		catalog.SetHostAttr{Name: "h3", RemoveIQNs: []string{iqn3}},
+		catalog.SetHostAttr{Name: pairHost, AddIQNs: []string{iqn3}})
+	step("nothing that changes LUNs: h2's preferred array", b, nil,
+		catalog.SetHostAttr{Name: "h2", PreferredArrays: &[]string{b.cfg.Name}})
+	// A local pod's volume is served by array-a only: array-b's nexuses
+	// of h1 see the same LUNs as before.
+	step("a local pod's volume connected to h1", a, []string{"pair-host through array-a", "luns-h3 through array-a"},
+		catalog.Connect{Volume: "local::v", Host: pairHost})
+	if ok, why := h.inSync(); !ok {
+		t.Fatalf("the pod left sync: %s", why)
+	}
+}
