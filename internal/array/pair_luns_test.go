@@ -1,6 +1,7 @@
 package array
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -45,44 +46,22 @@ func TestPairLUNInventoryChanged(t *testing.T) {
 		}
 	}
 	// One nexus per host and array, each having used LUN 0 (vol1).
-	type port struct {
-		name string
-		in   *initiator
-	}
-	var ports []port
+	var paths []uaPath
 	for _, iqn := range []string{pairIQN, iqn2, iqn3} {
 		for _, arr := range []*Array{a, b} {
 			name := fmt.Sprintf("%s through %s", strings.TrimPrefix(iqn, "iqn.2026-11.io.metro:"), arr.cfg.Name)
-			ports = append(ports, port{name, newInitiator(arr, iqn, 0x500+uint64(len(ports)))})
+			paths = append(paths, uaPath{name, newInitiator(arr, iqn, 0x500+uint64(len(paths))), 0})
 		}
 	}
-	for _, p := range ports {
-		h.ready(p.in)
-	}
-	lunsChanged := func(p port) bool {
-		uas, _ := p.in.drainUAs()
-		return slices.ContainsFunc(uas, func(s scsi.Sense) bool { return s.Is(scsi.SenseLUNsChanged()) })
+	for _, p := range paths {
+		p.unitAttentions(t)
 	}
 	// step makes a change through arr and checks that exactly the named
-	// ports hear of it.
+	// paths hear of it.
 	step := func(what string, arr *Array, want []string, ops ...catalog.Op) {
 		t.Helper()
 		h.apply(arr, ops...)
-		heard := map[string]bool{}
-		for _, p := range ports {
-			if !slices.Contains(want, p.name) {
-				continue
-			}
-			h.waitFor(fmt.Sprintf("%s: 06/3f/0e on %s", what, p.name), 10*time.Second, func() (bool, string) {
-				heard[p.name] = heard[p.name] || lunsChanged(p)
-				return heard[p.name], "not reported"
-			})
-		}
-		for _, p := range ports {
-			if !slices.Contains(want, p.name) && lunsChanged(p) {
-				t.Errorf("%s: %s got REPORTED LUNS DATA HAS CHANGED; only %v should", what, p.name, want)
-			}
-		}
+		h.expectUA(what, paths, scsi.SenseLUNsChanged(), want)
 	}
 	h1 := []string{"pair-host through array-a", "pair-host through array-b"}
 	h2 := []string{"luns-h2 through array-a", "luns-h2 through array-b"}
@@ -106,5 +85,56 @@ func TestPairLUNInventoryChanged(t *testing.T) {
 		catalog.Connect{Volume: "local::v", Host: pairHost})
 	if ok, why := h.inSync(); !ok {
 		t.Fatalf("the pod left sync: %s", why)
+	}
+}
+
+// uaPath is a host's path to a volume: a nexus and the LUN it addresses.
+type uaPath struct {
+	name string
+	in   *initiator
+	lun  uint64
+}
+
+// unitAttentions runs TEST UNIT READY on the path until it is not a unit
+// attention, which must then be GOOD, and returns the unit attentions.
+func (p uaPath) unitAttentions(t testing.TB) []scsi.Sense {
+	t.Helper()
+	var seen []scsi.Sense
+	for range 32 {
+		p.in.tag++
+		r := p.in.arr.target.Execute(context.Background(), &scsi.Command{Nexus: p.in.nexus, LUN: p.lun, Tag: p.in.tag, CDB: testUnitReady()})
+		s, ok := senseOf(r)
+		if !ok || s.Key != scsi.KeyUnitAttention {
+			if r.Status != scsi.StatusGood {
+				t.Fatalf("TEST UNIT READY on %s: %s", p.name, describe(r))
+			}
+			return seen
+		}
+		seen = append(seen, s)
+	}
+	t.Fatalf("%s: unit attentions without end: %v", p.name, seen)
+	return nil
+}
+
+// expectUA checks that the paths named in want report unit attention
+// sense (waiting for each) and that no other path of paths does.
+func (h *pairHarness) expectUA(what string, paths []uaPath, sense scsi.Sense, want []string) {
+	h.t.Helper()
+	has := func(p uaPath) bool {
+		return slices.ContainsFunc(p.unitAttentions(h.t), func(s scsi.Sense) bool { return s.Is(sense) })
+	}
+	for _, p := range paths {
+		if slices.Contains(want, p.name) {
+			heard := false
+			h.waitFor(fmt.Sprintf("%s: %s on %s", what, sense, p.name), 10*time.Second, func() (bool, string) {
+				heard = heard || has(p)
+				return heard, "not reported"
+			})
+		}
+	}
+	for _, p := range paths {
+		if !slices.Contains(want, p.name) && has(p) {
+			h.t.Errorf("%s: %s got %s; only %v should", what, p.name, sense, want)
+		}
 	}
 }

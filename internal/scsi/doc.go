@@ -50,6 +50,12 @@
 //     unit attention on its first command to each logical unit; INQUIRY,
 //     REPORT LUNS and REQUEST SENSE neither report nor clear unit
 //     attentions (REQUEST SENSE returns and clears one).
+//   - ASYMMETRIC ACCESS STATE CHANGED is established on an I_T nexus when
+//     the unit's target port groups as its initiator sees them (the
+//     Resolver's answer, what REPORT TARGET PORT GROUPS reports) differ
+//     from those it last heard of; each command that reports unit
+//     attentions compares them first. Other hosts' nexuses, and units
+//     whose states stayed, hear nothing.
 //   - WRITE SAME with the UNMAP bit deallocates the range whatever the
 //     data-out holds (as Linux LIO does); unmapped blocks read as zeros
 //     (LBPRZ=1).

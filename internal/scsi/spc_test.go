@@ -240,8 +240,8 @@ func TestUnitAttentionRules(t *testing.T) {
 
 	// Other commands report a pending UA (and it is consumed), one at a
 	// time, oldest first, without duplicates.
-	e.lu.AccessChanged()
-	e.lu.AccessChanged()
+	e.lu.raiseAll(SenseAsymmetricAccessChanged())
+	e.lu.raiseAll(SenseAsymmetricAccessChanged())
 	e.lu.Resize(testSize)
 	e.check(n, cdbRW10(opRead10, 0, 1), nil, SenseAsymmetricAccessChanged())
 	e.check(n, []byte{opModeSense6, 0, 0x3f, 0, 255, 0}, nil, SenseCapacityChanged())

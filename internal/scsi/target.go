@@ -199,10 +199,17 @@ func (t *Target) executeNoLU(cmd *Command) *Result {
 // reservations, then runs it.
 func (t *Target) dispatch(x *exec) *Result {
 	c, bad := t.table.lookup(x.cdb)
+	// The unit's port groups as the initiator sees them now, for the
+	// unit attention of a change and the command's ALUA check. The
+	// commands that keep unit attentions run in every state.
+	var groups []PortGroup
 	if c != nil && c.keepsUA {
 		x.lu.touch(x.cmd.Nexus, x.key)
-	} else if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key); ok {
-		return checkCondition(s)
+	} else {
+		groups = t.portGroups(x.lu, x.cmd.Nexus)
+		if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key, groups); ok {
+			return checkCondition(s)
+		}
 	}
 	if bad != nil {
 		return checkCondition(*bad)
@@ -214,7 +221,7 @@ func (t *Target) dispatch(x *exec) *Result {
 	if s := c.checkReserved(x.cdb); s != nil {
 		return checkCondition(*s)
 	}
-	if s := t.aluaBlocks(x.lu, x.cmd.Nexus, c.alua); s != nil {
+	if s := aluaBlocks(groups, x.cmd.Nexus, c.alua); s != nil {
 		return checkCondition(*s)
 	}
 	if c.ordered {
