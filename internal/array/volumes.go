@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -158,15 +159,10 @@ func (a *Array) configChanged(st *catalog.State) {
 			}
 		}
 	}
-	old := a.view.table.Load()
-	var changedPref bool
 	for _, h := range st.Hosts {
 		for _, iqn := range h.IQNs {
 			key := strings.ToLower(iqn)
 			t.prefer[key] = h.PreferredArrays
-			if old != nil && !slices.Equal(old.prefer[key], h.PreferredArrays) {
-				changedPref = true
-			}
 			m := map[uint64]*scsi.LogicalUnit{}
 			for lun, vol := range st.LUNsFor(iqn) {
 				if lu := a.lus[vol.DataID]; lu != nil {
@@ -176,14 +172,34 @@ func (a *Array) configChanged(st *catalog.State) {
 			t.byInitiator[strings.ToLower(iqn)] = m
 		}
 	}
-	a.view.table.Store(t)
-	a.dropEradicated(st)
-	if changedPref {
-		// A preferred array changed: the paths' ALUA states may have.
-		for _, lu := range a.lus {
-			lu.AccessChanged()
+	// A host's preferred arrays decide its paths' ALUA states: the nexuses
+	// whose states changed hear of it at their next command (see
+	// scsi.LogicalUnit.AccessChanged).
+	old := a.view.table.Swap(t)
+	if old != nil {
+		// The hosts whose LUNs changed rescan on this unit attention.
+		for _, iqn := range lunsChanged(old, t) {
+			a.target.LUNsChanged(iqn)
 		}
 	}
+	a.dropEradicated(st)
+}
+
+// lunsChanged returns the initiators whose LUNs (numbers and units)
+// differ between two tables.
+func lunsChanged(old, cur *luTable) []string {
+	var out []string
+	for iqn, m := range cur.byInitiator {
+		if !maps.Equal(m, old.byInitiator[iqn]) {
+			out = append(out, iqn)
+		}
+	}
+	for iqn, m := range old.byInitiator {
+		if _, ok := cur.byInitiator[iqn]; !ok && len(m) > 0 {
+			out = append(out, iqn)
+		}
+	}
+	return out
 }
 
 func prKey(uuid string) string { return "pr/" + uuid }

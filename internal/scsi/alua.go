@@ -11,13 +11,24 @@ const implicitTransitionSeconds = 30
 // descriptor: T_SUP, U_SUP, AN_SUP and AO_SUP (HOST-CONTRACT §2).
 const tpgSupportBits = 0x8b
 
+// portGroups returns the target port groups of lu as the nexus's
+// initiator sees them (what REPORT TARGET PORT GROUPS answers it).
+func (t *Target) portGroups(lu *LogicalUnit, n Nexus) []PortGroup {
+	if t.resolver == nil {
+		return nil
+	}
+	return t.resolver.PortGroups(n.InitiatorName, lu)
+}
+
 // portGroup returns the target port group containing the port the nexus
 // uses, and false if the resolver reports none.
 func (t *Target) portGroup(lu *LogicalUnit, n Nexus) (PortGroup, bool) {
-	if t.resolver == nil {
-		return PortGroup{}, false
-	}
-	for _, g := range t.resolver.PortGroups(n.InitiatorName, lu) {
+	return groupOf(t.portGroups(lu, n), n)
+}
+
+// groupOf returns the group of groups containing the nexus's port.
+func groupOf(groups []PortGroup, n Nexus) (PortGroup, bool) {
+	for _, g := range groups {
 		if slices.Contains(g.RelativePortIDs, n.RelativePortID) {
 			return g, true
 		}
@@ -25,14 +36,31 @@ func (t *Target) portGroup(lu *LogicalUnit, n Nexus) (PortGroup, bool) {
 	return PortGroup{}, false
 }
 
+// samePortGroups reports whether two answers of REPORT TARGET PORT GROUPS
+// are the same: groups, states, PREF bits and ports.
+func samePortGroups(a, b []PortGroup) bool {
+	return slices.EqualFunc(a, b, func(x, y PortGroup) bool {
+		return x.ID == y.ID && x.State == y.State && x.Preferred == y.Preferred && slices.Equal(x.RelativePortIDs, y.RelativePortIDs)
+	})
+}
+
+// clonePortGroups returns a deep copy of groups.
+func clonePortGroups(groups []PortGroup) []PortGroup {
+	c := slices.Clone(groups)
+	for i := range c {
+		c[i].RelativePortIDs = slices.Clone(c[i].RelativePortIDs)
+	}
+	return c
+}
+
 // aluaBlocks returns the NOT READY sense for a command of class c arriving
-// on a port whose group is not in an active state for the initiator, or
-// nil when the command may run.
-func (t *Target) aluaBlocks(lu *LogicalUnit, n Nexus, c aluaClass) *Sense {
+// on a port whose group (in groups, the unit's groups as the initiator
+// sees them) is not in an active state, or nil when the command may run.
+func aluaBlocks(groups []PortGroup, n Nexus, c aluaClass) *Sense {
 	if c == aluaAny {
 		return nil
 	}
-	g, ok := t.portGroup(lu, n)
+	g, ok := groupOf(groups, n)
 	if !ok {
 		return nil
 	}

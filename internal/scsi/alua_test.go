@@ -103,3 +103,109 @@ func TestALUAStates(t *testing.T) {
 	e.ready(n)
 	e.good(n, cdbRW10(opRead10, 0, 1), nil)
 }
+
+// TestAccessChangedScope: ASYMMETRIC ACCESS STATE CHANGED reaches exactly
+// the I_T nexuses whose REPORT TARGET PORT GROUPS answer changed since
+// they last heard of one (or first used the unit): another initiator's
+// nexuses, and the same initiator's nexuses to another unit whose
+// states stayed, do not get it, whoever announced a change. A change is
+// reported even when no one announced it. Before, AccessChanged raised
+// it on every nexus of the unit, and the array called it on every unit
+// whenever any host's preference changed.
+func TestAccessChangedScope(t *testing.T) {
+	e := newEnv(t)
+	lu1 := NewLogicalUnit(LUConfig{UUID: [16]byte{1}, Size: testSize, Backend: NewMemBackend()})
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu, 1: lu1})
+	n, other := nx(1), nx(2)
+	n2 := n // a second session of the same initiator
+	n2.InitiatorPort += "2"
+	all := []Nexus{n, n2, other}
+	tur := func(x Nexus, lun uint64) *Result { return e.doLUN(x, lun, []byte{opTestUnitReady}, nil) }
+	ready := func() {
+		t.Helper()
+		for _, lun := range []uint64{0, 1} {
+			for _, x := range all {
+				for i := 0; tur(x, lun).Status != StatusGood; i++ {
+					if i > 20 {
+						t.Fatalf("LUN %d: TEST UNIT READY of %s never GOOD", lun, x.InitiatorPort)
+					}
+				}
+			}
+		}
+	}
+	quiet := func(what string, x Nexus, lun uint64) {
+		t.Helper()
+		if r := tur(x, lun); r.Status != StatusGood {
+			t.Fatalf("%s: LUN %d of %s: %#x %v, want GOOD (its states did not change)", what, lun, x.InitiatorPort, r.Status, senseOf(r))
+		}
+	}
+	told := func(what string, x Nexus, lun uint64) {
+		t.Helper()
+		if r := tur(x, lun); r.Status != StatusCheckCondition {
+			t.Fatalf("%s: LUN %d of %s: %#x, want ASYMMETRIC ACCESS STATE CHANGED", what, lun, x.InitiatorPort, r.Status)
+		} else {
+			expectSense(t, r, SenseAsymmetricAccessChanged())
+		}
+		if r := tur(x, lun); r.Status == StatusCheckCondition {
+			if s, _ := ParseSense(r.Sense); s.Key == KeyUnitAttention {
+				t.Fatalf("%s: LUN %d of %s: unit attention %v after ASYMMETRIC ACCESS STATE CHANGED", what, lun, x.InitiatorPort, s)
+			}
+		}
+	}
+	two := func(first, second AccessState, pref bool) []PortGroup {
+		return []PortGroup{{ID: 1, State: first, Preferred: pref, RelativePortIDs: []uint16{1}}, {ID: 2, State: second, RelativePortIDs: []uint16{2}}}
+	}
+	same := two(ActiveOptimized, ActiveOptimized, false)
+	for _, x := range []string{n.InitiatorName, other.InitiatorName} {
+		for _, lu := range []*LogicalUnit{e.lu, lu1} {
+			e.res.SetGroupsFor(x, lu, same)
+		}
+	}
+	ready()
+
+	// The initiator of n now prefers group 1 for LUN 0: n and n2 hear
+	// of it there, nobody else, although every unit announces a change
+	// (as the array did for any preference change).
+	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(ActiveOptimized, ActiveNonOptimized, true))
+	e.lu.AccessChanged()
+	lu1.AccessChanged()
+	told("preference", n, 0)
+	told("preference", n2, 0)
+	quiet("preference", n, 1)
+	quiet("preference", n2, 1)
+	quiet("preference", other, 0)
+	quiet("preference", other, 1)
+
+	// Announced, nothing changed: nobody hears.
+	e.lu.AccessChanged()
+	for _, x := range all {
+		quiet("announced without a change", x, 0)
+	}
+
+	// Changed and back before n2's next command: n heard of both, n2
+	// sees the states it last heard of and hears nothing.
+	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(Unavailable, ActiveOptimized, false))
+	e.lu.AccessChanged()
+	told("unavailable", n, 0)
+	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(ActiveOptimized, ActiveNonOptimized, true))
+	e.lu.AccessChanged()
+	quiet("back", n2, 0)
+	told("back", n, 0)
+
+	// Not announced: still reported, to the nexuses it concerns.
+	e.res.SetGroupsFor(other.InitiatorName, lu1, two(ActiveNonOptimized, ActiveOptimized, false))
+	told("unannounced", other, 1)
+	quiet("unannounced", other, 0)
+	quiet("unannounced", n, 1)
+
+	// REQUEST SENSE returns it too.
+	e.res.SetGroupsFor(other.InitiatorName, lu1, same)
+	d := e.good(other, []byte{opRequestSense, 0, 0, 0, 252, 0}, nil) // LUN 0: unchanged
+	if s, _ := ParseSense(d); !s.Is(SenseNoSense()) {
+		t.Fatalf("REQUEST SENSE of LUN 0: %v, want NO SENSE", s)
+	}
+	r := e.doLUN(other, 1, []byte{opRequestSense, 0, 0, 0, 252, 0}, nil)
+	if s, _ := ParseSense(r.Data); r.Status != StatusGood || !s.Is(SenseAsymmetricAccessChanged()) {
+		t.Fatalf("REQUEST SENSE of LUN 1: %#x %v, want GOOD with ASYMMETRIC ACCESS STATE CHANGED", r.Status, s)
+	}
+}

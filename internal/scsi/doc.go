@@ -50,6 +50,12 @@
 //     unit attention on its first command to each logical unit; INQUIRY,
 //     REPORT LUNS and REQUEST SENSE neither report nor clear unit
 //     attentions (REQUEST SENSE returns and clears one).
+//   - ASYMMETRIC ACCESS STATE CHANGED is established on an I_T nexus when
+//     the unit's target port groups as its initiator sees them (the
+//     Resolver's answer, what REPORT TARGET PORT GROUPS reports) differ
+//     from those it last heard of; each command that reports unit
+//     attentions compares them first. Other hosts' nexuses, and units
+//     whose states stayed, hear nothing.
 //   - WRITE SAME with the UNMAP bit deallocates the range whatever the
 //     data-out holds (as Linux LIO does); unmapped blocks read as zeros
 //     (LBPRZ=1).
@@ -60,6 +66,12 @@
 //     lock on its blocks, so the read-compare-write of COMPARE AND WRITE is
 //     atomic against every other write of the logical unit; reads take no
 //     lock.
+//   - RESERVE(6) and RELEASE(6) follow SPC-4's exceptions to SPC-2
+//     behavior (CRH is reported): while persistent reservation
+//     registrations exist they complete GOOD without effect from the
+//     persistent reservation holder, or from a registered nexus under a
+//     registrants only or all registrants reservation, and end in
+//     RESERVATION CONFLICT from every other nexus.
 //   - Persistent reservation state lives in ReservationState, a plain value
 //     with pure methods (Apply, Allows) so that a later sequencer can order
 //     and replicate it; the logical unit only stores it, persists it through

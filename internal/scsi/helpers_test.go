@@ -171,7 +171,14 @@ type StaticResolver struct {
 		luns       map[uint64]*LogicalUnit
 		initiators map[string]bool
 		groups     []PortGroup
+		// groupsFor, when set for an initiator and unit, replaces groups.
+		groupsFor map[groupsKey][]PortGroup
 	}
+}
+
+type groupsKey struct {
+	initiator string
+	lu        *LogicalUnit
 }
 
 // NewStaticResolver returns a resolver mapping luns to every initiator
@@ -188,6 +195,23 @@ func (r *StaticResolver) SetGroups(g []PortGroup) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.mu.groups = g
+}
+
+// SetLUNs replaces the LUNs every (visible) initiator sees.
+func (r *StaticResolver) SetLUNs(luns map[uint64]*LogicalUnit) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mu.luns = luns
+}
+
+// SetGroupsFor replaces the port groups initiator sees for lu.
+func (r *StaticResolver) SetGroupsFor(initiator string, lu *LogicalUnit, g []PortGroup) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.groupsFor == nil {
+		r.mu.groupsFor = map[groupsKey][]PortGroup{}
+	}
+	r.mu.groupsFor[groupsKey{initiator, lu}] = g
 }
 
 // Restrict limits the LUNs to the listed initiators.
@@ -230,8 +254,11 @@ func (r *StaticResolver) LUNs(initiator string) []uint64 {
 }
 
 // PortGroups implements Resolver.
-func (r *StaticResolver) PortGroups(string, *LogicalUnit) []PortGroup {
+func (r *StaticResolver) PortGroups(initiator string, lu *LogicalUnit) []PortGroup {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if g, ok := r.mu.groupsFor[groupsKey{initiator, lu}]; ok {
+		return append([]PortGroup(nil), g...)
+	}
 	return append([]PortGroup(nil), r.mu.groups...)
 }

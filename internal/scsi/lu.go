@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -83,6 +84,12 @@ type nexusState struct {
 	nexus Nexus
 	// uas are the pending unit attentions, oldest first.
 	uas []Sense
+	// groups are the unit's target port groups as the nexus last heard of
+	// them: when it first reported a unit attention (the power on, reset
+	// it starts with) or an ASYMMETRIC ACCESS STATE CHANGED since; nil
+	// until then (groupsKnown).
+	groups      []PortGroup
+	groupsKnown bool
 }
 
 // NewLogicalUnit returns the logical unit for a volume. Saved persistent
@@ -156,11 +163,13 @@ func (lu *LogicalUnit) Resize(size uint64) {
 	lu.raiseAll(SenseCapacityChanged())
 }
 
-// AccessChanged raises ASYMMETRIC ACCESS STATE CHANGED on every nexus: the
-// ALUA state of a target port group changed.
-func (lu *LogicalUnit) AccessChanged() {
-	lu.raiseAll(SenseAsymmetricAccessChanged())
-}
+// AccessChanged tells the unit that the ALUA states of its target port
+// groups may have changed. There is nothing to do: ASYMMETRIC ACCESS
+// STATE CHANGED is established on exactly the I_T nexuses whose REPORT
+// TARGET PORT GROUPS answer differs from the one they last heard of,
+// which each nexus's next command compares (takeUA), announced or not;
+// raising it here on every nexus told hosts whose states had not changed.
+func (lu *LogicalUnit) AccessChanged() {}
 
 // Reservations returns a copy of the reservation state.
 func (lu *LogicalUnit) Reservations() ReservationState {
@@ -191,6 +200,20 @@ func (ns *nexusState) raise(s Sense) {
 	ns.uas = append(ns.uas, s)
 }
 
+// accessNow compares the port groups the nexus would be reported now with
+// those it last heard of, and establishes ASYMMETRIC ACCESS STATE CHANGED
+// when they differ. The first time, the nexus has its power on, reset
+// unit attention pending, after which a host reads the states afresh.
+func (ns *nexusState) accessNow(groups []PortGroup) {
+	if ns.groupsKnown && samePortGroups(ns.groups, groups) {
+		return
+	}
+	if ns.groupsKnown {
+		ns.raise(SenseAsymmetricAccessChanged())
+	}
+	ns.groups, ns.groupsKnown = clonePortGroups(groups), true
+}
+
 // stateLocked returns the state of nexus n (whose Key is key), creating it
 // (with a pending power on/reset unit attention) on first contact. lu.mu
 // must be held.
@@ -211,10 +234,15 @@ func (lu *LogicalUnit) touch(n Nexus, key string) {
 }
 
 // takeUA removes and returns the oldest pending unit attention of n.
-func (lu *LogicalUnit) takeUA(n Nexus, key string) (Sense, bool) {
+// groups are the unit's target port groups as n's initiator sees them
+// now: if they differ from those n last heard of, ASYMMETRIC ACCESS STATE
+// CHANGED is established first (on the nexuses whose access states
+// changed, and on no other).
+func (lu *LogicalUnit) takeUA(n Nexus, key string, groups []PortGroup) (Sense, bool) {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	ns := lu.stateLocked(n, key)
+	ns.accessNow(groups)
 	if len(ns.uas) == 0 {
 		return Sense{}, false
 	}
@@ -281,16 +309,16 @@ func (lu *LogicalUnit) nexusLost(n Nexus) {
 	if _, fwd := lu.replica.Forward(ctx, &Command{Nexus: n, CDB: []byte{opRelease6, 0, 0, 0, 0, 0}}); fwd {
 		return
 	}
-	_ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone
+	_, _ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone, and held it
 }
 
-// raiseFor queues unit attention s for every nexus of initiator (all
-// nexuses when initiator is empty).
+// raiseFor queues unit attention s for every nexus of initiator, named
+// case-insensitively (all nexuses when initiator is empty).
 func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	for _, ns := range lu.mu.nexus {
-		if initiator == "" || ns.nexus.InitiatorName == initiator {
+		if initiator == "" || strings.EqualFold(ns.nexus.InitiatorName, initiator) {
 			ns.raise(s)
 		}
 	}
@@ -365,19 +393,20 @@ func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err 
 	return ok, err
 }
 
-// releaseSCSI2 applies RELEASE(6) from n; err as reserveSCSI2's.
-func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) error {
+// releaseSCSI2 applies RELEASE(6) from n (or the loss of nexus n); false
+// means conflict, err is as reserveSCSI2's.
+func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) (ok bool, err error) {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
 	prev := lu.mu.res.SCSI2
-	lu.mu.res = lu.mu.res.ReleaseSCSI2(NexusID(n))
+	lu.mu.res, ok = lu.mu.res.ReleaseSCSI2(NexusID(n))
 	changed := prev != lu.mu.res.SCSI2
 	lu.mu.Unlock()
 	if changed {
-		return lu.share(ctx, nil, nil)
+		return ok, lu.share(ctx, nil, nil)
 	}
-	return nil
+	return ok, nil
 }
 
 // resetShared performs the reset's part that the peer must know of: at the

@@ -15,7 +15,7 @@ func runPreventAllow(*exec) *Result { return good(nil) }
 // runRequestSense implements REQUEST SENSE: a pending unit attention is
 // returned (and cleared), otherwise NO SENSE.
 func runRequestSense(x *exec) *Result {
-	if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key); ok {
+	if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key, x.t.portGroups(x.lu, x.cmd.Nexus)); ok {
 		return x.senseData(s)
 	}
 	return x.senseData(SenseNoSense())

@@ -53,8 +53,8 @@ func runPRIn(x *exec) *Result {
 	case prInReportCaps:
 		d = make([]byte, 8)
 		put16(d[0:2], 8)
-		d[2] = 0x04 | 0x01 // ATP_C, PTPL_C
-		d[3] = 0x80        // TMV
+		d[2] = 0x10 | 0x04 | 0x01 // CRH (see scsi2UnderPR), ATP_C, PTPL_C
+		d[3] = 0x80               // TMV
 		if st.APTPL {
 			d[3] |= 0x01 // PTPL_A
 		}
@@ -157,20 +157,23 @@ func runPROut(x *exec) *Result {
 // runReserve6 implements RESERVE(6) (SCSI-2 reservation of the whole
 // logical unit).
 func runReserve6(x *exec) *Result {
-	ok, err := x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus)
+	return scsi2Result(x.lu.reserveSCSI2(x.ctx, x.cmd.Nexus))
+}
+
+// runRelease6 implements RELEASE(6): a release by a nexus that does not
+// hold the reservation does nothing and is GOOD, unless persistent
+// reservations exist (ReservationState.ReleaseSCSI2).
+func runRelease6(x *exec) *Result {
+	return scsi2Result(x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus))
+}
+
+// scsi2Result is the status of a RESERVE(6) or RELEASE(6): ok false is a
+// reservation conflict, err a change the array now serving the pod lacks.
+func scsi2Result(ok bool, err error) *Result {
 	switch {
 	case !ok:
 		return reservationConflict()
 	case err != nil:
-		return checkCondition(SenseNotReadyTransitioning())
-	}
-	return good(nil)
-}
-
-// runRelease6 implements RELEASE(6): a release by a nexus that does not
-// hold the reservation does nothing and is GOOD.
-func runRelease6(x *exec) *Result {
-	if err := x.lu.releaseSCSI2(x.ctx, x.cmd.Nexus); err != nil {
 		return checkCondition(SenseNotReadyTransitioning())
 	}
 	return good(nil)

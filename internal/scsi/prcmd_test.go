@@ -96,7 +96,7 @@ func TestPersistentReserveCommands(t *testing.T) {
 
 	// REPORT CAPABILITIES.
 	d = e.good(a, cdbPRIn(prInReportCaps, 100), nil)
-	if !bytes.Equal(d, []byte{0, 8, 0x05, 0x80, 0xea, 0x01, 0, 0}) {
+	if !bytes.Equal(d, []byte{0, 8, 0x15, 0x80, 0xea, 0x01, 0, 0}) { // CRH, ATP_C, PTPL_C
 		t.Fatalf("report capabilities % x", d)
 	}
 
@@ -257,13 +257,79 @@ func TestReserve6(t *testing.T) {
 		e.good(b, rel6, nil)
 	}
 
-	// No RESERVE(6) while persistent reservation registrations exist.
+	// No RESERVE(6) nor RELEASE(6) while persistent reservation
+	// registrations exist (TestRelease6UnderPersistentReservations).
 	e.ready(a)
 	e.mustPR(a, saRegister, 0, 0, 1, 0)
 	conflict(b, res6)
-	e.good(b, rel6, nil)
+	conflict(b, rel6)
+	conflict(a, res6)
+	conflict(a, rel6)
 	// And no PR OUT from another nexus while a SCSI-2 reservation is held.
 	e.mustPR(a, saRegister, 0, 1, 0, 0)
 	e.good(a, res6, nil)
 	conflict(b, func() []byte { c, _ := cdbPROut(saRegister, 0); return c }())
+}
+
+// TestRelease6UnderPersistentReservations: RELEASE(6) and RESERVE(6)
+// while persistent reservations exist follow SPC-4 5.13.3: GOOD without
+// effect from the reservation holder and, under a registrants only
+// reservation, from a registered nexus; RESERVATION CONFLICT from every
+// other nexus. The persistent reservation is never released by them.
+// RELEASE(6) was GOOD from any nexus.
+func TestRelease6UnderPersistentReservations(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := nx(1), nx(2), nx(3)
+	for _, n := range []Nexus{a, b, c} {
+		e.ready(n)
+	}
+	res6, rel6 := []byte{opReserve6, 0, 0, 0, 0, 0}, []byte{opRelease6, 0, 0, 0, 0, 0}
+	expect := func(n Nexus, cdb []byte, want Status) {
+		t.Helper()
+		if r := e.do(n, cdb, nil); r.Status != want {
+			t.Fatalf("cdb % x from %s: status %#x, want %#x", cdb, n.InitiatorName, r.Status, want)
+		}
+	}
+	reservation := func() []byte {
+		t.Helper()
+		return e.good(a, cdbPRIn(prInReadReservation, 100), nil)
+	}
+	e.mustPR(a, saRegister, 0, 0, 0xa, 0)
+	e.mustPR(b, saRegister, 0, 0, 0xb, 0)
+	for _, n := range []Nexus{a, b, c} {
+		expect(n, rel6, StatusReservationConflict)
+		expect(n, res6, StatusReservationConflict)
+	}
+
+	e.mustPR(a, saReserve, PRWriteExclusiveRegistrantsOnly, 0xa, 0, 0)
+	held := reservation()
+	for _, n := range []Nexus{a, b} {
+		expect(n, rel6, StatusGood)
+		expect(n, res6, StatusGood)
+	}
+	expect(c, rel6, StatusReservationConflict)
+	expect(c, res6, StatusReservationConflict)
+	if got := reservation(); !bytes.Equal(got, held) {
+		t.Fatalf("after RELEASE(6) and RESERVE(6): READ RESERVATION % x, want % x (unchanged)", got, held)
+	}
+	// Nothing SCSI-2 was reserved: c's reads are not refused by one.
+	e.good(c, cdbRW10(opRead10, 0, 1), nil)
+
+	e.mustPR(a, saRelease, PRWriteExclusiveRegistrantsOnly, 0xa, 0, 0)
+	e.mustPR(a, saReserve, PRWriteExclusive, 0xa, 0, 0)
+	e.ready(b) // RESERVATIONS RELEASED
+	held = reservation()
+	expect(a, rel6, StatusGood)
+	expect(b, rel6, StatusReservationConflict)
+	expect(c, rel6, StatusReservationConflict)
+	if got := reservation(); !bytes.Equal(got, held) {
+		t.Fatalf("after RELEASE(6): READ RESERVATION % x, want % x (unchanged)", got, held)
+	}
+
+	// Once the registrations are gone SPC-2 applies again.
+	e.mustPR(a, saClear, 0, 0xa, 0, 0)
+	e.good(c, res6, nil)
+	e.good(a, rel6, nil)
+	expect(a, res6, StatusReservationConflict)
+	e.good(c, rel6, nil)
 }

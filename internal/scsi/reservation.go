@@ -427,9 +427,12 @@ func (s *ReservationState) preempted(op PROut, removed []Registration, out PROut
 
 // ReserveSCSI2 applies RESERVE(6) from n. ok is false on a reservation
 // conflict: another nexus holds the SCSI-2 reservation, or persistent
-// reservation registrations exist.
+// reservation registrations exist and n is not exempt (see scsi2UnderPR).
 func (s ReservationState) ReserveSCSI2(n PRNexus) (next ReservationState, ok bool) {
-	if (s.SCSI2 != nil && *s.SCSI2 != n) || !s.Empty() {
+	if decided, ok := s.scsi2UnderPR(n); decided {
+		return s, ok
+	}
+	if s.SCSI2 != nil && *s.SCSI2 != n {
 		return s, false
 	}
 	next = s.Clone()
@@ -438,14 +441,44 @@ func (s ReservationState) ReserveSCSI2(n PRNexus) (next ReservationState, ok boo
 }
 
 // ReleaseSCSI2 applies RELEASE(6) from n (or the loss of nexus n): the
-// SCSI-2 reservation is released if n holds it.
-func (s ReservationState) ReleaseSCSI2(n PRNexus) ReservationState {
-	if s.SCSI2 == nil || *s.SCSI2 != n {
-		return s
+// SCSI-2 reservation is released if n holds it. Otherwise, while
+// persistent reservation registrations exist, ok is false on a
+// reservation conflict (see scsi2UnderPR); without registrations a
+// release by a nexus that holds nothing is GOOD and does nothing (SPC-2).
+//
+// A holder of the SCSI-2 reservation that registered a key since (SPC-2
+// would have refused the registration; this target lets the holder make
+// it) releases its reservation all the same: the loss of its nexus,
+// which comes here as a RELEASE(6) at a stretched pod's sequencer, must.
+func (s ReservationState) ReleaseSCSI2(n PRNexus) (next ReservationState, ok bool) {
+	if s.SCSI2 != nil && *s.SCSI2 == n {
+		next = s.Clone()
+		next.SCSI2 = nil
+		return next, true
 	}
-	next := s.Clone()
-	next.SCSI2 = nil
-	return next
+	if decided, ok := s.scsi2UnderPR(n); decided {
+		return s, ok
+	}
+	return s, true
+}
+
+// scsi2UnderPR decides a RESERVE(6) or RELEASE(6) from n while persistent
+// reservation registrations exist (decided is false when none does, and
+// SPC-2 rules apply). SPC-4 5.13.3, exceptions to SPC-2 RESERVE and
+// RELEASE behavior: the command completes GOOD and changes nothing (the
+// persistent reservation is neither released nor changed, no SCSI-2
+// reservation is made) when it comes from a persistent reservation holder,
+// or from a registered nexus while a registrants only or all registrants
+// reservation exists. In every other case SPC-2 applies, and SPC-2 5.5.1
+// makes every RESERVE and RELEASE conflict while a registration exists.
+// The target reports CRH (compatible reservation handling) in REPORT
+// CAPABILITIES accordingly.
+func (s ReservationState) scsi2UnderPR(n PRNexus) (decided, ok bool) {
+	if len(s.Registrations) == 0 {
+		return false, false
+	}
+	exempt := s.IsHolder(n) || (s.Reserved && s.Type.registrantsOnly() && s.registration(n) >= 0)
+	return true, exempt
 }
 
 // persistedVersion is the version of the encoding Marshal produces.

@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -321,10 +322,10 @@ func TestSCSI2Reservation(t *testing.T) {
 	if s.Allows(nB, AccessControl) || !s.Allows(nB, AccessAlways) || !s.Allows(nA, AccessWrite) {
 		t.Fatal("SCSI-2 access wrong")
 	}
-	if s = s.ReleaseSCSI2(nB); s.SCSI2 == nil {
+	if s, _ = s.ReleaseSCSI2(nB); s.SCSI2 == nil {
 		t.Fatal("release by non-holder released")
 	}
-	if s = s.ReleaseSCSI2(nA); s.SCSI2 != nil {
+	if s, _ = s.ReleaseSCSI2(nA); s.SCSI2 != nil {
 		t.Fatal("release by holder did not release")
 	}
 	s, _ = s.Apply(nB, reg(5))
@@ -352,5 +353,85 @@ func TestReservationMarshal(t *testing.T) {
 		if _, err := UnmarshalReservationState([]byte(bad)); err == nil {
 			t.Errorf("%q decoded", bad)
 		}
+	}
+}
+
+// TestSCSI2UnderPersistentReservations pins SPC-4 5.13.3 (exceptions to
+// SPC-2 RESERVE and RELEASE behavior) with SPC-2 5.5.1 for the rest:
+// while persistent reservation registrations exist, a RESERVE(6) or
+// RELEASE(6) completes GOOD without changing anything when it comes from
+// a persistent reservation holder, or from a registered nexus while a
+// registrants only or all registrants reservation exists; every other
+// one is a RESERVATION CONFLICT. RELEASE(6) was GOOD from anyone.
+func TestSCSI2UnderPersistentReservations(t *testing.T) {
+	build := func(steps ...func(ReservationState) ReservationState) ReservationState {
+		var s ReservationState
+		for _, f := range steps {
+			s = f(s)
+		}
+		return s
+	}
+	apply := func(n PRNexus, op PROut) func(ReservationState) ReservationState {
+		return func(s ReservationState) ReservationState {
+			next, out := s.Apply(n, op)
+			if out.Status != StatusGood {
+				t.Fatalf("setting up: %+v from %v: %+v", op, n, out)
+			}
+			return next
+		}
+	}
+	tests := []struct {
+		name string
+		st   ReservationState
+		// good are the nexuses whose RESERVE and RELEASE are GOOD; the
+		// others (of nA, nA2, nB, nC) conflict.
+		good []PRNexus
+	}{
+		{"registrations without a reservation", build(apply(nA, reg(1)), apply(nB, reg(2))), nil},
+		{"write exclusive held by A", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nA, rsv(1, PRWriteExclusive))), []PRNexus{nA}},
+		{"exclusive access held by A", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nA, rsv(1, PRExclusiveAccess))), []PRNexus{nA}},
+		{"write exclusive registrants only", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nA, rsv(1, PRWriteExclusiveRegistrantsOnly))), []PRNexus{nA, nB}},
+		{"exclusive access registrants only", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nA, rsv(1, PRExclusiveAccessRegistrantsOnly))), []PRNexus{nA, nB}},
+		{"write exclusive all registrants", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nB, rsv(2, PRWriteExclusiveAllRegistrants))), []PRNexus{nA, nB}},
+		{"exclusive access all registrants", build(apply(nA, reg(1)), apply(nB, reg(2)), apply(nA, rsv(1, PRExclusiveAccessAllRegistrants))), []PRNexus{nA, nB}},
+		{"ALL_TG_PT registration holds through every port", build(apply(nA, PROut{Action: PRRegister, ServiceKey: 1, AllTargetPorts: true}), apply(nA, rsv(1, PRWriteExclusive))), []PRNexus{nA, nA2}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, n := range []PRNexus{nA, nA2, nB, nC} {
+				want := slices.Contains(tc.good, n)
+				next, ok := tc.st.ReserveSCSI2(n)
+				if ok != want || !reflect.DeepEqual(next, tc.st) {
+					t.Errorf("RESERVE(6) from %v: ok %v, state %+v; want ok %v and the state unchanged", n, ok, next, want)
+				}
+				next, ok = tc.st.ReleaseSCSI2(n)
+				if ok != want || !reflect.DeepEqual(next, tc.st) {
+					t.Errorf("RELEASE(6) from %v: ok %v, state %+v; want ok %v and the state unchanged", n, ok, next, want)
+				}
+			}
+		})
+	}
+
+	// Without registrations SPC-2 applies: a release by another nexus is
+	// GOOD and does nothing, the holder's releases.
+	held, _ := ReservationState{}.ReserveSCSI2(nA)
+	if next, ok := held.ReleaseSCSI2(nB); !ok || next.SCSI2 == nil || *next.SCSI2 != nA {
+		t.Fatalf("RELEASE(6) from another nexus: ok %v, holder %v; want GOOD and A still holding", ok, next.SCSI2)
+	}
+	if next, ok := held.ReleaseSCSI2(nA); !ok || next.SCSI2 != nil {
+		t.Fatalf("RELEASE(6) from the holder: ok %v, holder %v; want GOOD and released", ok, next.SCSI2)
+	}
+	// The holder of a SCSI-2 reservation that registered a key since (a
+	// state SPC-2 never reaches, as it refuses PR OUT then) still gives
+	// its own reservation up, as the loss of its nexus must.
+	both, out := held.Apply(nA, reg(1))
+	if out.Status != StatusGood {
+		t.Fatalf("REGISTER by the SCSI-2 holder: %+v", out)
+	}
+	if next, ok := both.ReleaseSCSI2(nA); !ok || next.SCSI2 != nil || len(next.Registrations) != 1 {
+		t.Fatalf("RELEASE(6) from the SCSI-2 holder with a registration: ok %v, state %+v; want GOOD, released, registration kept", ok, next)
+	}
+	if _, ok := both.ReleaseSCSI2(nB); ok {
+		t.Fatal("RELEASE(6) from an unregistered nexus while a registration exists: GOOD, want RESERVATION CONFLICT")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"strings"
 	"testing"
 )
 
@@ -239,8 +240,8 @@ func TestUnitAttentionRules(t *testing.T) {
 
 	// Other commands report a pending UA (and it is consumed), one at a
 	// time, oldest first, without duplicates.
-	e.lu.AccessChanged()
-	e.lu.AccessChanged()
+	e.lu.raiseAll(SenseAsymmetricAccessChanged())
+	e.lu.raiseAll(SenseAsymmetricAccessChanged())
 	e.lu.Resize(testSize)
 	e.check(n, cdbRW10(opRead10, 0, 1), nil, SenseAsymmetricAccessChanged())
 	e.check(n, []byte{opModeSense6, 0, 0x3f, 0, 255, 0}, nil, SenseCapacityChanged())
@@ -268,6 +269,60 @@ func TestUnitAttentionRules(t *testing.T) {
 	e.tgt.LUNsChanged(nx(2).InitiatorName)
 	e.good(n, []byte{opTestUnitReady}, nil)
 	e.check(nx(2), []byte{opTestUnitReady}, nil, SenseLUNsChanged())
+}
+
+// TestLUNsChangedScope: REPORTED LUNS DATA HAS CHANGED reaches every I_T
+// nexus of the initiator named, whatever the case of its name (iSCSI
+// names compare case-insensitively; the array names initiators in lower
+// case), through every logical unit the initiator sees, and no other
+// initiator's nexus. A unit the initiator no longer sees does not keep it
+// for later. Before, an initiator whose name had capitals was never told.
+func TestLUNsChangedScope(t *testing.T) {
+	e := newEnv(t)
+	lu1 := NewLogicalUnit(LUConfig{UUID: [16]byte{1}, Size: testSize, Backend: NewMemBackend()})
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu, 1: lu1})
+	mixed := func(n Nexus) Nexus {
+		n.InitiatorName = strings.Replace(n.InitiatorName, "init", "Init", 1)
+		n.InitiatorPort = strings.Replace(n.InitiatorPort, "init", "Init", 1)
+		return n
+	}
+	n := mixed(nx(1))
+	n2 := n // a second session of the same initiator
+	n2.InitiatorPort += "2"
+	other := mixed(nx(2))
+	all := []Nexus{n, n2, other}
+	ready := func(lun uint64) {
+		t.Helper()
+		for _, x := range all {
+			for i := 0; e.doLUN(x, lun, []byte{opTestUnitReady}, nil).Status != StatusGood; i++ {
+				if i > 20 {
+					t.Fatalf("LUN %d: TEST UNIT READY of %s never GOOD", lun, x.InitiatorPort)
+				}
+			}
+		}
+	}
+	ready(0)
+	ready(1)
+	e.tgt.LUNsChanged(strings.ToLower(n.InitiatorName))
+	for _, lun := range []uint64{0, 1} {
+		for _, x := range []Nexus{n, n2} {
+			expectSense(t, e.doLUN(x, lun, []byte{opTestUnitReady}, nil), SenseLUNsChanged())
+			if r := e.doLUN(x, lun, []byte{opTestUnitReady}, nil); r.Status != StatusGood {
+				t.Fatalf("LUN %d, %s: second TEST UNIT READY %#x %v", lun, x.InitiatorPort, r.Status, senseOf(r))
+			}
+		}
+		if r := e.doLUN(other, lun, []byte{opTestUnitReady}, nil); r.Status != StatusGood {
+			t.Fatalf("LUN %d: another initiator got %#x %v", lun, r.Status, senseOf(r))
+		}
+	}
+
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu})
+	e.tgt.LUNsChanged(n.InitiatorName)
+	expectSense(t, e.doLUN(n, 0, []byte{opTestUnitReady}, nil), SenseLUNsChanged())
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu, 1: lu1})
+	if r := e.doLUN(n, 1, []byte{opTestUnitReady}, nil); r.Status != StatusGood {
+		t.Fatalf("LUN 1, unmapped when the LUNs changed: %#x %v", r.Status, senseOf(r))
+	}
 }
 
 func TestInvalidOpcodesAndReservedBits(t *testing.T) {

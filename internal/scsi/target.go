@@ -199,10 +199,17 @@ func (t *Target) executeNoLU(cmd *Command) *Result {
 // reservations, then runs it.
 func (t *Target) dispatch(x *exec) *Result {
 	c, bad := t.table.lookup(x.cdb)
+	// The unit's port groups as the initiator sees them now, for the
+	// unit attention of a change and the command's ALUA check. The
+	// commands that keep unit attentions run in every state.
+	var groups []PortGroup
 	if c != nil && c.keepsUA {
 		x.lu.touch(x.cmd.Nexus, x.key)
-	} else if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key); ok {
-		return checkCondition(s)
+	} else {
+		groups = t.portGroups(x.lu, x.cmd.Nexus)
+		if s, ok := x.lu.takeUA(x.cmd.Nexus, x.key, groups); ok {
+			return checkCondition(s)
+		}
 	}
 	if bad != nil {
 		return checkCondition(*bad)
@@ -214,7 +221,7 @@ func (t *Target) dispatch(x *exec) *Result {
 	if s := c.checkReserved(x.cdb); s != nil {
 		return checkCondition(*s)
 	}
-	if s := t.aluaBlocks(x.lu, x.cmd.Nexus, c.alua); s != nil {
+	if s := aluaBlocks(groups, x.cmd.Nexus, c.alua); s != nil {
 		return checkCondition(*s)
 	}
 	if c.ordered {
@@ -407,11 +414,20 @@ func (t *Target) NexusLost(n Nexus) {
 	}
 }
 
-// LUNsChanged raises REPORTED LUNS DATA HAS CHANGED on every nexus of the
-// initiator (every nexus when initiator is empty), for the array to call
-// when LUN masking changes.
+// LUNsChanged raises REPORTED LUNS DATA HAS CHANGED on every I_T nexus of
+// the initiator (named case-insensitively, as iSCSI names compare), for
+// the array to call when the LUNs the initiator sees changed: a volume
+// mapped or unmapped, a LUN renumbered. Each nexus hears of it through
+// every logical unit the initiator sees now and the nexus has used (a
+// unit attention is reported through a logical unit); a nexus that has
+// used none gets POWER ON, RESET on its first command anyway. An empty
+// initiator means every nexus of every unit.
 func (t *Target) LUNsChanged(initiator string) {
-	for _, lu := range t.knownLUs() {
+	lus := t.knownLUs()
+	if initiator != "" {
+		lus = t.visibleLUs(Nexus{InitiatorName: initiator})
+	}
+	for _, lu := range lus {
 		lu.raiseFor(initiator, SenseLUNsChanged())
 	}
 }
