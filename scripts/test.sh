@@ -26,15 +26,17 @@ go test -race -count=1 -timeout 20m $(go list ./... | grep -v /test/e2e) 2>&1 | 
 # store's model test is ~100× slower per input than the rest, and the
 # iSCSI session target (a login, a real SCSI target and a teardown per
 # input, and a corpus of some 500 inputs to replay first) takes ~15 s
-# for 5000.
+# for 5000. FuzzPodRequests builds a replicator with its link, stores and
+# pods per input (~50 inputs a second here): 2000 take about 45 s.
 # Minimisation of new interesting inputs is capped as well.
-echo "== fuzz (${FUZZEXECS:=20000} executions each; FuzzModel ${FUZZEXECS_MODEL:=2000}, FuzzSession ${FUZZEXECS_SESSION:=5000})"
+echo "== fuzz (${FUZZEXECS:=20000} executions each; FuzzModel ${FUZZEXECS_MODEL:=2000}, FuzzSession ${FUZZEXECS_SESSION:=5000}, FuzzPodRequests ${FUZZEXECS_PODREQ:=2000})"
 for pkg in $(go list ./... | grep -v /test/e2e); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/func //'); do
     n=$FUZZEXECS
     [ "$f" = FuzzModel ] && n=$FUZZEXECS_MODEL
     [ "$f" = FuzzSession ] && n=$FUZZEXECS_SESSION
+    [ "$f" = FuzzPodRequests ] && n=$FUZZEXECS_PODREQ
     echo "-- $pkg $f"
     go test -run '^$' -fuzz "^${f}\$" -fuzztime "${n}x" -fuzzminimizetime 1s "$pkg" >/tmp/metro-fuzz.log 2>&1 || { cat /tmp/metro-fuzz.log; exit 1; }
   done

@@ -258,9 +258,14 @@ func newHostilePeer(t *testing.T) *hostilePeer {
 		sb.Close()
 		l.Close()
 		cancel()
+		// As the replicator's own shutdown: stopped, so that a handler
+		// still running (a notice that makes syncPods start a pod) starts
+		// none that nobody stops.
 		r.mu.Lock()
 		pods := r.mu.pods
 		r.mu.pods = map[string]*podRT{}
+		r.mu.stopped = true
+		r.publishPods()
 		r.mu.Unlock()
 		for _, p := range pods {
 			p.stop()
