@@ -1,6 +1,10 @@
 package pod
 
-import "testing"
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
 
 // Adversarial schedules of a second review (see review_test.go for the
 // helpers).
@@ -35,4 +39,43 @@ func TestReview2RemovalOnLaterSessionAfterPeerWon(t *testing.T) {
 		answerOldest, // a adopts E+1 as b's, behind
 		persistA,
 	)
+}
+
+// TestReview2ElectRetryLostAcrossLinkFlap: the link is lost and both
+// arrays race at E; a's elect reaches the mediator first (a owns E+1
+// there), but neither answer comes back within the driver's deadline
+// (the mediator stays online): both suspend, and would ask again every
+// RetryAfter. The link then comes back for a moment: LinkUp clears the
+// retry, a (the sequencer at E, current) proposes a resync, and the link
+// is lost again before b takes it. From then on nobody asks the
+// mediator again (a suspended array re-races only at LinkUp's inverse,
+// never: LinkDown leaves a suspended machine as it is, and MediatorUp
+// fires only on a change), so the pod stays offline on both arrays for
+// as long as the link is down, with the mediator online and a holding
+// its grant: the defect the elect retry fixed, back after one flap.
+// Suggested fix: LinkDown of a suspended, current array that may race
+// arms reelectAt (or decides again) as after a failed elect.
+func TestReview2ElectRetryLostAcrossLinkFlap(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, cutBoth, advanceTO, electOldest, electOldest)
+	// Both answers are lost on the way back; the mediator is online.
+	for len(s.answers) > 0 {
+		an := s.answers[0]
+		s.answers = s.answers[1:]
+		s.feed(an.to, fmt.Sprintf("elect-failed %d (answer lost, mediator online)", an.epoch), func(m *Machine) []Action { return m.ElectFailed(an.epoch, s.now) })
+	}
+	s.steps(t,
+		op{kind: opMend, a: 0},   // the link returns for a moment
+		deliverAtoB, deliverBtoA, // the hellos: a, owner at E, proposes a resync
+		cutBoth, advanceTO, // lost again before b takes it
+	)
+	for range 50 {
+		// 200 ms; the mediator answers whatever is asked of it.
+		s.steps(t, op{kind: opAdvance, a: 2}, electOldest, answerOldest, persistA, persistB)
+		if s.servesWrites(0) || s.servesWrites(1) {
+			return
+		}
+	}
+	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
+		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
