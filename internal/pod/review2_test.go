@@ -79,3 +79,78 @@ func TestReview2ElectRetryLostAcrossLinkFlap(t *testing.T) {
 	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
 		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
+
+// freshSim returns a simulation of a fresh stretch (a holds the pod
+// alone, b has no copy) with the first link session up, as runSim
+// starts one.
+func freshSim() *sim {
+	s := newSim(modeSessions, "", false)
+	s.connect(0)
+	return s
+}
+
+// TestReview2StaleResyncAndGrantOnLaterSession: found by TestRandomPair
+// with -pod.runs 100000 (seed 103642, sessions mode; shrunk). a's resync
+// proposal at epoch 3 is held in its driver (session 1); the link is
+// lost and comes back (session 2), a proposes again, b accepts, a
+// copies everything and its grant at 3 is held in the driver too; a's
+// lease runs out, a ends the link and pauses (the grant was sent from
+// a granted syncing state, so it races), b (receiving) suspends. On
+// session 3 a's driver sends both held requests: b takes the resync of
+// session 1 as "the proposal this array accepted already" (same epoch,
+// suspended, behind) and becomes receiving again, clearing its copy,
+// then takes the grant of session 2 and serves, in sync at 3. a's
+// machine, paused, ignores b's answer, wins E+1 at the mediator and
+// serves alone at 4 while b serves reads under its session-3 lease:
+// two arrays serving the pod apart (the sim's alone invariant), and b
+// serves a copy it cleared (seed 48304 adds a write acknowledged before
+// the copy: b then serves it missing, the acked invariant). A request
+// decided on one session must not be applied on another: the driver
+// should fail a call whose session is not the one the machine decided
+// it on (or the request should carry that session and the receiver
+// refuse a grant/resync not of the current session).
+func TestReview2StaleResyncAndGrantOnLaterSession(t *testing.T) {
+	s := freshSim()
+	s.runReview(t,
+		op{kind: opHold, a: 406962},     // a's driver is slow to send its next request
+		op{kind: opDeliver, a: 46393},   // b's hello: a proposes a resync at 3 (held)
+		op{kind: opAdvance, a: 332997},  // the session times out
+		op{kind: opRestart, a: 1013589}, // (nobody is dead) session 2 comes up
+		op{kind: opDeliver, a: 849557},  // hellos, status
+		op{kind: opDeliver, a: 186536},  //
+		op{kind: opDeliver, a: 967690},  //
+		op{kind: opDeliver, a: 64224},   // a's new resync at 3: b receives
+		op{kind: opDeliver, a: 220505},  //
+		op{kind: opDeliver, a: 536425},  // b's answer: a takes 3
+		op{kind: opPersist, a: 686864},  // a syncing at 3
+		op{kind: opBaseline, a: 445870}, // the copy completes
+		op{kind: opHold, a: 852940},     // a's grant will be held
+		op{kind: opPersist, a: 918012},  // Alone cleared: the grant, held; a's lease ran out: it ends the link
+	)
+}
+
+// TestReview2StaleResyncClearsCopyThenGrant: the same (seed 48304,
+// shrunk) with a write acknowledged by a before the copy: b, made
+// receiving again by the stale resync (its copy cleared), takes the
+// stale grant and serves the pod without the acknowledged write (the
+// acked invariant: a stale read).
+func TestReview2StaleResyncClearsCopyThenGrant(t *testing.T) {
+	s := freshSim()
+	s.runReview(t,
+		op{kind: opWrite, a: 379140},   // a acknowledges b2=1 alone
+		op{kind: opHold, a: 479850},    // a's next request is held
+		op{kind: opDeliver, a: 69047},  // b's hello: a's resync at 3, held
+		op{kind: opAdvance, a: 366766}, // the session times out
+		op{kind: opRestart, a: 657143}, // session 2
+		op{kind: opDeliver, a: 480674},
+		op{kind: opDeliver, a: 457388},
+		op{kind: opDeliver, a: 448967},
+		op{kind: opDeliver, a: 205023},
+		op{kind: opDeliver, a: 258488}, // a's new resync at 3: b receives
+		op{kind: opDeliver, a: 370105}, // a takes 3
+		op{kind: opHold, a: 590056},    // a's grant will be held
+		op{kind: opPersist, a: 661254},
+		op{kind: opBaseline, a: 68773}, // the copy completes
+		op{kind: opPersist, a: 301174}, // the grant, held; a ends the link; heal sends both on session 3
+	)
+}
