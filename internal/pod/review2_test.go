@@ -154,3 +154,21 @@ func TestReview2StaleResyncClearsCopyThenGrant(t *testing.T) {
 		op{kind: opPersist, a: 301174}, // the grant, held; a ends the link; heal sends both on session 3
 	)
 }
+
+// TestReview2HandoverWhileRemovalInFlight: found by TestRandomPair (seed
+// 219342 at 200000 runs, with the outbox bound to its session; shrunk).
+// a, the in-sync sequencer, asks b to give the pod up (RemovePeer: the
+// removal is in flight); before b's answer, a's administrator hands the
+// pod over to b (Handover checks busy and the pre-election in flight,
+// not a removal in flight). a persists "left, b owns E+1"; b, asked
+// first, gives the pod up at E and refuses the handover. Both arrays
+// have left: the pod is served by nobody and both copies are pending
+// eradication (after the window, gone). The replication driver allows
+// it once the administrator's removal call returns before b's answer
+// (its context ends: "removal under way"), which releases the pod's
+// locks while the machine's removal is still in flight. Suggested fix:
+// Handover refuses while m.removing (ErrBusy).
+func TestReview2HandoverWhileRemovalInFlight(t *testing.T) {
+	s := reviewSim(t)
+	s.runReview(t, removeFromA, handoverA)
+}
