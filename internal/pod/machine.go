@@ -104,9 +104,13 @@ type Config struct {
 	// epoch before the peer's lease has surely ended, "stale-race" asks
 	// the mediator with the epoch before the current one, "early-clear"
 	// clears the change tracking when the grant is sent rather than once
-	// the peer accepted it, "resync-again" takes a resync proposal sent
-	// again while the copy it started is under way (clearing the copy).
-	// The simulation's own planted bug, "no-barrier", is its driver's:
+	// the peer accepted it, "stale-request" takes a resync proposal at
+	// the epoch this array is at again (clearing the copy made since)
+	// and, in the simulation's driver, sends a request on whichever link
+	// session is up when the call runs rather than the one it was
+	// decided on (the two defences against an old request, removed
+	// together: either alone stops what the simulation finds). The
+	// simulation's own planted bug, "no-barrier", is its driver's:
 	// neither the peer's requests nor this array's own changes of epoch
 	// wait for the peer's writes being applied.
 	// Never set outside the package's tests.
@@ -1097,19 +1101,18 @@ func refuse(format string, args ...any) error {
 // ResyncRequested: the peer asks this array to receive a copy at epoch.
 // It is accepted only from a state that neither serves nor races, at a
 // later epoch than this array's; the record moves to epoch with the copy
-// behind, durably, before the answer.
+// behind, durably, before the answer. A proposal at the epoch this
+// array is at already is refused, even one it accepted: it is an old
+// proposal sent again (on a later link session than the one it was
+// decided on, say), and taking it would clear a copy made since, which
+// may be complete and about to be granted (ReceiveAccepted is the
+// driver's own way back into an accepted proposal).
 func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	switch {
 	case m.busy():
 		return nil, ErrBusy
-	case epoch == m.rec.Epoch && m.rec.Sequencer == m.cfg.Peer && !m.rec.Current() && !m.rec.Left &&
-		(m.state == Suspended || (m.state == Receiving && m.cfg.plant == "resync-again")):
-		// The proposal this array accepted already (durably): the
-		// driver asks again once the pod's runtime runs. (Receiving
-		// already, it is a copy of the same proposal sent again, on a
-		// later session than the one it was decided on: the copy under
-		// way must not be cleared, so it is refused below.)
-		return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
+	case m.cfg.plant == "stale-request" && epoch == m.rec.Epoch && (m.state == Suspended || m.state == Receiving):
+		return m.ReceiveAccepted(epoch)
 	case m.state != Suspended && m.state != Receiving && m.state != Left:
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
@@ -1117,6 +1120,22 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	}
 	next := Record{Epoch: epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
 	return m.persist(next, pAcceptResync, "", false, nil), nil
+}
+
+// ReceiveAccepted: the driver's handler of the peer's resync at epoch
+// made this array's acceptance durable before the pod's configuration
+// was installed, which started the pod's runtime (this machine) on that
+// record: it receives now. Only that handler calls it, within the
+// request, so it is the proposal just accepted, never an old one.
+func (m *Machine) ReceiveAccepted(epoch uint64) ([]Action, error) {
+	switch {
+	case m.busy():
+		return nil, ErrBusy
+	case epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer || m.rec.Current() || m.rec.Left ||
+		(m.state != Suspended && (m.state != Receiving || m.cfg.plant != "stale-request")):
+		return nil, refuse("no resync accepted at epoch %d in state %s (%s)", epoch, m.state, m.rec)
+	}
+	return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
 }
 
 // GrantRequested: the peer says this array's copy is complete at epoch,
