@@ -228,7 +228,10 @@
 //     sequencer no longer races): exactly one sequencer, or none.
 //   - Removing the other array: if its copy is behind it serves nothing,
 //     and the owner goes on alone at once. Otherwise the owner asks it to
-//     give the pod up; it persists Left, stops serving and answers; then
+//     give the pod up; it takes that only in sync at the owner's epoch
+//     (or with a copy behind), never while it races or may race, for it
+//     could win the next epoch; it persists Left, stops serving and
+//     answers; then
 //     the owner persists E+1 alone. If it does not answer, the owner ends
 //     the link and the pod goes through the race: removal completes on the
 //     winner's side only if the winner is the owner.

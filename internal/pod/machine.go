@@ -1187,13 +1187,20 @@ func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
 }
 
 // RemoveRequested: the sequencer asks this array to give the pod up (at
-// epoch). It stops serving once that is durable, and answers.
+// epoch). It stops serving once that is durable, and answers. Taken
+// only in sync at that epoch, or with a copy that is behind (it serves
+// nothing and never races): an array that is racing (paused), or that
+// may race again (suspended with a current copy), may win the next
+// epoch, and leaving at this one would then leave the pod served by
+// nobody.
 func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 	switch {
 	case m.busy():
 		return nil, ErrBusy
 	case m.rec.Sequencer != m.cfg.Peer || epoch != m.rec.Epoch:
 		return nil, refuse("removal at epoch %d (%s)", epoch, m.rec)
+	case m.state != InSync && (m.rec.Current() || (m.state != Receiving && m.state != Suspended && m.state != Left)):
+		return nil, refuse("removal at epoch %d while %s (%s)", epoch, m.state, m.rec)
 	}
 	return m.leave(), nil
 }
