@@ -56,7 +56,9 @@
 // that has accepted a later epoch never asks again at the old one. An
 // elect that failed (no answer within the driver's deadline) suspends
 // the array, which asks again at the same epoch every RetryAfter while
-// the link is down and it reaches the mediator: the mediator answers a
+// the link is down and it reaches the mediator (a link session that
+// comes and goes meanwhile without a resync agreed arms the retry
+// again, with the fence moved past that session): the mediator answers a
 // repeat by the winner of that epoch as a win, so a grant whose answer
 // was lost is used after all, and otherwise the answer names the
 // peer's epoch, which this array adopts.

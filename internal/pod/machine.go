@@ -643,11 +643,28 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	case Receiving:
 		return m.set(Suspended, nil)
 	case Paused:
-		if f := lastHeard.Add(m.cfg.Timeout); f.After(m.fenceAt) {
-			m.fenceAt = f
+		m.fenceAfter(lastHeard)
+	case Suspended:
+		if m.rec.Current() && m.rec.Pre != m.cfg.Peer {
+			// Suspended with a current copy that may race (its elect
+			// failed, or its answer was lost, before the link came
+			// back for a while): LinkUp dropped the retry, so it is
+			// armed again, or nobody would ask the mediator while the
+			// link is down. A win then serves from the fence, which
+			// covers a lease the peer got on this session.
+			m.fenceAfter(lastHeard)
+			m.reelectAt = now.Add(m.cfg.RetryAfter)
 		}
 	}
 	return nil
+}
+
+// fenceAfter moves the fence to cover a lease the peer may hold after it
+// was last heard from at lastHeard.
+func (m *Machine) fenceAfter(lastHeard time.Time) {
+	if f := lastHeard.Add(m.cfg.Timeout); f.After(m.fenceAt) {
+		m.fenceAt = f
+	}
 }
 
 // givingUp reports whether the persist in flight gives the pod up here
