@@ -1227,7 +1227,11 @@ func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 // up to the peer at the next epoch, stops serving, then tells the peer.
 func (m *Machine) Handover() ([]Action, error) {
 	switch {
-	case m.busy() || m.preInFlight:
+	case m.busy() || m.preInFlight || m.removing:
+		// A removal of the peer in flight (its administrator's call
+		// may have returned before the peer's answer): the peer may
+		// be giving the pod up, and a handover to it would leave the
+		// pod to nobody.
 		return nil, ErrBusy
 	case m.Role() != Sequencer || m.state != InSync || !m.link:
 		return nil, refuse("the pod is %s here; only an in-sync sequencer hands it over", m.state)
