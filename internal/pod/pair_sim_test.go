@@ -1423,7 +1423,7 @@ func shrink(mode simMode, plant string, sched schedule, key string) schedule {
 }
 
 var (
-	simRuns = flag.Int("pod.runs", 500, "schedules per mode in TestRandomPair")
+	simRuns = flag.Int("pod.runs", 1500, "schedules per mode in TestRandomPair")
 	simSeed = flag.Int64("pod.seed", -1, "run only this seed in TestRandomPair and log its trace")
 )
 
