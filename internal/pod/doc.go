@@ -56,7 +56,9 @@
 // that has accepted a later epoch never asks again at the old one. An
 // elect that failed (no answer within the driver's deadline) suspends
 // the array, which asks again at the same epoch every RetryAfter while
-// the link is down and it reaches the mediator: the mediator answers a
+// the link is down and it reaches the mediator (a link session that
+// comes and goes meanwhile without a resync agreed arms the retry
+// again, with the fence moved past that session): the mediator answers a
 // repeat by the winner of that epoch as a win, so a grant whose answer
 // was lost is used after all, and otherwise the answer names the
 // peer's epoch, which this array adopts.
@@ -74,16 +76,24 @@
 // on a request first, its record is persisted, and only then does the
 // driver install configuration, clear a copy or answer.
 //
-// A request the machine decided may be sent on a later link session than
-// the one it was decided on (the driver's call runs when it runs), and
-// an answer may come for a proposal the machine has moved on from: the
-// machine checks each against its state when it arrives (a resync it
-// accepted already is not accepted again while its copy is under way;
-// the driver takes a resync answer's resume point only for the proposal
-// the machine accepts), and a race's answer is used only while the
-// record is still the one the race was run at. The simulation models
-// both (the driver's outbox, and writes checked and applied in two
-// steps) with a barrier invariant.
+// A request the machine decided (a resync, a grant, a pre-election step,
+// a removal) is sent only on the link session the machine was on when
+// it decided it: the driver binds the session when it takes the action,
+// and a call that runs after that session ended fails, as if the session
+// had ended under it. On a later session the peer may have moved on (it
+// raced, won, received another copy since), and an old request would
+// undo that. The receiver checks each request against its state all
+// the same: a resync at the epoch it is at already is refused, even the
+// one it accepted (only the driver's handler of that proposal takes it
+// up again, ReceiveAccepted), so an old proposal never clears a copy
+// made since; a removal is taken only in sync. An answer may come for a
+// proposal the machine has moved on from: the machine checks it against
+// its state when it arrives (the driver takes a resync answer's resume
+// point only for the proposal the machine accepts), and a race's answer
+// is used only while the record is still the one the race was run at.
+// The simulation models both (the driver's outbox, bound to its
+// session, and writes checked and applied in two steps) with a barrier
+// invariant.
 //
 // # Leases on both sides
 //
@@ -220,7 +230,10 @@
 //     sequencer no longer races): exactly one sequencer, or none.
 //   - Removing the other array: if its copy is behind it serves nothing,
 //     and the owner goes on alone at once. Otherwise the owner asks it to
-//     give the pod up; it persists Left, stops serving and answers; then
+//     give the pod up; it takes that only in sync at the owner's epoch
+//     (or with a copy behind), never while it races or may race, for it
+//     could win the next epoch; it persists Left, stops serving and
+//     answers; then
 //     the owner persists E+1 alone. If it does not answer, the owner ends
 //     the link and the pod goes through the race: removal completes on the
 //     winner's side only if the winner is the owner.

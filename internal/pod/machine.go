@@ -104,9 +104,13 @@ type Config struct {
 	// epoch before the peer's lease has surely ended, "stale-race" asks
 	// the mediator with the epoch before the current one, "early-clear"
 	// clears the change tracking when the grant is sent rather than once
-	// the peer accepted it, "resync-again" takes a resync proposal sent
-	// again while the copy it started is under way (clearing the copy).
-	// The simulation's own planted bug, "no-barrier", is its driver's:
+	// the peer accepted it, "stale-request" takes a resync proposal at
+	// the epoch this array is at again (clearing the copy made since)
+	// and, in the simulation's driver, sends a request on whichever link
+	// session is up when the call runs rather than the one it was
+	// decided on (the two defences against an old request, removed
+	// together: either alone stops what the simulation finds). The
+	// simulation's own planted bug, "no-barrier", is its driver's:
 	// neither the peer's requests nor this array's own changes of epoch
 	// wait for the peer's writes being applied.
 	// Never set outside the package's tests.
@@ -639,11 +643,28 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	case Receiving:
 		return m.set(Suspended, nil)
 	case Paused:
-		if f := lastHeard.Add(m.cfg.Timeout); f.After(m.fenceAt) {
-			m.fenceAt = f
+		m.fenceAfter(lastHeard)
+	case Suspended:
+		if m.rec.Current() && m.rec.Pre != m.cfg.Peer {
+			// Suspended with a current copy that may race (its elect
+			// failed, or its answer was lost, before the link came
+			// back for a while): LinkUp dropped the retry, so it is
+			// armed again, or nobody would ask the mediator while the
+			// link is down. A win then serves from the fence, which
+			// covers a lease the peer got on this session.
+			m.fenceAfter(lastHeard)
+			m.reelectAt = now.Add(m.cfg.RetryAfter)
 		}
 	}
 	return nil
+}
+
+// fenceAfter moves the fence to cover a lease the peer may hold after it
+// was last heard from at lastHeard.
+func (m *Machine) fenceAfter(lastHeard time.Time) {
+	if f := lastHeard.Add(m.cfg.Timeout); f.After(m.fenceAt) {
+		m.fenceAt = f
+	}
 }
 
 // givingUp reports whether the persist in flight gives the pod up here
@@ -1097,19 +1118,18 @@ func refuse(format string, args ...any) error {
 // ResyncRequested: the peer asks this array to receive a copy at epoch.
 // It is accepted only from a state that neither serves nor races, at a
 // later epoch than this array's; the record moves to epoch with the copy
-// behind, durably, before the answer.
+// behind, durably, before the answer. A proposal at the epoch this
+// array is at already is refused, even one it accepted: it is an old
+// proposal sent again (on a later link session than the one it was
+// decided on, say), and taking it would clear a copy made since, which
+// may be complete and about to be granted (ReceiveAccepted is the
+// driver's own way back into an accepted proposal).
 func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	switch {
 	case m.busy():
 		return nil, ErrBusy
-	case epoch == m.rec.Epoch && m.rec.Sequencer == m.cfg.Peer && !m.rec.Current() && !m.rec.Left &&
-		(m.state == Suspended || (m.state == Receiving && m.cfg.plant == "resync-again")):
-		// The proposal this array accepted already (durably): the
-		// driver asks again once the pod's runtime runs. (Receiving
-		// already, it is a copy of the same proposal sent again, on a
-		// later session than the one it was decided on: the copy under
-		// way must not be cleared, so it is refused below.)
-		return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
+	case m.cfg.plant == "stale-request" && epoch == m.rec.Epoch && (m.state == Suspended || m.state == Receiving):
+		return m.ReceiveAccepted(epoch)
 	case m.state != Suspended && m.state != Receiving && m.state != Left:
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
@@ -1117,6 +1137,22 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 	}
 	next := Record{Epoch: epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
 	return m.persist(next, pAcceptResync, "", false, nil), nil
+}
+
+// ReceiveAccepted: the driver's handler of the peer's resync at epoch
+// made this array's acceptance durable before the pod's configuration
+// was installed, which started the pod's runtime (this machine) on that
+// record: it receives now. Only that handler calls it, within the
+// request, so it is the proposal just accepted, never an old one.
+func (m *Machine) ReceiveAccepted(epoch uint64) ([]Action, error) {
+	switch {
+	case m.busy():
+		return nil, ErrBusy
+	case epoch != m.rec.Epoch || m.rec.Sequencer != m.cfg.Peer || m.rec.Current() || m.rec.Left ||
+		(m.state != Suspended && (m.state != Receiving || m.cfg.plant != "stale-request")):
+		return nil, refuse("no resync accepted at epoch %d in state %s (%s)", epoch, m.state, m.rec)
+	}
+	return m.set(Receiving, []Action{{Kind: ClearCopy}}), nil
 }
 
 // GrantRequested: the peer says this array's copy is complete at epoch,
@@ -1168,13 +1204,20 @@ func (m *Machine) HandoverRequested(epoch uint64) ([]Action, error) {
 }
 
 // RemoveRequested: the sequencer asks this array to give the pod up (at
-// epoch). It stops serving once that is durable, and answers.
+// epoch). It stops serving once that is durable, and answers. Taken
+// only in sync at that epoch, or with a copy that is behind (it serves
+// nothing and never races): an array that is racing (paused), or that
+// may race again (suspended with a current copy), may win the next
+// epoch, and leaving at this one would then leave the pod served by
+// nobody.
 func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 	switch {
 	case m.busy():
 		return nil, ErrBusy
 	case m.rec.Sequencer != m.cfg.Peer || epoch != m.rec.Epoch:
 		return nil, refuse("removal at epoch %d (%s)", epoch, m.rec)
+	case m.state != InSync && (m.rec.Current() || (m.state != Receiving && m.state != Suspended && m.state != Left)):
+		return nil, refuse("removal at epoch %d while %s (%s)", epoch, m.state, m.rec)
 	}
 	return m.leave(), nil
 }
@@ -1184,7 +1227,11 @@ func (m *Machine) RemoveRequested(epoch uint64) ([]Action, error) {
 // up to the peer at the next epoch, stops serving, then tells the peer.
 func (m *Machine) Handover() ([]Action, error) {
 	switch {
-	case m.busy() || m.preInFlight:
+	case m.busy() || m.preInFlight || m.removing:
+		// A removal of the peer in flight (its administrator's call
+		// may have returned before the peer's answer): the peer may
+		// be giving the pod up, and a handover to it would leave the
+		// pod to nobody.
 		return nil, ErrBusy
 	case m.Role() != Sequencer || m.state != InSync || !m.link:
 		return nil, refuse("the pod is %s here; only an in-sync sequencer hands it over", m.state)

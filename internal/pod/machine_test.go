@@ -37,7 +37,7 @@ var start = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 //	peer-in-sync epoch=N | grant-failed epoch=N
 //	pre-elected epoch=N pre=a|b|none | pre-elect-failed epoch=N
 //	handover | remove-peer | peer-left epoch=N | remove-failed epoch=N
-//	resync-requested epoch=N | grant-requested epoch=N pre=a|b|none
+//	resync-requested epoch=N | receive-accepted epoch=N | grant-requested epoch=N pre=a|b|none
 //	pre-elect-requested epoch=N pre=a|b|none | handover-requested epoch=N | remove-requested epoch=N
 //	serves lease=D       whether reads are served at now with that lease
 //	accepts epoch=N      whether a message of that epoch is applied
@@ -148,6 +148,8 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 		acts = m.RemoveFailed(epoch("epoch"))
 	case "resync-requested":
 		acts, err = m.ResyncRequested(epoch("epoch"))
+	case "receive-accepted":
+		acts, err = m.ReceiveAccepted(epoch("epoch"))
 	case "grant-requested":
 		acts, err = m.GrantRequested(epoch("epoch"), array(t, d, "pre"))
 	case "pre-elect-requested":

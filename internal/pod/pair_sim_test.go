@@ -22,8 +22,9 @@ import (
 // session (or, in the stale mode, answers also after it ended and out of
 // order). A request the machine decides (resync, grant, pre-election,
 // removal, handover) may wait in the driver's outbox until it sends it,
-// on whichever session is up then (a later one than it was decided on,
-// possibly). A peer's write is checked at its epoch when it arrives and
+// on the session it was decided on (the call fails if that one has
+// ended; the planted bug "stale-request" sends it on whichever session
+// is up then). A peer's write is checked at its epoch when it arrives and
 // applied to the copy in a later step; the driver's per-pod barrier
 // holds the peer's requests that change the pod's epoch or state, and
 // the array's own records that change its epoch, until the writes
@@ -402,9 +403,14 @@ func (s *sim) perform(i int, acts []Action) {
 }
 
 // decide hands a request the machine decided to array i's driver, which
-// sends it at once, or (held) later from its outbox.
+// sends it at once, or (held) later from its outbox, bound to the session
+// it was decided on (0: none up).
 func (s *sim) decide(i int, m simMsg) {
 	x := s.arr[i]
+	m.sess = 0
+	if x.up {
+		m.sess = x.sess
+	}
 	x.outbox = append(x.outbox, m)
 	if x.hold {
 		x.hold = false
@@ -414,9 +420,11 @@ func (s *sim) decide(i int, m simMsg) {
 	s.flush(i, len(x.outbox)-1)
 }
 
-// flush sends the request k of array i's outbox on the session up now,
-// as the driver's call does once it runs (the machine may have decided
-// it on an earlier session); with none up, the call fails.
+// flush sends the request k of array i's outbox, as the driver's call
+// does once it runs: only on the session the machine decided it on (the
+// driver binds it when it takes the action); if that session is gone,
+// the call fails, even though a later one may be up. (The planted bug
+// "stale-request" sends it on whichever session is up then.)
 func (s *sim) flush(i, k int) {
 	x := s.arr[i]
 	if !x.alive {
@@ -426,8 +434,16 @@ func (s *sim) flush(i, k int) {
 	if !ok {
 		return
 	}
+	if s.plant == "stale-request" && x.up {
+		m.sess = x.sess
+	}
 	if m.kind == "handover" {
 		s.send(i, m) // no answer: the peer learns it from the hello too
+		return
+	}
+	if !x.up || x.sess != m.sess {
+		s.logf("%s: %s decided on session %d fails (session %d up: %t)", x.id, m, m.sess, x.sess, x.up)
+		s.requestFailed(i, m.kind, m.epoch)
 		return
 	}
 	s.request(i, m)
@@ -1407,7 +1423,7 @@ func shrink(mode simMode, plant string, sched schedule, key string) schedule {
 }
 
 var (
-	simRuns = flag.Int("pod.runs", 500, "schedules per mode in TestRandomPair")
+	simRuns = flag.Int("pod.runs", 1500, "schedules per mode in TestRandomPair")
 	simSeed = flag.Int64("pod.seed", -1, "run only this seed in TestRandomPair and log its trace")
 )
 
@@ -1424,6 +1440,15 @@ func scheduleOf(seed int64) schedule {
 	return schedule{inSync: inSync, ops: randomOps(rng, 60+rng.Intn(240))}
 }
 
+// regressionSeeds are schedules that broke an invariant only at run
+// counts far above the default (a review's 100000 and 200000 runs):
+// 48304 and 107901 (an acknowledged write missing from a serving copy)
+// and 103642 (two arrays serving apart), all from a resync and a grant
+// sent on a later link session than they were decided on; 219342 (both
+// arrays left the pod: a handover accepted while a removal was in
+// flight). TestRandomPair runs them every time.
+var regressionSeeds = []int64{48304, 103642, 107901, 219342}
+
 // TestRandomPair runs random schedules in each mode and reports, for each
 // invariant that breaks, the first schedule that breaks it, shrunk.
 // Replay one with -pod.seed=N -v (the seed's mode is N%2).
@@ -1437,8 +1462,18 @@ func TestRandomPair(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			seen := map[string]bool{}
+			// The seeds that found defects beyond the default count
+			// first, then the default count.
+			var seeds []int64
+			for _, seed := range regressionSeeds {
+				if seed%int64(len(modes)) == int64(mode) {
+					seeds = append(seeds, seed)
+				}
+			}
 			for i := range runs {
-				seed := int64(i*len(modes)) + int64(mode)
+				seeds = append(seeds, int64(i*len(modes))+int64(mode))
+			}
+			for _, seed := range seeds {
 				if *simSeed >= 0 {
 					if *simSeed%int64(len(modes)) != int64(mode) {
 						return
@@ -1499,7 +1534,7 @@ const plantSeeds = 30000
 // the machine and checks that some schedule breaks an invariant (the one
 // expected): a simulation that cannot fail proves nothing.
 func TestSimCatchesPlantedBugs(t *testing.T) {
-	for _, tc := range []struct{ plant string }{{"skip-fence"}, {"stale-race"}, {"early-clear"}, {"no-barrier"}, {"resync-again"}} {
+	for _, tc := range []struct{ plant string }{{"skip-fence"}, {"stale-race"}, {"early-clear"}, {"no-barrier"}, {"stale-request"}} {
 		t.Run(tc.plant, func(t *testing.T) {
 			for seed := int64(0); seed < plantSeeds; seed++ {
 				mode := simMode(seed % 2)

@@ -487,7 +487,7 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 		p.applyMu.Lock()
 		defer p.applyMu.Unlock()
 		// The runtime started behind at the accepted epoch: receiving.
-		if err := p.request(func(mm *pod.Machine) ([]pod.Action, error) { return mm.ResyncRequested(req.Epoch) }); err != nil {
+		if err := p.request(func(mm *pod.Machine) ([]pod.Action, error) { return mm.ReceiveAccepted(req.Epoch) }); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", name, err)
 		}
 	} else {

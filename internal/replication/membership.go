@@ -129,7 +129,11 @@ func (p *podRT) handover(ctx context.Context) error {
 	err := p.request(func(m *pod.Machine) ([]pod.Action, error) { return m.Handover() })
 	if err != nil {
 		peer := r.arrayName(p.peer)
-		if errors.Is(err, pod.ErrRefused) || errors.Is(err, pod.ErrBusy) {
+		if errors.Is(err, pod.ErrBusy) {
+			return fmt.Errorf("pod %s: %w: another change of the pod is under way (a removal of %s, a resync or a pre-election step); try again once 'metro pod list' shows it done",
+				p.name, catalog.ErrConflict, peer)
+		}
+		if errors.Is(err, pod.ErrRefused) {
 			return fmt.Errorf("pod %s: %w: %v; array %s must be in sync to take the pod: remove %s instead or wait for the resync",
 				p.name, catalog.ErrConflict, err, peer, peer)
 		}

@@ -3,7 +3,6 @@ package replication
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +28,7 @@ type podRT struct {
 	actions chan struct{}
 	q       struct {
 		sync.Mutex
-		acts []pod.Action
+		acts []task
 	}
 	quit chan struct{}
 	done chan struct{}
@@ -115,6 +114,23 @@ func newPodRT(r *Replicator, cp *catalog.Pod, rec pod.Record) *podRT {
 	}
 	return p
 }
+
+// task is an action of the machine with the link session the machine
+// was on when it decided it (nil: the link was down). A request to the
+// peer is sent only on that session: the machine decided it for the
+// state the peer was in on that session, and on a later one the peer
+// may have moved on (it may have raced, won, received another copy),
+// so a request of an earlier session could undo what happened since. If
+// the session has ended by the time the call runs, the call fails, as
+// if the session had ended under it.
+type task struct {
+	pod.Action
+	sess *link.Session
+}
+
+// errOldSession fails a request to the peer decided on a link session
+// that has ended.
+var errOldSession = fmt.Errorf("decided on a link session that has ended: %w", ErrLinkDown)
 
 // mode is what the I/O paths need to know of the pod at one instant.
 type mode struct {
@@ -234,36 +250,46 @@ func (p *podRT) request(f func(m *pod.Machine) ([]pod.Action, error)) error {
 	return p.persistInline(acts)
 }
 
-// apply runs f on the machine, logging state changes. The change
+// apply runs f on the machine, logging state changes, and binds the
+// actions to the link session the machine is on (task). The change
 // tracking is cleared in the same step as the event that allows it (the
 // peer's durable confirmation), not later on the pod's goroutine: a
 // write noted meanwhile as one the peer lacks would be forgotten.
-func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []pod.Action {
+func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []task {
 	p.mu.Lock()
 	m := p.mu.m
 	was, wasRole := m.State(), m.Role()
 	acts := f(m)
-	acts = slices.DeleteFunc(acts, func(a pod.Action) bool {
-		if a.Kind != pod.ClearTracking {
-			return false
+	sess := p.mu.sess
+	tasks := make([]task, 0, len(acts))
+	for _, a := range acts {
+		if a.Kind == pod.ClearTracking {
+			p.mu.track = noTracking()
+			p.mu.track.from = a.Epoch
+			continue
 		}
-		p.mu.track = noTracking()
-		p.mu.track.from = a.Epoch
-		return true
-	})
+		tasks = append(tasks, task{Action: a, sess: sess})
+	}
 	now, role, epoch := m.State(), m.Role(), m.Epoch()
 	p.mu.Unlock()
 	if now != was || role != wasRole {
 		p.r.log.Info("pod state", "pod", p.name, "from", was, "to", now, "role", role, "epoch", epoch)
 	}
-	return acts
+	return tasks
+}
+
+// current reports whether s is the link session the machine is on now.
+func (p *podRT) current(s *link.Session) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s != nil && p.mu.sess == s
 }
 
 // persistInline persists the records among acts at once, and makes the
 // membership changes that follow (the answer then implies them), and
 // queues the rest; it returns the first persist error.
-func (p *podRT) persistInline(acts []pod.Action) error {
-	var queue []pod.Action
+func (p *podRT) persistInline(acts []task) error {
+	var queue []task
 	var first error
 	for _, a := range acts {
 		switch a.Kind {
@@ -279,7 +305,7 @@ func (p *podRT) persistInline(acts []pod.Action) error {
 		}
 		p.queue(queue)
 		queue = nil
-		more, err := p.persist(a)
+		more, err := p.persist(a.Action)
 		if err != nil && first == nil {
 			first = err
 		}
@@ -293,7 +319,7 @@ func (p *podRT) persistInline(acts []pod.Action) error {
 
 // persist makes a record durable and tells the machine, returning what
 // follows.
-func (p *podRT) persist(a pod.Action) ([]pod.Action, error) {
+func (p *podRT) persist(a pod.Action) ([]task, error) {
 	err := p.r.saveRecord(p.name, p.id, a.Record, a.SyncData)
 	if err != nil {
 		p.r.log.Error("persist the pod's record: the pod waits, and it is tried again", "pod", p.name, "record", a.Record.String(), "err", err)
@@ -312,7 +338,7 @@ func (p *podRT) persist(a pod.Action) ([]pod.Action, error) {
 }
 
 // queue hands actions to the pod's goroutine, without blocking.
-func (p *podRT) queue(acts []pod.Action) {
+func (p *podRT) queue(acts []task) {
 	if len(acts) == 0 {
 		return
 	}
@@ -326,7 +352,7 @@ func (p *podRT) queue(acts []pod.Action) {
 }
 
 // take returns the queued actions.
-func (p *podRT) take() []pod.Action {
+func (p *podRT) take() []task {
 	p.q.Lock()
 	defer p.q.Unlock()
 	acts := p.q.acts
@@ -467,7 +493,7 @@ func (p *podRT) loop() {
 
 // do performs one action on the pod's goroutine. Calls to the peer run
 // in goroutines of their own, whose outcome is fed back as an event.
-func (p *podRT) do(a pod.Action) {
+func (p *podRT) do(a task) {
 	switch a.Kind {
 	case pod.Persist:
 		if a.Record.Epoch != p.mode().epoch {
@@ -477,12 +503,12 @@ func (p *podRT) do(a pod.Action) {
 			p.applyMu.Lock()
 			defer p.applyMu.Unlock()
 		}
-		more, _ := p.persist(a)
+		more, _ := p.persist(a.Action)
 		p.queue(more)
 	case pod.Elect:
 		p.elect(a.Epoch)
 	case pod.StartResync:
-		p.goCall(func() { p.startResync(a.Epoch) })
+		p.goCall(func() { p.startResync(a.sess, a.Epoch) })
 	case pod.CopyBaseline:
 		ctx, cancel := context.WithCancel(context.Background())
 		if p.copyCancel != nil {
@@ -495,13 +521,13 @@ func (p *podRT) do(a pod.Action) {
 			p.copyBaseline(ctx, a.Epoch)
 		}()
 	case pod.GrantInSync:
-		p.goCall(func() { p.grant(a.Epoch, a.Pre) })
+		p.goCall(func() { p.grant(a.sess, a.Epoch, a.Pre) })
 	case pod.SendPreElect:
-		p.goCall(func() { p.sendPreElect(a.Epoch, a.Pre) })
+		p.goCall(func() { p.sendPreElect(a.sess, a.Epoch, a.Pre) })
 	case pod.SendHandover:
 		p.goCall(func() { p.sendHandover(a.Epoch) })
 	case pod.AskRemove:
-		p.goCall(func() { p.askRemove(a.Epoch) })
+		p.goCall(func() { p.askRemove(a.sess, a.Epoch) })
 	case pod.Unstretched:
 		p.unstretched(a.Epoch)
 	case pod.GaveUp:
@@ -511,8 +537,10 @@ func (p *podRT) do(a pod.Action) {
 	case pod.ClearTracking:
 		// Done by apply, with the event.
 	case pod.EndLink:
-		if s := p.mode().sess; s != nil {
-			p.peerFailed(s, fmt.Errorf("pod %s: the protocol ends the link", p.name))
+		// The session the machine decided to end: a later one is not
+		// ended for an old decision.
+		if a.sess != nil {
+			p.peerFailed(a.sess, fmt.Errorf("pod %s: the protocol ends the link", p.name))
 		}
 	case pod.ReleaseWrites:
 		p.release()
@@ -565,14 +593,17 @@ func (p *podRT) accessChanged() {
 	}
 }
 
-// startResync asks the peer to receive a copy at epoch; the machine
-// takes the epoch once the peer durably accepted it.
-func (p *podRT) startResync(epoch uint64) {
-	s := p.mode().sess
+// startResync asks the peer, on the session s the machine decided it
+// on, to receive a copy at epoch; the machine takes the epoch once the
+// peer durably accepted it.
+func (p *podRT) startResync(s *link.Session, epoch uint64) {
 	failed := func(peerEpoch uint64) {
 		p.event(func(m *pod.Machine) []pod.Action { return m.ResyncFailed(epoch, peerEpoch, p.r.now()) })
 	}
-	if s == nil {
+	if !p.current(s) {
+		if s != nil {
+			p.r.log.Info("resync proposal not sent: decided on a link session that has ended; proposed again later", "pod", p.name, "epoch", epoch)
+		}
 		failed(0)
 		return
 	}
@@ -628,8 +659,8 @@ func (p *podRT) startResync(epoch uint64) {
 
 // grant tells the peer its copy is complete at epoch, with the
 // pre-election pre.
-func (p *podRT) grant(epoch uint64, pre string) {
-	p.callThen("grant in-sync", msgGrant, epoch, grantMsg{Pod: p.name, Pre: pre},
+func (p *podRT) grant(s *link.Session, epoch uint64, pre string) {
+	p.callThen(s, "grant in-sync", msgGrant, epoch, grantMsg{Pod: p.name, Pre: pre},
 		func(m *pod.Machine) []pod.Action { return m.GrantFailed(epoch) },
 		func(m *pod.Machine) []pod.Action {
 			p.r.log.Info("pod in sync", "pod", p.name, "epoch", epoch, "pre_elected", p.r.arrayName(pre))
@@ -638,8 +669,8 @@ func (p *podRT) grant(epoch uint64, pre string) {
 }
 
 // sendPreElect asks the peer to hold the pre-election pre.
-func (p *podRT) sendPreElect(epoch uint64, pre string) {
-	p.callThen("pre-election step", msgPreElect, epoch, grantMsg{Pod: p.name, Pre: pre},
+func (p *podRT) sendPreElect(s *link.Session, epoch uint64, pre string) {
+	p.callThen(s, "pre-election step", msgPreElect, epoch, grantMsg{Pod: p.name, Pre: pre},
 		func(m *pod.Machine) []pod.Action { return m.PreElectFailed(epoch) },
 		func(m *pod.Machine) []pod.Action {
 			p.r.log.Info("pre-election", "pod", p.name, "epoch", epoch, "pre_elected", p.r.arrayName(pre))
@@ -647,11 +678,12 @@ func (p *podRT) sendPreElect(epoch uint64, pre string) {
 		})
 }
 
-// callThen sends a control message of the pod and feeds the machine the
-// outcome: failed when the peer refused it or did not answer, ok when it
+// callThen sends a control message of the pod on the session s the
+// machine decided it on and feeds the machine the outcome: failed when
+// the peer refused it or did not answer (or s has ended), ok when it
 // took it.
-func (p *podRT) callThen(what string, typ uint16, epoch uint64, in any, failed, ok func(m *pod.Machine) []pod.Action) {
-	if err := p.callPeer(typ, epoch, in); err != nil {
+func (p *podRT) callThen(s *link.Session, what string, typ uint16, epoch uint64, in any, failed, ok func(m *pod.Machine) []pod.Action) {
+	if err := p.callPeer(s, typ, epoch, in); err != nil {
 		p.r.log.Warn(what+": the peer did not take it", "pod", p.name, "epoch", epoch, "err", err)
 		p.event(failed)
 		return
@@ -659,12 +691,15 @@ func (p *podRT) callThen(what string, typ uint16, epoch uint64, in any, failed, 
 	p.event(ok)
 }
 
-// callPeer sends a control message of the pod on its session and waits
-// for the answer.
-func (p *podRT) callPeer(typ uint16, epoch uint64, in any) error {
-	s := p.mode().sess
-	if s == nil {
+// callPeer sends a control message of the pod on the session s the
+// machine decided it on, if the machine is still on it, and waits for
+// the answer.
+func (p *podRT) callPeer(s *link.Session, typ uint16, epoch uint64, in any) error {
+	switch {
+	case s == nil:
 		return ErrLinkDown
+	case !p.current(s):
+		return errOldSession
 	}
 	return callJSON(context.Background(), s, typ, epoch, in, nil)
 }
@@ -689,9 +724,9 @@ func (p *podRT) sendHandover(epoch uint64) {
 }
 
 // askRemove asks the peer to give the pod up.
-func (p *podRT) askRemove(epoch uint64) {
+func (p *podRT) askRemove(s *link.Session, epoch uint64) {
 	peer := p.r.arrayName(p.peer)
-	p.callThen("removal of the peer (the link ends and the pod goes through the race)", msgUnstretch, epoch, unstretchMsg{Pod: p.name, Array: peer},
+	p.callThen(s, "removal of the peer (the link ends and the pod goes through the race)", msgUnstretch, epoch, unstretchMsg{Pod: p.name, Array: peer},
 		func(m *pod.Machine) []pod.Action {
 			p.mu.lastErr = fmt.Sprintf("removal of array %s not confirmed", peer)
 			return m.RemoveFailed(epoch)

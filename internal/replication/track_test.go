@@ -26,8 +26,8 @@ func TestClearTrackingWithPeerInSync(t *testing.T) {
 	now := r.now()
 	// Drive the machine to a granted copy at epoch 10, its records made
 	// durable at once.
-	var drive func(acts []pod.Action)
-	drive = func(acts []pod.Action) {
+	var drive func(acts []task)
+	drive = func(acts []task) {
 		for _, a := range acts {
 			if a.Kind == pod.Persist {
 				drive(p.apply(func(m *pod.Machine) []pod.Action { return m.Persisted(a.ID, now) }))
@@ -141,7 +141,7 @@ func TestEpochChangeWaitsForPeerWrites(t *testing.T) {
 		return m.Elected(epoch1, pod.ElectResult{Won: true, Epoch: epoch1 + 1, Winner: idB}, now)
 	})
 	later := now.Add(2 * r.cfg.Timeout) // past the fence
-	var take *pod.Action
+	var take *task
 	for _, a := range p.apply(func(m *pod.Machine) []pod.Action { return m.Tick(later) }) {
 		if a.Kind == pod.Persist {
 			take = &a
