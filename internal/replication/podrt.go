@@ -111,6 +111,15 @@ func newPodRT(r *Replicator, cp *catalog.Pod, rec pod.Record) *podRT {
 		// acknowledged, whose regions were kept only in the memory a
 		// restart lost; its next copy is then complete (from 0).
 		p.mu.track.from = rec.Synced
+	} else if c, ok := r.loadCursor(cp.ID); ok && rec.Sequencer != r.cfg.ID && !rec.Left && c.Epoch == rec.Epoch {
+		// A copy under way that this array accepted at its record's
+		// epoch (the cursor is of that epoch, saved only once the
+		// acceptance was durable): its own writes the peer lacked went
+		// to the peer in its answer, and a receiver orders none, so its
+		// tracking holds from that epoch and the copy may resume. (A
+		// race lost records the winner's new epoch, of which no cursor
+		// exists.)
+		p.mu.track.from = rec.Epoch
 	}
 	return p
 }
