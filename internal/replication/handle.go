@@ -413,6 +413,18 @@ func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {
 	return nil
 }
 
+// acceptedAlready reports whether rec, this array's stored record of a
+// pod it holds no runtime of, is its durable acceptance of the peer's
+// proposal at epoch: the handler that accepted it stopped (a crash, a
+// failed install) before the pod's configuration was installed, and the
+// peer proposes the same epoch again, not knowing. Taking it up lets the
+// copy go ahead; refusing it as an old proposal would refuse it for
+// ever. No copy is lost by it: a pod without a runtime serves nothing,
+// and a copy set aside has a record that left.
+func acceptedAlready(rec pod.Record, stored bool, peer string, epoch uint64) bool {
+	return stored && !rec.Left && rec.Epoch == epoch && rec.Sequencer == peer && rec.Synced < rec.Epoch
+}
+
 // handleResync accepts the peer's proposal to give this array a copy of
 // a pod at the message's epoch: the machine decides first (only from a
 // state that neither serves nor races, at a later epoch), the record is
@@ -459,6 +471,7 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 		// record (none: no copy), and persist the acceptance before the
 		// configuration makes the pod's runtime start.
 		rec, ok := r.loadRecord(id)
+		stored := ok
 		if cur := cat.View().Pods[name]; !ok && cur != nil && cur.ID == id {
 			rec, ok = r.recordOf(cur), true
 		}
@@ -466,10 +479,13 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 			rec = pod.Record{Sequencer: peer.ID, Left: true}
 		}
 		prior = rec
-		tmp := pod.New(pod.Config{Self: r.cfg.ID, Peer: peer.ID, Timeout: r.cfg.Timeout}, rec, r.now())
-		acts, err := tmp.ResyncRequested(req.Epoch)
-		if err != nil {
-			return refuse(err, rec.Epoch)
+		var acts []pod.Action
+		if !acceptedAlready(rec, stored, peer.ID, req.Epoch) {
+			tmp := pod.New(pod.Config{Self: r.cfg.ID, Peer: peer.ID, Timeout: r.cfg.Timeout}, rec, r.now())
+			var err error
+			if acts, err = tmp.ResyncRequested(req.Epoch); err != nil {
+				return refuse(err, rec.Epoch)
+			}
 		}
 		for _, a := range acts {
 			if a.Kind == pod.Persist {
