@@ -258,10 +258,13 @@ func TestLabVerbs(t *testing.T) {
 	p.waitLink(0, "connected")
 	p.waitLink(1, "connected")
 
-	// partition --one-way: the peer of the array cut stops hearing it and
-	// ends the link session; the array cut still hears its peer, so it
-	// hears that end (the session closed by the peer, or an end of file),
-	// which its peer never does.
+	// partition --one-way: the peer of the array cut stops hearing it,
+	// and the link session ends (the array cut, whose pings go
+	// unanswered, may end it first: which array notices the silence
+	// first is a race, so neither's log of the end is required); the
+	// peer never hears the array cut close the session (closed by the
+	// peer, or an end of file), for none of its traffic arrives. The
+	// proxy's cut of one direction alone is tested in internal/netproxy.
 	heardEnd := func(log string) bool {
 		return strings.Contains(log, "link session closed by the peer") || strings.Contains(log, "read: EOF")
 	}
@@ -272,10 +275,6 @@ func TestLabVerbs(t *testing.T) {
 		if got := p.status().Link.Cut; !slices.Equal(got, []string{cutName}) {
 			t.Fatalf("after partition --one-way %s: cut %v", name, got)
 		}
-		testbin.Eventually(t, time.Minute, cutName+" hears "+peerName+" end the link session", func() (bool, string) {
-			log := logSince(t, p.info.Arrays[i].Log, from[i])
-			return heardEnd(log), tailString(log, 1500)
-		})
 		p.waitLink(0, "disconnected")
 		p.waitLink(1, "disconnected")
 		if log := logSince(t, p.info.Arrays[1-i].Log, from[1-i]); heardEnd(log) {

@@ -416,13 +416,15 @@ func proxyCall(t *testing.T, l *lab.Lab, path string) {
 }
 
 // TestLinkPartitionAndUnstretch cuts the link of a stretched pair: the pod
-// stays online on its sequencer (writes there complete after the pause),
+// stays online on its sequencer, which it prefers (writes there complete
+// after the pause; without a preference either array may win the race),
 // the follower answers NOT READY, and when the link heals the follower
 // catches up by itself. Then the pod is unstretched from the follower's
 // side, stretched again, handed over by removing its sequencer, and the
 // removed copy is eradicated.
 func TestLinkPartitionAndUnstretch(t *testing.T) {
 	l, a, b := startPairWithHosts(t)
+	cliOn(t, l, 0, "pod", "setattr", "--failover-preference", "array-a", "pod1")
 
 	proxyCall(t, l, "/link/partition")
 	start := time.Now()
