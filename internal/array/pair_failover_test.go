@@ -66,10 +66,21 @@ func TestPairInterruptedHandover(t *testing.T) {
 	}
 	// 250 ms each way: the handover's answer takes 500 ms; the caller
 	// waits 400.
-	h.proxy.Set(netproxy.Settings{RTT: 500 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
-	err := a.UnstretchPod(ctx, pairPod, a.cfg.Name)
-	cancel()
+	// A handover refused as busy (a pre-election step or a resync under
+	// way) changes nothing: asked again until it is under way.
+	var err error
+	for try := 0; ; try++ {
+		h.proxy.Set(netproxy.Settings{RTT: 500 * time.Millisecond})
+		ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+		err = a.UnstretchPod(ctx, pairPod, a.cfg.Name)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "another change of the pod is under way") || try == 20 {
+			break
+		}
+		t.Logf("the handover was refused as busy, asked again: %v", err)
+		h.proxy.Set(netproxy.Settings{})
+		time.Sleep(200 * time.Millisecond)
+	}
 	t.Logf("the handover ended with: %v", err)
 	// Writes through both arrays, alternately, for longer than a link
 	// timeout and a fence: before, both acknowledged some.
