@@ -371,6 +371,15 @@ func (p *podRT) take() []task {
 
 func (p *podRT) linkUp(s *link.Session) {
 	p.event(func(m *pod.Machine) []pod.Action {
+		if s.Err() != nil {
+			// Ended already (a runtime started while the session went
+			// down): its linkDown may have come first and found no
+			// session here. The session's error is set before the
+			// replicator tells the pods it went down, and pod events
+			// run one at a time, so either this sees it or the
+			// linkDown comes after.
+			return nil
+		}
 		p.mu.sess = s
 		return m.LinkUp(p.r.now())
 	})
