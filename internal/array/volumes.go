@@ -173,8 +173,8 @@ func (a *Array) configChanged(st *catalog.State) {
 		}
 	}
 	// A host's preferred arrays decide its paths' ALUA states: the nexuses
-	// whose states changed hear of it at their next command (see
-	// scsi.LogicalUnit.AccessChanged).
+	// whose states changed hear of it at their next command (the unit
+	// compares each nexus's groups then: scsi's takeUA).
 	old := a.view.table.Swap(t)
 	if old != nil {
 		// The hosts whose LUNs changed rescan on this unit attention.

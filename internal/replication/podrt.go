@@ -101,27 +101,36 @@ func newPodRT(r *Replicator, cp *catalog.Pod, rec pod.Record) *podRT {
 	p.mu.m.SetAutoRecover(p.mu.autoRecover, now)
 	p.mu.changed = make(chan struct{})
 	p.mu.track = noTracking()
-	if rec.Sequencer != r.cfg.ID && rec.Current() {
-		// A follower in sync at its epoch ordered no write at that
-		// epoch (the peer owns it), and its copy was complete then: it
-		// has no write of its own the peer lacks, and its tracking
-		// holds from that epoch. Any other record cannot prove it:
-		// behind with the peer as owner, it may have ordered writes at
-		// its last in-sync epoch and lost the race with some never
-		// acknowledged, whose regions were kept only in the memory a
-		// restart lost; its next copy is then complete (from 0).
-		p.mu.track.from = rec.Synced
-	} else if c, ok := r.loadCursor(cp.ID); ok && rec.Sequencer != r.cfg.ID && !rec.Left && c.Epoch == rec.Epoch {
-		// A copy under way that this array accepted at its record's
-		// epoch (the cursor is of that epoch, saved only once the
-		// acceptance was durable): its own writes the peer lacked went
-		// to the peer in its answer, and a receiver orders none, so its
-		// tracking holds from that epoch and the copy may resume. (A
-		// race lost records the winner's new epoch, of which no cursor
-		// exists.)
-		p.mu.track.from = rec.Epoch
+	if rec.Sequencer != r.cfg.ID {
+		p.mu.track.from = ownTrackingFrom(rec, func() (cursor, bool) { return r.loadCursor(cp.ID) })
 	}
 	return p
+}
+
+// ownTrackingFrom returns the epoch from which a restarted array's record
+// rec, of a pod the peer orders, proves it has no write of its own the
+// peer lacks (0: none proved; its next copy is complete). cursor loads
+// the copy's cursor.
+//   - A follower in sync at its epoch ordered no write at that epoch (the
+//     peer owns it), and its copy was complete then: from that epoch.
+//   - A copy under way that this array accepted at its record's epoch
+//     (the cursor is of that epoch, saved only once the acceptance was
+//     durable): its own writes the peer lacked went to the peer in its
+//     answer, and a receiver orders none: from that epoch, and the copy
+//     may resume. A race lost records the winner's new epoch, of which no
+//     cursor exists.
+//   - Any other record cannot prove it: behind with the peer as owner, it
+//     may have ordered writes at its last in-sync epoch and lost the race
+//     with some never acknowledged, whose regions were kept only in the
+//     memory a restart lost.
+func ownTrackingFrom(rec pod.Record, cursor func() (cursor, bool)) uint64 {
+	if rec.Current() {
+		return rec.Synced
+	}
+	if c, ok := cursor(); ok && !rec.Left && c.Epoch == rec.Epoch {
+		return rec.Epoch
+	}
+	return 0
 }
 
 // task is an action of the machine with the link session the machine
@@ -222,7 +231,6 @@ func (p *podRT) start(sess *link.Session) {
 	if sess != nil {
 		p.linkUp(sess)
 	}
-	p.accessChanged()
 }
 
 func (p *podRT) stop() {
@@ -552,8 +560,6 @@ func (p *podRT) do(a task) {
 		if err := p.r.keepPending(p.name, p.mode().epoch); err != nil {
 			p.r.log.Error("keep the copy given up pending eradication", "pod", p.name, "err", err)
 		}
-	case pod.ClearTracking:
-		// Done by apply, with the event.
 	case pod.EndLink:
 		// The session the machine decided to end: a later one is not
 		// ended for an old decision.
@@ -563,7 +569,9 @@ func (p *podRT) do(a task) {
 	case pod.ReleaseWrites:
 		p.release()
 	case pod.AccessChanged:
-		p.accessChanged()
+		// Nothing to tell the units: each nexus's next command compares
+		// the port groups it would be reported with those it last heard
+		// of (scsi), and only those that changed hear of it.
 	case pod.ClearCopy:
 		// Done by the resync handler before it answers.
 	}
@@ -599,16 +607,6 @@ func (p *podRT) release() {
 	close(p.mu.changed)
 	p.mu.changed = make(chan struct{})
 	p.mu.Unlock()
-}
-
-// accessChanged raises ASYMMETRIC ACCESS STATE CHANGED on the pod's units.
-func (p *podRT) accessChanged() {
-	st := p.r.env.Catalog().View()
-	for _, v := range st.PodVolumes(p.name) {
-		if lu := p.r.env.LU(v.UUID); lu != nil {
-			lu.AccessChanged()
-		}
-	}
 }
 
 // startResync asks the peer, on the session s the machine decided it

@@ -524,7 +524,6 @@ func (r *Replicator) syncPods() {
 		go func() {
 			defer r.wg.Done()
 			p.stop()
-			p.accessChanged()
 		}()
 	}
 	for _, p := range started {

@@ -66,7 +66,6 @@ func TestALUAStates(t *testing.T) {
 	}
 	for _, tc := range tests {
 		e.res.SetGroups([]PortGroup{{ID: 1, State: tc.state, RelativePortIDs: []uint16{1}}, {ID: 2, State: ActiveOptimized, RelativePortIDs: []uint16{2}}})
-		e.lu.AccessChanged()
 		// The state change is announced on the next command that is not
 		// exempt... unless that command is blocked by the state itself,
 		// since unit attentions come first.
@@ -99,7 +98,6 @@ func TestALUAStates(t *testing.T) {
 	}
 	// A port in no group is not blocked.
 	e.res.SetGroups(nil)
-	e.lu.AccessChanged()
 	e.ready(n)
 	e.good(n, cdbRW10(opRead10, 0, 1), nil)
 }
@@ -164,11 +162,8 @@ func TestAccessChangedScope(t *testing.T) {
 	ready()
 
 	// The initiator of n now prefers group 1 for LUN 0: n and n2 hear
-	// of it there, nobody else, although every unit announces a change
-	// (as the array did for any preference change).
+	// of it there, nobody else.
 	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(ActiveOptimized, ActiveNonOptimized, true))
-	e.lu.AccessChanged()
-	lu1.AccessChanged()
 	told("preference", n, 0)
 	told("preference", n2, 0)
 	quiet("preference", n, 1)
@@ -177,7 +172,6 @@ func TestAccessChangedScope(t *testing.T) {
 	quiet("preference", other, 1)
 
 	// Announced, nothing changed: nobody hears.
-	e.lu.AccessChanged()
 	for _, x := range all {
 		quiet("announced without a change", x, 0)
 	}
@@ -185,10 +179,8 @@ func TestAccessChangedScope(t *testing.T) {
 	// Changed and back before n2's next command: n heard of both, n2
 	// sees the states it last heard of and hears nothing.
 	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(Unavailable, ActiveOptimized, false))
-	e.lu.AccessChanged()
 	told("unavailable", n, 0)
 	e.res.SetGroupsFor(n.InitiatorName, e.lu, two(ActiveOptimized, ActiveNonOptimized, true))
-	e.lu.AccessChanged()
 	quiet("back", n2, 0)
 	told("back", n, 0)
 

@@ -163,14 +163,6 @@ func (lu *LogicalUnit) Resize(size uint64) {
 	lu.raiseAll(SenseCapacityChanged())
 }
 
-// AccessChanged tells the unit that the ALUA states of its target port
-// groups may have changed. There is nothing to do: ASYMMETRIC ACCESS
-// STATE CHANGED is established on exactly the I_T nexuses whose REPORT
-// TARGET PORT GROUPS answer differs from the one they last heard of,
-// which each nexus's next command compares (takeUA), announced or not;
-// raising it here on every nexus told hosts whose states had not changed.
-func (lu *LogicalUnit) AccessChanged() {}
-
 // Reservations returns a copy of the reservation state.
 func (lu *LogicalUnit) Reservations() ReservationState {
 	lu.mu.Lock()
