@@ -3,6 +3,7 @@ package array
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -47,6 +48,9 @@ const (
 
 func linLBA(unit int) uint64 { return linBaseLBA + 8*uint64(unit) }
 
+// prPreemptAndAbort is the PERSISTENT RESERVE OUT service action.
+const prPreemptAndAbort = 0x05
+
 // linStats counts what happened, for the log.
 type linStats struct {
 	mu sync.Mutex
@@ -81,7 +85,8 @@ func (s *linStats) failure(what string, r *scsi.Result) {
 	defer s.mu.Unlock()
 	s.senses[d]++
 	sense, _ := senseOf(r)
-	expected := sense.Is(scsi.SenseNotReadyUnavailable()) || sense.Is(scsi.SenseNotReadyTransitioning())
+	// A PREEMPT AND ABORT of another client aborts this one's tasks.
+	expected := r.Aborted || sense.Is(scsi.SenseNotReadyUnavailable()) || sense.Is(scsi.SenseNotReadyTransitioning())
 	if !expected && len(s.unexpected) < 20 {
 		s.unexpected = append(s.unexpected, what+": "+d)
 	}
@@ -106,6 +111,10 @@ type linClient struct {
 	// what its COMPARE AND WRITE expects.
 	known [linUnits]uint64
 	seq   uint64
+	// key is the key the client last registered (0: none); seen the keys
+	// its last READ KEYS listed, which PREEMPT AND ABORT picks from.
+	key  uint64
+	seen []uint64
 	// fresh hands out write-once units; freshMu guards freshes.
 	fresh   *atomic.Int64
 	freshMu *sync.Mutex
@@ -152,7 +161,7 @@ func (c *linClient) step() bool {
 	if c.reader {
 		// Only reads, never blocked by a write held up by a partition, so
 		// that some run on the follower just as its read lease runs out.
-		p = []int{40, 40, 40, 40, 90}[c.rng.IntN(5)]
+		p = []int{40, 40, 40, 40, 86}[c.rng.IntN(5)]
 	}
 	switch {
 	case p < 35:
@@ -161,10 +170,12 @@ func (c *linClient) step() bool {
 		in.Kind = linRead
 	case p < 80:
 		in.Kind = linCAW
-	case p < 86:
+	case p < 84:
 		in.Kind = linRegister
-	case p < 94:
+	case p < 90:
 		in.Kind = linReadKeys
+	case p < 94:
+		in.Kind = linPreempt
 	default:
 		return c.writeOnce()
 	}
@@ -196,13 +207,30 @@ func (c *linClient) step() bool {
 		cdb, out = prRegisterIgnore(in.Values[0])
 	case linReadKeys:
 		cdb, dataIn = prInReadKeys(), 1024
+	case linPreempt:
+		// Fence another client: a key of its last READ KEYS that is not
+		// its own (registering instead when it has none).
+		victims := slices.DeleteFunc(slices.Clone(c.seen), func(k uint64) bool { return k == c.key })
+		if c.key == 0 || len(victims) == 0 {
+			in.Kind = linRegister
+			in.Values[0] = c.value()
+			cdb, out = prRegisterIgnore(in.Values[0])
+			break
+		}
+		in.Values[0], in.Values[1] = c.key, victims[c.rng.IntN(len(victims))]
+		cdb, out = prOutCDB(prPreemptAndAbort, in.Values[0], 5)
+		binary.BigEndian.PutUint64(out[8:16], in.Values[1])
+	}
+	if in.Kind == linRegister {
+		// Its outcome unknown, the client acts as if it took.
+		c.key = in.Values[0]
 	}
 	call := c.rec.now()
 	r, _ := c.in.doPastUA(cdb, out, dataIn)
 	ret := c.rec.now()
 	var o linOutput
 	switch {
-	case r.Status == scsi.StatusGood:
+	case r.Status == scsi.StatusGood && !r.Aborted:
 		switch in.Kind {
 		case linWrite:
 			copy(c.known[in.Unit:], in.Values[:in.N])
@@ -221,8 +249,15 @@ func (c *linClient) step() bool {
 			}
 			slices.Sort(keys)
 			o.Keys = keys
+			c.seen = keys
+			if !slices.Contains(keys, c.key) {
+				c.key = 0 // preempted
+			}
 		}
 		c.stats.count(in.Kind.String(), "ok")
+	case in.Kind == linPreempt && r.Status == scsi.StatusReservationConflict:
+		o.Conflict = true
+		c.stats.count(in.Kind.String(), "conflict")
 	case in.Kind == linCAW && isMiscompare(r):
 		o.Miscompare = true
 		c.stats.count(in.Kind.String(), "miscompare")
@@ -542,9 +577,10 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 			ok += n
 		}
 	}
-	if min := 20 * int(cfg.ioPhase/time.Second); ok < min || stats.partitions < 1 || (cfg.mediator && stats.failovers < 1) {
-		t.Errorf("below the floors: %d successful operations (at least %d), %d partitions (at least 1), %d failovers (at least 1 with the mediator)",
-			ok, min, stats.partitions, stats.failovers)
+	fenced := stats.byKind["preempt ok"]
+	if min := 20 * int(cfg.ioPhase/time.Second); ok < min || fenced < 1 || stats.partitions < 1 || (cfg.mediator && stats.failovers < 1) {
+		t.Errorf("below the floors: %d successful operations (at least %d), %d successful PREEMPT AND ABORTs (at least 1), %d partitions (at least 1), %d failovers (at least 1 with the mediator)",
+			ok, min, fenced, stats.partitions, stats.failovers)
 	}
 	t.Logf("time: setup %s, I/O %s, final resync %s, check %s (%s)",
 		setupTook.Round(time.Millisecond), ioTook.Round(time.Millisecond), resyncTook.Round(time.Millisecond), checkTook.Round(time.Millisecond), res)

@@ -30,10 +30,15 @@ const (
 	linCAW
 	linRegister
 	linReadKeys
+	linPreempt
 )
 
+// onKeys reports whether operations of the kind read or change the
+// registrations rather than the units.
+func (k linKind) onKeys() bool { return k == linRegister || k == linReadKeys || k == linPreempt }
+
 func (k linKind) String() string {
-	return [...]string{"write", "read", "caw", "register", "read-keys"}[k]
+	return [...]string{"write", "read", "caw", "register", "read-keys", "preempt"}[k]
 }
 
 // linInput is an operation as a client issued it.
@@ -46,7 +51,8 @@ type linInput struct {
 	Unit, N int
 	// Values: for a write the new value of each unit from Unit; for a
 	// COMPARE AND WRITE [0] is the value expected and [1] the new one;
-	// for a registration [0] is the key (0: unregister).
+	// for a registration [0] is the key (0: unregister); for a PREEMPT
+	// AND ABORT [0] is the client's own key and [1] the key preempted.
 	Values [linUnits]uint64
 }
 
@@ -58,6 +64,8 @@ type linOutput struct {
 	Unknown bool
 	// Miscompare: COMPARE AND WRITE answered MISCOMPARE.
 	Miscompare bool
+	// Conflict: PREEMPT AND ABORT answered RESERVATION CONFLICT.
+	Conflict bool
 	// Values are the units read.
 	Values [linUnits]uint64
 	// Keys are the keys READ KEYS listed, sorted.
@@ -125,6 +133,27 @@ func linStep(s linState, in linInput, out linOutput) []linState {
 			return []linState{s}
 		}
 		return nil
+	case linPreempt:
+		// No persistent reservation is ever taken: PREEMPT removes the
+		// other nexuses' registrations with the key, and is a
+		// reservation conflict when the client is not registered with
+		// its key or no other nexus holds the key preempted.
+		next, removed := s, false
+		for i, k := range s.Keys {
+			if i != in.Client && k != 0 && k == in.Values[1] {
+				next.Keys[i], removed = 0, true
+			}
+		}
+		valid := in.Values[0] != 0 && s.Keys[in.Client] == in.Values[0] && removed
+		switch {
+		case out.Unknown && valid:
+			return maybe(next)
+		case out.Unknown || (out.Conflict && !valid):
+			return []linState{s}
+		case !out.Conflict && valid:
+			return []linState{next}
+		}
+		return nil
 	}
 	panic(fmt.Sprintf("unknown op kind %d", in.Kind))
 }
@@ -138,7 +167,7 @@ func linModel() porcupine.Model {
 			var blocks, keys []porcupine.Operation
 			for _, op := range history {
 				switch op.Input.(linInput).Kind {
-				case linRegister, linReadKeys:
+				case linRegister, linReadKeys, linPreempt:
 					keys = append(keys, op)
 				default:
 					blocks = append(blocks, op)
@@ -167,6 +196,8 @@ func linModel() porcupine.Model {
 				fmt.Fprintf(&b, " u%d %x→%x", in.Unit, in.Values[0], in.Values[1])
 			case linRegister:
 				fmt.Fprintf(&b, " key %x", in.Values[0])
+			case linPreempt:
+				fmt.Fprintf(&b, " with %x of %x", in.Values[0], in.Values[1])
 			}
 			switch {
 			case out.Unknown:
@@ -177,6 +208,8 @@ func linModel() porcupine.Model {
 				fmt.Fprintf(&b, " → %s", hexList(out.Keys))
 			case out.Miscompare:
 				b.WriteString(" → miscompare")
+			case out.Conflict:
+				b.WriteString(" → reservation conflict")
 			default:
 				b.WriteString(" → ok")
 			}
@@ -268,8 +301,8 @@ func linExplain(model porcupine.Model, history []porcupine.Operation) string {
 		lin := last.Input.(linInput)
 		touches := func(op porcupine.Operation) bool {
 			in := op.Input.(linInput)
-			if in.Kind == linRegister || in.Kind == linReadKeys {
-				return lin.Kind == linRegister || lin.Kind == linReadKeys
+			if in.Kind.onKeys() {
+				return lin.Kind.onKeys()
 			}
 			return in.Unit < lin.Unit+lin.N && lin.Unit < in.Unit+in.N
 		}
@@ -291,7 +324,7 @@ func linExplain(model porcupine.Model, history []porcupine.Operation) string {
 						lastChange[u] = i
 					}
 				}
-			case linRegister:
+			case linRegister, linPreempt:
 				k := 100 + in.Client
 				if j, ok := lastChange[k]; !ok || ops[j].Return < op.Return {
 					lastChange[k] = i

@@ -306,4 +306,28 @@ func TestPairModel(t *testing.T) {
 	if porcupine.CheckOperations(linModel(), []porcupine.Operation{op(reg(0, 7), linOutput{}, 0, 1), op(keys, linOutput{}, 3, 4)}) {
 		t.Error("registrations: a lost registration accepted")
 	}
+	preempt := func(client int, own, victim uint64) linInput {
+		in := linInput{Kind: linPreempt, Client: client}
+		in.Values[0], in.Values[1] = own, victim
+		return in
+	}
+	conflict := linOutput{Conflict: true}
+	registered := []porcupine.Operation{op(reg(0, 7), linOutput{}, 0, 1), op(reg(1, 5), linOutput{}, 2, 3)}
+	for _, tc := range []struct {
+		name string
+		ops  []porcupine.Operation
+		ok   bool
+	}{
+		{"preempt removes the key", []porcupine.Operation{op(preempt(0, 7, 5), linOutput{}, 4, 5), op(keys, linOutput{Keys: []uint64{7}}, 6, 7)}, true},
+		{"preempted key still listed", []porcupine.Operation{op(preempt(0, 7, 5), linOutput{}, 4, 5), op(keys, linOutput{Keys: []uint64{5, 7}}, 6, 7)}, false},
+		{"preempt by a stale key succeeds", []porcupine.Operation{op(preempt(0, 8, 5), linOutput{}, 4, 5)}, false},
+		{"preempt by a stale key conflicts", []porcupine.Operation{op(preempt(0, 8, 5), conflict, 4, 5), op(keys, linOutput{Keys: []uint64{5, 7}}, 6, 7)}, true},
+		{"preempt of a registered key conflicts", []porcupine.Operation{op(preempt(0, 7, 5), conflict, 4, 5)}, false},
+		{"preempt of unknown outcome taken", []porcupine.Operation{op(preempt(0, 7, 5), unknown, 4, 100), op(keys, linOutput{Keys: []uint64{7}}, 6, 7)}, true},
+		{"preempted client registers again", []porcupine.Operation{op(preempt(0, 7, 5), linOutput{}, 4, 5), op(reg(1, 6), linOutput{}, 6, 7), op(keys, linOutput{Keys: []uint64{6, 7}}, 8, 9)}, true},
+	} {
+		if got := porcupine.CheckOperations(linModel(), append(slices.Clone(registered), tc.ops...)); got != tc.ok {
+			t.Errorf("%s: linearizable %v, want %v", tc.name, got, tc.ok)
+		}
+	}
 }
