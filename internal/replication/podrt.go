@@ -884,6 +884,13 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 // link's timeout (a follower whose store stalls keeps answering pings,
 // and must not hold the sequencer's writes for ever).
 func (p *podRT) awaitPeer(pend *link.Pending) ([]byte, error) {
+	select {
+	case <-pend.Done():
+		// Usually so: the local write ran while the request travelled.
+		resp, err := pend.Wait()
+		return resp.Payload, err
+	default:
+	}
 	t := time.NewTimer(p.r.cfg.Timeout)
 	defer t.Stop()
 	select {
