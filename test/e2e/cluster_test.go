@@ -36,7 +36,7 @@ const (
 	// prWERO is the reservation type WRITE EXCLUSIVE - REGISTRANTS ONLY.
 	prWERO = 5
 	// clusterBeats is the floor of successful heartbeats per node.
-	clusterBeats = 40
+	clusterBeats = 30
 	// statusConflict and statusCheck are SCSI statuses.
 	statusConflict = 0x18
 	statusCheck    = 0x02
@@ -199,6 +199,11 @@ type cluster struct {
 		sync.Mutex
 		prOuts, aborted, faults, fences int
 		slowestPROut                    time.Duration
+		// healthy is set during a cycle without a fault, and
+		// linkLosses counts its fences answered NOT READY: the pair
+		// went through a link loss with the link working.
+		healthy    bool
+		linkLosses int
 	}
 }
 
@@ -437,9 +442,18 @@ func (n *clusterNode) prOut(what string, fence bool, action, typ byte, saKey uin
 // judgement, any other's fails the test.
 func (n *clusterNode) prOutOn(p *clusterPath, what string, fence bool, cdb, param []byte) error {
 	_, took, err := p.exec(cdb, param, 0, n.c.bound)
+	var se *initiator.SCSIError
+	notReady := false
+	if errors.As(err, &se) {
+		key, _, _ := se.SenseKey()
+		notReady = key == 0x02
+	}
 	n.c.mu.Lock()
 	n.c.mu.prOuts++
 	n.c.mu.slowestPROut = max(n.c.mu.slowestPROut, took)
+	if fence && notReady && n.c.mu.healthy {
+		n.c.mu.linkLosses++
+	}
 	n.c.mu.Unlock()
 	if fence {
 		n.c.logf("%s through %s: %s after %v", what, arrayName(p.array), describeAnswer(err), took.Round(time.Millisecond))
@@ -621,11 +635,12 @@ func (c *cluster) cycle(k int, cy clusterCycle, rng *rand.Rand) {
 		v.mu.atRisk = true
 		v.mu.Unlock()
 	}
-	if cy.fault != "none" {
-		c.mu.Lock()
+	c.mu.Lock()
+	c.mu.healthy = cy.fault == "none"
+	if !c.mu.healthy {
 		c.mu.faults++
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	if err := c.l.SetRTT(cy.rtt); err != nil {
 		c.t.Fatalf("cycle %d: link round trip %v: %v", k, cy.rtt, err)
 	}
@@ -927,8 +942,9 @@ func TestClusterFencing(t *testing.T) {
 		}
 		n.mu.Unlock()
 	}
-	c.logf("%d faults, %d fences took effect, %d PR OUTs (slowest %v, %d unanswered ones aborted by the other node's PREEMPT AND ABORT)",
-		c.mu.faults, c.mu.fences, c.mu.prOuts, c.mu.slowestPROut.Round(time.Millisecond), c.mu.aborted)
+	c.logf("%d faults, %d fences took effect, %d PR OUTs (slowest %v, %d unanswered ones aborted by the other node's PREEMPT AND ABORT); "+
+		"%d fences answered NOT READY with the link working (the pair went through a link loss)",
+		c.mu.faults, c.mu.fences, c.mu.prOuts, c.mu.slowestPROut.Round(time.Millisecond), c.mu.aborted, c.mu.linkLosses)
 	if c.mu.faults < 10 || c.mu.fences < len(cycles) {
 		t.Errorf("%d faults made and %d fences took effect, want at least 10 and %d", c.mu.faults, c.mu.fences, len(cycles))
 	}
