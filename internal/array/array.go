@@ -92,6 +92,11 @@ type Array struct {
 
 	// check runs `metro array check` (check.go).
 	check checker
+
+	// holdReplication, when set (tests), is called by Run before the
+	// replicator starts, while the iSCSI server already serves: it holds
+	// the start, to open the window in which no pod has a runtime yet.
+	holdReplication func(context.Context)
 }
 
 // Open opens the array's store and configuration and builds its logical
@@ -245,6 +250,9 @@ func (a *Array) Run(ctx context.Context, ready func()) (err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if a.holdReplication != nil {
+			a.holdReplication(ctx)
+		}
 		if err := a.repl.Run(ctx, a.linkLn); err != nil && ctx.Err() == nil {
 			errs <- fmt.Errorf("replication: %w", err)
 		}

@@ -78,8 +78,18 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 	if p == nil || len(p.Arrays) < 2 {
 		return []scsi.PortGroup{{ID: a.tpg, State: scsi.ActiveOptimized, RelativePortIDs: []uint16{a.rtpi}}}
 	}
-	serving, stretched := a.repl.Serving(p.Name)
-	peerUp := stretched && a.repl.PeerServing(p.Name)
+	serving, running := a.repl.Serving(p.Name)
+	if !running {
+		// The pod's runtime does not run (the replicator is starting or
+		// stopping, or has not caught up with the configuration that
+		// stretched the pod): its machine has not said this array
+		// serves the pod, so it reports its own paths Transitioning and
+		// refuses I/O with the matching NOT READY, never serves the pod
+		// as local; the peer, unknown, Unavailable, as a machine that
+		// has not heard from it (paused or suspended) reports it.
+		return a.idleGroups(p, t)
+	}
+	peerUp := a.repl.PeerServing(p.Name)
 	serves := func(name string) bool {
 		if name == a.cfg.Name {
 			return serving
@@ -104,6 +114,20 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 			g.Preferred = true
 		default:
 			g.State = scsi.ActiveNonOptimized
+		}
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// idleGroups are the port groups of a stretched pod whose runtime does
+// not run (see PortGroups).
+func (a *Array) idleGroups(p *catalog.Pod, t *luTable) []scsi.PortGroup {
+	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
+	for _, pa := range p.Arrays {
+		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}, State: scsi.Unavailable}
+		if pa.Name == a.cfg.Name {
+			g.State = scsi.Transitioning
 		}
 		groups = append(groups, g)
 	}

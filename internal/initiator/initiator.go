@@ -34,6 +34,11 @@ type Options struct {
 	// LocalAddr is the local IP address to connect from (default: any),
 	// so that tests can play hosts at different addresses on loopback.
 	LocalAddr string
+	// ISID is the session's initiator session id (zero: a random one).
+	// A host that logs in again with the same ISID is the same SCSI
+	// initiator port: it keeps its persistent reservation registrations,
+	// and the target reinstates the session (ending the old one).
+	ISID [6]byte
 }
 
 // Conn is a logged-in session.
@@ -95,8 +100,12 @@ func Dial(ctx context.Context, portal string, opts Options) (*Conn, error) {
 	}
 	c := &Conn{nc: nc, rd: bufio.NewReaderSize(nc, 1<<20), opts: opts, itt: 1,
 		maxSendData: 8192, firstBurst: 65536, maxBurst: 262144, Params: map[string]string{}}
-	_, _ = rand.Read(c.isid[1:])
-	c.isid[0] = 0x80 // random ISID format
+	if opts.ISID != [6]byte{} {
+		c.isid = opts.ISID
+	} else {
+		_, _ = rand.Read(c.isid[1:])
+		c.isid[0] = 0x80 // random ISID format
+	}
 	if err := c.login(); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("login to %s at %s: %w", opts.TargetName, portal, err)

@@ -90,16 +90,7 @@ func TestPeerWriteWaitsForGrowth(t *testing.T) {
 func TestNoPodStartsAfterRun(t *testing.T) {
 	h := newHostilePeer(t)
 	r := New(Config{Name: nameB, ID: idB, Env: h.env, Logger: h.logs.Logger(), Timeout: time.Second})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx, nil) }()
-	for r.pod("pod2") == nil {
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	runUntilPod(t, r, "pod2")
 	now := time.Now()
 	mustApply(t, h.env.cat, catalog.CreatePod{Name: "pod5", ID: "pod-5", Created: now, Array: catalog.PodArray{Name: nameB, ID: idB}},
 		catalog.SetPodMembership{Name: "pod5", Arrays: []catalog.PodArray{{Name: nameB, ID: idB}, {Name: nameA, ID: idA}}, Sequencer: nameB, Epoch: 2})

@@ -452,8 +452,10 @@ func (r *Replicator) Status(cp *catalog.Pod) *PodStatus {
 
 // Serving reports whether this array's paths to the pod are active now
 // (it serves I/O, or holds it while the pod's state is decided), and
-// whether the pod is stretched.
-func (r *Replicator) Serving(podName string) (serving, stretched bool) {
+// whether the pod has a runtime (running): a stretched pod has none
+// before the replicator starts it and after it stopped, and then is not
+// served (Volume.rt).
+func (r *Replicator) Serving(podName string) (serving, running bool) {
 	p := r.pod(podName)
 	if p == nil {
 		return true, false

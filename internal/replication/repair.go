@@ -62,8 +62,11 @@ const maxBackgroundRepairs = 8
 // array's copy, and returns nil, or returns err (or the error of a block
 // damaged on both arrays) when the range cannot be repaired.
 func (v *Volume) repairRead(ctx context.Context, p []byte, off int64, err error) error {
-	rt := v.rt()
+	rt, nerr := v.rt()
 	if rt == nil {
+		if nerr != nil {
+			return nerr
+		}
 		return err
 	}
 	md := rt.mode()

@@ -155,6 +155,11 @@ type Replicator struct {
 	}
 	// podsView is a copy of mu.pods for lock-free lookups.
 	podsView atomic.Pointer[map[string]*podRT]
+	// running is set while Run keeps the pods' runtimes in line with the
+	// configuration: from its first syncPods until it stops them. Outside
+	// it a stretched pod has no runtime, and its volumes are not served
+	// (Volume.rt).
+	running atomic.Bool
 	// vols indexes the volumes by UUID.
 	vols atomic.Pointer[map[string]volRef]
 	// volsChanged is closed (and replaced) whenever vols is.
@@ -264,6 +269,7 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		r.syncPods()
 	})
 	r.syncPods()
+	r.running.Store(true)
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -277,6 +283,8 @@ func (r *Replicator) Run(ctx context.Context, ln net.Listener) error {
 		} else if ln != nil {
 			ln.Close()
 		}
+		// The pods' volumes stop being served before their runtimes go.
+		r.running.Store(false)
 		r.mu.Lock()
 		pods := r.mu.pods
 		r.mu.pods = map[string]*podRT{}
@@ -470,6 +478,20 @@ func (r *Replicator) pod(name string) *podRT {
 	return nil
 }
 
+// stretchedHere reports whether this array holds a copy of the pod that
+// it serves stretched (a copy given up, pending eradication, is not).
+func stretchedHere(cp *catalog.Pod) bool {
+	return cp != nil && len(cp.Arrays) >= 2 && cp.Pending == nil
+}
+
+// idleStretched reports whether the pod is stretched while Run does not
+// keep its runtime (before Run starts it, after Run stopped it): its
+// volumes are not served then. Only volumes of pods without a runtime
+// ask, so the configuration is read only for them.
+func (r *Replicator) idleStretched(podName string) bool {
+	return !r.running.Load() && stretchedHere(r.env.Catalog().View().Pods[podName])
+}
+
 // publishPods makes the current runtimes visible to pod. r.mu must be
 // held.
 func (r *Replicator) publishPods() {
@@ -496,8 +518,8 @@ func (r *Replicator) syncPods() {
 	sess := r.mu.sess
 	var started, stopped, kept []*podRT
 	for name, p := range r.mu.pods {
-		cp, ok := st.Pods[name]
-		if !ok || len(cp.Arrays) < 2 || cp.ID != p.id || cp.Pending != nil {
+		cp := st.Pods[name]
+		if !stretchedHere(cp) || cp.ID != p.id {
 			delete(r.mu.pods, name)
 			stopped = append(stopped, p)
 		} else {
@@ -505,7 +527,7 @@ func (r *Replicator) syncPods() {
 		}
 	}
 	for name, cp := range st.Pods {
-		if len(cp.Arrays) < 2 || cp.Pending != nil {
+		if !stretchedHere(cp) {
 			continue
 		}
 		if _, ok := r.mu.pods[name]; ok {

@@ -37,8 +37,21 @@ func (r *Replicator) Volume(podName, uuid string, local *store.Volume) *Volume {
 	return &Volume{r: r, pod: podName, uuid: uuid, local: local}
 }
 
-// rt returns the pod's runtime when the pod is stretched.
-func (v *Volume) rt() *podRT { return v.r.pod(v.pod) }
+// rt returns the pod's runtime when the pod is stretched (nil: local).
+// A stretched pod whose runtime does not run (the replicator has not
+// started it yet, or has stopped) is never served as local, whatever
+// its copy holds: a write here would be in no order and no change
+// tracking, so errNotServing (NOT READY, transitioning) until its
+// runtime runs and its machine says this array serves it.
+func (v *Volume) rt() (*podRT, error) {
+	if p := v.r.pod(v.pod); p != nil {
+		return p, nil
+	}
+	if v.r.idleStretched(v.pod) {
+		return nil, errNotServing
+	}
+	return nil, nil
+}
 
 // ReadAt implements scsi.Backend. Blocks damaged here are read from the
 // other array's copy when the pod is in sync, and rewritten (repair.go).
@@ -114,8 +127,11 @@ func (o *origin) within(p []byte) int64 {
 // the pod's sequencer now: one that lost the pod between the command's
 // routing and its write must not write its copy alone.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
-	rt := v.rt()
+	rt, err := v.rt()
 	if rt == nil {
+		if err != nil {
+			return err
+		}
 		return v.local.WriteAt(ctx, p, off)
 	}
 	// The space this write needs here is set aside before the peer is
@@ -145,8 +161,11 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 
 // Unmap implements scsi.Backend.
 func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
-	rt := v.rt()
+	rt, err := v.rt()
 	if rt == nil {
+		if err != nil {
+			return err
+		}
 		return v.local.Unmap(ctx, off, length)
 	}
 	payload := (&writeMsg{Pod: v.pod, Volume: v.uuid, Off: uint64(off), Length: uint64(length)}).encode()
@@ -159,8 +178,11 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 // sequencer. The command's data-out stays registered until the
 // sequencer's answer, for writes that refer to it.
 func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, bool) {
-	rt := v.rt()
+	rt, err := v.rt()
 	if rt == nil {
+		if err != nil {
+			return notReady(scsi.SenseNotReadyTransitioning()), true
+		}
 		return nil, false
 	}
 	var md mode
@@ -237,7 +259,7 @@ func notReady(s scsi.Sense) *scsi.Result {
 
 // Ordering implements scsi.Replica.
 func (v *Volume) Ordering() bool {
-	rt := v.rt()
+	rt, _ := v.rt()
 	if rt == nil || rt.role() != pod.Sequencer {
 		return false
 	}
@@ -249,16 +271,22 @@ func (v *Volume) Ordering() bool {
 
 // Readable implements scsi.Replica: the rule of ReadAt.
 func (v *Volume) Readable(ctx context.Context) error {
-	if rt := v.rt(); rt != nil {
+	rt, err := v.rt()
+	if rt != nil {
 		return rt.waitReadable(ctx)
 	}
-	return nil
+	return err
 }
 
 // ShareReservations implements scsi.Replica.
 func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate) error {
-	rt := v.rt()
-	if rt == nil || rt.role() != pod.Sequencer {
+	rt, err := v.rt()
+	if rt == nil {
+		// A stretched pod without its runtime: the change cannot reach
+		// the peer, so it must not be reported GOOD (err).
+		return err
+	}
+	if rt.role() != pod.Sequencer {
 		return nil
 	}
 	payload := mustJSON(reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u})
@@ -267,7 +295,7 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 
 // Reset implements scsi.Replica.
 func (v *Volume) Reset(ctx context.Context, lunReset bool) {
-	rt := v.rt()
+	rt, _ := v.rt()
 	if rt == nil {
 		return
 	}
