@@ -50,7 +50,8 @@ func cawBlock(lba, expect, next uint64) []byte {
 
 // answerLost runs cmd through each of ins at once over the slow link,
 // cuts the link once applied() holds, and checks that every command
-// ended without GOOD: its answer was lost with the link.
+// ended without GOOD: its answer was lost with the link. The link stays
+// cut, without its delay.
 func (h *pairHarness) answerLost(what string, ins []*initiator, cdbs, outs [][]byte, applied func() (bool, string)) {
 	h.t.Helper()
 	h.proxy.Set(netproxy.Settings{RTT: slowLink})
@@ -72,7 +73,7 @@ func (h *pairHarness) answerLost(what string, ins []*initiator, cdbs, outs [][]b
 		}
 		h.t.Logf("%s through the follower, answer lost: %s", what, describe(r))
 	}
-	h.proxy.Set(netproxy.Settings{})
+	h.proxy.Set(netproxy.Settings{Partitioned: true})
 }
 
 // waitAlone waits until array i serves the pod alone and the other array
