@@ -255,3 +255,31 @@ func TestPairLostPROutAnswerRetried(t *testing.T) {
 		t.Errorf("a repeat of a REGISTER whose GOOD was delivered: %s, want RESERVATION CONFLICT", describe(r))
 	}
 }
+
+// TestPairLostPROutAnswerFailover: a PERSISTENT RESERVE OUT REGISTER
+// through the follower ran at the sequencer, whose new reservation state
+// reached the follower, and the link dies before the answer does; the
+// follower, the pod's failover preference, wins the mediator's race and
+// serves alone. The host's retry on the same I_T nexus must be GOOD:
+// the outcome crossed the failover with the state. Before the fix it was
+// RESERVATION CONFLICT.
+func TestPairLostPROutAnswerFailover(t *testing.T) {
+	h := newMediatedPair(t, 1)
+	_, inB := h.hostPorts()
+	const key = 0xbbbb
+	cdb, param := prRegister(key, false)
+	h.answerLost("REGISTER", []*initiator{inB}, [][]byte{cdb}, [][]byte{param}, func() (bool, string) {
+		regs := h.lu(1).Reservations().Registrations
+		return len(regs) == 1 && regs[0].Key == key, "the registration is not on the follower yet"
+	})
+	h.waitWinner(1, "array-b to win and serve alone")
+	if r, _ := inB.doPastUA(cdb, param, 0); r.Status != scsi.StatusGood {
+		t.Errorf("the retry through the winner %s of a REGISTER whose answer was lost: %s, want GOOD (the first run took effect)", inB.arr.cfg.Name, describe(r))
+	}
+	h.proxy.Partition(false)
+	h.waitInSync(60 * time.Second)
+	r, _ := newInitiator(h.arrays[0], pairIQN, 0x101).doPastUA(prInReadKeys(), nil, 1024)
+	if keys, err := parseKeys(r.Data); r.Status != scsi.StatusGood || err != nil || !slices.Equal(keys, []uint64{key}) {
+		t.Errorf("READ KEYS through %s after the recovery: %s %x (%v), want [%x]", h.arrays[0].cfg.Name, describe(r), keys, err, key)
+	}
+}
