@@ -95,8 +95,8 @@ func (r *Replicator) withOrigin(ctx context.Context, podName, uuid string, ref u
 		return ctx
 	}
 	fw := v.(*forwarded)
-	if fw.cmd == nil || fw.pod != podName || fw.uuid != uuid {
-		return ctx
+	if fw.cmd == nil || fw.pod != podName || fw.uuid != uuid || !scsi.RemembersOutcome(fw.cmd.CDB) {
+		return ctx // a plain write's mirror: nothing to remember
 	}
 	return scsi.WithForwarded(ctx, fw.cmd, fw)
 }
