@@ -49,8 +49,13 @@ func (r *Replicator) answering(sess context.Context, m *forwardMsg) (context.Con
 		return sess, func(*scsi.Result) {}
 	}
 	a := &sentAnswer{sess: sess}
-	r.answers.Store(m.ID, a)
+	// stop is set before the registry publishes a: handleAnswered reads
+	// it on another goroutine.
 	a.stop = context.AfterFunc(sess, func() { r.answers.CompareAndDelete(m.ID, a) })
+	r.answers.Store(m.ID, a)
+	if sess.Err() != nil {
+		r.answers.CompareAndDelete(m.ID, a) // the cleanup may have run first
+	}
 	return scsi.WithForwarded(sess, &m.Cmd, a), func(res *scsi.Result) {
 		if res.Status != scsi.StatusGood {
 			// Nothing remembered: the follower confirms only a GOOD.
