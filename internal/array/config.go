@@ -64,6 +64,9 @@ import (
 //	  auth_timeout: 2s            # a link connection must authenticate within this
 //	  max_handshakes: 64          # unauthenticated link connections held at once ...
 //	  max_handshakes_per_address: 8 # ... and from one source address (the oldest are dropped beyond)
+//	  remembered_outcomes: 256    # per volume: forwarded COMPARE AND WRITEs whose answers the link may
+//	                              # have lost, kept to answer the host's retry as the first run (an eighth
+//	                              # per host; negative: none; see package scsi, outcome.go)
 //	mediator:                     # the arbiter of failover at a third site (metro mediator run)
 //	  url: ""                     # https://HOST[:9095]; empty: no mediator
 //	  authkey_file: ""            # file (0600) holding the mediator's auth key; required with url
@@ -152,6 +155,9 @@ type Config struct {
 		AuthTimeout             Duration `yaml:"auth_timeout"`
 		MaxHandshakes           int      `yaml:"max_handshakes"`
 		MaxHandshakesPerAddress int      `yaml:"max_handshakes_per_address"`
+		// RememberedOutcomes is scsi.LUConfig.RememberedOutcomes (0:
+		// scsi.DefaultRememberedOutcomes).
+		RememberedOutcomes int `yaml:"remembered_outcomes"`
 	} `yaml:"replication"`
 	Mediator MediatorConfig `yaml:"mediator"`
 }

@@ -286,6 +286,8 @@ func (a *Array) newLU(vol *catalog.Volume) (*scsi.LogicalUnit, error) {
 		Backend: rv,
 		Replica: rv,
 		Logger:  a.log,
+		// Forwarded commands whose answers the link lost (outcome.go).
+		RememberedOutcomes: a.cfg.Replication.RememberedOutcomes,
 		PersistPR: func(state []byte) error {
 			b := a.store.NewBatch()
 			if state == nil {

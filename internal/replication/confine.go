@@ -72,6 +72,7 @@ var msgNames = map[uint16]string{
 	msgUnstretch: "unstretch", msgStretch: "stretch", msgCheckpoint: "checkpoint",
 	msgWritten: "written", msgRepair: "repair", msgPeerRead: "peer-read",
 	msgPodState: "pod-state", msgPreElect: "pre-elect", msgHandover: "handover", msgStatus: "status",
+	msgAnswered: "answered",
 }
 
 func msgName(typ uint16) string {

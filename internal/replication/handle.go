@@ -32,6 +32,8 @@ func (r *Replicator) handle(ctx context.Context, req link.Message) (link.Message
 		err = r.handleCheckpoint(req)
 	case msgWritten:
 		err = r.handleWritten(req)
+	case msgAnswered:
+		err = r.handleAnswered(req)
 	case msgRepair:
 		out, err = r.handleRepair(ctx, req)
 	case msgPeerRead:
@@ -206,6 +208,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) ([]byte,
 		err = v.local.WriteAt(ctx, data, int64(m.Off))
 	}
 	if err != nil {
+		r.noteWrite(ctx, m.Volume, m.Off, n) // it may have changed part of them
 		if receiving && errors.Is(err, store.ErrNoSpace) {
 			err = fmt.Errorf("%w: %w", errReceivingNoRoom, err)
 		}
@@ -214,6 +217,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) ([]byte,
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
+	r.noteWrite(r.withOrigin(ctx, m.Pod, m.Volume, m.Ref), m.Volume, m.Off, n)
 	if fw != nil && durable {
 		fw.add(&fw.applied, int64(len(data)))
 	}
@@ -350,8 +354,10 @@ func (r *Replicator) handleForward(ctx context.Context, req link.Message) ([]byt
 	if err != nil {
 		return nil, err
 	}
+	ctx, answered := r.answering(ctx, m)
 	ctx = context.WithValue(ctx, originKey{}, &origin{id: m.ID, data: m.Cmd.DataOut})
 	res := r.env.Target().ExecuteForwarded(ctx, lu, &m.Cmd)
+	answered(res)
 	return encodeResult(res), nil
 }
 
@@ -390,7 +396,7 @@ func (r *Replicator) handleReservations(ctx context.Context, req link.Message) e
 	if err != nil {
 		return err
 	}
-	return lu.InstallReservations(ctx, m.Update)
+	return lu.InstallReservations(r.withOrigin(ctx, m.Pod, m.Volume, m.Origin), m.Update)
 }
 
 func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {
@@ -557,6 +563,7 @@ func (r *Replicator) handleResync(ctx context.Context, req link.Message) ([]byte
 			}
 		}
 	}
+	r.forgetOutcomes(name)
 	next := cursor{Epoch: req.Epoch}
 	if ans.Resume {
 		next = ans.Cursor

@@ -77,6 +77,10 @@ const (
 	// msgStatus (either way): the sender's view of the mediator
 	// (statusMsg).
 	msgStatus
+	// msgAnswered (follower → sequencer): the follower got the GOOD
+	// answer to its forwarded request (writtenMsg's Ref, Length 0), whose
+	// outcome the sequencer then forgets (outcome.go).
+	msgAnswered
 )
 
 // errShort is returned for a truncated binary message.
@@ -340,6 +344,9 @@ type reservationsMsg struct {
 	Pod    string                 `json:"pod"`
 	Volume string                 `json:"volume"`
 	Update scsi.ReservationUpdate `json:"update"`
+	// Origin is the receiver's forwarded request that made the change
+	// (0: none), whose outcome it remembers with it (outcome.go).
+	Origin uint64 `json:"origin,omitempty"`
 }
 
 type resetMsg struct {

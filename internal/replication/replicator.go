@@ -119,6 +119,9 @@ type Replicator struct {
 	// refs holds the commands forwarded to the sequencer, by request id,
 	// for the writes that refer to their data-out.
 	refs sync.Map // uint64 → *forwarded
+	// answers holds the peer's forwarded commands whose outcome is
+	// remembered until it confirms their answer, by its request id.
+	answers sync.Map // uint64 → *sentAnswer
 
 	// traffic counts bytes sent over the link, by kind.
 	traffic struct {

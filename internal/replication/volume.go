@@ -89,6 +89,11 @@ type forwarded struct {
 	applied, confirmed atomic.Int64
 	written            chan struct{}
 	once               sync.Once
+	// cmd is the command; lost is set when its forward failed, the
+	// host then getting no answer of the sequencer's, answered when the
+	// sequencer answered (outcome.go).
+	cmd            *scsi.Command
+	lost, answered atomic.Bool
 }
 
 // add counts n bytes into c (applied or confirmed).
@@ -213,7 +218,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 		}
 	}
 	id := v.r.nextRef.Add(1)
-	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut}
+	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut, cmd: cmd}
 	if scsi.IsPlainWrite(cmd.CDB) && len(cmd.DataOut) > 0 {
 		f.total = int64(len(cmd.DataOut))
 		f.written = make(chan struct{})
@@ -238,6 +243,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	}
 	resp, err := pend.Wait()
 	if err != nil {
+		f.lost.Store(true)
 		var re *link.RemoteError
 		if errors.As(err, &re) {
 			v.r.log.Warn("the sequencer refused a forwarded command", "pod", v.pod, "initiator", cmd.Nexus.InitiatorName, "err", err)
@@ -248,7 +254,12 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	}
 	res, err := decodeResult(resp.Payload)
 	if err != nil {
+		f.lost.Store(true)
 		return notReady(scsi.SenseNotReadyTransitioning()), true
+	}
+	f.answered.Store(true)
+	if res.Status == scsi.StatusGood && scsi.RemembersOutcome(cmd.CDB) {
+		v.confirmAnswer(md, id)
 	}
 	return res, true
 }
@@ -289,7 +300,11 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 	if rt.role() != pod.Sequencer {
 		return nil
 	}
-	payload := mustJSON(reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u})
+	m := reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u}
+	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
+		m.Origin = o.id
+	}
+	payload := mustJSON(m)
 	return rt.mirror(ctx, region{}, nil, msgReservations, payload, nil)
 }
 

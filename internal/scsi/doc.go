@@ -72,6 +72,12 @@
 //     persistent reservation holder, or from a registered nexus under a
 //     registrants only or all registrants reservation, and end in
 //     RESERVATION CONFLICT from every other nexus.
+//   - A COMPARE AND WRITE or PERSISTENT RESERVE OUT that the other array
+//     of a stretched pod forwarded, and whose answer the link lost after
+//     it took effect, answers the host's identical retry with its first
+//     outcome (GOOD) rather than a MISCOMPARE or RESERVATION CONFLICT
+//     against its own effect; a repeat of a command whose answer was
+//     delivered is run as on one array (outcome.go).
 //   - Persistent reservation state lives in ReservationState, a plain value
 //     with pure methods (Apply, Allows) so that a later sequencer can order
 //     and replicate it; the logical unit only stores it, persists it through

@@ -41,6 +41,11 @@ type LUConfig struct {
 	// Replica links the unit to the other array of a stretched pod (nil:
 	// the unit is local).
 	Replica Replica
+	// RememberedOutcomes bounds the COMPARE AND WRITE outcomes of
+	// forwarded commands the unit remembers for the host's retry when
+	// their answers may be lost (outcome.go): 0 is
+	// DefaultRememberedOutcomes, a negative value remembers none.
+	RememberedOutcomes int
 }
 
 // LogicalUnit is one volume as a SCSI logical unit. It is shared by every
@@ -57,6 +62,9 @@ type LogicalUnit struct {
 
 	size  atomic.Uint64
 	locks rangeLock
+	// outcomes are the effects of forwarded commands whose answers may
+	// have been lost (outcome.go).
+	outcomes outcomes
 	// target is the Target that has registered the unit among its known
 	// units (for target resets), so that it registers it only once.
 	target atomic.Pointer[Target]
@@ -109,6 +117,10 @@ func NewLogicalUnit(cfg LUConfig) *LogicalUnit {
 	}
 	if lu.log == nil {
 		lu.log = slog.New(slog.DiscardHandler)
+	}
+	lu.outcomes.max = cfg.RememberedOutcomes
+	if lu.outcomes.max == 0 {
+		lu.outcomes.max = DefaultRememberedOutcomes
 	}
 	lu.size.Store(cfg.Size)
 	lu.mu.nexus = make(map[string]*nexusState)
@@ -328,6 +340,9 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	if !cur.Allows(NexusID(n), AccessControl) {
 		return prConflict()
 	}
+	if lu.outcomes.retriedPR(ctx, NexusID(n), op, cur) {
+		return PROutcome{} // the first run's outcome (outcome.go)
+	}
 	next, out := cur.Apply(NexusID(n), op)
 	if out.Status != StatusGood {
 		return out
@@ -342,6 +357,7 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	lu.mu.res = next
 	lu.noticeLocked(out.Notices)
 	lu.mu.Unlock()
+	lu.outcomes.rememberPR(forwardedOf(ctx), NexusID(n), op, next)
 	if err := lu.share(ctx, out.Notices, out.Abort); err != nil {
 		return prCheck(SenseNotReadyTransitioning())
 	}

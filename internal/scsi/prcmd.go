@@ -110,6 +110,20 @@ func fullStatusDescriptor(st ReservationState, r Registration) []byte {
 // parameter list (SPEC_I_PT is not supported, so it is the only one).
 const prOutParamLen = 24
 
+// prOutOf decodes a PERSISTENT RESERVE OUT's CDB and basic parameter
+// list p (prOutParamLen bytes).
+func prOutOf(cdb, p []byte) PROut {
+	return PROut{
+		Action:         PRAction(cdb[1] & serviceActionMask),
+		Scope:          cdb[2] >> 4,
+		Type:           PRType(cdb[2] & 0x0f),
+		Key:            be64(p[0:8]),
+		ServiceKey:     be64(p[8:16]),
+		AllTargetPorts: p[20]&0x04 != 0,
+		APTPL:          p[20]&0x01 != 0,
+	}
+}
+
 // runPROut implements PERSISTENT RESERVE OUT.
 func runPROut(x *exec) *Result {
 	plen := be32(x.cdb[5:9])
@@ -120,16 +134,7 @@ func runPROut(x *exec) *Result {
 	if p[20]&0x08 != 0 { // SPEC_I_PT
 		return checkCondition(SenseInvalidFieldInParameterList(20))
 	}
-	op := PROut{
-		Action:         PRAction(x.cdb[1] & serviceActionMask),
-		Scope:          x.cdb[2] >> 4,
-		Type:           PRType(x.cdb[2] & 0x0f),
-		Key:            be64(p[0:8]),
-		ServiceKey:     be64(p[8:16]),
-		AllTargetPorts: p[20]&0x04 != 0,
-		APTPL:          p[20]&0x01 != 0,
-	}
-	out := x.lu.applyPR(x.ctx, x.cmd.Nexus, op)
+	out := x.lu.applyPR(x.ctx, x.cmd.Nexus, prOutOf(x.cdb, p))
 	switch out.Status {
 	case StatusGood:
 	case StatusReservationConflict:

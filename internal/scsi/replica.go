@@ -136,6 +136,7 @@ func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpd
 	}
 	lu.noticeLocked(u.Notices)
 	lu.mu.Unlock()
+	lu.rememberInstalled(ctx, next)
 	if t := lu.target.Load(); t != nil && len(u.Abort) > 0 {
 		t.abortTasks(ctx, func(tk *task) bool {
 			if tk.lu != lu {

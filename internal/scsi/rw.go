@@ -103,7 +103,7 @@ func runWrite(x *exec) *Result {
 		return res
 	}
 	defer unlock()
-	if err := x.lu.backend.WriteAt(x.ctx, data, int64(lba*BlockSize)); err != nil {
+	if err := x.lu.writeAt(x.ctx, data, int64(lba*BlockSize)); err != nil {
 		return x.backendError("write", err)
 	}
 	if !verify {
@@ -256,9 +256,18 @@ func runCompareAndWrite(x *exec) *Result {
 		return res
 	}
 	if off := firstDifference(verify, cur); off >= 0 {
+		if x.lu.outcomes.retriedCAW(x, lba, n, cur) {
+			return good(nil) // the first run's outcome (outcome.go)
+		}
 		return checkCondition(SenseMiscompare(uint32(off)))
 	}
-	if err := x.lu.backend.WriteAt(x.ctx, write, int64(lba*BlockSize)); err != nil {
+	err := x.lu.writeAt(x.ctx, write, int64(lba*BlockSize))
+	if f := forwardedOf(x.ctx); f != nil {
+		// Remembered even if the write failed: it may have landed (on
+		// this copy, or on the peer's), and a retry checks the blocks.
+		x.lu.outcomes.rememberCAW(f, lba, n)
+	}
+	if err != nil {
 		return x.backendError("compare and write", err)
 	}
 	return good(nil)
@@ -280,7 +289,7 @@ func runOrWrite(x *exec) *Result {
 	for i := range cur {
 		cur[i] |= data[i]
 	}
-	if err := x.lu.backend.WriteAt(x.ctx, cur, int64(lba*BlockSize)); err != nil {
+	if err := x.lu.writeAt(x.ctx, cur, int64(lba*BlockSize)); err != nil {
 		return x.backendError("orwrite", err)
 	}
 	return good(nil)

@@ -47,7 +47,7 @@ func runWriteSame(x *exec) *Result {
 	}
 	defer unlock()
 	if flags&0x08 != 0 { // UNMAP
-		if err := x.lu.backend.Unmap(x.ctx, int64(lba*BlockSize), int64(n*BlockSize)); err != nil {
+		if err := x.lu.unmap(x.ctx, int64(lba*BlockSize), int64(n*BlockSize)); err != nil {
 			return x.backendError("write same unmap", err)
 		}
 		return good(nil)
@@ -58,7 +58,7 @@ func runWriteSame(x *exec) *Result {
 	}
 	for pos := lba; pos < lba+n; {
 		k := min(lba+n-pos, writeSameChunkBlocks)
-		if err := x.lu.backend.WriteAt(x.ctx, chunk[:k*BlockSize], int64(pos*BlockSize)); err != nil {
+		if err := x.lu.writeAt(x.ctx, chunk[:k*BlockSize], int64(pos*BlockSize)); err != nil {
 			return x.backendError("write same", err)
 		}
 		pos += k
@@ -111,7 +111,7 @@ func runUnmap(x *exec) *Result {
 		if res != nil {
 			return res
 		}
-		err := x.lu.backend.Unmap(x.ctx, int64(e.lba*BlockSize), int64(e.n*BlockSize))
+		err := x.lu.unmap(x.ctx, int64(e.lba*BlockSize), int64(e.n*BlockSize))
 		unlock()
 		if err != nil {
 			return x.backendError("unmap", err)

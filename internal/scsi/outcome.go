@@ -1,0 +1,363 @@
+package scsi
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Outcomes of forwarded commands whose answers may be lost.
+//
+// At the array that did not run it, a command of a stretched pod that
+// changes the medium or the reservations is forwarded to the pod's
+// sequencer (Replica.Forward). When the link fails after the sequencer
+// ran it and before its answer came back, the forwarding array answers a
+// retryable NOT READY although the command took effect, and the host
+// retries the same command: run again, a COMPARE AND WRITE miscompares
+// against its own write and a PERSISTENT RESERVE OUT conflicts with its
+// own registration (for an ESXi ATS heartbeat, a miscompare means the
+// datastore is lost). So the logical unit remembers the effect of such a
+// command while its answer may be lost, and answers the host's retry
+// with the first run's outcome:
+//
+//   - COMPARE AND WRITE: the retry is the same command from the same host
+//     (initiator name; a multipath host retries through another path,
+//     with another task tag and I_T nexus): the same blocks, verify data
+//     and write data. It is answered GOOD, without writing, when its
+//     compare fails only because the blocks hold its own write data, the
+//     remembered command was the last to write them, and the answer to it
+//     may have been lost.
+//   - PERSISTENT RESERVE OUT: the retry is the same service action with
+//     the same parameters on the same I_T nexus (reservations are kept
+//     per I_T nexus: the same command through another path is another
+//     nexus's command and runs). It is answered GOOD, changing nothing,
+//     when the reservation state is still exactly what the remembered
+//     command left and the answer to it may have been lost.
+//
+// Whether an answer may have been lost is the AnswerFate the replication
+// layer gives a forwarded command (WithForwarded): at the sequencer, the
+// link session that carried the command ended before the forwarding
+// array confirmed the answer; at the forwarding array, which applies the
+// sequencer's write or reservation state for its own command as the
+// command runs, its forward failed. Both arrays thus remember the
+// command's effect with the effect itself, and the memory crosses a
+// failover with the copy that has the effect: the winner answers the
+// retry whether it was the sequencer (which ran the command) or the
+// forwarding array (which received its write before the link failed). A
+// winner whose copy lacks the effect runs the retry afresh, which is
+// then right; the loser's remembered effects go with its copy when it
+// receives the winner's (ForgetOutcomes).
+//
+// An answer that was delivered is never replayed: a host that repeats a
+// command whose GOOD it received gets what one array would answer (a
+// MISCOMPARE, a RESERVATION CONFLICT), as libiscsi's multipath COMPARE
+// AND WRITE test checks. A remembered outcome answers one retry: the
+// retry's own answer is remembered in its stead, under the retry's fate.
+//
+// The memory is bounded: at most LUConfig.RememberedOutcomes COMPARE AND
+// WRITE outcomes per logical unit, of which one host (initiator name) may
+// hold an eighth, the oldest going first, so a host that floods the unit
+// with forwarded commands evicts its own outcomes before others'; and one
+// PERSISTENT RESERVE OUT outcome, the latest change of the reservations.
+// An outcome evicted is a retry run afresh, as before this memory.
+
+// DefaultRememberedOutcomes is the default of LUConfig.RememberedOutcomes.
+const DefaultRememberedOutcomes = 256
+
+// AnswerFate tells whether the answer to a forwarded command may not
+// have reached the host (see WithForwarded).
+type AnswerFate interface {
+	// Lost reports whether the answer may have been lost; it may change
+	// from false to true once (the link failed) and is never true for
+	// an answer the host got.
+	Lost() bool
+	// Delivered reports whether the answer surely reached the array the
+	// host sent the command to: what is remembered under the fate is
+	// then of no more use.
+	Delivered() bool
+}
+
+// forwardedKey marks the context of a forwarded command.
+type forwardedKey struct{}
+
+// forwarded is the value of forwardedKey.
+type forwarded struct {
+	cmd  *Command
+	fate AnswerFate
+}
+
+// WithForwarded returns ctx for running, at the pod's sequencer, the
+// command cmd that the other array forwarded (Target.ExecuteForwarded),
+// or for applying, at the array that forwarded cmd, the sequencer's
+// write or reservation state that cmd made (NoteWrite,
+// InstallReservations); fate tells whether cmd's answer may have been
+// lost. A COMPARE AND WRITE or PERSISTENT RESERVE OUT remembers its
+// effect under it, for the host's retry.
+func WithForwarded(ctx context.Context, cmd *Command, fate AnswerFate) context.Context {
+	return context.WithValue(ctx, forwardedKey{}, &forwarded{cmd: cmd, fate: fate})
+}
+
+// forwardedOf returns the forwarded command ctx runs or applies, or nil.
+func forwardedOf(ctx context.Context) *forwarded {
+	f, _ := ctx.Value(forwardedKey{}).(*forwarded)
+	if f == nil || f.cmd == nil || f.fate == nil {
+		return nil
+	}
+	return f
+}
+
+// RemembersOutcome reports whether a forwarded command with this CDB
+// remembers its effect for a retry when it ends GOOD (COMPARE AND WRITE,
+// PERSISTENT RESERVE OUT): the forwarding array then confirms that it got
+// the answer, after which the sequencer forgets it.
+func RemembersOutcome(cdb []byte) bool {
+	return len(cdb) > 0 && (cdb[0] == opCompareAndWrite || cdb[0] == opPROut)
+}
+
+// cawOutcome is a COMPARE AND WRITE's write, remembered.
+type cawOutcome struct {
+	lba, n    uint64
+	initiator string
+	// key identifies the command: its initiator, blocks and data-out.
+	key  [sha256.Size]byte
+	fate AnswerFate
+	seq  uint64
+}
+
+// prOutcome is the latest change of the reservation state, made by a
+// forwarded PERSISTENT RESERVE OUT.
+type prOutcome struct {
+	nexus PRNexus
+	op    PROut
+	// state is the reservation state the command left (Marshal, and the
+	// SCSI-2 holder).
+	state []byte
+	scsi2 *PRNexus
+	fate  AnswerFate
+}
+
+// outcomes is a logical unit's memory of forwarded commands' effects.
+type outcomes struct {
+	max int
+	// n counts the COMPARE AND WRITE outcomes, for writes to skip the
+	// lock when there are none.
+	n  atomic.Int32
+	mu struct {
+		sync.Mutex
+		caw []cawOutcome
+		seq uint64
+		pr  *prOutcome
+	}
+}
+
+// cawKey identifies a COMPARE AND WRITE of n blocks at lba with data-out
+// data from initiator.
+func cawKey(initiator string, lba, n uint64, data []byte) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte(strings.ToLower(initiator)))
+	var b [17]byte
+	binary.BigEndian.PutUint64(b[1:], lba)
+	binary.BigEndian.PutUint64(b[9:], n)
+	h.Write(b[:])
+	h.Write(data)
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// wrote forgets the COMPARE AND WRITE outcomes of blocks that n blocks
+// from lba overlap: they were written since.
+func (o *outcomes) wrote(lba, n uint64) {
+	if o.n.Load() == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.dropLocked(func(e *cawOutcome) bool { return e.lba < lba+n && lba < e.lba+e.n || e.fate.Delivered() })
+}
+
+// dropLocked removes the COMPARE AND WRITE outcomes for which f is true.
+func (o *outcomes) dropLocked(f func(*cawOutcome) bool) {
+	kept := o.mu.caw[:0]
+	for i := range o.mu.caw {
+		if !f(&o.mu.caw[i]) {
+			kept = append(kept, o.mu.caw[i])
+		}
+	}
+	clear(o.mu.caw[len(kept):])
+	o.mu.caw = kept
+	o.n.Store(int32(len(kept)))
+}
+
+// rememberCAW records that the COMPARE AND WRITE f.cmd wrote its n blocks
+// at lba (or tried to: the blocks show whether it did), replacing what
+// was remembered of them.
+func (o *outcomes) rememberCAW(f *forwarded, lba, n uint64) {
+	if o.max <= 0 {
+		o.wrote(lba, n)
+		return
+	}
+	e := cawOutcome{lba: lba, n: n, initiator: strings.ToLower(f.cmd.Nexus.InitiatorName),
+		key: cawKey(f.cmd.Nexus.InitiatorName, lba, n, f.cmd.DataOut), fate: f.fate}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.dropLocked(func(x *cawOutcome) bool { return x.lba < lba+n && lba < x.lba+x.n || x.fate.Delivered() })
+	mine := 0
+	for i := range o.mu.caw {
+		if o.mu.caw[i].initiator == e.initiator {
+			mine++
+		}
+	}
+	if mine >= max(1, o.max/8) {
+		o.evictLocked(e.initiator)
+	} else if len(o.mu.caw) >= o.max {
+		o.evictLocked("")
+	}
+	o.mu.seq++
+	e.seq = o.mu.seq
+	o.mu.caw = append(o.mu.caw, e)
+	o.n.Store(int32(len(o.mu.caw)))
+}
+
+// evictLocked removes the oldest COMPARE AND WRITE outcome of initiator
+// (of any, when empty).
+func (o *outcomes) evictLocked(initiator string) {
+	old := -1
+	for i := range o.mu.caw {
+		if (initiator == "" || o.mu.caw[i].initiator == initiator) && (old < 0 || o.mu.caw[i].seq < o.mu.caw[old].seq) {
+			old = i
+		}
+	}
+	if old >= 0 {
+		seq := o.mu.caw[old].seq
+		o.dropLocked(func(x *cawOutcome) bool { return x.seq == seq })
+	}
+}
+
+// retriedCAW reports whether the COMPARE AND WRITE x runs, whose compare
+// failed against cur, is the retry of a remembered one whose answer may
+// have been lost: then the remembered outcome passes to this run (its
+// own answer may be lost in turn, when it is forwarded too) and the
+// answer is GOOD.
+func (o *outcomes) retriedCAW(x *exec, lba, n uint64, cur []byte) bool {
+	if o.n.Load() == 0 || !bytes.Equal(cur, x.cmd.DataOut[n*BlockSize:]) {
+		return false
+	}
+	key := cawKey(x.cmd.Nexus.InitiatorName, lba, n, x.cmd.DataOut)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i := range o.mu.caw {
+		e := &o.mu.caw[i]
+		if e.lba != lba || e.n != n || e.key != key || !e.fate.Lost() {
+			continue
+		}
+		if f := forwardedOf(x.ctx); f != nil {
+			e.fate = f.fate
+		} else {
+			seq := e.seq
+			o.dropLocked(func(x *cawOutcome) bool { return x.seq == seq })
+		}
+		return true
+	}
+	return false
+}
+
+// rememberPR records, after a change of the reservation state to st made
+// by a PERSISTENT RESERVE OUT op of nexus n, that change as the latest
+// one, with the command's fate when it was forwarded (f).
+func (o *outcomes) rememberPR(f *forwarded, n PRNexus, op PROut, st ReservationState) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mu.pr = nil
+	if f != nil && o.max > 0 {
+		o.mu.pr = &prOutcome{nexus: n, op: op, state: st.Marshal(), scsi2: st.SCSI2, fate: f.fate}
+	}
+}
+
+// retriedPR reports whether the PERSISTENT RESERVE OUT op of nexus n,
+// with the reservation state st, is the retry of the remembered one
+// whose answer may have been lost: then the outcome passes to this run,
+// as in retriedCAW, and the answer is GOOD.
+func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st ReservationState) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	p := o.mu.pr
+	if p == nil || p.nexus != n || p.op != op || !bytes.Equal(p.state, st.Marshal()) || !sameHolder(p.scsi2, st.SCSI2) || !p.fate.Lost() {
+		return false
+	}
+	o.mu.pr = nil
+	if f := forwardedOf(ctx); f != nil {
+		q := *p
+		q.fate = f.fate
+		o.mu.pr = &q
+	}
+	return true
+}
+
+// sameHolder reports whether a and b name the same SCSI-2 holder (or none).
+func sameHolder(a, b *PRNexus) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// forget drops every remembered outcome.
+func (o *outcomes) forget() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mu.caw, o.mu.pr = nil, nil
+	o.n.Store(0)
+}
+
+// ForgetOutcomes drops the outcomes the unit remembers for retries: this
+// array's copy is being replaced by the other array's (a resync), whose
+// writes and reservations are the pod's.
+func (lu *LogicalUnit) ForgetOutcomes() { lu.outcomes.forget() }
+
+// NoteWrite tells the unit that length bytes from off changed on this
+// array outside its commands (the sequencer's mirrored write, a copied
+// piece): what it remembers of those blocks goes. When ctx carries the
+// forwarded COMPARE AND WRITE whose write this is (WithForwarded), its
+// outcome is remembered instead, for the host's retry.
+func (lu *LogicalUnit) NoteWrite(ctx context.Context, off, length int64) {
+	lba, n := uint64(off)/BlockSize, uint64(length+BlockSize-1)/BlockSize
+	if f := forwardedOf(ctx); f != nil && len(f.cmd.CDB) > 0 && f.cmd.CDB[0] == opCompareAndWrite {
+		clba, cn, _ := blockRange(f.cmd.CDB)
+		if clba == lba && cn == n && uint64(len(f.cmd.DataOut)) == 2*n*BlockSize {
+			lu.outcomes.rememberCAW(f, lba, n)
+			return
+		}
+	}
+	lu.outcomes.wrote(lba, n)
+}
+
+// rememberInstalled records the reservation state st installed from the
+// sequencer as the latest change, made by the PERSISTENT RESERVE OUT
+// this array forwarded when ctx carries it (WithForwarded).
+func (lu *LogicalUnit) rememberInstalled(ctx context.Context, st ReservationState) {
+	f := forwardedOf(ctx)
+	if f == nil || len(f.cmd.CDB) < 10 || f.cmd.CDB[0] != opPROut || len(f.cmd.DataOut) < prOutParamLen {
+		lu.outcomes.rememberPR(nil, PRNexus{}, PROut{}, st)
+		return
+	}
+	lu.outcomes.rememberPR(f, NexusID(f.cmd.Nexus), prOutOf(f.cmd.CDB, f.cmd.DataOut), st)
+}
+
+// writeAt writes p at off through the backend, forgetting first what is
+// remembered of those blocks.
+func (lu *LogicalUnit) writeAt(ctx context.Context, p []byte, off int64) error {
+	lu.outcomes.wrote(uint64(off)/BlockSize, uint64(len(p))/BlockSize)
+	return lu.backend.WriteAt(ctx, p, off)
+}
+
+// unmap deallocates through the backend, forgetting first what is
+// remembered of those blocks.
+func (lu *LogicalUnit) unmap(ctx context.Context, off, length int64) error {
+	lu.outcomes.wrote(uint64(off)/BlockSize, uint64(length)/BlockSize)
+	return lu.backend.Unmap(ctx, off, length)
+}
