@@ -57,6 +57,12 @@ type pairHarness struct {
 	accepter int
 	// medProxy[i] is array i's route to the mediator (pairOptions).
 	medProxy [2]*netproxy.Proxy
+	// cfgs, fs and arrayLog are what each array was opened with, and
+	// stopArray[i] ends array i's Run, for restartArray.
+	cfgs      [2]*Config
+	fs        [2]vfs.FS
+	arrayLog  *slog.Logger
+	stopArray [2]context.CancelFunc
 }
 
 // reservePort returns a loopback address whose port was free a moment
@@ -189,11 +195,14 @@ func newPairWith(t *testing.T, opts pairOptions) *pairHarness {
 	}
 	h.proxy = netproxy.Serve(proxyLn, cfgs[h.accepter].Replication.Listen, netproxy.Settings{}, log.With("component", "link-proxy"))
 	h.ctx, h.cancel = context.WithCancel(context.Background())
+	h.cfgs, h.fs, h.arrayLog = cfgs, opts.fs, log
 	var ready [2]chan struct{}
 	for i, a := range h.arrays {
 		ready[i] = make(chan struct{})
 		h.done[i] = make(chan error, 1)
-		go func() { h.done[i] <- a.Run(h.ctx, func() { close(ready[i]) }) }()
+		ctx, cancel := context.WithCancel(h.ctx)
+		h.stopArray[i] = cancel
+		go func() { h.done[i] <- a.Run(ctx, func() { close(ready[i]) }) }()
 	}
 	t.Cleanup(func() { h.stop(before) })
 	for i := range h.arrays {

@@ -292,7 +292,32 @@ func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []task {
 	if now != was || role != wasRole {
 		p.r.log.Info("pod state", "pod", p.name, "from", was, "to", now, "role", role, "epoch", epoch)
 	}
+	if now == pod.Alone && was != pod.Alone {
+		p.goCall(p.peerNexusesLost)
+	}
 	return tasks
+}
+
+// peerNexusesLost releases the SCSI-2 reservations held through the
+// peer's port on the pod's volumes: serving the pod alone, this array
+// has lost every I_T nexus through the peer (fenced, or gone), and
+// SPC-2 releases a SCSI-2 reservation on the loss of its nexus. Left
+// held, it would refuse every other host through this array for as long
+// as the peer is away, and its holder could not release it.
+func (p *podRT) peerNexusesLost() {
+	if p.r.cfg.PortOf == nil {
+		return
+	}
+	port := p.r.cfg.PortOf(p.peer)
+	ctx, cancel := p.podCtx(context.Background())
+	defer cancel()
+	for _, v := range p.r.env.Catalog().View().PodVolumes(p.name) {
+		if lu := p.r.env.LU(v.UUID); lu != nil && v.Destroyed == nil {
+			if err := lu.PortLost(ctx, port); err != nil {
+				p.r.log.Warn("release the SCSI-2 reservation held through the peer", "pod", p.name, "volume", v.Name, "err", err)
+			}
+		}
+	}
 }
 
 // current reports whether s is the link session the machine is on now.

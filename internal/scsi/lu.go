@@ -316,6 +316,30 @@ func (lu *LogicalUnit) nexusLost(n Nexus) {
 	_, _ = lu.releaseSCSI2(ctx, n) // logged; the nexus is gone, and held it
 }
 
+// PortLost releases the SCSI-2 reservation held through the relative
+// target port rtpi, all of whose I_T nexuses are lost: the pod's
+// sequencer calls it when it serves the pod alone, the array of that
+// port fenced or gone. SPC-2 releases a SCSI-2 reservation on the loss
+// of its nexus; persistent reservations are kept. Nexuses of other ports
+// hear nothing of it (as on a single array); the holder hears I_T NEXUS
+// LOSS OCCURRED when its array rejoins. It returns share's error.
+func (lu *LogicalUnit) PortLost(ctx context.Context, rtpi uint16) error {
+	lu.prMu.Lock()
+	defer lu.prMu.Unlock()
+	lu.mu.Lock()
+	h := lu.mu.res.SCSI2
+	lost := h != nil && h.RelativePortID == rtpi
+	if lost {
+		lu.mu.res.SCSI2 = nil
+	}
+	lu.mu.Unlock()
+	if !lost {
+		return nil
+	}
+	lu.log.Info("SCSI-2 reservation released: its nexus went through the peer, which is fenced", "lu", lu.serial, "initiator_port", h.InitiatorPort)
+	return lu.share(ctx, nil, nil)
+}
+
 // raiseFor queues unit attention s for every nexus of initiator, named
 // case-insensitively (all nexuses when initiator is empty).
 func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {

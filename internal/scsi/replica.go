@@ -36,10 +36,8 @@ type Replica interface {
 	// returns once the peer has installed u (InstallReservations) or no
 	// longer serves the pod.
 	ShareReservations(ctx context.Context, u ReservationUpdate) error
-	// Reset is called after a reset here: for a logical unit reset
-	// (lunReset) the peer performs the same reset (ResetFromPeer); for a
-	// target reset, which concerns only this array's nexuses, the SCSI-2
-	// reservation is released at the sequencer.
+	// Reset is called after a reset here: the peer performs the same
+	// reset of the unit (ResetFromPeer).
 	Reset(ctx context.Context, lunReset bool)
 }
 
@@ -157,8 +155,14 @@ func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpd
 // ResetFromPeer performs the part of a reset on the other array of the pod
 // that concerns this array: for a logical unit reset this array's tasks
 // for the unit are aborted and its nexuses get the LOGICAL UNIT RESET unit
-// attention; for a target reset only the SCSI-2 reservation is released.
-// At the sequencer the resulting reservation state is shared.
+// attention. A target reset there reset the unit, which this array
+// serves too: its SCSI-2 reservation is released whoever holds it and its
+// mode parameters return to their defaults (SPC-2: a reset releases the
+// reservation), and this array's nexuses get POWER ON, RESET as the
+// peer's do, so that a holder here learns its reservation is gone. The
+// tasks of this array's nexuses run on: a target reset aborts the tasks
+// of its own target. At the sequencer the resulting reservation state is
+// shared.
 func (lu *LogicalUnit) ResetFromPeer(ctx context.Context, lunReset bool) {
 	if lunReset {
 		if t := lu.target.Load(); t != nil {
@@ -166,9 +170,7 @@ func (lu *LogicalUnit) ResetFromPeer(ctx context.Context, lunReset bool) {
 		}
 		lu.reset(SenseLUNReset())
 	} else {
-		lu.mu.Lock()
-		lu.mu.res.SCSI2 = nil
-		lu.mu.Unlock()
+		lu.reset(SensePowerOnReset())
 	}
 	lu.prMu.Lock()
 	lu.share(ctx, nil, nil)

@@ -216,6 +216,11 @@ func SensePowerOnReset() Sense { return Sense{Key: KeyUnitAttention, ASC: 0x29} 
 // (06/29/03), raised by LOGICAL UNIT RESET.
 func SenseLUNReset() Sense { return Sense{Key: KeyUnitAttention, ASC: 0x29, ASCQ: 0x03} }
 
+// SenseNexusLoss is the unit attention I_T NEXUS LOSS OCCURRED
+// (06/29/07): the nexus was lost (for a stretched pod, the array it goes
+// through was fenced), and with it its SCSI-2 reservation.
+func SenseNexusLoss() Sense { return Sense{Key: KeyUnitAttention, ASC: 0x29, ASCQ: 0x07} }
+
 // SenseModeParametersChanged is the unit attention MODE PARAMETERS CHANGED
 // (06/2A/01).
 func SenseModeParametersChanged() Sense {

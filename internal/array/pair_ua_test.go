@@ -1,0 +1,173 @@
+package array
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/catalog"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// Unit attentions and SCSI-2 reservations across a split of the pair
+// (issue 10, items 2 and 4): every nexus must hear, on rejoin and after
+// a failover, what it would have heard on a single array, and the loss
+// of an array is the loss of every I_T nexus through it.
+
+const uaIQN2 = "iqn.2026-11.io.metro:ua-host2"
+
+// newUAPair is a pair whose volume is connected to a second host, h2,
+// with h1's path through the follower and h2's through both arrays, all
+// past their first unit attentions.
+func newUAPair(t *testing.T) (h *pairHarness, h1B, h2A, h2B *initiator) {
+	t.Helper()
+	h = newPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	h.apply(a, catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{uaIQN2}}},
+		catalog.Connect{Volume: pairVolume, Host: "h2"})
+	h.waitLUN(b, uaIQN2, 0)
+	h1B = newInitiator(b, pairIQN, 0x900)
+	h2A = newInitiator(a, uaIQN2, 0x901)
+	h2B = newInitiator(b, uaIQN2, 0x902)
+	h.ready(h1B, h2A, h2B)
+	return h, h1B, h2A, h2B
+}
+
+// stopArrayRun ends array i's Run, as if its process died (the peer
+// sees the link go).
+func (h *pairHarness) stopArrayRun(i int) {
+	h.t.Helper()
+	h.stopArray[i]()
+	err := <-h.done[i]
+	h.done[i] <- err // for stop, which waits for it again
+	if err != nil {
+		h.t.Fatalf("%s: Run: %v", h.arrays[i].cfg.Name, err)
+	}
+}
+
+// startArrayRun opens array i again from its data directory and runs it
+// (an array restarted).
+func (h *pairHarness) startArrayRun(i int) {
+	h.t.Helper()
+	<-h.done[i]
+	cfg := h.cfgs[i]
+	a, err := Open(Options{Config: cfg, Logger: h.arrayLog.With("array", cfg.Name), FS: h.fs[i]})
+	if err != nil {
+		h.done[i] <- nil
+		h.t.Fatalf("open %s again: %v", cfg.Name, err)
+	}
+	h.arrays[i] = a
+	ctx, cancel := context.WithCancel(h.ctx)
+	h.stopArray[i] = cancel
+	ready := make(chan struct{})
+	go func() { h.done[i] <- a.Run(ctx, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-h.done[i]:
+		h.done[i] <- err
+		h.t.Fatalf("%s stopped before it was ready: %v", cfg.Name, err)
+	}
+}
+
+// waitServingAlone waits until array i serves the pod alone (the other
+// may be stopped).
+func (h *pairHarness) waitServingAlone(i int) {
+	h.t.Helper()
+	me, other := h.arrays[i].cfg.Name, h.arrays[1-i].cfg.Name
+	h.waitFor(me+" to serve the pod alone", 30*time.Second, func() (bool, string) {
+		return h.sees(i, me) == catalog.StatusOnline && h.sees(i, other) != catalog.StatusOnline, h.podStatus(i)
+	})
+}
+
+// heal mends the link and waits until the pod is in sync again.
+func (h *pairHarness) heal() {
+	h.t.Helper()
+	h.proxy.Partition(false)
+	h.waitInSync(60 * time.Second)
+}
+
+// writeEventually writes through in until the write is GOOD, failing
+// the test with the last answer after 15 s.
+func (h *pairHarness) writeEventually(in *initiator, lba, v uint64, what string) {
+	h.t.Helper()
+	var r *scsi.Result
+	h.waitFor(what, 15*time.Second, func() (bool, string) {
+		r, _ = in.doPastUA(write16(lba, unitData(lba, v)), unitData(lba, v), 0)
+		return r.Status == scsi.StatusGood, describe(r)
+	})
+}
+
+// hasUA reports whether uas holds a unit attention like s.
+func hasUA(uas []scsi.Sense, s scsi.Sense) bool {
+	return slices.ContainsFunc(uas, func(u scsi.Sense) bool { return u.Is(s) })
+}
+
+// mustGood runs a command (past unit attentions) and fails the test
+// unless it is GOOD.
+func mustGood(t *testing.T, in *initiator, what string, cdb, out []byte) {
+	t.Helper()
+	if r, _ := in.doPastUA(cdb, out, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("%s through %s: %s", what, in.arr.cfg.Name, describe(r))
+	}
+}
+
+// TestPairSCSI2ReleasedWhenFollowerFenced: h1 holds RESERVE(6) through
+// the follower when the link fails. The sequencer, serving alone, has
+// lost every I_T nexus through the follower, and SPC-2 releases a SCSI-2
+// reservation on the loss of its nexus: h2 writes through the sequencer
+// (before, RESERVATION CONFLICT for as long as the split lasted, and the
+// holder could not release, the follower answering NOT READY).
+func TestPairSCSI2ReleasedWhenFollowerFenced(t *testing.T) {
+	h, h1B, h2A, h2B := newUAPair(t)
+	mustGood(t, h1B, "RESERVE(6) by h1", reserve6(), nil)
+	if r, _ := h2A.doPastUA(testUnitReady(), nil, 0); r.Status != scsi.StatusReservationConflict {
+		t.Fatalf("TEST UNIT READY by h2 while h1 holds the reservation: %s", describe(r))
+	}
+	h.split()
+	h.writeEventually(h2A, 64, 1, "a write by h2 through the sequencer serving alone (h1's reservation, held through the fenced follower, released)")
+	h.heal()
+	h.writeEventually(h2B, 72, 2, "a write by h2 through the follower after rejoin")
+}
+
+// TestPairSCSI2ReleasedWhenFollowerKilled: as above with the follower's
+// process gone: the survivor releases the reservation held through it,
+// and the restarted follower's nexuses start afresh.
+func TestPairSCSI2ReleasedWhenFollowerKilled(t *testing.T) {
+	h, h1B, h2A, _ := newUAPair(t)
+	mustGood(t, h1B, "RESERVE(6) by h1", reserve6(), nil)
+	h.stopArrayRun(1)
+	h.log.Info("follower stopped")
+	h.waitServingAlone(0)
+	h.writeEventually(h2A, 64, 1, "a write by h2 through the survivor (h1's reservation, held through the dead follower, released)")
+	h.startArrayRun(1)
+	h.waitInSync(60 * time.Second)
+	h2B := newInitiator(h.arrays[1], uaIQN2, 0x902)
+	h.writeEventually(h2B, 72, 2, "a write by h2 through the restarted follower")
+}
+
+// TestPairTargetResetAnnouncedOnPeer: h2 holds RESERVE(6) through the
+// sequencer; h1 sends TARGET WARM RESET through the follower. A reset
+// releases a SCSI-2 reservation whoever holds it (SPC-2), and every I_T
+// nexus of the unit hears of the reset with a unit attention: h2's path
+// through the sequencer too (before, its reservation was gone without a
+// word there), and h1's path through the sequencer.
+func TestPairTargetResetAnnouncedOnPeer(t *testing.T) {
+	h, h1B, h2A, h2B := newUAPair(t)
+	a := h.arrays[0]
+	h1A := newInitiator(a, pairIQN, 0x903)
+	h.ready(h1A)
+	mustGood(t, h2A, "RESERVE(6) by h2", reserve6(), nil)
+	if resp := h1B.arr.Target().TaskManagement(context.Background(), h1B.nexus, scsi.TargetWarmReset, 0, 0); resp != scsi.TMFComplete {
+		t.Fatalf("TARGET WARM RESET by h1 through the follower: response %d", resp)
+	}
+	for _, in := range []*initiator{h2A, h1A, h1B, h2B} {
+		uas, r := in.drainUAs()
+		if !hasUA(uas, scsi.SensePowerOnReset()) {
+			t.Errorf("%s through %s heard %v after a target reset of the unit; want POWER ON, RESET", in.nexus.InitiatorName, in.arr.cfg.Name, uas)
+		}
+		if r.Status != scsi.StatusGood {
+			t.Errorf("TEST UNIT READY by %s through %s after the reset released the reservation: %s", in.nexus.InitiatorName, in.arr.cfg.Name, describe(r))
+		}
+	}
+}
