@@ -566,17 +566,10 @@ func blocksText(lba uint64, data []byte) string {
 	return strings.Join(s, " ")
 }
 
-// prOut is PERSISTENT RESERVE OUT with service action sa (1 RESERVE, 2
+// prOutCDB is PERSISTENT RESERVE OUT with service action sa (1 RESERVE, 2
 // RELEASE), reservation key key and type typ.
 func prOutCDB(sa byte, key uint64, typ byte) (cdb, param []byte) {
-	param = make([]byte, 24)
-	binary.BigEndian.PutUint64(param[0:8], key)
-	cdb = make([]byte, 10)
-	cdb[0] = 0x5f
-	cdb[1] = sa
-	cdb[2] = typ
-	binary.BigEndian.PutUint32(cdb[5:9], 24)
-	return cdb, param
+	return prOut(sa, typ, key, 0)
 }
 
 // prInReadReservation is PERSISTENT RESERVE IN READ RESERVATION.

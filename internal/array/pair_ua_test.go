@@ -2,6 +2,7 @@ package array
 
 import (
 	"context"
+	"encoding/binary"
 	"slices"
 	"testing"
 	"time"
@@ -103,6 +104,20 @@ func hasUA(uas []scsi.Sense, s scsi.Sense) bool {
 	return slices.ContainsFunc(uas, func(u scsi.Sense) bool { return u.Is(s) })
 }
 
+// prOut is PERSISTENT RESERVE OUT service action sa with type typ, key
+// and service action key.
+func prOut(sa, typ byte, key, sakey uint64) (cdb, param []byte) {
+	param = make([]byte, 24)
+	binary.BigEndian.PutUint64(param[0:8], key)
+	binary.BigEndian.PutUint64(param[8:16], sakey)
+	cdb = make([]byte, 10)
+	cdb[0] = 0x5f
+	cdb[1] = sa
+	cdb[2] = typ
+	binary.BigEndian.PutUint32(cdb[5:9], 24)
+	return cdb, param
+}
+
 // mustGood runs a command (past unit attentions) and fails the test
 // unless it is GOOD.
 func mustGood(t *testing.T, in *initiator, what string, cdb, out []byte) {
@@ -117,7 +132,8 @@ func mustGood(t *testing.T, in *initiator, what string, cdb, out []byte) {
 // lost every I_T nexus through the follower, and SPC-2 releases a SCSI-2
 // reservation on the loss of its nexus: h2 writes through the sequencer
 // (before, RESERVATION CONFLICT for as long as the split lasted, and the
-// holder could not release, the follower answering NOT READY).
+// holder could not release, the follower answering NOT READY). On rejoin
+// the holder's path hears I_T NEXUS LOSS OCCURRED (29/07), and only it.
 func TestPairSCSI2ReleasedWhenFollowerFenced(t *testing.T) {
 	h, h1B, h2A, h2B := newUAPair(t)
 	mustGood(t, h1B, "RESERVE(6) by h1", reserve6(), nil)
@@ -127,6 +143,16 @@ func TestPairSCSI2ReleasedWhenFollowerFenced(t *testing.T) {
 	h.split()
 	h.writeEventually(h2A, 64, 1, "a write by h2 through the sequencer serving alone (h1's reservation, held through the fenced follower, released)")
 	h.heal()
+	uas, r := h1B.drainUAs()
+	if r.Status != scsi.StatusGood {
+		t.Fatalf("TEST UNIT READY by h1 through the follower after rejoin: %s", describe(r))
+	}
+	if !hasUA(uas, scsi.SenseNexusLoss()) {
+		t.Errorf("h1's path through the follower, whose reservation the split released, heard %v on rejoin; want I_T NEXUS LOSS OCCURRED", uas)
+	}
+	if uas, _ := h2B.drainUAs(); hasUA(uas, scsi.SenseNexusLoss()) {
+		t.Errorf("h2's path through the follower, which held nothing, heard %v on rejoin", uas)
+	}
 	h.writeEventually(h2B, 72, 2, "a write by h2 through the follower after rejoin")
 }
 
@@ -169,5 +195,88 @@ func TestPairTargetResetAnnouncedOnPeer(t *testing.T) {
 		if r.Status != scsi.StatusGood {
 			t.Errorf("TEST UNIT READY by %s through %s after the reset released the reservation: %s", in.nexus.InitiatorName, in.arr.cfg.Name, describe(r))
 		}
+	}
+}
+
+// TestPairPreemptDuringSplitNoticed: h1 registers through the follower;
+// while the follower is suspended, h2 preempts h1's registration through
+// the sequencer. On rejoin h1's path hears REGISTRATIONS PREEMPTED
+// (2A/05), as on one array; before, only ASYMMETRIC ACCESS STATE CHANGED.
+func TestPairPreemptDuringSplitNoticed(t *testing.T) {
+	h, h1B, h2A, h2B := newUAPair(t)
+	const k1, k2 = 0xb1, 0xa2
+	cdb, p := prRegister(k1, false)
+	mustGood(t, h1B, "REGISTER by h1", cdb, p)
+	cdb, p = prRegister(k2, false)
+	mustGood(t, h2A, "REGISTER by h2", cdb, p)
+	h.split()
+	cdb, p = prOut(0x04, 0x01, k2, k1)
+	mustGood(t, h2A, "PREEMPT of h1's key by h2 during the split", cdb, p)
+	h.heal()
+	uas, _ := h1B.drainUAs()
+	if !hasUA(uas, scsi.SenseRegistrationsPreempted()) {
+		t.Errorf("h1's path through the follower heard %v on rejoin; want REGISTRATIONS PREEMPTED", uas)
+	}
+	if uas, _ := h2B.drainUAs(); hasUA(uas, scsi.SenseRegistrationsPreempted()) {
+		t.Errorf("h2's path through the follower, which preempted, heard %v on rejoin", uas)
+	}
+}
+
+// TestPairLUNResetDuringSplitNoticed: a LOGICAL UNIT RESET through the
+// sequencer while the follower is suspended reaches every nexus of the
+// unit on one array; on rejoin the follower's paths hear of it (29/xx).
+// A reset sent to the suspended follower is heard there at once and not
+// again on rejoin.
+func TestPairLUNResetDuringSplitNoticed(t *testing.T) {
+	h, h1B, h2A, h2B := newUAPair(t)
+	h.split()
+	// h2's reset through the follower, which does not serve the pod: its
+	// own paths hear of it now.
+	if resp := h2B.arr.Target().TaskManagement(context.Background(), h2B.nexus, scsi.LogicalUnitReset, 0, 0); resp != scsi.TMFComplete {
+		t.Fatalf("LOGICAL UNIT RESET through the suspended follower: response %d", resp)
+	}
+	h2B.drainUAs()
+	h1B.drainUAs()
+	h.heal()
+	if uas, _ := h2B.drainUAs(); slices.ContainsFunc(uas, func(s scsi.Sense) bool { return s.ASC == 0x29 }) {
+		t.Errorf("h2's path through the follower heard its own reset again on rejoin: %v", uas)
+	}
+	h.split()
+	if resp := h2A.arr.Target().TaskManagement(context.Background(), h2A.nexus, scsi.LogicalUnitReset, 0, 0); resp != scsi.TMFComplete {
+		t.Fatalf("LOGICAL UNIT RESET through the sequencer during the split: response %d", resp)
+	}
+	h.heal()
+	for _, in := range []*initiator{h1B, h2B} {
+		uas, _ := in.drainUAs()
+		if !slices.ContainsFunc(uas, func(s scsi.Sense) bool { return s.ASC == 0x29 }) {
+			t.Errorf("%s through the follower heard %v on rejoin after a LOGICAL UNIT RESET during the split; want a 29/xx", in.nexus.InitiatorName, uas)
+		}
+	}
+}
+
+// TestPairSequencerRestartNoticed: registrations made without APTPL are
+// lost when the sequencer restarts (a power on); the follower, which
+// kept them while it was suspended, installs the restarted sequencer's
+// state on rejoin, and its paths must hear POWER ON, RESET as on one
+// array (before, the keys vanished there without a word).
+func TestPairSequencerRestartNoticed(t *testing.T) {
+	h, h1B, _, _ := newUAPair(t)
+	cdb, p := prRegister(0xb1, false)
+	mustGood(t, h1B, "REGISTER by h1", cdb, p)
+	h.stopArrayRun(0)
+	h.log.Info("sequencer stopped")
+	h.startArrayRun(0)
+	h.waitInSync(60 * time.Second)
+	uas, r := h1B.drainUAs()
+	if r.Status != scsi.StatusGood {
+		t.Fatalf("TEST UNIT READY by h1 through the follower after rejoin: %s", describe(r))
+	}
+	if !hasUA(uas, scsi.SensePowerOnReset()) {
+		t.Errorf("h1's path through the follower heard %v after the sequencer restarted and lost its registration; want POWER ON, RESET", uas)
+	}
+	r, _ = h1B.doPastUA(prInReadKeys(), nil, 1024)
+	keys, err := parseKeys(r.Data)
+	if err != nil || len(keys) != 0 {
+		t.Errorf("READ KEYS through the follower after the sequencer restarted: %v %v (%s), want none", keys, err, describe(r))
 	}
 }

@@ -289,7 +289,10 @@ func (v *Volume) Readable(ctx context.Context) error {
 	return err
 }
 
-// ShareReservations implements scsi.Replica.
+// ShareReservations implements scsi.Replica. While the follower
+// receives a copy, it may lack changes made before (it was cut off): the
+// update is marked Resync, for it to give its nexuses the unit
+// attentions they missed.
 func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate) error {
 	rt, err := v.rt()
 	if rt == nil {
@@ -299,6 +302,9 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 	}
 	if rt.role() != pod.Sequencer {
 		return nil
+	}
+	if rt.mode().state == pod.Syncing {
+		u.Resync = true
 	}
 	m := reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u}
 	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
@@ -322,6 +328,17 @@ func (v *Volume) Reset(ctx context.Context, lunReset bool) {
 	if _, err := call(ctx, md.sess, msgReset, md.epoch, payload); err != nil {
 		v.r.log.Warn("reset on the peer failed", "pod", v.pod, "err", err)
 	}
+}
+
+// Decides implements scsi.Replica: a local pod's array decides, a
+// stretched pod's sequencer does (not an array whose runtime of the pod
+// does not run).
+func (v *Volume) Decides() bool {
+	rt, err := v.rt()
+	if rt == nil {
+		return err == nil
+	}
+	return rt.role() == pod.Sequencer
 }
 
 // errEpoch refuses a message of another epoch.

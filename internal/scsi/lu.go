@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,13 @@ type LogicalUnit struct {
 		// swp is the SWP (software write protect) bit of the control
 		// mode page.
 		swp bool
+		// resets and incarnation are as in ReservationUpdate: the
+		// unit's resets and its state's life as this array's nexuses
+		// heard of them. known is set once the state was shared with
+		// the peer or installed from it (a unit that never was has no
+		// life its nexuses heard of to compare).
+		resets, incarnation uint64
+		known               bool
 	}
 }
 
@@ -124,6 +132,7 @@ func NewLogicalUnit(cfg LUConfig) *LogicalUnit {
 	}
 	lu.size.Store(cfg.Size)
 	lu.mu.nexus = make(map[string]*nexusState)
+	lu.mu.incarnation = rand.Uint64() | 1
 	if len(cfg.LoadedPR) > 0 {
 		st, err := UnmarshalReservationState(cfg.LoadedPR)
 		if err != nil {
@@ -286,10 +295,15 @@ func (lu *LogicalUnit) noticeLocked(notices []PRNotice) {
 
 // reset performs the logical-unit part of a reset: the SCSI-2 reservation
 // is released, mode parameters return to their defaults and every nexus
-// gets unit attention ua. Persistent reservations are kept.
+// gets unit attention ua. Persistent reservations are kept. Where the
+// unit's state is decided the reset is counted, for a peer that missed it.
 func (lu *LogicalUnit) reset(ua Sense) {
+	decides := lu.replica.Decides()
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
+	if decides {
+		lu.mu.resets++
+	}
 	lu.mu.res.SCSI2 = nil
 	lu.mu.swp = false
 	for _, ns := range lu.mu.nexus {

@@ -39,6 +39,11 @@ type Replica interface {
 	// Reset is called after a reset here: the peer performs the same
 	// reset of the unit (ResetFromPeer).
 	Reset(ctx context.Context, lunReset bool)
+	// Decides reports whether this array decides the unit's shared state
+	// now: it is the pod's sequencer (with its peer or alone), or the
+	// unit is local. Only such an array counts the unit's resets
+	// (ReservationUpdate.Resets).
+	Decides() bool
 }
 
 // ReservationUpdate is the reservation state of a logical unit after a
@@ -56,6 +61,18 @@ type ReservationUpdate struct {
 	// CHANGED).
 	SWP           bool     `json:"swp,omitempty"`
 	ModeChangedBy *PRNexus `json:"mode_changed_by,omitempty"`
+	// Resets counts the resets of the unit performed where its state is
+	// decided, and Incarnation names the life of that state: a new one
+	// when a logical unit starts without its peer's state (an array
+	// restarted), which is a power on for the peer's nexuses.
+	Resets      uint64 `json:"resets,omitempty"`
+	Incarnation uint64 `json:"incarnation,omitempty"`
+	// Resync marks an update sent while the peer receives a copy (the
+	// full state ShareReservationsNow sends when the copy starts, and
+	// every change until the peer is in sync): the peer may have missed
+	// changes, and compares the update with the state it holds to give
+	// its nexuses the unit attentions they missed (missedAttentions).
+	Resync bool `json:"resync,omitempty"`
 }
 
 // localReplica is the Replica of a unit created without one.
@@ -66,12 +83,14 @@ func (localReplica) Ordering() bool                                             
 func (localReplica) Readable(context.Context) error                             { return nil }
 func (localReplica) ShareReservations(context.Context, ReservationUpdate) error { return nil }
 func (localReplica) Reset(context.Context, bool)                                {}
+func (localReplica) Decides() bool                                              { return true }
 
 // update returns the ReservationUpdate announcing the current state with
 // notices and aborts. lu.mu must be held.
 func (lu *LogicalUnit) updateLocked(notices []PRNotice, abort []Registration) ReservationUpdate {
 	st := lu.mu.res.Clone()
-	return ReservationUpdate{State: st, SCSI2: st.SCSI2, Notices: notices, Abort: abort, SWP: lu.mu.swp}
+	return ReservationUpdate{State: st, SCSI2: st.SCSI2, Notices: notices, Abort: abort, SWP: lu.mu.swp,
+		Resets: lu.mu.resets, Incarnation: lu.mu.incarnation}
 }
 
 // share sends the current reservation state to the peer. lu.prMu must be
@@ -103,6 +122,8 @@ func (lu *LogicalUnit) ShareReservationsNow(ctx context.Context) error {
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
 	u := lu.updateLocked(nil, nil)
+	u.Resync = true
+	lu.mu.known = true
 	lu.mu.Unlock()
 	return lu.replica.ShareReservations(ctx, u)
 }
@@ -127,6 +148,7 @@ func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpd
 		return fmt.Errorf("install reservations: %w", err)
 	}
 	lu.mu.Lock()
+	lu.catchUpLocked(u)
 	lu.mu.res = next
 	lu.mu.swp = u.SWP
 	if u.ModeChangedBy != nil {
