@@ -280,3 +280,45 @@ func TestPairSequencerRestartNoticed(t *testing.T) {
 		t.Errorf("READ KEYS through the follower after the sequencer restarted: %v %v (%s), want none", keys, err, describe(r))
 	}
 }
+
+// TestPairFailoverUnitAttentions: h2 registers through the sequencer,
+// h1 through the follower; the link is cut and the follower, preferred,
+// wins; h1 preempts h2's registration through the winner. When the old
+// sequencer rejoins (as the follower now), h2's path through it hears
+// REGISTRATIONS PREEMPTED as on one array.
+func TestPairFailoverUnitAttentions(t *testing.T) {
+	h := newMediatedPair(t, 1)
+	a, b := h.arrays[0], h.arrays[1]
+	h.apply(a, catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{uaIQN2}}},
+		catalog.Connect{Volume: pairVolume, Host: "h2"})
+	h.waitLUN(b, uaIQN2, 0)
+	h1B, h2A := newInitiator(b, pairIQN, 0x910), newInitiator(a, uaIQN2, 0x911)
+	h.ready(h1B, h2A)
+	const k1, k2 = 0xb1, 0xa2
+	cdb, p := prRegister(k1, false)
+	mustGood(t, h1B, "REGISTER by h1", cdb, p)
+	cdb, p = prRegister(k2, false)
+	mustGood(t, h2A, "REGISTER by h2", cdb, p)
+	h.proxy.Partition(true)
+	h.waitWinner(1, "array-b to win and serve alone, array-a to suspend")
+	cdb, p = prOut(0x04, 0x01, k1, k2)
+	mustGood(t, h1B, "PREEMPT of h2's key by h1 through the winner", cdb, p)
+	h.heal()
+	if uas, _ := h2A.drainUAs(); !hasUA(uas, scsi.SenseRegistrationsPreempted()) {
+		t.Errorf("h2's path through the old sequencer heard %v on rejoin; want REGISTRATIONS PREEMPTED", uas)
+	}
+}
+
+// TestPairSCSI2ReleasedOnRemoval: h1 holds RESERVE(6) through the
+// follower, which the sequencer then removes from the pod: the nexuses
+// through the removed array are gone for the pod, and the reservation
+// with them.
+func TestPairSCSI2ReleasedOnRemoval(t *testing.T) {
+	h, h1B, h2A, _ := newUAPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	mustGood(t, h1B, "RESERVE(6) by h1", reserve6(), nil)
+	if err := a.UnstretchPod(h.ctx, pairPod, b.cfg.Name); err != nil {
+		t.Fatalf("remove %s from the pod: %v", b.cfg.Name, err)
+	}
+	h.writeEventually(h2A, 64, 1, "a write by h2 through the array that kept the pod")
+}
