@@ -83,4 +83,13 @@
 //     and replicate it; the logical unit only stores it, persists it through
 //     LUConfig.PersistPR while APTPL is set and turns its effects into unit
 //     attentions and task aborts.
+//   - In a stretched pod the unit's reservations, mode parameters and
+//     resets are decided where the pod is sequenced and shared with the
+//     peer (Replica). The loss of the peer is the loss of every I_T nexus
+//     through it: the array that serves alone releases the SCSI-2
+//     reservation held through the peer's port (PortLost). A target reset
+//     through either array resets the unit on both. Unit attentions are
+//     part of the replicated state: a peer that rejoins compares the
+//     state it is sent with the one it holds and gives its nexuses what
+//     they missed (rejoin.go).
 package scsi
