@@ -3,6 +3,7 @@ package array
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -33,6 +34,21 @@ func newUAPair(t *testing.T) (h *pairHarness, h1B, h2A, h2B *initiator) {
 	h2B = newInitiator(b, uaIQN2, 0x902)
 	h.ready(h1B, h2A, h2B)
 	return h, h1B, h2A, h2B
+}
+
+// newUAMediatedPair is newUAPair with a mediator and the follower
+// preferred (it wins a race): h1's path through the follower, h2's
+// through the sequencer.
+func newUAMediatedPair(t *testing.T) (h *pairHarness, h1B, h2A *initiator) {
+	t.Helper()
+	h = newMediatedPair(t, 1)
+	a, b := h.arrays[0], h.arrays[1]
+	h.apply(a, catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{uaIQN2}}},
+		catalog.Connect{Volume: pairVolume, Host: "h2"})
+	h.waitLUN(b, uaIQN2, 0)
+	h1B, h2A = newInitiator(b, pairIQN, 0x910), newInitiator(a, uaIQN2, 0x911)
+	h.ready(h1B, h2A)
+	return h, h1B, h2A
 }
 
 // stopArrayRun ends array i's Run, as if its process died (the peer
@@ -287,13 +303,7 @@ func TestPairSequencerRestartNoticed(t *testing.T) {
 // sequencer rejoins (as the follower now), h2's path through it hears
 // REGISTRATIONS PREEMPTED as on one array.
 func TestPairFailoverUnitAttentions(t *testing.T) {
-	h := newMediatedPair(t, 1)
-	a, b := h.arrays[0], h.arrays[1]
-	h.apply(a, catalog.CreateHost{Host: catalog.Host{Name: "h2", IQNs: []string{uaIQN2}}},
-		catalog.Connect{Volume: pairVolume, Host: "h2"})
-	h.waitLUN(b, uaIQN2, 0)
-	h1B, h2A := newInitiator(b, pairIQN, 0x910), newInitiator(a, uaIQN2, 0x911)
-	h.ready(h1B, h2A)
+	h, h1B, h2A := newUAMediatedPair(t)
 	const k1, k2 = 0xb1, 0xa2
 	cdb, p := prRegister(k1, false)
 	mustGood(t, h1B, "REGISTER by h1", cdb, p)
@@ -321,4 +331,54 @@ func TestPairSCSI2ReleasedOnRemoval(t *testing.T) {
 		t.Fatalf("remove %s from the pod: %v", b.cfg.Name, err)
 	}
 	h.writeEventually(h2A, 64, 1, "a write by h2 through the array that kept the pod")
+}
+
+// TestPairLUNsChangedDuringSplitNoticed: a volume disconnected from h1
+// through the sequencer while the follower is suspended (adding one
+// waits for the follower to check it) reaches the follower with the
+// pod's configuration on rejoin, and h1's path through it hears REPORTED
+// LUNS DATA HAS CHANGED: the follower compares its LUN table with the one
+// before, as for any change of configuration.
+func TestPairLUNsChangedDuringSplitNoticed(t *testing.T) {
+	h, h1B, _, _ := newUAPair(t)
+	a, b := h.arrays[0], h.arrays[1]
+	const vol2 = pairPod + "::vol2"
+	h.apply(a, catalog.CreateVolume{Name: vol2, UUID: newID(), Size: pairVolSize, Created: time.Now()},
+		catalog.Connect{Volume: vol2, Host: pairHost, LUN: lun(1)})
+	h.waitLUN(b, pairIQN, 1)
+	h1B.drainUAs()
+	h.split()
+	h.apply(a, catalog.Disconnect{Volume: vol2, Host: pairHost})
+	h.heal()
+	h.waitFor("h1 disconnected from vol2 on the follower", 30*time.Second, func() (bool, string) {
+		luns := b.view.LUNs(pairIQN)
+		return !slices.Contains(luns, 1), fmt.Sprintf("LUNs %v", luns)
+	})
+	if uas, _ := h1B.drainUAs(); !hasUA(uas, scsi.SenseLUNsChanged()) {
+		t.Errorf("h1's path through the follower heard %v on rejoin after a volume was disconnected from it during the split; want REPORTED LUNS DATA HAS CHANGED", uas)
+	}
+}
+
+// TestPairSCSI2ReleasedWhenSequencerFenced: the mirror image of
+// TestPairSCSI2ReleasedWhenFollowerFenced after a failover: h2 holds
+// RESERVE(6) through the sequencer, which is then isolated; the follower
+// wins the race and releases the reservation held through the loser's
+// port (it holds the state the sequencer shared), so h1 writes through
+// it. On rejoin h2's path through the old sequencer hears I_T NEXUS LOSS
+// OCCURRED.
+func TestPairSCSI2ReleasedWhenSequencerFenced(t *testing.T) {
+	h, h1B, h2A := newUAMediatedPair(t)
+	mustGood(t, h2A, "RESERVE(6) by h2", reserve6(), nil)
+	if r, _ := h1B.doPastUA(testUnitReady(), nil, 0); r.Status != scsi.StatusReservationConflict {
+		t.Fatalf("TEST UNIT READY by h1 while h2 holds the reservation: %s", describe(r))
+	}
+	h.medProxy[0].Partition(true)
+	h.proxy.Partition(true)
+	h.waitWinner(1, "array-b to win, array-a isolated")
+	h.writeEventually(h1B, 64, 1, "a write by h1 through the winner (h2's reservation, held through the fenced sequencer, released)")
+	h.medProxy[0].Partition(false)
+	h.heal()
+	if uas, _ := h2A.drainUAs(); !hasUA(uas, scsi.SenseNexusLoss()) {
+		t.Errorf("h2's path through the old sequencer heard %v on rejoin; want I_T NEXUS LOSS OCCURRED", uas)
+	}
 }
