@@ -566,10 +566,17 @@ func blocksText(lba uint64, data []byte) string {
 	return strings.Join(s, " ")
 }
 
-// prOutCDB is PERSISTENT RESERVE OUT with service action sa (1 RESERVE, 2
+// prOut is PERSISTENT RESERVE OUT with service action sa (1 RESERVE, 2
 // RELEASE), reservation key key and type typ.
 func prOutCDB(sa byte, key uint64, typ byte) (cdb, param []byte) {
-	return prOut(sa, typ, key, 0)
+	param = make([]byte, 24)
+	binary.BigEndian.PutUint64(param[0:8], key)
+	cdb = make([]byte, 10)
+	cdb[0] = 0x5f
+	cdb[1] = sa
+	cdb[2] = typ
+	binary.BigEndian.PutUint32(cdb[5:9], 24)
+	return cdb, param
 }
 
 // prInReadReservation is PERSISTENT RESERVE IN READ RESERVATION.

@@ -2,7 +2,6 @@ package array
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"testing"
@@ -120,20 +119,6 @@ func hasUA(uas []scsi.Sense, s scsi.Sense) bool {
 	return slices.ContainsFunc(uas, func(u scsi.Sense) bool { return u.Is(s) })
 }
 
-// prOut is PERSISTENT RESERVE OUT service action sa with type typ, key
-// and service action key.
-func prOut(sa, typ byte, key, sakey uint64) (cdb, param []byte) {
-	param = make([]byte, 24)
-	binary.BigEndian.PutUint64(param[0:8], key)
-	binary.BigEndian.PutUint64(param[8:16], sakey)
-	cdb = make([]byte, 10)
-	cdb[0] = 0x5f
-	cdb[1] = sa
-	cdb[2] = typ
-	binary.BigEndian.PutUint32(cdb[5:9], 24)
-	return cdb, param
-}
-
 // mustGood runs a command (past unit attentions) and fails the test
 // unless it is GOOD.
 func mustGood(t *testing.T, in *initiator, what string, cdb, out []byte) {
@@ -226,7 +211,7 @@ func TestPairPreemptDuringSplitNoticed(t *testing.T) {
 	cdb, p = prRegister(k2, false)
 	mustGood(t, h2A, "REGISTER by h2", cdb, p)
 	h.split()
-	cdb, p = prOut(0x04, 0x01, k2, k1)
+	cdb, p = prPreempt(k2, k1, 0x01)
 	mustGood(t, h2A, "PREEMPT of h1's key by h2 during the split", cdb, p)
 	h.heal()
 	uas, _ := h1B.drainUAs()
@@ -311,7 +296,7 @@ func TestPairFailoverUnitAttentions(t *testing.T) {
 	mustGood(t, h2A, "REGISTER by h2", cdb, p)
 	h.proxy.Partition(true)
 	h.waitWinner(1, "array-b to win and serve alone, array-a to suspend")
-	cdb, p = prOut(0x04, 0x01, k1, k2)
+	cdb, p = prPreempt(k1, k2, 0x01)
 	mustGood(t, h1B, "PREEMPT of h2's key by h1 through the winner", cdb, p)
 	h.heal()
 	if uas, _ := h2A.drainUAs(); !hasUA(uas, scsi.SenseRegistrationsPreempted()) {
