@@ -115,6 +115,8 @@ type linClient struct {
 	// its last READ KEYS listed, which PREEMPT AND ABORT picks from.
 	key  uint64
 	seen []uint64
+	// unsure is the client's last command when its outcome was unknown.
+	unsure *linInput
 	// fresh hands out write-once units; freshMu guards freshes.
 	fresh   *atomic.Int64
 	freshMu *sync.Mutex
@@ -218,6 +220,9 @@ func (c *linClient) step() bool {
 			break
 		}
 		in.Values[0], in.Values[1] = c.key, victims[c.rng.IntN(len(victims))]
+		if u := c.unsure; u != nil && u.Kind == linPreempt && u.Values == in.Values {
+			in.Retry = true
+		}
 		cdb, out = prOutCDB(prPreemptAndAbort, in.Values[0], 5)
 		binary.BigEndian.PutUint64(out[8:16], in.Values[1])
 	}
@@ -229,6 +234,7 @@ func (c *linClient) step() bool {
 	r, _ := c.in.doPastUA(cdb, out, dataIn)
 	ret := c.rec.now()
 	var o linOutput
+	c.unsure = nil
 	switch {
 	case r.Status == scsi.StatusGood && !r.Aborted:
 		switch in.Kind {
@@ -271,6 +277,7 @@ func (c *linClient) step() bool {
 			return false
 		}
 		o.Unknown, o.Sense = true, describe(r)
+		c.unsure = &in
 		c.stats.count(in.Kind.String(), "unknown")
 		c.rec.add(c.id, in, o, call, ret)
 		return false

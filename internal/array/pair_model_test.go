@@ -54,6 +54,11 @@ type linInput struct {
 	// for a registration [0] is the key (0: unregister); for a PREEMPT
 	// AND ABORT [0] is the client's own key and [1] the key preempted.
 	Values [linUnits]uint64
+	// Retry marks a PREEMPT AND ABORT identical to the client's previous
+	// command, whose outcome it did not learn: the array may answer it
+	// with that command's outcome (a retry of a lost answer) when the
+	// state shows it took effect.
+	Retry bool
 }
 
 // linOutput is what the client saw.
@@ -145,7 +150,11 @@ func linStep(s linState, in linInput, out linOutput) []linState {
 			}
 		}
 		valid := in.Values[0] != 0 && s.Keys[in.Client] == in.Values[0] && removed
+		replayed := in.Retry && !valid && in.Values[0] != 0 && s.Keys[in.Client] == in.Values[0] && !slices.Contains(s.Keys[:], in.Values[1])
 		switch {
+		case replayed && !out.Conflict:
+			// The first outcome, GOOD, of the attempt that took effect.
+			return []linState{s}
 		case out.Unknown && valid:
 			return maybe(next)
 		case out.Unknown || (out.Conflict && !valid):

@@ -312,6 +312,7 @@ func TestPairModel(t *testing.T) {
 		return in
 	}
 	conflict := linOutput{Conflict: true}
+	retry := func(in linInput) linInput { in.Retry = true; return in }
 	registered := []porcupine.Operation{op(reg(0, 7), linOutput{}, 0, 1), op(reg(1, 5), linOutput{}, 2, 3)}
 	for _, tc := range []struct {
 		name string
@@ -324,6 +325,8 @@ func TestPairModel(t *testing.T) {
 		{"preempt by a stale key conflicts", []porcupine.Operation{op(preempt(0, 8, 5), conflict, 4, 5), op(keys, linOutput{Keys: []uint64{5, 7}}, 6, 7)}, true},
 		{"preempt of a registered key conflicts", []porcupine.Operation{op(preempt(0, 7, 5), conflict, 4, 5)}, false},
 		{"preempt of unknown outcome taken", []porcupine.Operation{op(preempt(0, 7, 5), unknown, 4, 100), op(keys, linOutput{Keys: []uint64{7}}, 6, 7)}, true},
+		{"retry of a preempt that took effect answered GOOD", []porcupine.Operation{op(preempt(0, 7, 5), unknown, 4, 100), op(keys, linOutput{Keys: []uint64{7}}, 6, 7), op(retry(preempt(0, 7, 5)), linOutput{}, 8, 9)}, true},
+		{"new preempt of a removed key answered GOOD", []porcupine.Operation{op(preempt(0, 7, 5), unknown, 4, 100), op(keys, linOutput{Keys: []uint64{7}}, 6, 7), op(preempt(0, 7, 5), linOutput{}, 8, 9)}, false},
 		{"preempted client registers again", []porcupine.Operation{op(preempt(0, 7, 5), linOutput{}, 4, 5), op(reg(1, 6), linOutput{}, 6, 7), op(keys, linOutput{Keys: []uint64{6, 7}}, 8, 9)}, true},
 	} {
 		if got := porcupine.CheckOperations(linModel(), append(slices.Clone(registered), tc.ops...)); got != tc.ok {
