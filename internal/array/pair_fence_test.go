@@ -65,7 +65,8 @@ func prMust(t *testing.T, in *initiator, what string, cdb, param []byte) {
 // with exactly one node fenced, the same keys on both arrays, and the
 // link and the pod's epoch untouched. It runs over a 5 ms and a 40 ms
 // round trip, 20 rounds each; every command must end within a bound
-// (a liveness check, not a timing assertion).
+// (a liveness check, not a timing assertion), and the fenced node's
+// writes are refused.
 func TestPairFenceRace(t *testing.T) {
 	for _, rtt := range []time.Duration{5 * time.Millisecond, 40 * time.Millisecond} {
 		t.Run(fmt.Sprintf("rtt=%v", rtt), func(t *testing.T) {
@@ -108,7 +109,12 @@ func TestPairFenceRace(t *testing.T) {
 						go func() {
 							defer func() { done <- struct{}{} }()
 							<-start
-							res[i] = f.in.do(cdb, p, 0)
+							if i == 0 && round%2 == 1 {
+								// Odd rounds give node2's fence, which
+								// has the link to cross, a head start.
+								time.Sleep(rtt / 2)
+							}
+							res[i], _ = f.in.doPastUA(cdb, p, 0)
 						}()
 					}
 					close(start)
@@ -141,6 +147,12 @@ func TestPairFenceRace(t *testing.T) {
 					if got := keysThrough(t, in); !slices.Equal(got, want) {
 						t.Fatalf("round %d: node%d fenced; keys through %s %x, want %x", round, 2-good, in.arr.cfg.Name, got, want)
 					}
+				}
+				// The fenced node can no longer write.
+				fenced := []*initiator{node2, node1}[good]
+				d := unitData(0, uint64(round+1))
+				if r, _ := fenced.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusReservationConflict {
+					t.Fatalf("round %d: a write by fenced node%d through %s: %s, want RESERVATION CONFLICT", round, 2-good, fenced.arr.cfg.Name, describe(r))
 				}
 			}
 			t.Logf("fences won: node1 (sequencer) %d, node2 (follower) %d", wins[0], wins[1])

@@ -90,7 +90,8 @@ type Config struct {
 	// Timeout is the link's dead-peer timeout (default 1s). It bounds a
 	// lost peer's read lease, so that a winner serves alone at most
 	// Timeout after the peer was last heard from, and how long a
-	// mirrored write waits for the peer.
+	// mirrored write or reservation change waits for the peer; a
+	// command forwarded to the sequencer waits three times as long.
 	Timeout time.Duration
 	// HeadStart is how long an array that is not a pod's failover
 	// preference waits before it races for the pod (default 1s).

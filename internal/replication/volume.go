@@ -179,9 +179,18 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 		msgUnmap, payload, nil)
 }
 
+// forwardTimeouts is how many link timeouts a forwarded command is given
+// to be answered (Config.Timeout): the sequencer's own wait for this
+// array's copy is bounded by one, the command's wait for its locks
+// there by the commands ahead of it, each bounded so.
+const forwardTimeouts = 3
+
 // Forward implements scsi.Replica: at the follower, run cmd at the
 // sequencer. The command's data-out stays registered until the
-// sequencer's answer, for writes that refer to it.
+// sequencer's answer, for writes that refer to it. A command not
+// answered within forwardTimeouts link timeouts ends the link session:
+// the pod goes through the link-lost path and the host gets a retryable
+// NOT READY.
 func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, bool) {
 	rt, err := v.rt()
 	if rt == nil {
@@ -228,10 +237,19 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	m := &forwardMsg{Pod: v.pod, Volume: v.uuid, ID: id, Cmd: *cmd}
 	v.r.traffic.forward.Add(int64(len(cmd.DataOut)))
 	// The sequencer runs the command to its end whatever happens here,
-	// so the answer is awaited even if the task is aborted meanwhile.
+	// so the answer is awaited even if the task is aborted meanwhile, up
+	// to a deadline: a sequencer that answers pings but not the command
+	// is treated as the link lost (the pod's machine decides), and the
+	// host retries.
+	cmd.Forwarded()
 	pend := goCall(context.WithoutCancel(ctx), md.sess, msgForward, md.epoch, m.encode())
+	deadline := time.NewTimer(forwardTimeouts * v.r.cfg.Timeout)
+	defer deadline.Stop()
 	select {
 	case <-pend.Done():
+	case <-deadline.C:
+		rt.peerFailed(md.sess, fmt.Errorf("the sequencer did not answer a forwarded command within %v", forwardTimeouts*v.r.cfg.Timeout))
+		return notReady(scsi.SenseNotReadyTransitioning()), true
 	case <-f.written:
 		// A plain write is done once both copies hold all its data:
 		// the sequencer said it wrote its copy, and this array applied

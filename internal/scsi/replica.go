@@ -18,7 +18,10 @@ type Replica interface {
 	// runs here. Forward is called only for ordered commands (writes,
 	// COMPARE AND WRITE, WRITE SAME, UNMAP, PERSISTENT RESERVE OUT,
 	// RESERVE, RELEASE and MODE SELECT), after this array has reported its unit
-	// attentions and checked its ALUA state.
+	// attentions and checked its ALUA state. It calls cmd.Forwarded just
+	// before it sends the command, and gives up (a retryable NOT READY)
+	// when the sequencer has not answered within a deadline tied to the
+	// link's timeout.
 	Forward(ctx context.Context, cmd *Command) (*Result, bool)
 	// Ordering reports whether this array orders the unit's writes for a
 	// peer that receives them. Reads then wait for overlapping writes in
@@ -132,6 +135,18 @@ func (lu *LogicalUnit) ShareReservationsNow(ctx context.Context) error {
 // sequencer this unit's state: it is persisted when APTPL is set, the
 // notices become unit attentions on this array's nexuses, and the tasks of
 // aborted registrations running here are aborted.
+//
+// The sequencer waits for this while it holds the unit's reservation
+// lock, so the install waits only for the aborted tasks that run on this
+// array (reads and the other commands served locally): those this array
+// forwarded to the sequencer are marked aborted (their hosts get no
+// status) but not waited for. They run at the sequencer, whose PREEMPT
+// AND ABORT aborts them there and waits for them before it reports GOOD,
+// and one arriving there after the change finds the new reservations:
+// no write of a preempted nexus completes after the PREEMPT's GOOD.
+// Waiting for them here would deadlock when one of them waits at the
+// sequencer for that same lock (two nodes fencing each other through the
+// two arrays).
 func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpdate) error {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
@@ -158,7 +173,7 @@ func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpd
 	lu.mu.Unlock()
 	lu.rememberInstalled(ctx, next)
 	if t := lu.target.Load(); t != nil && len(u.Abort) > 0 {
-		t.abortTasks(ctx, func(tk *task) bool {
+		t.abortHere(ctx, func(tk *task) bool {
 			if tk.lu != lu {
 				return false
 			}
@@ -184,11 +199,13 @@ func (lu *LogicalUnit) InstallReservations(ctx context.Context, u ReservationUpd
 // peer's do, so that a holder here learns its reservation is gone. The
 // tasks of this array's nexuses run on: a target reset aborts the tasks
 // of its own target. At the sequencer the resulting reservation state is
-// shared.
+// shared. Tasks this array forwarded to the sequencer are aborted without
+// being waited for, as in InstallReservations (the sequencer aborts them
+// there).
 func (lu *LogicalUnit) ResetFromPeer(ctx context.Context, lunReset bool) {
 	if lunReset {
 		if t := lu.target.Load(); t != nil {
-			t.abortTasks(ctx, func(o *task) bool { return o.lu == lu })
+			t.abortHere(ctx, func(o *task) bool { return o.lu == lu })
 		}
 		lu.reset(SenseLUNReset())
 	} else {

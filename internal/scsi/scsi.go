@@ -67,6 +67,20 @@ type Command struct {
 	// ExpectedDataIn is the initiator's expected data-in transfer length
 	// (0 for commands with no data-in).
 	ExpectedDataIn uint32
+
+	// task is the command's task while Target.Execute runs it.
+	task *task
+}
+
+// Forwarded tells the target running cmd that it has been sent to the
+// pod's sequencer (Replica.Forward calls it just before it sends): from
+// then on the command runs there, and an abort this array performs for
+// the sequencer (InstallReservations, ResetFromPeer) no longer waits for
+// it here. It does nothing for a command Execute is not running.
+func (c *Command) Forwarded() {
+	if tk := c.task; tk != nil && tk.forwarded.CompareAndSwap(false, true) {
+		close(tk.remote)
+	}
 }
 
 // Result is the outcome of a command.

@@ -57,6 +57,10 @@ type task struct {
 	cancel  context.CancelFunc
 	aborted atomic.Bool
 	done    chan struct{}
+	// remote is closed once the command has been sent to the pod's
+	// sequencer (Command.Forwarded): it runs there from then on.
+	remote    chan struct{}
+	forwarded atomic.Bool
 }
 
 // NewTarget returns a Target.
@@ -119,6 +123,7 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) *Result {
 	key := cmd.Nexus.Key()
 	ctx, tk := t.startTask(ctx, cmd, key, lu)
 	defer t.endTask(cmd, key, tk)
+	cmd.task = tk
 	res := t.dispatch(&exec{ctx: ctx, t: t, lu: lu, cmd: cmd, cdb: cmd.CDB, key: key})
 	if tk.aborted.Load() {
 		return &Result{Aborted: true}
@@ -239,7 +244,7 @@ func (t *Target) dispatch(x *exec) *Result {
 // the context it runs under.
 func (t *Target) startTask(ctx context.Context, cmd *Command, key string, lu *LogicalUnit) (context.Context, *task) {
 	ctx, cancel := context.WithCancel(ctx)
-	tk := &task{nexus: cmd.Nexus, key: key, lun: cmd.LUN, lu: lu, cancel: cancel, done: make(chan struct{})}
+	tk := &task{nexus: cmd.Nexus, key: key, lun: cmd.LUN, lu: lu, cancel: cancel, done: make(chan struct{}), remote: make(chan struct{})}
 	t.mu.Lock()
 	t.mu.tasks[taskKey{key, cmd.Tag}] = tk
 	t.mu.Unlock()
@@ -261,6 +266,24 @@ func (t *Target) endTask(cmd *Command, key string, tk *task) {
 // (until ctx ends) for them to return. It reports the nexuses whose tasks
 // were aborted.
 func (t *Target) abortTasks(ctx context.Context, match func(*task) bool) []Nexus {
+	return t.abort(ctx, match, false)
+}
+
+// abortHere is abortTasks for an abort the pod's sequencer decided and
+// performs itself (a PREEMPT AND ABORT, a logical unit reset): the tasks
+// this array forwarded to the sequencer are aborted here (none reports
+// status) but not waited for, for they run there, and the sequencer's
+// own abort settles them before its command completes. Waiting for them
+// here, while the sequencer waits for this array, could wait for ever: a
+// forwarded command may be waiting at the sequencer for the very lock the
+// sequencer holds while it waits (issue 10, the fencing race).
+func (t *Target) abortHere(ctx context.Context, match func(*task) bool) []Nexus {
+	return t.abort(ctx, match, true)
+}
+
+// abort aborts the tasks match selects and waits for each to end, or,
+// when untilForwarded is set, to end or be forwarded to the sequencer.
+func (t *Target) abort(ctx context.Context, match func(*task) bool, untilForwarded bool) []Nexus {
 	t.mu.Lock()
 	var hit []*task
 	for _, tk := range t.mu.tasks {
@@ -276,8 +299,13 @@ func (t *Target) abortTasks(ctx context.Context, match func(*task) bool) []Nexus
 		nexuses = append(nexuses, tk.nexus)
 	}
 	for _, tk := range hit {
+		var remote <-chan struct{}
+		if untilForwarded {
+			remote = tk.remote
+		}
 		select {
 		case <-tk.done:
+		case <-remote:
 		case <-ctx.Done():
 			return nexuses
 		}

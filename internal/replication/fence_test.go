@@ -1,0 +1,78 @@
+package replication
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/metro-storage/metro/internal/link"
+	"github.com/metro-storage/metro/internal/scsi"
+)
+
+// TestForwardDeadline (issue 10, item 1): the sequencer takes a
+// forwarded command and never answers it, while the link stays up (its
+// heartbeats are answered). Before, the follower's host waited for ever
+// (a fencing race left every reservation command of the volume hanging
+// on both arrays). Now the command gets a retryable NOT READY within its
+// deadline, forwardTimeouts link timeouts, and the link session ends, so
+// the pod goes through the link-lost path and its machine decides.
+func TestForwardDeadline(t *testing.T) {
+	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) }) // before the peer's session closes
+	arrived := make(chan struct{}, 1)
+	serve := func(req link.Message) (link.Message, error) {
+		if req.Type == msgForward {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-stuck
+		}
+		return link.Message{Type: req.Type}, nil
+	}
+	h.serve.Store(&serve)
+	sess := h.env.r.session()
+	vol := h.env.r.Volume("pod1", uuidVol1, h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID))
+	cdb, param := prRegisterCDB(0x77)
+	m := forwardCDB("pod1", uuidVol1, iqnH2, cdb, param)
+	m.Cmd.Nexus.RelativePortID = portB
+	got := make(chan *scsi.Result, 1)
+	go func() {
+		res, ok := vol.Forward(context.Background(), &m.Cmd)
+		if !ok {
+			res = nil
+		}
+		got <- res
+	}()
+	// Liveness bounds, not timing assertions: the deadline is 3 s here.
+	res := within(t, got, "the forwarded command the sequencer never answers")
+	select {
+	case <-arrived:
+	default:
+		t.Fatal("the command never reached the sequencer: the test tested nothing")
+	}
+	if res == nil {
+		t.Fatal("Forward ran the command here, at the follower")
+	}
+	s, err := scsi.ParseSense(res.Sense)
+	if res.Status != scsi.StatusCheckCondition || err != nil || !s.Is(scsi.SenseNotReadyTransitioning()) {
+		t.Fatalf("the unanswered command: status %#x sense %v (%v), want NOT READY (transitioning)", res.Status, s, err)
+	}
+	within(t, sess.Done(), "the end of the link session after a forwarded command the sequencer never answered")
+}
+
+// within returns what ch yields (or its closing), failing the test if
+// it has not within 30 s: a liveness bound, not a timing assertion.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still waiting after 30s", what)
+	}
+	var zero T
+	return zero
+}
