@@ -3,6 +3,7 @@ package array
 import (
 	"encoding/binary"
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -156,6 +157,134 @@ func TestPairFenceRace(t *testing.T) {
 				}
 			}
 			t.Logf("fences won: node1 (sequencer) %d, node2 (follower) %d", wins[0], wins[1])
+		})
+	}
+}
+
+// cutFrom cuts the link in the direction from array i to the other only.
+func (h *pairHarness) cutFrom(i int) {
+	if h.accepter == i {
+		h.proxy.Set(netproxy.Settings{CutBToA: true})
+	} else {
+		h.proxy.Set(netproxy.Settings{CutAToB: true})
+	}
+}
+
+// lu returns array i's logical unit of the pod's volume.
+func (h *pairHarness) lu(i int) *scsi.LogicalUnit {
+	h.t.Helper()
+	a := h.arrays[i]
+	lu := replEnv{a}.LU(a.cat.View().Volumes[pairVolume].UUID)
+	if lu == nil {
+		h.t.Fatalf("%s has no unit for %s", a.cfg.Name, pairVolume)
+	}
+	return lu
+}
+
+// fenceSetup registers node1 (through the sequencer) with key 0x1 and
+// node2 (through the follower) with 0x2, node1 reserving Write
+// Exclusive, Registrants Only; it returns the nodes past their unit
+// attentions.
+func fenceSetup(t *testing.T, h *pairHarness) (node1, node2 *initiator) {
+	node1 = newInitiator(h.arrays[0], pairIQN, 0x11)
+	node2 = newInitiator(h.arrays[1], pairIQN, 0x22)
+	cdb, p := prRegisterIgnore(0x1)
+	prMust(t, node1, "register node1", cdb, p)
+	cdb, p = prRegisterIgnore(0x2)
+	prMust(t, node2, "register node2", cdb, p)
+	cdb, p = prOutCDB(0x01, 0x1, prTypeWERO)
+	prMust(t, node1, "reserve", cdb, p)
+	node1.drainUAs()
+	node2.drainUAs()
+	return node1, node2
+}
+
+// TestPairShareFailsUndone (issue 10, item 8): the link fails from the
+// sequencer to the follower while the sequencer shares a PREEMPT AND
+// ABORT. Before, the sequencer logged the failed share, carried on alone
+// and answered GOOD, the change only on its copy. Now the PREEMPT fails
+// with a retryable NOT READY and the sequencer's state is as before (the
+// pod goes through the link-lost path, its machine deciding); once the
+// pair is in sync again both arrays hold the state before the PREEMPT
+// and the node it named has no unit attention of it.
+func TestPairShareFailsUndone(t *testing.T) {
+	h := newPair(t)
+	node1, node2 := fenceSetup(t, h)
+	before := h.lu(0).Reservations()
+	h.cutFrom(0)
+	cdb, p := prPreemptAndAbort(0x1, 0x2, prTypeWERO)
+	var r *scsi.Result
+	bounded(t, "the PREEMPT whose share cannot reach the follower", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
+	if s, ok := senseOf(r); !ok || !s.Is(scsi.SenseNotReadyTransitioning()) {
+		t.Fatalf("the PREEMPT the follower never got: %s, want NOT READY (transitioning)", describe(r))
+	}
+	if got := h.lu(0).Reservations(); !reflect.DeepEqual(got, before) {
+		t.Fatalf("the sequencer's reservations after the failed PREEMPT: %+v, want as before %+v", got, before)
+	}
+	h.proxy.Set(netproxy.Settings{})
+	h.waitInSync(60 * time.Second)
+	for _, in := range []*initiator{node1, node2} {
+		if got := keysThrough(t, in); !slices.Equal(got, []uint64{0x1, 0x2}) {
+			t.Fatalf("keys through %s after the failed PREEMPT: %x, want 1, 2", in.arr.cfg.Name, got)
+		}
+	}
+	uas, _ := node2.drainUAs()
+	for _, s := range uas {
+		if s.Is(scsi.SenseRegistrationsPreempted()) {
+			t.Fatalf("node2 got REGISTRATIONS PREEMPTED of a PREEMPT that failed (unit attentions %v)", uas)
+		}
+	}
+	d := unitData(0, 1)
+	if r, _ := node2.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("node2's write after the failed PREEMPT: %s", describe(r))
+	}
+}
+
+// TestPairPreemptRacingFailover (issue 10, item 8): a PREEMPT AND ABORT
+// through the sequencer while the link fails and the follower, the
+// pod's preferred array, wins the race at the mediator: the share is
+// lost on its way (the follower never gets the change) or its answer is
+// (the follower installed it). The PREEMPT is either on the winner or
+// failed; the sequencer that lost keeps nothing of a PREEMPT it failed;
+// and once the pair is in sync again both arrays hold the winner's
+// state. Before, the loser answered NOT READY but kept the change, its
+// saved state and its unit attentions.
+func TestPairPreemptRacingFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		from int
+	}{{"share lost", 0}, {"answer lost", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newMediatedPair(t, 1)
+			node1, node2 := fenceSetup(t, h)
+			before := h.lu(0).Reservations()
+			h.cutFrom(tc.from)
+			cdb, p := prPreemptAndAbort(0x1, 0x2, prTypeWERO)
+			var r *scsi.Result
+			bounded(t, "the PREEMPT racing the failover", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
+			h.waitWinner(1, "the follower to win the pod")
+			winner := h.lu(1).Reservations()
+			onWinner := len(winner.Registrations) == 1 && winner.Registrations[0].Key == 0x1
+			t.Logf("the PREEMPT: %s; on the winner: %v", describe(r), onWinner)
+			if r.Status == scsi.StatusGood && !onWinner {
+				t.Fatalf("the PREEMPT was acknowledged and the winner lacks it: %+v", winner)
+			}
+			if r.Status != scsi.StatusGood {
+				if got := h.lu(0).Reservations(); !reflect.DeepEqual(got, before) {
+					t.Fatalf("the loser's reservations after its PREEMPT failed: %+v, want as before %+v", got, before)
+				}
+			}
+			h.proxy.Set(netproxy.Settings{})
+			h.waitInSync(60 * time.Second)
+			want := []uint64{0x1, 0x2}
+			if onWinner {
+				want = []uint64{0x1}
+			}
+			for _, in := range []*initiator{node1, node2} {
+				if got := keysThrough(t, in); !slices.Equal(got, want) {
+					t.Fatalf("keys through %s once in sync again: %x, want the winner's %x", in.arr.cfg.Name, got, want)
+				}
+			}
 		})
 	}
 }

@@ -826,6 +826,10 @@ func (p *podRT) lacks(rg region, epoch uint64) bool {
 // (transitioning) and retries.
 var errNotServing = fmt.Errorf("pod not served on this array: %w", scsi.ErrTransitioning)
 
+// errUnconfirmed fails a change with no local part (a reservation change)
+// that the follower did not confirm (mirror).
+var errUnconfirmed = fmt.Errorf("the peer did not confirm the change: %w", scsi.ErrTransitioning)
+
 // mirror performs a replicated change at the sequencer: local (may be nil)
 // here and the request typ with payload on the follower, and returns once
 // the change is on every array that serves the pod. The request is sent
@@ -836,6 +840,14 @@ var errNotServing = fmt.Errorf("pod not served on this array: %w", scsi.ErrTrans
 // ends), like a silent one. For a write of data the follower forwarded,
 // done tells the follower, as soon as the local write succeeded, that
 // this copy has it (see forwarded).
+//
+// A change with no local part (local nil: a reservation change, which the
+// caller made here and undoes when it fails) fails with errUnconfirmed
+// once sent and not confirmed, rather than waiting for the machine: the
+// follower may or may not hold it, and the command that made it must not
+// be reported GOOD unless every serving array holds it (issue 10). The
+// link still ends, so the pod goes through the link-lost path and the
+// follower gets the full state again at its resync.
 func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte, done *writtenMsg) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
@@ -886,6 +898,9 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 				return nil
 			}
 			p.peerFailed(md.sess, rerr)
+			if local == nil {
+				return fmt.Errorf("%w: %w", errUnconfirmed, rerr)
+			}
 		case md.state == pod.Alone:
 			p.noteWrite(rg, false, false)
 			if !localDone {

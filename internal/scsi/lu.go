@@ -367,8 +367,10 @@ func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 }
 
 // applyPR applies a PERSISTENT RESERVE OUT from n: compute, persist when
-// APTPL state is involved, install, notify. The returned outcome has
-// Status HARDWARE ERROR sense if persisting failed (nothing changed then).
+// APTPL state is involved, install, share with the peer, notify. The
+// returned outcome has HARDWARE ERROR sense if persisting failed, and
+// NOT READY (transitioning) if sharing failed (nothing changed then: the
+// change is undone).
 func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
@@ -393,12 +395,15 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	// The SCSI-2 reservation may have changed meanwhile; keep the live one.
 	next.SCSI2 = lu.mu.res.SCSI2
 	lu.mu.res = next
-	lu.noticeLocked(out.Notices)
 	lu.mu.Unlock()
 	lu.outcomes.rememberPR(forwardedOf(ctx), NexusID(n), op, next)
 	if err := lu.share(ctx, out.Notices, out.Abort); err != nil {
+		lu.undoPR(cur, next)
 		return prCheck(SenseNotReadyTransitioning())
 	}
+	lu.mu.Lock()
+	lu.noticeLocked(out.Notices)
+	lu.mu.Unlock()
 	return out
 }
 
@@ -423,24 +428,33 @@ func (lu *LogicalUnit) persist(prev, next ReservationState) error {
 }
 
 // reserveSCSI2 applies RESERVE(6) from n; false means conflict. err is
-// share's: the peer that now serves the pod lacks the change.
+// share's: an array serving the pod may lack the change, which is undone
+// here.
 func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err error) {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
+	prev := lu.mu.res.SCSI2
 	next, ok := lu.mu.res.ReserveSCSI2(NexusID(n))
 	if ok {
 		lu.mu.res = next
 	}
 	lu.mu.Unlock()
 	if ok {
-		err = lu.share(ctx, nil, nil)
+		if err = lu.share(ctx, nil, nil); err != nil {
+			lu.mu.Lock()
+			lu.mu.res.SCSI2 = prev
+			lu.mu.Unlock()
+		}
 	}
 	return ok, err
 }
 
 // releaseSCSI2 applies RELEASE(6) from n (or the loss of nexus n); false
-// means conflict, err is as reserveSCSI2's.
+// means conflict, err is share's. A release whose share failed is kept
+// (the loss of a nexus must release; a host's RELEASE then fails and is
+// retried, and its retry finds nothing held): it lifts a restriction, and
+// the sequencer's state is shared in full again when the peer resyncs.
 func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) (ok bool, err error) {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()

@@ -191,26 +191,36 @@ func runModeSelect(x *exec) *Result {
 		off += n
 	}
 	if newSWP != swp {
-		x.lu.setSWP(x.ctx, x.cmd.Nexus, newSWP)
+		if err := x.lu.setSWP(x.ctx, x.cmd.Nexus, newSWP); err != nil {
+			return checkCondition(SenseNotReadyTransitioning())
+		}
 	}
 	return good(nil)
 }
 
 // setSWP changes the SWP bit and raises MODE PARAMETERS CHANGED on the
-// other nexuses (the peer's too, for a stretched pod).
-func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) {
+// other nexuses (the peer's too, for a stretched pod). When the peer did
+// not confirm the change (see share) it is undone and err returned.
+func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) error {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
+	prev := lu.mu.swp
 	lu.mu.swp = swp
-	lu.modeChangedLocked(NexusID(from))
 	u := lu.updateLocked(nil, nil)
 	lu.mu.Unlock()
 	id := NexusID(from)
 	u.ModeChangedBy = &id
-	if err := lu.replica.ShareReservations(ctx, u); err != nil {
-		lu.log.Warn("sharing mode parameters with the peer failed", "lu", lu.serial, "err", err)
+	err := lu.replica.ShareReservations(ctx, u)
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if err != nil {
+		lu.log.Warn("sharing mode parameters with the peer failed: the change is undone here and its command fails", "lu", lu.serial, "err", err)
+		lu.mu.swp = prev
+		return err
 	}
+	lu.modeChangedLocked(id)
+	return nil
 }
 
 // modeChangedLocked raises MODE PARAMETERS CHANGED on every nexus but

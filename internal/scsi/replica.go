@@ -2,7 +2,6 @@ package scsi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
@@ -99,22 +98,36 @@ func (lu *LogicalUnit) updateLocked(notices []PRNotice, abort []Registration) Re
 // share sends the current reservation state to the peer. lu.prMu must be
 // held, so that updates reach the peer in the order they were made.
 //
-// It returns ErrTransitioning when the change could not reach the peer
-// because this array stopped ordering the pod meanwhile (the peer took
-// it over, without the change): the command that made the change must
-// not be reported GOOD, for the array that now serves the pod lacks it.
+// An error means the change may be missing on an array that serves the
+// pod: the peer did not confirm it (it refused, or did not answer in
+// time, and the link then ends), or this array stopped ordering the pod
+// meanwhile. The command that made the change must not be reported GOOD,
+// and undoes it here (undoPR): a reservation change is acknowledged only
+// once every serving array holds it.
 func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Registration) error {
 	lu.mu.Lock()
 	u := lu.updateLocked(notices, abort)
 	lu.mu.Unlock()
 	err := lu.replica.ShareReservations(ctx, u)
 	if err != nil {
-		lu.log.Warn("sharing reservations with the peer failed", "lu", lu.serial, "err", err)
+		lu.log.Warn("sharing reservations with the peer failed (a command that changed them fails, the host retries)", "lu", lu.serial, "err", err)
 	}
-	if errors.Is(err, ErrTransitioning) {
-		return err
+	return err
+}
+
+// undoPR restores the persistent reservation state prev after a change to
+// next whose share failed (lu.prMu held since the change): in memory, and
+// in the saved state when the change was saved. The SCSI-2 reservation is
+// the live one (a reset may have released it meanwhile). The change's unit
+// attentions were not established: they are once it is shared.
+func (lu *LogicalUnit) undoPR(prev, next ReservationState) {
+	if err := lu.persist(next, prev); err != nil {
+		lu.log.Error("restoring the saved persistent reservations after a failed change: the saved state may hold the change (it is replaced at the next change)", "lu", lu.serial, "err", err)
 	}
-	return nil
+	lu.mu.Lock()
+	prev.SCSI2 = lu.mu.res.SCSI2
+	lu.mu.res = prev
+	lu.mu.Unlock()
 }
 
 // ShareReservationsNow sends the unit's current reservation state to the

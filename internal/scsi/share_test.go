@@ -1,0 +1,129 @@
+package scsi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+)
+
+// failingReplica is the Replica of a unit at a stretched pod's sequencer
+// whose peer confirms reservation changes until fail is set.
+type failingReplica struct {
+	mu     sync.Mutex
+	fail   error
+	shared int
+}
+
+func (f *failingReplica) Forward(context.Context, *Command) (*Result, bool) { return nil, false }
+func (f *failingReplica) Ordering() bool                                    { return true }
+func (f *failingReplica) Readable(context.Context) error                    { return nil }
+func (f *failingReplica) Reset(context.Context, bool)                       {}
+func (f *failingReplica) ShareReservations(context.Context, ReservationUpdate) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.shared++
+	return f.fail
+}
+
+func (f *failingReplica) set(err error) {
+	f.mu.Lock()
+	f.fail = err
+	f.mu.Unlock()
+}
+
+// newReplicaEnv is newEnv with a unit whose changes are shared through f.
+func newReplicaEnv(t *testing.T, f *failingReplica) *env {
+	e := newEnv(t)
+	e.lu = NewLogicalUnit(LUConfig{UUID: testUUID, Size: testSize, Backend: e.be, PersistPR: e.persist, Replica: f})
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu})
+	return e
+}
+
+// TestFailedShareUndone (issue 10, item 8): the peer does not confirm a
+// reservation change (it refused it, or the link ended before its
+// answer, or this array lost the pod meanwhile). Before, the sequencer
+// logged the failure and answered GOOD unless it had lost the pod, and
+// kept the change either way (its state, its saved state and the unit
+// attentions): an acknowledged PREEMPT could be missing on the array
+// that serves the pod next. Now the command fails with a retryable NOT
+// READY and the unit is as before: reservations, saved state, no unit
+// attention of the change.
+func TestFailedShareUndone(t *testing.T) {
+	for _, fail := range []error{
+		errors.New("injected: the peer refused the update"),
+		fmt.Errorf("injected: lost the pod: %w", ErrTransitioning),
+	} {
+		t.Run(fail.Error(), func(t *testing.T) {
+			f := &failingReplica{}
+			e := newReplicaEnv(t, f)
+			a, b := nx(1), nx(2)
+			e.ready(a)
+			e.ready(b)
+			e.mustPR(a, saRegIgnore, 0, 0, 0xaa, flagAPTPL)
+			e.mustPR(b, saRegIgnore, 0, 0, 0xbb, flagAPTPL)
+			e.mustPR(a, saReserve, PRWriteExclusiveRegistrantsOnly, 0xaa, 0, 0)
+			e.ready(b)
+			before := e.lu.Reservations()
+			saved, _ := e.saved()
+			if len(saved) == 0 {
+				t.Fatal("nothing saved with APTPL: the test tests nothing of the saved state")
+			}
+
+			f.set(fail)
+			shares := f.shared
+			for _, c := range []struct {
+				what    string
+				sa      byte
+				typ     PRType
+				key, sk uint64
+				flags   byte
+			}{
+				{"PREEMPT AND ABORT", saPreemptAbt, PRExclusiveAccess, 0xaa, 0xbb, 0},
+				{"REGISTER without APTPL", saRegister, 0, 0xaa, 0xa1, 0},
+				{"CLEAR", saClear, 0, 0xaa, 0, 0},
+			} {
+				r := e.prout(a, c.sa, c.typ, c.key, c.sk, c.flags)
+				expectSense(t, r, SenseNotReadyTransitioning())
+				if got := e.lu.Reservations(); !reflect.DeepEqual(got, before) {
+					t.Fatalf("%s whose share failed: reservations %+v, want as before %+v", c.what, got, before)
+				}
+				if now, _ := e.saved(); !bytes.Equal(now, saved) {
+					t.Fatalf("%s whose share failed: saved state %s, want as before %s", c.what, now, saved)
+				}
+			}
+			if f.shared == shares {
+				t.Fatal("no change was shared: the test tests nothing")
+			}
+			// No unit attention of the undone changes; b still writes.
+			if r := e.do(b, []byte{opTestUnitReady}, nil); r.Status != StatusGood {
+				t.Fatalf("TEST UNIT READY from the nexus the undone PREEMPT named: %s", senseOf(r))
+			}
+			e.good(b, cdbRW10(opWrite10, 0, 1), pattern(3, 1))
+			// RESERVE(6) too (by a nexus of no registration, after the
+			// persistent reservations are gone).
+			f.set(nil)
+			e.mustPR(a, saClear, 0, 0xaa, 0, 0)
+			e.ready(b)
+			f.set(fail)
+			expectSense(t, e.do(a, []byte{opReserve6, 0, 0, 0, 0, 0}, nil), SenseNotReadyTransitioning())
+			if h := e.lu.Reservations().SCSI2; h != nil {
+				t.Fatalf("RESERVE(6) whose share failed: held by %+v", *h)
+			}
+			e.good(b, cdbRW10(opWrite10, 0, 1), pattern(4, 1))
+			// And MODE SELECT of the software write protect bit.
+			f.set(nil)
+			ctl := e.good(a, []byte{opModeSense6, 0x08, pageControl, 0, 255, 0}, nil)[4:]
+			on := append([]byte{0, 0, 0, 0}, ctl...)
+			on[4+4] |= 0x08
+			f.set(fail)
+			expectSense(t, e.do(a, []byte{opModeSelect6, 0x10, 0, 0, byte(len(on)), 0}, on), SenseNotReadyTransitioning())
+			if r := e.do(b, cdbRW10(opWrite10, 0, 1), pattern(5, 1)); r.Status != StatusGood {
+				t.Fatalf("a write after a MODE SELECT of SWP whose share failed: %s (a unit attention of it, or the bit kept)", senseOf(r))
+			}
+		})
+	}
+}
