@@ -17,15 +17,14 @@ import (
 
 // PERSISTENT RESERVE OUT service actions and types the tests use.
 const (
-	prSAClear           = 0x03
-	prSAPreemptAndAbort = 0x05
-	prTypeWERO          = 0x05
+	prSAClear  = 0x03
+	prTypeWERO = 0x05
 )
 
-// prPreemptAndAbort is PERSISTENT RESERVE OUT PREEMPT AND ABORT by the
+// preemptAbortCDB is PERSISTENT RESERVE OUT PREEMPT AND ABORT by the
 // holder of key of the registrations with victim, reserving typ.
-func prPreemptAndAbort(key, victim uint64, typ byte) (cdb, param []byte) {
-	cdb, param = prOutCDB(prSAPreemptAndAbort, key, typ)
+func preemptAbortCDB(key, victim uint64, typ byte) (cdb, param []byte) {
+	cdb, param = prOutCDB(prPreemptAndAbort, key, typ)
 	binary.BigEndian.PutUint64(param[8:16], victim)
 	return cdb, param
 }
@@ -106,7 +105,7 @@ func TestPairFenceRace(t *testing.T) {
 						in          *initiator
 						key, victim uint64
 					}{{node1, k1, k2}, {node2, k2, k1}} {
-						cdb, p := prPreemptAndAbort(f.key, f.victim, prTypeWERO)
+						cdb, p := preemptAbortCDB(f.key, f.victim, prTypeWERO)
 						go func() {
 							defer func() { done <- struct{}{} }()
 							<-start
@@ -212,7 +211,7 @@ func TestPairShareFailsUndone(t *testing.T) {
 	node1, node2 := fenceSetup(t, h)
 	before := h.lu(0).Reservations()
 	h.cutFrom(0)
-	cdb, p := prPreemptAndAbort(0x1, 0x2, prTypeWERO)
+	cdb, p := preemptAbortCDB(0x1, 0x2, prTypeWERO)
 	var r *scsi.Result
 	bounded(t, "the PREEMPT whose share cannot reach the follower", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
 	if s, ok := senseOf(r); !ok || !s.Is(scsi.SenseNotReadyTransitioning()) {
@@ -259,7 +258,7 @@ func TestPairPreemptRacingFailover(t *testing.T) {
 			node1, node2 := fenceSetup(t, h)
 			before := h.lu(0).Reservations()
 			h.cutFrom(tc.from)
-			cdb, p := prPreemptAndAbort(0x1, 0x2, prTypeWERO)
+			cdb, p := preemptAbortCDB(0x1, 0x2, prTypeWERO)
 			var r *scsi.Result
 			bounded(t, "the PREEMPT racing the failover", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
 			h.waitWinner(1, "the follower to win the pod")
