@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sync"
 	"testing"
+	"time"
 )
 
 // failingReplica is the Replica of a unit at a stretched pod's sequencer
@@ -125,5 +126,67 @@ func TestFailedShareUndone(t *testing.T) {
 				t.Fatalf("a write after a MODE SELECT of SWP whose share failed: %s (a unit attention of it, or the bit kept)", senseOf(r))
 			}
 		})
+	}
+}
+
+// forwardingReplica is the Replica of a unit at a stretched pod's
+// follower: every ordered command is forwarded and waits at the
+// sequencer until release is closed.
+type forwardingReplica struct {
+	sent    chan struct{}
+	release chan struct{}
+}
+
+func (f *forwardingReplica) Forward(_ context.Context, cmd *Command) (*Result, bool) {
+	cmd.Forwarded()
+	f.sent <- struct{}{}
+	<-f.release
+	return &Result{Status: StatusReservationConflict}, true
+}
+func (f *forwardingReplica) Ordering() bool                                             { return false }
+func (f *forwardingReplica) Readable(context.Context) error                             { return nil }
+func (f *forwardingReplica) Reset(context.Context, bool)                                {}
+func (f *forwardingReplica) ShareReservations(context.Context, ReservationUpdate) error { return nil }
+
+// TestInstallDoesNotWaitForForwarded (issue 10, item 1): the sequencer's
+// PREEMPT AND ABORT of a nexus reaches the follower while that nexus's
+// own command, forwarded, waits at the sequencer (for the reservation
+// lock the sequencer holds while it shares). The install returns without
+// waiting for it (it would wait for ever), and the command, aborted,
+// reports no status when it ends.
+func TestInstallDoesNotWaitForForwarded(t *testing.T) {
+	f := &forwardingReplica{sent: make(chan struct{}, 1), release: make(chan struct{})}
+	e := newEnv(t)
+	e.lu = NewLogicalUnit(LUConfig{UUID: testUUID, Size: testSize, Backend: e.be, Replica: f})
+	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu})
+	b := nx(2)
+	e.ready(b)
+	got := make(chan *Result, 1)
+	go func() {
+		c, p := cdbPROut(saPreemptAbt, PRExclusiveAccess)
+		got <- e.do(b, c, p(0xbb, 0xaa, 0))
+	}()
+	<-f.sent
+	victim := Registration{Key: 0xbb, Nexus: NexusID(b)}
+	installed := make(chan error, 1)
+	go func() {
+		installed <- e.lu.InstallReservations(context.Background(), ReservationUpdate{
+			State:   ReservationState{Generation: 5},
+			Notices: []PRNotice{{To: victim, Sense: SenseRegistrationsPreempted()}},
+			Abort:   []Registration{victim},
+		})
+	}()
+	select {
+	case err := <-installed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		close(f.release)
+		t.Fatal("the install waits for a command this array forwarded to the sequencer")
+	}
+	close(f.release)
+	if r := <-got; !r.Aborted {
+		t.Fatalf("the forwarded command of the preempted nexus: status %#x, want aborted", r.Status)
 	}
 }
