@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -75,4 +76,19 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 	var zero T
 	return zero
+}
+
+// TestShareAtFollowerFails (issue 10, item 8): a reservation change made
+// on an array that no longer orders the pod (it lost the race between
+// the command's routing and its share) is on no array that serves the
+// pod. Before, the share did nothing and reported success, and the
+// command was GOOD; now it fails, retryable, and the change is undone.
+func TestShareAtFollowerFails(t *testing.T) {
+	h := newHostilePeer(t)
+	h.followInSync("pod1", epoch1)
+	vol := h.env.r.Volume("pod1", uuidVol1, h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID))
+	u := scsi.ReservationUpdate{State: scsi.ReservationState{Generation: 1, Registrations: []scsi.Registration{{Key: 0x77}}}}
+	if err := vol.ShareReservations(context.Background(), u); !errors.Is(err, scsi.ErrTransitioning) {
+		t.Fatalf("a reservation change shared by the follower: %v, want NOT READY (transitioning)", err)
+	}
 }

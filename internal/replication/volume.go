@@ -310,7 +310,9 @@ func (v *Volume) Readable(ctx context.Context) error {
 // ShareReservations implements scsi.Replica. While the follower
 // receives a copy, it may lack changes made before (it was cut off): the
 // update is marked Resync, for it to give its nexuses the unit
-// attentions they missed.
+// attentions they missed. At an array that does not order the pod (it
+// may have lost it since the command that made the change was routed
+// here) it fails: the change is on no array that serves the pod.
 func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate) error {
 	rt, err := v.rt()
 	if rt == nil {
@@ -319,7 +321,7 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 		return err
 	}
 	if rt.role() != pod.Sequencer {
-		return nil
+		return errNotServing
 	}
 	if rt.mode().state == pod.Syncing {
 		u.Resync = true

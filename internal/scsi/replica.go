@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -35,8 +36,12 @@ type Replica interface {
 	Readable(ctx context.Context) error
 	// ShareReservations is called at the sequencer after the reservation
 	// state changed here and before the command's status is returned; it
-	// returns once the peer has installed u (InstallReservations) or no
-	// longer serves the pod.
+	// returns nil once the peer has installed u (InstallReservations) or
+	// no longer serves the pod. It returns an error (wrapping
+	// ErrTransitioning when the host may retry) when the peer may lack u
+	// while it serves the pod: it did not confirm u in time, or this
+	// array no longer orders the pod. The caller then undoes the change
+	// and fails the command.
 	ShareReservations(ctx context.Context, u ReservationUpdate) error
 	// Reset is called after a reset here: the peer performs the same
 	// reset of the unit (ResetFromPeer).
@@ -109,7 +114,11 @@ func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Re
 	u := lu.updateLocked(notices, abort)
 	lu.mu.Unlock()
 	err := lu.replica.ShareReservations(ctx, u)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrTransitioning):
+		// The pod is not ordered here, or the link ends (logged there).
+		lu.log.Debug("reservations not shared with the peer", "lu", lu.serial, "err", err)
+	case err != nil:
 		lu.log.Warn("sharing reservations with the peer failed (a command that changed them fails, the host retries)", "lu", lu.serial, "err", err)
 	}
 	return err
