@@ -92,4 +92,15 @@
 //     part of the replicated state: a peer that rejoins compares the
 //     state it is sent with the one it holds and gives its nexuses what
 //     they missed (rejoin.go).
+//   - For a volume of a stretched pod (Replica), the pod's sequencer
+//     decides every reservation change and shares it before the command's
+//     status: the change is acknowledged only once the peer installed it
+//     (or no longer serves the pod); otherwise the command fails with a
+//     retryable NOT READY and the sequencer undoes the change (its state,
+//     its saved state; the change's unit attentions are established only
+//     once shared). The peer's install aborts the preempted nexuses' tasks
+//     that run there, and does not wait for those it forwarded to the
+//     sequencer, which aborts and settles them itself before its PREEMPT
+//     AND ABORT completes: no lock is held across the link while waiting
+//     for a task the other array forwarded.
 package scsi
