@@ -169,17 +169,6 @@ func (h *pairHarness) cutFrom(i int) {
 	}
 }
 
-// lu returns array i's logical unit of the pod's volume.
-func (h *pairHarness) lu(i int) *scsi.LogicalUnit {
-	h.t.Helper()
-	a := h.arrays[i]
-	lu := replEnv{a}.LU(a.cat.View().Volumes[pairVolume].UUID)
-	if lu == nil {
-		h.t.Fatalf("%s has no unit for %s", a.cfg.Name, pairVolume)
-	}
-	return lu
-}
-
 // fenceSetup registers node1 (through the sequencer) with key 0x1 and
 // node2 (through the follower) with 0x2, node1 reserving Write
 // Exclusive, Registrants Only; it returns the nodes past their unit
@@ -198,81 +187,50 @@ func fenceSetup(t *testing.T, h *pairHarness) (node1, node2 *initiator) {
 	return node1, node2
 }
 
-// TestPairShareFailsUndone (issue 10, item 8): the link fails from the
-// sequencer to the follower while the sequencer shares a PREEMPT AND
-// ABORT. Before, the sequencer logged the failed share, carried on alone
-// and answered GOOD, the change only on its copy. Now the PREEMPT fails
-// with a retryable NOT READY and the sequencer's state is as before (the
-// pod goes through the link-lost path, its machine deciding); once the
-// pair is in sync again both arrays hold the state before the PREEMPT
-// and the node it named has no unit attention of it.
-func TestPairShareFailsUndone(t *testing.T) {
-	h := newPair(t)
-	node1, node2 := fenceSetup(t, h)
-	before := h.lu(0).Reservations()
-	h.cutFrom(0)
-	cdb, p := preemptAbortCDB(0x1, 0x2, prTypeWERO)
-	var r *scsi.Result
-	bounded(t, "the PREEMPT whose share cannot reach the follower", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
-	if s, ok := senseOf(r); !ok || !s.Is(scsi.SenseNotReadyTransitioning()) {
-		t.Fatalf("the PREEMPT the follower never got: %s, want NOT READY (transitioning)", describe(r))
-	}
-	if got := h.lu(0).Reservations(); !reflect.DeepEqual(got, before) {
-		t.Fatalf("the sequencer's reservations after the failed PREEMPT: %+v, want as before %+v", got, before)
-	}
-	h.proxy.Set(netproxy.Settings{})
-	h.waitInSync(60 * time.Second)
-	for _, in := range []*initiator{node1, node2} {
-		if got := keysThrough(t, in); !slices.Equal(got, []uint64{0x1, 0x2}) {
-			t.Fatalf("keys through %s after the failed PREEMPT: %x, want 1, 2", in.arr.cfg.Name, got)
-		}
-	}
-	uas, _ := node2.drainUAs()
-	for _, s := range uas {
-		if s.Is(scsi.SenseRegistrationsPreempted()) {
-			t.Fatalf("node2 got REGISTRATIONS PREEMPTED of a PREEMPT that failed (unit attentions %v)", uas)
-		}
-	}
-	d := unitData(0, 1)
-	if r, _ := node2.doPastUA(write16(0, d), d, 0); r.Status != scsi.StatusGood {
-		t.Fatalf("node2's write after the failed PREEMPT: %s", describe(r))
-	}
-}
-
 // TestPairPreemptRacingFailover (issue 10, item 8): a PREEMPT AND ABORT
-// through the sequencer while the link fails and the follower, the
-// pod's preferred array, wins the race at the mediator: the share is
-// lost on its way (the follower never gets the change) or its answer is
-// (the follower installed it). The PREEMPT is either on the winner or
-// failed; the sequencer that lost keeps nothing of a PREEMPT it failed;
-// and once the pair is in sync again both arrays hold the winner's
-// state. Before, the loser answered NOT READY but kept the change, its
-// saved state and its unit attentions.
+// through the sequencer while the link fails and the pod fails over at
+// the mediator: the share is lost on its way (the follower never gets the
+// change) or its answer is (the follower installed it). The PREEMPT is
+// either on the winner or failed; a sequencer that lost the race keeps
+// nothing of a PREEMPT it failed (its state and saved state as before, no
+// unit attention of it); once the pair is in sync again both arrays hold
+// the winner's state. Before, the loser answered NOT READY but kept the
+// change, its saved state and its unit attentions.
 func TestPairPreemptRacingFailover(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		from int
-	}{{"share lost", 0}, {"answer lost", 1}} {
+		name   string
+		from   int // the link is cut from this array to the other
+		winner int
+	}{
+		{"share lost, the sequencer loses", 0, 1},
+		{"answer lost, the sequencer loses", 1, 1},
+		{"answer lost, the sequencer wins", 1, 0},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newMediatedPair(t, 1)
+			h := newMediatedPair(t, tc.winner)
 			node1, node2 := fenceSetup(t, h)
 			before := h.lu(0).Reservations()
+			// The loser cannot reach the mediator: it loses the race
+			// whatever the machine's load.
+			loser := 1 - tc.winner
+			h.medProxy[loser].Partition(true)
 			h.cutFrom(tc.from)
 			cdb, p := preemptAbortCDB(0x1, 0x2, prTypeWERO)
 			var r *scsi.Result
 			bounded(t, "the PREEMPT racing the failover", 60*time.Second, func() { r, _ = node1.doPastUA(cdb, p, 0) })
-			h.waitWinner(1, "the follower to win the pod")
-			winner := h.lu(1).Reservations()
+			h.waitWinner(tc.winner, "the failover")
+			winner := h.lu(tc.winner).Reservations()
 			onWinner := len(winner.Registrations) == 1 && winner.Registrations[0].Key == 0x1
 			t.Logf("the PREEMPT: %s; on the winner: %v", describe(r), onWinner)
 			if r.Status == scsi.StatusGood && !onWinner {
 				t.Fatalf("the PREEMPT was acknowledged and the winner lacks it: %+v", winner)
 			}
-			if r.Status != scsi.StatusGood {
+			if r.Status != scsi.StatusGood && loser == 0 {
 				if got := h.lu(0).Reservations(); !reflect.DeepEqual(got, before) {
 					t.Fatalf("the loser's reservations after its PREEMPT failed: %+v, want as before %+v", got, before)
 				}
 			}
+			h.medProxy[loser].Partition(false)
 			h.proxy.Set(netproxy.Settings{})
 			h.waitInSync(60 * time.Second)
 			want := []uint64{0x1, 0x2}
@@ -282,6 +240,14 @@ func TestPairPreemptRacingFailover(t *testing.T) {
 			for _, in := range []*initiator{node1, node2} {
 				if got := keysThrough(t, in); !slices.Equal(got, want) {
 					t.Fatalf("keys through %s once in sync again: %x, want the winner's %x", in.arr.cfg.Name, got, want)
+				}
+			}
+			if !onWinner {
+				uas, _ := node2.drainUAs()
+				for _, s := range uas {
+					if s.Is(scsi.SenseRegistrationsPreempted()) {
+						t.Fatalf("node2 got REGISTRATIONS PREEMPTED of a PREEMPT that failed (unit attentions %v)", uas)
+					}
 				}
 			}
 		})

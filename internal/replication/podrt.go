@@ -826,10 +826,6 @@ func (p *podRT) lacks(rg region, epoch uint64) bool {
 // (transitioning) and retries.
 var errNotServing = fmt.Errorf("pod not served on this array: %w", scsi.ErrTransitioning)
 
-// errUnconfirmed fails a change with no local part (a reservation change)
-// that the follower did not confirm (mirror).
-var errUnconfirmed = fmt.Errorf("the peer did not confirm the change: %w", scsi.ErrTransitioning)
-
 // mirror performs a replicated change at the sequencer: local (may be nil)
 // here and the request typ with payload on the follower, and returns once
 // the change is on every array that serves the pod. The request is sent
@@ -842,12 +838,9 @@ var errUnconfirmed = fmt.Errorf("the peer did not confirm the change: %w", scsi.
 // this copy has it (see forwarded).
 //
 // A change with no local part (local nil: a reservation change, which the
-// caller made here and undoes when it fails) fails with errUnconfirmed
-// once sent and not confirmed, rather than waiting for the machine: the
-// follower may or may not hold it, and the command that made it must not
-// be reported GOOD unless every serving array holds it (issue 10). The
-// link still ends, so the pod goes through the link-lost path and the
-// follower gets the full state again at its resync.
+// caller made here and undoes when it fails) that ctx ends while it waits
+// after a failed attempt fails with scsi.ErrMayBeShared: the follower may
+// hold it (and may have served it), so the caller must keep it.
 func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Context) error, typ uint16, payload []byte, done *writtenMsg) error {
 	p.ioMu.RLock()
 	defer p.ioMu.RUnlock()
@@ -857,6 +850,7 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 	}
 	bg := context.WithoutCancel(ctx)
 	localDone := local == nil
+	sent := false // an attempt failed after the request went out
 	for {
 		md := p.mode()
 		switch {
@@ -898,9 +892,7 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 				return nil
 			}
 			p.peerFailed(md.sess, rerr)
-			if local == nil {
-				return fmt.Errorf("%w: %w", errUnconfirmed, rerr)
-			}
+			sent = true
 		case md.state == pod.Alone:
 			p.noteWrite(rg, false, false)
 			if !localDone {
@@ -914,6 +906,9 @@ func (p *podRT) mirror(ctx context.Context, rg region, local func(context.Contex
 		select {
 		case <-md.changed:
 		case <-ctx.Done():
+			if sent && local == nil {
+				return fmt.Errorf("%w: %w", scsi.ErrMayBeShared, ctx.Err())
+			}
 			return ctx.Err()
 		case <-time.After(p.r.cfg.Timeout):
 		}

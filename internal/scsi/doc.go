@@ -95,12 +95,17 @@
 //   - For a volume of a stretched pod (Replica), the pod's sequencer
 //     decides every reservation change and shares it before the command's
 //     status: the change is acknowledged only once the peer installed it
-//     (or no longer serves the pod); otherwise the command fails with a
-//     retryable NOT READY and the sequencer undoes the change (its state,
-//     its saved state; the change's unit attentions are established only
-//     once shared). The peer's install aborts the preempted nexuses' tasks
-//     that run there, and does not wait for those it forwarded to the
-//     sequencer, which aborts and settles them itself before its PREEMPT
-//     AND ABORT completes: no lock is held across the link while waiting
-//     for a task the other array forwarded.
+//     or no longer serves the pod (this array then serves it alone, and
+//     the peer gets the whole state at its resync). When this array lost
+//     the pod first, the command fails with a retryable NOT READY and the
+//     change is undone (its state, its saved state; the change's unit
+//     attentions are established only once it stands), unless it went out
+//     unconfirmed before the command ended (Replica, ErrMayBeShared): a
+//     host may have seen it through the peer, so it is kept, and the
+//     command's outcome is unknown. The peer's install aborts the
+//     preempted nexuses' tasks that run there, and does not wait for
+//     those it forwarded to the sequencer, which aborts and settles them
+//     itself before its PREEMPT AND ABORT completes: no lock is held
+//     across the link while waiting for a task the other array
+//     forwarded.
 package scsi

@@ -368,9 +368,9 @@ func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 
 // applyPR applies a PERSISTENT RESERVE OUT from n: compute, persist when
 // APTPL state is involved, install, share with the peer, notify. The
-// returned outcome has HARDWARE ERROR sense if persisting failed, and
-// NOT READY (transitioning) if sharing failed (nothing changed then: the
-// change is undone).
+// returned outcome has HARDWARE ERROR sense if persisting failed (nothing
+// changed then), and NOT READY (transitioning) if sharing failed (see
+// settle).
 func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
@@ -397,13 +397,11 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	lu.mu.res = next
 	lu.mu.Unlock()
 	lu.outcomes.rememberPR(forwardedOf(ctx), NexusID(n), op, next)
-	if err := lu.share(ctx, out.Notices, out.Abort); err != nil {
-		lu.undoPR(cur, next)
+	err := lu.share(ctx, out.Notices, out.Abort)
+	lu.settle(err, out.Notices, func() { lu.undoPR(cur, next) })
+	if err != nil {
 		return prCheck(SenseNotReadyTransitioning())
 	}
-	lu.mu.Lock()
-	lu.noticeLocked(out.Notices)
-	lu.mu.Unlock()
 	return out
 }
 
@@ -441,11 +439,12 @@ func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err 
 	}
 	lu.mu.Unlock()
 	if ok {
-		if err = lu.share(ctx, nil, nil); err != nil {
+		err = lu.share(ctx, nil, nil)
+		lu.settle(err, nil, func() {
 			lu.mu.Lock()
 			lu.mu.res.SCSI2 = prev
 			lu.mu.Unlock()
-		}
+		})
 	}
 	return ok, err
 }

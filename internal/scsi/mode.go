@@ -1,6 +1,9 @@
 package scsi
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Mode page codes.
 const (
@@ -199,8 +202,9 @@ func runModeSelect(x *exec) *Result {
 }
 
 // setSWP changes the SWP bit and raises MODE PARAMETERS CHANGED on the
-// other nexuses (the peer's too, for a stretched pod). When the peer did
-// not confirm the change (see share) it is undone and err returned.
+// other nexuses (the peer's too, for a stretched pod). When the change
+// could not be shared it fails (err), undone as share's callers do (see
+// settle).
 func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) error {
 	lu.prMu.Lock()
 	defer lu.prMu.Unlock()
@@ -214,13 +218,13 @@ func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) error {
 	err := lu.replica.ShareReservations(ctx, u)
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrMayBeShared) {
 		lu.log.Warn("sharing mode parameters with the peer failed: the change is undone here and its command fails", "lu", lu.serial, "err", err)
 		lu.mu.swp = prev
 		return err
 	}
 	lu.modeChangedLocked(id)
-	return nil
+	return err
 }
 
 // modeChangedLocked raises MODE PARAMETERS CHANGED on every nexus but

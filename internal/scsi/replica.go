@@ -37,11 +37,13 @@ type Replica interface {
 	// ShareReservations is called at the sequencer after the reservation
 	// state changed here and before the command's status is returned; it
 	// returns nil once the peer has installed u (InstallReservations) or
-	// no longer serves the pod. It returns an error (wrapping
-	// ErrTransitioning when the host may retry) when the peer may lack u
-	// while it serves the pod: it did not confirm u in time, or this
-	// array no longer orders the pod. The caller then undoes the change
-	// and fails the command.
+	// no longer serves the pod (this array then serves it alone, and the
+	// peer gets the whole state when it resyncs). It returns an error
+	// (wrapping ErrTransitioning when the host may retry) when the
+	// change may be missing on an array that serves the pod: this array
+	// no longer orders the pod (it lost it, the change unconfirmed). The
+	// caller then undoes the change and fails the command, unless the
+	// error wraps ErrMayBeShared.
 	ShareReservations(ctx context.Context, u ReservationUpdate) error
 	// Reset is called after a reset here: the peer performs the same
 	// reset of the unit (ResetFromPeer).
@@ -52,6 +54,12 @@ type Replica interface {
 	// (ReservationUpdate.Resets).
 	Decides() bool
 }
+
+// ErrMayBeShared is wrapped by a ShareReservations error after which the
+// peer may hold the update (it went out and was not confirmed before the
+// command ended): the change is kept here, for a host may have seen it
+// through the peer, and the command fails as of unknown outcome.
+var ErrMayBeShared = errors.New("scsi: the peer may hold the reservation change")
 
 // ReservationUpdate is the reservation state of a logical unit after a
 // change at the sequencer, with what the change owes to the nexuses of the
@@ -104,11 +112,10 @@ func (lu *LogicalUnit) updateLocked(notices []PRNotice, abort []Registration) Re
 // held, so that updates reach the peer in the order they were made.
 //
 // An error means the change may be missing on an array that serves the
-// pod: the peer did not confirm it (it refused, or did not answer in
-// time, and the link then ends), or this array stopped ordering the pod
-// meanwhile. The command that made the change must not be reported GOOD,
-// and undoes it here (undoPR): a reservation change is acknowledged only
-// once every serving array holds it.
+// pod (this array lost the pod before the peer confirmed it): the
+// command that made the change must not be reported GOOD, and undoes it
+// here (undo) unless the error wraps ErrMayBeShared. A reservation
+// change is acknowledged only once every serving array holds it.
 func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Registration) error {
 	lu.mu.Lock()
 	u := lu.updateLocked(notices, abort)
@@ -122,6 +129,19 @@ func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Re
 		lu.log.Warn("sharing reservations with the peer failed (a command that changed them fails, the host retries)", "lu", lu.serial, "err", err)
 	}
 	return err
+}
+
+// settle finishes a change that share answered err for (lu.prMu held
+// since the change): a change that stands (shared, or possibly shared:
+// ErrMayBeShared) establishes its unit attentions, any other is undone.
+func (lu *LogicalUnit) settle(err error, notices []PRNotice, undo func()) {
+	if err != nil && !errors.Is(err, ErrMayBeShared) {
+		undo()
+		return
+	}
+	lu.mu.Lock()
+	lu.noticeLocked(notices)
+	lu.mu.Unlock()
 }
 
 // undoPR restores the persistent reservation state prev after a change to

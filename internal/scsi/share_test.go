@@ -190,3 +190,24 @@ func TestInstallDoesNotWaitForForwarded(t *testing.T) {
 		t.Fatalf("the forwarded command of the preempted nexus: status %#x, want aborted", r.Status)
 	}
 }
+
+// TestShareMaybeKept: a reservation change that went out to the peer and
+// was not confirmed before the command ended (ErrMayBeShared) is kept, for
+// a host may have seen it through the peer; the command fails, of unknown
+// outcome, and the change's unit attentions are established.
+func TestShareMaybeKept(t *testing.T) {
+	f := &failingReplica{}
+	e := newReplicaEnv(t, f)
+	a, b := nx(1), nx(2)
+	e.ready(a)
+	e.ready(b)
+	e.mustPR(a, saRegIgnore, 0, 0, 0xaa, 0)
+	e.mustPR(b, saRegIgnore, 0, 0, 0xbb, 0)
+	e.ready(b)
+	f.set(fmt.Errorf("injected: %w", ErrMayBeShared))
+	expectSense(t, e.prout(a, saPreemptAbt, PRExclusiveAccess, 0xaa, 0xbb, 0), SenseNotReadyTransitioning())
+	if regs := e.lu.Reservations().Registrations; len(regs) != 1 || regs[0].Key != 0xaa {
+		t.Fatalf("registrations after a PREEMPT the peer may hold: %+v, want only 0xaa's", regs)
+	}
+	e.check(b, []byte{opTestUnitReady}, nil, SenseRegistrationsPreempted())
+}
