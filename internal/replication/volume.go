@@ -248,6 +248,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	select {
 	case <-pend.Done():
 	case <-deadline.C:
+		f.lost.Store(true)
 		rt.peerFailed(md.sess, fmt.Errorf("the sequencer did not answer a forwarded command within %v", forwardTimeouts*v.r.cfg.Timeout))
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	case <-f.written:
