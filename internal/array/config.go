@@ -83,7 +83,7 @@ import (
 // arithmetic is in package pod's documentation): the link is declared
 // lost T after the peer was last heard from (heartbeats every 100 ms),
 // a mirrored write or reservation change waits at most T for the peer,
-// a command forwarded to the sequencer at most 3T (then the link session
+// a command forwarded to the sequencer at most 10T (then the link session
 // ends as if lost, and the host gets a retryable NOT READY), a lost peer's read
 // lease has surely ended T after it was last heard from, and the
 // preferred array (or either, with no preference) races at once: a host

@@ -47,7 +47,7 @@ func TestForwardDeadline(t *testing.T) {
 		}
 		got <- res
 	}()
-	// Liveness bounds, not timing assertions: the deadline is 3 s here.
+	// Liveness bounds, not timing assertions: the deadline is 10 s here.
 	res := within(t, got, "the forwarded command the sequencer never answers")
 	select {
 	case <-arrived:

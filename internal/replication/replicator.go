@@ -91,7 +91,7 @@ type Config struct {
 	// lost peer's read lease, so that a winner serves alone at most
 	// Timeout after the peer was last heard from, and how long a
 	// mirrored write or reservation change waits for the peer; a
-	// command forwarded to the sequencer waits three times as long.
+	// command forwarded to the sequencer waits ten times as long.
 	Timeout time.Duration
 	// HeadStart is how long an array that is not a pod's failover
 	// preference waits before it races for the pod (default 1s).

@@ -180,10 +180,13 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 }
 
 // forwardTimeouts is how many link timeouts a forwarded command is given
-// to be answered (Config.Timeout): the sequencer's own wait for this
-// array's copy is bounded by one, the command's wait for its locks
-// there by the commands ahead of it, each bounded so.
-const forwardTimeouts = 3
+// to be answered (Config.Timeout). It is a backstop for a sequencer that
+// answers the link's pings but not the command, not a bound on a busy
+// one: the command may wait there behind many others for its locks, and
+// for the sequencer's own disk (a stall below max_disk_stall is not a
+// failure), so it is generous, and still well inside host I/O timeouts
+// (30 s and more) at the default link timeout.
+const forwardTimeouts = 10
 
 // Forward implements scsi.Replica: at the follower, run cmd at the
 // sequencer. The command's data-out stays registered until the
