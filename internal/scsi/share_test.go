@@ -23,6 +23,7 @@ func (f *failingReplica) Forward(context.Context, *Command) (*Result, bool) { re
 func (f *failingReplica) Ordering() bool                                    { return true }
 func (f *failingReplica) Readable(context.Context) error                    { return nil }
 func (f *failingReplica) Reset(context.Context, bool)                       {}
+func (f *failingReplica) Decides() bool                                     { return true }
 func (f *failingReplica) ShareReservations(context.Context, ReservationUpdate) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -146,6 +147,7 @@ func (f *forwardingReplica) Forward(_ context.Context, cmd *Command) (*Result, b
 func (f *forwardingReplica) Ordering() bool                                             { return false }
 func (f *forwardingReplica) Readable(context.Context) error                             { return nil }
 func (f *forwardingReplica) Reset(context.Context, bool)                                {}
+func (f *forwardingReplica) Decides() bool                                              { return false }
 func (f *forwardingReplica) ShareReservations(context.Context, ReservationUpdate) error { return nil }
 
 // TestInstallDoesNotWaitForForwarded (issue 10, item 1): the sequencer's
