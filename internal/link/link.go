@@ -18,8 +18,12 @@ import (
 // piece lists the blocks that are damaged on the sender, and damaged
 // blocks are repaired from the other array's copy. Version 4: the pod
 // protocol with symmetric roles (records, the race, pre-election, agreed
-// resyncs, fenced handover and removal).
-const ProtocolVersion = 4
+// resyncs, fenced handover and removal). Version 5: host clusters across
+// the pair (a forwarded command's answer confirmed to the sequencer, a
+// reservation change naming the request it answers, reservation updates
+// that carry resets and the state's incarnation for the attentions a
+// rejoining array owes its hosts).
+const ProtocolVersion = 5
 
 // MaxPayload is the largest payload of one message: 16 MiB of data plus
 // room for an upper layer's header. A larger request is refused by Call; a
