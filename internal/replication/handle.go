@@ -217,7 +217,7 @@ func (r *Replicator) handleWrite(ctx context.Context, req link.Message) ([]byte,
 	if req.Type == msgBaseline {
 		p.received(int64(len(data)))
 	}
-	r.noteWrite(r.withOrigin(ctx, m.Pod, m.Volume, m.Ref), m.Volume, m.Off, n)
+	r.noteWrite(r.withOwn(r.withOrigin(ctx, m.Pod, m.Volume, m.Ref), ctx, m.OwnID, ownIdentity(m.Own)), m.Volume, m.Off, n)
 	if fw != nil && durable {
 		fw.add(&fw.applied, int64(len(data)))
 	}
@@ -396,7 +396,7 @@ func (r *Replicator) handleReservations(ctx context.Context, req link.Message) e
 	if err != nil {
 		return err
 	}
-	return lu.InstallReservations(r.withOrigin(ctx, m.Pod, m.Volume, m.Origin), m.Update)
+	return lu.InstallReservations(r.withOwn(r.withOrigin(ctx, m.Pod, m.Volume, m.Origin), ctx, m.OwnID, m.Own), m.Update)
 }
 
 func (r *Replicator) handleReset(ctx context.Context, req link.Message) error {

@@ -77,9 +77,11 @@ const (
 	// msgStatus (either way): the sender's view of the mediator
 	// (statusMsg).
 	msgStatus
-	// msgAnswered (follower → sequencer): the follower got the GOOD
-	// answer to its forwarded request (writtenMsg's Ref, Length 0), whose
-	// outcome the sequencer then forgets (outcome.go).
+	// msgAnswered (either way): the sender got the GOOD answer to its
+	// forwarded request, or gave it to the host for a command it ran
+	// as the sequencer (writtenMsg's Ref, Length 0), whose outcome the
+	// receiver then forgets; Length 1: that command ended otherwise, the
+	// receiver stops waiting for its confirmation (outcome.go).
 	msgAnswered
 )
 
@@ -176,6 +178,13 @@ type writeMsg struct {
 	// on the sender: their bytes in Data are zeros, and the receiver
 	// records them as damaged (protocol version 3).
 	Damaged []extent
+	// OwnID names a COMPARE AND WRITE the sender, the pod's sequencer,
+	// ran for a host of its own, whose write this is (0: none; its id
+	// among the sender's requests); Own is its scsi.Identity as JSON.
+	// The receiver remembers its outcome with the write (outcome.go).
+	// Both are absent from the messages of a sender that has none.
+	OwnID uint64
+	Own   []byte
 }
 
 // extent is a byte range of a volume.
@@ -200,6 +209,10 @@ func (m *writeMsg) encode() []byte {
 		e.u64(x.Off)
 		e.u64(x.Length)
 	}
+	if m.OwnID != 0 {
+		e.u64(m.OwnID)
+		e.bytes(m.Own)
+	}
 	return e.b
 }
 
@@ -215,6 +228,9 @@ func decodeWrite(p []byte) (*writeMsg, error) {
 		for i := range m.Damaged {
 			m.Damaged[i] = extent{Off: d.u64(), Length: d.u64()}
 		}
+	}
+	if d.err == nil && len(d.b) > 0 {
+		m.OwnID, m.Own = d.u64(), d.bytes()
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("write message: %w", d.err)
@@ -347,6 +363,12 @@ type reservationsMsg struct {
 	// Origin is the receiver's forwarded request that made the change
 	// (0: none), whose outcome it remembers with it (outcome.go).
 	Origin uint64 `json:"origin,omitempty"`
+	// OwnID names a PERSISTENT RESERVE OUT the sender, the pod's
+	// sequencer, ran for a host of its own, which made the change (0:
+	// none; its id among the sender's requests); Own is its identity.
+	// The receiver remembers its outcome with the state (outcome.go).
+	OwnID uint64         `json:"own_id,omitempty"`
+	Own   *scsi.Identity `json:"own,omitempty"`
 }
 
 type resetMsg struct {

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"encoding/json"
 	"sync/atomic"
 
 	"github.com/metro-storage/metro/internal/link"
@@ -17,6 +18,16 @@ import (
 // own forwarded command under the command's forwarded record, whose
 // answer is lost once the forward failed: if this array wins the pod
 // next, it knows the outcome the sequencer knew.
+//
+// The other way round, a COMPARE AND WRITE or PERSISTENT RESERVE OUT a
+// host sent to the sequencer itself (a scsi.Own) carries its identity
+// and an id of the sequencer's on the write or reservation state it
+// mirrors (writeMsg.OwnID, reservationsMsg.OwnID). The follower applies
+// them under a sentAnswer of its own session, which the sequencer
+// confirms (msgAnswered) once the host got GOOD: if the link fails
+// first, the follower's copy holds the effect and the memory of it,
+// and answers the host's retry (through it, or forwarded to it by the
+// sequencer once that follows).
 
 // sentAnswer is the fate of the answer to a command the peer forwarded.
 type sentAnswer struct {
@@ -48,14 +59,7 @@ func (r *Replicator) answering(sess context.Context, m *forwardMsg) (context.Con
 	if !scsi.RemembersOutcome(m.Cmd.CDB) {
 		return sess, func(*scsi.Result) {}
 	}
-	a := &sentAnswer{sess: sess}
-	// stop is set before the registry publishes a: handleAnswered reads
-	// it on another goroutine.
-	a.stop = context.AfterFunc(sess, func() { r.answers.CompareAndDelete(m.ID, a) })
-	r.answers.Store(m.ID, a)
-	if sess.Err() != nil {
-		r.answers.CompareAndDelete(m.ID, a) // the cleanup may have run first
-	}
+	a := r.awaitAnswer(sess, m.ID)
 	return scsi.WithForwarded(sess, &m.Cmd, a), func(res *scsi.Result) {
 		if res.Status != scsi.StatusGood {
 			// Nothing remembered: the follower confirms only a GOOD.
@@ -63,6 +67,21 @@ func (r *Replicator) answering(sess context.Context, m *forwardMsg) (context.Con
 			r.answers.CompareAndDelete(m.ID, a)
 		}
 	}
+}
+
+// awaitAnswer registers the fate of the answer to the peer's request id
+// (sess is the link session's context) until the peer confirms it or the
+// session ends.
+func (r *Replicator) awaitAnswer(sess context.Context, id uint64) *sentAnswer {
+	a := &sentAnswer{sess: sess}
+	// stop is set before the registry publishes a: handleAnswered reads
+	// it on another goroutine.
+	a.stop = context.AfterFunc(sess, func() { r.answers.CompareAndDelete(id, a) })
+	r.answers.Store(id, a)
+	if sess.Err() != nil {
+		r.answers.CompareAndDelete(id, a) // the cleanup may have run first
+	}
+	return a
 }
 
 // handleAnswered takes the follower's confirmation that it got the
@@ -75,10 +94,47 @@ func (r *Replicator) handleAnswered(req link.Message) error {
 	}
 	if v, ok := r.answers.LoadAndDelete(m.Ref); ok {
 		a := v.(*sentAnswer)
-		a.confirmed.Store(true)
+		a.confirmed.Store(m.Length == 0)
 		a.stop()
 	}
 	return nil
+}
+
+// ownID returns the id under which this array, the pod's sequencer,
+// mirrors the effect of the command it runs under ctx for a host of its
+// own (a scsi.Own), and the command's identity; 0 when ctx runs no such
+// command. Once the command ends, the peer is told, without waiting,
+// whether the host got GOOD (sess and epoch are the link session's the
+// effect goes on).
+func (v *Volume) ownID(ctx context.Context, sess *link.Session, epoch uint64) (uint64, *scsi.Identity) {
+	own := scsi.OwnOf(ctx)
+	if own == nil || sess == nil {
+		return 0, nil
+	}
+	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
+		return 0, nil // forwarded: the peer remembers it under its own request
+	}
+	id := v.r.nextRef.Add(1)
+	ident := own.Identity()
+	own.OnEnd(func(delivered bool) {
+		m := &writtenMsg{Pod: v.pod, Ref: id}
+		if !delivered {
+			m.Length = 1
+		}
+		goCall(context.Background(), sess, msgAnswered, epoch, m.encode())
+	})
+	return id, &ident
+}
+
+// withOwn returns ctx for applying at this array the write or
+// reservation state that the peer, the pod's sequencer, made for the
+// command it ran for a host of its own under id (0: none), with its
+// identity; sess is the link session's context.
+func (r *Replicator) withOwn(ctx context.Context, sess context.Context, id uint64, ident *scsi.Identity) context.Context {
+	if id == 0 || ident == nil {
+		return ctx
+	}
+	return scsi.WithMirrored(ctx, *ident, r.awaitAnswer(sess, id))
 }
 
 // confirmAnswer tells the sequencer, without waiting, that this array got
@@ -123,4 +179,17 @@ func (r *Replicator) forgetOutcomes(podName string) {
 			lu.ForgetOutcomes()
 		}
 	}
+}
+
+// ownIdentity decodes a writeMsg's Own (nil when absent or malformed:
+// nothing is remembered then).
+func ownIdentity(p []byte) *scsi.Identity {
+	if len(p) == 0 {
+		return nil
+	}
+	var id scsi.Identity
+	if json.Unmarshal(p, &id) != nil {
+		return nil
+	}
+	return &id
 }

@@ -157,6 +157,10 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 		done = &writtenMsg{Pod: v.pod, Ref: o.id, Length: uint64(len(p))}
 	} else {
 		m.Data = p
+		md := rt.mode()
+		if id, ident := v.ownID(ctx, md.sess, md.epoch); id != 0 {
+			m.OwnID, m.Own = id, mustJSON(ident)
+		}
 	}
 	v.r.traffic.mirror.Add(int64(len(m.Data)))
 	return rt.mirror(ctx, region{uuid: v.uuid, off: off, n: int64(len(p))},
@@ -333,6 +337,8 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 	m := reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u}
 	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
 		m.Origin = o.id
+	} else if md := rt.mode(); md.sess != nil {
+		m.OwnID, m.Own = v.ownID(ctx, md.sess, md.epoch)
 	}
 	payload := mustJSON(m)
 	return rt.mirror(ctx, region{}, nil, msgReservations, payload, nil)

@@ -88,6 +88,9 @@ type forwardedKey struct{}
 type forwarded struct {
 	cmd  *Command
 	fate AnswerFate
+	// key, when set, is the COMPARE AND WRITE's identity (cawKey),
+	// which the sequencer computed: this array has its write data only.
+	key *[sha256.Size]byte
 }
 
 // WithForwarded returns ctx for running, at the pod's sequencer, the
@@ -201,8 +204,12 @@ func (o *outcomes) rememberCAW(f *forwarded, lba, n uint64) {
 		o.wrote(lba, n)
 		return
 	}
-	e := cawOutcome{lba: lba, n: n, initiator: strings.ToLower(f.cmd.Nexus.InitiatorName),
-		key: cawKey(f.cmd.Nexus.InitiatorName, lba, n, f.cmd.DataOut), fate: f.fate}
+	e := cawOutcome{lba: lba, n: n, initiator: strings.ToLower(f.cmd.Nexus.InitiatorName), fate: f.fate}
+	if f.key != nil {
+		e.key = *f.key
+	} else {
+		e.key = cawKey(f.cmd.Nexus.InitiatorName, lba, n, f.cmd.DataOut)
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.dropLocked(func(x *cawOutcome) bool { return x.lba < lba+n && lba < x.lba+x.n || x.fate.Delivered() })
@@ -328,7 +335,7 @@ func (lu *LogicalUnit) NoteWrite(ctx context.Context, off, length int64) {
 	lba, n := uint64(off)/BlockSize, uint64(length+BlockSize-1)/BlockSize
 	if f := forwardedOf(ctx); f != nil && len(f.cmd.CDB) > 0 && f.cmd.CDB[0] == opCompareAndWrite {
 		clba, cn, _ := blockRange(f.cmd.CDB)
-		if clba == lba && cn == n && uint64(len(f.cmd.DataOut)) == 2*n*BlockSize {
+		if clba == lba && cn == n && (f.key != nil || uint64(len(f.cmd.DataOut)) == 2*n*BlockSize) {
 			lu.outcomes.rememberCAW(f, lba, n)
 			return
 		}
@@ -360,4 +367,123 @@ func (lu *LogicalUnit) writeAt(ctx context.Context, p []byte, off int64) error {
 func (lu *LogicalUnit) unmap(ctx context.Context, off, length int64) error {
 	lu.outcomes.wrote(uint64(off)/BlockSize, uint64(length)/BlockSize)
 	return lu.backend.Unmap(ctx, off, length)
+}
+
+// The sequencer's own commands.
+//
+// A COMPARE AND WRITE or PERSISTENT RESERVE OUT that a host sends to the
+// pod's sequencer runs there, and its write or reservation state is
+// applied on the follower as it runs. When the link fails after that and
+// before the follower's acknowledgement reaches the sequencer, the
+// sequencer may answer a retryable NOT READY and lose the pod to the
+// follower, whose copy holds the effect: the host's retry through it
+// would miscompare, or conflict, against the first run. So the sequencer
+// runs such a command under an Own, whose Identity travels with the write
+// or reservation state it mirrors; the follower applies them under
+// WithMirrored, remembering the outcome with the effect, under a fate
+// that counts as lost when the link session ends before the sequencer
+// confirms that the host got GOOD (Own.OnEnd). A retry through the
+// follower, or through the sequencer once it follows (it forwards the
+// retry), then gets the first run's outcome.
+
+// Identity is what the follower needs of a command the sequencer ran to
+// remember its outcome.
+type Identity struct {
+	Nexus Nexus  `json:"nexus"`
+	CDB   []byte `json:"cdb"`
+	// Param is a PERSISTENT RESERVE OUT's parameter list.
+	Param []byte `json:"param,omitempty"`
+	// Key is a COMPARE AND WRITE's identity (its initiator, blocks,
+	// verify and write data, hashed): the follower gets its write data
+	// only.
+	Key []byte `json:"key,omitempty"`
+}
+
+// ownKey marks the context of an Own.
+type ownKey struct{}
+
+// Own is a COMPARE AND WRITE or PERSISTENT RESERVE OUT that a host sent
+// to this array and that runs here, not forwarded.
+type Own struct {
+	cmd *Command
+	mu  struct {
+		sync.Mutex
+		ended, delivered bool
+		hooks            []func(delivered bool)
+	}
+}
+
+// withOwn returns ctx for running cmd as an Own.
+func withOwn(ctx context.Context, cmd *Command) (context.Context, *Own) {
+	o := &Own{cmd: cmd}
+	return context.WithValue(ctx, ownKey{}, o), o
+}
+
+// OwnOf returns the Own that ctx runs, or nil.
+func OwnOf(ctx context.Context) *Own {
+	o, _ := ctx.Value(ownKey{}).(*Own)
+	return o
+}
+
+// Identity returns what the follower needs to remember the command's
+// outcome.
+func (o *Own) Identity() Identity {
+	c := o.cmd
+	id := Identity{Nexus: c.Nexus, CDB: bytes.Clone(c.CDB)}
+	switch {
+	case len(c.CDB) >= 16 && c.CDB[0] == opCompareAndWrite:
+		lba, n, _ := blockRange(c.CDB)
+		if uint64(len(c.DataOut)) == 2*n*BlockSize {
+			k := cawKey(c.Nexus.InitiatorName, lba, n, c.DataOut)
+			id.Key = k[:]
+		}
+	case len(c.CDB) > 0 && c.CDB[0] == opPROut:
+		id.Param = bytes.Clone(c.DataOut)
+	}
+	return id
+}
+
+// OnEnd calls f once the command has ended, with whether its answer was
+// GOOD and given to the transport (at once if it has ended).
+func (o *Own) OnEnd(f func(delivered bool)) {
+	o.mu.Lock()
+	if !o.mu.ended {
+		o.mu.hooks = append(o.mu.hooks, f)
+		o.mu.Unlock()
+		return
+	}
+	d := o.mu.delivered
+	o.mu.Unlock()
+	f(d)
+}
+
+// end records that the command ended with res.
+func (o *Own) end(res *Result, aborted bool) {
+	o.mu.Lock()
+	o.mu.ended = true
+	o.mu.delivered = res != nil && res.Status == StatusGood && !aborted
+	hooks, d := o.mu.hooks, o.mu.delivered
+	o.mu.hooks = nil
+	o.mu.Unlock()
+	for _, f := range hooks {
+		f(d)
+	}
+}
+
+// WithMirrored returns ctx for applying, at the follower, the write or
+// reservation state of the command id that the sequencer ran (NoteWrite,
+// InstallReservations); fate tells whether its answer may have been
+// lost. An identity that is not a well-formed COMPARE AND WRITE or
+// PERSISTENT RESERVE OUT leaves ctx as it is: nothing is remembered.
+func WithMirrored(ctx context.Context, id Identity, fate AnswerFate) context.Context {
+	f := &forwarded{cmd: &Command{Nexus: id.Nexus, CDB: id.CDB, DataOut: id.Param}, fate: fate}
+	switch {
+	case len(id.CDB) >= 16 && id.CDB[0] == opCompareAndWrite && len(id.Key) == sha256.Size:
+		k := [sha256.Size]byte(id.Key)
+		f.key = &k
+	case len(id.CDB) >= 10 && id.CDB[0] == opPROut && len(id.Param) >= prOutParamLen:
+	default:
+		return ctx
+	}
+	return context.WithValue(ctx, forwardedKey{}, f)
 }

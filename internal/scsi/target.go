@@ -202,7 +202,7 @@ func (t *Target) executeNoLU(cmd *Command) *Result {
 
 // dispatch checks a command against unit attentions, ALUA state and
 // reservations, then runs it.
-func (t *Target) dispatch(x *exec) *Result {
+func (t *Target) dispatch(x *exec) (res *Result) {
 	c, bad := t.table.lookup(x.cdb)
 	// The unit's port groups as the initiator sees them now, for the
 	// unit attention of a change and the command's ALUA check. The
@@ -232,6 +232,13 @@ func (t *Target) dispatch(x *exec) *Result {
 	if c.ordered {
 		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
 			return res
+		}
+		if RemembersOutcome(x.cdb) {
+			// Run here: the follower remembers its outcome with its
+			// effect (outcome.go).
+			var own *Own
+			x.ctx, own = withOwn(x.ctx, x.cmd)
+			defer func() { own.end(res, x.cmd.task != nil && x.cmd.task.aborted.Load()) }()
 		}
 	}
 	if !x.lu.allows(x.cmd.Nexus, c.access) {
