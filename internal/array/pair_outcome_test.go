@@ -152,7 +152,14 @@ func TestPairLostCAWAnswerRetried(t *testing.T) {
 // The host's retry through it must be GOOD: what the sequencer knew of
 // the command's outcome crossed the failover with its write. Before the
 // fix the retry was MISCOMPARE.
-func TestPairLostCAWAnswerFailover(t *testing.T) {
+func TestPairLostCAWAnswerFailover(t *testing.T) { lostCAWAnswerFailover(t, 1) }
+
+// lostCAWAnswerFailover sends a COMPARE AND WRITE through array via (0:
+// the sequencer, 1: the follower, the pod's failover preference) whose
+// answer is lost with the link once the write is on the follower's
+// store; the follower wins, and the host's retry through it must be
+// GOOD; after the heal both copies hold the data written.
+func lostCAWAnswerFailover(t *testing.T, via int) {
 	h := newMediatedPair(t, 1)
 	inA, inB := h.hostPorts()
 	const lba = 64
@@ -160,13 +167,14 @@ func TestPairLostCAWAnswerFailover(t *testing.T) {
 		t.Fatalf("initial write: %s", describe(r))
 	}
 	caw := cawBlock(lba, 1, 2)
-	h.answerLost("a COMPARE AND WRITE", []*initiator{inB}, [][]byte{compareAndWrite16(lba, 1)}, [][]byte{caw},
+	h.answerLost("a COMPARE AND WRITE through "+h.arrays[via].cfg.Name, []*initiator{[]*initiator{inA, inB}[via]}, [][]byte{compareAndWrite16(lba, 1)}, [][]byte{caw},
 		func() (bool, string) {
 			return bytes.Equal(h.localBlock(1, lba), caw[512:]), "the sequencer's mirrored write is not on the follower's store yet"
 		})
 	h.waitWinner(1, "array-b to win and serve alone")
 	if r, _ := inB.doPastUA(compareAndWrite16(lba, 1), caw, 0); r.Status != scsi.StatusGood {
-		t.Errorf("the retry through the winner %s of a COMPARE AND WRITE whose answer was lost: %s, want GOOD (the first run wrote)", inB.arr.cfg.Name, describe(r))
+		t.Errorf("the retry through the winner %s of a COMPARE AND WRITE through %s whose answer was lost after its write reached %s: %s, want GOOD (the first run wrote)",
+			inB.arr.cfg.Name, h.arrays[via].cfg.Name, inB.arr.cfg.Name, describe(r))
 	}
 	h.proxy.Partition(false)
 	h.waitInSync(60 * time.Second)
@@ -175,6 +183,15 @@ func TestPairLostCAWAnswerFailover(t *testing.T) {
 		if r.Status != scsi.StatusGood || !bytes.Equal(r.Data, caw[512:]) {
 			t.Errorf("%s reads lba %d: %s, not the data the COMPARE AND WRITE wrote", in.arr.cfg.Name, lba, describe(r))
 		}
+	}
+}
+
+// registeredOnFollower is answerLost's condition for a REGISTER of key:
+// the follower holds the registration.
+func (h *pairHarness) registeredOnFollower(key uint64) func() (bool, string) {
+	return func() (bool, string) {
+		regs := h.lu(1).Reservations().Registrations
+		return len(regs) == 1 && regs[0].Key == key, "the registration is not on the follower yet"
 	}
 }
 
@@ -268,10 +285,7 @@ func TestPairLostPROutAnswerFailover(t *testing.T) {
 	_, inB := h.hostPorts()
 	const key = 0xbbbb
 	cdb, param := prRegister(key, false)
-	h.answerLost("REGISTER", []*initiator{inB}, [][]byte{cdb}, [][]byte{param}, func() (bool, string) {
-		regs := h.lu(1).Reservations().Registrations
-		return len(regs) == 1 && regs[0].Key == key, "the registration is not on the follower yet"
-	})
+	h.answerLost("REGISTER", []*initiator{inB}, [][]byte{cdb}, [][]byte{param}, h.registeredOnFollower(key))
 	h.waitWinner(1, "array-b to win and serve alone")
 	if r, _ := inB.doPastUA(cdb, param, 0); r.Status != scsi.StatusGood {
 		t.Errorf("the retry through the winner %s of a REGISTER whose answer was lost: %s, want GOOD (the first run took effect)", inB.arr.cfg.Name, describe(r))

@@ -1,7 +1,6 @@
 package array
 
 import (
-	"bytes"
 	"slices"
 	"testing"
 	"time"
@@ -24,24 +23,7 @@ import (
 // sequencer, its mirrored write on the follower, the follower's answer
 // lost with the link, the follower wins; the host's retry through the
 // winner must be GOOD.
-func TestPairLostSequencerCAWAnswerFailover(t *testing.T) {
-	h := newMediatedPair(t, 1)
-	inA, inB := h.hostPorts()
-	const lba = 64
-	if r, ok := writeValue(inA, lba, 1); !ok {
-		t.Fatalf("initial write: %s", describe(r))
-	}
-	caw := cawBlock(lba, 1, 2)
-	h.answerLost("a COMPARE AND WRITE through the sequencer", []*initiator{inA}, [][]byte{compareAndWrite16(lba, 1)}, [][]byte{caw},
-		func() (bool, string) {
-			return bytes.Equal(h.localBlock(1, lba), caw[512:]), "the sequencer's mirrored write is not on the follower's store yet"
-		})
-	h.waitWinner(1, "array-b to win and serve alone")
-	if r, _ := inB.doPastUA(compareAndWrite16(lba, 1), caw, 0); r.Status != scsi.StatusGood {
-		t.Errorf("the retry through the winner %s of a COMPARE AND WRITE that the sequencer answered NOT READY after its write reached %s: %s, want GOOD (the first run wrote)",
-			inB.arr.cfg.Name, inB.arr.cfg.Name, describe(r))
-	}
-}
+func TestPairLostSequencerCAWAnswerFailover(t *testing.T) { lostCAWAnswerFailover(t, 0) }
 
 // TestPairLostSequencerPROutAnswerFailover: a PERSISTENT RESERVE OUT
 // REGISTER through the sequencer, its new state installed on the
@@ -54,10 +36,7 @@ func TestPairLostSequencerPROutAnswerFailover(t *testing.T) {
 	inA, _ := h.hostPorts()
 	const key = 0xaaaa
 	cdb, param := prRegister(key, false)
-	h.answerLost("REGISTER through the sequencer", []*initiator{inA}, [][]byte{cdb}, [][]byte{param}, func() (bool, string) {
-		regs := h.lu(1).Reservations().Registrations
-		return len(regs) == 1 && regs[0].Key == key, "the registration is not on the follower yet"
-	})
+	h.answerLost("REGISTER through the sequencer", []*initiator{inA}, [][]byte{cdb}, [][]byte{param}, h.registeredOnFollower(key))
 	h.waitWinner(1, "array-b to win and serve alone")
 	h.proxy.Partition(false)
 	h.waitInSync(60 * time.Second)
