@@ -173,15 +173,7 @@ func TestPairRegistrationDuringResync(t *testing.T) {
 			continue
 		}
 		for _, in := range []*initiator{inA, inB} {
-			r, _ := in.doPastUA(prInReadKeys(), nil, 1024)
-			if r.Status != scsi.StatusGood {
-				t.Fatalf("READ KEYS through %s: %s", in.arr.cfg.Name, describe(r))
-			}
-			keys, err := parseKeys(r.Data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(keys, []uint64{key}) {
+			if keys := keysThrough(t, in); !slices.Equal(keys, []uint64{key}) {
 				t.Fatalf("the pod is in sync, and READ KEYS through %s lists %x; the sequencer acknowledged the registration of %x during the resync handshake",
 					in.arr.cfg.Name, keys, key)
 			}

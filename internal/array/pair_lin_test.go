@@ -3,7 +3,6 @@ package array
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -223,8 +222,7 @@ func (c *linClient) step() bool {
 		if u := c.unsure; u != nil && u.Kind == linPreempt && u.Values == in.Values {
 			in.Retry = true
 		}
-		cdb, out = prOutCDB(prPreemptAndAbort, in.Values[0], 5)
-		binary.BigEndian.PutUint64(out[8:16], in.Values[1])
+		cdb, out = preemptAbortCDB(in.Values[0], in.Values[1], 5)
 	}
 	if in.Kind == linRegister {
 		// Its outcome unknown, the client acts as if it took.

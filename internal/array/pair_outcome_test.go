@@ -198,11 +198,8 @@ func (h *pairHarness) registeredOnFollower(key uint64) func() (bool, string) {
 // prPreempt is PERSISTENT RESERVE OUT PREEMPT of the registrations of
 // victim by the holder of key, taking a reservation of type typ.
 func prPreempt(key, victim uint64, typ byte) (cdb, param []byte) {
-	cdb, param = prRegister(victim, false)
-	cdb[1], cdb[2] = 0x04, typ
-	for i := range 8 {
-		param[i] = byte(key >> (56 - 8*i))
-	}
+	cdb, param = preemptAbortCDB(key, victim, typ)
+	cdb[1] = 0x04
 	return cdb, param
 }
 
