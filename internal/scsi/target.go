@@ -230,15 +230,17 @@ func (t *Target) dispatch(x *exec) (res *Result) {
 		return checkCondition(*s)
 	}
 	if c.ordered {
-		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
-			return res
-		}
 		if RemembersOutcome(x.cdb) {
-			// Run here: the follower remembers its outcome with its
-			// effect (outcome.go).
+			// Run here, the follower remembers its outcome with its
+			// effect; forwarded, the sequencer does. Either is told
+			// once the command ends whether the host got GOOD
+			// (outcome.go).
 			var own *Own
 			x.ctx, own = withOwn(x.ctx, x.cmd)
 			defer func() { own.end(res, x.cmd.task != nil && x.cmd.task.aborted.Load()) }()
+		}
+		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
+			return res
 		}
 	}
 	if res := x.reservationsAllow(c.access); res != nil {
