@@ -301,9 +301,12 @@ func (c *linClient) writeOnce() bool {
 	d := unitData(lba, v)
 	r, _ := c.in.doPastUA(write16(lba, d), d, 0)
 	c.freshMu.Lock()
-	c.freshes[k] = freshWrite{value: v, acked: r.Status == scsi.StatusGood}
+	// An aborted write (another client's PREEMPT AND ABORT) got no
+	// status: its outcome is unknown.
+	acked := r.Status == scsi.StatusGood && !r.Aborted
+	c.freshes[k] = freshWrite{value: v, acked: acked}
 	c.freshMu.Unlock()
-	if r.Status != scsi.StatusGood {
+	if !acked {
 		c.stats.failure("fresh write through "+c.in.arr.cfg.Name, r)
 		c.stats.count("fresh-write", "unknown")
 		return false
