@@ -61,9 +61,14 @@ import (
 // The memory is bounded: at most LUConfig.RememberedOutcomes COMPARE AND
 // WRITE outcomes per logical unit, of which one host (initiator name) may
 // hold an eighth, the oldest going first, so a host that floods the unit
-// with forwarded commands evicts its own outcomes before others'; and one
-// PERSISTENT RESERVE OUT outcome, the latest change of the reservations.
-// An outcome evicted is a retry run afresh, as before this memory.
+// with forwarded commands evicts its own outcomes before others'; a full
+// memory evicts the oldest outcome of the name that holds the most, so
+// that hosts under many names (eight fill it) evict each other's before
+// those of a host that holds fewer; and one PERSISTENT RESERVE OUT
+// outcome, the latest change of the reservations. An outcome evicted is a
+// retry run afresh, as before this memory: a host whose retry of an
+// evicted outcome miscompares held k outcomes in a memory shared among
+// RememberedOutcomes/k names or more.
 
 // DefaultRememberedOutcomes is the default of LUConfig.RememberedOutcomes.
 const DefaultRememberedOutcomes = 256
@@ -222,12 +227,37 @@ func (o *outcomes) rememberCAW(f *forwarded, lba, n uint64) {
 	if mine >= max(1, o.max/8) {
 		o.evictLocked(e.initiator)
 	} else if len(o.mu.caw) >= o.max {
-		o.evictLocked("")
+		o.evictLocked(o.largestLocked())
 	}
 	o.mu.seq++
 	e.seq = o.mu.seq
 	o.mu.caw = append(o.mu.caw, e)
 	o.n.Store(int32(len(o.mu.caw)))
+}
+
+// largestLocked returns the initiator that holds the most COMPARE AND
+// WRITE outcomes (of those that hold as many, the one whose oldest is
+// oldest): a full memory makes room at its expense, so that hosts under
+// many initiator names evict each other's outcomes before those of a host
+// that holds fewer, and one holding k outcomes loses one only once the
+// memory is shared among max/k names or more.
+func (o *outcomes) largestLocked() string {
+	count := map[string]int{}
+	oldest := map[string]uint64{}
+	for i := range o.mu.caw {
+		x := &o.mu.caw[i]
+		count[x.initiator]++
+		if s, ok := oldest[x.initiator]; !ok || x.seq < s {
+			oldest[x.initiator] = x.seq
+		}
+	}
+	best := ""
+	for name, k := range count {
+		if best == "" || k > count[best] || k == count[best] && oldest[name] < oldest[best] {
+			best = name
+		}
+	}
+	return best
 }
 
 // evictLocked removes the oldest COMPARE AND WRITE outcome of initiator

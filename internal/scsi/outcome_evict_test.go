@@ -1,0 +1,65 @@
+package scsi
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestOutcomeMemoryManyInitiators (issue 10, leftovers): hosts under
+// many initiator names (16, twice the eight that fill the memory at an
+// eighth each) flood the unit with forwarded COMPARE AND WRITEs whose
+// answers are lost. The memory stays bounded, no name holds more than an
+// eighth of it, and the outcome of a host that holds one, still
+// unanswered, is not evicted: its retry is GOOD, as the first run was.
+// Before, once eight names held their eighth each, every new outcome
+// evicted the oldest of all, the victim's first, and its retry was a
+// MISCOMPARE against its own write.
+func TestOutcomeMemoryManyInitiators(t *testing.T) {
+	e := newEnv(t)
+	victim := nx(1)
+	e.ready(victim)
+	caw := append(pattern(0, 1), pattern('Y', 1)...)
+	lost := &testFate{}
+	lost.lost.Store(true)
+	if r := e.forwardedRun(victim, cdbCAW(0, 1), caw, lost); !isGood(r) {
+		t.Fatalf("victim's COMPARE AND WRITE: %v", senseOf(r))
+	}
+	const names, each = 16, 100
+	floods := 0
+	for i := range names {
+		n := nx(100 + i)
+		n.InitiatorName = fmt.Sprintf("iqn.2024-01.test:flood%d", i)
+		e.ready(n)
+		for j := range each {
+			lba := uint64(1 + i*each + j)
+			if r := e.forwardedRun(n, cdbCAW(lba, 1), caw, lost); !isGood(r) {
+				t.Fatalf("flood %d's COMPARE AND WRITE at %d: %v", i, lba, senseOf(r))
+			}
+			floods++
+		}
+	}
+	if floods < names*each {
+		t.Fatalf("only %d flooding commands ran", floods)
+	}
+	per := map[string]int{}
+	e.lu.outcomes.mu.Lock()
+	for _, x := range e.lu.outcomes.mu.caw {
+		per[x.initiator]++
+	}
+	total := len(e.lu.outcomes.mu.caw)
+	e.lu.outcomes.mu.Unlock()
+	if total > DefaultRememberedOutcomes {
+		t.Fatalf("the unit remembers %d outcomes, more than %d", total, DefaultRememberedOutcomes)
+	}
+	for name, k := range per {
+		if k > DefaultRememberedOutcomes/8 {
+			t.Fatalf("%s holds %d outcomes, more than an eighth (%d)", name, k, DefaultRememberedOutcomes/8)
+		}
+	}
+	if total < DefaultRememberedOutcomes {
+		t.Fatalf("the flood filled %d of %d outcomes: the test did not fill the memory", total, DefaultRememberedOutcomes)
+	}
+	if r := e.do(victim, cdbCAW(0, 1), caw); !isGood(r) {
+		t.Fatalf("the victim's retry after a flood under %d names: %v, want GOOD (the first run wrote)", names, senseOf(r))
+	}
+}
