@@ -381,7 +381,14 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 		return prConflict()
 	}
 	if lu.outcomes.retriedPR(ctx, NexusID(n), op, cur) {
-		return PROutcome{} // the first run's outcome (outcome.go)
+		// The first run's outcome (outcome.go). A retry sent here, not
+		// forwarded, may come while the first run's change is on no
+		// other array that serves the pod (its share unconfirmed): it
+		// is GOOD once the state is shared again.
+		if forwardedOf(ctx) == nil && lu.share(ctx, nil, nil) != nil {
+			return prCheck(SenseNotReadyTransitioning())
+		}
+		return PROutcome{}
 	}
 	next, out := cur.Apply(NexusID(n), op)
 	if out.Status != StatusGood {
@@ -396,7 +403,7 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	next.SCSI2 = lu.mu.res.SCSI2
 	lu.mu.res = next
 	lu.mu.Unlock()
-	lu.outcomes.rememberPR(forwardedOf(ctx), NexusID(n), op, next)
+	lu.outcomes.rememberPR(answerOf(ctx), NexusID(n), op, next)
 	err := lu.share(ctx, out.Notices, out.Abort)
 	lu.settle(err, out.Notices, func() { lu.undoPR(cur, next) })
 	if err != nil {

@@ -36,7 +36,13 @@ import (
 //     per I_T nexus: the same command through another path is another
 //     nexus's command and runs). It is answered GOOD, changing nothing,
 //     when the reservation state is still exactly what the remembered
-//     command left and the answer to it may have been lost.
+//     command left and the answer to it may have been lost. The array
+//     that decides the reservations remembers the change of a command a
+//     host sent to it too (an Own), whose answer is lost when it ended
+//     without GOOD: aborted, or failed after its change was kept because
+//     the peer may hold it (ErrMayBeShared). Such a retry is GOOD only
+//     once the state is shared again, for the first run's share was not
+//     confirmed.
 //
 // Whether an answer may have been lost is the AnswerFate the replication
 // layer gives a forwarded command (WithForwarded): at the sequencer, the
@@ -303,9 +309,23 @@ func (o *outcomes) retriedCAW(x *exec, lba, n uint64, cur []byte) bool {
 	return false
 }
 
+// answerOf returns, for remembering the outcome of the command ctx runs,
+// the forwarded command (WithForwarded) or, for one a host sent to this
+// array (an Own), the command under its own fate; nil for neither.
+func answerOf(ctx context.Context) *forwarded {
+	if f := forwardedOf(ctx); f != nil {
+		return f
+	}
+	if o := OwnOf(ctx); o != nil {
+		return &forwarded{cmd: o.cmd, fate: o}
+	}
+	return nil
+}
+
 // rememberPR records, after a change of the reservation state to st made
 // by a PERSISTENT RESERVE OUT op of nexus n, that change as the latest
-// one, with the command's fate when it was forwarded (f).
+// one, with the command's fate when it was forwarded or run here as an
+// Own (f, answerOf).
 func (o *outcomes) rememberPR(f *forwarded, n PRNexus, op PROut, st ReservationState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -327,7 +347,7 @@ func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st Reserv
 		return false
 	}
 	o.mu.pr = nil
-	if f := forwardedOf(ctx); f != nil {
+	if f := answerOf(ctx); f != nil {
 		q := *p
 		q.fate = f.fate
 		o.mu.pr = &q
@@ -485,6 +505,23 @@ func (o *Own) OnEnd(f func(delivered bool)) {
 	d := o.mu.delivered
 	o.mu.Unlock()
 	f(d)
+}
+
+// Lost implements AnswerFate: the command ended without its GOOD given
+// to the transport (it failed, or was aborted, after its effect was made
+// and kept: a PERSISTENT RESERVE OUT whose share the peer may hold).
+func (o *Own) Lost() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mu.ended && !o.mu.delivered
+}
+
+// Delivered implements AnswerFate: the command ended with its GOOD given
+// to the transport.
+func (o *Own) Delivered() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mu.delivered
 }
 
 // end records that the command ended with res.

@@ -63,3 +63,40 @@ func TestOutcomeMemoryManyInitiators(t *testing.T) {
 		t.Fatalf("the victim's retry after a flood under %d names: %v, want GOOD (the first run wrote)", names, senseOf(r))
 	}
 }
+
+// TestOutcomeOwnPROutMayBeShared (issue 10, leftovers): at the array
+// that decides the reservations, a PERSISTENT RESERVE OUT a host sent to
+// it (not forwarded) changes them, and the share is not confirmed before
+// the command ends (ErrMayBeShared): the change is kept and the command
+// fails. The host's identical retry on the same nexus gets a retryable
+// NOT READY while the state cannot be shared, and GOOD once it is, never
+// RESERVATION CONFLICT against its own change; a repeat after a GOOD was
+// delivered conflicts as on one array. Before, the retry conflicted.
+func TestOutcomeOwnPROutMayBeShared(t *testing.T) {
+	f := &failingReplica{}
+	e := newReplicaEnv(t, f)
+	n := nx(1)
+	e.ready(n)
+	reg, param := cdbPROut(byte(PRRegister), 0)
+	e.good(n, reg, param(0, 0xa, 0))
+	e.conflict(n, "a repeat of a REGISTER whose GOOD was delivered", reg, param(0, 0xa, 0))
+	f.set(fmt.Errorf("%w: injected: the share went out, unconfirmed", ErrMayBeShared))
+	change := param(0xa, 0xb, 0)
+	e.check(n, reg, change, SenseNotReadyTransitioning())
+	if got := e.lu.Reservations().Registrations; len(got) != 1 || got[0].Key != 0xb {
+		t.Fatalf("registrations after the change the peer may hold: %v, want it kept (0xb)", got)
+	}
+	shares := f.shared
+	e.check(n, reg, change, SenseNotReadyTransitioning())
+	if f.shared == shares {
+		t.Fatal("the retry was answered without sharing the state again")
+	}
+	f.set(nil)
+	if r := e.do(n, reg, change); !isGood(r) {
+		t.Fatalf("the retry once the state is shared: status %#x sense %v, want GOOD (the first run's change stands)", r.Status, senseOf(r))
+	}
+	e.conflict(n, "a repeat of the retry whose GOOD was delivered", reg, change)
+	if got := e.lu.Reservations().Registrations; len(got) != 1 || got[0].Key != 0xb {
+		t.Fatalf("registrations at the end: %v, want 0xb", got)
+	}
+}
