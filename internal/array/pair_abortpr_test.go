@@ -1,6 +1,7 @@
 package array
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"slices"
@@ -118,5 +119,44 @@ func TestPairAbortedSequencerPROutRetried(t *testing.T) {
 				t.Fatalf("keys through %s once in sync again: %x, want %x", in.arr.cfg.Name, got, tc.after)
 			}
 		}
+	}
+}
+
+// TestPairAbortedSequencerCAWRetried (issue 10, leftovers): the COMPARE
+// AND WRITE of TestPairAbortedSequencerPROutRetried: sent to the
+// sequencer itself, its write is made there and mirrored, the link fails
+// before the follower confirms it, and the host aborts the task while
+// the sequencer waits for the pod to be decided. The sequencer keeps the
+// pod, with the write. The host's identical retry through it must be
+// GOOD, not a MISCOMPARE against its own write (an ESXi ATS heartbeat
+// that miscompares declares the datastore lost), and both copies hold
+// the write once the pair is in sync again.
+func TestPairAbortedSequencerCAWRetried(t *testing.T) {
+	h := newPair(t)
+	inA, inB := h.hostPorts()
+	const lba = 64
+	if r, ok := writeValue(inA, lba, 1); !ok {
+		t.Fatalf("initial write: %s", describe(r))
+	}
+	caw := cawBlock(lba, 1, 2)
+	r := h.abortedOnSequencer(inA, compareAndWrite16(lba, 1), caw)
+	h.waitAlone(0)
+	if !bytes.Equal(h.localBlock(0, lba), caw[512:]) {
+		t.Fatal("the aborted COMPARE AND WRITE did not write the sequencer's copy: the test did not make a write that stands")
+	}
+	t.Logf("COMPARE AND WRITE through the sequencer: the host got %s; its write stands on the sequencer", describe(r))
+	if rr, _ := inA.doPastUA(compareAndWrite16(lba, 1), caw, 0); rr.Status != scsi.StatusGood {
+		t.Errorf("the retry through %s of a COMPARE AND WRITE that the host saw fail but whose write stands: %s, want GOOD", inA.arr.cfg.Name, describe(rr))
+	}
+	h.proxy.Partition(false)
+	h.log.Info("link healed")
+	h.waitInSync(60 * time.Second)
+	for i := range h.arrays {
+		if !bytes.Equal(h.localBlock(i, lba), caw[512:]) {
+			t.Errorf("%s's copy of the block once in sync again does not hold the write", h.arrays[i].cfg.Name)
+		}
+	}
+	if rr, _ := inB.doPastUA(compareAndWrite16(lba, 1), caw, 0); !isMiscompare(rr) {
+		t.Errorf("a repeat through %s of the COMPARE AND WRITE whose retry got GOOD: %s, want MISCOMPARE as on one array", inB.arr.cfg.Name, describe(rr))
 	}
 }

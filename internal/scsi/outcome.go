@@ -30,7 +30,12 @@ import (
 //     and write data. It is answered GOOD, without writing, when its
 //     compare fails only because the blocks hold its own write data, the
 //     remembered command was the last to write them, and the answer to it
-//     may have been lost.
+//     may have been lost. The array that orders the writes remembers the
+//     write of a command a host sent to it too (an Own), whose answer is
+//     lost when it ended without GOOD (aborted while its mirror waited
+//     for the pod to be decided, and the array kept the pod): such a
+//     retry writes the same data again, so that it is on every array
+//     that serves the pod, before its GOOD.
 //   - PERSISTENT RESERVE OUT: the retry is the same service action with
 //     the same parameters on the same I_T nexus (reservations are kept
 //     per I_T nexus: the same command through another path is another
