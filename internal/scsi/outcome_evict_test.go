@@ -41,13 +41,7 @@ func TestOutcomeMemoryManyInitiators(t *testing.T) {
 	if floods < names*each {
 		t.Fatalf("only %d flooding commands ran", floods)
 	}
-	per := map[string]int{}
-	e.lu.outcomes.mu.Lock()
-	for _, x := range e.lu.outcomes.mu.caw {
-		per[x.initiator]++
-	}
-	total := len(e.lu.outcomes.mu.caw)
-	e.lu.outcomes.mu.Unlock()
+	per, total := e.rememberedCAW()
 	if total > DefaultRememberedOutcomes {
 		t.Fatalf("the unit remembers %d outcomes, more than %d", total, DefaultRememberedOutcomes)
 	}
@@ -99,4 +93,16 @@ func TestOutcomeOwnPROutMayBeShared(t *testing.T) {
 	if got := e.lu.Reservations().Registrations; len(got) != 1 || got[0].Key != 0xb {
 		t.Fatalf("registrations at the end: %v, want 0xb", got)
 	}
+}
+
+// rememberedCAW returns how many COMPARE AND WRITE outcomes the unit
+// remembers, per initiator name and in all.
+func (e *env) rememberedCAW() (per map[string]int, total int) {
+	per = map[string]int{}
+	e.lu.outcomes.mu.Lock()
+	defer e.lu.outcomes.mu.Unlock()
+	for _, x := range e.lu.outcomes.mu.caw {
+		per[x.initiator]++
+	}
+	return per, len(e.lu.outcomes.mu.caw)
 }
