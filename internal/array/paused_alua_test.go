@@ -1,10 +1,12 @@
 package array
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/metro-storage/metro/internal/pod"
+	"github.com/metro-storage/metro/internal/replication"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -53,5 +55,57 @@ func TestPausedReportsPeerTransitioning(t *testing.T) {
 	check("while the pod is paused", scsi.ActiveOptimized)
 	if st := a.repl.Status(a.cat.View().Pods["pod1"]).State; st != string(pod.Paused) {
 		t.Fatalf("the pod left the paused state during the check (%s): the checks above did not read it paused", st)
+	}
+}
+
+// groupsThrough returns the state of each target port group, by id, as
+// REPORT TARGET PORT GROUPS through in reports them.
+func groupsThrough(t *testing.T, in *initiator) map[uint16]scsi.AccessState {
+	t.Helper()
+	r, _ := in.doPastUA(reportTPG(), nil, 4096)
+	if r.Status != scsi.StatusGood {
+		t.Fatalf("REPORT TARGET PORT GROUPS through %s: %s", in.arr.cfg.Name, describe(r))
+	}
+	groups, err := parseTPG(r.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint16]scsi.AccessState{}
+	for _, g := range groups {
+		out[g.id] = g.state
+	}
+	return out
+}
+
+// TestPairSuspendedSequencerReportsPeerTransitioning (issue 10,
+// leftovers): the sequencer cannot reach the mediator when the link is
+// cut; its elect fails and it suspends the pod, still owning its epoch
+// as far as it knows, while the follower, which reaches the mediator,
+// wins and serves alone. The suspended sequencer cannot know that: it
+// must report the winner's group Transitioning, not Unavailable (a host
+// reading it would stop using the only paths that serve the pod), and its
+// own Unavailable. The winner reports its own group active and the
+// loser's Unavailable. Before, the suspended sequencer reported the
+// winner's group Unavailable.
+func TestPairSuspendedSequencerReportsPeerTransitioning(t *testing.T) {
+	h := newMediatedPair(t, 1)
+	inA, inB := h.hostPorts()
+	h.medProxy[0].Partition(true)
+	h.waitFor("array-a to see the mediator unreachable", 30*time.Second, func() (bool, string) {
+		v := h.podView(0)
+		return v.Mediator.State != replication.MediatorOnline, fmt.Sprintf("%+v", v.Mediator)
+	})
+	h.proxy.Partition(true)
+	h.log.Info("link cut; array-a cannot reach the mediator")
+	h.waitWinner(1, "array-b to win and serve alone, array-a to suspend")
+	if v := h.podView(0); v.Sequencer != h.arrays[0].cfg.Name {
+		t.Fatalf("the suspended array-a learnt that it lost (sequencer %s): the test does not test an array that cannot know", v.Sequencer)
+	}
+	tpgA, tpgB := h.arrays[0].id.TargetPortGroup(), h.arrays[1].id.TargetPortGroup()
+	if g := groupsThrough(t, inA); g[tpgA] != scsi.Unavailable || g[tpgB] != scsi.Transitioning {
+		t.Errorf("through the suspended array-a: its group %#x, array-b's %#x; want Unavailable (%#x) and Transitioning (%#x)", g[tpgA], g[tpgB], scsi.Unavailable, scsi.Transitioning)
+	}
+	if g := groupsThrough(t, inB); g[tpgB] != scsi.ActiveOptimized || g[tpgA] != scsi.Unavailable {
+		t.Errorf("through the winner array-b: its group %#x, array-a's %#x; want Active/Optimized (%#x) and Unavailable (%#x)", g[tpgB], g[tpgA], scsi.ActiveOptimized, scsi.Unavailable)
 	}
 }
