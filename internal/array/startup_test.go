@@ -13,6 +13,77 @@ import (
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
+// heldPodArray opens an array holding pod1, a stretched pod whose other
+// array (peer, array-p) never answers and whose sequencer is this array
+// when selfOrders is set (else the peer), with edit applied to its
+// configuration. It runs the array with its replicator held before it
+// starts the pods' runtimes, and logs a host in meanwhile: release lets
+// the replicator start. Everything stops at the end of the test.
+func heldPodArray(t *testing.T, selfOrders bool, edit func(*Config)) (a *Array, host *iscsiinit.Conn, peer catalog.PodArray, release func()) {
+	t.Helper()
+	c := loopbackConfig(t, t.TempDir())
+	c.ISCSI.Listen = []string{reservePort(t)}
+	if edit != nil {
+		edit(c)
+	}
+	a, err := Open(Options{Config: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	self := catalog.PodArray{Name: c.Name, ID: a.id.ID}
+	peer = catalog.PodArray{Name: "array-p", ID: newID()}
+	seq := peer.Name
+	if selfOrders {
+		seq = self.Name
+	}
+	for _, op := range []catalog.Op{
+		catalog.CreatePod{Name: "pod1", ID: newID(), Created: now, Array: self},
+		catalog.CreateVolume{Name: "pod1::vol1", UUID: newID(), Size: 64 << 20, Created: now},
+		catalog.CreateHost{Host: catalog.Host{Name: "h1", IQNs: []string{testIQN}}},
+		catalog.Connect{Volume: "pod1::vol1", Host: "h1"},
+		catalog.SetPodMembership{Name: "pod1", Arrays: []catalog.PodArray{self, peer}, Sequencer: seq, Epoch: 2},
+	} {
+		if err := a.cat.Apply(op); err != nil {
+			a.Close()
+			t.Fatalf("%s: %v", op.Kind(), err)
+		}
+	}
+	held, released := make(chan struct{}), make(chan struct{})
+	a.holdReplication = func(ctx context.Context) {
+		close(held)
+		select {
+		case <-released:
+		case <-ctx.Done():
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- a.Run(ctx, func() { close(ready) }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-done:
+		done <- err
+		t.Fatalf("Run ended before it was ready: %v", err)
+	}
+	<-held
+
+	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer dcancel()
+	host, err = iscsiinit.Dial(dctx, c.ISCSI.Listen[0], iscsiinit.Options{InitiatorName: testIQN, TargetName: c.ISCSI.Target, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("log in while the replicator has not started: %v", err)
+	}
+	t.Cleanup(func() { host.Close() })
+	return a, host, peer, func() { close(released) }
+}
+
 // TestStretchedPodNotServedBeforeItsRuntime: an array starts holding a
 // copy of a stretched pod that its peer orders (as a follower does after
 // a restart), and its iSCSI server serves before its replicator has
@@ -25,59 +96,8 @@ import (
 // and wrote the block to its own copy alone, in no order and no change
 // tracking, where no resync would ever repair it.
 func TestStretchedPodNotServedBeforeItsRuntime(t *testing.T) {
-	c := loopbackConfig(t, t.TempDir())
-	c.ISCSI.Listen = []string{reservePort(t)}
-	a, err := Open(Options{Config: c})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	self := catalog.PodArray{Name: c.Name, ID: a.id.ID}
-	peer := catalog.PodArray{Name: "array-p", ID: newID()}
-	for _, op := range []catalog.Op{
-		catalog.CreatePod{Name: "pod1", ID: newID(), Created: now, Array: self},
-		catalog.CreateVolume{Name: "pod1::vol1", UUID: newID(), Size: 64 << 20, Created: now},
-		catalog.CreateHost{Host: catalog.Host{Name: "h1", IQNs: []string{testIQN}}},
-		catalog.Connect{Volume: "pod1::vol1", Host: "h1"},
-		catalog.SetPodMembership{Name: "pod1", Arrays: []catalog.PodArray{self, peer}, Sequencer: peer.Name, Epoch: 2},
-	} {
-		if err := a.cat.Apply(op); err != nil {
-			a.Close()
-			t.Fatalf("%s: %v", op.Kind(), err)
-		}
-	}
-	held, release := make(chan struct{}), make(chan struct{})
-	a.holdReplication = func(ctx context.Context) {
-		close(held)
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan struct{}), make(chan error, 1)
-	go func() { done <- a.Run(ctx, func() { close(ready) }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("Run ended before it was ready: %v", err)
-	}
-	<-held
-
-	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer dcancel()
-	host, err := iscsiinit.Dial(dctx, c.ISCSI.Listen[0], iscsiinit.Options{InitiatorName: testIQN, TargetName: c.ISCSI.Target, Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatalf("log in while the replicator has not started: %v", err)
-	}
-	defer host.Close()
+	a, host, _, release := heldPodArray(t, false, nil)
+	ctx := context.Background()
 	tpg := a.id.TargetPortGroup()
 	block := bytes.Repeat([]byte{0x5a}, 4096)
 	if st := groupStateOf(t, host, tpg); st != scsi.Transitioning {
@@ -95,7 +115,7 @@ func TestStretchedPodNotServedBeforeItsRuntime(t *testing.T) {
 		t.Fatalf("the write refused before the runtime ran is in this array's copy (%x..., %v)", local[:8], err)
 	}
 
-	close(release)
+	release()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, running := a.repl.Serving("pod1"); running {

@@ -65,7 +65,9 @@ func (v *luView) LUNs(initiator string) []uint64 {
 // one target port group. A group is Unavailable where the pod is not
 // served; otherwise paths to the initiator's preferred array are
 // Active/Optimized (with the PREF bit) and to the other Active/
-// Non-optimized, and with no preference both are Active/Optimized.
+// Non-optimized, and with no preference both are Active/Optimized. The
+// peer's group is Transitioning while this array cannot know whether the
+// peer serves the pod (replication.PeerServing).
 func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortGroup {
 	a := v.array
 	t := v.table.Load()
@@ -85,11 +87,11 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 		// stretched the pod): its machine has not said this array
 		// serves the pod, so it reports its own paths Transitioning and
 		// refuses I/O with the matching NOT READY, never serves the pod
-		// as local; the peer, unknown, Unavailable, as a machine that
-		// has not heard from it (paused or suspended) reports it.
+		// as local; the peer, unknown, Transitioning, as a paused
+		// machine reports it.
 		return a.idleGroups(p, t)
 	}
-	peerUp := a.repl.PeerServing(p.Name)
+	peerUp, peerKnown := a.repl.PeerServing(p.Name)
 	serves := func(name string) bool {
 		if name == a.cfg.Name {
 			return serving
@@ -105,6 +107,8 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 	for _, pa := range p.Arrays {
 		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}}
 		switch {
+		case pa.Name != a.cfg.Name && !peerKnown:
+			g.State = scsi.Transitioning
 		case !serves(pa.Name):
 			g.State = scsi.Unavailable
 		case len(prefer) == 0:
@@ -121,15 +125,11 @@ func (v *luView) PortGroups(initiator string, lu *scsi.LogicalUnit) []scsi.PortG
 }
 
 // idleGroups are the port groups of a stretched pod whose runtime does
-// not run (see PortGroups).
+// not run (see PortGroups): every one Transitioning.
 func (a *Array) idleGroups(p *catalog.Pod, t *luTable) []scsi.PortGroup {
 	groups := make([]scsi.PortGroup, 0, len(p.Arrays))
 	for _, pa := range p.Arrays {
-		g := scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}, State: scsi.Unavailable}
-		if pa.Name == a.cfg.Name {
-			g.State = scsi.Transitioning
-		}
-		groups = append(groups, g)
+		groups = append(groups, scsi.PortGroup{ID: t.ids[pa.ID].tpg, RelativePortIDs: []uint16{t.ids[pa.ID].rtpi}, State: scsi.Transitioning})
 	}
 	return groups
 }

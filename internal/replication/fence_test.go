@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metro-storage/metro/internal/link"
 	"github.com/metro-storage/metro/internal/scsi"
 )
 
@@ -18,24 +17,7 @@ import (
 // deadline, forwardTimeouts link timeouts, and the link session ends, so
 // the pod goes through the link-lost path and its machine decides.
 func TestForwardDeadline(t *testing.T) {
-	h := newHostilePeer(t)
-	h.followInSync("pod1", epoch1)
-	stuck := make(chan struct{})
-	t.Cleanup(func() { close(stuck) }) // before the peer's session closes
-	arrived := make(chan struct{}, 1)
-	serve := func(req link.Message) (link.Message, error) {
-		if req.Type == msgForward {
-			select {
-			case arrived <- struct{}{}:
-			default:
-			}
-			<-stuck
-		}
-		return link.Message{Type: req.Type}, nil
-	}
-	h.serve.Store(&serve)
-	sess := h.env.r.session()
-	vol := h.env.r.Volume("pod1", uuidVol1, h.env.st.Volume(h.env.cat.View().Volumes["pod1::vol1"].DataID))
+	arrived, sess, vol := newHostilePeer(t).followerStuckOn(msgForward)
 	cdb, param := prRegisterCDB(0x77)
 	m := forwardCDB("pod1", uuidVol1, iqnH2, cdb, param)
 	m.Cmd.Nexus.RelativePortID = portB

@@ -464,19 +464,32 @@ func (r *Replicator) Serving(podName string) (serving, running bool) {
 }
 
 // PeerServing reports whether the peer serves I/O for the pod as far as
-// this array knows: in sync, or (this array not serving) when the peer
-// owns the pod's epoch.
-func (r *Replicator) PeerServing(podName string) bool {
+// this array knows (serving): in sync, or (this array not serving) when
+// the peer owns the pod's epoch; and whether this array can know it
+// (known). It cannot while the pod is paused (the race is being decided:
+// the peer may be paused too, or have won and serve alone), suspended
+// here with this array still owning the epoch it knows (its elect failed
+// or was not made: the peer may have won), or in sync with its link
+// session just ended (it is about to pause): the peer's paths are then
+// neither said to work nor said not to (ALUA Transitioning), for a
+// host's ALUA handler takes every array's word for every group, and
+// would stop using the paths of a winner reported Unavailable by an
+// array that has not heard of its win.
+func (r *Replicator) PeerServing(podName string) (serving, known bool) {
 	p := r.pod(podName)
 	if p == nil {
-		return false
+		return false, true
 	}
 	md := p.mode()
 	switch md.state {
+	case pod.Paused:
+		return false, false
 	case pod.InSync:
-		return md.sess != nil
-	case pod.Suspended, pod.Receiving, pod.Left:
-		return md.role == pod.Follower
+		return md.sess != nil, md.sess != nil
+	case pod.Suspended:
+		return md.role == pod.Follower, md.role == pod.Follower
+	case pod.Receiving, pod.Left:
+		return md.role == pod.Follower, true
 	}
-	return false
+	return false, true
 }

@@ -352,7 +352,13 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 	return rt.mirror(ctx, region{}, nil, msgReservations, payload, nil)
 }
 
-// Reset implements scsi.Replica.
+// Reset implements scsi.Replica. The peer performs the reset (it aborts
+// tasks there and may wait for them, and at the sequencer shares the
+// resulting state), so it is given the bound of a forwarded command,
+// forwardTimeouts link timeouts: a peer that answers the link's pings
+// but not the reset is treated as the link lost (the session ends and
+// the pod's machine decides), and the host's task management function
+// completes.
 func (v *Volume) Reset(ctx context.Context, lunReset bool) {
 	rt, _ := v.rt()
 	if rt == nil {
@@ -363,7 +369,14 @@ func (v *Volume) Reset(ctx context.Context, lunReset bool) {
 		return
 	}
 	payload := mustJSON(resetMsg{Pod: v.pod, Volume: v.uuid, LUNReset: lunReset})
-	if _, err := call(ctx, md.sess, msgReset, md.epoch, payload); err != nil {
+	bound := forwardTimeouts * v.r.cfg.Timeout
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	if _, err := call(cctx, md.sess, msgReset, md.epoch, payload); err != nil {
+		if ctx.Err() == nil && cctx.Err() != nil {
+			rt.peerFailed(md.sess, fmt.Errorf("the peer did not answer a reset within %v", bound))
+			return
+		}
 		v.r.log.Warn("reset on the peer failed", "pod", v.pod, "err", err)
 	}
 }

@@ -453,7 +453,14 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 		return prConflict()
 	}
 	if lu.outcomes.retriedPR(ctx, NexusID(n), op, cur) {
-		return PROutcome{} // the first run's outcome (outcome.go)
+		// The first run's outcome (outcome.go). A retry sent here, not
+		// forwarded, may come while the first run's change is on no
+		// other array that serves the pod (its share unconfirmed): it
+		// is GOOD once the state is shared again.
+		if forwardedOf(ctx) == nil && lu.share(ctx, nil, nil) != nil {
+			return prCheck(SenseNotReadyTransitioning())
+		}
+		return PROutcome{}
 	}
 	next, out := cur.Apply(NexusID(n), op)
 	if out.Status != StatusGood {
@@ -469,7 +476,7 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	lu.beginChangeLocked()
 	lu.mu.res = next
 	lu.mu.Unlock()
-	lu.outcomes.rememberPR(forwardedOf(ctx), NexusID(n), op, next)
+	lu.outcomes.rememberPR(answerOf(ctx), NexusID(n), op, next)
 	err := lu.share(ctx, out.Notices, out.Abort)
 	lu.settle(err, out.Notices, func() { lu.undoPR(cur, next) })
 	if err != nil {
@@ -542,11 +549,22 @@ func (lu *LogicalUnit) releaseSCSI2(ctx context.Context, n Nexus) (ok bool, err 
 	return ok, nil
 }
 
-// resetShared performs the reset's part that the peer must know of: at the
-// sequencer the cleared SCSI-2 reservation is shared; elsewhere the
-// sequencer is asked to perform the reset (lunReset) or only to release
-// the SCSI-2 reservation (a target reset, which concerns this target's
-// nexuses only).
+// resetShared performs the reset's part that the peer must know of, after
+// reset ran here. Whichever array this is, the peer is asked to perform
+// the same reset of the unit (Replica.Reset, ResetFromPeer; not when it
+// does not serve the pod): a logical unit reset aborts the peer's tasks
+// for the unit and gives its nexuses LOGICAL UNIT RESET; a target reset
+// aborts none of them (they are another target's) but releases the
+// SCSI-2 reservation there whoever holds it, returns the mode parameters
+// to their defaults and gives its nexuses POWER ON, RESET. A peer that is
+// the sequencer shares the state it reset back. Then the state reset
+// here is shared: at the sequencer (the cleared SCSI-2 reservation and
+// mode parameters, the counted reset) with the follower; elsewhere the
+// share fails, as at any array that does not order the pod, and that is
+// only logged: the sequencer's own share brings its state. A failed
+// share is never undone, for a reset lifts restrictions (as releaseSCSI2
+// keeps a release), and the whole state is shared again when the peer
+// resyncs.
 func (lu *LogicalUnit) resetShared(ctx context.Context, lunReset bool) {
 	lu.replica.Reset(ctx, lunReset)
 	lu.prMu.Lock()

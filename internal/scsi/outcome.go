@@ -31,13 +31,24 @@ import (
 //     and write data. It is answered GOOD, without writing, when its
 //     compare fails only because the blocks hold its own write data, the
 //     remembered command was the last to write them, and the answer to it
-//     may have been lost.
+//     may have been lost. The array that orders the writes remembers the
+//     write of a command a host sent to it too (an Own), whose answer is
+//     lost when it ended without GOOD (aborted while its mirror waited
+//     for the pod to be decided, and the array kept the pod): such a
+//     retry writes the same data again, so that it is on every array
+//     that serves the pod, before its GOOD.
 //   - PERSISTENT RESERVE OUT: the retry is the same service action with
 //     the same parameters on the same I_T nexus (reservations are kept
 //     per I_T nexus: the same command through another path is another
 //     nexus's command and runs). It is answered GOOD, changing nothing,
 //     when the reservation state is still exactly what the remembered
-//     command left and the answer to it may have been lost.
+//     command left and the answer to it may have been lost. The array
+//     that decides the reservations remembers the change of a command a
+//     host sent to it too (an Own), whose answer is lost when it ended
+//     without GOOD: aborted, or failed after its change was kept because
+//     the peer may hold it (ErrMayBeShared). Such a retry is GOOD only
+//     once the state is shared again, for the first run's share was not
+//     confirmed.
 //
 // Whether an answer may have been lost is the AnswerFate the replication
 // layer gives a forwarded command (WithForwarded): at the sequencer, the
@@ -69,9 +80,14 @@ import (
 // The memory is bounded: at most LUConfig.RememberedOutcomes COMPARE AND
 // WRITE outcomes per logical unit, of which one host (initiator name) may
 // hold an eighth, the oldest going first, so a host that floods the unit
-// with forwarded commands evicts its own outcomes before others'; and one
-// PERSISTENT RESERVE OUT outcome, the latest change of the reservations.
-// An outcome evicted is a retry run afresh, as before this memory.
+// with forwarded commands evicts its own outcomes before others'; a full
+// memory evicts the oldest outcome of the name that holds the most, so
+// that hosts under many names (eight fill it) evict each other's before
+// those of a host that holds fewer; and one PERSISTENT RESERVE OUT
+// outcome, the latest change of the reservations. An outcome evicted is a
+// retry run afresh, as before this memory: a host whose retry of an
+// evicted outcome miscompares held k outcomes in a memory shared among
+// RememberedOutcomes/k names or more.
 
 // DefaultRememberedOutcomes is the default of LUConfig.RememberedOutcomes.
 const DefaultRememberedOutcomes = 256
@@ -237,12 +253,37 @@ func (o *outcomes) rememberCAW(f *forwarded, lba, n uint64) {
 	if mine >= max(1, o.max/8) {
 		o.evictLocked(e.initiator)
 	} else if len(o.mu.caw) >= o.max {
-		o.evictLocked("")
+		o.evictLocked(o.largestLocked())
 	}
 	o.mu.seq++
 	e.seq = o.mu.seq
 	o.mu.caw = append(o.mu.caw, e)
 	o.n.Store(int32(len(o.mu.caw)))
+}
+
+// largestLocked returns the initiator that holds the most COMPARE AND
+// WRITE outcomes (of those that hold as many, the one whose oldest is
+// oldest): a full memory makes room at its expense, so that hosts under
+// many initiator names evict each other's outcomes before those of a host
+// that holds fewer, and one holding k outcomes loses one only once the
+// memory is shared among max/k names or more.
+func (o *outcomes) largestLocked() string {
+	count := map[string]int{}
+	oldest := map[string]uint64{}
+	for i := range o.mu.caw {
+		x := &o.mu.caw[i]
+		count[x.initiator]++
+		if s, ok := oldest[x.initiator]; !ok || x.seq < s {
+			oldest[x.initiator] = x.seq
+		}
+	}
+	best := ""
+	for name, k := range count {
+		if best == "" || k > count[best] || k == count[best] && oldest[name] < oldest[best] {
+			best = name
+		}
+	}
+	return best
 }
 
 // evictLocked removes the oldest COMPARE AND WRITE outcome of initiator
@@ -293,9 +334,23 @@ func (o *outcomes) retriedCAW(x *exec, lba, n uint64, cur []byte) bool {
 	return true
 }
 
+// answerOf returns, for remembering the outcome of the command ctx runs,
+// the forwarded command (WithForwarded) or, for one a host sent to this
+// array (an Own), the command under its own fate; nil for neither.
+func answerOf(ctx context.Context) *forwarded {
+	if f := forwardedOf(ctx); f != nil {
+		return f
+	}
+	if o := OwnOf(ctx); o != nil {
+		return &forwarded{cmd: o.cmd, fate: o}
+	}
+	return nil
+}
+
 // rememberPR records, after a change of the reservation state to st made
 // by a PERSISTENT RESERVE OUT op of nexus n, that change as the latest
-// one, with the command's fate when it was forwarded (f).
+// one, with the command's fate when it was forwarded or run here as an
+// Own (f, answerOf).
 func (o *outcomes) rememberPR(f *forwarded, n PRNexus, op PROut, st ReservationState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -320,7 +375,7 @@ func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st Reserv
 		return false
 	}
 	o.mu.pr = nil
-	if f := forwardedOf(ctx); f != nil {
+	if f := answerOf(ctx); f != nil {
 		q := *p
 		q.fate = f.fate
 		o.mu.pr = &q
@@ -454,7 +509,9 @@ type ownKey struct{}
 // ran it under a fate that OnEnd settles: Replica.Forward).
 type Own struct {
 	cmd *Command
-	mu  struct {
+	// ended is closed once the command has ended (end).
+	ended chan struct{}
+	mu    struct {
 		sync.Mutex
 		ended, delivered bool
 		hooks            []func(delivered bool)
@@ -463,7 +520,7 @@ type Own struct {
 
 // withOwn returns ctx for running cmd as an Own.
 func withOwn(ctx context.Context, cmd *Command) (context.Context, *Own) {
-	o := &Own{cmd: cmd}
+	o := &Own{cmd: cmd, ended: make(chan struct{})}
 	return context.WithValue(ctx, ownKey{}, o), o
 }
 
@@ -505,6 +562,26 @@ func (o *Own) OnEnd(f func(delivered bool)) {
 	f(d)
 }
 
+// Lost implements AnswerFate: the command ended without its GOOD given
+// to the transport (it failed, or was aborted, after its effect was made
+// and kept: a PERSISTENT RESERVE OUT whose share the peer may hold).
+func (o *Own) Lost() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mu.ended && !o.mu.delivered
+}
+
+// Delivered implements AnswerFate: the command ended with its GOOD given
+// to the transport.
+func (o *Own) Delivered() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mu.delivered
+}
+
+// Settled implements AnswerFate: the command has ended.
+func (o *Own) Settled() <-chan struct{} { return o.ended }
+
 // end records that the command ended with res.
 func (o *Own) end(res *Result, aborted bool) {
 	o.mu.Lock()
@@ -512,6 +589,7 @@ func (o *Own) end(res *Result, aborted bool) {
 	o.mu.delivered = res != nil && res.Status == StatusGood && !aborted
 	hooks, d := o.mu.hooks, o.mu.delivered
 	o.mu.hooks = nil
+	close(o.ended)
 	o.mu.Unlock()
 	for _, f := range hooks {
 		f(d)

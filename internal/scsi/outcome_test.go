@@ -174,13 +174,7 @@ func TestOutcomeMemoryBounded(t *testing.T) {
 			t.Fatalf("flood's COMPARE AND WRITE at %d: %v", lba, senseOf(r))
 		}
 	}
-	per := map[string]int{}
-	e.lu.outcomes.mu.Lock()
-	for _, x := range e.lu.outcomes.mu.caw {
-		per[x.initiator]++
-	}
-	total := len(e.lu.outcomes.mu.caw)
-	e.lu.outcomes.mu.Unlock()
+	per, total := e.rememberedCAW()
 	if max := DefaultRememberedOutcomes / 8; per[flood.InitiatorName] > max || total > DefaultRememberedOutcomes {
 		t.Fatalf("after a flood the unit remembers %d outcomes, %d of the flooding host's (at most %d, %d)", total, per[flood.InitiatorName], DefaultRememberedOutcomes, max)
 	}

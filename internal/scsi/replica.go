@@ -46,7 +46,9 @@ type Replica interface {
 	// error wraps ErrMayBeShared.
 	ShareReservations(ctx context.Context, u ReservationUpdate) error
 	// Reset is called after a reset here: the peer performs the same
-	// reset of the unit (ResetFromPeer).
+	// reset of the unit (ResetFromPeer). It returns once the peer has, or
+	// after a deadline tied to the link's timeout (the link then ends,
+	// as when a forwarded command is not answered).
 	Reset(ctx context.Context, lunReset bool)
 	// Decides reports whether this array decides the unit's shared state
 	// now: it is the pod's sequencer (with its peer or alone), or the

@@ -256,13 +256,18 @@ func runCompareAndWrite(x *exec) *Result {
 		return res
 	}
 	if off := firstDifference(verify, cur); off >= 0 {
-		if x.lu.outcomes.retriedCAW(x, lba, n, cur) {
+		if !x.lu.outcomes.retriedCAW(x, lba, n, cur) {
+			return checkCondition(SenseMiscompare(uint32(off)))
+		}
+		if forwardedOf(x.ctx) != nil {
 			return good(nil) // the first run's outcome (outcome.go)
 		}
-		return checkCondition(SenseMiscompare(uint32(off)))
+		// The first run's outcome, for a retry sent here: its write,
+		// which the blocks hold, may be on no other array that serves
+		// the pod (its mirror unconfirmed), so it is made again.
 	}
 	err := x.lu.writeAt(x.ctx, write, int64(lba*BlockSize))
-	if f := forwardedOf(x.ctx); f != nil {
+	if f := answerOf(x.ctx); f != nil {
 		// Remembered even if the write failed: it may have landed (on
 		// this copy, or on the peer's), and a retry checks the blocks.
 		x.lu.outcomes.rememberCAW(f, lba, n)
