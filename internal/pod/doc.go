@@ -183,9 +183,20 @@
 // and the other none: the first suspends, the second races through the
 // mediator, whose grant then names the same owner. Link and mediator lost
 // at the same moment, before a pre-election completed: the pod suspends
-// on both arrays and comes back when either returns. The in-sync grant
-// carries the pre-election, so a pod resynced while the mediator is away
-// is pre-elected from its first in-sync instant.
+// on both arrays and comes back when either returns. If the last step
+// (the pre-elected array's own record) lands only after the link was
+// lost, the pre-elected array takes E+1 at the fence then, as if the
+// link had been lost after it; and one that was suspended meanwhile
+// (its race failed) does so at the next link loss.
+//
+// The in-sync grant carries a pre-election of the granting array, so a
+// pod it resynced while the mediator is away is pre-elected from the
+// peer's first in-sync instant. A pre-election of the peer is engaged
+// only once the peer accepted the grant, in the usual steps: carried by
+// the grant, the granting array would hold it before the peer's copy is
+// complete, and a grant lost with the link would leave the pod to
+// nobody until the link returned (the granting array promised to the
+// peer, the peer behind), even with the mediator back.
 //
 // The pre-election is recorded at the pod's current epoch, not at a new
 // one, deliberately. It grants no epoch when it engages: it is the

@@ -645,6 +645,16 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	case Paused:
 		m.fenceAfter(lastHeard)
 	case Suspended:
+		if m.rec.Current() && m.rec.Pre == m.cfg.Self {
+			// Pre-elected (its last step landed after an earlier link
+			// loss had suspended this array): the peer holds it
+			// durably and never races, so this array takes the next
+			// epoch at the fence.
+			m.fenceAfter(lastHeard)
+			m.decide(now)
+			acts := m.set(Paused, nil)
+			return append(acts, m.Tick(now)...)
+		}
 		if m.rec.Current() && m.rec.Pre != m.cfg.Peer {
 			// Suspended with a current copy that may race (its elect
 			// failed, or its answer was lost, before the link came
@@ -843,6 +853,15 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 		if !m.decide(now) {
 			acts = m.set(Suspended, acts)
 		}
+	case p.why == pPre && !m.link && (m.state == Paused || m.state == Suspended) && m.rec.Current() &&
+		m.rec.Pre == m.cfg.Self && m.winWhy != "pre-elected" && m.win == 0:
+		// The last step of a pre-election of this array landed after
+		// the link was lost (it raced on the record before, or could
+		// not, and suspended): the peer durably holds this array as
+		// pre-elected and does not race, so this array takes the next
+		// epoch at the fence, as if the link had been lost after.
+		m.decide(now)
+		acts = m.set(Paused, acts)
 	}
 	switch p.why {
 	case pTake:
@@ -1003,22 +1022,28 @@ func (m *Machine) preTarget() string {
 }
 
 // BaselineDone: every block the peer lacked is on it (later ones were
-// mirrored): clear Alone (and set the pre-election the grant carries)
-// durably, then grant.
+// mirrored): clear Alone (and any pre-election) durably, then grant.
+//
+// The grant carries a pre-election of this array only, which this array
+// persists once the peer holds it. A pre-election of the peer is engaged
+// after the grant is accepted, in the usual steps: carried by the grant,
+// it had this array hold it durably before the peer's copy was complete,
+// and a grant lost with the link then left the pod to nobody until the
+// link returned (this array suspended, promised to the peer; the peer
+// behind, never racing), even with the mediator back.
 func (m *Machine) BaselineDone(epoch uint64) []Action {
 	if m.state != Syncing || epoch != m.rec.Epoch || !m.rec.Alone || m.busy() {
 		return nil
 	}
-	m.grantPre = m.preTarget()
+	m.grantPre = ""
+	if m.preTarget() == m.cfg.Self {
+		m.grantPre = m.cfg.Self
+	}
 	next := m.rec
 	next.Alone = false
-	// This array drops the right to serve alone, and holds the peer's
-	// pre-election before the peer does (the peer persists it with the
-	// grant); its own is persisted once the peer holds it.
+	// This array drops the right to serve alone before the peer may
+	// hold its pre-election.
 	next.Pre = ""
-	if m.grantPre == m.cfg.Peer {
-		next.Pre = m.cfg.Peer
-	}
 	return m.persist(next, pGrant, "", false, nil)
 }
 

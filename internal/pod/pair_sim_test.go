@@ -1336,21 +1336,7 @@ func (s *sim) heal() {
 			if !a.up {
 				s.now = s.now.Add(200 * time.Millisecond)
 			}
-		case s.drainDriver():
-		case len(a.persists) > 0:
-			s.step(op{kind: opPersist, a: 2})
-		case len(b.persists) > 0:
-			s.step(op{kind: opPersist, a: 3})
-		case len(s.q[0]) > 0:
-			s.step(op{kind: opDeliver, a: 2}) // in order, without injected failures
-		case len(s.q[1]) > 0:
-			s.step(op{kind: opDeliver, a: 3})
-		case len(s.reqs) > 0:
-			s.step(op{kind: opElectReq})
-		case len(s.answers) > 0:
-			s.step(op{kind: opElectAns})
-		case len(s.jobs) > 0 || len(s.late) > 0:
-			s.step(op{kind: opBaseline, a: 3})
+		case s.pendingStep(true):
 		default:
 			if round%20 == 0 {
 				s.step(op{kind: opHello, a: round / 20})
@@ -1399,10 +1385,116 @@ func runSim(mode simMode, plant string, sched schedule, heal bool) (*violation, 
 			return s.err, s.trace
 		}
 	}
+	if heal && sched.live != liveNone && s.err == nil {
+		s.partition(sched.live, sched.liveArray)
+	}
 	if heal {
 		s.heal()
 	}
 	return s.err, s.trace
+}
+
+// Liveness phases: after a schedule's steps, the link is cut for good
+// with every array running and the mediator reachable as the phase says;
+// the pod must be served by some array within liveRounds (see
+// partition).
+type livePhase uint8
+
+const (
+	liveNone    livePhase = iota // heal at once
+	liveBoth                     // both arrays reach the mediator
+	liveOne                      // only one array reaches it
+	liveNeither                  // neither reaches it
+	numLive
+)
+
+func (l livePhase) String() string {
+	return [...]string{"none", "mediator reachable by both", "mediator reachable by one", "mediator unreachable"}[l]
+}
+
+// liveRounds bounds the liveness phase: 100 ms each, after the actions
+// pending in each round are performed (10 s: the link timeout, the head
+// start and a few retries).
+const liveRounds = 100
+
+// partition runs a liveness phase: every array restarts if it was dead,
+// the link is cut in both directions for good, the mediator is reachable
+// by both arrays, by array one only, or by neither; every persist, elect
+// and answer is performed (none fails) and time passes. Then some array
+// must serve the pod where the product promises it (the "offline"
+// violation):
+//   - with the mediator reachable by an array whose copy is current and
+//     that has not promised the peer the pod (it does not hold the
+//     peer's pre-election);
+//   - with a pre-election engaged: both records name the same array,
+//     whose copy is current.
+func (s *sim) partition(live livePhase, one int) {
+	reach := [2]bool{live == liveBoth, live == liveBoth}
+	if live == liveOne {
+		reach[one] = true
+	}
+	s.logf("liveness: the link cut for good, the mediator reachable by a %t, b %t", reach[0], reach[1])
+	for i := range s.arr {
+		s.restart(i)
+	}
+	s.dir = [2]bool{false, false}
+	for i := range s.arr {
+		s.setReach(i, reach[i])
+	}
+	for round := 0; round < liveRounds && s.err == nil; round++ {
+		for n := 0; n < 1000 && s.err == nil && s.pendingStep(false); n++ {
+			s.settle()
+			s.check()
+		}
+		s.now = s.now.Add(100 * time.Millisecond)
+		s.settle()
+		s.check()
+	}
+	if s.err != nil || s.servesWrites(0) || s.servesWrites(1) {
+		return
+	}
+	promised := func(i int) bool {
+		x, y := s.arr[i], s.arr[1-i]
+		r := x.m.Record()
+		return !x.single && r.Current() && (r.Pre != y.id || (!y.single && !y.m.Record().Current()))
+	}
+	pre := func(i int) bool {
+		x, y := s.arr[i], s.arr[1-i]
+		return !x.single && !y.single && x.m.Record().Current() && x.m.Record().Pre == x.id && y.m.Record().Pre == x.id
+	}
+	for i := range s.arr {
+		if (reach[i] && promised(i)) || pre(i) {
+			s.fail("offline", "link down for %d rounds (%s): nobody serves the pod: a %s, b %s; a's machine %s, b's %s",
+				liveRounds, live, s.describe(0), s.describe(1), s.arr[0].m.debug(), s.arr[1].m.debug())
+			return
+		}
+	}
+}
+
+// pendingStep performs one pending action, none failing (with deliver,
+// the link's messages in order too), and reports whether there was one.
+func (s *sim) pendingStep(deliver bool) bool {
+	a, b := s.arr[0], s.arr[1]
+	switch {
+	case s.drainDriver():
+	case len(a.persists) > 0:
+		s.step(op{kind: opPersist, a: 2})
+	case len(b.persists) > 0:
+		s.step(op{kind: opPersist, a: 3})
+	case deliver && len(s.q[0]) > 0:
+		s.step(op{kind: opDeliver, a: 2}) // in order, without injected failures
+	case deliver && len(s.q[1]) > 0:
+		s.step(op{kind: opDeliver, a: 3})
+	case len(s.reqs) > 0:
+		s.step(op{kind: opElectReq})
+	case len(s.answers) > 0:
+		s.step(op{kind: opElectAns})
+	case len(s.jobs) > 0 || len(s.late) > 0:
+		s.step(op{kind: opBaseline, a: 3})
+	default:
+		return false
+	}
+	return true
 }
 
 // stats counts what a run did, for the floors.
@@ -1413,7 +1505,8 @@ func shrink(mode simMode, plant string, sched schedule, key string) schedule {
 	for changed := true; changed; {
 		changed = false
 		for i := len(sched.ops) - 1; i >= 0; i-- {
-			cand := schedule{inSync: sched.inSync, ops: slices.Delete(slices.Clone(sched.ops), i, i+1)}
+			cand := sched
+			cand.ops = slices.Delete(slices.Clone(sched.ops), i, i+1)
 			if v, _ := runSim(mode, plant, cand, true); v != nil && v.key == key {
 				sched, changed = cand, true
 			}
@@ -1432,12 +1525,20 @@ var (
 type schedule struct {
 	inSync bool
 	ops    []op
+	// live is the liveness phase run after the steps (liveOne: the
+	// mediator reachable by liveArray only).
+	live      livePhase
+	liveArray int
 }
 
 func scheduleOf(seed int64) schedule {
 	rng := rand.New(rand.NewSource(seed))
 	inSync := rng.Intn(2) == 0
-	return schedule{inSync: inSync, ops: randomOps(rng, 60+rng.Intn(240))}
+	sched := schedule{inSync: inSync, ops: randomOps(rng, 60+rng.Intn(240))}
+	// Drawn after the steps, so a seed's steps are those it had before
+	// the liveness phases existed.
+	sched.live, sched.liveArray = livePhase(rng.Intn(int(numLive))), rng.Intn(2)
+	return sched
 }
 
 // regressionSeeds are schedules that broke an invariant only at run
@@ -1538,7 +1639,12 @@ func TestSimCatchesPlantedBugs(t *testing.T) {
 		t.Run(tc.plant, func(t *testing.T) {
 			for seed := int64(0); seed < plantSeeds; seed++ {
 				mode := simMode(seed % 2)
-				v, _ := runSim(mode, tc.plant, scheduleOf(seed), true)
+				// The planted bugs break safety: the schedules run
+				// without their liveness phase, as they were written
+				// for (the phase changes what the heal starts from).
+				sched := scheduleOf(seed)
+				sched.live = liveNone
+				v, _ := runSim(mode, tc.plant, sched, true)
 				if v != nil {
 					t.Logf("seed %d (%s): %s: %s", seed, mode, v.key, v.detail)
 					return
