@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -63,4 +64,43 @@ func TestReview3GrantCarriesPeerPreElection(t *testing.T) {
 		op{kind: opPersist, a: 176830}, op{kind: opMediator, a: 30064}, op{kind: opMediator, a: 416524},
 		op{kind: opMend, a: 83945}, op{kind: opDeliver, a: 868681}, op{kind: opBaseline, a: 2996},
 	)
+}
+
+// TestReview3LostWinGivenToPeerResync: the link is lost and both arrays
+// race at E; b's elect reaches the mediator first (b owns E+1 there)
+// and a's loses, but both answers are lost on the way back while the
+// mediator stays online: both suspend and ask again after RetryAfter
+// (b's repeat will be answered as a win). The link returns meanwhile:
+// a, the owner at E with a current copy, proposes a resync at E+1, and
+// b, suspended, accepts it: its record names a as the owner of E+1,
+// behind, which gives its win away. The link is lost before a hears
+// the answer, and a's repeated elect learns that b won E+1: a adopts it,
+// behind. Both records are behind at E+1, each naming the other; nobody
+// serves until the link returns, with the mediator online. An array
+// whose elect may have won (asked, never answered) must settle it with
+// the mediator before it gives the next epoch to the peer's resync.
+func TestReview3LostWinGivenToPeerResync(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, cutBoth, advanceTO, op{kind: opElectReq, a: 1}, electOldest)
+	for len(s.answers) > 0 {
+		an := s.answers[0]
+		s.answers = s.answers[1:]
+		s.feed(an.to, fmt.Sprintf("elect-failed %d (answer lost, mediator online)", an.epoch), func(m *Machine) []Action { return m.ElectFailed(an.epoch, s.now) })
+	}
+	s.steps(t,
+		op{kind: opMend, a: 0},   // the link returns
+		deliverAtoB, deliverBtoA, // the hellos: a, owner at E, proposes a resync at E+1
+		deliverBtoA, deliverAtoB, // the mediator statuses
+		deliverAtoB, // b takes a's resync at E+1 (if it does)
+		cutBoth, advanceTO, // the link is lost before a hears b's answer
+	)
+	for range 50 {
+		// 200 ms; the mediator answers whatever is asked of it.
+		s.steps(t, op{kind: opAdvance, a: 2}, electOldest, answerOldest, persistA, persistB)
+		if s.servesWrites(0) || s.servesWrites(1) {
+			return
+		}
+	}
+	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
+		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
