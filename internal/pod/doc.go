@@ -63,6 +63,29 @@
 // was lost is used after all, and otherwise the answer names the
 // peer's epoch, which this array adopts.
 //
+// Such an array may hold the mediator's grant of E+1 without knowing
+// it, so it must not give E+1 to the peer's resync meanwhile: if it did
+// and the link went before the peer heard the acceptance, the peer,
+// asking the mediator at E, would learn this array's win and adopt it,
+// behind, while this array's record names the peer as the owner of E+1,
+// behind too: nobody would serve until the link returned. So while its
+// elect is under way, or was never answered and it reaches the
+// mediator, it refuses a resync (busy; the peer tries again) and asks
+// the mediator again, with the link up too, at once and then every
+// RetryAfter: won, it takes E+1 at the fence and resyncs the peer; lost,
+// it adopts the peer's epoch, which the peer takes. One case is left:
+// an array whose elect was never answered and that no longer reaches
+// the mediator accepts the resync (refusing would keep the pod offline
+// with the link up for as long as it cannot reach the mediator); if its
+// elect had won and the link goes before the peer hears the acceptance,
+// and the peer then reaches the mediator, the pod is offline on both
+// arrays until the link returns. Neither array can tell it from a state
+// in which the other serves E+1 (the acceptor from the peer having heard
+// the acceptance and taken E+1 as agreed; the peer from the acceptor
+// never having got the proposal and taken the mediator's grant), so no
+// rule that lets one of them serve without the link is free of split
+// brain.
+//
 // # The per-pod barrier
 //
 // Every message of a pod carries the sender's epoch. A message is applied

@@ -303,6 +303,10 @@ type Machine struct {
 	// down, this array asks the mediator again (at the same epoch) from
 	// then on, while it reaches it (zero: not to).
 	reelectAt time.Time
+	// unanswered: this array asked the mediator at this epoch and never
+	// heard the answer (ElectFailed): it may hold the mediator's grant
+	// of the next epoch (zero: no such elect at the current epoch).
+	unanswered uint64
 
 	// Owner: the epoch of the StartResync in flight; when to propose one
 	// again; the highest epoch the peer is known at; the peer's
@@ -772,9 +776,23 @@ func (m *Machine) Tick(now time.Time) []Action {
 // answers a repeat by the winner of that epoch as a win, so a grant
 // whose answer was lost is used after all; if the peer won, the answer
 // says so and this array adopts the peer's epoch.
+//
+// With the link up it asks again too while its grant may be unused
+// (mayHoldGrant): the peer's resync waits for that answer.
 func (m *Machine) mayReelect(now time.Time) bool {
-	return m.state == Suspended && !m.reelectAt.IsZero() && !now.Before(m.reelectAt) && !m.link && m.medUp &&
+	due := !m.link && !m.reelectAt.IsZero()
+	if m.link && m.mayHoldGrant() {
+		due = true
+	}
+	return m.state == Suspended && due && !now.Before(m.reelectAt) && m.medUp &&
 		m.electing == 0 && m.rec.Current() && m.rec.Pre != m.cfg.Peer && !m.busy()
+}
+
+// mayHoldGrant reports whether the mediator may have granted this array
+// the next epoch without this array knowing: it asked at its current
+// epoch, with its copy current, and the answer never came.
+func (m *Machine) mayHoldGrant() bool {
+	return m.unanswered != 0 && m.unanswered == m.rec.Epoch && m.rec.Current()
 }
 
 // LeaseExpired: this array's lease ran out while the link seems up: the
@@ -792,6 +810,7 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 		return nil
 	}
 	m.electing = 0
+	m.unanswered = 0
 	if m.rec.Epoch != epoch || !m.rec.Current() {
 		// The record moved while the elect was under way (a suspended
 		// array accepted the peer's resync, which makes the peer the
@@ -828,6 +847,7 @@ func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
 		return nil
 	}
 	m.electing = 0
+	m.unanswered = epoch
 	m.reelectAt = now.Add(m.cfg.RetryAfter)
 	return m.set(Suspended, nil)
 }
@@ -1159,6 +1179,15 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
 		return nil, refuse("resync at epoch %d, already at %d", epoch, m.rec.Epoch)
+	case m.electing != 0 || (m.mayHoldGrant() && m.medUp):
+		// Racing, or it may hold the mediator's grant of the next
+		// epoch (its elect was never answered) and reaches the
+		// mediator: accepting would give that epoch to the peer, and
+		// if the peer then learnt this array's grant from the mediator
+		// both records would be behind, each naming the other, with
+		// nobody to serve until the link returned. It asks the
+		// mediator again first (mayReelect); the peer tries again.
+		return nil, ErrBusy
 	}
 	next := Record{Epoch: epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
 	return m.persist(next, pAcceptResync, "", false, nil), nil

@@ -91,7 +91,7 @@ func TestReview3LostWinGivenToPeerResync(t *testing.T) {
 		op{kind: opMend, a: 0},   // the link returns
 		deliverAtoB, deliverBtoA, // the hellos: a, owner at E, proposes a resync at E+1
 		deliverBtoA, deliverAtoB, // the mediator statuses
-		deliverAtoB, // b takes a's resync at E+1 (if it does)
+		deliverAtoB,        // b takes a's resync at E+1 (if it does)
 		cutBoth, advanceTO, // the link is lost before a hears b's answer
 	)
 	for range 50 {
