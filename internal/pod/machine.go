@@ -778,7 +778,9 @@ func (m *Machine) Tick(now time.Time) []Action {
 // says so and this array adopts the peer's epoch.
 //
 // With the link up it asks again too while its grant may be unused
-// (mayHoldGrant): the peer's resync waits for that answer.
+// (mayHoldGrant): the peer's resync waits for that answer (and is taken
+// at once when this array may not ask: ResyncRequested refuses on the
+// same conditions).
 func (m *Machine) mayReelect(now time.Time) bool {
 	due := !m.link && !m.reelectAt.IsZero()
 	if m.link && m.mayHoldGrant() {
@@ -1179,7 +1181,7 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
 		return nil, refuse("resync at epoch %d, already at %d", epoch, m.rec.Epoch)
-	case m.electing != 0 || (m.mayHoldGrant() && m.medUp):
+	case m.state == Suspended && (m.electing != 0 || (m.mayHoldGrant() && m.medUp && m.rec.Pre != m.cfg.Peer)):
 		// Racing, or it may hold the mediator's grant of the next
 		// epoch (its elect was never answered) and reaches the
 		// mediator: accepting would give that epoch to the peer, and

@@ -71,7 +71,11 @@ import (
 //     lacks;
 //   - barrier: a peer's write is applied only at the receiver's current
 //     epoch, in a state that takes it (as when it was checked);
-//   - epochs never go back; at the end the pod heals.
+//   - epochs never go back; at the end the pod heals;
+//   - offline: in three schedules of four, before the heal, the link is
+//     cut for good with both arrays running and the mediator reachable
+//     by both, one or neither, and the pod must be served within a bound
+//     wherever the product promises it (see partition).
 
 type simMode int
 
@@ -272,6 +276,11 @@ type sim struct {
 	owners  map[uint64]string
 	trace   []string
 	err     *violation
+	// unsettled: an array accepted a resync while it might hold the
+	// mediator's grant of that epoch and could not ask (the case the
+	// package doc leaves: both records may end behind, each naming the
+	// other, until the link returns).
+	unsettled bool
 }
 
 func newSim(mode simMode, plant string, inSync bool) *sim {
@@ -940,7 +949,12 @@ func (s *sim) handleResync(j int, m simMsg, fail bool) {
 		s.send(j, no)
 		return
 	}
+	unsettled := y.m.mayHoldGrant()
 	acts, err := y.m.ResyncRequested(m.epoch)
+	if err == nil && unsettled {
+		s.unsettled = true
+		s.logf("%s accepts the resync while it may hold the mediator's grant", y.id)
+	}
 	if err != nil {
 		s.logf("%s refuses the resync %d: %v", y.id, m.epoch, err)
 		s.send(j, no)
@@ -1424,8 +1438,13 @@ const liveRounds = 100
 // must serve the pod where the product promises it (the "offline"
 // violation):
 //   - with the mediator reachable by an array whose copy is current and
-//     that has not promised the peer the pod (it does not hold the
-//     peer's pre-election);
+//     that has not promised the pod to a peer with a current copy (it
+//     does not hold the pre-election of such a peer);
+//   - with the mediator reachable by an array that durably holds every
+//     acknowledged write while both records are behind (neither array
+//     can have served since), unless an array accepted a resync while it
+//     might hold the mediator's grant of that epoch and could not ask
+//     (the case the package doc leaves);
 //   - with a pre-election engaged: both records name the same array,
 //     whose copy is current.
 func (s *sim) partition(live livePhase, one int) {
@@ -1462,8 +1481,21 @@ func (s *sim) partition(live livePhase, one int) {
 		x, y := s.arr[i], s.arr[1-i]
 		return !x.single && !y.single && x.m.Record().Current() && x.m.Record().Pre == x.id && y.m.Record().Pre == x.id
 	}
+	complete := func(i int) bool {
+		x := s.arr[i]
+		if x.single || x.m.Record().Left {
+			return false
+		}
+		for b := range simBlocks {
+			if x.durData[b] < s.acked[b] {
+				return false
+			}
+		}
+		return true
+	}
+	behind := !s.arr[0].m.Record().Current() && !s.arr[1].m.Record().Current()
 	for i := range s.arr {
-		if (reach[i] && promised(i)) || pre(i) {
+		if (reach[i] && (promised(i) || (behind && complete(i) && !s.unsettled))) || pre(i) {
 			s.fail("offline", "link down for %d rounds (%s): nobody serves the pod: a %s, b %s; a's machine %s, b's %s",
 				liveRounds, live, s.describe(0), s.describe(1), s.arr[0].m.debug(), s.arr[1].m.debug())
 			return
