@@ -271,6 +271,14 @@
 //     the owner persists E+1 alone. If it does not answer, the owner ends
 //     the link and the pod goes through the race: removal completes on the
 //     winner's side only if the winner is the owner.
+//     A peer that is the pod's pre-elected array is not removed (the
+//     administrator moves the pre-election first, with the failover
+//     preference, or waits for the mediator): had it left and its
+//     answer been lost, the owner, which holds the peer's pre-election,
+//     could not tell it from a peer that takes the pod alone without the
+//     mediator, so it would neither serve nor race, and nobody would
+//     serve the pod until the link returned; for the same reason no
+//     pre-election step is taken while a removal is in flight.
 //   - A pod the peer gave up or made its own alone while the link was
 //     down is learnt from the peer's hello: an array whose pod is local
 //     answers with its record marked Single, and a copy here gives up

@@ -1093,8 +1093,12 @@ func (m *Machine) GrantFailed(epoch uint64) []Action {
 // order of the package doc: an array drops the right to serve alone
 // before the other changes, holds the other's before the other does,
 // and holds its own only once the other holds it.
+//
+// No step is taken while a removal of the peer is in flight: a
+// pre-election of the peer engaged meanwhile would leave the pod to
+// nobody if the peer left and its answer were lost (see RemovePeer).
 func (m *Machine) maybePre(acts []Action) []Action {
-	if m.state != InSync || !m.link || m.Role() != Sequencer || m.pending != nil || m.failed != nil || m.preInFlight {
+	if m.state != InSync || !m.link || m.Role() != Sequencer || m.pending != nil || m.failed != nil || m.preInFlight || m.removing {
 		return acts
 	}
 	want, s, f := m.preTarget(), m.rec.Pre, m.peerPre
@@ -1156,6 +1160,12 @@ var (
 	ErrRefused = errors.New("refused")
 	// ErrBusy: a change of the pod's record is under way; try again.
 	ErrBusy = errors.New("busy")
+	// ErrPeerPreElected: the peer is the pod's pre-elected array (the
+	// mediator is unavailable), so it cannot be removed: moving the
+	// pre-election to this array first (the failover preference), or
+	// the mediator's return, lets the removal go on. It comes wrapped
+	// with ErrRefused.
+	ErrPeerPreElected = errors.New("the peer is the pod's pre-elected array while the mediator is unavailable")
 )
 
 func refuse(format string, args ...any) error {
@@ -1310,6 +1320,13 @@ func (m *Machine) RemovePeer() ([]Action, error) {
 	case (m.state == Alone || m.state == Syncing) && m.rec.Alone:
 		acts := m.set(Alone, nil)
 		return m.persist(m.single(m.rec.Epoch+1), pSingle, "alone", false, acts), nil
+	case (m.state == InSync || m.state == Syncing) && m.link && m.rec.Pre == m.cfg.Peer:
+		// The peer is pre-elected: if its answer were lost with the
+		// link, this array could not tell a peer that left from one
+		// that takes the pod alone without the mediator, so it would
+		// neither serve nor race, and nobody would serve the pod until
+		// the link returned.
+		return nil, fmt.Errorf("%w: %w", ErrRefused, ErrPeerPreElected)
 	case (m.state == InSync || m.state == Syncing) && m.link:
 		m.removing = true
 		return []Action{{Kind: AskRemove, Epoch: m.rec.Epoch}}, nil

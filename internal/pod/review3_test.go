@@ -104,3 +104,27 @@ func TestReview3LostWinGivenToPeerResync(t *testing.T) {
 	t.Fatalf("the link down for %s with the mediator online, and nobody serves the pod: a %s, b %s (the mediator's winner is %s at epoch %d)\ntrace:\n  %s",
 		s.now.Sub(start), s.describe(0), s.describe(1), s.medWinner, s.medEpoch, strings.Join(s.trace, "\n  "))
 }
+
+// TestReview3RemovalOfPreElectedPeer: the pod is in sync, ordered by a,
+// with its failover preference on b; both arrays lose the mediator and
+// engage b's pre-election (a holds it, then b). a's administrator
+// removes b: b gives the pod up and answers, but the answer is lost
+// with the link. a holds b's pre-election, so it suspends and never
+// races (b, had it not got the removal, would take the next epoch
+// alone); b has left. Nobody serves until the link returns, even once
+// the mediator is back. A removal of the pre-elected peer is refused
+// (its fix: move the pre-election first, with the failover preference).
+func TestReview3RemovalOfPreElectedPeer(t *testing.T) {
+	s := reviewSim(t)
+	s.steps(t, op{kind: opPreference, a: 4}) // the preference on b
+	s.steps(t, op{kind: opMediator, a: 0}, op{kind: opMediator, a: 1})
+	for range 20 {
+		s.steps(t, deliverAtoB, deliverBtoA, persistA, persistB)
+	}
+	if a, b := s.arr[0].m.Record(), s.arr[1].m.Record(); a.Pre != "b" || b.Pre != "b" {
+		t.Fatalf("setting up: the pre-election of b is not engaged: a %s, b %s", s.describe(0), s.describe(1))
+	}
+	s.steps(t, removeFromA, deliverAtoB, op{kind: opLose, a: 1}, cutBoth, advanceTO)
+	s.partition(liveOne, 0)
+	s.failed(t)
+}
