@@ -808,11 +808,16 @@ func (m *Machine) LeaseExpired() []Action {
 
 // Elected: the mediator answered the elect at epoch.
 func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action {
-	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
+	if m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
 	m.unanswered = 0
+	if m.state != Paused && m.state != Suspended {
+		// The state moved on (a resync accepted, the pod given up):
+		// the race is over here, and its answer changes nothing.
+		return nil
+	}
 	if m.rec.Epoch != epoch || !m.rec.Current() {
 		// The record moved while the elect was under way (a suspended
 		// array accepted the peer's resync, which makes the peer the
@@ -845,10 +850,13 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 // the link stays down it asks again after RetryAfter whenever it
 // reaches the mediator (the grant may have been made, its answer lost).
 func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
-	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
+	if m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
+	if m.state != Paused && m.state != Suspended {
+		return nil
+	}
 	m.unanswered = epoch
 	m.reelectAt = now.Add(m.cfg.RetryAfter)
 	return m.set(Suspended, nil)
@@ -1191,7 +1199,8 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
 		return nil, refuse("resync at epoch %d, already at %d", epoch, m.rec.Epoch)
-	case m.state == Suspended && (m.electing != 0 || (m.mayHoldGrant() && m.medUp && m.rec.Pre != m.cfg.Peer)):
+	case m.state == Suspended && m.rec.Current() && ((m.electing != 0 && m.electing == m.rec.Epoch) ||
+		(m.mayHoldGrant() && m.medUp && m.rec.Pre != m.cfg.Peer)):
 		// Racing, or it may hold the mediator's grant of the next
 		// epoch (its elect was never answered) and reaches the
 		// mediator: accepting would give that epoch to the peer, and
