@@ -73,9 +73,11 @@
 // mediator, it refuses a resync (busy; the peer tries again) and asks
 // the mediator again, with the link up too, at once and then every
 // RetryAfter: won, it takes E+1 at the fence and resyncs the peer; lost,
-// it adopts the peer's epoch, which the peer takes. One case is left:
-// an array whose elect was never answered and that no longer reaches
-// the mediator accepts the resync (refusing would keep the pod offline
+// it adopts the peer's epoch, which the peer takes. An elect that was
+// never sent (no mediator configured, or known rolled back) holds no
+// grant, so it holds no resync back (ElectUnsent). One case is left:
+// an array whose elect may have reached the mediator, was never
+// answered, and that no longer reaches the mediator accepts the resync (refusing would keep the pod offline
 // with the link up for as long as it cannot reach the mediator); if its
 // elect had won and the link goes before the peer hears the acceptance,
 // and the peer then reaches the mediator, the pod is offline on both

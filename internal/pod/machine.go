@@ -845,11 +845,26 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 	return acts
 }
 
-// ElectFailed: the mediator could not be asked (unreachable, rolled
-// back, not configured) or did not answer. The array suspends; while
-// the link stays down it asks again after RetryAfter whenever it
-// reaches the mediator (the grant may have been made, its answer lost).
+// ElectFailed: the mediator did not answer the elect at epoch (the
+// request may have reached it: a timeout, a lost answer, an error after
+// sending). The array suspends; while the link stays down it asks again
+// after RetryAfter whenever it reaches the mediator (the grant may have
+// been made, its answer lost), and until it has an answer it does not
+// give the next epoch to the peer's resync while it can ask
+// (mayHoldGrant).
 func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
+	return m.electFailed(epoch, now, true)
+}
+
+// ElectUnsent: the elect at epoch was never sent (no mediator is
+// configured, it is known rolled back, or the request could not leave
+// this array): as ElectFailed, except that this array surely holds no
+// grant of that race.
+func (m *Machine) ElectUnsent(epoch uint64, now time.Time) []Action {
+	return m.electFailed(epoch, now, false)
+}
+
+func (m *Machine) electFailed(epoch uint64, now time.Time, maybeSent bool) []Action {
 	if m.electing == 0 || epoch != m.electing {
 		return nil
 	}
@@ -857,7 +872,9 @@ func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
 	if m.state != Paused && m.state != Suspended {
 		return nil
 	}
-	m.unanswered = epoch
+	if maybeSent {
+		m.unanswered = epoch
+	}
 	m.reelectAt = now.Add(m.cfg.RetryAfter)
 	return m.set(Suspended, nil)
 }

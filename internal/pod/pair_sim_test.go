@@ -376,7 +376,7 @@ func (s *sim) perform(i int, acts []Action) {
 			if x.reach {
 				s.reqs = append(s.reqs, electReq{from: i, epoch: a.Epoch})
 			} else {
-				s.feed(i, fmt.Sprintf("elect-failed %d (no mediator)", a.Epoch), func(m *Machine) []Action { return m.ElectFailed(a.Epoch, s.now) })
+				s.feed(i, fmt.Sprintf("elect-unsent %d (no mediator)", a.Epoch), func(m *Machine) []Action { return m.ElectUnsent(a.Epoch, s.now) })
 			}
 		case StartResync:
 			s.decide(i, simMsg{kind: "resync", epoch: a.Epoch, from: x.from})
@@ -1064,7 +1064,7 @@ func (s *sim) electReq(k int) {
 	}
 	x := s.arr[r.from]
 	if !x.reach {
-		s.feed(r.from, fmt.Sprintf("elect-failed %d (unreachable)", r.epoch), func(m *Machine) []Action { return m.ElectFailed(r.epoch, s.now) })
+		s.feed(r.from, fmt.Sprintf("elect-unsent %d (unreachable)", r.epoch), func(m *Machine) []Action { return m.ElectUnsent(r.epoch, s.now) })
 		return
 	}
 	var res ElectResult
