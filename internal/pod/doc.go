@@ -76,12 +76,13 @@
 // it adopts the peer's epoch, which the peer takes. An elect that was
 // never sent (no mediator configured, or known rolled back) holds no
 // grant, so it holds no resync back (ElectUnsent). One case is left:
-// an array whose elect may have reached the mediator, was never
-// answered, and that no longer reaches the mediator accepts the resync (refusing would keep the pod offline
-// with the link up for as long as it cannot reach the mediator); if its
-// elect had won and the link goes before the peer hears the acceptance,
-// and the peer then reaches the mediator, the pod is offline on both
-// arrays until the link returns. Neither array can tell it from a state
+// an array whose elect may have reached the mediator and was never
+// answered (or that restarted: its previous run may have asked), and
+// that no longer reaches the mediator, accepts the resync (refusing
+// would keep the pod offline with the link up for as long as it cannot
+// reach the mediator); if its elect had won and the link goes before
+// the peer hears the acceptance, and the peer then reaches the mediator,
+// the pod is offline on both arrays until the link returns. Neither array can tell it from a state
 // in which the other serves E+1 (the acceptor from the peer having heard
 // the acceptance and taken E+1 as agreed; the peer from the acceptor
 // never having got the proposal and taken the mediator's grant), so no

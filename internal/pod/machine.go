@@ -365,6 +365,9 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 		m.state = Alone
 	default:
 		m.state = Paused
+		// Its previous run may have asked the mediator at this epoch,
+		// and the answer died with it: it may hold the grant.
+		m.unanswered = rec.Epoch
 		m.fenceAt = now.Add(max(cfg.Timeout, rec.Timeout))
 		if !m.decide(now) {
 			m.state = Suspended
