@@ -272,8 +272,11 @@
 //     could win the next epoch; it persists Left, stops serving and
 //     answers; then
 //     the owner persists E+1 alone. If it does not answer, the owner ends
-//     the link and the pod goes through the race: removal completes on the
-//     winner's side only if the winner is the owner.
+//     the link and the pod goes through the race, and the removal does
+//     not complete: the winner serves alone, and once the link returns the
+//     pod is stretched to the other array again (a peer that gave the pod
+//     up and lost its answer is copied again like any loser), so the
+//     administrator runs the removal again.
 //     A peer that is the pod's pre-elected array is not removed (the
 //     administrator moves the pre-election first, with the failover
 //     preference, or waits for the mediator): had it left and its
