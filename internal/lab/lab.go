@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -679,7 +680,10 @@ func (l *Lab) Client(i int) (*api.Client, error) {
 }
 
 // configure creates the pod, volume and host and connects them (each step
-// only when missing, so a restarted lab keeps its data).
+// only when missing, so a restarted lab keeps its data). What exists is
+// read first: a restarted pair's pod may be ordered by array-b for a
+// while (array-b asked the mediator as the lab stopped), and array-a then
+// refuses a change to it, even one that would find it done.
 func (l *Lab) configure(ctx context.Context) error {
 	c, err := l.Client(0)
 	if err != nil {
@@ -689,17 +693,33 @@ func (l *Lab) configure(ctx context.Context) error {
 		var se *api.StatusError
 		return errors.As(err, &se) && se.Code == 409
 	}
-	if _, err := c.CreatePod(ctx, PodName); err != nil && !exists(err) {
-		return fmt.Errorf("create pod: %w", err)
+	if _, err := c.Pod(ctx, PodName); err != nil {
+		if _, err := c.CreatePod(ctx, PodName); err != nil && !exists(err) {
+			return fmt.Errorf("create pod: %w", err)
+		}
 	}
-	if _, err := c.CreateVolume(ctx, VolName, l.opts.Size); err != nil && !exists(err) {
-		return fmt.Errorf("create volume: %w", err)
+	if _, err := c.Volume(ctx, VolName); err != nil {
+		if _, err := c.CreateVolume(ctx, VolName, l.opts.Size); err != nil && !exists(err) {
+			return fmt.Errorf("create volume: %w", err)
+		}
 	}
-	if _, err := c.CreateHost(ctx, api.HostCreate{Name: HostName, IQNs: l.opts.Initiators}); err != nil && !exists(err) {
-		return fmt.Errorf("create host: %w", err)
+	hosts, err := c.Hosts(ctx)
+	if err != nil {
+		return fmt.Errorf("list hosts: %w", err)
+	}
+	if !slices.ContainsFunc(hosts, func(h api.Host) bool { return h.Name == HostName }) {
+		if _, err := c.CreateHost(ctx, api.HostCreate{Name: HostName, IQNs: l.opts.Initiators}); err != nil && !exists(err) {
+			return fmt.Errorf("create host: %w", err)
+		}
+	}
+	conns, err := c.Connections(ctx)
+	if err != nil {
+		return fmt.Errorf("list connections: %w", err)
 	}
 	lun := uint64(0)
-	if _, err := c.Connect(ctx, api.Connection{Volume: VolName, Host: HostName, LUN: &lun}); err != nil && !exists(err) {
+	if i := slices.IndexFunc(conns, func(cn api.Connection) bool { return cn.Volume == VolName && cn.Host == HostName }); i >= 0 && conns[i].LUN != nil {
+		lun = *conns[i].LUN
+	} else if _, err := c.Connect(ctx, api.Connection{Volume: VolName, Host: HostName, LUN: &lun}); err != nil && !exists(err) {
 		return fmt.Errorf("connect: %w", err)
 	}
 	l.Info.Pod, l.Info.Volume, l.Info.Host, l.Info.LUN = PodName, VolName, HostName, lun
