@@ -444,7 +444,7 @@ func (lu *LogicalUnit) raiseFor(initiator string, s Sense) {
 // changed then), and NOT READY (transitioning) if sharing failed (see
 // settle).
 func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome {
-	lu.prMu.Lock()
+	lu.lockPR(ctx, NexusID(n), op)
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
 	cur := lu.mu.res.Clone()
@@ -483,6 +483,24 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 		return prCheck(SenseNotReadyTransitioning())
 	}
 	return out
+}
+
+// lockPR takes lu.prMu for a PERSISTENT RESERVE OUT op of nexus n. A
+// retry of the remembered change whose answer's fate is not known yet
+// waits for it first, holding none of the unit's locks: the first run may
+// be ending through a PREEMPT AND ABORT whose abort of queued tasks (a
+// READ KEYS waiting for lu.prMu) is what settles it. Once lu.prMu is held
+// no other change can be remembered, so retriedPR's wait is then over at
+// once (or ctx has ended).
+func (lu *LogicalUnit) lockPR(ctx context.Context, n PRNexus, op PROut) {
+	for {
+		lu.outcomes.awaitPR(ctx, n, op)
+		lu.prMu.Lock()
+		if ctx.Err() != nil || !lu.outcomes.unsettledPR(n, op) {
+			return
+		}
+		lu.prMu.Unlock()
+	}
 }
 
 // persist saves next through PersistPR when APTPL is set in it, or deletes

@@ -350,10 +350,17 @@ func answerOf(ctx context.Context) *forwarded {
 // rememberPR records, after a change of the reservation state to st made
 // by a PERSISTENT RESERVE OUT op of nexus n, that change as the latest
 // one, with the command's fate when it was forwarded or run here as an
-// Own (f, answerOf).
+// Own (f, answerOf). A state equal to the remembered change's keeps that
+// change remembered.
 func (o *outcomes) rememberPR(f *forwarded, n PRNexus, op PROut, st ReservationState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if p := o.mu.pr; p != nil && bytes.Equal(p.state, st.Marshal()) && sameHolder(p.scsi2, st.SCSI2) {
+		// Nothing changed since the remembered change (another nexus's
+		// command that changed nothing, a reset's or a MODE SELECT's
+		// share): its retry still finds its own state, and is answered.
+		return
+	}
 	o.mu.pr = nil
 	if f != nil && o.max > 0 {
 		o.mu.pr = &prOutcome{nexus: n, op: op, state: st.Marshal(), scsi2: st.SCSI2, fate: f.fate}
@@ -381,6 +388,38 @@ func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st Reserv
 		o.mu.pr = &q
 	}
 	return true
+}
+
+// pendingPR returns the fate of the remembered PERSISTENT RESERVE OUT
+// op of nexus n while it is not settled, nil otherwise.
+func (o *outcomes) pendingPR(n PRNexus, op PROut) AnswerFate {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	p := o.mu.pr
+	if p == nil || p.fate == nil || p.nexus != n || p.op != op {
+		return nil
+	}
+	select {
+	case <-p.fate.Settled():
+		return nil
+	default:
+		return p.fate
+	}
+}
+
+// unsettledPR reports whether a retry of op from n would wait for the
+// remembered change's fate (pendingPR).
+func (o *outcomes) unsettledPR(n PRNexus, op PROut) bool { return o.pendingPR(n, op) != nil }
+
+// awaitPR waits until the remembered PERSISTENT RESERVE OUT op of nexus n
+// (if any) has a settled fate, or ctx ends (lockPR).
+func (o *outcomes) awaitPR(ctx context.Context, n PRNexus, op PROut) {
+	if fate := o.pendingPR(n, op); fate != nil {
+		select {
+		case <-fate.Settled():
+		case <-ctx.Done():
+		}
+	}
 }
 
 // settledLocked waits (o.mu held, released meanwhile) until fate is
