@@ -95,7 +95,21 @@ func (s *linStats) failure(what string, r *scsi.Result) {
 type freshWrite struct {
 	value uint64
 	acked bool
+	// through is the array the write was sent to, call and ret its
+	// history times, answer what the host got, and state the pod as that
+	// array saw it just after the answer (for the failure message).
+	through   string
+	call, ret int64
+	answer    string
+	state     string
 }
+
+// acknowledged reports whether a host got GOOD for a command. A task
+// aborted by task management (a PREEMPT AND ABORT of another client, an
+// ABORT TASK) is a Result with Aborted set and a zero Status, which is
+// GOOD's value: the host got no status for it, and its write may or may
+// not have been made.
+func acknowledged(r *scsi.Result) bool { return r.Status == scsi.StatusGood && !r.Aborted }
 
 // linClient is one simulated host port doing random operations.
 type linClient struct {
@@ -299,11 +313,18 @@ func (c *linClient) writeOnce() bool {
 	lba := freshBaseLBA + 8*uint64(k)
 	v := c.value()
 	d := unitData(lba, v)
+	call := c.rec.now()
 	r, _ := c.in.doPastUA(write16(lba, d), d, 0)
+	fw := freshWrite{value: v, acked: acknowledged(r), through: c.in.arr.cfg.Name, call: call, ret: c.rec.now(), answer: describe(r)}
+	if cp := c.in.arr.cat.View().Pods[pairPod]; cp != nil {
+		if s := c.in.arr.repl.Status(cp); s != nil {
+			fw.state = fmt.Sprintf("%s %s at epoch %d (sequencer %s)", c.in.arr.cfg.Name, s.State, s.Epoch, s.Sequencer)
+		}
+	}
 	c.freshMu.Lock()
-	c.freshes[k] = freshWrite{value: v, acked: r.Status == scsi.StatusGood}
+	c.freshes[k] = fw
 	c.freshMu.Unlock()
-	if r.Status != scsi.StatusGood {
+	if !fw.acked {
 		c.stats.failure("fresh write through "+c.in.arr.cfg.Name, r)
 		c.stats.count("fresh-write", "unknown")
 		return false
@@ -548,7 +569,8 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 			case !fw.acked && got == 0:
 				freshLost++
 			default:
-				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x (acknowledged: %v)", k, lba, c.in.arr.cfg.Name, got, fw.value, fw.acked)
+				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x through %s at history %.1f-%.1f ms (answer %s, acknowledged: %v; just after: %s)",
+					k, lba, c.in.arr.cfg.Name, got, fw.value, fw.through, ms(fw.call), ms(fw.ret), fw.answer, fw.acked, fw.state)
 			}
 		}
 	}
