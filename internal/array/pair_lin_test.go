@@ -326,7 +326,11 @@ func (c *linClient) writeOnce() bool {
 	c.freshMu.Unlock()
 	if !fw.acked {
 		c.stats.failure("fresh write through "+c.in.arr.cfg.Name, r)
-		c.stats.count("fresh-write", "unknown")
+		outcome := "unknown"
+		if r.Aborted {
+			outcome = "aborted"
+		}
+		c.stats.count("fresh-write", outcome)
 		return false
 	}
 	c.stats.count("fresh-write", "ok")
@@ -555,7 +559,9 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 
 	// Write-once units: an acknowledged write is there; one of unknown
 	// outcome left its value or nothing.
-	freshLost := 0
+	// freshLost counts the reads of units of unknown outcome that hold
+	// nothing, abortedLost those of aborted writes among them.
+	freshLost, abortedLost := 0, 0
 	for k, fw := range freshes {
 		lba := freshBaseLBA + 8*uint64(k)
 		for _, c := range []*linClient{clients[0], clients[1]} {
@@ -568,6 +574,9 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 			case got == fw.value:
 			case !fw.acked && got == 0:
 				freshLost++
+				if fw.answer == "aborted" {
+					abortedLost++
+				}
 			default:
 				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x through %s at history %.1f-%.1f ms (answer %s, acknowledged: %v; just after: %s)",
 					k, lba, c.in.arr.cfg.Name, got, fw.value, fw.through, ms(fw.call), ms(fw.ret), fw.answer, fw.acked, fw.state)
@@ -592,8 +601,8 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 		senses = append(senses, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(senses)
-	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied)",
-		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2)
+	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied, %d of them aborted)",
+		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2, abortedLost/2)
 	t.Logf("faults: %d partitions (%s in all), %d link slowdowns, %d mediator cuts, %d failovers; failures seen: %s",
 		stats.partitions, stats.partitioned.Round(time.Millisecond), stats.slowed, stats.mediatorCuts, stats.failovers, strings.Join(senses, " "))
 	// Floors: a run where most commands failed, or no fault (or, with

@@ -69,8 +69,8 @@ func TestPairLinWriteOnceAbortedNotAcknowledged(t *testing.T) {
 	if fw.acked {
 		t.Errorf("an aborted write-once write is recorded as acknowledged (%+v): the final check would report it lost", fw)
 	}
-	if n := c.stats.byKind["fresh-write unknown"]; n != 1 {
-		t.Errorf("the aborted write-once write counted %d times as of unknown outcome, want 1 (counts: %v)", n, c.stats.byKind)
+	if n := c.stats.byKind["fresh-write aborted"]; n != 1 {
+		t.Errorf("the aborted write-once write counted %d times as aborted, want 1 (counts: %v)", n, c.stats.byKind)
 	}
 	for _, in := range []*initiator{inA, inB} {
 		if got, r := readValue(in, lba); !acknowledged(r) || got != 0 {
