@@ -63,6 +63,32 @@
 // was lost is used after all, and otherwise the answer names the
 // peer's epoch, which this array adopts.
 //
+// Such an array may hold the mediator's grant of E+1 without knowing
+// it, so it must not give E+1 to the peer's resync meanwhile: if it did
+// and the link went before the peer heard the acceptance, the peer,
+// asking the mediator at E, would learn this array's win and adopt it,
+// behind, while this array's record names the peer as the owner of E+1,
+// behind too: nobody would serve until the link returned. So while its
+// elect is under way, or was never answered and it reaches the
+// mediator, it refuses a resync (busy; the peer tries again) and asks
+// the mediator again, with the link up too, at once and then every
+// RetryAfter: won, it takes E+1 at the fence and resyncs the peer; lost,
+// it adopts the peer's epoch, which the peer takes. An elect that was
+// never sent (no mediator configured, or known rolled back) holds no
+// grant, so it holds no resync back (ElectUnsent). One case is left:
+// an array whose elect may have reached the mediator and was never
+// answered (or that restarted: its previous run may have asked), and
+// that no longer reaches the mediator, accepts the resync (refusing
+// would keep the pod offline with the link up for as long as it cannot
+// reach the mediator); if its elect had won and the link goes before
+// the peer hears the acceptance, and the peer then reaches the mediator,
+// the pod is offline on both arrays until the link returns. Neither array can tell it from a state
+// in which the other serves E+1 (the acceptor from the peer having heard
+// the acceptance and taken E+1 as agreed; the peer from the acceptor
+// never having got the proposal and taken the mediator's grant), so no
+// rule that lets one of them serve without the link is free of split
+// brain.
+//
 // # The per-pod barrier
 //
 // Every message of a pod carries the sender's epoch. A message is applied
@@ -183,9 +209,20 @@
 // and the other none: the first suspends, the second races through the
 // mediator, whose grant then names the same owner. Link and mediator lost
 // at the same moment, before a pre-election completed: the pod suspends
-// on both arrays and comes back when either returns. The in-sync grant
-// carries the pre-election, so a pod resynced while the mediator is away
-// is pre-elected from its first in-sync instant.
+// on both arrays and comes back when either returns. If the last step
+// (the pre-elected array's own record) lands only after the link was
+// lost, the pre-elected array takes E+1 at the fence then, as if the
+// link had been lost after it; and one that was suspended meanwhile
+// (its race failed) does so at the next link loss.
+//
+// The in-sync grant carries a pre-election of the granting array, so a
+// pod it resynced while the mediator is away is pre-elected from the
+// peer's first in-sync instant. A pre-election of the peer is engaged
+// only once the peer accepted the grant, in the usual steps: carried by
+// the grant, the granting array would hold it before the peer's copy is
+// complete, and a grant lost with the link would leave the pod to
+// nobody until the link returned (the granting array promised to the
+// peer, the peer behind), even with the mediator back.
 //
 // The pre-election is recorded at the pod's current epoch, not at a new
 // one, deliberately. It grants no epoch when it engages: it is the
@@ -235,8 +272,19 @@
 //     could win the next epoch; it persists Left, stops serving and
 //     answers; then
 //     the owner persists E+1 alone. If it does not answer, the owner ends
-//     the link and the pod goes through the race: removal completes on the
-//     winner's side only if the winner is the owner.
+//     the link and the pod goes through the race, and the removal does
+//     not complete: the winner serves alone, and once the link returns the
+//     pod is stretched to the other array again (a peer that gave the pod
+//     up and lost its answer is copied again like any loser), so the
+//     administrator runs the removal again.
+//     A peer that is the pod's pre-elected array is not removed (the
+//     administrator moves the pre-election first, with the failover
+//     preference, or waits for the mediator): had it left and its
+//     answer been lost, the owner, which holds the peer's pre-election,
+//     could not tell it from a peer that takes the pod alone without the
+//     mediator, so it would neither serve nor race, and nobody would
+//     serve the pod until the link returned; for the same reason no
+//     pre-election step is taken while a removal is in flight.
 //   - A pod the peer gave up or made its own alone while the link was
 //     down is learnt from the peer's hello: an array whose pod is local
 //     answers with its record marked Single, and a copy here gives up

@@ -303,6 +303,10 @@ type Machine struct {
 	// down, this array asks the mediator again (at the same epoch) from
 	// then on, while it reaches it (zero: not to).
 	reelectAt time.Time
+	// unanswered: this array asked the mediator at this epoch and never
+	// heard the answer (ElectFailed): it may hold the mediator's grant
+	// of the next epoch (zero: no such elect at the current epoch).
+	unanswered uint64
 
 	// Owner: the epoch of the StartResync in flight; when to propose one
 	// again; the highest epoch the peer is known at; the peer's
@@ -361,6 +365,9 @@ func New(cfg Config, rec Record, now time.Time) *Machine {
 		m.state = Alone
 	default:
 		m.state = Paused
+		// Its previous run may have asked the mediator at this epoch,
+		// and the answer died with it: it may hold the grant.
+		m.unanswered = rec.Epoch
 		m.fenceAt = now.Add(max(cfg.Timeout, rec.Timeout))
 		if !m.decide(now) {
 			m.state = Suspended
@@ -645,6 +652,16 @@ func (m *Machine) LinkDown(now, lastHeard, lease time.Time) []Action {
 	case Paused:
 		m.fenceAfter(lastHeard)
 	case Suspended:
+		if m.rec.Current() && m.rec.Pre == m.cfg.Self {
+			// Pre-elected (its last step landed after an earlier link
+			// loss had suspended this array): the peer holds it
+			// durably and never races, so this array takes the next
+			// epoch at the fence.
+			m.fenceAfter(lastHeard)
+			m.decide(now)
+			acts := m.set(Paused, nil)
+			return append(acts, m.Tick(now)...)
+		}
 		if m.rec.Current() && m.rec.Pre != m.cfg.Peer {
 			// Suspended with a current copy that may race (its elect
 			// failed, or its answer was lost, before the link came
@@ -762,9 +779,25 @@ func (m *Machine) Tick(now time.Time) []Action {
 // answers a repeat by the winner of that epoch as a win, so a grant
 // whose answer was lost is used after all; if the peer won, the answer
 // says so and this array adopts the peer's epoch.
+//
+// With the link up it asks again too while its grant may be unused
+// (mayHoldGrant): the peer's resync waits for that answer (and is taken
+// at once when this array may not ask: ResyncRequested refuses on the
+// same conditions).
 func (m *Machine) mayReelect(now time.Time) bool {
-	return m.state == Suspended && !m.reelectAt.IsZero() && !now.Before(m.reelectAt) && !m.link && m.medUp &&
+	due := !m.link && !m.reelectAt.IsZero()
+	if m.link && m.mayHoldGrant() {
+		due = true
+	}
+	return m.state == Suspended && due && !now.Before(m.reelectAt) && m.medUp &&
 		m.electing == 0 && m.rec.Current() && m.rec.Pre != m.cfg.Peer && !m.busy()
+}
+
+// mayHoldGrant reports whether the mediator may have granted this array
+// the next epoch without this array knowing: it asked at its current
+// epoch, with its copy current, and the answer never came.
+func (m *Machine) mayHoldGrant() bool {
+	return m.unanswered != 0 && m.unanswered == m.rec.Epoch && m.rec.Current()
 }
 
 // LeaseExpired: this array's lease ran out while the link seems up: the
@@ -778,10 +811,16 @@ func (m *Machine) LeaseExpired() []Action {
 
 // Elected: the mediator answered the elect at epoch.
 func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action {
-	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
+	if m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
+	m.unanswered = 0
+	if m.state != Paused && m.state != Suspended {
+		// The state moved on (a resync accepted, the pod given up):
+		// the race is over here, and its answer changes nothing.
+		return nil
+	}
 	if m.rec.Epoch != epoch || !m.rec.Current() {
 		// The record moved while the elect was under way (a suspended
 		// array accepted the peer's resync, which makes the peer the
@@ -809,15 +848,36 @@ func (m *Machine) Elected(epoch uint64, res ElectResult, now time.Time) []Action
 	return acts
 }
 
-// ElectFailed: the mediator could not be asked (unreachable, rolled
-// back, not configured) or did not answer. The array suspends; while
-// the link stays down it asks again after RetryAfter whenever it
-// reaches the mediator (the grant may have been made, its answer lost).
+// ElectFailed: the mediator did not answer the elect at epoch (the
+// request may have reached it: a timeout, a lost answer, an error after
+// sending). The array suspends; while the link stays down it asks again
+// after RetryAfter whenever it reaches the mediator (the grant may have
+// been made, its answer lost), and until it has an answer it does not
+// give the next epoch to the peer's resync while it can ask
+// (mayHoldGrant).
 func (m *Machine) ElectFailed(epoch uint64, now time.Time) []Action {
-	if (m.state != Paused && m.state != Suspended) || m.electing == 0 || epoch != m.electing {
+	return m.electFailed(epoch, now, true)
+}
+
+// ElectUnsent: the elect at epoch was never sent (no mediator is
+// configured, it is known rolled back, or the request could not leave
+// this array): as ElectFailed, except that this array surely holds no
+// grant of that race.
+func (m *Machine) ElectUnsent(epoch uint64, now time.Time) []Action {
+	return m.electFailed(epoch, now, false)
+}
+
+func (m *Machine) electFailed(epoch uint64, now time.Time, maybeSent bool) []Action {
+	if m.electing == 0 || epoch != m.electing {
 		return nil
 	}
 	m.electing = 0
+	if m.state != Paused && m.state != Suspended {
+		return nil
+	}
+	if maybeSent {
+		m.unanswered = epoch
+	}
 	m.reelectAt = now.Add(m.cfg.RetryAfter)
 	return m.set(Suspended, nil)
 }
@@ -843,6 +903,15 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 		if !m.decide(now) {
 			acts = m.set(Suspended, acts)
 		}
+	case p.why == pPre && !m.link && (m.state == Paused || m.state == Suspended) && m.rec.Current() &&
+		m.rec.Pre == m.cfg.Self && m.winWhy != "pre-elected" && m.win == 0:
+		// The last step of a pre-election of this array landed after
+		// the link was lost (it raced on the record before, or could
+		// not, and suspended): the peer durably holds this array as
+		// pre-elected and does not race, so this array takes the next
+		// epoch at the fence, as if the link had been lost after.
+		m.decide(now)
+		acts = m.set(Paused, acts)
 	}
 	switch p.why {
 	case pTake:
@@ -1003,22 +1072,28 @@ func (m *Machine) preTarget() string {
 }
 
 // BaselineDone: every block the peer lacked is on it (later ones were
-// mirrored): clear Alone (and set the pre-election the grant carries)
-// durably, then grant.
+// mirrored): clear Alone (and any pre-election) durably, then grant.
+//
+// The grant carries a pre-election of this array only, which this array
+// persists once the peer holds it. A pre-election of the peer is engaged
+// after the grant is accepted, in the usual steps: carried by the grant,
+// it had this array hold it durably before the peer's copy was complete,
+// and a grant lost with the link then left the pod to nobody until the
+// link returned (this array suspended, promised to the peer; the peer
+// behind, never racing), even with the mediator back.
 func (m *Machine) BaselineDone(epoch uint64) []Action {
 	if m.state != Syncing || epoch != m.rec.Epoch || !m.rec.Alone || m.busy() {
 		return nil
 	}
-	m.grantPre = m.preTarget()
+	m.grantPre = ""
+	if m.preTarget() == m.cfg.Self {
+		m.grantPre = m.cfg.Self
+	}
 	next := m.rec
 	next.Alone = false
-	// This array drops the right to serve alone, and holds the peer's
-	// pre-election before the peer does (the peer persists it with the
-	// grant); its own is persisted once the peer holds it.
+	// This array drops the right to serve alone before the peer may
+	// hold its pre-election.
 	next.Pre = ""
-	if m.grantPre == m.cfg.Peer {
-		next.Pre = m.cfg.Peer
-	}
 	return m.persist(next, pGrant, "", false, nil)
 }
 
@@ -1046,8 +1121,12 @@ func (m *Machine) GrantFailed(epoch uint64) []Action {
 // order of the package doc: an array drops the right to serve alone
 // before the other changes, holds the other's before the other does,
 // and holds its own only once the other holds it.
+//
+// No step is taken while a removal of the peer is in flight: a
+// pre-election of the peer engaged meanwhile would leave the pod to
+// nobody if the peer left and its answer were lost (see RemovePeer).
 func (m *Machine) maybePre(acts []Action) []Action {
-	if m.state != InSync || !m.link || m.Role() != Sequencer || m.pending != nil || m.failed != nil || m.preInFlight {
+	if m.state != InSync || !m.link || m.Role() != Sequencer || m.pending != nil || m.failed != nil || m.preInFlight || m.removing {
 		return acts
 	}
 	want, s, f := m.preTarget(), m.rec.Pre, m.peerPre
@@ -1109,6 +1188,12 @@ var (
 	ErrRefused = errors.New("refused")
 	// ErrBusy: a change of the pod's record is under way; try again.
 	ErrBusy = errors.New("busy")
+	// ErrPeerPreElected: the peer is the pod's pre-elected array (the
+	// mediator is unavailable), so it cannot be removed: moving the
+	// pre-election to this array first (the failover preference), or
+	// the mediator's return, lets the removal go on. It comes wrapped
+	// with ErrRefused.
+	ErrPeerPreElected = errors.New("the peer is the pod's pre-elected array while the mediator is unavailable")
 )
 
 func refuse(format string, args ...any) error {
@@ -1134,6 +1219,16 @@ func (m *Machine) ResyncRequested(epoch uint64) ([]Action, error) {
 		return nil, refuse("resync at epoch %d while %s at epoch %d", epoch, m.state, m.rec.Epoch)
 	case epoch <= m.rec.Epoch:
 		return nil, refuse("resync at epoch %d, already at %d", epoch, m.rec.Epoch)
+	case m.state == Suspended && m.rec.Current() && ((m.electing != 0 && m.electing == m.rec.Epoch) ||
+		(m.mayHoldGrant() && m.medUp && m.rec.Pre != m.cfg.Peer)):
+		// Racing, or it may hold the mediator's grant of the next
+		// epoch (its elect was never answered) and reaches the
+		// mediator: accepting would give that epoch to the peer, and
+		// if the peer then learnt this array's grant from the mediator
+		// both records would be behind, each naming the other, with
+		// nobody to serve until the link returned. It asks the
+		// mediator again first (mayReelect); the peer tries again.
+		return nil, ErrBusy
 	}
 	next := Record{Epoch: epoch, Sequencer: m.cfg.Peer, Synced: m.rec.Synced}
 	return m.persist(next, pAcceptResync, "", false, nil), nil
@@ -1254,6 +1349,13 @@ func (m *Machine) RemovePeer() ([]Action, error) {
 	case (m.state == Alone || m.state == Syncing) && m.rec.Alone:
 		acts := m.set(Alone, nil)
 		return m.persist(m.single(m.rec.Epoch+1), pSingle, "alone", false, acts), nil
+	case (m.state == InSync || m.state == Syncing) && m.link && m.rec.Pre == m.cfg.Peer:
+		// The peer is pre-elected: if its answer were lost with the
+		// link, this array could not tell a peer that left from one
+		// that takes the pod alone without the mediator, so it would
+		// neither serve nor race, and nobody would serve the pod until
+		// the link returned.
+		return nil, fmt.Errorf("%w: %w", ErrRefused, ErrPeerPreElected)
 	case (m.state == InSync || m.state == Syncing) && m.link:
 		m.removing = true
 		return []Action{{Kind: AskRemove, Epoch: m.rec.Epoch}}, nil

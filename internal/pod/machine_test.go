@@ -32,7 +32,7 @@ var start = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 //	mediator up=B | peer-mediator up=B | preference array=a|b|none | auto-recover on=B
 //	peer-record epoch=N seq=a|b synced=N [left] | peer-record none
 //	persisted | persist-failed          the persist in flight
-//	elected epoch=N won=B new=N winner=a|b | elect-failed epoch=N
+//	elected epoch=N won=B new=N winner=a|b | elect-failed epoch=N | elect-unsent epoch=N
 //	resync-started epoch=N | resync-failed epoch=N peer=N | baseline-done epoch=N
 //	peer-in-sync epoch=N | grant-failed epoch=N
 //	pre-elected epoch=N pre=a|b|none | pre-elect-failed epoch=N
@@ -124,6 +124,8 @@ func (h *transcript) run(t *testing.T, d *datadriven.TestData) string {
 		acts = m.Elected(epoch("epoch"), ElectResult{Won: flag("won"), Epoch: epoch("new"), Winner: array(t, d, "winner")}, now)
 	case "elect-failed":
 		acts = m.ElectFailed(epoch("epoch"), now)
+	case "elect-unsent":
+		acts = m.ElectUnsent(epoch("epoch"), now)
 	case "resync-started":
 		acts = m.ResyncStarted(epoch("epoch"), now)
 	case "resync-failed":

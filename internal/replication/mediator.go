@@ -118,7 +118,7 @@ func (p *podRT) elect(epoch uint64) {
 	st := r.mediatorStatus()
 	if med == nil || st.State == MediatorNotConfigured || st.State == MediatorRolledBack {
 		r.log.Warn("pod paused and no mediator to race through: suspended here", "pod", p.name, "epoch", epoch, "mediator", st.State, "why", st.Err)
-		p.event(func(m *pod.Machine) []pod.Action { return m.ElectFailed(epoch, r.now()) })
+		p.event(func(m *pod.Machine) []pod.Action { return m.ElectUnsent(epoch, r.now()) })
 		return
 	}
 	r.wg.Add(1)

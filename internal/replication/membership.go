@@ -163,6 +163,11 @@ func (p *podRT) removePeer(ctx context.Context) error {
 	peer := r.arrayName(p.peer)
 	changed := p.mode().changed
 	if err := p.request(func(m *pod.Machine) ([]pod.Action, error) { return m.RemovePeer() }); err != nil {
+		if errors.Is(err, pod.ErrPeerPreElected) {
+			self := r.arrayName(r.cfg.ID)
+			return fmt.Errorf("pod %s: %w: array %s is the pod's pre-elected array while the mediator is unavailable, and a removal whose answer was lost would leave the pod to nobody; move the pre-election first ('metro pod setattr --failover-preference %s %s', then wait until 'metro pod list' shows %s pre-elected) or wait for the mediator, then remove %s",
+				p.name, catalog.ErrConflict, peer, self, p.name, self, peer)
+		}
 		if errors.Is(err, pod.ErrRefused) || errors.Is(err, pod.ErrBusy) {
 			return fmt.Errorf("pod %s: %w: %v", p.name, catalog.ErrConflict, err)
 		}

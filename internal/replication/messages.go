@@ -77,11 +77,12 @@ const (
 	// msgStatus (either way): the sender's view of the mediator
 	// (statusMsg).
 	msgStatus
-	// msgAnswered (either way): the sender got the GOOD answer to its
-	// forwarded request, or gave it to the host for a command it ran
-	// as the sequencer (writtenMsg's Ref, Length 0), whose outcome the
-	// receiver then forgets; Length 1: that command ended otherwise, the
-	// receiver stops waiting for its confirmation (outcome.go).
+	// msgAnswered (either way): the sender gave the host GOOD for its
+	// forwarded request, once the command ended, or for a command it
+	// ran as the sequencer (writtenMsg's Ref, Length 0), whose outcome
+	// the receiver then forgets; Length 1: that command ended otherwise
+	// (the host got no GOOD), and the receiver answers the host's retry
+	// with the outcome at once (outcome.go).
 	msgAnswered
 )
 

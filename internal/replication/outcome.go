@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"sync/atomic"
 
 	"github.com/metro-storage/metro/internal/link"
@@ -11,13 +12,18 @@ import (
 
 // Outcomes of forwarded commands whose answers are lost (package scsi,
 // outcome.go, has the rules). The sequencer runs a forwarded COMPARE AND
-// WRITE or PERSISTENT RESERVE OUT under a sentAnswer: its answer may be
-// lost once the link session that carried the command has ended, unless
-// the follower confirmed it got it (msgAnswered, sent after a GOOD). The
-// follower applies the sequencer's write or reservation state for its
-// own forwarded command under the command's forwarded record, whose
-// answer is lost once the forward failed: if this array wins the pod
-// next, it knows the outcome the sequencer knew.
+// WRITE or PERSISTENT RESERVE OUT under a sentAnswer: its answer is lost
+// when it was not GOOD, when the follower reports that the host did not
+// get GOOD (msgAnswered, Length 1: the command ended aborted there), or
+// once the link session that carried the command has ended, unless the
+// follower confirmed that the host got GOOD (msgAnswered, Length 0). The
+// follower reports once the command has ended (scsi.Own.OnEnd), not when
+// the answer reaches it: a task aborted meanwhile gives the host no
+// status. The follower applies the sequencer's write or reservation
+// state for its own forwarded command under the command's forwarded
+// record, whose answer is lost once the forward failed or the command
+// ended otherwise than GOOD: if this array wins the pod next, it knows
+// the outcome the sequencer knew.
 //
 // The other way round, a COMPARE AND WRITE or PERSISTENT RESERVE OUT a
 // host sent to the sequencer itself (a scsi.Own) carries its identity
@@ -29,27 +35,57 @@ import (
 // and answers the host's retry (through it, or forwarded to it by the
 // sequencer once that follows).
 
-// sentAnswer is the fate of the answer to a command the peer forwarded.
+// answerReport is what became of the answer to a command: the host got
+// GOOD (good) or not (notGood), known once (settle).
+type answerReport struct {
+	good, notGood atomic.Bool
+	// settled is closed by settle.
+	settled chan struct{}
+	once    sync.Once
+}
+
+// Settled implements scsi.AnswerFate.
+func (r *answerReport) Settled() <-chan struct{} { return r.settled }
+
+// settle records whether the host got GOOD, unless that is known
+// already.
+func (r *answerReport) settle(delivered bool) {
+	r.once.Do(func() {
+		if delivered {
+			r.good.Store(true)
+		} else {
+			r.notGood.Store(true)
+		}
+		close(r.settled)
+	})
+}
+
+// sentAnswer is the fate of the answer to a command the peer forwarded:
+// the peer reports whether the host got GOOD (handleAnswered), and the
+// answer is lost too when the link session ends first.
 type sentAnswer struct {
+	answerReport
 	// sess is the link session's context, which ends with it.
-	sess      context.Context
-	confirmed atomic.Bool
+	sess context.Context
 	// stop cancels the registry's cleanup at the session's end.
 	stop func() bool
 }
 
 // Lost implements scsi.AnswerFate.
-func (a *sentAnswer) Lost() bool { return a.sess.Err() != nil && !a.confirmed.Load() }
+func (a *sentAnswer) Lost() bool {
+	return a.notGood.Load() || a.sess.Err() != nil && !a.good.Load()
+}
 
 // Delivered implements scsi.AnswerFate.
-func (a *sentAnswer) Delivered() bool { return a.confirmed.Load() }
+func (a *sentAnswer) Delivered() bool { return a.good.Load() }
 
-// Lost implements scsi.AnswerFate: the forward of f failed, so the host
-// got no answer from this array.
-func (f *forwarded) Lost() bool { return f.lost.Load() }
+// Lost implements scsi.AnswerFate: the forward of f failed, or the host
+// did not get the sequencer's GOOD from this array.
+func (f *forwarded) Lost() bool { return f.notGood.Load() }
 
-// Delivered implements scsi.AnswerFate: the forward of f was answered.
-func (f *forwarded) Delivered() bool { return f.answered.Load() }
+// Delivered implements scsi.AnswerFate: the host got the sequencer's GOOD
+// from this array.
+func (f *forwarded) Delivered() bool { return f.good.Load() }
 
 // answering returns the context to run the forwarded command m in (sess
 // is the link session's context) and the function to call with its
@@ -61,10 +97,12 @@ func (r *Replicator) answering(sess context.Context, m *forwardMsg) (context.Con
 	}
 	a := r.awaitAnswer(sess, m.ID)
 	return scsi.WithForwarded(sess, &m.Cmd, a), func(res *scsi.Result) {
-		if res.Status != scsi.StatusGood {
-			// Nothing remembered: the follower confirms only a GOOD.
+		if res.Status != scsi.StatusGood || res.Aborted {
+			// The host does not get GOOD: an effect remembered (the
+			// command failed after it) answers its retry.
 			a.stop()
 			r.answers.CompareAndDelete(m.ID, a)
+			a.settle(false)
 		}
 	}
 }
@@ -73,10 +111,13 @@ func (r *Replicator) answering(sess context.Context, m *forwardMsg) (context.Con
 // (sess is the link session's context) until the peer confirms it or the
 // session ends.
 func (r *Replicator) awaitAnswer(sess context.Context, id uint64) *sentAnswer {
-	a := &sentAnswer{sess: sess}
+	a := &sentAnswer{sess: sess, answerReport: answerReport{settled: make(chan struct{})}}
 	// stop is set before the registry publishes a: handleAnswered reads
 	// it on another goroutine.
-	a.stop = context.AfterFunc(sess, func() { r.answers.CompareAndDelete(id, a) })
+	a.stop = context.AfterFunc(sess, func() {
+		r.answers.CompareAndDelete(id, a)
+		a.settle(false)
+	})
 	r.answers.Store(id, a)
 	if sess.Err() != nil {
 		r.answers.CompareAndDelete(id, a) // the cleanup may have run first
@@ -84,9 +125,12 @@ func (r *Replicator) awaitAnswer(sess context.Context, id uint64) *sentAnswer {
 	return a
 }
 
-// handleAnswered takes the follower's confirmation that it got the
-// answer to its forwarded request (writtenMsg's Ref): the outcome is no
-// longer answered to a retry.
+// handleAnswered takes the peer's report on the answer to its request
+// (writtenMsg's Ref): Length 0, the host got GOOD, and the outcome is no
+// longer answered to a retry; Length 1, the host did not (the command
+// was aborted or failed there, or its array could not pass the answer
+// on), and the outcome answers the host's retry at once, without
+// waiting for the link session to end.
 func (r *Replicator) handleAnswered(req link.Message) error {
 	m, err := decodeWritten(req.Payload)
 	if err != nil {
@@ -94,8 +138,8 @@ func (r *Replicator) handleAnswered(req link.Message) error {
 	}
 	if v, ok := r.answers.LoadAndDelete(m.Ref); ok {
 		a := v.(*sentAnswer)
-		a.confirmed.Store(m.Length == 0)
 		a.stop()
+		a.settle(m.Length == 0)
 	}
 	return nil
 }
@@ -137,11 +181,16 @@ func (r *Replicator) withOwn(ctx context.Context, sess context.Context, id uint6
 	return scsi.WithMirrored(ctx, *ident, r.awaitAnswer(sess, id))
 }
 
-// confirmAnswer tells the sequencer, without waiting, that this array got
-// the GOOD answer to its forwarded request id (which remembers its
-// outcome).
-func (v *Volume) confirmAnswer(md mode, id uint64) {
-	goCall(context.Background(), md.sess, msgAnswered, md.epoch, (&writtenMsg{Pod: v.pod, Ref: id}).encode())
+// reportAnswer tells the sequencer, without waiting, whether the host got
+// GOOD for this array's forwarded request id (which remembers its
+// outcome), and settles f, its record here.
+func (v *Volume) reportAnswer(md mode, id uint64, f *forwarded, delivered bool) {
+	f.settle(delivered)
+	m := &writtenMsg{Pod: v.pod, Ref: id}
+	if !delivered {
+		m.Length = 1
+	}
+	goCall(context.Background(), md.sess, msgAnswered, md.epoch, m.encode())
 }
 
 // withOrigin returns ctx for applying at this array the sequencer's write

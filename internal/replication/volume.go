@@ -89,11 +89,11 @@ type forwarded struct {
 	applied, confirmed atomic.Int64
 	written            chan struct{}
 	once               sync.Once
-	// cmd is the command; lost is set when its forward failed, the
-	// host then getting no answer of the sequencer's, answered when the
-	// sequencer answered (outcome.go).
-	cmd            *scsi.Command
-	lost, answered atomic.Bool
+	// cmd is the command; its answerReport tells whether the host got
+	// the sequencer's GOOD, once the command has ended here, or not
+	// (its forward failed, or it ended otherwise: outcome.go).
+	cmd *scsi.Command
+	answerReport
 }
 
 // add counts n bytes into c (applied or confirmed).
@@ -234,7 +234,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 		}
 	}
 	id := v.r.nextRef.Add(1)
-	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut, cmd: cmd}
+	f := &forwarded{pod: v.pod, uuid: v.uuid, data: cmd.DataOut, cmd: cmd, answerReport: answerReport{settled: make(chan struct{})}}
 	if scsi.IsPlainWrite(cmd.CDB) && len(cmd.DataOut) > 0 {
 		f.total = int64(len(cmd.DataOut))
 		f.written = make(chan struct{})
@@ -255,7 +255,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	select {
 	case <-pend.Done():
 	case <-deadline.C:
-		f.lost.Store(true)
+		f.settle(false)
 		rt.peerFailed(md.sess, fmt.Errorf("the sequencer did not answer a forwarded command within %v", forwardTimeouts*v.r.cfg.Timeout))
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	case <-f.written:
@@ -269,7 +269,7 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	}
 	resp, err := pend.Wait()
 	if err != nil {
-		f.lost.Store(true)
+		f.settle(false)
 		var re *link.RemoteError
 		if errors.As(err, &re) {
 			v.r.log.Warn("the sequencer refused a forwarded command", "pod", v.pod, "initiator", cmd.Nexus.InitiatorName, "err", err)
@@ -280,12 +280,20 @@ func (v *Volume) Forward(ctx context.Context, cmd *scsi.Command) (*scsi.Result, 
 	}
 	res, err := decodeResult(resp.Payload)
 	if err != nil {
-		f.lost.Store(true)
+		f.settle(false)
 		return notReady(scsi.SenseNotReadyTransitioning()), true
 	}
-	f.answered.Store(true)
-	if res.Status == scsi.StatusGood && scsi.RemembersOutcome(cmd.CDB) {
-		v.confirmAnswer(md, id)
+	own := scsi.OwnOf(ctx)
+	switch {
+	case !scsi.RemembersOutcome(cmd.CDB):
+		f.settle(true)
+	case own != nil:
+		// The sequencer hears whether the host got GOOD once the
+		// command has ended here: it may still be aborted, and the
+		// answer is then lost after the sequencer's GOOD.
+		own.OnEnd(func(delivered bool) { v.reportAnswer(md, id, f, delivered) })
+	default:
+		v.reportAnswer(md, id, f, res.Status == scsi.StatusGood && !res.Aborted)
 	}
 	return res, true
 }

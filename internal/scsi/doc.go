@@ -104,9 +104,12 @@
 //     host may have seen it through the peer, so it is kept, and the
 //     command's outcome is unknown (the host's identical retry on the
 //     same nexus is GOOD once the state is shared again: outcome.go).
-//     The peer's install aborts the preempted nexuses' tasks that run
-//     there, and does not wait for those it forwarded to the sequencer,
-//     which aborts and settles them itself before its PREEMPT AND ABORT
-//     completes: no lock is held across the link while waiting for a
-//     task the other array forwarded.
+//     Until the change stands or is undone, a command whose answer
+//     depends on it (the preempted nexus's write) waits, and one it does
+//     not concern runs (LogicalUnit.decided): no command acts on a change
+//     that may never stand. The peer's install aborts the preempted
+//     nexuses' tasks that run there, and does not wait for those it
+//     forwarded to the sequencer, which aborts and settles them itself
+//     before its PREEMPT AND ABORT completes: no lock is held across the
+//     link while waiting for a task the other array forwarded.
 package scsi

@@ -92,7 +92,23 @@ type LogicalUnit struct {
 		// life its nexuses heard of to compare).
 		resets, incarnation uint64
 		known               bool
+		// change is set while a change of the reservations or of the
+		// SWP bit made here waits to be shared with the peer (under
+		// prMu): until it stands or is undone, a command whose answer
+		// depends on it waits (decided).
+		change *pendingChange
 	}
+}
+
+// pendingChange is a change of the unit's shared state made here and not
+// shared yet: the state it replaced, and done, closed once the change
+// stands or is undone.
+type pendingChange struct {
+	res  ReservationState
+	swp  bool
+	done chan struct{}
+	// waiting counts the commands that wait for it (for tests).
+	waiting int
 }
 
 // nexusState is what the logical unit keeps for one I_T nexus.
@@ -264,21 +280,77 @@ func (lu *LogicalUnit) takeUA(n Nexus, key string, groups []PortGroup) (Sense, b
 	return s, true
 }
 
-// allows reports whether the reservations let n run a command of class c.
-func (lu *LogicalUnit) allows(n Nexus, c AccessClass) bool {
+// allows reports whether the reservations let n run a command of class c
+// (see decided; err is ctx's when it ended first).
+func (lu *LogicalUnit) allows(ctx context.Context, n Nexus, c AccessClass) (bool, error) {
 	if c == AccessAlways {
-		return true
+		return true, nil
 	}
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	return lu.mu.res.Allows(NexusID(n), c)
+	id := NexusID(n)
+	return lu.decided(ctx, func(res *ReservationState, _ bool) bool { return res.Allows(id, c) })
 }
 
-// writeProtected reports whether the SWP bit is set.
-func (lu *LogicalUnit) writeProtected() bool {
+// writeProtected reports whether the SWP bit is set (see decided).
+func (lu *LogicalUnit) writeProtected(ctx context.Context) (bool, error) {
+	return lu.decided(ctx, func(_ *ReservationState, swp bool) bool { return swp })
+}
+
+// decided returns f of the unit's reservations and SWP bit, once the
+// answer does not depend on a change made here that the peer has not
+// confirmed yet (lu.mu.change): until it stands or is undone (the
+// sequencer lost the pod before the peer got it, and the command that
+// made it fails), no command may act on it, for an array that serves
+// the pod may never hold it. A command whose answer is the same with
+// and without the change does not wait; one whose answer differs
+// (a write of the nexus a pending PREEMPT removes) waits, for at most
+// the share's bound (the link's timeout, or the pod's failover), and is
+// then answered by the state that stands. Checking it against the state
+// before the change instead would let the preempted nexus write after a
+// host saw the change through the peer, which installs it before it
+// confirms. Waiting cannot deadlock: the share waits only for the peer's
+// install, which does not wait for the commands the peer forwarded here
+// (InstallReservations), and a command waits here before it takes any
+// lock. It returns ctx's error if ctx ends first.
+func (lu *LogicalUnit) decided(ctx context.Context, f func(res *ReservationState, swp bool) bool) (bool, error) {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
-	return lu.mu.swp
+	for {
+		v, c := f(&lu.mu.res, lu.mu.swp), lu.mu.change
+		if c == nil || f(&c.res, c.swp) == v {
+			return v, nil
+		}
+		c.waiting++
+		lu.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+		}
+		lu.mu.Lock()
+		c.waiting--
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+	}
+}
+
+// beginChangeLocked records, before this array changes the shared state
+// that it then shares, the state the change replaces (lu.prMu and lu.mu
+// held): commands whose answer depends on the change wait until
+// endChange.
+func (lu *LogicalUnit) beginChangeLocked() {
+	lu.mu.change = &pendingChange{res: lu.mu.res.Clone(), swp: lu.mu.swp, done: make(chan struct{})}
+}
+
+// endChange ends the change beginChangeLocked recorded: it stands, or
+// was undone (lu.prMu held).
+func (lu *LogicalUnit) endChange() {
+	lu.mu.Lock()
+	c := lu.mu.change
+	lu.mu.change = nil
+	lu.mu.Unlock()
+	if c != nil {
+		close(c.done)
+	}
 }
 
 // noticeLocked queues the unit attentions of reservation notices on every
@@ -401,6 +473,7 @@ func (lu *LogicalUnit) applyPR(ctx context.Context, n Nexus, op PROut) PROutcome
 	lu.mu.Lock()
 	// The SCSI-2 reservation may have changed meanwhile; keep the live one.
 	next.SCSI2 = lu.mu.res.SCSI2
+	lu.beginChangeLocked()
 	lu.mu.res = next
 	lu.mu.Unlock()
 	lu.outcomes.rememberPR(answerOf(ctx), NexusID(n), op, next)
@@ -442,6 +515,7 @@ func (lu *LogicalUnit) reserveSCSI2(ctx context.Context, n Nexus) (ok bool, err 
 	prev := lu.mu.res.SCSI2
 	next, ok := lu.mu.res.ReserveSCSI2(NexusID(n))
 	if ok {
+		lu.beginChangeLocked()
 		lu.mu.res = next
 	}
 	lu.mu.Unlock()

@@ -73,7 +73,10 @@ func runModeSense(x *exec) *Result {
 	if pc == pcSaved {
 		return checkCondition(SenseSavingParametersNotSupported())
 	}
-	swp := x.lu.writeProtected()
+	swp, res := x.swp()
+	if res != nil {
+		return res
+	}
 	var pages []byte
 	switch {
 	case code == pageAll && (sub == 0 || sub == 0xff):
@@ -162,7 +165,10 @@ func runModeSelect(x *exec) *Result {
 			return checkCondition(SenseInvalidFieldInParameterList(hdr + bdl - 3))
 		}
 	}
-	swp := x.lu.writeProtected()
+	swp, res := x.swp()
+	if res != nil {
+		return res
+	}
 	newSWP := swp
 	for off := hdr + bdl; off < plen; {
 		if plen-off < 2 {
@@ -210,12 +216,14 @@ func (lu *LogicalUnit) setSWP(ctx context.Context, from Nexus, swp bool) error {
 	defer lu.prMu.Unlock()
 	lu.mu.Lock()
 	prev := lu.mu.swp
+	lu.beginChangeLocked()
 	lu.mu.swp = swp
 	u := lu.updateLocked(nil, nil)
 	lu.mu.Unlock()
 	id := NexusID(from)
 	u.ModeChangedBy = &id
 	err := lu.replica.ShareReservations(ctx, u)
+	defer lu.endChange()
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	if err != nil && !errors.Is(err, ErrMayBeShared) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,10 +52,17 @@ import (
 //
 // Whether an answer may have been lost is the AnswerFate the replication
 // layer gives a forwarded command (WithForwarded): at the sequencer, the
-// link session that carried the command ended before the forwarding
-// array confirmed the answer; at the forwarding array, which applies the
-// sequencer's write or reservation state for its own command as the
-// command runs, its forward failed. Both arrays thus remember the
+// command's answer was not GOOD, or the forwarding array reported that
+// the host did not get GOOD (the command ended aborted there, by the
+// host's ABORT TASK or another node's PREEMPT AND ABORT, after the
+// sequencer ran it), or the link session that carried the command ended
+// before the forwarding array confirmed that the host got GOOD; at the
+// forwarding array, which applies the sequencer's write or reservation
+// state for its own command as the command runs, its forward failed or
+// the command ended otherwise than GOOD. The forwarding array reports
+// only once the command has ended (Own.OnEnd), and a retry that arrives
+// before the fate is known (the host retried through another path at
+// once) waits for it, which the link bounds (AnswerFate.Settled). Both arrays thus remember the
 // command's effect with the effect itself, and the memory crosses a
 // failover with the copy that has the effect: the winner answers the
 // retry whether it was the sequencer (which ran the command) or the
@@ -92,9 +100,16 @@ type AnswerFate interface {
 	// an answer the host got.
 	Lost() bool
 	// Delivered reports whether the answer surely reached the array the
-	// host sent the command to: what is remembered under the fate is
-	// then of no more use.
+	// host sent the command to, and that array gave it to the host as
+	// GOOD: what is remembered under the fate is then of no more use.
 	Delivered() bool
+	// Settled is closed once the fate is known: Lost or Delivered
+	// reports true, or neither will change any more. Until then the
+	// command's answer is on its way (the array the host sent it to has
+	// not reported what it did with it, and the link session that
+	// carried it lives), and a retry waits for the fate rather than
+	// guess it.
+	Settled() <-chan struct{}
 }
 
 // forwardedKey marks the context of a forwarded command.
@@ -298,20 +313,25 @@ func (o *outcomes) retriedCAW(x *exec, lba, n uint64, cur []byte) bool {
 	key := cawKey(x.cmd.Nexus.InitiatorName, lba, n, x.cmd.DataOut)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for i := range o.mu.caw {
-		e := &o.mu.caw[i]
-		if e.lba != lba || e.n != n || e.key != key || !e.fate.Lost() {
-			continue
-		}
-		if f := forwardedOf(x.ctx); f != nil {
-			e.fate = f.fate
-		} else {
-			seq := e.seq
-			o.dropLocked(func(x *cawOutcome) bool { return x.seq == seq })
-		}
-		return true
+	i := slices.IndexFunc(o.mu.caw, func(e cawOutcome) bool { return e.lba == lba && e.n == n && e.key == key })
+	if i < 0 {
+		return false
 	}
-	return false
+	seq := o.mu.caw[i].seq
+	if !o.settledLocked(x.ctx, o.mu.caw[i].fate) {
+		return false
+	}
+	// The entry may have gone or moved while the lock was released.
+	i = slices.IndexFunc(o.mu.caw, func(e cawOutcome) bool { return e.seq == seq })
+	if i < 0 || !o.mu.caw[i].fate.Lost() {
+		return false
+	}
+	if f := forwardedOf(x.ctx); f != nil {
+		o.mu.caw[i].fate = f.fate
+	} else {
+		o.dropLocked(func(x *cawOutcome) bool { return x.seq == seq })
+	}
+	return true
 }
 
 // answerOf returns, for remembering the outcome of the command ctx runs,
@@ -348,7 +368,10 @@ func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st Reserv
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	p := o.mu.pr
-	if p == nil || p.nexus != n || p.op != op || !bytes.Equal(p.state, st.Marshal()) || !sameHolder(p.scsi2, st.SCSI2) || !p.fate.Lost() {
+	if p == nil || p.nexus != n || p.op != op || !bytes.Equal(p.state, st.Marshal()) || !sameHolder(p.scsi2, st.SCSI2) {
+		return false
+	}
+	if !o.settledLocked(ctx, p.fate) || !p.fate.Lost() || o.mu.pr != p {
 		return false
 	}
 	o.mu.pr = nil
@@ -358,6 +381,30 @@ func (o *outcomes) retriedPR(ctx context.Context, n PRNexus, op PROut, st Reserv
 		o.mu.pr = &q
 	}
 	return true
+}
+
+// settledLocked waits (o.mu held, released meanwhile) until fate is
+// settled: a retry that arrives while the first run's answer is still
+// on its way (the host gave up on it, or sent the same command through
+// another path, before the array it sent it to reported what became of
+// the answer) would otherwise be run afresh against the first run's
+// effect. The wait is bounded by the link: the other array reports once
+// the command ended there, or the session ends within its timeout. It
+// returns false if ctx ended first.
+func (o *outcomes) settledLocked(ctx context.Context, fate AnswerFate) bool {
+	select {
+	case <-fate.Settled():
+		return true
+	default:
+	}
+	o.mu.Unlock()
+	defer o.mu.Lock()
+	select {
+	case <-fate.Settled():
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // sameHolder reports whether a and b name the same SCSI-2 holder (or none).
@@ -458,10 +505,13 @@ type Identity struct {
 type ownKey struct{}
 
 // Own is a COMPARE AND WRITE or PERSISTENT RESERVE OUT that a host sent
-// to this array and that runs here, not forwarded.
+// to this array: it runs here, or is forwarded to the sequencer (which
+// ran it under a fate that OnEnd settles: Replica.Forward).
 type Own struct {
 	cmd *Command
-	mu  struct {
+	// ended is closed once the command has ended (end).
+	ended chan struct{}
+	mu    struct {
 		sync.Mutex
 		ended, delivered bool
 		hooks            []func(delivered bool)
@@ -470,7 +520,7 @@ type Own struct {
 
 // withOwn returns ctx for running cmd as an Own.
 func withOwn(ctx context.Context, cmd *Command) (context.Context, *Own) {
-	o := &Own{cmd: cmd}
+	o := &Own{cmd: cmd, ended: make(chan struct{})}
 	return context.WithValue(ctx, ownKey{}, o), o
 }
 
@@ -529,6 +579,9 @@ func (o *Own) Delivered() bool {
 	return o.mu.delivered
 }
 
+// Settled implements AnswerFate: the command has ended.
+func (o *Own) Settled() <-chan struct{} { return o.ended }
+
 // end records that the command ended with res.
 func (o *Own) end(res *Result, aborted bool) {
 	o.mu.Lock()
@@ -536,6 +589,7 @@ func (o *Own) end(res *Result, aborted bool) {
 	o.mu.delivered = res != nil && res.Status == StatusGood && !aborted
 	hooks, d := o.mu.hooks, o.mu.delivered
 	o.mu.hooks = nil
+	close(o.ended)
 	o.mu.Unlock()
 	for _, f := range hooks {
 		f(d)

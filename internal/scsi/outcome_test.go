@@ -13,6 +13,12 @@ type testFate struct{ lost, delivered atomic.Bool }
 func (f *testFate) Lost() bool      { return f.lost.Load() }
 func (f *testFate) Delivered() bool { return f.delivered.Load() }
 
+// Settled implements AnswerFate: the test sets the fate before a retry.
+func (f *testFate) Settled() <-chan struct{} { return settledNow }
+
+// settledNow is a closed channel.
+var settledNow = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // forwardedRun runs cdb with data-out data from n as a command the other
 // array forwarded, under fate.
 func (e *env) forwardedRun(n Nexus, cdb, data []byte, fate AnswerFate) *Result {

@@ -136,7 +136,10 @@ func (lu *LogicalUnit) share(ctx context.Context, notices []PRNotice, abort []Re
 // settle finishes a change that share answered err for (lu.prMu held
 // since the change): a change that stands (shared, or possibly shared:
 // ErrMayBeShared) establishes its unit attentions, any other is undone.
+// The change then no longer holds back the commands that depend on it
+// (endChange).
 func (lu *LogicalUnit) settle(err error, notices []PRNotice, undo func()) {
+	defer lu.endChange()
 	if err != nil && !errors.Is(err, ErrMayBeShared) {
 		undo()
 		return
@@ -293,9 +296,7 @@ func (t *Target) ExecuteForwarded(ctx context.Context, lu *LogicalUnit, cmd *Com
 		x.cdb = x.cdb[:len(c.usage)]
 		if s := c.checkReserved(x.cdb); s != nil {
 			res = checkCondition(*s)
-		} else if !x.lu.allows(x.cmd.Nexus, c.access) {
-			res = reservationConflict()
-		} else {
+		} else if res = x.reservationsAllow(c.access); res == nil {
 			res = c.run(x)
 		}
 	}

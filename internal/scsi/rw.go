@@ -137,8 +137,8 @@ func (x *exec) beginWrite(lba, n, limit uint64, lenField int) (data []byte, nb u
 	if n == 0 {
 		return nil, 0, nil, good(nil)
 	}
-	if x.lu.writeProtected() {
-		return nil, 0, nil, checkCondition(SenseWriteProtected())
+	if res := x.writable(); res != nil {
+		return nil, 0, nil, res
 	}
 	data, res = x.dataBlocks(n)
 	if res != nil || len(data) == 0 {
@@ -242,8 +242,8 @@ func runCompareAndWrite(x *exec) *Result {
 	if n == 0 {
 		return good(nil)
 	}
-	if x.lu.writeProtected() {
-		return checkCondition(SenseWriteProtected())
+	if res := x.writable(); res != nil {
+		return res
 	}
 	verify, write := x.cmd.DataOut[:n*BlockSize], x.cmd.DataOut[n*BlockSize:]
 	unlock, res := x.lockRange(lba, n)

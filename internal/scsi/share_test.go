@@ -38,7 +38,7 @@ func (f *failingReplica) set(err error) {
 }
 
 // newReplicaEnv is newEnv with a unit whose changes are shared through f.
-func newReplicaEnv(t *testing.T, f *failingReplica) *env {
+func newReplicaEnv(t *testing.T, f Replica) *env {
 	e := newEnv(t)
 	e.lu = NewLogicalUnit(LUConfig{UUID: testUUID, Size: testSize, Backend: e.be, PersistPR: e.persist, Replica: f})
 	e.res.SetLUNs(map[uint64]*LogicalUnit{0: e.lu})

@@ -230,21 +230,59 @@ func (t *Target) dispatch(x *exec) (res *Result) {
 		return checkCondition(*s)
 	}
 	if c.ordered {
-		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
-			return res
-		}
 		if RemembersOutcome(x.cdb) {
-			// Run here: the follower remembers its outcome with its
-			// effect (outcome.go).
+			// Run here, the follower remembers its outcome with its
+			// effect; forwarded, the sequencer does. Either is told
+			// once the command ends whether the host got GOOD
+			// (outcome.go).
 			var own *Own
 			x.ctx, own = withOwn(x.ctx, x.cmd)
 			defer func() { own.end(res, x.cmd.task != nil && x.cmd.task.aborted.Load()) }()
 		}
+		if res, ok := x.lu.replica.Forward(x.ctx, x.cmd); ok {
+			return res
+		}
 	}
-	if !x.lu.allows(x.cmd.Nexus, c.access) {
-		return reservationConflict()
+	if res := x.reservationsAllow(c.access); res != nil {
+		return res
 	}
 	return c.run(x)
+}
+
+// reservationsAllow returns nil when the reservations let the command
+// run (a command of class c), else its answer: RESERVATION CONFLICT, or
+// a retryable NOT READY when it ended while a change it depends on was
+// being shared (LogicalUnit.decided).
+func (x *exec) reservationsAllow(c AccessClass) *Result {
+	ok, err := x.lu.allows(x.ctx, x.cmd.Nexus, c)
+	switch {
+	case err != nil:
+		return checkCondition(SenseNotReadyTransitioning())
+	case !ok:
+		return reservationConflict()
+	}
+	return nil
+}
+
+// swp returns the SWP bit as the command must see it; res is a
+// retryable NOT READY when the command ended while a change of the bit
+// was being shared (LogicalUnit.decided).
+func (x *exec) swp() (swp bool, res *Result) {
+	wp, err := x.lu.writeProtected(x.ctx)
+	if err != nil {
+		return false, checkCondition(SenseNotReadyTransitioning())
+	}
+	return wp, nil
+}
+
+// writable returns nil when the command may write the medium, else its
+// answer: WRITE PROTECTED when the SWP bit is set (or swp's).
+func (x *exec) writable() *Result {
+	wp, res := x.swp()
+	if res == nil && wp {
+		res = checkCondition(SenseWriteProtected())
+	}
+	return res
 }
 
 // startTask registers a running command for task management and returns

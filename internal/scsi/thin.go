@@ -38,8 +38,8 @@ func runWriteSame(x *exec) *Result {
 		}
 		copy(pattern, x.cmd.DataOut)
 	}
-	if x.lu.writeProtected() {
-		return checkCondition(SenseWriteProtected())
+	if res := x.writable(); res != nil {
+		return res
 	}
 	unlock, res := x.lockRange(lba, n)
 	if res != nil {
@@ -103,8 +103,8 @@ func runUnmap(x *exec) *Result {
 	if total > maxUnmapBlocks {
 		return checkCondition(SenseInvalidFieldInParameterList(8))
 	}
-	if x.lu.writeProtected() {
-		return checkCondition(SenseWriteProtected())
+	if res := x.writable(); res != nil {
+		return res
 	}
 	for _, e := range extents {
 		unlock, res := x.lockRange(e.lba, e.n)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,8 +175,12 @@ type clusterNode struct {
 		// judged once the fence is resolved.
 		hangs []string
 		// figures
-		beats, retried, ownMiscompares int
-		slowest                        time.Duration
+		beats, retried int
+		// killedMiscompares are heartbeats that retried into their own
+		// earlier write whose attempt without a definite answer went
+		// through an array killed during it (see miscompare).
+		killedMiscompares int
+		slowest           time.Duration
 	}
 	// sending gets a value (when there is room) as a heartbeat is sent
 	// through the node's own array: a fault is timed by it.
@@ -204,6 +209,8 @@ type cluster struct {
 		// went through a link loss with the link working.
 		healthy    bool
 		linkLosses int
+		// killedAt is when each array was last killed.
+		killedAt [2]time.Time
 	}
 }
 
@@ -336,6 +343,11 @@ func (n *clusterNode) beat() {
 	next := last + 1
 	out := append(heartbeat(n.id, last), heartbeat(n.id, next)...)
 	start := time.Now()
+	// attempts are the heartbeat's tries, for the log of one that was
+	// retried; unsure is set once one had no definite answer, killed
+	// once one of those was cut off by the kill of its array.
+	var attempts []string
+	var unsure, killed bool
 	_, tried, err := n.until(fmt.Sprintf("heartbeat %d", next), time.Minute, func(p *clusterPath) ([]byte, error) {
 		if p.array == n.id {
 			select {
@@ -343,8 +355,12 @@ func (n *clusterNode) beat() {
 			default:
 			}
 		}
-		_, _, err := p.exec(cawCDB(n.lba), out, 0, n.c.cmdLimit())
+		sent := time.Now()
+		_, took, err := p.exec(cawCDB(n.lba), out, 0, n.c.cmdLimit())
+		attempts = append(attempts, fmt.Sprintf("[%.1fs] through %s: %s after %v", sent.Sub(n.c.start).Seconds(), arrayName(p.array), describeAnswer(err), took.Round(time.Millisecond)))
 		if classify(err) == retryable {
+			unsure = true
+			killed = killed || n.c.cutByKill(p.array, sent, time.Now(), err)
 			n.mu.Lock()
 			n.mu.unsure = true
 			n.mu.Unlock()
@@ -352,6 +368,9 @@ func (n *clusterNode) beat() {
 		return nil, err
 	})
 	took := time.Since(start)
+	if tried > 0 || classify(err) != good {
+		n.c.logf("%s: heartbeat %d tried %s", n.name, next, strings.Join(attempts, "; "))
+	}
 	switch classify(err) {
 	case good:
 		n.mu.Lock()
@@ -363,7 +382,7 @@ func (n *clusterNode) beat() {
 		n.mu.slowest = max(n.mu.slowest, took)
 		n.mu.Unlock()
 	case miscompared:
-		n.miscompare(next, err)
+		n.miscompare(next, err, unsure, killed)
 	case conflicted:
 		n.mu.Lock()
 		if !n.mu.atRisk {
@@ -377,9 +396,14 @@ func (n *clusterNode) beat() {
 }
 
 // miscompare judges a heartbeat's MISCOMPARE: the node reads its block
-// back. Only its own earlier attempt at the same value, which failed
-// without a definite answer, may have caused it.
-func (n *clusterNode) miscompare(next uint64, cause error) {
+// back. Its own earlier attempt at the same value, which failed without
+// a definite answer (unsure: in this heartbeat, or before it was fenced
+// and rejoined), may have written it; the outcome memory must then
+// answer the retry with the first run's GOOD, and a MISCOMPARE is a
+// violation, except when that attempt was cut off by the kill of its
+// array (killed), which may have told the other array that the host got
+// its GOOD before the response left it: that case is counted.
+func (n *clusterNode) miscompare(next uint64, cause error, unsure, killed bool) {
 	d, err := n.readBlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -390,11 +414,15 @@ func (n *clusterNode) miscompare(next uint64, cause error) {
 	}
 	node, v, ok := heartbeatValue(d)
 	switch {
-	case ok && node == n.id && v == next && n.mu.unsure:
+	case ok && node == n.id && v == next && (unsure || n.mu.unsure):
 		// Its own earlier attempt landed: it retried into its own
 		// write.
-		n.c.logf("%s: heartbeat %d: MISCOMPARE after an attempt without a definite answer; the block holds its own heartbeat %d", n.name, next, next)
-		n.mu.ownMiscompares++
+		if killed {
+			n.c.logf("%s: heartbeat %d: MISCOMPARE after an attempt cut off by the kill of its array; the block holds its own heartbeat %d", n.name, next, next)
+			n.mu.killedMiscompares++
+		} else {
+			n.c.violation("%s: heartbeat %d: MISCOMPARE after an attempt without a definite answer; the block holds its own heartbeat %d (the retry must get the first run's GOOD)", n.name, next, next)
+		}
 		n.mu.last, n.mu.unsure = next, false
 		n.mu.beats++
 		n.mu.retried++
@@ -595,12 +623,32 @@ func (c *cluster) inject(fault string) error {
 	switch fault {
 	case "cut":
 		return c.l.Partition()
-	case "kill-a":
-		return c.l.Kill(0)
-	case "kill-b":
-		return c.l.Kill(1)
+	case "kill-a", "kill-b":
+		i := 0
+		if fault == "kill-b" {
+			i = 1
+		}
+		c.mu.Lock()
+		c.mu.killedAt[i] = time.Now()
+		c.mu.Unlock()
+		return c.l.Kill(i)
 	}
 	return nil
+}
+
+// cutByKill reports whether an attempt through array i, sent at start
+// and ended at end with no answer at all (its connection failed), was
+// cut off by the kill of its array.
+func (c *cluster) cutByKill(i int, start, end time.Time, err error) bool {
+	var se *initiator.SCSIError
+	var he *hungError
+	if err == nil || errors.As(err, &se) || errors.As(err, &he) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at := c.mu.killedAt[i]
+	return !at.Before(start) && !at.After(end)
 }
 
 func (c *cluster) repair(fault string) error {
@@ -827,16 +875,10 @@ func (c *cluster) judge(k int, cy clusterCycle) {
 	if winner != nil {
 		winner.mu.Lock()
 		if winner.mu.fenced {
-			// KNOWN DEFECT (issue 10, open; seen in 1 run of 4): in a
-			// mutual fence across a link cut, a heartbeat was refused
-			// by the other node's PREEMPT while that PREEMPT, answered
-			// NOT READY, did not stand on the array that kept the pod.
-			// Likely cause, not yet confirmed: the sequencer applies a
-			// reservation change before the peer confirms it, and its
-			// commands see it meanwhile.
-			// Logged loudly until fixed, so that the rest of the test
-			// guards the product in CI.
-			c.logf("KNOWN DEFECT: cycle %d: %s's heartbeat was refused with RESERVATION CONFLICT, yet it is registered", k, winner.name)
+			// A heartbeat refused by a fence that did not stand: the
+			// other node's PREEMPT, answered NOT READY, was seen before
+			// it stood (issue 10).
+			c.violation("cycle %d: %s's heartbeat was refused with RESERVATION CONFLICT, yet it is registered: a fence that did not take effect was seen", k, winner.name)
 		}
 		winner.mu.fenced, winner.mu.atRisk = false, false
 		winner.mu.Unlock()
@@ -860,15 +902,17 @@ func winnerName(n *clusterNode) string {
 }
 
 // TestClusterFencing is the cluster acceptance of issue 10 on the real
-// lab. It asserts: no heartbeat ever sees a MISCOMPARE it did not cause
-// (one that failed with a retryable answer during a failover is retried
-// and succeeds, or its node reads back its own value); no PR OUT gets no
-// answer for longer than the failover bound unless the other node's
-// PREEMPT AND ABORT aborted it; after every fence the arrays agree on the
+// lab. It asserts: no heartbeat ever sees a MISCOMPARE (one that failed
+// without a definite answer is retried and gets the first run's outcome;
+// only a retry into its own write after its attempt was cut off by the
+// kill of its array is counted instead, see miscompare); no heartbeat is
+// refused by a fence that did not take effect; no PR OUT gets no answer
+// for longer than the failover bound unless the other node's PREEMPT AND
+// ABORT aborted it; after every fence the arrays agree on the
 // registrations, the fencer holds the reservation and the fenced node's
-// writes are refused with RESERVATION CONFLICT through both arrays. Floors:
-// each node's successful heartbeats, the faults made and the fences that
-// took effect.
+// writes are refused with RESERVATION CONFLICT through both arrays.
+// Floors: each node's successful heartbeats, the faults made and the
+// fences that took effect.
 func TestClusterFencing(t *testing.T) {
 	l := startLab(t, lab.Options{Initiators: []string{iqnNode1, iqnNode2}, Size: 16 << 20})
 	c := &cluster{t: t, l: l, bound: failoverBound(), start: time.Now()}
@@ -944,8 +988,8 @@ func TestClusterFencing(t *testing.T) {
 	defer c.mu.Unlock()
 	for _, n := range c.nodes {
 		n.mu.Lock()
-		c.logf("%s: %d heartbeats (%d retried, %d of them read back after a MISCOMPARE of its own write), slowest %v",
-			n.name, n.mu.beats, n.mu.retried, n.mu.ownMiscompares, n.mu.slowest.Round(time.Millisecond))
+		c.logf("%s: %d heartbeats (%d retried, %d of them read back after a MISCOMPARE of its own write whose array was killed), slowest %v",
+			n.name, n.mu.beats, n.mu.retried, n.mu.killedMiscompares, n.mu.slowest.Round(time.Millisecond))
 		if n.mu.beats < clusterBeats {
 			t.Errorf("%s: %d successful heartbeats, want at least %d", n.name, n.mu.beats, clusterBeats)
 		}
