@@ -95,7 +95,21 @@ func (s *linStats) failure(what string, r *scsi.Result) {
 type freshWrite struct {
 	value uint64
 	acked bool
+	// through is the array the write was sent to, call and ret its
+	// history times, answer what the host got, and state the pod as that
+	// array saw it just after the answer (for the failure message).
+	through   string
+	call, ret int64
+	answer    string
+	state     string
 }
+
+// acknowledged reports whether a host got GOOD for a command. A task
+// aborted by task management (a PREEMPT AND ABORT of another client, an
+// ABORT TASK) is a Result with Aborted set and a zero Status, which is
+// GOOD's value: the host got no status for it, and its write may or may
+// not have been made.
+func acknowledged(r *scsi.Result) bool { return r.Status == scsi.StatusGood && !r.Aborted }
 
 // linClient is one simulated host port doing random operations.
 type linClient struct {
@@ -299,16 +313,24 @@ func (c *linClient) writeOnce() bool {
 	lba := freshBaseLBA + 8*uint64(k)
 	v := c.value()
 	d := unitData(lba, v)
+	call := c.rec.now()
 	r, _ := c.in.doPastUA(write16(lba, d), d, 0)
+	fw := freshWrite{value: v, acked: acknowledged(r), through: c.in.arr.cfg.Name, call: call, ret: c.rec.now(), answer: describe(r)}
+	if cp := c.in.arr.cat.View().Pods[pairPod]; cp != nil {
+		if s := c.in.arr.repl.Status(cp); s != nil {
+			fw.state = fmt.Sprintf("%s %s at epoch %d (sequencer %s)", c.in.arr.cfg.Name, s.State, s.Epoch, s.Sequencer)
+		}
+	}
 	c.freshMu.Lock()
-	// An aborted write (another client's PREEMPT AND ABORT) got no
-	// status: its outcome is unknown.
-	acked := r.Status == scsi.StatusGood && !r.Aborted
-	c.freshes[k] = freshWrite{value: v, acked: acked}
+	c.freshes[k] = fw
 	c.freshMu.Unlock()
-	if !acked {
+	if !fw.acked {
 		c.stats.failure("fresh write through "+c.in.arr.cfg.Name, r)
-		c.stats.count("fresh-write", "unknown")
+		outcome := "unknown"
+		if r.Aborted {
+			outcome = "aborted"
+		}
+		c.stats.count("fresh-write", outcome)
 		return false
 	}
 	c.stats.count("fresh-write", "ok")
@@ -537,7 +559,9 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 
 	// Write-once units: an acknowledged write is there; one of unknown
 	// outcome left its value or nothing.
-	freshLost := 0
+	// freshLost counts the reads of units of unknown outcome that hold
+	// nothing, abortedLost those of aborted writes among them.
+	freshLost, abortedLost := 0, 0
 	for k, fw := range freshes {
 		lba := freshBaseLBA + 8*uint64(k)
 		for _, c := range []*linClient{clients[0], clients[1]} {
@@ -550,8 +574,12 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 			case got == fw.value:
 			case !fw.acked && got == 0:
 				freshLost++
+				if fw.answer == "aborted" {
+					abortedLost++
+				}
 			default:
-				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x (acknowledged: %v)", k, lba, c.in.arr.cfg.Name, got, fw.value, fw.acked)
+				t.Errorf("write-once unit %d (lba %d) through %s: read %#x, wrote %#x through %s at history %.1f-%.1f ms (answer %s, acknowledged: %v; just after: %s)",
+					k, lba, c.in.arr.cfg.Name, got, fw.value, fw.through, ms(fw.call), ms(fw.ret), fw.answer, fw.acked, fw.state)
 			}
 		}
 	}
@@ -573,8 +601,8 @@ func runLinearizable(t *testing.T, cfg linConfig) {
 		senses = append(senses, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(senses)
-	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied)",
-		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2)
+	t.Logf("history: %d operations checked (%s); failed reads left out: %d; write-once units: %d (%d of unknown outcome not applied, %d of them aborted)",
+		len(history), strings.Join(kinds, " "), stats.droppedReads, len(freshes), freshLost/2, abortedLost/2)
 	t.Logf("faults: %d partitions (%s in all), %d link slowdowns, %d mediator cuts, %d failovers; failures seen: %s",
 		stats.partitions, stats.partitioned.Round(time.Millisecond), stats.slowed, stats.mediatorCuts, stats.failovers, strings.Join(senses, " "))
 	// Floors: a run where most commands failed, or no fault (or, with

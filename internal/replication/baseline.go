@@ -337,9 +337,9 @@ func (p *podRT) copyBaseline(ctx context.Context, epoch uint64) {
 	ans := p.mu.resume
 	var dirty regions
 	from := position{}
+	listed := p.copyListLocked()
 	if ans != nil && ans.Resume {
-		dirty = regions{}
-		dirty.merge(p.mu.track.dirty)
+		dirty = listed
 		from = position{volume: ans.Cursor.Volume, off: ans.Cursor.Off, end: ans.Cursor.Complete}
 	}
 	p.mu.Unlock()

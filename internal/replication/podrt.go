@@ -281,8 +281,7 @@ func (p *podRT) apply(f func(m *pod.Machine) []pod.Action) []task {
 	tasks := make([]task, 0, len(acts))
 	for _, a := range acts {
 		if a.Kind == pod.ClearTracking {
-			p.mu.track = noTracking()
-			p.mu.track.from = a.Epoch
+			p.clearTrackingLocked(a.Epoch)
 			continue
 		}
 		tasks = append(tasks, task{Action: a, sess: sess})

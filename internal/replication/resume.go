@@ -22,7 +22,9 @@ import (
 //     whose mirroring failed, and those mirrored during the copy since the
 //     follower's last checkpoint (the follower writes them without syncing
 //     until then). A sequencer that restarts has lost them: its next copy
-//     is complete.
+//     is complete. The grant's answer clears them, but for the regions
+//     whose mirror failed after the copy listed what it sends: the
+//     follower may have accepted the grant without those.
 //   - Each array keeps, in memory too, the regions it wrote as the
 //     sequencer that the peer may lack (a race it lost with writes in
 //     flight); the receiver lists them when a copy resumes. An array
@@ -88,10 +90,39 @@ type tracking struct {
 	// follower had no room for: the copy sends them again before the
 	// grant (they are in dirty too, for a resume).
 	lacking regions
+	// since are the regions added to dirty since the copy under way
+	// listed what it sends (copyList): the grant does not cover them.
+	// Their mirror failed, so the link is ending, but the peer may
+	// still accept the grant without them, and a race this array then
+	// wins acknowledges them; they stay tracked when the grant clears
+	// the rest (ClearTracking), or the resync after it never sends them.
+	since regions
 }
 
 // noTracking is a record of nothing the follower lacks.
-func noTracking() tracking { return tracking{dirty: regions{}, recent: regions{}, lacking: regions{}} }
+func noTracking() tracking {
+	return tracking{dirty: regions{}, recent: regions{}, lacking: regions{}, since: regions{}}
+}
+
+// clearTrackingLocked forgets what the peer's copy, complete and
+// durable at epoch, holds: everything but the regions noted since the
+// copy listed what it sends. p.mu must be held.
+func (p *podRT) clearTrackingLocked(epoch uint64) {
+	keep := p.mu.track.since
+	p.mu.track = noTracking()
+	p.mu.track.from = epoch
+	p.mu.track.dirty.merge(keep)
+}
+
+// copyListLocked returns the regions a resumed copy sends (what the peer may
+// lack), and notes changes from then on apart (since). p.mu must be
+// held.
+func (p *podRT) copyListLocked() regions {
+	dirty := regions{}
+	dirty.merge(p.mu.track.dirty)
+	p.mu.track.since = regions{}
+	return dirty
+}
 
 // noteWrite records a change the follower does not have (mirrored is
 // false) or has without having made it durable (durable is false: it
@@ -108,6 +139,7 @@ func (p *podRT) noteWrite(r region, mirrored, durable bool) {
 		p.mu.track.recent.add(r)
 	} else {
 		p.mu.track.dirty.add(r)
+		p.mu.track.since.add(r)
 	}
 }
 

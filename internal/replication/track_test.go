@@ -11,22 +11,15 @@ import (
 	"github.com/metro-storage/metro/internal/store"
 )
 
-// TestClearTrackingWithPeerInSync: the change tracking is cleared when
-// the machine learns that the peer's copy is complete and durable (the
-// grant's answer, PeerInSync), in the same step, not when the pod's
-// goroutine gets to the queued action later: a write noted in between
-// as one the peer lacks (its mirror failed right after the grant, the
-// link lost) must stay tracked, or the resync after the race never
-// copies it and the copies differ. The pod's goroutine is not running
-// here, so the queued actions run when the test says.
-func TestClearTrackingWithPeerInSync(t *testing.T) {
+// resyncingPod returns a pod runtime whose machine owns epoch 10 and
+// resyncs the peer (syncing), its records made durable at once by drive;
+// the pod's goroutine is not running, so queued actions run when the
+// test says.
+func resyncingPod(t *testing.T) (p *podRT, drive func(acts []task), now time.Time) {
 	h := newHostilePeer(t)
 	r := h.env.r
-	p := newPodRT(r, h.env.cat.View().Pods["pod2"], pod.Stretched(idB, 9))
-	now := r.now()
-	// Drive the machine to a granted copy at epoch 10, its records made
-	// durable at once.
-	var drive func(acts []task)
+	p = newPodRT(r, h.env.cat.View().Pods["pod2"], pod.Stretched(idB, 9))
+	now = r.now()
 	drive = func(acts []task) {
 		for _, a := range acts {
 			if a.Kind == pod.Persist {
@@ -39,6 +32,19 @@ func TestClearTrackingWithPeerInSync(t *testing.T) {
 		return m.PeerRecord(pod.Record{Epoch: 9, Sequencer: idB, Synced: epoch2}, true, now)
 	}))
 	drive(p.apply(func(m *pod.Machine) []pod.Action { return m.ResyncStarted(10, now) }))
+	return p, drive, now
+}
+
+// TestClearTrackingWithPeerInSync: the change tracking is cleared when
+// the machine learns that the peer's copy is complete and durable (the
+// grant's answer, PeerInSync), in the same step, not when the pod's
+// goroutine gets to the queued action later: a write noted in between
+// as one the peer lacks (its mirror failed right after the grant, the
+// link lost) must stay tracked, or the resync after the race never
+// copies it and the copies differ. The pod's goroutine is not running
+// here, so the queued actions run when the test says.
+func TestClearTrackingWithPeerInSync(t *testing.T) {
+	p, drive, now := resyncingPod(t)
 	drive(p.apply(func(m *pod.Machine) []pod.Action { return m.BaselineDone(10) }))
 	if md := p.mode(); md.state != pod.Syncing || md.epoch != 10 {
 		t.Fatalf("setting up: %s at %d", md.state, md.epoch)
@@ -176,5 +182,51 @@ func TestEpochChangeWaitsForPeerWrites(t *testing.T) {
 	<-done
 	if md := p.mode(); md.state != pod.Alone || md.epoch != epoch1+1 {
 		t.Fatalf("after the write: %s at %d", md.state, md.epoch)
+	}
+}
+
+// TestTrackingKeepsWritesFailedDuringGrant: a write mirrored while the
+// grant is under way whose mirror failed (the follower did not answer in
+// time: the link is ending) may be missing at the follower, which can
+// still accept the grant before the session closes. The grant's answer
+// must not clear it from the change tracking: if this array then wins
+// the race it acknowledges the write (written here), and the resync after
+// it must send the write's region, or the follower never gets an
+// acknowledged write. What was tracked before the copy listed its regions
+// (and so was copied) is cleared. Before the fix the grant's answer
+// cleared everything.
+func TestTrackingKeepsWritesFailedDuringGrant(t *testing.T) {
+	p, drive, now := resyncingPod(t)
+	copied := region{uuid: uuidVol2, off: 0, n: 4096}
+	failed := region{uuid: uuidVol2, off: 5 * regionSize, n: 4096}
+	// Written alone before the copy: the copy lists it and sends it.
+	p.noteWrite(copied, false, false)
+	p.mu.Lock()
+	listed := p.copyListLocked()
+	p.mu.Unlock()
+	if _, ok := listed[uuidVol2][0]; !ok {
+		t.Fatalf("setting up: the copy does not list the region written before it: %v", listed)
+	}
+	drive(p.apply(func(m *pod.Machine) []pod.Action { return m.BaselineDone(10) }))
+	p.mu.Lock()
+	granting := p.mu.m.Granting()
+	p.mu.Unlock()
+	if md := p.mode(); md.state != pod.Syncing || md.epoch != 10 || !granting {
+		t.Fatalf("setting up: %s at %d, not granting", md.state, md.epoch)
+	}
+	// The grant is out; a mirrored write fails (its region is noted as
+	// one the follower may lack), and then the grant's answer comes.
+	p.noteWrite(failed, false, false)
+	p.event(func(m *pod.Machine) []pod.Action { return m.PeerInSync(10, now) })
+	if md := p.mode(); md.state != pod.InSync {
+		t.Fatalf("setting up: %s after the grant's answer", md.state)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.mu.track.dirty[uuidVol2][failed.off]; !ok || p.mu.track.from != 10 {
+		t.Errorf("a write whose mirror failed while the grant was out is no longer tracked once the grant is answered (tracking from %d: %v): a resync after a race this array wins would never send it", p.mu.track.from, p.mu.track.dirty)
+	}
+	if _, ok := p.mu.track.dirty[uuidVol2][copied.off]; ok {
+		t.Errorf("a region the copy sent before the grant is still tracked after it: %v", p.mu.track.dirty)
 	}
 }
