@@ -959,6 +959,18 @@ func (m *Machine) Persisted(id uint64, now time.Time) []Action {
 		acts = m.set(Receiving, []Action{{Kind: ClearCopy}})
 		return acts
 	case pAcceptGrant:
+		if !m.link {
+			// The link went while the grant's record was written: the
+			// sequencer, which never heard this array accept, races
+			// for the next epoch. In sync by its durable record, this
+			// array goes on as after a link loss in sync: it pauses
+			// and races (or suspends for a peer pre-elected), fenced a
+			// link timeout from now, and never serves on a later
+			// session at this epoch unless the race says so. It had no
+			// lease to serve reads on.
+			m.pauseLease = time.Time{}
+			return m.pause(now, now)
+		}
 		return m.set(InSync, acts)
 	case pAcceptPre:
 		return nil
