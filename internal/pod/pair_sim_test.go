@@ -560,7 +560,10 @@ func (s *sim) inline(i int, acts []Action, fail bool) ([]Action, bool) {
 		}
 		if fail {
 			s.logf("%s persist#%d fails", x.id, a.ID)
-			x.m.PersistFailed(a.ID, s.now)
+			// The driver performs what the machine does next (a
+			// retry after RetryAfter, a decision on its durable
+			// record).
+			s.perform(i, x.m.PersistFailed(a.ID, s.now))
 			return nil, false
 		}
 		s.durable(i, a)
