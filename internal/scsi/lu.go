@@ -496,7 +496,7 @@ func (lu *LogicalUnit) lockPR(ctx context.Context, n PRNexus, op PROut) {
 	for {
 		lu.outcomes.awaitPR(ctx, n, op)
 		lu.prMu.Lock()
-		if ctx.Err() != nil || !lu.outcomes.unsettledPR(n, op) {
+		if ctx.Err() != nil || lu.outcomes.pendingPR(n, op) == nil {
 			return
 		}
 		lu.prMu.Unlock()

@@ -407,18 +407,11 @@ func (o *outcomes) pendingPR(n PRNexus, op PROut) AnswerFate {
 	}
 }
 
-// unsettledPR reports whether a retry of op from n would wait for the
-// remembered change's fate (pendingPR).
-func (o *outcomes) unsettledPR(n PRNexus, op PROut) bool { return o.pendingPR(n, op) != nil }
-
 // awaitPR waits until the remembered PERSISTENT RESERVE OUT op of nexus n
 // (if any) has a settled fate, or ctx ends (lockPR).
 func (o *outcomes) awaitPR(ctx context.Context, n PRNexus, op PROut) {
 	if fate := o.pendingPR(n, op); fate != nil {
-		select {
-		case <-fate.Settled():
-		case <-ctx.Done():
-		}
+		waitSettled(ctx, fate)
 	}
 }
 
@@ -438,6 +431,11 @@ func (o *outcomes) settledLocked(ctx context.Context, fate AnswerFate) bool {
 	}
 	o.mu.Unlock()
 	defer o.mu.Lock()
+	return waitSettled(ctx, fate)
+}
+
+// waitSettled waits until fate is settled (true) or ctx ends (false).
+func waitSettled(ctx context.Context, fate AnswerFate) bool {
 	select {
 	case <-fate.Settled():
 		return true
