@@ -147,27 +147,36 @@ func (r *Replicator) handleAnswered(req link.Message) error {
 // ownID returns the id under which this array, the pod's sequencer,
 // mirrors the effect of the command it runs under ctx for a host of its
 // own (a scsi.Own), and the command's identity; 0 when ctx runs no such
-// command. Once the command ends, the peer is told, without waiting,
-// whether the host got GOOD (sess and epoch are the link session's the
-// effect goes on).
-func (v *Volume) ownID(ctx context.Context, sess *link.Session, epoch uint64) (uint64, *scsi.Identity) {
+// command (every plain write: the pod's mode is read only for an Own).
+// Once the command ends, the peer is told, without waiting, whether the
+// host got GOOD, on the link session the effect goes on.
+func (v *Volume) ownID(ctx context.Context, rt *podRT) (uint64, *scsi.Identity) {
 	own := scsi.OwnOf(ctx)
-	if own == nil || sess == nil {
+	if own == nil {
 		return 0, nil
 	}
 	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
 		return 0, nil // forwarded: the peer remembers it under its own request
 	}
+	md := rt.mode()
+	if md.sess == nil {
+		return 0, nil
+	}
 	id := v.r.nextRef.Add(1)
 	ident := own.Identity()
-	own.OnEnd(func(delivered bool) {
-		m := &writtenMsg{Pod: v.pod, Ref: id}
-		if !delivered {
-			m.Length = 1
-		}
-		goCall(context.Background(), sess, msgAnswered, epoch, m.encode())
-	})
+	own.OnEnd(func(delivered bool) { v.sendAnswered(md, id, delivered) })
 	return id, &ident
+}
+
+// sendAnswered tells the peer, without waiting, whether the host got
+// GOOD for the command remembered under id (msgAnswered; Length 1: it
+// did not).
+func (v *Volume) sendAnswered(md mode, id uint64, delivered bool) {
+	m := &writtenMsg{Pod: v.pod, Ref: id}
+	if !delivered {
+		m.Length = 1
+	}
+	goCall(context.Background(), md.sess, msgAnswered, md.epoch, m.encode())
 }
 
 // withOwn returns ctx for applying at this array the write or
@@ -186,11 +195,7 @@ func (r *Replicator) withOwn(ctx context.Context, sess context.Context, id uint6
 // outcome), and settles f, its record here.
 func (v *Volume) reportAnswer(md mode, id uint64, f *forwarded, delivered bool) {
 	f.settle(delivered)
-	m := &writtenMsg{Pod: v.pod, Ref: id}
-	if !delivered {
-		m.Length = 1
-	}
-	goCall(context.Background(), md.sess, msgAnswered, md.epoch, m.encode())
+	v.sendAnswered(md, id, delivered)
 }
 
 // withOrigin returns ctx for applying at this array the sequencer's write

@@ -157,8 +157,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 		done = &writtenMsg{Pod: v.pod, Ref: o.id, Length: uint64(len(p))}
 	} else {
 		m.Data = p
-		md := rt.mode()
-		if id, ident := v.ownID(ctx, md.sess, md.epoch); id != 0 {
+		if id, ident := v.ownID(ctx, rt); id != 0 {
 			m.OwnID, m.Own = id, mustJSON(ident)
 		}
 	}
@@ -345,8 +344,8 @@ func (v *Volume) ShareReservations(ctx context.Context, u scsi.ReservationUpdate
 	m := reservationsMsg{Pod: v.pod, Volume: v.uuid, Update: u}
 	if o, _ := ctx.Value(originKey{}).(*origin); o != nil {
 		m.Origin = o.id
-	} else if md := rt.mode(); md.sess != nil {
-		m.OwnID, m.Own = v.ownID(ctx, md.sess, md.epoch)
+	} else {
+		m.OwnID, m.Own = v.ownID(ctx, rt)
 	}
 	payload := mustJSON(m)
 	return rt.mirror(ctx, region{}, nil, msgReservations, payload, nil)
